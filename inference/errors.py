@@ -7,3 +7,42 @@ class InferenceError(Exception):
 
 class BaseModelError(InferenceError):
     """The base model could not be found, converted or loaded."""
+
+
+# --- engine errors (inference/engine.py, scheduler.py, tiers.py) ---
+
+
+class EngineError(InferenceError):
+    """Root of errors raised by the engine while serving requests."""
+
+
+class InvalidRequest(EngineError, ValueError):
+    """The request is malformed or exceeds a configured limit; the caller must change it."""
+
+
+class PromptTooLong(InvalidRequest):
+    """The tokenized prompt does not fit in the engine's max_model_len."""
+
+
+class UnknownAdapter(InvalidRequest):
+    """The request names an adapter that is not registered with the engine."""
+
+
+class EngineOverloaded(EngineError):
+    """The waiting queue is full; retry later (back-pressure, never unbounded memory)."""
+
+
+class RequestCancelled(EngineError):
+    """The request was cancelled before it finished; `partial` holds what was generated."""
+
+    def __init__(self, message: str, partial=None):
+        super().__init__(message)
+        self.partial = partial
+
+
+class EngineStopped(EngineError):
+    """The engine is not running (not started yet, or stopped while the request was pending)."""
+
+
+class SlotsExhausted(EngineError):
+    """Pinning would leave no GPU slot for unpinned adapters."""
