@@ -1,0 +1,176 @@
+"""The queries other node parts share (API, settlement, lifecycle). Each takes an open `Session`;
+the caller owns the transaction (`with factory.begin() as s:`) so a receipt and its voucher can be
+stored atomically.
+
+Receipt sequence numbers are allocated as max + 1 inside the caller's transaction and the primary
+key rejects a duplicate; callers in one process serialise allocation with `RECEIPT_SEQ_LOCK`
+(an asyncio.Lock would not cover worker threads).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from node.db.models import Adapter, AdapterState, BatchStatus, Receipt, ReceiptBatch, Voucher
+from node.errors import NodeError
+
+RECEIPT_SEQ_LOCK = threading.Lock()
+
+
+class VoucherRegression(NodeError):
+    """A voucher whose cumulative values are below the stored one for its lane."""
+
+
+def lane_key(payer: str, node: str, adapter_id: int) -> str:
+    """Canonical lane id: lower-case addresses and the decimal adapter id."""
+    return f"{payer.lower()}:{node.lower()}:{int(adapter_id)}"
+
+
+# -- receipts -------------------------------------------------------------------------------------
+
+
+def next_receipt_seq(session: Session) -> int:
+    """The next receipt sequence number (1, 2, 3 ...; never reused: receipts are never deleted)."""
+    return (session.scalar(select(func.max(Receipt.seq))) or 0) + 1
+
+
+def store_receipt(session: Session, *, seq: int, request_id: str, lane: str, receipt: dict, digest: str) -> Receipt:
+    """Insert a signed receipt (JSON-safe dict incl. signature) with its EIP-712 digest (0x hex)."""
+    row = Receipt(seq=seq, request_id=request_id, lane=lane, receipt=receipt, digest=digest)
+    session.add(row)
+    session.flush()  # surface a duplicate seq/request id inside the caller's transaction
+    return row
+
+
+def get_receipt(session: Session, request_id: str) -> Receipt | None:
+    return session.scalar(select(Receipt).where(Receipt.request_id == request_id))
+
+
+def unbatched_receipts(session: Session, limit: int) -> list[Receipt]:
+    return list(session.scalars(select(Receipt).where(Receipt.batch_seq.is_(None)).order_by(Receipt.seq).limit(limit)))
+
+
+def pending_receipt_count(session: Session) -> int:
+    """Receipts not yet in a committed batch (metrics: pending receipts)."""
+    q = (
+        select(func.count(Receipt.seq))
+        .outerjoin(ReceiptBatch, Receipt.batch_seq == ReceiptBatch.seq)
+        .where((Receipt.batch_seq.is_(None)) | (ReceiptBatch.status != BatchStatus.COMMITTED.value))
+    )
+    return int(session.scalar(q) or 0)
+
+
+def oldest_unsettled_receipt_at(session: Session) -> float | None:
+    """Creation time of the oldest receipt not yet committed (metrics: settlement lag)."""
+    q = (
+        select(func.min(Receipt.created_at))
+        .outerjoin(ReceiptBatch, Receipt.batch_seq == ReceiptBatch.seq)
+        .where((Receipt.batch_seq.is_(None)) | (ReceiptBatch.status != BatchStatus.COMMITTED.value))
+    )
+    return session.scalar(q)
+
+
+@dataclass(frozen=True)
+class ReceiptProof:
+    """A receipt and, once its batch is committed, the Merkle proof that `verifyReceipt` accepts."""
+
+    receipt: dict
+    digest: str
+    seq: int
+    batch_seq: int | None
+    leaf_index: int | None
+    root: str | None
+    proof: list[str] | None
+    batch_cid: str | None
+    committed: bool
+
+
+@lru_cache(maxsize=64)
+def _batch_tree(batch_seq: int, digests: tuple[str, ...]):
+    from chain.merkle import StandardMerkleTree
+
+    return StandardMerkleTree.of([[d] for d in digests], ["bytes32"])
+
+
+def _hex(v) -> str:
+    if isinstance(v, (bytes, bytearray)):
+        return "0x" + bytes(v).hex()
+    return v if isinstance(v, str) and v.startswith("0x") else ("0x" + v.hex() if hasattr(v, "hex") else str(v))
+
+
+def batch_proof(session: Session, batch: ReceiptBatch, leaf_index: int) -> tuple[str, list[str]]:
+    """(root, proof) of leaf `leaf_index` in `batch`, rebuilt from the stored digests (cached)."""
+    digests = tuple(
+        session.scalars(select(Receipt.digest).where(Receipt.batch_seq == batch.seq).order_by(Receipt.leaf_index))
+    )
+    tree = _batch_tree(batch.seq, digests)
+    if _hex(tree.root).lower() != batch.root.lower():
+        raise NodeError(f"receipt batch {batch.seq}: stored root does not match its receipts")
+    return _hex(tree.root), [_hex(p) for p in tree.proof(leaf_index)]
+
+
+def receipt_with_proof(session: Session, request_id: str) -> ReceiptProof | None:
+    """The receipt for `request_id` (None if unknown), with its proof when its batch is committed."""
+    r = get_receipt(session, request_id)
+    if r is None:
+        return None
+    batch = session.get(ReceiptBatch, r.batch_seq) if r.batch_seq is not None else None
+    committed = batch is not None and batch.status == BatchStatus.COMMITTED.value
+    root = proof = None
+    if committed:
+        root, proof = batch_proof(session, batch, r.leaf_index)
+    return ReceiptProof(
+        receipt=r.receipt, digest=r.digest, seq=r.seq, batch_seq=r.batch_seq, leaf_index=r.leaf_index,
+        root=root, proof=proof, batch_cid=batch.cid if batch else None, committed=committed,
+    )
+
+
+# -- vouchers -------------------------------------------------------------------------------------
+
+
+def latest_voucher(session: Session, lane: str) -> Voucher | None:
+    return session.get(Voucher, lane)
+
+
+def store_voucher(session: Session, *, lane: str, payer: str, node: str, adapter_id: int, compute_value: int,
+                  adapter_value: int, signature: str) -> Voucher:
+    """Keep the newest voucher of a lane. Cumulative values never go down (raises `VoucherRegression`)."""
+    row = session.get(Voucher, lane, with_for_update=True)
+    if row is None:
+        row = Voucher(lane=lane, payer=payer.lower(), node=node.lower(), adapter_id=int(adapter_id),
+                      compute_value=int(compute_value), adapter_value=int(adapter_value), signature=signature,
+                      redeemed_compute=0, redeemed_adapter=0)
+        session.add(row)
+    else:
+        if int(compute_value) < row.compute_value or int(adapter_value) < row.adapter_value:
+            raise VoucherRegression(f"voucher for lane {lane} is below the stored cumulative values")
+        row.compute_value, row.adapter_value, row.signature = int(compute_value), int(adapter_value), signature
+    session.flush()
+    return row
+
+
+def unredeemed_vouchers(session: Session, limit: int) -> list[Voucher]:
+    """Lanes whose newest voucher exceeds what was redeemed and that no redeem tx covers now."""
+    rows = session.scalars(select(Voucher).where(Voucher.redeem_outbox_id.is_(None)).order_by(Voucher.lane))
+    out = [v for v in rows if v.compute_value > v.redeemed_compute or v.adapter_value > v.redeemed_adapter]
+    return out[:limit]
+
+
+# -- adapters ---------------------------------------------------------------------------------------
+
+
+def ready_adapters(session: Session, base_model: str | None = None) -> list[Adapter]:
+    """Adapters in state `loaded` (servable here), optionally for one base model."""
+    q = select(Adapter).where(Adapter.state == AdapterState.LOADED.value)
+    if base_model is not None:
+        q = q.where(Adapter.base_model == base_model)
+    return list(session.scalars(q.order_by(Adapter.id)))
+
+
+def get_adapter(session: Session, adapter_id: int) -> Adapter | None:
+    return session.get(Adapter, int(adapter_id))
