@@ -1,0 +1,322 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {IDatasetRegistry, IRewardVault} from "./interfaces/IProtocol.sol";
+
+/// @title DatasetRegistry
+/// @notice Community datasets: a curator creates a dataset, contributors submit content (IPFS CID,
+///         size in tokens), the curator accepts (with a weight) or rejects each contribution.
+///         Rewards paid to a dataset are split over its accepted contributions by weight with a
+///         reward-per-weight accumulator: O(1) per payment, no loop over contributors, and a
+///         contribution accepted later earns nothing of what was paid before it. Payments made
+///         while a dataset has no accepted weight go to its curator.
+contract DatasetRegistry is IDatasetRegistry {
+    /// @notice Status of a contribution.
+    enum Status {
+        None,
+        Pending,
+        Accepted,
+        Rejected
+    }
+
+    /// @notice A dataset as returned by `getDataset`.
+    struct DatasetView {
+        address curator;
+        string name;
+        string license;
+        string metadataCid;
+        uint256 totalWeight;
+        uint256 accRewardPerWeight;
+        uint256 contributionCount;
+    }
+
+    /// @notice A contribution as returned by `getContribution`.
+    struct ContributionView {
+        address contributor;
+        uint256 datasetId;
+        string cid;
+        uint256 sizeTokens;
+        Status status;
+        uint256 weight;
+    }
+
+    /// @notice The dataset does not exist.
+    error DatasetRegistryUnknownDataset(uint256 datasetId);
+    /// @notice The contribution does not exist.
+    error DatasetRegistryUnknownContribution(uint256 contributionId);
+    /// @notice Only the dataset's curator may do this.
+    error DatasetRegistryNotCurator(uint256 datasetId, address caller);
+    /// @notice The contribution was already accepted or rejected.
+    error DatasetRegistryNotPending(uint256 contributionId, Status status);
+    /// @notice Only accepted contributions earn rewards.
+    error DatasetRegistryNotAccepted(uint256 contributionId, Status status);
+    /// @notice A weight must be in 1..MAX_WEIGHT.
+    error DatasetRegistryInvalidWeight(uint256 weight);
+    /// @notice A required string is empty or longer than MAX_STRING bytes.
+    error DatasetRegistryInvalidString(string field);
+    /// @notice A contribution's size must be in 1..2^64-1 tokens.
+    error DatasetRegistryInvalidSize(uint256 sizeTokens);
+    /// @notice Only UsageEscrow may distribute rewards.
+    error DatasetRegistryNotEscrow(address caller);
+    /// @notice Array arguments differ in length.
+    error DatasetRegistryLengthMismatch(uint256 a, uint256 b);
+    /// @notice Dataset ids are packed into 32 bits elsewhere; no more can be created.
+    error DatasetRegistryTooManyDatasets();
+    /// @notice A constructor address is zero.
+    error DatasetRegistryZeroAddress();
+
+    /// @notice Dataset `datasetId` was created.
+    event DatasetCreated(uint256 indexed datasetId, address indexed curator, string name, string license, string metadataCid);
+    /// @notice A contribution was submitted to a dataset.
+    event ContributionSubmitted(
+        uint256 indexed contributionId, uint256 indexed datasetId, address indexed contributor, string cid, uint256 sizeTokens
+    );
+    /// @notice The curator accepted a contribution with `weight`.
+    event ContributionAccepted(uint256 indexed contributionId, uint256 indexed datasetId, uint256 weight);
+    /// @notice The curator rejected a contribution.
+    event ContributionRejected(uint256 indexed contributionId, uint256 indexed datasetId);
+    /// @notice `amount` was paid to a dataset; `accRewardPerWeight` is the accumulator after it.
+    event DatasetRewarded(uint256 indexed datasetId, uint256 amount, uint256 accRewardPerWeight);
+    /// @notice `amount` of a contribution's accrued reward was credited in RewardVault.
+    event ContributionHarvested(uint256 indexed contributionId, address indexed contributor, uint256 amount);
+
+    /// @notice Fixed-point scale of the reward-per-weight accumulator.
+    uint256 public constant ACC_PRECISION = 1e24;
+    /// @notice Largest weight a contribution can carry (keeps weight * accumulator far from overflow).
+    uint256 public constant MAX_WEIGHT = type(uint64).max;
+    /// @notice Largest length of any string argument, in bytes.
+    uint256 public constant MAX_STRING = 256;
+
+    struct Dataset {
+        address curator; // slot 0: curator (160) | totalWeight (96)
+        uint96 totalWeight;
+        uint256 accRewardPerWeight; // slot 1
+        uint256 contributionCount;
+        string name;
+        string license;
+        string metadataCid;
+    }
+
+    struct Contribution {
+        address contributor; // slot 0: contributor (160) | datasetId (32) | status (8)
+        uint32 datasetId;
+        Status status;
+        uint64 weight; // slot 1: weight (64) | sizeTokens (64)
+        uint64 sizeTokens;
+        uint256 rewardDebt; // weight * acc / PRECISION already accounted for
+        string cid;
+    }
+
+    IRewardVault private immutable _vault;
+    address private immutable _escrow;
+
+    uint256 private _datasetCount;
+    uint256 private _contributionCount;
+    mapping(uint256 datasetId => Dataset) private _datasets;
+    mapping(uint256 contributionId => Contribution) private _contributions;
+
+    /// @param vault_ RewardVault, where all rewards are held.
+    /// @param escrow_ UsageEscrow, the only caller of `distribute`.
+    constructor(IRewardVault vault_, address escrow_) {
+        if (address(vault_) == address(0) || escrow_ == address(0)) revert DatasetRegistryZeroAddress();
+        _vault = vault_;
+        _escrow = escrow_;
+    }
+
+    // ---------------------------------------------------------------- curators and contributors
+
+    /// @notice Create a dataset curated by the caller.
+    /// @param name human-readable name (1..256 bytes).
+    /// @param license license identifier, e.g. an SPDX id (1..256 bytes).
+    /// @param metadataCid IPFS CID of the dataset description (may be empty).
+    /// @return datasetId the new id (1, 2, 3, ...).
+    function createDataset(string calldata name, string calldata license, string calldata metadataCid)
+        external
+        returns (uint256 datasetId)
+    {
+        _checkString(name, "name", false);
+        _checkString(license, "license", false);
+        _checkString(metadataCid, "metadataCid", true);
+        datasetId = ++_datasetCount;
+        if (datasetId > type(uint32).max) revert DatasetRegistryTooManyDatasets();
+        Dataset storage d = _datasets[datasetId];
+        d.curator = msg.sender;
+        d.name = name;
+        d.license = license;
+        d.metadataCid = metadataCid;
+        emit DatasetCreated(datasetId, msg.sender, name, license, metadataCid);
+    }
+
+    /// @notice Submit content to dataset `datasetId`; it waits for the curator's decision.
+    /// @param datasetId the dataset.
+    /// @param cid IPFS CID of the content (1..256 bytes).
+    /// @param sizeTokens size of the content in tokens (1..2^64-1).
+    /// @return contributionId the new id (1, 2, 3, ... across all datasets).
+    function contribute(uint256 datasetId, string calldata cid, uint256 sizeTokens)
+        external
+        returns (uint256 contributionId)
+    {
+        Dataset storage d = _dataset(datasetId);
+        _checkString(cid, "cid", false);
+        if (sizeTokens == 0 || sizeTokens > type(uint64).max) revert DatasetRegistryInvalidSize(sizeTokens);
+        contributionId = ++_contributionCount;
+        Contribution storage c = _contributions[contributionId];
+        c.contributor = msg.sender;
+        c.datasetId = uint32(datasetId); // < 2^32, checked at creation
+        c.status = Status.Pending;
+        c.sizeTokens = uint64(sizeTokens);
+        c.cid = cid;
+        ++d.contributionCount;
+        emit ContributionSubmitted(contributionId, datasetId, msg.sender, cid, sizeTokens);
+    }
+
+    /// @notice Accept a pending contribution with `weight`; it earns from later payments only.
+    /// @param contributionId the contribution.
+    /// @param weight its share weight (1..MAX_WEIGHT), e.g. its size in tokens.
+    function accept(uint256 contributionId, uint256 weight) external {
+        Contribution storage c = _pendingOfCurator(contributionId);
+        if (weight == 0 || weight > MAX_WEIGHT) revert DatasetRegistryInvalidWeight(weight);
+        Dataset storage d = _datasets[c.datasetId];
+        c.status = Status.Accepted;
+        c.weight = uint64(weight);
+        // Starts at the current accumulator: nothing paid before acceptance is owed to it.
+        c.rewardDebt = weight * d.accRewardPerWeight / ACC_PRECISION;
+        d.totalWeight += uint96(weight); // at most 2^32 * 2^64 contributions' weight: fits 96 bits
+        emit ContributionAccepted(contributionId, c.datasetId, weight);
+    }
+
+    /// @notice Reject a pending contribution.
+    /// @param contributionId the contribution.
+    function reject(uint256 contributionId) external {
+        Contribution storage c = _pendingOfCurator(contributionId);
+        c.status = Status.Rejected;
+        emit ContributionRejected(contributionId, c.datasetId);
+    }
+
+    /// @notice Credit the accrued rewards of accepted contributions to their contributors in RewardVault.
+    ///         Anyone may call it; rewards always go to each contribution's contributor.
+    /// @param contributionIds contributions to harvest (unknown or unaccepted ones revert).
+    /// @return total amount credited.
+    function harvest(uint256[] calldata contributionIds) external returns (uint256 total) {
+        uint256 n = contributionIds.length;
+        address[] memory to = new address[](n);
+        uint256[] memory amounts = new uint256[](n);
+        for (uint256 i; i < n; ++i) {
+            uint256 id = contributionIds[i];
+            Contribution storage c = _contributions[id];
+            if (c.status == Status.None) revert DatasetRegistryUnknownContribution(id);
+            if (c.status != Status.Accepted) revert DatasetRegistryNotAccepted(id, c.status);
+            uint256 accrued = uint256(c.weight) * _datasets[c.datasetId].accRewardPerWeight / ACC_PRECISION;
+            uint256 pending = accrued - c.rewardDebt;
+            c.rewardDebt = accrued;
+            to[i] = c.contributor;
+            amounts[i] = pending;
+            total += pending;
+            if (pending != 0) emit ContributionHarvested(id, c.contributor, pending);
+        }
+        if (total != 0) _vault.credit(to, amounts);
+    }
+
+    // ---------------------------------------------------------------- escrow
+
+    /// @inheritdoc IDatasetRegistry
+    function distribute(uint256[] calldata datasetIds, uint256[] calldata amounts) external {
+        if (msg.sender != _escrow) revert DatasetRegistryNotEscrow(msg.sender);
+        uint256 n = datasetIds.length;
+        if (n != amounts.length) revert DatasetRegistryLengthMismatch(n, amounts.length);
+        address[] memory curators = new address[](n);
+        uint256[] memory curatorAmounts = new uint256[](n);
+        uint256 m;
+        for (uint256 i; i < n; ++i) {
+            uint256 amount = amounts[i];
+            if (amount == 0) continue;
+            Dataset storage d = _datasets[datasetIds[i]];
+            uint256 weight = d.totalWeight;
+            if (weight == 0) {
+                // Nobody to split over yet; later contributions must not take it: the curator gets it.
+                curators[m] = d.curator;
+                curatorAmounts[m] = amount;
+                unchecked {
+                    ++m; // m <= i < n
+                }
+                emit DatasetRewarded(datasetIds[i], amount, d.accRewardPerWeight);
+            } else {
+                // Flooring leaves < weight / ACC_PRECISION units of dust in the vault per payment.
+                uint256 acc = d.accRewardPerWeight + amount * ACC_PRECISION / weight;
+                d.accRewardPerWeight = acc;
+                emit DatasetRewarded(datasetIds[i], amount, acc);
+            }
+        }
+        if (m != 0) {
+            assembly ("memory-safe") {
+                // shrink both arrays to the m entries used
+                mstore(curators, m)
+                mstore(curatorAmounts, m)
+            }
+            _vault.credit(curators, curatorAmounts);
+        }
+    }
+
+    // ---------------------------------------------------------------- views
+
+    /// @inheritdoc IDatasetRegistry
+    function datasetExists(uint256 datasetId) external view returns (bool) {
+        return _datasets[datasetId].curator != address(0);
+    }
+
+    /// @notice Dataset `datasetId` (reverts if unknown).
+    function getDataset(uint256 datasetId) external view returns (DatasetView memory) {
+        Dataset storage d = _dataset(datasetId);
+        return DatasetView(
+            d.curator, d.name, d.license, d.metadataCid, d.totalWeight, d.accRewardPerWeight, d.contributionCount
+        );
+    }
+
+    /// @notice Contribution `contributionId` (reverts if unknown).
+    function getContribution(uint256 contributionId) external view returns (ContributionView memory) {
+        Contribution storage c = _contributions[contributionId];
+        if (c.status == Status.None) revert DatasetRegistryUnknownContribution(contributionId);
+        return ContributionView(c.contributor, c.datasetId, c.cid, c.sizeTokens, c.status, c.weight);
+    }
+
+    /// @notice Reward accrued by an accepted contribution and not yet harvested (0 otherwise).
+    function pendingReward(uint256 contributionId) external view returns (uint256) {
+        Contribution storage c = _contributions[contributionId];
+        if (c.status != Status.Accepted) return 0;
+        return uint256(c.weight) * _datasets[c.datasetId].accRewardPerWeight / ACC_PRECISION - c.rewardDebt;
+    }
+
+    /// @notice Number of datasets created (ids are 1..count).
+    function datasetCount() external view returns (uint256) {
+        return _datasetCount;
+    }
+
+    /// @notice Number of contributions submitted (ids are 1..count).
+    function contributionCount() external view returns (uint256) {
+        return _contributionCount;
+    }
+
+    /// @notice RewardVault and UsageEscrow fixed at deployment.
+    function peers() external view returns (address vault, address escrow) {
+        return (address(_vault), _escrow);
+    }
+
+    // ---------------------------------------------------------------- internal
+
+    function _dataset(uint256 datasetId) private view returns (Dataset storage d) {
+        d = _datasets[datasetId];
+        if (d.curator == address(0)) revert DatasetRegistryUnknownDataset(datasetId);
+    }
+
+    function _pendingOfCurator(uint256 contributionId) private view returns (Contribution storage c) {
+        c = _contributions[contributionId];
+        if (c.status == Status.None) revert DatasetRegistryUnknownContribution(contributionId);
+        if (_datasets[c.datasetId].curator != msg.sender) revert DatasetRegistryNotCurator(c.datasetId, msg.sender);
+        if (c.status != Status.Pending) revert DatasetRegistryNotPending(contributionId, c.status);
+    }
+
+    function _checkString(string calldata s, string memory field, bool mayBeEmpty) private pure {
+        uint256 len = bytes(s).length;
+        if ((len == 0 && !mayBeEmpty) || len > MAX_STRING) revert DatasetRegistryInvalidString(field);
+    }
+}

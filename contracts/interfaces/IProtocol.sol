@@ -1,0 +1,30 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+/// @notice What UsageEscrow and DatasetRegistry need of RewardVault.
+interface IRewardVault {
+    /// @notice Add `amounts[i]` to the claimable balance of `to[i]`; tokens were sent in before.
+    function credit(address[] calldata to, uint256[] calldata amounts) external;
+}
+
+/// @notice What AdapterRegistry and UsageEscrow need of DatasetRegistry.
+interface IDatasetRegistry {
+    /// @notice Whether dataset `datasetId` exists.
+    function datasetExists(uint256 datasetId) external view returns (bool);
+
+    /// @notice Split `amounts[i]` (already in the vault) over dataset `datasetIds[i]`'s contributions.
+    function distribute(uint256[] calldata datasetIds, uint256[] calldata amounts) external;
+}
+
+/// @notice What UsageEscrow needs of AdapterRegistry: the payout split in packed form.
+interface IAdapterRegistry {
+    /// @notice Owner and packed dataset splits of adapter `adapterId` (owner is zero if unknown).
+    /// @return owner the adapter owner (receives the owner share and rounding dust).
+    /// @return count number of dataset splits (0..10).
+    /// @return packed0 splits 0..4, each 48 bits: datasetId (32 bits, high) | bps (16 bits, low).
+    /// @return packed1 splits 5..9, same layout.
+    function payoutOf(uint256 adapterId)
+        external
+        view
+        returns (address owner, uint256 count, uint256 packed0, uint256 packed1);
+}
