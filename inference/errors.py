@@ -46,3 +46,23 @@ class EngineStopped(EngineError):
 
 class SlotsExhausted(EngineError):
     """Pinning would leave no GPU slot for unpinned adapters."""
+
+
+# --- adapter and multi-LoRA layer errors (inference/adapters.py, lora.py) ---
+
+
+class AdapterError(InferenceError):
+    """Something is wrong with one adapter; the engine and other adapters are unaffected."""
+
+
+class AdapterValidationError(AdapterError):
+    """An adapter folder was refused before use. `reason` says why, in words fit for an operator."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class LoraSlotError(InferenceError):
+    """Misuse of the multi-LoRA slot bank (bad slot index, routing that does not fit the batch,
+    weights for modules the bank was not built for). A programming error of the caller."""

@@ -1,0 +1,366 @@
+"""Multi-LoRA linear layers over preallocated slot buffers: many adapters in one forward pass.
+
+`inject_multi_lora(model, ...)` replaces each targeted `nn.Linear` of a Llama-family model by a
+`MultiLoraLinear` and returns the `LoraSlotBank` that owns the slots. Each layer holds stacked
+buffers for all slots:
+
+    A: [num_slots, max_rank, in_features]     B: [num_slots, out_features, max_rank]
+
+An adapter of rank r < max_rank occupies A[s, :r] and B[s, :, :r]; the rest of the slot is zero,
+so padding contributes exactly zero, and the layers slice to the largest rank in the batch so
+that padding costs no compute either. B holds the adapter's scaling already folded in
+(see inference.adapters), so a token routed to slot s gets
+
+    y = x @ W.T + (x @ A[s].T) @ B[s].T
+
+Routing: before each forward the engine calls `bank.set_routing(token_slots)` with one slot per
+token (-1 = no adapter), in the order of the flattened hidden states `x.reshape(-1, in)`
+(for a padded [batch, seq] forward, `set_row_routing(row_slots, seq_len)` expands per row).
+The bank sorts the tokens by slot once per forward and shares that grouping with every layer;
+a layer computes the base matmul once for the whole batch, then one delta per *distinct*
+adapter (never per token, and no per-token weight copies):
+
+- CPU, balanced groups (decode: one token per row): gather the active slots' weights and run two
+  batched matmuls over [groups, tokens-per-group] (fastest measured on CPU: one op per layer
+  instead of one per adapter).
+- CPU, unbalanced groups (prefill of different lengths): a loop over the distinct adapters with
+  views into the slot buffers (cost grows with adapters, not tokens).
+- CUDA: `torch._grouped_mm` over the whole slot buffers with per-slot offsets (no weight copy),
+  where the build supports it for the dtype (checked once); else the CPU strategies.
+
+A batch with no adapter token skips the delta entirely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from inference.adapters import SUPPORTED_MODULES, AdapterWeights, ModuleKey
+from inference.errors import LoraSlotError
+
+log = logging.getLogger(__name__)
+
+NO_ADAPTER = -1
+_PARENTS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
+            "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+
+
+def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `torch._grouped_mm` runs here for this dtype (checked with a tiny product)."""
+    fn = getattr(torch, "_grouped_mm", None)
+    if fn is None:
+        return False
+    try:
+        x = torch.zeros(16, 32, device=device, dtype=dtype)  # [tokens, in]
+        w = torch.zeros(2, 16, 32, device=device, dtype=dtype).transpose(1, 2)  # [groups, in, r]
+        offs = torch.tensor([8, 16], device=device, dtype=torch.int32)
+        fn(x, w, offs=offs)
+        return True
+    except Exception:  # unsupported device/dtype/arch: the feature check's whole point
+        return False
+
+
+@dataclass(frozen=True)
+class _Grouping:
+    """Tokens of one forward grouped by adapter slot (computed once, shared by all layers of a
+    module kind). Python lists drive the loops; tensors live on the bank's device."""
+
+    num_tokens: int  # all tokens of the batch, with and without adapter
+    perm: torch.Tensor  # [Ta] long: token indices of adapter tokens, sorted by slot
+    slots: tuple[int, ...]  # distinct slots, ascending
+    counts: tuple[int, ...]  # tokens per distinct slot
+    rank: int  # largest true rank among these slots for this module kind (padding beyond is zero)
+    slot_index: torch.Tensor  # [G] long: the distinct slots
+    balanced: bool  # every group has the same token count
+    pad_pos: torch.Tensor | None  # [Ta] long: position of each sorted token in a [G * L] padded layout
+    max_count: int  # L
+    offs: torch.Tensor | None  # [num_slots] int32: cumulative token counts per slot (grouped_mm)
+
+
+class LoraSlotBank:
+    """The slots shared by all `MultiLoraLinear` layers of one model, and the per-forward routing."""
+
+    def __init__(self, layers: dict[ModuleKey, "MultiLoraLinear"], num_slots: int, max_rank: int,
+                 dtype: torch.dtype, device: torch.device):
+        self.layers = layers
+        self.num_slots = num_slots
+        self.max_rank = max_rank
+        self.dtype = dtype
+        self.device = device
+        self.target_modules = tuple(m for m in SUPPORTED_MODULES if any(k[1] == m for k in layers))
+        # per slot: module kind -> largest rank loaded there (absent = no weights for that kind)
+        self._slot_ranks: list[dict[str, int]] = [{} for _ in range(num_slots)]
+        self._token_slots: torch.Tensor | None = None  # [T] long, on CPU
+        self._groupings: dict[str, _Grouping | None] = {}
+        self.use_grouped_mm = device.type == "cuda" and grouped_mm_available(device, dtype)
+        # CPU bmm strategy only when padding wastes at most this share of the compute
+        self.max_padding_waste = 0.5
+
+    # ----------------------------------------------------------------- slots
+
+    def _check_slot(self, slot: int) -> None:
+        if not isinstance(slot, int) or not 0 <= slot < self.num_slots:
+            raise LoraSlotError(f"slot {slot!r} out of range [0, {self.num_slots})")
+
+    def slot_rank(self, slot: int) -> int:
+        """Largest rank of the adapter in `slot`; 0 when the slot is empty."""
+        self._check_slot(slot)
+        return max(self._slot_ranks[slot].values(), default=0)
+
+    def load_slot(self, slot: int, weights: AdapterWeights, *, copy_stream: "torch.cuda.Stream | None" = None,
+                  non_blocking: bool = True):
+        """Copy an adapter's weights into `slot` in place (no reallocation).
+
+        On CUDA the copies are queued on `copy_stream` (default: the current stream) and an event
+        recorded after them is returned: the caller must not route tokens to the slot before it
+        completes (`event.synchronize()` or `stream.wait_event`). Non-blocking copies need pinned
+        host tensors to overlap. On CPU returns None. The slot must not be in use by a running
+        forward.
+        """
+        self._check_slot(slot)
+        unknown = {m for (_, m) in weights.pairs} - set(self.target_modules)
+        if unknown:
+            raise LoraSlotError(f"adapter targets {sorted(unknown)}, but the bank only covers {list(self.target_modules)}")
+        previous = self._slot_ranks[slot]
+        ranks: dict[str, int] = {}
+        ctx = torch.cuda.stream(copy_stream) if (copy_stream is not None and self.device.type == "cuda") \
+            else contextlib.nullcontext()
+        nb = non_blocking and self.device.type == "cuda"
+        with torch.no_grad(), ctx:
+            for key, layer in self.layers.items():
+                pair = weights.pairs.get(key)
+                module = key[1]
+                old_r = previous.get(module, 0)
+                if pair is None:
+                    if old_r:
+                        layer.lora_a[slot, :old_r].zero_()
+                        layer.lora_b[slot, :, :old_r].zero_()
+                    continue
+                r = pair.rank
+                if r > self.max_rank:
+                    raise LoraSlotError(f"adapter rank {r} at {key} exceeds the bank's max_rank {self.max_rank}")
+                if tuple(pair.a.shape) != (r, layer.in_features) or tuple(pair.b.shape) != (layer.out_features, r):
+                    raise LoraSlotError(f"shapes at {key} do not fit the layer: A {list(pair.a.shape)}, "
+                                        f"B {list(pair.b.shape)}")
+                layer.lora_a[slot, :r].copy_(pair.a, non_blocking=nb)  # [r, in]
+                layer.lora_b[slot, :, :r].copy_(pair.b, non_blocking=nb)  # [out, r]
+                if old_r > r:  # the previous occupant's larger rank left weights in the tail
+                    layer.lora_a[slot, r:old_r].zero_()
+                    layer.lora_b[slot, :, r:old_r].zero_()
+                ranks[module] = max(ranks.get(module, 0), r)
+            event = None
+            if self.device.type == "cuda":
+                event = torch.cuda.Event()
+                event.record()
+        self._slot_ranks[slot] = ranks
+        self._groupings.clear()
+        return event
+
+    def clear_slot(self, slot: int) -> None:
+        """Zero `slot` in every layer: it then behaves as "no adapter"."""
+        self._check_slot(slot)
+        with torch.no_grad():
+            for (_, module), layer in self.layers.items():
+                r = self._slot_ranks[slot].get(module, 0)
+                if r:
+                    layer.lora_a[slot, :r].zero_()
+                    layer.lora_b[slot, :, :r].zero_()
+        self._slot_ranks[slot] = {}
+        self._groupings.clear()
+
+    # --------------------------------------------------------------- routing
+
+    def set_routing(self, token_slots: torch.Tensor | Sequence[int] | None) -> None:
+        """Route each token of the next forward(s) to a slot (-1 = no adapter); None = base only.
+
+        token_slots: [num_tokens], in the order of the flattened hidden states. Give it on the
+        CPU (a list or CPU tensor): grouping needs the values on the host, and the engine knows
+        them there anyway.
+        """
+        self._groupings = {}
+        if token_slots is None:
+            self._token_slots = None
+            return
+        t = torch.as_tensor(token_slots, dtype=torch.long).reshape(-1).cpu()  # [T]
+        if t.numel() and (int(t.min()) < NO_ADAPTER or int(t.max()) >= self.num_slots):
+            raise LoraSlotError(f"routing names slots outside [-1, {self.num_slots})")
+        self._token_slots = t
+
+    def set_row_routing(self, row_slots: Sequence[int] | torch.Tensor, seq_len: int) -> None:
+        """Routing for a padded [batch, seq_len] forward: every token of row i goes to row_slots[i]."""
+        rows = torch.as_tensor(row_slots, dtype=torch.long).reshape(-1).cpu()  # [B]
+        self.set_routing(rows.repeat_interleave(seq_len))  # [B * seq_len]
+
+    @contextlib.contextmanager
+    def routing(self, token_slots: torch.Tensor | Sequence[int] | None) -> Iterator[None]:
+        """`with bank.routing(slots): model(...)`; the routing is cleared afterwards."""
+        self.set_routing(token_slots)
+        try:
+            yield
+        finally:
+            self.set_routing(None)
+
+    def grouping(self, module: str) -> _Grouping | None:
+        """The current forward's grouping for one module kind (None: no token needs a delta)."""
+        if self._token_slots is None:
+            return None
+        if module in self._groupings:
+            return self._groupings[module]
+        g = self._build_grouping(module)
+        self._groupings[module] = g
+        return g
+
+    def _build_grouping(self, module: str) -> _Grouping | None:
+        t = self._token_slots  # [T] long, CPU
+        ranks = torch.tensor([r.get(module, 0) for r in self._slot_ranks] + [0], dtype=torch.long)  # [S + 1]
+        # tokens whose slot holds nothing for this module kind need no delta
+        eff = torch.where(t >= 0, t, torch.full_like(t, self.num_slots))  # [T], no adapter -> S
+        has = ranks[eff] > 0  # [T] bool
+        if not bool(has.any()):
+            return None
+        key = eff.masked_fill(~has, self.num_slots)  # [T]
+        order = torch.argsort(key, stable=True)  # [T]
+        counts_all = torch.bincount(key, minlength=self.num_slots + 1)[: self.num_slots]  # [S]
+        ta = int(counts_all.sum())
+        perm = order[:ta]  # [Ta] adapter tokens, sorted by slot
+        slot_index = torch.nonzero(counts_all).squeeze(1)  # [G]
+        counts = counts_all[slot_index]  # [G]
+        slots = tuple(slot_index.tolist())
+        count_list = tuple(counts.tolist())
+        rank = int(ranks[slot_index].max())
+        max_count = max(count_list)
+        balanced = min(count_list) == max_count
+        pad_pos = None
+        if not balanced:
+            # position of each sorted token inside a [G, L] padded layout: group g starts at g * L
+            starts = torch.cumsum(counts, 0) - counts  # [G]
+            group_of = torch.repeat_interleave(torch.arange(len(slots)), counts)  # [Ta]
+            within = torch.arange(ta) - starts[group_of]  # [Ta]
+            pad_pos = (group_of * max_count + within).to(self.device)  # [Ta]
+        offs = None
+        if self.use_grouped_mm:
+            offs = torch.cumsum(counts_all, 0).to(torch.int32).to(self.device, non_blocking=True)  # [S]
+        return _Grouping(
+            num_tokens=t.numel(), perm=perm.to(self.device, non_blocking=True), slots=slots, counts=count_list,
+            rank=rank, slot_index=slot_index.to(self.device, non_blocking=True), balanced=balanced,
+            pad_pos=pad_pos, max_count=max_count, offs=offs,
+        )
+
+
+class MultiLoraLinear(nn.Module):
+    """An `nn.Linear` plus a per-token LoRA delta from the bank's slot buffers."""
+
+    def __init__(self, base: nn.Linear, module: str, num_slots: int, max_rank: int,
+                 dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.base_layer = base
+        self.module = module
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.bank: LoraSlotBank | None = None  # set by inject_multi_lora (not a submodule)
+        # non-persistent: slots are runtime state, not part of the model's checkpoint
+        self.register_buffer("lora_a", torch.zeros(num_slots, max_rank, base.in_features, dtype=dtype, device=device),
+                             persistent=False)  # [S, R, in]
+        self.register_buffer("lora_b", torch.zeros(num_slots, base.out_features, max_rank, dtype=dtype, device=device),
+                             persistent=False)  # [S, out, R]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in]
+        y = self.base_layer(x)  # [..., out]: the base matmul, once for the whole batch
+        g = self.bank.grouping(self.module) if self.bank is not None else None
+        if g is None:
+            return y
+        x2 = x.reshape(-1, self.in_features)  # [T, in]
+        if x2.shape[0] != g.num_tokens:
+            raise LoraSlotError(f"routing has {g.num_tokens} tokens but the batch has {x2.shape[0]}")
+        y2 = y.view(-1, self.out_features)  # [T, out]
+        xs = x2.index_select(0, g.perm)  # [Ta, in] adapter tokens sorted by slot
+        delta = self._delta(xs, g)  # [Ta, out]
+        y2.index_add_(0, g.perm, delta.to(y2.dtype))
+        return y
+
+    def _delta(self, xs: torch.Tensor, g: _Grouping) -> torch.Tensor:
+        r = g.rank
+        if g.offs is not None:
+            # CUDA grouped GEMM over all slots (empty groups cost nothing), weights not copied
+            a_t = self.lora_a[:, :r].transpose(1, 2)  # [S, in, r]
+            b_t = self.lora_b[:, :, :r].transpose(1, 2)  # [S, r, out]
+            h = torch._grouped_mm(xs, a_t, offs=g.offs)  # [Ta, r]
+            return torch._grouped_mm(h, b_t, offs=g.offs)  # [Ta, out]
+        n_groups = len(g.slots)
+        waste = 1.0 - xs.shape[0] / (n_groups * g.max_count)
+        if g.balanced or waste <= self.bank.max_padding_waste:
+            a = self.lora_a[:, :r].index_select(0, g.slot_index)  # [G, r, in]
+            b = self.lora_b[:, :, :r].index_select(0, g.slot_index)  # [G, out, r]
+            if g.balanced:
+                xg = xs.view(n_groups, g.max_count, self.in_features)  # [G, L, in]
+            else:
+                xg = xs.new_zeros(n_groups * g.max_count, self.in_features)  # [G*L, in]
+                xg.index_copy_(0, g.pad_pos, xs)
+                xg = xg.view(n_groups, g.max_count, self.in_features)  # [G, L, in]
+            h = torch.bmm(xg, a.transpose(1, 2))  # [G, L, r]
+            d = torch.bmm(h, b.transpose(1, 2)).view(-1, self.out_features)  # [G*L, out]
+            return d if g.balanced else d.index_select(0, g.pad_pos)  # [Ta, out]
+        # unbalanced: one pair of matmuls per distinct adapter, on views of its own rank
+        out = xs.new_empty(xs.shape[0], self.out_features)  # [Ta, out]
+        start = 0
+        for slot, count in zip(g.slots, g.counts):
+            x_s = xs[start:start + count]  # [n, in]
+            h = x_s @ self.lora_a[slot, :r].T  # [n, r]
+            torch.mm(h, self.lora_b[slot, :, :r].T, out=out[start:start + count])  # [n, out]
+            start += count
+        return out
+
+    def extra_repr(self) -> str:
+        s, r, _ = self.lora_a.shape
+        return f"module={self.module}, in={self.in_features}, out={self.out_features}, slots={s}, max_rank={r}"
+
+
+def _decoder_layers(model: nn.Module) -> Sequence[nn.Module]:
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise LoraSlotError("not a Llama-family causal LM: no model.layers")
+    return layers
+
+
+def inject_multi_lora(
+    model: nn.Module,
+    target_modules: Iterable[str] = SUPPORTED_MODULES,
+    num_slots: int = 8,
+    max_rank: int = 64,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> LoraSlotBank:
+    """Replace the targeted linear modules of every decoder layer by `MultiLoraLinear` (in place)
+    and return the bank owning their slot buffers. dtype/device default to the model's."""
+    targets = tuple(target_modules)
+    bad = [m for m in targets if m not in SUPPORTED_MODULES]
+    if bad:
+        raise LoraSlotError(f"cannot target {bad}: supported modules are {list(SUPPORTED_MODULES)}")
+    if num_slots < 1 or max_rank < 1:
+        raise LoraSlotError("num_slots and max_rank must be positive")
+    first = next(model.parameters())
+    dtype = dtype or first.dtype
+    device = torch.device(device) if device is not None else first.device
+    layers: dict[ModuleKey, MultiLoraLinear] = {}
+    for i, block in enumerate(_decoder_layers(model)):
+        for module in targets:
+            parent = getattr(block, _PARENTS[module])
+            base = getattr(parent, module)
+            if isinstance(base, MultiLoraLinear):
+                raise LoraSlotError("model already has multi-LoRA layers")
+            if not isinstance(base, nn.Linear):
+                raise LoraSlotError(f"layer {i} {module} is {type(base).__name__}, not nn.Linear")
+            wrapped = MultiLoraLinear(base, module, num_slots, max_rank, dtype, device)
+            setattr(parent, module, wrapped)
+            layers[(i, module)] = wrapped
+    bank = LoraSlotBank(layers, num_slots, max_rank, dtype, device)
+    for layer in layers.values():
+        layer.bank = bank
+    return bank
