@@ -58,13 +58,21 @@ def _read_full(f, buf: bytearray) -> int:
     return got
 
 
+def _open(path):
+    if hasattr(path, "readinto"):  # an open binary stream (e.g. BytesIO): the caller owns it
+        import contextlib
+
+        return contextlib.nullcontext(path)
+    return open(path, "rb", buffering=0)
+
+
 def import_file(path: str | os.PathLike, params: ImportParams, sink: BlockSink | None = None) -> Imported:
     version = params.version
     raw = params.leaves_raw
     leaves: list[Imported] = []
     buf = bytearray(CHUNK_SIZE)
     sha256 = hashlib.sha256
-    with open(path, "rb", buffering=0) as f:
+    with _open(path) as f:
         while True:
             n = _read_full(f, buf)
             if n == 0 and leaves:
@@ -141,19 +149,25 @@ def import_dir(
         else:
             raise UnsupportedContent(f"not a regular file or folder: {entry.path}")
         entries.append((_utf8_name(entry.name, root), child))
+    result = dir_node(entries, params.version, sink, where=str(root))
+    if on_entry:
+        on_entry(_rel or root.name, result.cid, result.tsize)
+    return result
+
+
+def dir_node(entries: list[tuple[bytes, Imported]], version: int, sink: BlockSink | None = None, where: str = "") -> Imported:
+    """A basic UnixFS directory over (name, child) pairs, links sorted by name as Kubo writes them."""
+    entries = sorted(entries, key=lambda e: e[0])
     estimate = sum(len(name) + len(child.cid.to_bytes()) for name, child in entries)
     if estimate >= HAMT_THRESHOLD:
         raise UnsupportedContent(
-            f"{root}: {len(entries)} entries would make Kubo shard this folder (HAMT), which is not supported"
+            f"{where}: {len(entries)} entries would make Kubo shard this folder (HAMT), which is not supported"
         )
     block = encode_node([encode_link(c.cid.to_bytes(), name, c.tsize) for name, c in entries], unixfs_data(T_DIRECTORY))
-    cid = CID.of(params.version, CODEC_DAG_PB, block)
+    cid = CID.of(version, CODEC_DAG_PB, block)
     if sink:
         sink(cid, block)
-    result = Imported(cid, len(block) + sum(c.tsize for _, c in entries), 0)
-    if on_entry:
-        on_entry(_rel or root.name, cid, result.tsize)
-    return result
+    return Imported(cid, len(block) + sum(c.tsize for _, c in entries), 0)
 
 
 def import_path(
@@ -171,7 +185,7 @@ def import_path(
     if stat.S_ISLNK(st.st_mode):
         raise UnsupportedContent(f"symlinks are not imported (refused for safety): {p}")
     if stat.S_ISDIR(st.st_mode):
-        return import_dir(p, params, sink, on_entry)
+        return import_dir(p, params, sink, on_entry, p.resolve().name)
     if stat.S_ISREG(st.st_mode):
         result = import_file(p, params, sink)
         if on_entry:
@@ -180,8 +194,25 @@ def import_path(
     raise UnsupportedContent(f"not a regular file or folder: {p}")
 
 
-def cid_of_path(path: str | os.PathLike, version: int = 1, *, raw_leaves: bool | None = None, include_hidden: bool = False) -> str:
-    """The CID `ipfs add --only-hash [-r] --cid-version=<version>` prints for `path` (Kubo defaults)."""
+def cid_of_path(
+    path: str | os.PathLike,
+    version: int = 1,
+    *,
+    raw_leaves: bool | None = None,
+    include_hidden: bool = False,
+    wrap: bool = False,
+) -> str:
+    """The CID `ipfs add --only-hash [-r] [-w] --cid-version=<version>` prints for `path` (Kubo defaults)."""
     if version not in (0, 1):
         raise ValueError("version must be 0 or 1")
-    return str(import_path(path, ImportParams(version, raw_leaves, include_hidden)).cid)
+    result = import_path(path, ImportParams(version, raw_leaves, include_hidden))
+    if wrap:
+        result = dir_node([(Path(path).resolve().name.encode("utf-8"), result)], version)
+    return str(result.cid)
+
+
+def cid_of_bytes(data: bytes, version: int = 1, *, raw_leaves: bool | None = None) -> str:
+    """The CID Kubo gives a file with these bytes."""
+    import io
+
+    return str(import_file(io.BytesIO(data), ImportParams(version, raw_leaves)).cid)
