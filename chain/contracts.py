@@ -1,0 +1,875 @@
+"""Typed web3.py bindings of the protocol contracts (ABIs from Hardhat artifacts).
+
+One wrapper per contract. Reads return frozen dataclasses; every write `fn` comes as
+`build_fn(sender, ...) -> dict` (unsigned tx params for the outbox, which adds nonce, gas and
+fees) and `fn(account, ...) -> TxReceipt` (sign, send, wait). Reverts surface as
+`chain.errors.ContractRevert(name, args)` decoded from the custom errors of every artifact.
+Events decode into the frozen dataclasses below via `Contracts.decode_events(logs)`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Any, Iterable, Sequence
+
+from eth_abi import decode as abi_decode
+from eth_account.signers.local import LocalAccount
+from eth_utils import function_abi_to_4byte_selector, keccak, to_checksum_address
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.exceptions import ContractLogicError, Web3RPCError
+from web3.types import TxReceipt
+
+from chain.artifacts import load_artifact
+from chain.deploy import PROTOCOL_CONTRACTS, Deployment
+from chain.eip712 import Receipt, Voucher
+from chain.errors import ChainError, ContractRevert
+
+RECEIPT_TIMEOUT_S = 120
+_ERROR_SOURCES = ("DemoToken", *PROTOCOL_CONTRACTS)
+
+# ------------------------------------------------------------------------------ revert decoding
+
+
+@lru_cache(maxsize=1)
+def _error_table() -> dict[bytes, tuple[str, list[str]]]:
+    """4-byte selector -> (error name, input types), over every artifact's custom errors."""
+    table: dict[bytes, tuple[str, list[str]]] = {
+        bytes.fromhex("08c379a0"): ("Error", ["string"]),
+        bytes.fromhex("4e487b71"): ("Panic", ["uint256"]),
+    }
+    for name in _ERROR_SOURCES:
+        for entry in load_artifact(name).abi:
+            if entry["type"] == "error":
+                sel = function_abi_to_4byte_selector(entry)
+                table[sel] = (entry["name"], [_abi_type(i) for i in entry["inputs"]])
+    return table
+
+
+def _abi_type(inp: dict) -> str:
+    if inp["type"].startswith("tuple"):
+        return "(" + ",".join(_abi_type(c) for c in inp["components"]) + ")" + inp["type"][5:]
+    return inp["type"]
+
+
+def decode_revert(data: bytes | str | None) -> ContractRevert:
+    """The ContractRevert that revert `data` encodes (name "Unknown" if it matches no known error)."""
+    raw = bytes(HexBytes(data)) if data else b""
+    entry = _error_table().get(raw[:4]) if len(raw) >= 4 else None
+    if entry is None:
+        return ContractRevert("Unknown", (), raw, f"revert with unknown data 0x{raw.hex()}")
+    name, types = entry
+    try:
+        values = abi_decode(types, raw[4:]) if types else ()
+    except Exception:  # noqa: BLE001 - malformed data from a hostile contract must not crash decoding
+        return ContractRevert("Unknown", (), raw, f"malformed {name} revert data 0x{raw.hex()}")
+    values = tuple(_norm(v) for v in values)
+    return ContractRevert(name, values, raw)
+
+
+def _revert_data(e: Exception) -> bytes | None:
+    data = getattr(e, "data", None)
+    if isinstance(data, dict):  # some providers nest it
+        data = data.get("data")
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data)
+    if isinstance(data, str) and data.startswith("0x"):
+        return bytes.fromhex(data[2:])
+    return None
+
+
+def _as_revert(e: Exception) -> Exception:
+    data = _revert_data(e)
+    if data is not None:
+        return decode_revert(data)
+    if isinstance(e, ContractLogicError):
+        return ContractRevert("Unknown", (), b"", str(e))
+    return e
+
+
+def _norm(v: Any) -> Any:
+    """ABI values to plain Python: checksum addresses, bytes, tuples."""
+    if isinstance(v, str) and v.startswith("0x") and len(v) == 42:
+        return to_checksum_address(v)
+    if isinstance(v, (bytes, bytearray, HexBytes)):
+        return bytes(v)
+    if isinstance(v, (list, tuple)):
+        return tuple(_norm(x) for x in v)
+    return v
+
+
+# ------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True)
+class Event:
+    """Where a log came from; every event dataclass starts with these fields."""
+
+    address: str
+    block_number: int
+    block_hash: bytes
+    tx_hash: bytes
+    log_index: int
+
+
+@dataclass(frozen=True)
+class DatasetCreated(Event):
+    dataset_id: int
+    curator: str
+    name: str
+    license: str
+    metadata_cid: str
+
+
+@dataclass(frozen=True)
+class ContributionSubmitted(Event):
+    contribution_id: int
+    dataset_id: int
+    contributor: str
+    cid: str
+    size_tokens: int
+
+
+@dataclass(frozen=True)
+class ContributionAccepted(Event):
+    contribution_id: int
+    dataset_id: int
+    weight: int
+
+
+@dataclass(frozen=True)
+class ContributionRejected(Event):
+    contribution_id: int
+    dataset_id: int
+
+
+@dataclass(frozen=True)
+class DatasetRewarded(Event):
+    dataset_id: int
+    amount: int
+    acc_reward_per_weight: int
+
+
+@dataclass(frozen=True)
+class ContributionHarvested(Event):
+    contribution_id: int
+    contributor: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class AdapterPublished(Event):
+    adapter_id: int
+    owner: str
+    version: int
+    base_model_id: str
+    cid: str
+    rank: int
+    price_per_1k: int
+    owner_bps: int
+    dataset_ids: tuple[int, ...]
+    dataset_bps: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class AdapterDeprecated(Event):
+    adapter_id: int
+
+
+@dataclass(frozen=True)
+class NodeRegistered(Event):
+    node: str
+    endpoint: str
+    base_model_ids: tuple[str, ...]
+    compute_price_per_1k: int
+
+
+@dataclass(frozen=True)
+class NodeUpdated(Event):
+    node: str
+    endpoint: str
+    base_model_ids: tuple[str, ...]
+    compute_price_per_1k: int
+
+
+@dataclass(frozen=True)
+class BondAdded(Event):
+    node: str
+    amount: int
+    total: int
+
+
+@dataclass(frozen=True)
+class NodeDeregistered(Event):
+    node: str
+    unbond_at: int
+
+
+@dataclass(frozen=True)
+class BondWithdrawn(Event):
+    node: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Credited(Event):
+    account: str
+    creditor: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Claimed(Event):
+    account: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Deposited(Event):
+    payer: str
+    from_: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class SignerAuthorized(Event):
+    payer: str
+    signer: str
+
+
+@dataclass(frozen=True)
+class SignerRevoked(Event):
+    payer: str
+    signer: str
+
+
+@dataclass(frozen=True)
+class ThawStarted(Event):
+    payer: str
+    amount: int
+    thaw_end: int
+
+
+@dataclass(frozen=True)
+class Withdrawn(Event):
+    payer: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class VoucherRedeemed(Event):
+    payer: str
+    node: str
+    adapter_id: int
+    compute_paid: int
+    adapter_paid: int
+
+
+@dataclass(frozen=True)
+class VoucherUnderfunded(Event):
+    payer: str
+    node: str
+    adapter_id: int
+    needed: int
+    available: int
+
+
+@dataclass(frozen=True)
+class ProtocolFeeSet(Event):
+    recipient: str
+    bps: int
+
+
+@dataclass(frozen=True)
+class BatchCommitted(Event):
+    node: str
+    seq: int
+    root: bytes
+    count: int
+    receipts_cid: str
+
+
+@dataclass(frozen=True)
+class Transfer(Event):
+    from_: str
+    to: str
+    value: int
+
+
+@dataclass(frozen=True)
+class Approval(Event):
+    owner: str
+    spender: str
+    value: int
+
+
+@dataclass(frozen=True)
+class OwnershipTransferred(Event):
+    previous_owner: str
+    new_owner: str
+
+
+_EVENT_CLASSES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (
+        DatasetCreated, ContributionSubmitted, ContributionAccepted, ContributionRejected, DatasetRewarded,
+        ContributionHarvested, AdapterPublished, AdapterDeprecated, NodeRegistered, NodeUpdated, BondAdded,
+        NodeDeregistered, BondWithdrawn, Credited, Claimed, Deposited, SignerAuthorized, SignerRevoked,
+        ThawStarted, Withdrawn, VoucherRedeemed, VoucherUnderfunded, ProtocolFeeSet, BatchCommitted,
+        Transfer, Approval, OwnershipTransferred,
+    )
+}
+_RENAMES = {"from": "from_", "pricePer1k": "price_per_1k", "computePricePer1k": "compute_price_per_1k"}
+_EVENT_BASE_FIELDS = {f.name for f in fields(Event)}
+
+
+def snake(name: str) -> str:
+    """ABI argument name -> dataclass field name (datasetId -> dataset_id)."""
+    return _RENAMES.get(name) or re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def event_fields(cls: type[Event]) -> list[str]:
+    return [f.name for f in fields(cls) if f.name not in _EVENT_BASE_FIELDS]
+
+
+# ------------------------------------------------------------------------------ read results
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    adapter_id: int
+    owner: str
+    base_model_id: str
+    cid: str
+    rank: int
+    price_per_1k: int
+    owner_bps: int
+    dataset_ids: tuple[int, ...]
+    dataset_bps: tuple[int, ...]
+    version: int
+    deprecated: bool
+
+
+@dataclass(frozen=True)
+class AdapterPayout:
+    owner: str
+    count: int
+    packed0: int
+    packed1: int
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    dataset_id: int
+    curator: str
+    name: str
+    license: str
+    metadata_cid: str
+    total_weight: int
+    acc_reward_per_weight: int
+    contribution_count: int
+
+
+CONTRIBUTION_STATUS = ("none", "pending", "accepted", "rejected")
+
+
+@dataclass(frozen=True)
+class ContributionInfo:
+    contribution_id: int
+    contributor: str
+    dataset_id: int
+    cid: str
+    size_tokens: int
+    status: str  # one of CONTRIBUTION_STATUS
+    weight: int
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node: str
+    endpoint: str
+    base_model_ids: tuple[str, ...]
+    compute_price_per_1k: int
+    bond: int
+    unbond_at: int
+    active: bool
+
+
+@dataclass(frozen=True)
+class EscrowAccount:
+    balance: int  # includes what is thawing
+    thawing: int
+    thaw_end: int
+
+
+@dataclass(frozen=True)
+class LaneCollected:
+    compute: int
+    adapter: int
+
+
+@dataclass(frozen=True)
+class ProtocolFee:
+    recipient: str
+    bps: int
+
+
+# ------------------------------------------------------------------------------ wrappers
+
+Sender = str | LocalAccount
+
+
+class _Wrapper:
+    """Shared plumbing: calls, tx building, sending, revert decoding, event decoding."""
+
+    ARTIFACT: str = ""
+
+    def __init__(self, w3: Web3, address: str):
+        self.w3 = w3
+        self.address = to_checksum_address(address)
+        art = load_artifact(self.ARTIFACT)
+        self.abi = art.abi_list
+        self.contract = w3.eth.contract(address=self.address, abi=self.abi)
+        self._events_by_topic = {}
+        for entry in self.abi:
+            if entry["type"] == "event" and entry["name"] in _EVENT_CLASSES and not entry.get("anonymous"):
+                sig = f"{entry['name']}({','.join(_abi_type(i) for i in entry['inputs'])})"
+                self._events_by_topic[keccak(text=sig)] = entry["name"]
+
+    # -- calls
+    def _call(self, fn: str, *args: Any) -> Any:
+        try:
+            return getattr(self.contract.functions, fn)(*args).call()
+        except (ContractLogicError, Web3RPCError) as e:
+            raise _as_revert(e) from e
+
+    # -- transactions
+    def _build(self, sender: Sender, fn: str, *args: Any) -> dict:
+        frm = sender.address if isinstance(sender, LocalAccount) else to_checksum_address(sender)
+        data = self.contract.encode_abi(fn, args=list(args))
+        return {"from": frm, "to": self.address, "data": data, "value": 0, "chainId": self.w3.eth.chain_id}
+
+    def _send(self, account: LocalAccount, fn: str, *args: Any) -> TxReceipt:
+        tx = self._build(account, fn, *args)
+        return send_tx(self.w3, account, tx)
+
+    # -- events
+    def event_topics(self) -> list[bytes]:
+        return list(self._events_by_topic)
+
+    def decode_log(self, log: dict) -> Event | None:
+        topics = log.get("topics") or []
+        if not topics:
+            return None
+        name = self._events_by_topic.get(bytes(HexBytes(topics[0])))
+        if name is None:
+            return None
+        ev = getattr(self.contract.events, name)().process_log(log)
+        cls = _EVENT_CLASSES[name]
+        values = {snake(k): _norm(v) for k, v in ev["args"].items()}
+        return cls(
+            address=to_checksum_address(log["address"]),
+            block_number=int(log["blockNumber"]),
+            block_hash=bytes(HexBytes(log["blockHash"])),
+            tx_hash=bytes(HexBytes(log["transactionHash"])),
+            log_index=int(log["logIndex"]),
+            **{f: values[f] for f in event_fields(cls)},
+        )
+
+
+def send_tx(w3: Web3, account: LocalAccount, tx: dict) -> TxReceipt:
+    """Estimate, sign, send and wait; raise ContractRevert (decoded) if it would or did revert."""
+    tx = dict(tx)
+    tx.setdefault("from", account.address)
+    try:
+        gas = w3.eth.estimate_gas(tx)
+    except (ContractLogicError, Web3RPCError) as e:
+        raise _as_revert(e) from e
+    tx["gas"] = gas + gas // 5 + 10_000  # margin: state can move between estimate and inclusion
+    tx.setdefault("nonce", w3.eth.get_transaction_count(account.address, "pending"))
+    if "maxFeePerGas" not in tx and "gasPrice" not in tx:
+        tx["gasPrice"] = w3.eth.gas_price
+    signed = account.sign_transaction(tx)
+    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
+    if receipt["status"] != 1:
+        # Replay at the block it failed in to learn why.
+        call = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
+        try:
+            w3.eth.call(call, receipt["blockNumber"] - 1)
+        except (ContractLogicError, Web3RPCError) as e:
+            raise _as_revert(e) from e
+        raise ContractRevert("Unknown", (), b"", f"transaction {tx_hash.hex()} reverted (out of gas?)")
+    return receipt
+
+
+class TokenContract(_Wrapper):
+    """The payment token (ERC20; DemoToken on dev chains adds `mint`)."""
+
+    ARTIFACT = "DemoToken"
+
+    def balance_of(self, who: str) -> int:
+        return self._call("balanceOf", who)
+
+    def allowance(self, owner: str, spender: str) -> int:
+        return self._call("allowance", owner, spender)
+
+    def total_supply(self) -> int:
+        return self._call("totalSupply")
+
+    def build_approve(self, sender: Sender, spender: str, amount: int) -> dict:
+        return self._build(sender, "approve", spender, amount)
+
+    def approve(self, account: LocalAccount, spender: str, amount: int) -> TxReceipt:
+        return self._send(account, "approve", spender, amount)
+
+    def build_transfer(self, sender: Sender, to: str, amount: int) -> dict:
+        return self._build(sender, "transfer", to, amount)
+
+    def transfer(self, account: LocalAccount, to: str, amount: int) -> TxReceipt:
+        return self._send(account, "transfer", to, amount)
+
+    def build_mint(self, sender: Sender, to: str, amount: int) -> dict:
+        return self._build(sender, "mint", to, amount)
+
+    def mint(self, account: LocalAccount, to: str, amount: int) -> TxReceipt:
+        return self._send(account, "mint", to, amount)
+
+
+class DatasetRegistryContract(_Wrapper):
+    ARTIFACT = "DatasetRegistry"
+
+    def build_create_dataset(self, sender: Sender, name: str, license: str, metadata_cid: str = "") -> dict:
+        return self._build(sender, "createDataset", name, license, metadata_cid)
+
+    def create_dataset(self, account: LocalAccount, name: str, license: str, metadata_cid: str = "") -> TxReceipt:
+        return self._send(account, "createDataset", name, license, metadata_cid)
+
+    def build_contribute(self, sender: Sender, dataset_id: int, cid: str, size_tokens: int) -> dict:
+        return self._build(sender, "contribute", dataset_id, cid, size_tokens)
+
+    def contribute(self, account: LocalAccount, dataset_id: int, cid: str, size_tokens: int) -> TxReceipt:
+        return self._send(account, "contribute", dataset_id, cid, size_tokens)
+
+    def build_accept(self, sender: Sender, contribution_id: int, weight: int) -> dict:
+        return self._build(sender, "accept", contribution_id, weight)
+
+    def accept(self, account: LocalAccount, contribution_id: int, weight: int) -> TxReceipt:
+        return self._send(account, "accept", contribution_id, weight)
+
+    def build_reject(self, sender: Sender, contribution_id: int) -> dict:
+        return self._build(sender, "reject", contribution_id)
+
+    def reject(self, account: LocalAccount, contribution_id: int) -> TxReceipt:
+        return self._send(account, "reject", contribution_id)
+
+    def build_harvest(self, sender: Sender, contribution_ids: Sequence[int]) -> dict:
+        return self._build(sender, "harvest", list(contribution_ids))
+
+    def harvest(self, account: LocalAccount, contribution_ids: Sequence[int]) -> TxReceipt:
+        return self._send(account, "harvest", list(contribution_ids))
+
+    def get_dataset(self, dataset_id: int) -> DatasetInfo:
+        d = self._call("getDataset", dataset_id)
+        return DatasetInfo(dataset_id, to_checksum_address(d[0]), d[1], d[2], d[3], d[4], d[5], d[6])
+
+    def get_contribution(self, contribution_id: int) -> ContributionInfo:
+        c = self._call("getContribution", contribution_id)
+        return ContributionInfo(
+            contribution_id, to_checksum_address(c[0]), c[1], c[2], c[3], CONTRIBUTION_STATUS[c[4]], c[5]
+        )
+
+    def dataset_exists(self, dataset_id: int) -> bool:
+        return self._call("datasetExists", dataset_id)
+
+    def pending_reward(self, contribution_id: int) -> int:
+        return self._call("pendingReward", contribution_id)
+
+    def dataset_count(self) -> int:
+        return self._call("datasetCount")
+
+    def contribution_count(self) -> int:
+        return self._call("contributionCount")
+
+
+class AdapterRegistryContract(_Wrapper):
+    ARTIFACT = "AdapterRegistry"
+
+    def build_register(
+        self,
+        sender: Sender,
+        base_model_id: str,
+        cid: str,
+        rank: int,
+        price_per_1k: int,
+        owner_bps: int,
+        dataset_ids: Sequence[int] = (),
+        dataset_bps: Sequence[int] = (),
+    ) -> dict:
+        return self._build(
+            sender, "register", base_model_id, cid, rank, price_per_1k, owner_bps, list(dataset_ids), list(dataset_bps)
+        )
+
+    def register(
+        self,
+        account: LocalAccount,
+        base_model_id: str,
+        cid: str,
+        rank: int,
+        price_per_1k: int,
+        owner_bps: int,
+        dataset_ids: Sequence[int] = (),
+        dataset_bps: Sequence[int] = (),
+    ) -> TxReceipt:
+        return self._send(
+            account, "register", base_model_id, cid, rank, price_per_1k, owner_bps, list(dataset_ids), list(dataset_bps)
+        )
+
+    def build_publish_version(self, sender: Sender, adapter_id: int, cid: str, rank: int, price_per_1k: int) -> dict:
+        return self._build(sender, "publishVersion", adapter_id, cid, rank, price_per_1k)
+
+    def publish_version(self, account: LocalAccount, adapter_id: int, cid: str, rank: int, price_per_1k: int) -> TxReceipt:
+        return self._send(account, "publishVersion", adapter_id, cid, rank, price_per_1k)
+
+    def build_deprecate(self, sender: Sender, adapter_id: int) -> dict:
+        return self._build(sender, "deprecate", adapter_id)
+
+    def deprecate(self, account: LocalAccount, adapter_id: int) -> TxReceipt:
+        return self._send(account, "deprecate", adapter_id)
+
+    def get_adapter(self, adapter_id: int) -> AdapterInfo:
+        a = self._call("getAdapter", adapter_id)
+        return AdapterInfo(
+            adapter_id, to_checksum_address(a[0]), a[1], a[2], a[3], a[4], a[5], tuple(a[6]), tuple(a[7]), a[8], a[9]
+        )
+
+    def payout_of(self, adapter_id: int) -> AdapterPayout:
+        o, c, p0, p1 = self._call("payoutOf", adapter_id)
+        return AdapterPayout(to_checksum_address(o), c, p0, p1)
+
+    def adapter_count(self) -> int:
+        return self._call("adapterCount")
+
+
+class NodeRegistryContract(_Wrapper):
+    ARTIFACT = "NodeRegistry"
+
+    def build_register(
+        self, sender: Sender, endpoint: str, base_model_ids: Sequence[str], compute_price_per_1k: int, bond: int = 0
+    ) -> dict:
+        return self._build(sender, "register", endpoint, list(base_model_ids), compute_price_per_1k, bond)
+
+    def register(
+        self, account: LocalAccount, endpoint: str, base_model_ids: Sequence[str], compute_price_per_1k: int, bond: int = 0
+    ) -> TxReceipt:
+        return self._send(account, "register", endpoint, list(base_model_ids), compute_price_per_1k, bond)
+
+    def build_update(self, sender: Sender, endpoint: str, base_model_ids: Sequence[str], compute_price_per_1k: int) -> dict:
+        return self._build(sender, "update", endpoint, list(base_model_ids), compute_price_per_1k)
+
+    def update(
+        self, account: LocalAccount, endpoint: str, base_model_ids: Sequence[str], compute_price_per_1k: int
+    ) -> TxReceipt:
+        return self._send(account, "update", endpoint, list(base_model_ids), compute_price_per_1k)
+
+    def build_add_bond(self, sender: Sender, amount: int) -> dict:
+        return self._build(sender, "addBond", amount)
+
+    def add_bond(self, account: LocalAccount, amount: int) -> TxReceipt:
+        return self._send(account, "addBond", amount)
+
+    def build_deregister(self, sender: Sender) -> dict:
+        return self._build(sender, "deregister")
+
+    def deregister(self, account: LocalAccount) -> TxReceipt:
+        return self._send(account, "deregister")
+
+    def build_withdraw_bond(self, sender: Sender) -> dict:
+        return self._build(sender, "withdrawBond")
+
+    def withdraw_bond(self, account: LocalAccount) -> TxReceipt:
+        return self._send(account, "withdrawBond")
+
+    def get_node(self, node: str) -> NodeInfo:
+        n = self._call("getNode", node)
+        return NodeInfo(to_checksum_address(node), n[0], tuple(n[1]), n[2], n[3], n[4], n[5])
+
+    def is_active(self, node: str) -> bool:
+        return self._call("isActive", node)
+
+
+def _voucher_tuple(v: Voucher) -> tuple:
+    return (v.payer, v.node, v.adapter_id, v.compute_value, v.adapter_value)
+
+
+def _receipt_tuple(r: Receipt) -> tuple:
+    return (
+        r.request_id, r.payer, r.node, r.adapter_id, r.seq, r.prompt_tokens, r.completion_tokens,
+        r.compute_cost, r.adapter_cost, r.output_hash, r.attribution_hash, r.timestamp,
+    )
+
+
+class UsageEscrowContract(_Wrapper):
+    ARTIFACT = "UsageEscrow"
+
+    def build_deposit(self, sender: Sender, amount: int) -> dict:
+        return self._build(sender, "deposit", amount)
+
+    def deposit(self, account: LocalAccount, amount: int) -> TxReceipt:
+        return self._send(account, "deposit", amount)
+
+    def build_deposit_for(self, sender: Sender, payer: str, amount: int) -> dict:
+        return self._build(sender, "depositFor", payer, amount)
+
+    def deposit_for(self, account: LocalAccount, payer: str, amount: int) -> TxReceipt:
+        return self._send(account, "depositFor", payer, amount)
+
+    def build_authorize_signer(self, sender: Sender, signer: str) -> dict:
+        return self._build(sender, "authorizeSigner", signer)
+
+    def authorize_signer(self, account: LocalAccount, signer: str) -> TxReceipt:
+        return self._send(account, "authorizeSigner", signer)
+
+    def build_revoke_signer(self, sender: Sender, signer: str) -> dict:
+        return self._build(sender, "revokeSigner", signer)
+
+    def revoke_signer(self, account: LocalAccount, signer: str) -> TxReceipt:
+        return self._send(account, "revokeSigner", signer)
+
+    def build_start_thaw(self, sender: Sender, amount: int) -> dict:
+        return self._build(sender, "startThaw", amount)
+
+    def start_thaw(self, account: LocalAccount, amount: int) -> TxReceipt:
+        return self._send(account, "startThaw", amount)
+
+    def build_withdraw(self, sender: Sender) -> dict:
+        return self._build(sender, "withdraw")
+
+    def withdraw(self, account: LocalAccount) -> TxReceipt:
+        return self._send(account, "withdraw")
+
+    def build_redeem(self, sender: Sender, vouchers: Sequence[Voucher], signatures: Sequence[bytes]) -> dict:
+        return self._build(sender, "redeem", [_voucher_tuple(v) for v in vouchers], [bytes(s) for s in signatures])
+
+    def redeem(self, account: LocalAccount, vouchers: Sequence[Voucher], signatures: Sequence[bytes]) -> TxReceipt:
+        return self._send(account, "redeem", [_voucher_tuple(v) for v in vouchers], [bytes(s) for s in signatures])
+
+    def build_set_protocol_fee(self, sender: Sender, recipient: str, bps: int) -> dict:
+        return self._build(sender, "setProtocolFee", recipient, bps)
+
+    def set_protocol_fee(self, account: LocalAccount, recipient: str, bps: int) -> TxReceipt:
+        return self._send(account, "setProtocolFee", recipient, bps)
+
+    def hash_voucher(self, v: Voucher) -> bytes:
+        return bytes(self._call("hashVoucher", _voucher_tuple(v)))
+
+    def collected(self, payer: str, node: str, adapter_id: int) -> LaneCollected:
+        return LaneCollected(*self._call("collected", payer, node, adapter_id))
+
+    def account_of(self, payer: str) -> EscrowAccount:
+        return EscrowAccount(*self._call("accountOf", payer))
+
+    def payer_of_signer(self, signer: str) -> str:
+        return to_checksum_address(self._call("payerOfSigner", signer))
+
+    def protocol_fee(self) -> ProtocolFee:
+        r, b = self._call("protocolFee")
+        return ProtocolFee(to_checksum_address(r), b)
+
+    def thaw_seconds(self) -> int:
+        return self._call("thawSeconds")
+
+    def owner(self) -> str:
+        return to_checksum_address(self._call("owner"))
+
+
+class ReceiptLogContract(_Wrapper):
+    ARTIFACT = "ReceiptLog"
+
+    def build_commit_batch(self, sender: Sender, seq: int, root: bytes, count: int, receipts_cid: str) -> dict:
+        return self._build(sender, "commitBatch", seq, bytes(root), count, receipts_cid)
+
+    def commit_batch(self, account: LocalAccount, seq: int, root: bytes, count: int, receipts_cid: str) -> TxReceipt:
+        return self._send(account, "commitBatch", seq, bytes(root), count, receipts_cid)
+
+    def hash_receipt(self, r: Receipt) -> bytes:
+        return bytes(self._call("hashReceipt", _receipt_tuple(r)))
+
+    def verify_receipt(self, r: Receipt, batch_seq: int, proof: Iterable[bytes]) -> bool:
+        return self._call("verifyReceipt", _receipt_tuple(r), batch_seq, [bytes(HexBytes(p)) for p in proof])
+
+    def last_seq(self, node: str) -> int:
+        return self._call("lastSeq", node)
+
+    def batch_root(self, node: str, seq: int) -> bytes:
+        return bytes(self._call("batchRoot", node, seq))
+
+
+class RewardVaultContract(_Wrapper):
+    ARTIFACT = "RewardVault"
+
+    def build_claim(self, sender: Sender) -> dict:
+        return self._build(sender, "claim")
+
+    def claim(self, account: LocalAccount) -> TxReceipt:
+        return self._send(account, "claim")
+
+    def claimable(self, who: str) -> int:
+        return self._call("claimable", who)
+
+    def total_claimable(self) -> int:
+        return self._call("totalClaimable")
+
+
+class Contracts:
+    """The deployed set, bound to one Web3: `.token .datasets .adapters .nodes .escrow .receipts .vault`."""
+
+    def __init__(self, w3: Web3, deployment: Deployment):
+        chain_id = w3.eth.chain_id
+        if chain_id != deployment.chain_id:
+            raise ChainError(f"deployment is for chain {deployment.chain_id}, RPC is chain {chain_id}")
+        a = deployment.addresses
+        self.w3 = w3
+        self.deployment = deployment
+        self.chain_id = chain_id
+        self.token = TokenContract(w3, a["PaymentToken"])
+        self.datasets = DatasetRegistryContract(w3, a["DatasetRegistry"])
+        self.adapters = AdapterRegistryContract(w3, a["AdapterRegistry"])
+        self.nodes = NodeRegistryContract(w3, a["NodeRegistry"])
+        self.escrow = UsageEscrowContract(w3, a["UsageEscrow"])
+        self.receipts = ReceiptLogContract(w3, a["ReceiptLog"])
+        self.vault = RewardVaultContract(w3, a["RewardVault"])
+        self._by_address = {
+            w.address: w
+            for w in (self.token, self.datasets, self.adapters, self.nodes, self.escrow, self.receipts, self.vault)
+        }
+
+    def addresses(self) -> list[str]:
+        """Addresses to pass to eth_getLogs."""
+        return list(self._by_address)
+
+    def event_topics(self) -> list[str]:
+        """topic0 values (hex) of every event the wrappers decode, for eth_getLogs."""
+        seen: dict[bytes, None] = {}
+        for w in self._by_address.values():
+            for t in w.event_topics():
+                seen[t] = None
+        return ["0x" + t.hex() for t in seen]
+
+    def decode_events(self, logs: Iterable[dict]) -> list[Event]:
+        """Decode logs of the deployed contracts into event dataclasses; other logs are skipped."""
+        out: list[Event] = []
+        for log in logs:
+            w = self._by_address.get(to_checksum_address(log["address"]))
+            if w is None:
+                continue
+            ev = w.decode_log(log)
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    def events_of(self, receipt: TxReceipt) -> list[Event]:
+        """Decoded events of one transaction receipt."""
+        return self.decode_events(receipt["logs"])

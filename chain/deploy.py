@@ -1,0 +1,201 @@
+"""Deploy the whole contract set from Python to any RPC URL and record it in deployments/<chainId>.json.
+
+RewardVault and DatasetRegistry name UsageEscrow (and each other) in their constructors as
+immutables, which costs nothing per call at run time. Those addresses do not exist yet when the
+constructors run, so they are predicted from the deployer's nonce (CREATE address =
+keccak(rlp([sender, nonce]))[12:]) and every receipt is checked against the prediction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import rlp
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_canonical_address, to_checksum_address
+from web3 import Web3
+
+from chain.artifacts import load_artifact
+from chain.errors import DeployError
+
+# The protocol set, in deployment order (DemoToken first when no token is given).
+PROTOCOL_CONTRACTS = (
+    "DatasetRegistry",
+    "AdapterRegistry",
+    "NodeRegistry",
+    "RewardVault",
+    "UsageEscrow",
+    "ReceiptLog",
+)
+DEFAULT_PROTOCOL_FEE_BPS = 500  # 5 % of the adapter part
+DEFAULT_THAW_SECONDS = 7 * 24 * 3600
+MAX_PROTOCOL_FEE_BPS = 1_000  # mirrors UsageEscrow.MAX_PROTOCOL_FEE_BPS
+RECEIPT_TIMEOUT_S = 120
+
+
+@dataclass
+class Deployment:
+    """Where the contract set lives on one chain."""
+
+    chain_id: int
+    addresses: dict[str, str]
+    blocks: dict[str, int]
+    abi_hashes: dict[str, str]
+    deployer: str = ""
+    params: dict[str, int] = field(default_factory=dict)
+
+    def save(self, path: Path | str) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)  # atomic: a reader never sees half a file
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> "Deployment":
+        try:
+            data = json.loads(Path(path).read_text())
+            dep = cls(
+                chain_id=int(data["chain_id"]),
+                addresses={k: to_checksum_address(v) for k, v in data["addresses"].items()},
+                blocks={k: int(v) for k, v in data["blocks"].items()},
+                abi_hashes=dict(data["abi_hashes"]),
+                deployer=data.get("deployer", ""),
+                params={k: int(v) for k, v in data.get("params", {}).items()},
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DeployError(f"unreadable deployment file {path}: {e}") from e
+        missing = [n for n in ("PaymentToken", *PROTOCOL_CONTRACTS) if n not in dep.addresses]
+        if missing:
+            raise DeployError(f"deployment file {path} lacks {missing}")
+        return dep
+
+    @property
+    def start_block(self) -> int:
+        """First block a chain watcher needs to scan."""
+        return min(self.blocks.values()) if self.blocks else 0
+
+    def stale_abis(self) -> list[str]:
+        """Contracts whose current artifact ABI differs from the one deployed (bindings would be wrong)."""
+        return [
+            name
+            for name, h in self.abi_hashes.items()
+            if name != "PaymentToken" and load_artifact(name).abi_hash != h
+        ]
+
+
+def create_address(sender: str, nonce: int) -> str:
+    """Address of the contract `sender` creates with transaction nonce `nonce` (CREATE)."""
+    return to_checksum_address(keccak(rlp.encode([to_canonical_address(sender), nonce]))[12:])
+
+
+class _Sender:
+    """Signs and sends the deployer's transactions with consecutive nonces."""
+
+    def __init__(self, w3: Web3, account: LocalAccount, chain_id: int):
+        self.w3, self.account, self.chain_id = w3, account, chain_id
+        self.nonce = w3.eth.get_transaction_count(account.address, "pending")
+
+    def send(self, tx: dict, what: str) -> dict:
+        tx = {**tx, "from": self.account.address, "nonce": self.nonce, "chainId": self.chain_id}
+        try:
+            tx["gas"] = int(self.w3.eth.estimate_gas(tx) * 1.2) + 10_000
+        except Exception as e:  # noqa: BLE001 - any estimate failure means this step would revert
+            raise DeployError(f"{what}: gas estimate failed (would revert?): {e}") from e
+        tx["gasPrice"] = self.w3.eth.gas_price
+        signed = self.account.sign_transaction(tx)
+        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        self.nonce += 1
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
+        if receipt["status"] != 1:
+            raise DeployError(f"{what}: transaction {tx_hash.hex()} reverted")
+        return receipt
+
+    def deploy(self, name: str, *args) -> tuple[str, int]:
+        art = load_artifact(name)
+        data = self.w3.eth.contract(abi=art.abi_list, bytecode=art.bytecode).constructor(*args).data_in_transaction
+        expected = create_address(self.account.address, self.nonce)
+        receipt = self.send({"data": data}, f"deploy {name}")
+        if to_checksum_address(receipt["contractAddress"]) != expected:
+            raise DeployError(f"{name} landed at {receipt['contractAddress']}, predicted {expected}")
+        return expected, receipt["blockNumber"]
+
+
+def deploy(
+    rpc_url: str,
+    deployer_key: str | bytes | LocalAccount,
+    *,
+    token: str | None = None,
+    protocol_fee_bps: int = DEFAULT_PROTOCOL_FEE_BPS,
+    thaw_seconds: int = DEFAULT_THAW_SECONDS,
+    out_dir: Path | str | None = Path("deployments"),
+    w3: Web3 | None = None,
+) -> Deployment:
+    """Deploy DemoToken (unless `token` is given) and the six protocol contracts; return and save the Deployment.
+
+    `out_dir=None` writes nothing. The deployer becomes UsageEscrow's owner and fee recipient.
+    """
+    if not 0 <= protocol_fee_bps <= MAX_PROTOCOL_FEE_BPS:
+        raise DeployError(f"protocol_fee_bps must be in 0..{MAX_PROTOCOL_FEE_BPS}, got {protocol_fee_bps}")
+    if not 0 <= thaw_seconds < 2**64:
+        raise DeployError(f"thaw_seconds out of range: {thaw_seconds}")
+    w3 = w3 or Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
+    account = deployer_key if isinstance(deployer_key, LocalAccount) else Account.from_key(deployer_key)
+    chain_id = w3.eth.chain_id
+    s = _Sender(w3, account, chain_id)
+    addresses: dict[str, str] = {}
+    blocks: dict[str, int] = {}
+    abi_hashes: dict[str, str] = {}
+
+    if token is None:
+        addresses["PaymentToken"], blocks["PaymentToken"] = s.deploy("DemoToken", account.address)
+        abi_hashes["PaymentToken"] = load_artifact("DemoToken").abi_hash
+    else:
+        token = to_checksum_address(token)
+        if not w3.eth.get_code(token):
+            raise DeployError(f"token {token} has no code on chain {chain_id}")
+        addresses["PaymentToken"] = token
+        blocks["PaymentToken"] = w3.eth.block_number
+        abi_hashes["PaymentToken"] = load_artifact("DemoToken").abi_hash  # the ERC20 part is what we use
+    tok = addresses["PaymentToken"]
+
+    n = s.nonce
+    predicted = {name: create_address(account.address, n + i) for i, name in enumerate(PROTOCOL_CONTRACTS)}
+    ctor_args = {
+        "DatasetRegistry": (predicted["RewardVault"], predicted["UsageEscrow"]),
+        "AdapterRegistry": (predicted["DatasetRegistry"],),
+        "NodeRegistry": (tok, thaw_seconds),
+        "RewardVault": (tok, predicted["UsageEscrow"], predicted["DatasetRegistry"]),
+        "UsageEscrow": (
+            tok,
+            predicted["AdapterRegistry"],
+            predicted["DatasetRegistry"],
+            predicted["RewardVault"],
+            thaw_seconds,
+            protocol_fee_bps,
+            account.address,
+        ),
+        "ReceiptLog": (),
+    }
+    for name in PROTOCOL_CONTRACTS:
+        addr, block = s.deploy(name, *ctor_args[name])
+        if addr != predicted[name]:  # s.deploy checks its own nonce; this catches a nonce gap
+            raise DeployError(f"{name} at {addr}, constructors were given {predicted[name]}")
+        addresses[name], blocks[name] = addr, block
+        abi_hashes[name] = load_artifact(name).abi_hash
+
+    dep = Deployment(
+        chain_id=chain_id,
+        addresses=addresses,
+        blocks=blocks,
+        abi_hashes=abi_hashes,
+        deployer=account.address,
+        params={"protocol_fee_bps": protocol_fee_bps, "thaw_seconds": thaw_seconds},
+    )
+    if out_dir is not None:
+        dep.save(Path(out_dir) / f"{chain_id}.json")
+    return dep

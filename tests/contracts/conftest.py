@@ -1,0 +1,69 @@
+"""Contract-test fixtures: the protocol deployed once per module on the session anvil; each test
+runs inside the `anvil` fixture's snapshot, so state changes never leak between tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from chain.contracts import Contracts
+from chain.deploy import deploy
+from chain.devchain import DEV_PRIVATE_KEYS
+
+FEE_BPS = 500
+THAW_SECONDS = 3600
+MINT = 10**24
+
+
+@dataclass
+class Env:
+    w3: Web3
+    c: Contracts
+    deployer: LocalAccount
+    payer: LocalAccount
+    payer2: LocalAccount
+    node: LocalAccount
+    owner: LocalAccount  # adapter owner
+    curator: LocalAccount
+    contributor: LocalAccount
+    contributor2: LocalAccount
+    signer: LocalAccount  # a key a payer may authorize
+    stranger: LocalAccount
+
+    @property
+    def chain_id(self) -> int:
+        return self.c.chain_id
+
+    def mine_time(self, seconds: int, rpc) -> None:
+        rpc("evm_increaseTime", [seconds])
+        rpc("evm_mine")
+
+
+def make_env(url: str, **deploy_kwargs) -> Env:
+    w3 = Web3(Web3.HTTPProvider(url))
+    accts = [Account.from_key(k) for k in DEV_PRIVATE_KEYS]
+    kwargs = {"protocol_fee_bps": FEE_BPS, "thaw_seconds": THAW_SECONDS, **deploy_kwargs}
+    dep = deploy(url, accts[0], out_dir=None, w3=w3, **kwargs)
+    c = Contracts(w3, dep)
+    env = Env(w3, c, *accts)
+    if "token" not in deploy_kwargs:
+        for a in (env.payer, env.payer2, env.node, env.owner, env.curator, env.contributor, env.contributor2, env.stranger):
+            c.token.mint(env.deployer, a.address, MINT)
+            c.token.approve(a, c.escrow.address, 2**256 - 1)
+            c.token.approve(a, c.nodes.address, 2**256 - 1)
+    return env
+
+
+@pytest.fixture(scope="module")
+def deployed(anvil_session) -> Env:
+    return make_env(anvil_session.url)
+
+
+@pytest.fixture
+def env(deployed, anvil) -> Env:
+    """The module's deployment, reverted after the test."""
+    return deployed
