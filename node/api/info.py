@@ -1,0 +1,89 @@
+"""Read-only endpoints: /v1/models, /v1/node (the quote clients sign against), /v1/receipts/{id},
+/healthz, /metrics."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from node.api import keys as K
+from node.api.errors import BadRequest, NotFound
+
+_RID = re.compile(r"^(?:chatcmpl-|cmpl-|0x)?([0-9a-fA-F]{64})$")
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": request.app[K.CATALOG].list_models()})
+
+
+async def node_info(request: web.Request) -> web.Response:
+    """What a client needs to sign vouchers: node address, chain id, escrow, prices."""
+    app = request.app
+    chain, cfg = app[K.CHAIN], app[K.CONFIG]
+    return web.json_response({
+        "node": chain.node_address,
+        "chain_id": chain.chain_id,
+        "escrow": chain.escrow,
+        "receipt_log": chain.receipt_log,
+        "contracts": chain.addresses,
+        "base_model": cfg.base_model_id,
+        "payment_mode": cfg.payment_mode,
+        "voucher_header": "X-Payment-Voucher",
+        "compute_price_per_1k": str(cfg.compute_price_per_1k),
+        "max_tokens_limit": cfg.max_tokens_limit,
+        "models": [{"id": m["id"], "adapter_id": m["adapter_id"], "price_per_1k": m["price_per_1k"]}
+                   for m in app[K.CATALOG].list_models()],
+    })
+
+
+async def receipt(request: web.Request) -> web.Response:
+    raw = request.match_info["request_id"]
+    match = _RID.match(raw)
+    if not match:
+        raise BadRequest("request id must be 32 bytes of hex (optionally prefixed 0x, chatcmpl- or cmpl-)",
+                         param="request_id")
+    found = request.app[K.LEDGER].receipt_with_proof("0x" + match.group(1).lower())
+    if found is None:
+        raise NotFound(f"no receipt for request {raw}", code="receipt_not_found")
+    body = {"receipt": found.receipt, "seq": found.seq, "digest": found.digest,
+            "status": "committed" if found.committed else ("batched" if found.batch_seq is not None else "pending")}
+    if found.batch_seq is not None:
+        body["batch"] = {"seq": found.batch_seq, "cid": found.batch_cid, "root": found.root}
+    if found.committed:
+        body["leaf_index"] = found.leaf_index
+        body["proof"] = found.proof
+    return web.json_response(body)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    app = request.app
+    engine = app[K.ENGINE]
+    body = {"status": "ok", "base_model": app[K.CONFIG].base_model_id, "node": app[K.CHAIN].node_address}
+    try:
+        body["adapters"] = app[K.CATALOG].states()
+    except Exception as e:  # DB down: report, do not crash
+        body["status"], body["db_error"] = "degraded", type(e).__name__
+    running = getattr(engine, "running", None)
+    if running is False:
+        body["status"] = "degraded"
+    body["background"] = {name: _task_state(t) for name, t in app[K.BACKGROUND].items()}
+    return web.json_response(body, status=200 if body["status"] == "ok" else 503)
+
+
+def _task_state(task) -> str:
+    if task.done():
+        return "stopped" if task.cancelled() or task.exception() is None else f"failed: {task.exception()!r}"[:200]
+    return "running"
+
+
+async def metrics(request: web.Request) -> web.Response:
+    app = request.app
+    m = app[K.METRICS]
+    try:
+        pending, age = app[K.LEDGER].pending_stats()
+        m.pending_receipts.set(pending)
+        m.settlement_lag.set(age)
+    except Exception:  # a scrape never fails because the DB is busy
+        pass
+    return web.Response(body=m.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

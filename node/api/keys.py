@@ -1,0 +1,47 @@
+"""Typed keys of everything the API app owns (aiohttp `web.AppKey`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.api.catalog import Catalog
+from node.api.schemas import ApiLimits
+from node.config import NodeConfig
+from node.ledger import Ledger
+from node.metrics import NodeMetrics
+from node.payments import PaymentGate
+from node.receipts import ReceiptIssuer
+
+
+@dataclass
+class ChainInfo:
+    """The chain this node settles on, as the API quotes it to clients."""
+
+    chain_id: int
+    node_address: str
+    escrow: str
+    receipt_log: str
+    addresses: dict[str, str]
+    w3: Any = None
+    contracts: Any = None
+    deployment: Any = None
+    operator: Any = None
+
+
+CONFIG = web.AppKey("config", NodeConfig)
+LIMITS = web.AppKey("limits", ApiLimits)
+METRICS = web.AppKey("metrics", NodeMetrics)
+SESSIONS = web.AppKey("sessions", sessionmaker)
+LEDGER = web.AppKey("ledger", Ledger)
+CHAIN = web.AppKey("chain", ChainInfo)
+ENGINE = web.AppKey("engine", object)
+CATALOG = web.AppKey("catalog", Catalog)
+GATE = web.AppKey("gate", PaymentGate)
+ISSUER = web.AppKey("issuer", ReceiptIssuer)
+BACKGROUND = web.AppKey("background", dict)  # name -> running component (watcher, lifecycle, settlement)
+ESCROW_READER = web.AppKey("escrow_reader", object)
+ATTRIBUTOR_FOR = web.AppKey("attributor_for", object)  # adapter id -> Attributor | None

@@ -1,0 +1,40 @@
+"""UsageEscrow reads the payment gate needs (blocking web3 calls, ABI from the Hardhat artifact)."""
+
+from __future__ import annotations
+
+from eth_utils import to_checksum_address
+
+from chain.artifacts import load_artifact
+from node.payments import Lane
+
+
+class Web3EscrowReader:
+    def __init__(self, w3, escrow_address: str) -> None:
+        self._c = w3.eth.contract(address=to_checksum_address(escrow_address), abi=load_artifact("UsageEscrow").abi_list)
+
+    def is_authorized(self, payer: str, signer: str) -> bool:
+        return signer == payer or self._c.functions.payerOfSigner(signer).call() == payer
+
+    def balance(self, payer: str) -> int:
+        return int(self._c.functions.accountOf(payer).call()[0])
+
+    def collected(self, lane: Lane) -> tuple[int, int]:
+        c, a = self._c.functions.collected(lane.payer, lane.node, lane.adapter_id).call()
+        return int(c), int(a)
+
+
+def check_chain(w3, deployment) -> int:
+    """The RPC's chain must be the deployment's, and its contracts must have code there."""
+    from node.errors import ConfigError
+
+    try:
+        chain_id = int(w3.eth.chain_id)
+    except Exception as e:
+        raise ConfigError(f"rpc_url: cannot reach the chain: {e}") from e
+    if chain_id != int(deployment.chain_id):
+        raise ConfigError(f"deployment: file is for chain {deployment.chain_id}, the RPC serves chain {chain_id}")
+    for name in ("UsageEscrow", "ReceiptLog"):
+        addr = deployment.addresses.get(name)
+        if not addr or not w3.eth.get_code(to_checksum_address(addr)):
+            raise ConfigError(f"deployment: no {name} contract at {addr} on chain {chain_id}")
+    return chain_id

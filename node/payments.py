@@ -1,0 +1,318 @@
+"""Payment gate: the voucher protocol of ../shared/DESIGN.md, node side.
+
+A request on lane (payer, node, adapter) must carry a voucher, signed by a key the payer
+authorized in UsageEscrow, whose cumulative values cover everything the lane already owes. The
+current request is the only unpaid one (the loss cap); the payer's escrow, minus what this node
+has served but not redeemed yet, must cover this request's worst-case cost. Requests on one lane
+are serialized so two concurrent requests cannot both ride on the same voucher.
+
+In `operator-funded` mode clients present an API key instead and the operator signs the
+cumulative voucher as payer after each request: the same protocol, one trusted payer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from eth_utils import to_checksum_address
+
+from chain.eip712 import SignedVoucher, TypedDataError, Voucher, sign_voucher
+from node.api.errors import PaymentRequired, Unauthorized
+from node.metering import Cost, Price
+
+VOUCHER_HEADER = "X-Payment-Voucher"
+MAX_HEADER_BYTES = 4096
+
+
+# ---- value types --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lane:
+    payer: str
+    node: str
+    adapter_id: int
+
+
+def lane_of(v: Voucher) -> Lane:
+    return Lane(v.payer, v.node, v.adapter_id)
+
+
+@dataclass
+class LaneState:
+    """What the node has served on a lane (owed) and the best voucher it holds for it."""
+
+    owed_compute: int = 0
+    owed_adapter: int = 0
+    voucher: SignedVoucher | None = None
+
+
+# ---- what the gate needs from the chain and from storage -----------------------------------
+
+
+class EscrowReader(Protocol):
+    """UsageEscrow reads (blocking web3 calls; the gate caches them and runs them off-loop)."""
+
+    def is_authorized(self, payer: str, signer: str) -> bool: ...
+
+    def balance(self, payer: str) -> int: ...
+
+    def collected(self, lane: Lane) -> tuple[int, int]: ...
+
+
+class LaneBook(Protocol):
+    """Persistent lane ledger (the node's DB)."""
+
+    def get(self, lane: Lane) -> LaneState: ...
+
+    def lanes_of(self, payer: str, node: str) -> list[tuple[Lane, LaneState]]: ...
+
+    def store_voucher(self, voucher: SignedVoucher) -> None: ...
+
+
+class _TTLCache:
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._d: dict = {}
+
+    def get(self, key):
+        hit = self._d.get(key)
+        if hit and self._clock() - hit[0] < self.ttl_s:
+            return hit[1]
+        return None
+
+    def put(self, key, value) -> None:
+        if len(self._d) > 100_000:  # bounded: a flood of random payers must not grow memory forever
+            self._d.clear()
+        self._d[key] = (self._clock(), value)
+
+    def drop(self, key) -> None:
+        self._d.pop(key, None)
+
+
+# ---- parsing ---------------------------------------------------------------------------------
+
+
+def _reject(message: str, code: str, **extra) -> PaymentRequired:
+    return PaymentRequired(message, code=code, param=VOUCHER_HEADER, extra=extra)
+
+
+def _uint_str(v: object) -> object:
+    """Accept JSON numbers too (the strict eip712 JSON wants decimal strings)."""
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+def parse_voucher_header(raw: str) -> SignedVoucher:
+    """`X-Payment-Voucher`: JSON `{"voucher": {...}, "signature": "0x…"}` (or the flat
+    `SignedVoucher.to_json()` form), optionally base64-encoded. Amounts: decimal strings or ints."""
+    if len(raw) > MAX_HEADER_BYTES:
+        raise _reject("voucher header too long", "voucher_malformed")
+    text = raw.strip()
+    if not text.startswith("{"):
+        try:
+            alt = b"-_" if ("-" in text or "_" in text) else None
+            text = base64.b64decode(text + "=" * (-len(text) % 4), altchars=alt, validate=True).decode()
+        except (binascii.Error, ValueError, UnicodeDecodeError) as e:
+            raise _reject("voucher header is neither JSON nor base64 of JSON", "voucher_malformed") from e
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise _reject(f"voucher header is not valid JSON: {e}", "voucher_malformed") from e
+    if isinstance(obj, dict) and isinstance(obj.get("voucher"), dict):
+        obj = {**obj["voucher"], "signature": obj.get("signature")}
+    if not isinstance(obj, dict):
+        raise _reject('voucher header must be {"voucher": {...}, "signature": "0x…"}', "voucher_malformed")
+    obj = {k: _uint_str(v) for k, v in obj.items()}
+    try:
+        return SignedVoucher.from_json(obj)
+    except TypedDataError as e:
+        raise _reject(f"malformed voucher: {e}", "voucher_malformed") from e
+
+
+def voucher_header_json(v: SignedVoucher) -> dict:
+    return {"voucher": v.voucher.to_json(), "signature": "0x" + v.signature.hex()}
+
+
+def encode_voucher_header(v: SignedVoucher) -> str:
+    """Base64 of the JSON form (header-safe)."""
+    return base64.b64encode(json.dumps(voucher_header_json(v), separators=(",", ":")).encode()).decode()
+
+
+# ---- the gate -------------------------------------------------------------------------------
+
+
+@dataclass
+class Authorization:
+    """A request admitted on a lane; holds the lane lock until `release()`."""
+
+    lane: Lane
+    price: Price
+    voucher: SignedVoucher | None
+    _lock: asyncio.Lock | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        if self._lock is not None and self._lock.locked():
+            self._lock.release()
+        self._lock = None
+
+
+class PaymentGate:
+    def __init__(
+        self,
+        *,
+        node_address: str,
+        mode: str,
+        escrow: EscrowReader,
+        book: LaneBook,
+        chain_id: int,
+        escrow_address: str,
+        api_keys: list[str] = (),
+        operator_account=None,
+        cache_ttl_s: float = 10.0,
+    ) -> None:
+        if mode not in ("voucher", "operator-funded"):
+            raise ValueError(f"unknown payment mode {mode!r}")
+        if mode == "operator-funded" and operator_account is None:
+            raise ValueError("operator-funded mode needs the operator account")
+        self.node = to_checksum_address(node_address)
+        self.mode = mode
+        self.escrow = escrow
+        self.book = book
+        self.chain_id = chain_id
+        self.escrow_address = to_checksum_address(escrow_address)
+        self.operator = operator_account
+        self._key_hashes = [hashlib.sha256(k.encode()).digest() for k in api_keys]
+        self._auth_cache = _TTLCache(cache_ttl_s)
+        self._balance_cache = _TTLCache(cache_ttl_s)
+        self._locks: dict[Lane, asyncio.Lock] = {}
+
+    # -- chain reads, cached and off the event loop --
+    async def _authorized(self, payer: str, signer: str) -> bool:
+        if signer == payer:
+            return True
+        hit = self._auth_cache.get((payer, signer))
+        if hit is None:
+            hit = await asyncio.to_thread(self.escrow.is_authorized, payer, signer)
+            self._auth_cache.put((payer, signer), hit)
+        return hit
+
+    async def _available(self, payer: str) -> int:
+        """Escrow balance minus what this node served to the payer but has not redeemed yet."""
+        hit = self._balance_cache.get(payer)
+        if hit is None:
+            lanes = self.book.lanes_of(payer, self.node)
+
+            def read() -> tuple[int, int]:
+                bal = self.escrow.balance(payer)
+                collected = sum(sum(self.escrow.collected(ln)) for ln, _ in lanes)
+                return bal, collected
+
+            bal, collected = await asyncio.to_thread(read)
+            hit = (bal, collected)
+            self._balance_cache.put(payer, hit)
+        bal, collected = hit
+        owed = sum(s.owed_compute + s.owed_adapter for _, s in self.book.lanes_of(payer, self.node))
+        return bal - max(0, owed - collected)
+
+    def invalidate(self, payer: str | None = None) -> None:
+        """Forget cached balances (after a redeem, or on a reorg)."""
+        if payer is None:
+            self._balance_cache = _TTLCache(self._balance_cache.ttl_s)
+        else:
+            self._balance_cache.drop(payer)
+
+    def _lock_for(self, lane: Lane) -> asyncio.Lock:
+        lock = self._locks.get(lane)
+        if lock is None:
+            lock = self._locks[lane] = asyncio.Lock()
+        return lock
+
+    # -- admission --
+    async def admit(self, headers, adapter_id: int, price: Price, max_cost: Cost) -> Authorization:
+        """Check the request's payment; raises 402/401 with the reason and the amount needed."""
+        if self.mode == "operator-funded":
+            return await self._admit_api_key(headers, adapter_id, price, max_cost)
+        raw = headers.get(VOUCHER_HEADER)
+        if not raw:
+            raise _reject(
+                f"payment required: send a signed voucher in the {VOUCHER_HEADER} header",
+                "payment_missing",
+                node=self.node,
+                price_per_1k={"compute": str(price.compute_per_1k), "adapter": str(price.adapter_per_1k)},
+                max_cost=str(max_cost.total),
+            )
+        sv = parse_voucher_header(raw)
+        v = sv.voucher
+        if v.node != self.node:
+            raise _reject(f"voucher is for node {v.node}, this node is {self.node}", "voucher_wrong_node")
+        if v.adapter_id != adapter_id:
+            raise _reject(f"voucher is for adapter {v.adapter_id}, the request is for adapter {adapter_id}",
+                          "voucher_wrong_adapter")
+        if adapter_id == 0 and v.adapter_value != 0:
+            raise _reject("a base-model voucher (adapterId 0) must have adapterValue 0", "voucher_malformed")
+        try:
+            signer = sv.signer(self.chain_id, self.escrow_address)
+        except Exception as e:  # an unrecoverable signature is a forged one
+            raise _reject("voucher signature does not recover to an address", "voucher_bad_signature") from e
+        if not await self._authorized(v.payer, signer):
+            raise _reject(f"voucher signer {signer} is not authorized by payer {v.payer} in UsageEscrow",
+                          "voucher_signer_unauthorized")
+        lane = lane_of(v)
+        lock = self._lock_for(lane)
+        await lock.acquire()
+        try:
+            state = self.book.get(lane)
+            if v.compute_value < state.owed_compute or v.adapter_value < state.owed_adapter:
+                raise _reject(
+                    "voucher does not cover what this lane already owes (replayed or under-valued): "
+                    f"needs computeValue >= {state.owed_compute} and adapterValue >= {state.owed_adapter}",
+                    "voucher_undervalued",
+                    needed={"computeValue": str(state.owed_compute), "adapterValue": str(state.owed_adapter)},
+                )
+            await self._check_escrow(v.payer, max_cost)
+            self.book.store_voucher(sv)  # kept only if it dominates the lane's stored voucher
+            return Authorization(lane=lane, price=price, voucher=sv, _lock=lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    async def _check_escrow(self, payer: str, max_cost: Cost) -> None:
+        available = await self._available(payer)
+        if available < max_cost.total:
+            raise _reject(
+                f"escrow of payer {payer} cannot cover this request: available {max(available, 0)}, "
+                f"needed up to {max_cost.total}; deposit more or lower max_tokens",
+                "escrow_insufficient",
+                needed=str(max_cost.total),
+                available=str(max(available, 0)),
+            )
+
+    async def _admit_api_key(self, headers, adapter_id: int, price: Price, max_cost: Cost) -> Authorization:
+        auth = headers.get("Authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        digest = hashlib.sha256(token.encode()).digest()
+        if not token or not any(hmac.compare_digest(digest, h) for h in self._key_hashes):
+            raise Unauthorized("missing or unknown API key (Authorization: Bearer <key>)")
+        lane = Lane(to_checksum_address(self.operator.address), self.node, adapter_id)
+        lock = self._lock_for(lane)
+        await lock.acquire()
+        try:
+            await self._check_escrow(lane.payer, max_cost)
+        except BaseException:
+            lock.release()
+            raise
+        return Authorization(lane=lane, price=price, voucher=None, _lock=lock)
+
+    def operator_voucher(self, lane: Lane, owed_compute: int, owed_adapter: int) -> SignedVoucher:
+        """operator-funded mode: the operator signs the lane's new cumulative total as payer."""
+        v = Voucher(lane.payer, lane.node, lane.adapter_id, owed_compute, owed_adapter)
+        return SignedVoucher(v, sign_voucher(v, self.operator, self.chain_id, self.escrow_address))

@@ -1,0 +1,103 @@
+"""Build and sign the EIP-712 receipt of one served request (docs/interfaces.md "Receipt").
+
+The sequence number comes from the DB (node.ledger), the attribution from the adapter's
+`inference.attribution.Attributor` when the node has one for that adapter, else it is empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from chain.eip712 import (
+    NO_ATTRIBUTION_HASH,
+    Receipt,
+    SignedReceipt,
+    attribution_hash,
+    output_hash,
+    receipt_digest,
+    sign_digest,
+)
+from node.ledger import Ledger
+from node.metering import Cost
+from node.payments import Lane, SignedVoucher
+
+log = logging.getLogger(__name__)
+
+AttributorLookup = Callable[[int], object | None]  # adapter id -> inference.attribution.Attributor
+
+
+def new_request_id() -> bytes:
+    return os.urandom(32)
+
+
+@dataclass(frozen=True)
+class Issued:
+    signed: SignedReceipt
+    attribution: dict  # JSON-safe: {"attribution": {id: bps}, "datasetAttribution": ..., "spans": [...]}
+
+    def to_json(self) -> dict:
+        return {**self.signed.to_json(), **self.attribution}
+
+
+class ReceiptIssuer:
+    def __init__(
+        self,
+        *,
+        operator,
+        chain_id: int,
+        receipt_log: str,
+        ledger: Ledger,
+        attributor_for: AttributorLookup | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.operator = operator
+        self.chain_id = chain_id
+        self.receipt_log = receipt_log
+        self.ledger = ledger
+        self.attributor_for = attributor_for
+        self.clock = clock
+
+    def _attribution(self, adapter_id: int, token_ids: Sequence[int]) -> tuple[bytes, dict]:
+        attributor = self.attributor_for(adapter_id) if (self.attributor_for and adapter_id) else None
+        if attributor is None or not token_ids:
+            return NO_ATTRIBUTION_HASH, {}
+        try:
+            att = attributor.attribute(list(token_ids))
+        except Exception:  # attribution must never cost the client its answer; the receipt says "none"
+            log.exception("attribution failed for adapter %s; receipt carries no attribution", adapter_id)
+            return NO_ATTRIBUTION_HASH, {}
+        ids, weights = att.ids_and_weights()
+        return attribution_hash(ids, weights), att.to_json()
+
+    def issue(
+        self,
+        *,
+        request_id: bytes,
+        lane: Lane,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: Cost,
+        text: str,
+        token_ids: Sequence[int] = (),
+        operator_voucher: Callable[[int, int], SignedVoucher] | None = None,
+    ) -> Issued:
+        att_hash, att_json = self._attribution(lane.adapter_id, token_ids)
+        out_hash = output_hash(text)
+        ts = int(self.clock())
+
+        def make(seq: int) -> tuple[SignedReceipt, bytes]:
+            r = Receipt(
+                request_id=request_id, payer=lane.payer, node=lane.node, adapter_id=lane.adapter_id, seq=seq,
+                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                compute_cost=cost.compute, adapter_cost=cost.adapter,
+                output_hash=out_hash, attribution_hash=att_hash, timestamp=ts,
+            )
+            digest = receipt_digest(r, self.chain_id, self.receipt_log)
+            return SignedReceipt(r, sign_digest(digest, self.operator)), digest
+
+        signed = self.ledger.append_receipt(lane, make, operator_voucher)
+        return Issued(signed, att_json)

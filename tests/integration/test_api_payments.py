@@ -1,0 +1,202 @@
+"""The payment gate against real contracts on anvil and a real SQLite ledger (node.db migrations):
+forged, replayed, under-valued and wrong-lane vouchers are refused with 402 and a clear reason;
+a valid cumulative voucher is admitted; the loss cap holds; operator-funded mode signs vouchers."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from chain.deploy import deploy
+from chain.devchain import DEV_PRIVATE_KEYS
+from chain.eip712 import SignedVoucher, Voucher, recover_voucher_signer, sign_voucher
+from node.api.errors import PaymentRequired, Unauthorized
+from node.chain_reads import Web3EscrowReader
+from node.db import make_session_factory, migrate
+from node.devnet import authorize_signer, fund_escrow
+from node.ledger import Ledger
+from node.metering import Cost, Price
+from node.payments import (
+    VOUCHER_HEADER,
+    Lane,
+    PaymentGate,
+    encode_voucher_header,
+    parse_voucher_header,
+    voucher_header_json,
+)
+
+DEPLOYER, NODE_KEY, PAYER_KEY, DELEGATE_KEY, STRANGER_KEY = DEV_PRIVATE_KEYS[:5]
+NODE = Account.from_key(NODE_KEY).address
+PAYER = Account.from_key(PAYER_KEY).address
+PRICE = Price(compute_per_1k=1000, adapter_per_1k=3000)
+
+
+@pytest.fixture(scope="module")
+def chain(anvil_session):
+    w3 = Web3(Web3.HTTPProvider(anvil_session.url))
+    snap = anvil_session.rpc("evm_snapshot")
+    dep = deploy(anvil_session.url, DEPLOYER, out_dir=None, w3=w3)
+    fund_escrow(w3, dep, DEPLOYER, PAYER_KEY, 10**6)
+    authorize_signer(w3, dep, PAYER_KEY, Account.from_key(DELEGATE_KEY).address)
+    yield w3, dep
+    anvil_session.rpc("evm_revert", [snap])
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    migrate(url)
+    return Ledger(make_session_factory(url))
+
+
+def _gate(chain, ledger, **kw) -> PaymentGate:
+    w3, dep = chain
+    return PaymentGate(node_address=NODE, mode=kw.pop("mode", "voucher"),
+                       escrow=Web3EscrowReader(w3, dep.addresses["UsageEscrow"]), book=ledger,
+                       chain_id=dep.chain_id, escrow_address=dep.addresses["UsageEscrow"], **kw)
+
+
+def _header(dep, key=PAYER_KEY, payer=PAYER, node=NODE, adapter=7, c=0, a=0) -> dict:
+    v = Voucher(payer, node, adapter, c, a)
+    sv = SignedVoucher(v, sign_voucher(v, key, dep.chain_id, dep.addresses["UsageEscrow"]))
+    return {VOUCHER_HEADER: encode_voucher_header(sv)}
+
+
+async def _refused(gate, headers, adapter=7, max_cost=Cost(10, 30)) -> PaymentRequired:
+    with pytest.raises(PaymentRequired) as ei:
+        await gate.admit(headers, adapter, PRICE, max_cost)
+    assert ei.value.status == 402
+    return ei.value
+
+
+async def test_header_formats_round_trip(chain):
+    _, dep = chain
+    raw = _header(dep, c=5, a=9)[VOUCHER_HEADER]
+    sv = parse_voucher_header(raw)
+    assert (sv.voucher.compute_value, sv.voucher.adapter_value) == (5, 9)
+    as_json = json.dumps(voucher_header_json(sv))  # plain JSON works too, as does the flat form
+    assert parse_voucher_header(as_json) == sv
+    assert parse_voucher_header(json.dumps(sv.to_json())) == sv
+    numbers = voucher_header_json(sv)
+    numbers["voucher"]["computeValue"] = 5  # JSON numbers accepted as well as decimal strings
+    assert parse_voucher_header(json.dumps(numbers)) == sv
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ("", "payment required"),
+    ("not base64 !!", "neither JSON nor base64"),
+    (base64.b64encode(b"[1,2]").decode(), "voucher header must be"),
+    ('{"voucher": {"payer": "0x12"}, "signature": "0x00"}', "malformed voucher"),
+    ('{"voucher": {}, "signature": 5}', "malformed voucher"),
+    ("{" * 5000, "too long"),
+])
+async def test_malformed_headers_get_402_with_reason(chain, ledger, raw, needle):
+    err = await _refused(_gate(chain, ledger), {VOUCHER_HEADER: raw} if raw else {})
+    assert needle in err.message
+    assert err.body()["error"]["param"] == VOUCHER_HEADER
+
+
+async def test_missing_voucher_quotes_the_price(chain, ledger):
+    err = await _refused(_gate(chain, ledger), {})
+    body = err.body()["error"]
+    assert body["code"] == "payment_missing" and body["node"] == NODE
+    assert body["price_per_1k"] == {"compute": "1000", "adapter": "3000"} and body["max_cost"] == "40"
+
+
+async def test_forged_and_wrong_lane_vouchers_are_refused(chain, ledger):
+    _, dep = chain
+    gate = _gate(chain, ledger)
+    err = await _refused(gate, _header(dep, key=STRANGER_KEY))  # signed by a key the payer never authorized
+    assert err.code == "voucher_signer_unauthorized"
+    # tampered after signing: values changed, signature kept → recovers to some other address
+    sv = parse_voucher_header(_header(dep, c=0)[VOUCHER_HEADER])
+    tampered = SignedVoucher(Voucher(PAYER, NODE, 7, 10**9, 0), sv.signature)
+    assert (await _refused(gate, {VOUCHER_HEADER: encode_voucher_header(tampered)})).code == "voucher_signer_unauthorized"
+    assert (await _refused(gate, _header(dep, node=PAYER))).code == "voucher_wrong_node"
+    assert (await _refused(gate, _header(dep, adapter=8))).code == "voucher_wrong_adapter"
+    assert (await _refused(gate, _header(dep, adapter=0, a=1), adapter=0)).code == "voucher_malformed"
+
+
+async def test_cumulative_vouchers_replay_and_loss_cap(chain, ledger):
+    _, dep = chain
+    gate = _gate(chain, ledger)
+    lane = Lane(PAYER, NODE, 7)
+    authz = await gate.admit(_header(dep), 7, PRICE, Cost(10, 30))  # first request: nothing owed yet
+    ledger.append_receipt(lane, _fake_receipt_maker(dep, lane, Cost(4, 12)))
+    authz.release()
+    assert ledger.get(lane).owed_compute == 4 and ledger.get(lane).owed_adapter == 12
+    # replaying the first voucher (0, 0) no longer covers what the lane owes: 402 with the amount
+    err = await _refused(gate, _header(dep))
+    assert err.code == "voucher_undervalued"
+    assert err.body()["error"]["needed"] == {"computeValue": "4", "adapterValue": "12"}
+    assert (await _refused(gate, _header(dep, c=4, a=11))).code == "voucher_undervalued"
+    # a delegate key the payer authorized on chain may sign the exact total
+    authz = await gate.admit(_header(dep, key=DELEGATE_KEY, c=4, a=12), 7, PRICE, Cost(10, 30))
+    stored = ledger.get(lane).voucher
+    assert (stored.voucher.compute_value, stored.voucher.adapter_value) == (4, 12)
+    assert recover_voucher_signer(stored.voucher, stored.signature, dep.chain_id,
+                                  dep.addresses["UsageEscrow"]) == Account.from_key(DELEGATE_KEY).address
+    authz.release()
+    # the ledger is rebuilt from the DB after a restart
+    again = Ledger(ledger.sessions)
+    assert again.get(lane).owed_compute == 4 and again.get(lane).voucher == stored
+
+
+async def test_escrow_must_cover_the_worst_case(chain, ledger):
+    _, dep = chain
+    err = await _refused(_gate(chain, ledger), _header(dep), max_cost=Cost(10**6, 1))
+    assert err.code == "escrow_insufficient"
+    assert err.body()["error"]["needed"] == str(10**6 + 1)
+
+
+async def test_same_lane_requests_are_serialized(chain, ledger):
+    import asyncio
+
+    _, dep = chain
+    gate = _gate(chain, ledger)
+    first = await gate.admit(_header(dep), 7, PRICE, Cost(1, 1))
+    second = asyncio.ensure_future(gate.admit(_header(dep), 7, PRICE, Cost(1, 1)))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # waits for the lane
+    ledger.append_receipt(first.lane, _fake_receipt_maker(dep, first.lane, Cost(1, 1)))
+    first.release()
+    with pytest.raises(PaymentRequired):  # by then the same voucher no longer covers the lane
+        await second
+
+
+async def test_operator_funded_mode(chain, ledger):
+    w3, dep = chain
+    fund_escrow(w3, dep, DEPLOYER, NODE_KEY, 10**6)
+    operator = Account.from_key(NODE_KEY)
+    gate = _gate(chain, ledger, mode="operator-funded", api_keys=["k-123"], operator_account=operator)
+    with pytest.raises(Unauthorized):
+        await gate.admit({}, 7, PRICE, Cost(1, 1))
+    with pytest.raises(Unauthorized):
+        await gate.admit({"Authorization": "Bearer wrong"}, 7, PRICE, Cost(1, 1))
+    authz = await gate.admit({"Authorization": "Bearer k-123"}, 7, PRICE, Cost(1, 1))
+    assert authz.lane == Lane(operator.address, NODE, 7)
+    ledger.append_receipt(authz.lane, _fake_receipt_maker(dep, authz.lane, Cost(2, 5)),
+                          lambda c, a: gate.operator_voucher(authz.lane, c, a))
+    authz.release()
+    sv = ledger.get(authz.lane).voucher
+    assert (sv.voucher.compute_value, sv.voucher.adapter_value) == (2, 5)
+    assert recover_voucher_signer(sv.voucher, sv.signature, dep.chain_id, dep.addresses["UsageEscrow"]) == operator.address
+
+
+def _fake_receipt_maker(dep, lane, cost):
+    """Builds a real signed receipt for `cost` (the API's issuer is tested end to end elsewhere)."""
+    import os
+
+    from chain.eip712 import NO_ATTRIBUTION_HASH, Receipt, SignedReceipt, output_hash, receipt_digest, sign_digest
+
+    def make(seq):
+        r = Receipt(os.urandom(32), lane.payer, lane.node, lane.adapter_id, seq, 3, 4, cost.compute, cost.adapter,
+                    output_hash("x"), NO_ATTRIBUTION_HASH, 1)
+        d = receipt_digest(r, dep.chain_id, dep.addresses["ReceiptLog"])
+        return SignedReceipt(r, sign_digest(d, NODE_KEY)), d
+
+    return make
