@@ -1,0 +1,220 @@
+"""Per-adapter attribution: which accepted contributions an answer's tokens came from.
+
+The node keeps one `Attributor` per adapter, over the accepted contributions of the adapter's
+datasets: `add()` when a contribution is accepted (its index is built once, then loaded from the
+store), `remove()` when it is rejected. `attribute(token_ids)` is pure CPU numpy and holds no
+lock while it works, so the node runs it in a worker thread after generation, off the
+response's critical path. Weights follow `inference.attribution.weights` (documented there).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from inference.attribution.errors import UnknownContributionError
+from inference.attribution.index import ContributionIndex
+from inference.attribution.store import IndexStore
+from inference.attribution.suffix_array import matching_statistics
+from inference.attribution.text import read_contribution
+from inference.attribution.weights import coverage, credit, maximal_spans, to_bps
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    min_span_tokens: int = 8
+    """k: the shortest output run that counts as drawn from a contribution. Shorter runs are
+    common phrases, not evidence."""
+    max_span_tokens: int = 128
+    """Cap on one match's length (bounds query cost at O(m * cap * log n)); a longer copy still
+    covers all its tokens through the overlapping matches that start inside it."""
+    max_output_tokens: int = 8192
+    """Longer outputs are refused (ValueError) rather than silently truncated."""
+
+    def __post_init__(self):
+        if not 1 <= self.min_span_tokens <= self.max_span_tokens:
+            raise ValueError("need 1 <= min_span_tokens <= max_span_tokens")
+
+
+@dataclass(frozen=True)
+class Span:
+    """output_token_ids[start:end] occurs verbatim in the contribution."""
+
+    contribution_id: int
+    dataset_id: int
+    start: int
+    end: int
+    text: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "contributionId": self.contribution_id,
+            "datasetId": self.dataset_id,
+            "start": self.start,
+            "end": self.end,
+        }
+        if self.text is not None:
+            d["text"] = self.text
+        return d
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """weights_bps: contribution id -> bps (sum 10,000, or empty when nothing matched);
+    dataset_weights: dataset id -> bps (same total); spans ordered by (start, contribution id)."""
+
+    weights_bps: dict[int, int]
+    spans: list[Span]
+    dataset_weights: dict[int, int]
+    covered_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.weights_bps
+
+    def ids_and_weights(self) -> tuple[list[int], list[int]]:
+        """Ascending ids and their bps: the two arrays `attributionHash` encodes."""
+        ids = sorted(self.weights_bps)
+        return ids, [self.weights_bps[i] for i in ids]
+
+    def to_json(self) -> dict[str, Any]:
+        """The receipt JSON fields (docs/interfaces.md, "attribution"). JSON keys are strings."""
+        return {
+            "attribution": {str(i): self.weights_bps[i] for i in sorted(self.weights_bps)},
+            "datasetAttribution": {str(i): self.dataset_weights[i] for i in sorted(self.dataset_weights)},
+            "spans": [s.to_json() for s in self.spans],
+        }
+
+
+EMPTY = Attribution({}, [], {})
+
+
+@dataclass(frozen=True)
+class _Member:
+    contribution_id: int
+    dataset_id: int
+    index: ContributionIndex
+
+
+@dataclass(frozen=True)
+class _Corpus:
+    """Immutable snapshot of the members, their indexes concatenated so that one lockstep search
+    covers all of them: tokens (N,) uint32, sa (N,) uint32, offsets (C+1,) int64."""
+
+    ids: tuple[int, ...]
+    dataset_ids: tuple[int, ...]
+    tokens: np.ndarray
+    sa: np.ndarray
+    offsets: np.ndarray
+
+
+def _consolidate(members: dict[int, _Member]) -> _Corpus:
+    """Concatenate the members' arrays, then point each member's index at its slice of the new
+    buffers, so the old per-contribution arrays are freed and memory stays 8 bytes per token
+    (2x only while copying)."""
+    ids = tuple(sorted(members))
+    idxs = [members[i].index for i in ids]
+    sizes = [ix.n_tokens for ix in idxs]
+    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+    empty = np.zeros(0, dtype=np.uint32)
+    tokens = np.concatenate([ix.tokens for ix in idxs]) if idxs else empty
+    sa = np.concatenate([ix.sa for ix in idxs]) if idxs else empty
+    for ix, a, b in zip(idxs, offsets[:-1], offsets[1:]):
+        ix.tokens, ix.sa = tokens[a:b], sa[a:b]
+    return _Corpus(ids, tuple(members[i].dataset_id for i in ids), tokens, sa, offsets)
+
+
+@dataclass
+class Attributor:
+    """Attribution for one adapter over the accepted contributions of its datasets."""
+
+    store: IndexStore
+    config: AttributionConfig = field(default_factory=AttributionConfig)
+    _members: dict[int, _Member] = field(default_factory=dict, repr=False)
+    _corpus: _Corpus | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, contribution_id: int, dataset_id: int, cid: str, data: bytes) -> ContributionIndex:
+        """Index an accepted contribution (bytes already verified against `cid`). Re-adding the
+        same id replaces it. Raises ContributionError subclasses for unusable content."""
+        if contribution_id < 0 or dataset_id < 0:
+            raise ValueError("contribution and dataset ids are uint256: non-negative")
+        idx = self.store.get_or_build(cid, data)  # the slow part, outside the lock
+        with self._lock:
+            self._members[contribution_id] = _Member(contribution_id, dataset_id, idx)
+            self._corpus = None  # rebuilt on the next attribute()/prepare()
+        return idx
+
+    def add_file(self, contribution_id: int, dataset_id: int, cid: str, path: Path) -> ContributionIndex:
+        """`add` from a verified file, refusing an oversized one before reading all of it."""
+        return self.add(contribution_id, dataset_id, cid, read_contribution(Path(path), cid, self.store.max_bytes))
+
+    def remove(self, contribution_id: int) -> None:
+        """Drop a contribution (rejected after acceptance): it earns nothing from now on."""
+        with self._lock:
+            if contribution_id not in self._members:
+                raise UnknownContributionError(contribution_id)
+            del self._members[contribution_id]
+            self._corpus = None
+
+    def contribution_ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._members)
+
+    def prepare(self) -> None:
+        """Consolidate pending adds/removes now (else the next attribute() does it)."""
+        self._snapshot()
+
+    def _snapshot(self) -> _Corpus:
+        with self._lock:
+            if self._corpus is None:
+                self._corpus = _consolidate(self._members)
+            return self._corpus
+
+    @property
+    def corpus_tokens(self) -> int:
+        return int(self._snapshot().offsets[-1])
+
+    @property
+    def index_bytes(self) -> int:
+        """Resident bytes of all index arrays (8 per corpus token)."""
+        c = self._snapshot()
+        return c.tokens.nbytes + c.sa.nbytes
+
+    def attribute(self, output_token_ids: Sequence[int] | np.ndarray, tokenizer=None) -> Attribution:
+        """Weights and spans for one generated answer's token ids (completion only).
+
+        With `tokenizer`, each span carries its decoded text. Deterministic: the same members
+        and the same tokens always give the same result. Thread-safe; runs without the lock.
+        """
+        q = np.asarray(output_token_ids, dtype=np.int64).reshape(-1)  # (m,)
+        m = int(q.shape[0])
+        if m > self.config.max_output_tokens:
+            raise ValueError(f"{m} output tokens is over max_output_tokens={self.config.max_output_tokens}")
+        if q.size and (q.min() < 0 or q.max() >= 2**32 - 1):
+            raise ValueError("token ids must be in [0, 2^32 - 1)")
+        corpus = self._snapshot()
+        k = self.config.min_span_tokens
+        ms = matching_statistics(corpus.tokens, corpus.sa, corpus.offsets, q, k, self.config.max_span_tokens)  # (C, m)
+        covs: dict[int, np.ndarray] = {}
+        spans: list[Span] = []
+        for row in np.nonzero(ms.any(axis=1))[0]:
+            cid, ds = corpus.ids[row], corpus.dataset_ids[row]
+            runs = maximal_spans(ms[row], k)
+            covs[cid] = coverage(runs, m)
+            for s, e in runs:
+                text = tokenizer.decode(q[s:e].tolist()) if tokenizer is not None else None
+                spans.append(Span(cid, ds, s, e, text))
+        weights = to_bps(credit(covs))
+        ds_of = dict(zip(corpus.ids, corpus.dataset_ids))
+        datasets: dict[int, int] = {}
+        for cid, b in weights.items():
+            datasets[ds_of[cid]] = datasets.get(ds_of[cid], 0) + b
+        covered = int((np.stack(list(covs.values())).max(axis=0) > 0).sum()) if covs else 0
+        spans.sort(key=lambda s: (s.start, s.contribution_id, s.end))
+        return Attribution(weights, spans, dict(sorted(datasets.items())), covered, m)
