@@ -1,0 +1,237 @@
+"""Gas per inference of LoRA Node settlement vs two peer designs, all on one anvil in one run.
+
+Ours: 10 lanes (payer, node, adapter) x 1,000 requests. The node commits all 10,000 receipts as
+one Merkle batch (ReceiptLog.commitBatch) and redeems the 10 newest cumulative vouchers in one
+UsageEscrow.redeem call (which splits to node, owners, protocol fee and dataset accumulators).
+Every settlement transaction's gasUsed is summed and divided by the inferences. The small case
+(10 x 100) runs from the same pre-settlement snapshot.
+
+Peers (their gas per inference does not depend on volume, so a sample of >= 200 inferences):
+- one transaction per inference (contracts/bench/PerInferencePeer.sol): verify the payer's
+  signature, debit, credit node and owner, log the receipt;
+- one event per inference in a batched call (contracts/bench/EventLogPeer.sol), payment not
+  even included.
+
+Ends with one line `RESULT {json}`. Targets: gas_per_inference <= 100, vs_event_per_inference <= 0.02.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from eth_account import Account  # noqa: E402
+from eth_utils import keccak  # noqa: E402
+from web3 import Web3  # noqa: E402
+
+from chain.artifacts import load_artifact  # noqa: E402
+from chain.contracts import Contracts, send_tx  # noqa: E402
+from chain.deploy import deploy  # noqa: E402
+from chain.devchain import DEV_PRIVATE_KEYS, Anvil  # noqa: E402
+from chain.eip712 import (  # noqa: E402
+    Receipt,
+    Voucher,
+    attribution_hash,
+    output_hash,
+    receipt_digest,
+    sign_digest,
+    sign_voucher,
+)
+from chain.merkle import StandardMerkleTree  # noqa: E402
+
+TARGET_GAS_PER_INFERENCE = 100
+TARGET_VS_EVENT = 0.02
+COMPUTE_PRICE_PER_1K = 2 * 10**15  # 0.002 token per 1K tokens
+ADAPTER_PRICES = [10**15, 3 * 10**15, 5 * 10**14, 2 * 10**15, 10**15]
+N_ADAPTERS = 5
+N_DATASETS = 3
+PEER_SAMPLE = 200
+PEER_BATCH = 100
+
+
+def cost(tokens: int, price_per_1k: int) -> int:
+    return math.ceil(tokens * price_per_1k / 1000)
+
+
+def raw_cid(data: bytes) -> str:
+    """CIDv1 (raw codec, sha2-256) of `data`, as the receipts file's CID would be pinned."""
+    mh = bytes([0x01, 0x55, 0x12, 0x20]) + hashlib.sha256(data).digest()
+    return "b" + base64.b32encode(mh).decode().lower().rstrip("=")
+
+
+class Setup:
+    """Deployed protocol with 5 adapters over 3 datasets, one node, and funded payers."""
+
+    def __init__(self, anvil: Anvil, n_payers: int):
+        self.anvil = anvil
+        self.w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 120}))
+        accts = [Account.from_key(k) for k in DEV_PRIVATE_KEYS]
+        self.deployer, self.node, self.owner, self.curator = accts[0], accts[3], accts[4], accts[5]
+        self.contributors = accts[6:9]
+        dep = deploy(anvil.url, self.deployer, out_dir=None, w3=self.w3, protocol_fee_bps=500, thaw_seconds=3600)
+        self.c = c = Contracts(self.w3, dep)
+        for d in range(N_DATASETS):
+            c.datasets.create_dataset(self.curator, f"dataset-{d}", "CC-BY-4.0", "")
+            cid = d + 1
+            c.datasets.contribute(self.contributors[d], d + 1, f"bafy-contribution-{d}", 1000 + d)
+            c.datasets.accept(self.curator, cid, 1000 + d)
+        self.adapter_datasets: dict[int, list[int]] = {}
+        for k in range(N_ADAPTERS):
+            ds = sorted({k % N_DATASETS + 1, (k + 1) % N_DATASETS + 1})
+            c.adapters.register(self.owner if k % 2 == 0 else self.curator, "smollm2-135m", f"bafy-adapter-{k}", 8,
+                                ADAPTER_PRICES[k], 6000, ds, [2000] * len(ds))
+            self.adapter_datasets[k + 1] = ds
+        self.payers = [Account.from_key(keccak(text=f"bench-payer-{i}")) for i in range(n_payers)]
+        for p in self.payers:
+            anvil.rpc("anvil_setBalance", [p.address, hex(10**20)])
+            c.token.mint(self.deployer, p.address, 10**24)
+            c.token.approve(p, c.escrow.address, 2**256 - 1)
+            c.escrow.deposit(p, 10**23)
+
+
+def settle_ours(s: Setup, lanes: int, per_lane: int, seed: int) -> dict:
+    """Serve lanes x per_lane simulated requests, then settle: one commit + one redeem of `lanes` vouchers."""
+    c, rng = s.c, random.Random(seed)
+    chain_id, log_addr, escrow_addr = c.chain_id, c.receipts.address, c.escrow.address
+    digests: list[tuple[bytes]] = []
+    vouchers: list[Voucher] = []
+    seq = 0
+    t0 = time.perf_counter()
+    for lane in range(lanes):
+        payer, adapter_id = s.payers[lane], lane % N_ADAPTERS + 1
+        attr = attribution_hash(s.adapter_datasets[adapter_id], [5000] * len(s.adapter_datasets[adapter_id]))
+        cum_c = cum_a = 0
+        for k in range(per_lane):
+            seq += 1
+            pt, ct = rng.randint(20, 400), rng.randint(10, 300)
+            cc, ac = cost(pt + ct, COMPUTE_PRICE_PER_1K), cost(pt + ct, ADAPTER_PRICES[adapter_id - 1])
+            cum_c, cum_a = cum_c + cc, cum_a + ac
+            r = Receipt(
+                request_id=keccak(text=f"req-{seed}-{lane}-{k}"), payer=payer.address, node=s.node.address,
+                adapter_id=adapter_id, seq=seq, prompt_tokens=pt, completion_tokens=ct, compute_cost=cc,
+                adapter_cost=ac, output_hash=output_hash(f"completion {lane} {k}"), attribution_hash=attr,
+                timestamp=1_700_000_000 + seq,
+            )
+            digests.append((receipt_digest(r, chain_id, log_addr),))
+            last_receipt = r
+        vouchers.append(Voucher(payer.address, s.node.address, adapter_id, cum_c, cum_a))
+    sigs = [sign_voucher(v, p.key, chain_id, escrow_addr) for v, p in zip(vouchers, s.payers)]
+    tree = StandardMerkleTree.of(digests, ["bytes32"])
+    prep_s = time.perf_counter() - t0
+    receipts_file = json.dumps([d[0].hex() for d in digests]).encode()
+    batch_seq = c.receipts.last_seq(s.node.address) + 1
+    commit = c.receipts.commit_batch(s.node, batch_seq, tree.root, len(digests), raw_cid(receipts_file))
+    redeem = c.escrow.redeem(s.node, vouchers, sigs)
+    # Sanity: the last receipt verifies on chain and every lane collected its full voucher.
+    assert c.receipts.verify_receipt(last_receipt, batch_seq, tree.proof(len(digests) - 1))
+    for v in vouchers:
+        col = c.escrow.collected(v.payer, v.node, v.adapter_id)
+        assert (col.compute, col.adapter) == (v.compute_value, v.adapter_value), "a lane was not fully paid"
+    n = lanes * per_lane
+    total = commit["gasUsed"] + redeem["gasUsed"]
+    return {
+        "inferences": n,
+        "commit_gas": commit["gasUsed"],
+        "redeem_gas": redeem["gasUsed"],
+        "gas_per_inference": total / n,
+        "prep_s": round(prep_s, 2),
+    }
+
+
+def deploy_peer(s: Setup, name: str) -> str:
+    art = load_artifact(name)
+    tx = {"from": s.deployer.address, "data": art.bytecode, "value": 0, "chainId": s.c.chain_id}
+    return send_tx(s.w3, s.deployer, tx)["contractAddress"]
+
+
+def peer_tx_per_inference(s: Setup, n: int) -> float:
+    addr = deploy_peer(s, "PerInferencePeer")
+    peer = s.w3.eth.contract(address=addr, abi=load_artifact("PerInferencePeer").abi_list)
+    payer = s.payers[0]
+    send_tx(s.w3, s.deployer, peer.functions.fund(payer.address, 10**24).build_transaction({"from": s.deployer.address}))
+    rng, gas = random.Random(7), 0
+    nonce = s.w3.eth.get_transaction_count(s.node.address)
+    hashes = []
+    for i in range(n):
+        pt, ct = rng.randint(20, 400), rng.randint(10, 300)
+        inf = (keccak(text=f"peer-{i}"), payer.address, s.node.address, s.owner.address, 1, pt, ct,
+               cost(pt + ct, COMPUTE_PRICE_PER_1K), cost(pt + ct, ADAPTER_PRICES[0]), output_hash(f"out {i}"))
+        sig = sign_digest(peer.functions.hashInference(inf).call(), payer.key)
+        tx = peer.functions.settle(inf, sig).build_transaction(
+            {"from": s.node.address, "nonce": nonce + i, "gas": 200_000, "gasPrice": s.w3.eth.gas_price}
+        )
+        hashes.append(s.w3.eth.send_raw_transaction(s.node.sign_transaction(tx).raw_transaction))
+    for h in hashes:
+        r = s.w3.eth.wait_for_transaction_receipt(h, timeout=120)
+        assert r["status"] == 1, "peer settle reverted"
+        gas += r["gasUsed"]
+    return gas / n
+
+
+def peer_event_per_inference(s: Setup, n: int) -> float:
+    addr = deploy_peer(s, "EventLogPeer")
+    peer = s.w3.eth.contract(address=addr, abi=load_artifact("EventLogPeer").abi_list)
+    rng, gas = random.Random(8), 0
+    for start in range(0, n, PEER_BATCH):
+        recs = []
+        for i in range(start, min(n, start + PEER_BATCH)):
+            pt, ct = rng.randint(20, 400), rng.randint(10, 300)
+            recs.append((keccak(text=f"ev-{i}"), s.payers[i % len(s.payers)].address, i % N_ADAPTERS + 1, pt, ct,
+                         cost(pt + ct, COMPUTE_PRICE_PER_1K + ADAPTER_PRICES[0]), output_hash(f"out {i}"),
+                         attribution_hash([1, 2], [5000, 5000])))
+        tx = peer.functions.logBatch(recs).build_transaction({"from": s.node.address})
+        gas += send_tx(s.w3, s.node, tx)["gasUsed"]
+    return gas / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lanes", type=int, default=10)
+    ap.add_argument("--requests", type=int, default=1000, help="requests per lane, large case")
+    ap.add_argument("--small-requests", type=int, default=100, help="requests per lane, small case")
+    ap.add_argument("--peer-sample", type=int, default=PEER_SAMPLE)
+    ap.add_argument("--quick", action="store_true", help="same cases, peer sample at its minimum (200)")
+    args = ap.parse_args()
+    if args.peer_sample < PEER_SAMPLE:
+        ap.error(f"--peer-sample must be >= {PEER_SAMPLE}")
+    t0 = time.perf_counter()
+    with Anvil(extra_args=["--gas-limit", "100000000"]) as anvil:
+        s = Setup(anvil, args.lanes)
+        snap = anvil.rpc("evm_snapshot")
+        large = settle_ours(s, args.lanes, args.requests, seed=1)
+        anvil.rpc("evm_revert", [snap])
+        small = settle_ours(s, args.lanes, args.small_requests, seed=2)
+        tx_peer = peer_tx_per_inference(s, args.peer_sample)
+        ev_peer = peer_event_per_inference(s, args.peer_sample)
+    ours = large["gas_per_inference"]
+    result = {
+        "gas_per_inference": round(ours, 2),
+        "gas_per_inference_small": round(small["gas_per_inference"], 2),
+        "vs_tx_per_inference": round(ours / tx_peer, 5),
+        "vs_event_per_inference": round(ours / ev_peer, 5),
+        "peer_tx_gas_per_inference": round(tx_peer, 1),
+        "peer_event_gas_per_inference": round(ev_peer, 1),
+        "large": large,
+        "small": small,
+        "lanes": args.lanes,
+        "peer_sample": args.peer_sample,
+        "targets": {"gas_per_inference": TARGET_GAS_PER_INFERENCE, "vs_event_per_inference": TARGET_VS_EVENT},
+        "targets_met": ours <= TARGET_GAS_PER_INFERENCE and ours / ev_peer <= TARGET_VS_EVENT,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    print(f"ours: commit {large['commit_gas']} + redeem {large['redeem_gas']} gas for {large['inferences']} inferences")
+    print(f"peers: tx/inference {tx_peer:.0f} gas, event/inference {ev_peer:.0f} gas")
+    print("RESULT " + json.dumps(result, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
