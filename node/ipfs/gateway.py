@@ -135,12 +135,16 @@ class GatewayClient:
             async with self.http.session().get(f"{url}/ipfs/{cid}", params={"format": "raw"}, headers=headers) as resp:
                 self._check_status(resp, url, cid)
                 try:
-                    data = await resp.content.read(MAX_BLOCK_BYTES + 1)
+                    data = bytearray()
+                    while chunk := await resp.content.read(MAX_BLOCK_BYTES + 1 - len(data)):
+                        data += chunk
+                        if len(data) > MAX_BLOCK_BYTES:
+                            break
                 except aiohttp.ClientPayloadError as e:
                     raise TruncatedContent(f"block {cid} from {url} broke off: {e}") from e
                 if len(data) > MAX_BLOCK_BYTES:
                     raise MalformedBlock(f"{url} sent more than {MAX_BLOCK_BYTES} bytes for block {cid}")
-                return data
+                return bytes(data)
 
         return await self.http.retrying(f"GET {url}/ipfs/{cid}?format=raw", op)
 

@@ -75,10 +75,14 @@ class KuboClient:
                     await self._raise_for(resp, endpoint)
                 if read is not None:
                     return await read(resp)
-                body = await resp.content.read(limit + 1) if limit is not None else await resp.read()
-                if limit is not None and len(body) > limit:
-                    raise ContentTooLarge(f"Kubo {endpoint} answered more than {limit} bytes")
-                return body
+                if limit is None:
+                    return await resp.read()
+                body = bytearray()
+                while chunk := await resp.content.read(min(1 << 20, limit + 1 - len(body))):
+                    body += chunk
+                    if len(body) > limit:
+                        raise ContentTooLarge(f"Kubo {endpoint} answered more than {limit} bytes")
+                return bytes(body)
 
         try:
             return await self.http.retrying(f"Kubo {endpoint} at {self.url}", op)

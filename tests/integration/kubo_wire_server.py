@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from urllib.parse import unquote
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class KuboState:
     def __init__(self, store: EmbeddedStore):
         self.store = store
         self.tamper_block: Callable[[CID, bytes], bytes] | None = None
+        self.tamper_cat: Callable[[bytes], bytes] | None = None
         self.calls: list[str] = []
         self.fail_next: list[int] = []  # HTTP statuses to answer before serving normally (retry tests)
 
@@ -72,7 +74,7 @@ async def _add(request: web.Request, st: KuboState) -> web.StreamResponse:
         tops: list[str] = []
         reader = await request.multipart()
         async for part in reader:
-            rel = part.filename or ""
+            rel = unquote(part.filename or "")  # Kubo URL-escapes multipart file names
             parts = rel.split("/")
             for p in parts:
                 check_entry_name(p)  # the test server refuses traversal too
@@ -114,7 +116,10 @@ async def _cat(request: web.Request, st: KuboState) -> web.StreamResponse:
         return _error("this dag node is a directory")
     with tempfile.TemporaryDirectory() as tmp:
         out = await export_dag(cid, st.store.get_block, Path(tmp) / "f", max_bytes=1 << 40)
-        return web.Response(body=out.read_bytes(), headers={"Content-Type": "text/plain", "X-Stream-Output": "1"})
+        body = out.read_bytes()
+        if st.tamper_cat:
+            body = st.tamper_cat(body)
+        return web.Response(body=body, headers={"Content-Type": "text/plain", "X-Stream-Output": "1"})
 
 
 async def _ls(request: web.Request, st: KuboState) -> web.Response:
