@@ -28,7 +28,7 @@ def brute_ms(text: list[int], query: list[int], k: int, cap: int) -> list[int]:
     return out
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(small_texts)
 def test_suffix_array_sorts_all_suffixes(text):
     sa = build_suffix_array(np.array(text, dtype=np.uint32))
@@ -44,7 +44,7 @@ def test_suffix_array_on_long_repeats():
     assert list(sa) == ref
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(small_texts.filter(bool), min_size=1, max_size=4), small_texts, st.integers(1, 4), st.integers(1, 12))
 def test_matching_statistics_equal_brute_force(segments, query, k, cap):
     tokens = np.concatenate([np.array(s, dtype=np.uint32) for s in segments])
@@ -83,7 +83,7 @@ def test_bps_sum_exactly_and_rounding_is_ordered_by_id():
     assert to_bps({4: Fraction(0)}) == {}
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.integers(0, 2**64), st.builds(Fraction, st.integers(0, 1000), st.integers(1, 24)), max_size=12))
 def test_bps_always_sum_to_total_or_empty(credits):
     bps = to_bps(credits)
