@@ -30,6 +30,11 @@ def demo(
     raise typer.Exit(run_demo(prompt=prompt))
 
 
+from node.cli_ipfs import ipfs_app  # noqa: E402  (sub-command group: loranode ipfs ...)
+
+app.add_typer(ipfs_app, name="ipfs")
+
+
 def main() -> None:
     app()
 
