@@ -34,3 +34,40 @@ def fund_escrow(w3, deployment, deployer_key, payer_key, amount: int) -> None:
 
 def authorize_signer(w3, deployment, payer_key, signer_address: str) -> None:
     _send(w3, Account.from_key(payer_key), contract(w3, deployment, "UsageEscrow").functions.authorizeSigner(signer_address))
+
+
+# ---- a node whose adapters are already "loaded" (API tests, bench-api) ----------------------------
+
+
+def make_random_adapters(engine, folder, count: int, *, rank: int = 4, first_id: int = 1) -> dict[int, "Path"]:
+    """`count` tiny random PEFT adapters for the engine's base model, registered with the engine as
+    "adapter-<id>"; returns {adapter id: folder}."""
+    from pathlib import Path
+
+    from inference.adapter_factory import make_random_adapter
+
+    out = {}
+    for i in range(first_id, first_id + count):
+        path = make_random_adapter(Path(folder) / f"adapter-{i}", engine.base.model.config, rank=rank, seed=i,
+                                   base_model_id=engine.model_id, init_scale=0.05)
+        engine.register_adapter(f"adapter-{i}", path)
+        out[i] = path
+    return out
+
+
+def seed_loaded_adapters(database_url: str, adapters: dict[int, tuple[str, int]], base_model_id: str,
+                         folders: dict | None = None) -> None:
+    """Adapter rows in state `loaded` ({id: (owner, price_per_1k)}): what the watcher and the
+    lifecycle write after discovering and loading them on chain. For tests of the API alone."""
+    from node.db import make_session_factory, migrate
+    from node.db.models import Adapter, AdapterState
+
+    migrate(database_url)
+    sessions = make_session_factory(database_url)
+    with sessions.begin() as s:
+        for aid, (owner, price) in adapters.items():
+            s.merge(Adapter(id=aid, owner=owner, base_model=base_model_id, cid=f"test-{aid}", rank=4,
+                            price_per_1k=price, owner_bps=10_000, dataset_splits=[], block_number=0,
+                            state=AdapterState.LOADED.value,
+                            local_path=str(folders[aid]) if folders and aid in folders else None))
+    sessions.kw["bind"].dispose()

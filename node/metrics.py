@@ -66,13 +66,18 @@ class _EngineCollector:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             name = "loranode_engine_" + "".join(c if c.isalnum() else "_" for c in key).lower()
-            if name.endswith("_total") or key in _COUNTER_KEYS:
+            if _is_counter(key):
                 yield CounterMetricFamily(name.removesuffix("_total"), f"engine stat {key}", value=value)
             else:
                 yield GaugeMetricFamily(name, f"engine stat {key}", value=value)
 
 
-_COUNTER_KEYS = {"loads", "evictions", "adapter_loads", "adapter_evictions", "requests", "tokens"}
+_COUNTER_SUFFIXES = ("_loads", "_evictions", "_failures", "_tokens", "_steps")
+
+
+def _is_counter(key: str) -> bool:
+    """Monotonic engine counters (adapter loads/evictions, tokens, requests by outcome)."""
+    return key.startswith("requests_") or key.endswith(_COUNTER_SUFFIXES)
 
 
 def _flatten(d: dict, prefix: str = ""):
