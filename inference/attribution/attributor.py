@@ -34,10 +34,17 @@ class AttributionConfig:
     covers all its tokens through the overlapping matches that start inside it."""
     max_output_tokens: int = 8192
     """Longer outputs are refused (ValueError) rather than silently truncated."""
+    max_attributed: int = 256
+    """At most this many contributions get weight (those with the most credit, ties to the
+    smaller id); keeps the receipt's attribution arrays bounded (chain.eip712 caps them)."""
+    max_spans: int = 64
+    """At most this many spans are reported (longest first, then by position and id)."""
 
     def __post_init__(self):
         if not 1 <= self.min_span_tokens <= self.max_span_tokens:
             raise ValueError("need 1 <= min_span_tokens <= max_span_tokens")
+        if self.max_attributed < 1 or self.max_spans < 0 or self.max_output_tokens < 1:
+            raise ValueError("max_attributed >= 1, max_spans >= 0, max_output_tokens >= 1")
 
 
 @dataclass(frozen=True)
@@ -186,12 +193,14 @@ class Attributor:
         c = self._snapshot()
         return c.tokens.nbytes + c.sa.nbytes
 
-    def attribute(self, output_token_ids: Sequence[int] | np.ndarray, tokenizer=None) -> Attribution:
+    def attribute(self, output_token_ids: Sequence[int] | np.ndarray, tokenizer=None, *, with_text: bool = True) -> Attribution:
         """Weights and spans for one generated answer's token ids (completion only).
 
-        With `tokenizer`, each span carries its decoded text. Deterministic: the same members
-        and the same tokens always give the same result. Thread-safe; runs without the lock.
+        Each span carries its decoded text (the store's tokenizer unless `tokenizer` is given;
+        none with `with_text=False`). Deterministic: the same members and the same tokens always
+        give the same result. Thread-safe; the search runs without the lock.
         """
+        tokenizer = (tokenizer or self.store.tokenizer) if with_text else None
         q = np.asarray(output_token_ids, dtype=np.int64).reshape(-1)  # (m,)
         m = int(q.shape[0])
         if m > self.config.max_output_tokens:
@@ -201,17 +210,22 @@ class Attributor:
         corpus = self._snapshot()
         k = self.config.min_span_tokens
         ms = matching_statistics(corpus.tokens, corpus.sa, corpus.offsets, q, k, self.config.max_span_tokens)  # (C, m)
-        covs: dict[int, np.ndarray] = {}
-        spans: list[Span] = []
-        for row in np.nonzero(ms.any(axis=1))[0]:
-            cid, ds = corpus.ids[row], corpus.dataset_ids[row]
-            runs = maximal_spans(ms[row], k)
-            covs[cid] = coverage(runs, m)
-            for s, e in runs:
-                text = tokenizer.decode(q[s:e].tolist()) if tokenizer is not None else None
-                spans.append(Span(cid, ds, s, e, text))
-        weights = to_bps(credit(covs))
         ds_of = dict(zip(corpus.ids, corpus.dataset_ids))
+        covs: dict[int, np.ndarray] = {}
+        runs_of: dict[int, list[tuple[int, int]]] = {}
+        for row in np.nonzero(ms.any(axis=1))[0]:
+            cid = corpus.ids[row]
+            runs_of[cid] = maximal_spans(ms[row], k)
+            covs[cid] = coverage(runs_of[cid], m)
+        credits = credit(covs)
+        top = sorted(credits, key=lambda i: (-credits[i], i))[: self.config.max_attributed]
+        weights = to_bps({i: credits[i] for i in top})
+        # Spans of the weighted contributions only, longest first, then re-ordered by position.
+        cand = sorted(((s, e, i) for i in weights for s, e in runs_of[i]), key=lambda r: (r[0] - r[1], r[0], r[2]))
+        spans = [
+            Span(i, ds_of[i], s, e, tokenizer.decode(q[s:e].tolist()) if tokenizer is not None else None)
+            for s, e, i in cand[: self.config.max_spans]
+        ]
         datasets: dict[int, int] = {}
         for cid, b in weights.items():
             datasets[ds_of[cid]] = datasets.get(ds_of[cid], 0) + b

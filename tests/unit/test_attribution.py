@@ -270,3 +270,16 @@ def test_index_costs_8_bytes_per_token(tmp_path, tokenizer, corpus):
     att = make(tmp_path, tokenizer, corpus)
     assert att.corpus_tokens > 5_000
     assert att.index_bytes == 8 * att.corpus_tokens
+
+
+def test_weighted_contributions_and_spans_are_capped(tmp_path, tokenizer, corpus):
+    att = Attributor(IndexStore(tmp_path, tokenizer), AttributionConfig(max_attributed=3, max_spans=2))
+    text = corpus[11][2]
+    for cid in (44, 41, 45, 42, 43):  # five identical contributions tie on every token
+        att.add(cid, 1, f"bafksame{cid}", text.encode())
+    answer = ids(tokenizer, text)[50:90]
+    res = att.attribute(answer)
+    assert res.weights_bps == {41: 3334, 42: 3333, 43: 3333}  # ties go to the smaller ids
+    assert len(res.spans) == 2 and {s.contribution_id for s in res.spans} <= {41, 42, 43}
+    assert all(s.text and s.text.strip() in text for s in res.spans)  # store's tokenizer decodes
+    assert all(s.text is None for s in att.attribute(answer, with_text=False).spans)
