@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: all install build test test-fast demo clean bench-gas bench-engine bench-api bench-ipfs bench-attribution slither
+.PHONY: all install system-tools build test test-fast demo clean bench-gas bench-engine bench-api bench-ipfs bench-attribution slither
 
 all: install build
 
@@ -27,7 +27,17 @@ node_modules/.stamp-install: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-install: $(VENV)/.stamp-install node_modules/.stamp-install
+# Debian's ipfs-cid (binary ipfs_cid): an independent Kubo-compatible CID implementation the IPFS
+# tests and bench-ipfs cross-check against. Installed only when missing (root on CI; sudo -n otherwise).
+system-tools:
+	@command -v ipfs_cid >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ipfs-cid; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	    sudo -n apt-get update -qq && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ipfs-cid; \
+	  else echo "NOTE: ipfs_cid is missing and cannot be installed without root: run 'sudo apt-get install ipfs-cid'" \
+	    "(the ipfs_cid cross-check tests are skipped and make bench-ipfs needs it)."; fi; }
+
+install: $(VENV)/.stamp-install node_modules/.stamp-install system-tools
 
 # Contracts compile offline with solc-js (see hardhat.config.js); artifacts are rebuilt, never committed.
 artifacts/.stamp-build: node_modules/.stamp-install hardhat.config.js $(shell find contracts -name '*.sol' 2>/dev/null)
