@@ -34,6 +34,10 @@ from node.cli_ipfs import ipfs_app  # noqa: E402  (sub-command group: loranode i
 
 app.add_typer(ipfs_app, name="ipfs")
 
+from node.cli_attribution import attribution_app  # noqa: E402  (loranode attribution ...)
+
+app.add_typer(attribution_app, name="attribution")
+
 
 def main() -> None:
     app()
