@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from typing import Any, Mapping, Union
 
 from eth_abi import encode as abi_encode
@@ -252,6 +253,12 @@ def domain(chain_id: int, verifying_contract: str) -> dict:
 
 def domain_separator(chain_id: int, verifying_contract: str) -> bytes:
     d = domain(chain_id, verifying_contract)
+    return _domain_separator(d["chainId"], d["verifyingContract"])
+
+
+@lru_cache(maxsize=64)  # a node hashes thousands of receipts under one or two domains
+def _domain_separator(chain_id: int, verifying_contract: str) -> bytes:
+    d = {"chainId": chain_id, "verifyingContract": verifying_contract}
     return keccak(
         DOMAIN_TYPEHASH
         + keccak(text=DOMAIN_NAME)

@@ -224,8 +224,8 @@ class Outbox:
             time.sleep(poll)
 
     def _advance_signed(self, row: Intent, rebroadcast_all: bool, report: ProcessReport) -> None:
-        if self._settle(row, report):
-            return
+        if self._settle(row, report) is not None:
+            return  # finished, or mined and waiting for confirmations: nothing to send
         if row.status == IntentStatus.SIGNED or rebroadcast_all or not self._known_to_node(row.attempts[-1].tx_hash):
             # never broadcast (crash between signing and sending), restarted, or dropped by the pool
             if self._broadcast(row, row.attempts[-1], report) is False:
@@ -234,8 +234,12 @@ class Outbox:
         if row.status == IntentStatus.SENT and row.sent_at is not None and self.clock() - row.sent_at >= self.stuck_after:
             self._bump(row, report)
 
-    def _settle(self, row: Intent, report: ProcessReport) -> bool:
-        """Look for a receipt of any attempt; finish the intent if one is final. True if finished."""
+    def _settle(self, row: Intent, report: ProcessReport) -> str | None:
+        """Look for a receipt of any attempt and finish the intent if it is deep enough.
+
+        Returns "final" (finished now), "shallow" (mined, fewer than `confirmations` blocks on
+        top) or None (no attempt mined).
+        """
         for att in reversed(row.attempts):
             try:
                 rcpt = self.w3.eth.get_transaction_receipt(att.tx_hash)
@@ -244,7 +248,7 @@ class Outbox:
             if rcpt is None or rcpt.get("blockNumber") is None:
                 continue
             if self.confirmations and self.w3.eth.block_number - rcpt["blockNumber"] < self.confirmations:
-                return False  # mined but not yet deep enough; don't rebroadcast or bump either
+                return "shallow"  # mined but not yet deep enough; don't rebroadcast or bump either
             if rcpt["status"] == 1:
                 self.store.finish(row.id, IntentStatus.MINED, tx_hash=att.tx_hash,
                                   block_number=rcpt["blockNumber"], gas_used=rcpt["gasUsed"])
@@ -255,8 +259,8 @@ class Outbox:
                                   block_number=rcpt["blockNumber"], gas_used=rcpt["gasUsed"], error=reason)
                 report.failed.append(row.id)
                 log.warning("outbox intent %s (%s) reverted: %s", row.id, row.key, reason)
-            return True
-        return False
+            return "final"
+        return None
 
     def _known_to_node(self, tx_hash: bytes) -> bool:
         try:
@@ -274,7 +278,7 @@ class Outbox:
                 pass  # the pool has exactly these bytes: as good as a successful send
             elif "nonce too low" in msg or "nonce is too low" in msg:
                 # our nonce is used: by one of our attempts (then it has a receipt) or by a foreign tx
-                if self._settle(self.get(row.id), report):
+                if self._settle(self.get(row.id), report) is not None:
                     return False
                 self.store.finish(row.id, IntentStatus.FAILED,
                                   error=f"nonce {row.nonce} was consumed by a transaction not from this outbox")

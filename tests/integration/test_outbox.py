@@ -266,6 +266,21 @@ def test_fee_cap_stops_bumping(fresh_anvil):
     assert "cap" in ob.get(i).error and len(ob.get(i).attempts) == 1
 
 
+def test_confirmations_hold_a_mined_tx_without_bumping(anvil):
+    w3 = w3_of(anvil)
+    clock = Clock()
+    ob = Outbox(w3, ACCOUNT, InMemoryOutboxStore(), confirmations=2, stuck_after=1, clock=clock)
+    i = ob.enqueue("pay", transfer(0))
+    ob.process()  # automine: mined at once, but not 2 blocks deep
+    clock.t += 100
+    for _ in range(2):
+        report = ob.process()
+        assert report.bumped == [] and report.broadcast == [] and ob.get(i).status == IntentStatus.SENT
+    anvil.rpc("anvil_mine", [2])
+    assert ob.process().mined == [i]
+    assert_sent_exactly_once(w3, ob, [i])
+
+
 def test_nonce_taken_outside_the_outbox_fails_the_intent_and_is_never_reused(anvil, tmp_path):
     w3 = w3_of(anvil)
     db = tmp_path / "outbox.sqlite"
