@@ -3,6 +3,7 @@ runs inside the `anvil` fixture's snapshot, so state changes never leak between 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -11,6 +12,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from chain.contracts import Contracts
+from chain.errors import ContractRevert
 from chain.deploy import deploy
 from chain.devchain import DEV_PRIVATE_KEYS
 
@@ -67,3 +69,37 @@ def deployed(anvil_session) -> Env:
 def env(deployed, anvil) -> Env:
     """The module's deployment, reverted after the test."""
     return deployed
+
+
+@contextmanager
+def _reverts(name: str, *args):
+    """Expect a ContractRevert named `name` (and with `args`, when given)."""
+    with pytest.raises(ContractRevert) as ei:
+        yield ei
+    assert ei.value.name == name, f"expected {name}, got {ei.value.name}{ei.value.args}"
+    if args:
+        assert ei.value.args == args, f"{name} args {ei.value.args} != {args}"
+
+
+@pytest.fixture
+def reverts():
+    return _reverts
+
+
+def setup_world(env: Env) -> dict:
+    """One dataset with two accepted contributions (weights 1 and 3) and an adapter splitting
+    60 % owner / 40 % that dataset; the payer has 10^21 deposited."""
+    c = env.c
+    c.datasets.create_dataset(env.curator, "wiki-it", "CC-BY-SA-4.0", "bafymeta")
+    c.datasets.contribute(env.contributor, 1, "bafyc1", 100)
+    c.datasets.contribute(env.contributor2, 1, "bafyc2", 300)
+    c.datasets.accept(env.curator, 1, 1)
+    c.datasets.accept(env.curator, 2, 3)
+    c.adapters.register(env.owner, "smollm2-135m", "bafyadapter", 8, 10**15, 6000, [1], [4000])
+    c.escrow.deposit(env.payer, 10**21)
+    return {"dataset": 1, "adapter": 1, "contributions": (1, 2)}
+
+
+@pytest.fixture
+def world(env) -> dict:
+    return setup_world(env)
