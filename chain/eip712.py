@@ -67,12 +67,20 @@ def _check_uint(name: str, value: Any, bits: int) -> int:
 
 
 def _check_address(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not is_hex_address(value):
+    if not isinstance(value, str):
         raise TypedDataError(f"{name} must be a 0x-prefixed 20-byte hex address, got {value!r:.80}")
-    if value != value.lower() and value[2:] != value[2:].upper() and to_checksum_address(value) != value:
+    checksummed = _checksum(value)
+    if checksummed is None:
+        raise TypedDataError(f"{name} must be a 0x-prefixed 20-byte hex address, got {value!r:.80}")
+    if value != value.lower() and value[2:] != value[2:].upper() and checksummed != value:
         # mixed case that is not the EIP-55 checksum: probably a typo
         raise TypedDataError(f"{name} has a bad EIP-55 checksum: {value}")
-    return to_checksum_address(value)
+    return checksummed
+
+
+@lru_cache(maxsize=4096)  # the same payers and nodes recur in every receipt; EIP-55 costs a keccak
+def _checksum(value: str) -> str | None:
+    return to_checksum_address(value) if is_hex_address(value) else None
 
 
 def _check_bytes32(name: str, value: Any) -> bytes:
