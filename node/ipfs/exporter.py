@@ -98,9 +98,35 @@ class _Walk:
         elif fs.kind == T_SYMLINK:
             raise UnsafeEntry(f"refused symlink entry at {dest.name!r}")
         elif fs.kind == T_HAMT:
-            raise UnsupportedContent("HAMT-sharded directories are not supported")
+            os.mkdir(dest)
+            await self.shard(cid, pb, fs, dest, set(), depth)
         else:
             raise UnsupportedContent(f"UnixFS type {fs.kind} is not a file or folder")
+
+    async def shard(self, cid: CID, pb, fs, dest: Path, seen: set[str], depth: int) -> None:
+        """Export the entries of a HAMT-sharded folder: links named "<hex slot><name>" are entries,
+        links named "<hex slot>" alone are sub-shards."""
+        if depth > MAX_DEPTH:
+            raise MalformedBlock("HAMT nests too deeply")
+        fanout = fs.fanout or 0
+        if fanout < 2 or fanout > 1024 or fanout & (fanout - 1):
+            raise MalformedBlock(f"{cid}: HAMT fanout {fanout} is not a power of two up to 1024")
+        pad = len(f"{fanout - 1:X}")
+        for link in pb.links:
+            slot = link.name[:pad]
+            if len(slot) != pad or any(c not in "0123456789ABCDEF" for c in slot) or int(slot, 16) >= fanout:
+                raise MalformedBlock(f"{cid}: HAMT link {link.name[:40]!r} lacks a slot prefix")
+            if len(link.name) == pad:
+                cpb, cfs = await self.node(link.cid)
+                if cfs is None or cfs.kind != T_HAMT or cfs.fanout != fanout:
+                    raise MalformedBlock(f"{link.cid}: a HAMT sub-shard link points to something else")
+                await self.shard(link.cid, cpb, cfs, dest, seen, depth + 1)
+                continue
+            name = check_entry_name(link.name[pad:])
+            if name in seen:
+                raise UnsafeEntry(f"duplicate folder entry {name!r}")
+            seen.add(name)
+            await self.export(link.cid, dest / name, depth + 1)
 
     async def file_body(self, cid: CID, pb, fs, fh, depth: int) -> int:
         """Write a file node's bytes (its own data, then its children in order); returns the count."""

@@ -3,8 +3,8 @@
 Kubo defaults reproduced here: fixed 256 KiB chunks (`size-262144`), balanced layout with at
 most 174 links per node, CIDv0 with dag-pb leaves, or (`--cid-version=1`) CIDv1 with raw
 leaves; folders as `ipfs add -r` makes them (basic UnixFS directories, links sorted by name,
-hidden entries skipped unless asked). HAMT-sharded directories (Kubo switches to them above
-256 KiB of link data) are refused rather than hashed wrongly.
+hidden entries skipped unless asked), and HAMT-sharded folders where Kubo switches to them
+(above 256 KiB of link data; see hamt.py).
 """
 
 from __future__ import annotations
@@ -159,10 +159,10 @@ def dir_node(entries: list[tuple[bytes, Imported]], version: int, sink: BlockSin
     """A basic UnixFS directory over (name, child) pairs, links sorted by name as Kubo writes them."""
     entries = sorted(entries, key=lambda e: e[0])
     estimate = sum(len(name) + len(child.cid.to_bytes()) for name, child in entries)
-    if estimate >= HAMT_THRESHOLD:
-        raise UnsupportedContent(
-            f"{where}: {len(entries)} entries would make Kubo shard this folder (HAMT), which is not supported"
-        )
+    if estimate > HAMT_THRESHOLD:  # Kubo shards above the threshold (a folder exactly at it stays basic)
+        from node.ipfs.hamt import build_hamt
+
+        return build_hamt(entries, version, sink, Imported)
     block = encode_node([encode_link(c.cid.to_bytes(), name, c.tsize) for name, c in entries], unixfs_data(T_DIRECTORY))
     cid = CID.of(version, CODEC_DAG_PB, block)
     if sink:

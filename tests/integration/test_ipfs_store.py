@@ -199,3 +199,41 @@ async def test_eviction_by_size_keeps_pinned_and_recent_entries(tmp_path, store)
     assert cache.total_bytes() <= 2_500_000
     cache.unpin(cids[0])
     assert cache.evict() == [] and not cache.is_pinned(cids[0])
+
+
+# --- HAMT-sharded folders -------------------------------------------------------------------
+
+
+async def test_hamt_sharded_folder_round_trips(tmp_path, store):
+    src = tmp_path / "big-folder"
+    src.mkdir()
+    for i in range(1400):
+        (src / (f"{i:04d}-" + "s" * 200)).write_bytes(str(i).encode())
+    cid = await store.add_path(src)
+    out = await store.fetch(cid, tmp_path / "o", 10**7)
+    assert len(os.listdir(out)) == 1400
+    assert cid_of_path(out) == cid
+
+
+def shard(store: EmbeddedStore, links: list[tuple[str, CID]]) -> CID:
+    from node.ipfs.hamt import shard_data
+
+    encoded = [encode_link(c.to_bytes(), name.encode(), 1) for name, c in links]
+    return put(store, encode_node(encoded, shard_data(0b11)))
+
+
+@pytest.mark.parametrize(
+    ("links", "error"),
+    [
+        ([("00..", "file")], UnsafeEntry),
+        ([("00a", "file"), ("01a", "file")], UnsafeEntry),  # duplicate across slots
+        ([("zz-no-slot", "file")], MalformedBlock),
+        ([("01", "file")], MalformedBlock),  # a sub-shard link that points to a file
+    ],
+)
+async def test_hostile_hamt_entries_are_refused(tmp_path, store, links, error):
+    payload = put(store, b"x", CODEC_RAW)
+    evil = shard(store, [(name, payload) for name, _ in links])
+    with pytest.raises(error):
+        await store.fetch(str(evil), tmp_path / "o", 10**6)
+    assert list((tmp_path / "o").iterdir()) == []

@@ -15,7 +15,7 @@ import pytest
 
 from node.ipfs import CID, InvalidCID, UnsupportedContent, cid_of_bytes, cid_of_path
 from node.ipfs.cid import CODEC_DAG_PB, CODEC_RAW, b58decode, b58encode
-from node.ipfs.dagpb import T_FILE, decode_node, decode_unixfs
+from node.ipfs.dagpb import T_DIRECTORY, T_FILE, T_HAMT, decode_node, decode_unixfs
 from node.ipfs.importer import CHUNK_SIZE, MAX_LINKS, ImportParams, import_path
 
 IPFS_CID = shutil.which("ipfs_cid")
@@ -84,12 +84,12 @@ def test_file_cids_match_debian_ipfs_cid(tmp_path, size):
 @needs_ipfs_cid
 def test_balanced_layout_past_one_node_of_links(tmp_path):
     """174 chunks fit one node; the 175th makes a second level (Kubo's balanced layout)."""
-    for chunks, extra in ((MAX_LINKS, 0), (MAX_LINKS, 1)):
-        path = tmp_path / f"z{chunks}-{extra}"
+    for extra in (0, 1):
+        path = tmp_path / f"z{extra}"
         with open(path, "wb") as f:
-            f.truncate(chunks * CHUNK_SIZE + extra)  # zeros: cheap to make, same layout rules
+            f.truncate(MAX_LINKS * CHUNK_SIZE + extra)  # zeros: cheap to make, same layout rules
         assert cid_of_path(path, 0) == ipfs_cid(path)["CIDv0"]
-        assert cid_of_path(path, 1) == aleph_file(path.read_bytes(), v1=True)
+    assert cid_of_path(path, 1) == aleph_file(path.read_bytes(), v1=True)
     root = import_path(path, ImportParams(version=0))
     assert root.size == MAX_LINKS * CHUNK_SIZE + 1
 
@@ -138,13 +138,51 @@ def test_symlinks_and_specials_are_refused(tmp_path):
         cid_of_path(root / "link")
 
 
-def test_folders_kubo_would_shard_are_refused_not_misshashed(tmp_path):
-    root = tmp_path / "many"
+def _many(root: Path, n: int, name_len: int, longer_first: int = 0) -> Path:
     root.mkdir()
-    for i in range(1200):  # 1200 * (220-byte name + 36-byte CID) > 256 KiB of link data
-        (root / (f"{i:05d}" + "n" * 215)).touch()
-    with pytest.raises(UnsupportedContent, match="HAMT"):
-        cid_of_path(root)
+    for i in range(n):
+        (root / f"{i:05d}".ljust(name_len + (longer_first if i == 0 else 0), "n")).write_bytes(str(i % 7).encode())
+    return root
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_large_folders_are_hamt_sharded_like_kubo(tmp_path, version):
+    """Past 256 KiB of link data (name + CID bytes) Kubo shards the folder (HAMT, fanout 256)."""
+    root = _many(tmp_path / "many", 1500, 200)
+    (root / "sub").mkdir()
+    (root / "sub" / "x").write_bytes(b"x")
+    cid = cid_of_path(root, version)
+    assert cid == aleph_cid.hash_folder(root, cid_version=version)
+    blocks = {}
+    import_path(root, ImportParams(version), sink=lambda c, b: blocks.__setitem__(c, b))
+    fs = decode_unixfs(decode_node(blocks[CID.parse(cid)]).data)
+    assert (fs.kind, fs.fanout) == (T_HAMT, 256)
+
+
+def test_hamt_switch_point(tmp_path):
+    """1024 names of 220 bytes + 36-byte CIDv1 = exactly 262144 bytes: current Kubo (boxo's
+    `estimatedSize > threshold`) keeps a basic folder; aleph-cid follows the older `>=`.
+    One byte more and both shard."""
+    at = _many(tmp_path / "at", 1024, 220)
+    fs = decode_unixfs(_root_block(at).data)
+    assert fs.kind == T_DIRECTORY
+    over = _many(tmp_path / "over", 1024, 220, longer_first=1)
+    assert cid_of_path(over) == aleph_cid.hash_folder(over, cid_version=1)
+    assert decode_unixfs(_root_block(over).data).kind == T_HAMT
+
+
+def _root_block(path: Path):
+    blocks = {}
+    root = import_path(path, ImportParams(1), sink=lambda c, b: blocks.__setitem__(c, b)).cid
+    return decode_node(blocks[root])
+
+
+def test_murmur3_matches_published_values():
+    from node.ipfs.hamt import murmur3_64
+
+    # MurmurHash3_x64_128(seed 0), first 64 bits (as Go's murmur3.Sum64 and Python's mmh3.hash64).
+    assert murmur3_64(b"") == 0
+    assert murmur3_64(b"hello") == 0xCBD8A7B341BD9B02
 
 
 # --- the codec itself -----------------------------------------------------------------------
