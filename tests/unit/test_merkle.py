@@ -31,9 +31,9 @@ const { StandardMerkleTree } = require("@openzeppelin/merkle-tree");
 let input = "";
 process.stdin.on("data", d => (input += d));
 process.stdin.on("end", () => {
-  const out = JSON.parse(input).map(({ types, values, multi }) => {
+  const out = JSON.parse(input).map(({ types, values, multi, proofIdx }) => {
     const t = StandardMerkleTree.of(values, types);
-    const proofs = values.map((_, i) => t.getProof(i));
+    const proofs = proofIdx.map(i => t.getProof(i));
     const mp = t.getMultiProof(multi);
     const leafHashes = mp.leaves.map(v => t.leafHash(v));
     return { root: t.root, proofs, mp: { ...mp, leafHashes }, dump: t.dump() };
@@ -41,8 +41,9 @@ process.stdin.on("end", () => {
   process.stdout.write(JSON.stringify(out));
 });
 """
-SIZES = [1, 2, 3, 7, 100, 1000]
-KINDS = ["bytes32", "mixed"]
+# the receipt leaf at every size; a mixed (address, uint256, bytes) leaf too, except at 1000
+# (the npm package's pure-JS keccak makes big trees slow on a loaded 2-core machine)
+CASES = [(n, "bytes32") for n in (1, 2, 3, 7, 100, 1000)] + [(n, "mixed") for n in (1, 2, 3, 7, 100)]
 
 
 def oz(cases: list[dict]) -> list[dict]:
@@ -70,25 +71,24 @@ def make_case(n: int, kind: str):
     rng = random.Random(n * 7919 + len(kind))
     types, py, js = random_values(rng, n, kind)
     multi = sorted(rng.sample(range(n), min(n, 5)))
-    return types, py, js, multi
+    proof_idx = list(range(n)) if n <= 100 else sorted({0, n - 1, *rng.sample(range(n), 150)})
+    return types, py, js, multi, proof_idx
 
 
 @pytest.fixture(scope="module")
 def oz_reference() -> dict:
-    keys = [(n, k) for n in SIZES for k in KINDS]
-    cases = [make_case(n, k) for n, k in keys]
-    refs = oz([{"types": t, "values": js, "multi": m} for t, _, js, m in cases])
-    return dict(zip(keys, refs))
+    cases = [make_case(n, k) for n, k in CASES]
+    refs = oz([{"types": t, "values": js, "multi": m, "proofIdx": pi} for t, _, js, m, pi in cases])
+    return dict(zip(CASES, refs))
 
 
-@pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n, kind", CASES)
 def test_matches_openzeppelin(n, kind, oz_reference):
-    types, py, js, multi = make_case(n, kind)
+    types, py, js, multi, proof_idx = make_case(n, kind)
     ref = oz_reference[(n, kind)]
     tree = StandardMerkleTree.of(py, types)
     assert tree.root_hex == ref["root"]
-    assert [tree.proof_hex(i) for i in range(n)] == ref["proofs"]
+    assert [tree.proof_hex(i) for i in proof_idx] == ref["proofs"]
     for i in range(n):
         assert tree.verify(i, tree.proof(i))
         assert verify(tree.root, tree.leaf_hash(py[i]), tree.proof(i))
