@@ -17,7 +17,7 @@ RAW_MEDIA_TYPE = "application/vnd.ipld.raw"
 class GatewayState:
     def __init__(self, store: EmbeddedStore):
         self.store = store
-        # None | "flip" | "wrong_block" | "truncate" | "missing" | "no_car" | "not_car" | "wrong_root"
+        # None | "flip" | "wrong_block" | "truncate" | "abort" | "missing" | "no_car" | "not_car" | "wrong_root"
         self.tamper: str | None = None
         self.requests: list[str] = []
 
@@ -67,7 +67,15 @@ async def _serve(request: web.Request) -> web.Response:
             if st.tamper == "no_car":
                 return web.Response(status=406, text="CAR responses are not offered here")
             ctype = "text/html" if st.tamper == "not_car" else f"{CAR_MEDIA_TYPE};version=1"
-            return web.Response(body=_car_bytes(st, root), headers={"Content-Type": ctype})
+            body = _car_bytes(st, root)
+            if st.tamper == "abort":  # promise the whole body, send half, drop the connection
+                resp = web.StreamResponse(headers={"Content-Type": ctype})
+                resp.content_length = len(body)
+                await resp.prepare(request)
+                await resp.write(body[: len(body) // 2])
+                request.transport.close()
+                return resp
+            return web.Response(body=body, headers={"Content-Type": ctype})
         if fmt == "raw" or accept.startswith(RAW_MEDIA_TYPE):
             block = st.store.get_block_sync(root)
             if st.tamper == "flip" and root.codec == CODEC_RAW:

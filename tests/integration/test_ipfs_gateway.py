@@ -100,6 +100,7 @@ async def test_falls_back_to_raw_blocks_when_car_is_refused(tmp_path, gateway, c
         ("flip", BlockHashMismatch),
         ("wrong_block", BlockHashMismatch),
         ("truncate", TruncatedContent),
+        ("abort", TruncatedContent),
         ("missing", TruncatedContent),
         ("wrong_root", MalformedBlock),
         ("not_car", BackendError),
