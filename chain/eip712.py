@@ -331,7 +331,11 @@ def _private_key_bytes(private_key: PrivateKeyLike) -> bytes:
 def sign_digest(digest: bytes, private_key: PrivateKeyLike) -> bytes:
     """65-byte r ‖ s ‖ v signature (v ∈ {27, 28}, low s) over a 32-byte digest."""
     digest = _check_bytes32("digest", digest)
-    sig = keys.PrivateKey(_private_key_bytes(private_key)).sign_msg_hash(digest)
+    try:
+        key = keys.PrivateKey(_private_key_bytes(private_key))
+    except EthKeysValidationError as e:  # 0 or ≥ the curve order
+        raise TypedDataError("private key is not a valid secp256k1 key") from e
+    sig = key.sign_msg_hash(digest)
     return sig.r.to_bytes(32, "big") + sig.s.to_bytes(32, "big") + bytes([sig.v + 27])
 
 

@@ -258,9 +258,10 @@ def test_fee_cap_stops_bumping(fresh_anvil):
     w3 = w3_of(fresh_anvil)
     fresh_anvil.rpc("evm_setAutomine", [False])
     clock = Clock()
-    ob = Outbox(w3, ACCOUNT, InMemoryOutboxStore(), stuck_after=1, clock=clock, max_fee_cap=3 * 10**9)
+    ob = Outbox(w3, ACCOUNT, InMemoryOutboxStore(), stuck_after=1, clock=clock)
     i = ob.enqueue("pay", transfer(0))
     ob.process()
+    ob.max_fee_cap = ob.get(i).attempts[0].max_fee_per_gas  # no room for a +12.5 % replacement
     clock.t += 5
     assert ob.process().bumped == []
     assert "cap" in ob.get(i).error and len(ob.get(i).attempts) == 1

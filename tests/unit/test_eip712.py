@@ -151,6 +151,12 @@ def test_signature_validation():
     assert recover_voucher_signer(v, "0x" + sig.hex(), 31337, ESCROW) == SIGNER
 
 
+@pytest.mark.parametrize("key", [bytes(32), SECP256K1_N.to_bytes(32, "big"), b"\x01" * 31, "0x1234", 12345])
+def test_bad_private_keys_are_refused(key):
+    with pytest.raises(TypedDataError, match="private key"):
+        sign_voucher(sample_voucher(), key, 31337, ESCROW)
+
+
 @pytest.mark.parametrize(
     "kw, msg",
     [
