@@ -21,7 +21,7 @@ from inference.errors import (
 from inference.requests import GenerationRequest, GenerationResult, SamplingParams
 from node.api import keys as K
 from node.api.catalog import Target
-from node.api.errors import BadRequest, ModelNotFound, Overloaded, Unavailable
+from node.api.errors import ApiError, BadRequest, ModelNotFound, Overloaded, Unavailable
 from node.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -207,7 +207,12 @@ async def _stream(request, handle, served: _Served, rid: bytes, api_id: str, mod
         except Exception:
             log.exception("could not meter the partial result of a dropped stream %s", api_id)
         raise
-    result = await _await_result(handle)
+    try:
+        result = await _await_result(handle)
+    except ApiError as e:  # headers are sent: report in-band, as OpenAI does, then end the stream
+        await resp.write(_sse(e.body()))
+        await resp.write_eof()
+        return resp
     cost, issued = await served.finish(rid, result)
     final = chunk(None, finish=_finish_reason(result))
     final.update({"usage": _usage(result), "cost": cost.as_dict(), "receipt": issued.to_json()})

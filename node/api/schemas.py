@@ -117,7 +117,7 @@ async def read_json(request: web.Request, limits: ApiLimits) -> object:
     if not raw:
         raise BadRequest("empty request body; expected a JSON object", code="invalid_json")
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8"))  # decode first: json.loads(bytes) would guess UTF-16/32
     except UnicodeDecodeError as e:
         raise BadRequest("request body is not UTF-8", code="invalid_json") from e
     except json.JSONDecodeError as e:
