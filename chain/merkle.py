@@ -95,9 +95,19 @@ def process_proof(leaf: bytes, proof: Iterable[bytes | str]) -> bytes:
     return node
 
 
-def verify(root: bytes | str, leaf: bytes | str, proof: Iterable[bytes | str]) -> bool:
-    """True when `proof` links the (already hashed) `leaf` to `root`, as MerkleProof.verify."""
+def verify_leaf(root: bytes | str, leaf: bytes | str, proof: Iterable[bytes | str]) -> bool:
+    """True when `proof` links the already hashed `leaf` to `root`, as MerkleProof.verify."""
     return process_proof(_to_bytes32("leaf", leaf), proof) == _to_bytes32("root", root)
+
+
+def verify(
+    root: bytes | str, leaf_values: Sequence[Any], proof: Iterable[bytes | str], types: Sequence[str] = ("bytes32",)
+) -> bool:
+    """True when `proof` links the leaf of `leaf_values` (encoded as `types`) to `root`.
+
+    The default types are the receipt leaf: `verify(root, [receipt_digest], proof)`.
+    """
+    return verify_leaf(root, standard_leaf_hash(tuple(types), leaf_values), proof)
 
 
 @dataclass(frozen=True)
@@ -208,7 +218,7 @@ class StandardMerkleTree:
         return ["0x" + p.hex() for p in self.proof(index)]
 
     def verify(self, index: int, proof: Sequence[bytes | str]) -> bool:
-        return verify(self.root, self.leaf_at(index), proof)
+        return verify_leaf(self.root, self.leaf_at(index), proof)
 
     def multiproof(self, indices: Sequence[int]) -> MultiProof:
         """OZ getMultiProof: one proof for several leaves (verifies with MerkleProof.multiProofVerify)."""

@@ -19,6 +19,7 @@ from chain.merkle import (
     process_proof,
     standard_leaf_hash,
     verify,
+    verify_leaf,
     verify_multiproof,
 )
 
@@ -91,7 +92,8 @@ def test_matches_openzeppelin(n, kind, oz_reference):
     assert [tree.proof_hex(i) for i in proof_idx] == ref["proofs"]
     for i in range(n):
         assert tree.verify(i, tree.proof(i))
-        assert verify(tree.root, tree.leaf_hash(py[i]), tree.proof(i))
+        assert verify(tree.root, py[i], tree.proof(i), types)
+        assert verify_leaf(tree.root, tree.leaf_hash(py[i]), tree.proof(i))
     mp = tree.multiproof(multi)
     assert [hx(x) for x in mp.proof] == ref["mp"]["proof"]
     assert list(mp.proof_flags) == ref["mp"]["proofFlags"]
@@ -146,16 +148,16 @@ def test_bad_input_is_refused():
     with pytest.raises(MerkleError, match="distinct"):
         t.multiproof([0, 0])
     with pytest.raises(MerkleError, match="32 bytes"):
-        verify(t.root, t.leaf_at(0), [b"\x00" * 31])
+        verify_leaf(t.root, t.leaf_at(0), [b"\x00" * 31])
 
 
 def test_tampered_proofs_fail():
     rng = random.Random(3)
     t = StandardMerkleTree.of([[rng.randbytes(32)] for _ in range(50)], ["bytes32"])
     p = t.proof(10)
-    assert not verify(t.root, t.leaf_at(11), p)
-    assert not verify(t.root, t.leaf_at(10), p[:-1])
-    assert not verify(t.root, t.leaf_at(10), [bytes(32)] + p[1:])
+    assert not verify_leaf(t.root, t.leaf_at(11), p)
+    assert not verify_leaf(t.root, t.leaf_at(10), p[:-1])
+    assert not verify_leaf(t.root, t.leaf_at(10), [bytes(32)] + p[1:])
     mp = t.multiproof([1, 2, 3])
     assert not verify_multiproof(t.root, MultiProof(mp.leaves[::-1][:2] + (bytes(32),), mp.proof, mp.proof_flags))
     with pytest.raises(MerkleError, match="inconsistent"):
@@ -190,4 +192,4 @@ def test_ten_thousand_leaves():
     for i in range(0, 10_000, 97):
         p = t.proof(i)
         assert len(p) in (13, 14)  # floor/ceil(log2(10000))
-        assert verify(t.root, t.leaf_hash(values[i]), p)
+        assert verify(t.root, values[i], p)  # default leaf types: the receipt leaf ["bytes32"]
