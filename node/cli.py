@@ -38,6 +38,10 @@ from node.cli_attribution import attribution_app  # noqa: E402  (loranode attrib
 
 app.add_typer(attribution_app, name="attribution")
 
+from node.cli_node import node_app  # noqa: E402  (loranode node run ...)
+
+app.add_typer(node_app, name="node")
+
 
 def main() -> None:
     app()

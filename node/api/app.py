@@ -148,21 +148,17 @@ async def _services_ctx(app: web.Application):
 
 def _background_ctx(enabled: bool) -> Callable:
     async def ctx(app: web.Application):
-        tasks = app[K.BACKGROUND]
-        if enabled:
-            from node.background import start_background
+        if not enabled:
+            yield
+            return
+        from node.background import start_background
 
-            await start_background(app, tasks)
+        bg = await start_background(app)
+        app[K.BACKGROUND].update(bg.tasks)
         try:
             yield
         finally:
-            for name, task in reversed(list(tasks.items())):
-                task.cancel()
-            for name, task in tasks.items():
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
+            await bg.stop()
 
     return ctx
 
