@@ -103,3 +103,9 @@ def setup_world(env: Env) -> dict:
 @pytest.fixture
 def world(env) -> dict:
     return setup_world(env)
+
+
+@pytest.fixture(scope="session")
+def make_env_fn():
+    """`make_env(url, **deploy_kwargs)` for modules that need their own deployment."""
+    return make_env

@@ -1,0 +1,151 @@
+"""Hypothesis stateful test over the real contracts on anvil: random sequences of deposits,
+redemptions (including replays and lowered vouchers), contributions, payments, harvests,
+withdrawals and claims. After every step:
+
+- tokens are conserved: payers + node + owner + contributors + escrow + vault + ... == minted;
+- the escrow holds exactly the sum of its accounts, and each account matches a Python model;
+- the vault holds at least what it owes (claimable + unharvested dataset rewards), short of it
+  only by accumulator rounding dust that is bounded;
+- nobody can claim more than was credited to them: claimed + claimable == credited (from events).
+
+Bounded (few examples, short runs) so it stays well under 90 s on two cores."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+
+from chain.contracts import Claimed, Credited
+from chain.eip712 import Voucher, sign_voucher
+
+FEE_BPS = 500
+CTX: dict = {}
+
+
+class Protocol(RuleBasedStateMachine):
+    @initialize()
+    def setup(self):
+        self.env = env = CTX["env"]
+        self.anvil = CTX["anvil"]
+        self.snap = self.anvil.rpc("evm_snapshot")
+        c = env.c
+        self.payers = [env.payer, env.payer2]
+        self.holders = [env.deployer, env.payer, env.payer2, env.node, env.owner, env.curator,
+                        env.contributor, env.contributor2, env.signer, env.stranger]
+        self.escrow_model = {p.address: 0 for p in self.payers}
+        self.lanes: dict[tuple[str, int], tuple[int, int]] = defaultdict(lambda: (0, 0))
+        self.credited: dict[str, int] = defaultdict(int)
+        self.claimed: dict[str, int] = defaultdict(int)
+        self.dataset_payments = 0
+        self.accepted: list[int] = []
+        c.datasets.create_dataset(env.curator, "d", "MIT", "")
+        # adapter 1 has no datasets; adapter 2 pays 30 % of the rest to dataset 1
+        c.adapters.register(env.owner, "m", "bafy1", 8, 1, 10_000)
+        c.adapters.register(env.owner, "m", "bafy2", 8, 1, 7000, [1], [3000])
+
+    def teardown(self):
+        if hasattr(self, "snap"):
+            self.anvil.rpc("evm_revert", [self.snap])
+
+    def _track(self, receipt):
+        for e in self.env.c.events_of(receipt):
+            if isinstance(e, Credited):
+                self.credited[e.account] += e.amount
+            elif isinstance(e, Claimed):
+                self.claimed[e.account] += e.amount
+
+    @rule(i=st.integers(0, 1), amount=st.integers(1, 10**6))
+    def deposit(self, i, amount):
+        p = self.payers[i]
+        self._track(self.env.c.escrow.deposit(p, amount))
+        self.escrow_model[p.address] += amount
+
+    @rule(i=st.integers(0, 1), adapter=st.integers(0, 2), dc=st.integers(0, 5000), da=st.integers(0, 5000),
+          lower=st.booleans())
+    def redeem(self, i, adapter, dc, da, lower):
+        env, p = self.env, self.payers[i]
+        if adapter == 0:
+            da = 0
+        old_c, old_a = self.lanes[(p.address, adapter)]
+        if lower:  # attack: a replayed or lowered voucher must pay nothing
+            new_c, new_a = max(0, old_c - dc), max(0, old_a - da)
+        else:
+            new_c, new_a = old_c + dc, old_a + da
+        v = Voucher(p.address, env.node.address, adapter, new_c, new_a)
+        sig = sign_voucher(v, p.key, env.chain_id, env.c.escrow.address)
+        self._track(env.c.escrow.redeem(env.node, [v], [sig]))
+        inc_c, inc_a = max(0, new_c - old_c), max(0, new_a - old_a)
+        if inc_c + inc_a and inc_c + inc_a <= self.escrow_model[p.address]:
+            self.escrow_model[p.address] -= inc_c + inc_a
+            self.lanes[(p.address, adapter)] = (max(old_c, new_c), max(old_a, new_a))
+            if adapter == 2 and inc_a:
+                self.dataset_payments += 1
+
+    @rule(who=st.integers(0, 1), weight=st.integers(1, 1000))
+    def contribute_and_accept(self, who, weight):
+        env = self.env
+        contributor = (env.contributor, env.contributor2)[who]
+        env.c.datasets.contribute(contributor, 1, "bafyc", weight)
+        cid = env.c.datasets.contribution_count()
+        env.c.datasets.accept(env.curator, cid, weight)
+        self.accepted.append(cid)
+
+    @rule()
+    def harvest(self):
+        if self.accepted:
+            self._track(self.env.c.datasets.harvest(self.env.stranger, self.accepted))
+
+    @rule(k=st.integers(0, 9))
+    def claim(self, k):
+        acct = self.holders[k]
+        if self.env.c.vault.claimable(acct.address):
+            self._track(self.env.c.vault.claim(acct))
+
+    @rule(i=st.integers(0, 1), frac=st.integers(1, 100))
+    def thaw_and_withdraw(self, i, frac):
+        env, p = self.env, self.payers[i]
+        bal = self.escrow_model[p.address]
+        amount = bal * frac // 100
+        if amount == 0:
+            return
+        env.c.escrow.start_thaw(p, amount)
+        env.mine_time(env.c.escrow.thaw_seconds(), self.anvil.rpc)
+        env.c.escrow.withdraw(p)
+        self.escrow_model[p.address] -= amount
+
+    @invariant()
+    def tokens_conserved_and_nothing_over_claimed(self):
+        if not hasattr(self, "snap"):
+            return
+        c = self.env.c
+        held = sum(c.token.balance_of(a.address) for a in self.holders)
+        escrow_bal = c.token.balance_of(c.escrow.address)
+        vault_bal = c.token.balance_of(c.vault.address)
+        nodes_bal = c.token.balance_of(c.nodes.address)
+        assert held + escrow_bal + vault_bal + nodes_bal == c.token.total_supply()
+        assert escrow_bal == sum(self.escrow_model.values())
+        for p in self.payers:
+            assert c.escrow.account_of(p.address).balance == self.escrow_model[p.address]
+        owed = c.vault.total_claimable() + sum(c.datasets.pending_reward(i) for i in self.accepted)
+        assert owed <= vault_bal
+        # accumulator flooring: < 1 unit per contribution per payment, plus payments while weightless
+        assert vault_bal - owed <= (len(self.accepted) + 1) * (self.dataset_payments + 1)
+        for who in set(self.credited) | set(self.claimed):
+            assert self.claimed[who] + c.vault.claimable(who) == self.credited[who]
+
+
+def test_protocol_state_machine(deployed, anvil):
+    CTX["env"], CTX["anvil"] = deployed, anvil
+    run_state_machine_as_test(
+        Protocol,
+        settings=settings(
+            max_examples=6,
+            stateful_step_count=12,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+        ),
+    )
