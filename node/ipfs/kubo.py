@@ -138,13 +138,18 @@ class KuboClient:
             "progress": "false",
         }
 
+        opened: list = []
+
         def build() -> aiohttp.MultipartWriter:
+            # Files are streamed from disk, not read into memory; rebuilt for every retry.
             mp = aiohttp.MultipartWriter("form-data")
             for rel, full in parts:
                 if full is None:
                     part = mp.append(b"", {"Content-Type": "application/x-directory"})
                 else:
-                    part = mp.append(open(full, "rb"), {"Content-Type": "application/octet-stream"})
+                    fh = open(full, "rb")
+                    opened.append(fh)
+                    part = mp.append(fh, {"Content-Type": "application/octet-stream"})
                 part.set_content_disposition("form-data", name="file", filename=rel)
             return mp
 
@@ -155,7 +160,11 @@ class KuboClient:
                     lines.append(json.loads(raw))
             return lines
 
-        lines = await self._rpc("add", params, data_factory=build, read=read)
+        try:
+            lines = await self._rpc("add", params, data_factory=build, read=read)
+        finally:
+            for fh in opened:
+                fh.close()
         for line in lines:
             if "Message" in line and line.get("Type") == "error":
                 raise KuboError(str(line["Message"]), line.get("Code"), 200)

@@ -11,6 +11,7 @@ relative paths (folders as `application/x-directory` parts) and answers NDJSON
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 from urllib.parse import unquote
@@ -35,6 +36,7 @@ class KuboState:
         self.tamper_cat: Callable[[bytes], bytes] | None = None
         self.calls: list[str] = []
         self.fail_next: list[int] = []  # HTTP statuses to answer before serving normally (retry tests)
+        self.delay = 0.0  # seconds to stall before answering (timeout tests)
 
 
 STATE = web.AppKey("kubo_state", KuboState)
@@ -169,6 +171,8 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         return web.Response(status=404, text="404 page not found")
     if st.fail_next:
         return web.Response(status=st.fail_next.pop(0), text="temporarily unavailable")
+    if st.delay:
+        await asyncio.sleep(st.delay)
     try:
         return await handler(request, st)
     except _HttpError as e:

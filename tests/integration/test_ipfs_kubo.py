@@ -111,6 +111,14 @@ async def test_retries_transient_failures_then_gives_a_clear_error(kubo):
         await client.version()
 
 
+async def test_a_stalled_kubo_times_out_with_a_clear_error(kubo):
+    client, state = kubo
+    state.delay = 2.0
+    async with KuboClient(client.url, timeout=0.2, retries=1, backoff=0.01) as quick:
+        with pytest.raises(BackendError, match="Timeout.*after 2 tries"):
+            await quick.version()
+
+
 async def test_unreachable_kubo_is_a_backend_error():
     from chain.devchain import free_port
 
