@@ -100,14 +100,20 @@ class AdapterLifecycle:
         self._inflight: dict[int, asyncio.Task] = {}
         self._wake = asyncio.Event()
         self._wanted: set[int] = set()  # asked for by the API while prefetch is off
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.loads = 0  # counters for metrics
         self.unloads = 0
         self.failures = 0
 
     # -- public ----------------------------------------------------------------------------------------
     def notify(self, *_: Any) -> None:
-        """Wake the loop (the watcher calls this when adapter rows changed)."""
-        self._wake.set()
+        """Wake the loop (the watcher calls this when adapter rows changed). Thread-safe: the
+        watcher's step runs in a worker thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+        else:
+            self._wake.set()
 
     def status(self, adapter_id: int | None = None) -> list[AdapterStatus]:
         with self.sessions() as s:
@@ -166,6 +172,7 @@ class AdapterLifecycle:
             self._inflight[aid] = asyncio.create_task(self._bring_up(aid, cid))
 
     async def run(self, stop_event: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
         while not stop_event.is_set():
             try:
                 await self.run_once()

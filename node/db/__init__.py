@@ -13,7 +13,8 @@ from node.db.models import (
     ContributionStatus,
     Dataset,
     NodeInfo,
-    OutboxTx,
+    OutboxAttempt,
+    OutboxIntent,
     Receipt,
     ReceiptBatch,
     Voucher,
@@ -22,6 +23,6 @@ from node.db.session import make_engine, make_session_factory
 
 __all__ = [
     "Adapter", "AdapterState", "Base", "BatchStatus", "ChainBlock", "ChainCursor", "ChainEvent", "Contribution",
-    "ContributionStatus", "Dataset", "NodeInfo", "OutboxTx", "Receipt", "ReceiptBatch", "Voucher",
+    "ContributionStatus", "Dataset", "NodeInfo", "OutboxAttempt", "OutboxIntent", "Receipt", "ReceiptBatch", "Voucher",
     "current_revision", "head_revision", "make_engine", "make_session_factory", "migrate",
 ]

@@ -241,25 +241,42 @@ class Voucher(Base):
     redeeming_compute: Mapped[int | None] = mapped_column(Uint256, nullable=True)
     redeeming_adapter: Mapped[int | None] = mapped_column(Uint256, nullable=True)
     redeem_outbox_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    redeem_error: Mapped[str | None] = mapped_column(Text, nullable=True)  # last failed redeem of this lane
     updated_at: Mapped[float] = mapped_column(Float, default=now, onupdate=now)
 
 
-class OutboxTx(Base):
-    """Transaction outbox row (chain.outbox): intent → nonce → signed raw tx → sent → mined."""
+class OutboxIntent(Base):
+    """Transaction outbox intent (chain.outbox_store.Intent): queued → signed → sent → mined | failed.
 
-    __tablename__ = "outbox_txs"
+    Written through `node.outbox_store.SqlOutboxStore`; the nonce is unique per sender so the
+    outbox can never hand one nonce to two intents, even across crashes.
+    """
+
+    __tablename__ = "outbox_intents"
+    __table_args__ = (UniqueConstraint("sender", "nonce"), Index("ix_outbox_intents_open", "sender", "status"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    kind: Mapped[str] = mapped_column(String(32), index=True)  # "commit_batch", "redeem", ...
-    key: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)  # idempotency key
+    key: Mapped[str] = mapped_column(String(200), unique=True)  # idempotency key ("commit:<node>:<seq>" ...)
     sender: Mapped[str] = mapped_column(String(42))
-    intent: Mapped[dict] = mapped_column(JSON)  # unsigned tx params (to, data, value, gas ...)
+    params: Mapped[dict] = mapped_column(JSON)  # {"to", "data", "value", "gas"}
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)
     nonce: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    raw_tx: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    tx_hash: Mapped[str | None] = mapped_column(String(66), nullable=True, index=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # the attempt that was mined
+    block_number: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    gas_used: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    receipt: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # mined: block, status, gasUsed
-    extra: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # store-specific fields (history of hashes)
-    created_at: Mapped[float] = mapped_column(Float, default=now)
-    updated_at: Mapped[float] = mapped_column(Float, default=now, onupdate=now)
+
+
+class OutboxAttempt(Base):
+    """One signed version of an intent's transaction; the raw bytes are rebroadcast after a crash."""
+
+    __tablename__ = "outbox_attempts"
+    intent_id: Mapped[int] = mapped_column(Integer, ForeignKey("outbox_intents.id"), primary_key=True,
+                                           autoincrement=False)
+    n: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    tx_hash: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    max_fee_per_gas: Mapped[int] = mapped_column(Uint256)
+    max_priority_fee_per_gas: Mapped[int] = mapped_column(Uint256)
+    signed_at: Mapped[float] = mapped_column(Float)

@@ -150,6 +150,7 @@ def store_voucher(session: Session, *, lane: str, payer: str, node: str, adapter
         if int(compute_value) < row.compute_value or int(adapter_value) < row.adapter_value:
             raise VoucherRegression(f"voucher for lane {lane} is below the stored cumulative values")
         row.compute_value, row.adapter_value, row.signature = int(compute_value), int(adapter_value), signature
+        row.redeem_error = None  # a newer voucher deserves a new try
     session.flush()
     return row
 

@@ -1,0 +1,281 @@
+"""Settlement on anvil with the real contracts, the embedded IPFS store and the node DB:
+receipts → Merkle batches → ReceiptLog; vouchers → UsageEscrow.redeem → RewardVault splits.
+
+Crash safety: a separate process runs settlement and SIGKILLs itself at each step (after the batch
+DB write, after enqueueing, after signing, after broadcast, after mining — for the commit and for
+the redeem tx — and after the DB records the outcome); a restarted settlement then finishes.
+In the end every receipt is committed exactly once (and verifies on chain), every lane collected
+exactly its newest voucher, and the vault balances match the registered splits to the wei.
+Also: the RPC down for a while (a proxy whose port dies and comes back) — receipts keep being
+written, settlement catches up once the chain is back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import runpy
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from sqlalchemy import select
+from web3 import Web3
+
+from chain.contracts import Contracts
+from chain.deploy import deploy
+from chain.devchain import DEV_PRIVATE_KEYS
+from chain.eip712 import (
+    NO_ATTRIBUTION_HASH,
+    Receipt as R,
+    SignedReceipt,
+    Voucher as V,
+    output_hash,
+    receipt_digest,
+    sign_digest,
+    sign_voucher,
+)
+from node.db import BatchStatus, ReceiptBatch, Voucher, make_session_factory, migrate
+from node.db import repository as repo
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOYER, OPERATOR, PAYER, OWNER, CURATOR, CONTRIB = (Account.from_key(DEV_PRIVATE_KEYS[i]) for i in range(6))
+BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+BUILDER = textwrap.dedent('''
+    import asyncio, os, signal, sys
+    from web3 import Web3
+    from chain.contracts import Contracts
+    from chain.deploy import Deployment
+    from chain.devchain import DEV_PRIVATE_KEYS
+    from eth_account import Account
+    from node.db import make_session_factory
+    from node.ipfs import EmbeddedStore
+    from node.settlement import Settlement
+
+    def build(db_url, rpc_url, dep_path, data_dir, on_step=None, **kw):
+        w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 5}))
+        contracts = Contracts(w3, Deployment.load(dep_path))
+        return Settlement(make_session_factory(db_url), w3, Account.from_key(DEV_PRIVATE_KEYS[1]), contracts,
+                          EmbeddedStore(os.path.join(data_dir, "ipfs")), receipts_dir=os.path.join(data_dir, "receipts"),
+                          batch_size=4, interval_s=3600, redeem_interval_s=3600, on_step=on_step, **kw)
+
+    def crash_at(point, db_url, rpc_url, dep_path, data_dir):
+        """Settle everything, but SIGKILL this process at the `point`-th ("name:k") step."""
+        name, _, nth = point.partition(":")
+        seen = [0]
+        def on_step(step):
+            if step == name:
+                seen[0] += 1
+                if seen[0] == int(nth or 1):
+                    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: a real crash
+        asyncio.run(build(db_url, rpc_url, dep_path, data_dir, on_step).flush(timeout=60))
+        sys.exit(3)  # the crash point was never reached
+
+    if __name__ == "__main__":
+        crash_at(*sys.argv[1:6])
+''')
+
+
+@pytest.fixture
+def world(fresh_anvil, tmp_path):
+    """Full deployment; payer funded and deposited; adapter 1 (70 % owner, 30 % dataset 1).
+    The settlement builder is written to a script so the same code runs standalone too:
+    `python settle.py DB_URL RPC_URL DEPLOYMENT DATA_DIR crash_point`."""
+    dep = deploy(fresh_anvil.url, DEV_PRIVATE_KEYS[0], protocol_fee_bps=500, out_dir=None)
+    dep_path = dep.save(tmp_path / "deployment.json")
+    w3 = Web3(Web3.HTTPProvider(fresh_anvil.url))
+    c = Contracts(w3, dep)
+    c.token.mint(DEPLOYER, PAYER.address, 10**24)
+    c.token.approve(PAYER, c.escrow.address, 10**24)
+    c.escrow.deposit(PAYER, 10**22)
+    c.datasets.create_dataset(CURATOR, "d", "MIT", "m")
+    c.datasets.contribute(CONTRIB, 1, "bafyc", 100)
+    c.datasets.accept(CURATOR, 1, 5)
+    c.adapters.register(OWNER, BASE, "bafyadapter", 8, 1000, 7000, [1], [3000])
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    migrate(url)
+    script = tmp_path / "settle.py"
+    script.write_text(BUILDER)
+    return {"anvil": fresh_anvil, "w3": w3, "c": c, "dep": dep, "dep_path": str(dep_path), "db_url": url,
+            "data": str(tmp_path), "script": str(script), "sessions": make_session_factory(url)}
+
+
+class Client:
+    """Plays the API's part: signs receipts as the node, stores vouchers the payer signed."""
+
+    def __init__(self, world):
+        self.w, self.n = world, 0
+        self.owed: dict[int, list[int]] = {0: [0, 0], 1: [0, 0]}
+
+    def serve(self, adapter_id: int, compute: int, adapter: int) -> None:
+        w, c = self.w, self.w["c"]
+        self.n += 1
+        self.owed[adapter_id][0] += compute
+        self.owed[adapter_id][1] += adapter
+        with w["sessions"].begin() as s:
+            seq = repo.next_receipt_seq(s)
+            r = R(request_id=self.n.to_bytes(32, "big"), payer=PAYER.address, node=OPERATOR.address,
+                  adapter_id=adapter_id, seq=seq, prompt_tokens=10, completion_tokens=5, compute_cost=compute,
+                  adapter_cost=adapter, output_hash=output_hash(f"answer {self.n}"),
+                  attribution_hash=NO_ATTRIBUTION_HASH, timestamp=1_700_000_000 + self.n)
+            digest = receipt_digest(r, w["dep"].chain_id, c.receipts.address)
+            signed = SignedReceipt(r, sign_digest(digest, OPERATOR.key))
+            lane = repo.lane_key(PAYER.address, OPERATOR.address, adapter_id)
+            repo.store_receipt(s, seq=seq, request_id="0x" + r.request_id.hex(), lane=lane,
+                               receipt=signed.to_json(), digest="0x" + digest.hex())
+            v = V(PAYER.address, OPERATOR.address, adapter_id, *self.owed[adapter_id])
+            sig = sign_voucher(v, PAYER.key, w["dep"].chain_id, c.escrow.address)
+            repo.store_voucher(s, lane=lane, payer=PAYER.address, node=OPERATOR.address, adapter_id=adapter_id,
+                               compute_value=v.compute_value, adapter_value=v.adapter_value, signature="0x" + sig.hex())
+
+
+def settlement(world, **kw):
+    ns = runpy.run_path(world["script"])  # the same builder the crashing process uses
+    return ns["build"](world["db_url"], kw.pop("rpc_url", world["anvil"].url), world["dep_path"], world["data"], **kw)
+
+
+def check_exactly_once(world, client: Client) -> None:
+    c, sessions = world["c"], world["sessions"]
+    with sessions() as s:
+        batches = list(s.scalars(select(ReceiptBatch).order_by(ReceiptBatch.seq)))
+        receipts = list(s.scalars(select(repo.Receipt).order_by(repo.Receipt.seq)))
+    assert receipts and all(b.status == BatchStatus.COMMITTED.value for b in batches)
+    assert c.receipts.last_seq(OPERATOR.address) == len(batches) == batches[-1].seq
+    # on chain: the BatchCommitted events count every receipt exactly once
+    logs = world["w3"].eth.get_logs({"fromBlock": 0, "toBlock": "latest", "address": c.receipts.address})
+    committed = [e for e in c.decode_events(logs) if type(e).__name__ == "BatchCommitted"]
+    assert sorted(e.seq for e in committed) == list(range(1, len(batches) + 1))  # each batch once
+    assert sum(e.count for e in committed) == len(receipts) == client.n
+    # every receipt proves its membership with verifyReceipt
+    with sessions() as s:
+        for r in receipts:
+            p = repo.receipt_with_proof(s, r.request_id)
+            assert p.committed
+            assert c.receipts.verify_receipt(SignedReceipt.from_json(p.receipt).receipt, p.batch_seq,
+                                             [bytes.fromhex(x[2:]) for x in p.proof])
+    # vouchers: every lane collected exactly its newest voucher, and was paid once
+    for adapter_id, (compute, adapter) in client.owed.items():
+        col = c.escrow.collected(PAYER.address, OPERATOR.address, adapter_id)
+        assert (col.compute, col.adapter) == (compute, adapter)
+        with sessions() as s:
+            v = s.get(Voucher, repo.lane_key(PAYER.address, OPERATOR.address, adapter_id))
+            assert (v.redeemed_compute, v.redeemed_adapter, v.redeem_outbox_id) == (compute, adapter, None)
+    total = sum(a + b for a, b in client.owed.values())
+    assert c.escrow.account_of(PAYER.address).balance == 10**22 - total
+    logs = world["w3"].eth.get_logs({"fromBlock": 0, "toBlock": "latest", "address": c.escrow.address})
+    paid = [e for e in c.decode_events(logs) if type(e).__name__ == "VoucherRedeemed"]
+    for adapter_id, (compute, adapter) in client.owed.items():  # increments add up: nothing paid twice
+        lane = [e for e in paid if e.adapter_id == adapter_id]
+        assert (sum(e.compute_paid for e in lane), sum(e.adapter_paid for e in lane)) == (compute, adapter)
+    # the split of each paid increment, per the registered bps (fee 5 %, then 30 % dataset, owner the rest)
+    fee = sum(e.adapter_paid * 500 // 10_000 for e in paid)
+    ds = sum((e.adapter_paid - e.adapter_paid * 500 // 10_000) * 3000 // 10_000 for e in paid)
+    assert c.vault.claimable(OPERATOR.address) == client.owed[0][0] + client.owed[1][0]
+    assert c.vault.claimable(OWNER.address) == client.owed[1][1] - fee - ds  # owner gets the rounding dust
+    assert c.vault.claimable(DEPLOYER.address) == fee  # protocol fee recipient
+    assert c.datasets.pending_reward(1) + c.vault.claimable(CONTRIB.address) == ds
+
+
+async def test_batches_commit_and_vouchers_redeem(world):
+    client = Client(world)
+    for i in range(10):
+        client.serve(i % 2, 100 + i, (7 + i) if i % 2 else 0)
+    st = settlement(world)
+    await st.run_once()  # two full batches of 4 go at once; the 2 left wait for the interval
+    with world["sessions"]() as s:
+        assert s.scalar(select(ReceiptBatch.seq).order_by(ReceiptBatch.seq.desc())) == 2
+        assert repo.pending_receipt_count(s) == 2
+    assert st.lag_seconds() > 0
+    await st.flush()
+    check_exactly_once(world, client)
+    assert st.pending_receipts() == 0 and st.lag_seconds() == 0
+    # the receipts file on IPFS is the batch (content-addressed, fetched back and parsed)
+    with world["sessions"]() as s:
+        cid = s.get(ReceiptBatch, 1).cid
+    from node.ipfs import EmbeddedStore
+
+    got = await EmbeddedStore(Path(world["data"]) / "ipfs").fetch(cid, Path(world["data"]) / "got", 1 << 20)
+    import json
+
+    doc = json.loads(got.read_text())
+    assert doc["batchSeq"] == 1 and len(doc["receipts"]) == 4 and doc["node"] == OPERATOR.address
+    # idempotent: nothing more to do, no new transaction
+    nonce = world["w3"].eth.get_transaction_count(OPERATOR.address)
+    await st.run_once(force=True)
+    assert world["w3"].eth.get_transaction_count(OPERATOR.address) == nonce
+
+
+CRASH_POINTS = [
+    "batch_stored", "commit_enqueued", "signed:1", "broadcast:1", "mined:1", "batch_committed",
+    "redeem_enqueued", "signed:2", "broadcast:2", "mined:2", "voucher_settled",
+]
+
+
+def test_sigkill_at_every_settlement_step_then_restart(world):
+    """Sync test on purpose: the crashing node is a forked child (a fresh interpreter would spend
+    ~5-10 s importing web3 per crash point on these machines); it runs its own event loop, DB
+    engine and RPC connections, and dies by SIGKILL at the step under test."""
+    client = Client(world)
+    crash_at = runpy.run_path(world["script"])["crash_at"]
+    args = (world["db_url"], world["anvil"].url, world["dep_path"], world["data"])
+    for k, point in enumerate(CRASH_POINTS):
+        for i in range(3):  # new work each round: 3 receipts, both lanes' vouchers move up
+            client.serve(i % 2, 10 + k, (3 + k) if i % 2 else 0)
+        pid = os.fork()
+        if pid == 0:  # the node process
+            try:
+                crash_at(point, *args)
+            finally:
+                os._exit(3)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"{point}: status {status}"
+        asyncio.run(settlement(world).flush())  # the restarted node finishes what the dead one started
+    check_exactly_once(world, client)
+    # the outbox never sent two transactions for one intent: nonces are contiguous and each mined once
+    with world["sessions"]() as s:
+        from node.db import OutboxIntent
+
+        intents = list(s.scalars(select(OutboxIntent).order_by(OutboxIntent.nonce)))
+    assert [i.nonce for i in intents] == list(range(len(intents)))
+    assert all(i.status == "mined" for i in intents)
+    assert world["w3"].eth.get_transaction_count(OPERATOR.address) == len(intents)
+
+
+async def test_rpc_down_for_a_while_then_settlement_catches_up(world, rpc_proxy):
+    client = Client(world)
+    st = settlement(world, rpc_url=rpc_proxy.url, poll_s=0.05)
+    client.serve(1, 5, 5)
+    await st.flush()
+    rpc_proxy.stop()
+    stop = asyncio.Event()
+    task = asyncio.create_task(st.run(stop))
+    for i in range(9):  # serving continues: receipts and vouchers keep landing in the DB
+        client.serve(i % 2, 20, 4 if i % 2 else 0)
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.5)
+    assert st.last_error is not None and st.pending_receipts() == 9 and not task.done()
+    rpc_proxy.start()
+    st.poll_s = 0.05
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if st.last_error is None and st.pending_receipts() <= 1:
+            break
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    await st.flush()
+    check_exactly_once(world, client)
+
+
+async def test_reconcile_refuses_a_db_that_contradicts_the_chain(world):
+    client = Client(world)
+    for i in range(4):
+        client.serve(0, 1, 0)
+    await settlement(world).flush()
+    with world["sessions"].begin() as s:
+        s.get(ReceiptBatch, 1).root = "0x" + "ab" * 32
+    from node.settlement import SettlementError
+
+    with pytest.raises(SettlementError, match="does not belong"):
+        await settlement(world).run_once()
