@@ -267,6 +267,42 @@ def test_fee_cap_stops_bumping(fresh_anvil):
     assert "cap" in ob.get(i).error and len(ob.get(i).attempts) == 1
 
 
+def test_unfunded_account_waits_until_funded(anvil):
+    w3 = w3_of(anvil)
+    poor = Account.from_key(b"\x42" * 32)
+    ob = Outbox(w3, poor, InMemoryOutboxStore())
+    i = ob.enqueue("pay", transfer(0))
+    ob.process()  # anvil's estimate passes; the pool refuses the signed tx
+    row = ob.get(i)
+    assert row.status == IntentStatus.SIGNED and row.nonce == 0 and "insufficient funds" in row.error.lower()
+    ob.process()  # retried each pass, never re-signed
+    assert len(ob.get(i).attempts) == 1
+    anvil.rpc("anvil_setBalance", [poor.address, hex(10**18)])
+    (mined,) = ob.run_until_idle(ids=[i], timeout=30)
+    assert mined.status == IntentStatus.MINED and mined.tx_hash == row.attempts[0].tx_hash
+
+
+def test_broadcast_failure_keeps_the_signed_bytes_for_the_next_pass(anvil, monkeypatch):
+    import requests
+
+    w3 = w3_of(anvil)
+    ob = Outbox(w3, ACCOUNT, InMemoryOutboxStore())
+    real_send = w3.eth.send_raw_transaction
+
+    def rpc_down(raw):  # a test double only for the transport: the RPC is unreachable once
+        raise requests.ConnectionError("connection refused")
+
+    monkeypatch.setattr(w3.eth, "send_raw_transaction", rpc_down)
+    i = ob.enqueue("pay", transfer(0))
+    ob.process()
+    row = ob.get(i)
+    assert row.status == IntentStatus.SIGNED and "connection refused" in row.error
+    monkeypatch.setattr(w3.eth, "send_raw_transaction", real_send)
+    (mined,) = ob.run_until_idle(ids=[i], timeout=30)
+    assert mined.status == IntentStatus.MINED and mined.tx_hash == row.attempts[0].tx_hash
+    assert len(mined.attempts) == 1
+
+
 def test_confirmations_hold_a_mined_tx_without_bumping(anvil):
     w3 = w3_of(anvil)
     clock = Clock()
