@@ -35,6 +35,8 @@ class KuboState:
         self.tamper_block: Callable[[CID, bytes], bytes] | None = None
         self.tamper_cat: Callable[[bytes], bytes] | None = None
         self.calls: list[str] = []
+        self.queries: list[dict[str, str]] = []
+        self.part_names: list[str] = []  # raw (still escaped) multipart file names of the last add
         self.fail_next: list[int] = []  # HTTP statuses to answer before serving normally (retry tests)
         self.delay = 0.0  # seconds to stall before answering (timeout tests)
 
@@ -75,7 +77,9 @@ async def _add(request: web.Request, st: KuboState) -> web.StreamResponse:
         base = Path(tmp)
         tops: list[str] = []
         reader = await request.multipart()
+        st.part_names = []
         async for part in reader:
+            st.part_names.append(part.filename or "")
             rel = unquote(part.filename or "")  # Kubo URL-escapes multipart file names
             parts = rel.split("/")
             for p in parts:
@@ -164,6 +168,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     endpoint = request.match_info["endpoint"]
     st.calls.append(endpoint)
+    st.queries.append(dict(request.query))
     if request.method != "POST":
         return web.Response(status=405, text="405 - Method Not Allowed")
     handler = HANDLERS.get(endpoint)

@@ -74,6 +74,28 @@ async def test_add_folder_and_file_returns_the_kubo_cid(tmp_path, kubo, version,
     assert state.store.pinned()  # pin=true by default
 
 
+async def test_add_speaks_kubos_wire_format(tmp_path, kubo):
+    """Pins down what the client assumes of Kubo's RPC: POST, these query flags, multipart parts
+    named with URL-escaped relative paths, each folder's part before its contents."""
+    client, state = kubo
+    src = make_tree(tmp_path / "adapter")
+    await client.add_path(src)
+    assert state.calls[-1] == "add"
+    assert state.queries[-1] == {"cid-version": "1", "raw-leaves": "true", "wrap-with-directory": "false", "pin": "true", "progress": "false"}
+    assert state.part_names == [
+        "adapter",
+        "adapter%2Fadapter_config.json",
+        "adapter%2Fadapter_model.safetensors",
+        "adapter%2Fdocs",
+        "adapter%2Fdocs%2Fa%20b.txt",
+        "adapter%2Fdocs%2F%C3%BC",
+        "adapter%2Fdocs%2F%C3%BC%2Fdeep",
+    ]
+    await client.add_path(src, version=0, wrap=True, pin=False)
+    assert state.queries[-1]["cid-version"] == "0" and state.queries[-1]["raw-leaves"] == "false"
+    assert state.queries[-1]["wrap-with-directory"] == "true" and state.queries[-1]["pin"] == "false"
+
+
 async def test_cat_ls_pin_and_verified_fetch(tmp_path, kubo):
     client, _ = kubo
     src = make_tree(tmp_path / "adapter")

@@ -95,6 +95,22 @@ async def test_fetch_verified_caches_and_serves_hits(tmp_path, store, cache):
     assert os.listdir(cache.tmp_dir) == []
 
 
+async def test_concurrent_fetches_of_one_cid_share_one_entry(tmp_path, store, cache):
+    import asyncio
+
+    cid = await store.add_path(make_adapter(tmp_path / "a"))
+    paths = await asyncio.gather(*(fetch_verified([store], cid, 10**7, cache) for _ in range(4)))
+    assert len(set(paths)) == 1 and os.listdir(cache.entries_dir) == [cid]
+    assert os.listdir(cache.tmp_dir) == []
+    # Two fetches that finish at the same time: the second rename finds the entry already there.
+    cache.remove(cid)
+    with cache.workdir() as w1, cache.workdir() as w2:
+        a = await store.fetch(cid, w1, 10**7)
+        b = await store.fetch(cid, w2, 10**7)
+        assert cache.commit(cid, a) == cache.commit(cid, b) == cache.entries_dir / cid
+    assert os.listdir(cache.entries_dir) == [cid] and os.listdir(cache.tmp_dir) == []
+
+
 async def test_a_rotten_block_on_disk_is_refused_and_the_next_backend_used(tmp_path, store, cache):
     src = make_adapter(tmp_path / "a")
     cid = await store.add_path(src)
