@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,14 +17,18 @@ ipfs_app = typer.Typer(
 )
 
 STORE_OPTION = typer.Option(
-    None, "--store", envvar="LORANODE_IPFS_STORE", help="Embedded store folder (default: <cache dir>/ipfs/store)."
+    None, "--store", envvar="LORANODE_IPFS_STORE", help="Embedded store folder (default: <data dir>/ipfs, as the node daemon)."
 )
 
 
 def _store_root(store: Path | None) -> Path:
-    from node.ipfs import default_cache_root
+    """The daemon's default too (`<data_dir>/ipfs`), so `add` here is served by `loranode node run`."""
+    if store is not None:
+        return store
+    from node.config import DEFAULT_DATA_DIR
 
-    return store if store is not None else default_cache_root() / "store"
+    data_dir = os.environ.get("LORANODE_DATA_DIR")
+    return (Path(data_dir) if data_dir else DEFAULT_DATA_DIR).expanduser() / "ipfs"
 
 
 def _fail(e: Exception) -> None:

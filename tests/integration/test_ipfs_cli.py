@@ -16,6 +16,7 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LORANODE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LORANODE_DATA_DIR", str(tmp_path / "data"))
 
 
 def make_tree(root):
@@ -45,6 +46,7 @@ def test_add_then_get_round_trips_a_folder(tmp_path):
     assert r.exit_code == 0, r.output
     cid = r.stdout.strip()
     assert runner.invoke(app, ["ipfs", "cid", str(src)]).stdout.strip() == cid
+    assert (tmp_path / "data" / "ipfs" / "pins" / cid).exists()  # where the daemon looks by default
     dest = tmp_path / "out"
     r = runner.invoke(app, ["ipfs", "get", cid, str(dest)])
     assert r.exit_code == 0, r.output
