@@ -113,9 +113,23 @@ def matching_statistics(
     if n_seg == 0 or m < k or width < k:
         return out
     q_all = _windows(query.astype(np.int64), np.arange(m), np.full(m, m), width)  # (m, width)
-    seg = np.repeat(np.arange(n_seg), m)  # (r,) rows = (segment, position)
-    posn = np.tile(np.arange(m), n_seg)  # (r,)
-    off, end = offsets[seg], offsets[seg + 1]
+    seg_all = np.repeat(np.arange(n_seg), m)  # (r,) rows = (segment, position)
+    posn_all = np.tile(np.arange(m), n_seg)  # (r,)
+    # Rows in blocks: bounds the (rows, width) temporaries for long outputs x many segments.
+    block = max(1, _MAX_WINDOW_CELLS // width)
+    for b in range(0, seg_all.shape[0], block):
+        seg, posn = seg_all[b : b + block], posn_all[b : b + block]
+        ms = _longest(tokens, sa, offsets[seg], offsets[seg + 1], q_all, posn, k)
+        out[seg, posn] = ms
+    return out
+
+
+_MAX_WINDOW_CELLS = 1 << 21  # rows x width per block: ~16 MiB per int64 temporary
+
+
+def _longest(tokens, sa, off, end, q_all, posn, k) -> np.ndarray:
+    """Matching statistics for rows (segment bounds off/end, query position posn); 0 below k."""
+    m, width = q_all.shape
     # Phase 1: suffixes whose first k tokens equal query[i:i+k]; a window running past the end
     # of the query (fewer than k tokens left) cannot match k tokens.
     qk = q_all[posn, :k]  # (r, k)
@@ -124,10 +138,11 @@ def matching_statistics(
     hi0 = np.where(full, end - off, 0)
     lo_k = _bound(tokens, sa, off, end, lo0, hi0, qk, upper=False)
     hi_k = _bound(tokens, sa, off, end, lo_k, hi0, qk, upper=True)
+    result = np.zeros(posn.shape[0], dtype=np.int32)
     hit = np.nonzero(hi_k > lo_k)[0]
     if hit.size == 0:
-        return out
-    seg, posn, off, end, lo_k, hi_k = seg[hit], posn[hit], off[hit], end[hit], lo_k[hit], hi_k[hit]
+        return result
+    posn, off, end, lo_k, hi_k = posn[hit], off[hit], end[hit], lo_k[hit], hi_k[hit]
     q = q_all[posn]  # (h, width)
     # Phase 2: insertion point of the full window inside that range; best neighbour wins.
     lb = _bound(tokens, sa, off, end, lo_k, hi_k, q, upper=False)
@@ -137,5 +152,5 @@ def matching_statistics(
         eq = (_windows(tokens, pos, end, width) == q) & (q != _END)
         lcp = np.where(eq.all(axis=1), width, eq.argmin(axis=1))
         best = np.maximum(best, np.where(ok, lcp, 0))
-    out[seg, posn] = np.where(best >= k, best, 0)
-    return out
+    result[hit] = np.where(best >= k, best, 0)
+    return result

@@ -100,3 +100,18 @@ def test_build_rejects_more_tokens_than_uint32_can_index():
 
     with pytest.raises(ValueError, match="uint32"):
         build_suffix_array(Huge())
+
+
+def test_blocked_search_equals_unblocked(monkeypatch):
+    import inference.attribution.suffix_array as sa_mod
+
+    rng = np.random.default_rng(3)
+    segments = [rng.integers(0, 3, n).astype(np.uint32) for n in (50, 400, 90)]
+    tokens = np.concatenate(segments)
+    sa = np.concatenate([build_suffix_array(s) for s in segments])
+    offsets = np.cumsum([0] + [len(s) for s in segments])
+    query = np.concatenate([segments[1][100:140], rng.integers(0, 3, 30)]).astype(np.int64)
+    whole = matching_statistics(tokens, sa, offsets, query, 2, 64)
+    monkeypatch.setattr(sa_mod, "_MAX_WINDOW_CELLS", 64 * 7)  # blocks of 7 rows
+    assert np.array_equal(matching_statistics(tokens, sa, offsets, query, 2, 64), whole)
+    assert whole[1, 0] >= 40  # the copied run is found (longer if the random tail continues it)
