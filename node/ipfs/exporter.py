@@ -7,6 +7,7 @@ The same walk serves every backend; only `get_block` differs (store on disk, CAR
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -48,6 +49,7 @@ class _Walk:
 
     async def block(self, cid: CID) -> bytes:
         data = await self.get_block(cid)
+        await asyncio.sleep(0)  # one block at a time: keep the event loop (the API) responsive, allow cancellation
         if len(data) > MAX_BLOCK_BYTES:
             raise MalformedBlock(f"block {cid} is {len(data)} bytes (limit {MAX_BLOCK_BYTES})")
         cid.verify(data)  # raises BlockHashMismatch

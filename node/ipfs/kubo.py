@@ -8,6 +8,7 @@ not trusted: `add_path` recomputes the CID locally, `fetch` walks the DAG block 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -172,7 +173,9 @@ class KuboClient:
             raise BackendError(f"Kubo add returned no CID for {path}")
         got = lines[-1]["Hash"]
         if verify:
-            want = cid_of_path(path, version, raw_leaves=leaves_raw, include_hidden=include_hidden, wrap=wrap)
+            want = await asyncio.to_thread(
+                cid_of_path, path, version, raw_leaves=leaves_raw, include_hidden=include_hidden, wrap=wrap
+            )
             if CID.parse(got) != CID.parse(want):
                 raise IntegrityError(f"Kubo says {path} is {got}, but it hashes to {want} (non-default chunker or layout?)")
         return got
@@ -187,7 +190,7 @@ class KuboClient:
         else:
             flavours = [True, False]
         for raw in flavours:
-            if CID.parse(cid_of_bytes(data, root.version, raw_leaves=raw)) == root:
+            if CID.parse(await asyncio.to_thread(cid_of_bytes, data, root.version, raw_leaves=raw)) == root:
                 return data
         raise BlockHashMismatch(f"the bytes Kubo sent for {cid} do not hash to it")
 
