@@ -20,9 +20,10 @@ The bank sorts the tokens by slot once per forward and shares that grouping with
 a layer computes the base matmul once for the whole batch, then one delta per *distinct*
 adapter (never per token, and no per-token weight copies):
 
-- CPU, balanced groups (decode: one token per row): gather the active slots' weights and run two
-  batched matmuls over [groups, tokens-per-group] (fastest measured on CPU: one op per layer
-  instead of one per adapter).
+- CPU, balanced groups (decode: one token per row): two batched matmuls over
+  [groups, tokens-per-group] (fastest measured on CPU: one op per layer instead of one per
+  adapter). When the batch's slots lie in a window with few holes, the window is a view of the
+  slot buffers (no weight copy); otherwise the active slots' weights are gathered.
 - CPU, unbalanced groups (prefill of different lengths): a loop over the distinct adapters with
   views into the slot buffers (cost grows with adapters, not tokens).
 - CUDA: `torch._grouped_mm` over the whole slot buffers with per-slot offsets (no weight copy),
@@ -69,18 +70,20 @@ def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
 @dataclass(frozen=True)
 class _Grouping:
     """Tokens of one forward grouped by adapter slot (computed once, shared by all layers of a
-    module kind). Python lists drive the loops; tensors live on the bank's device."""
+    module kind). Python values drive the choice of kernel; tensors live on the bank's device."""
 
     num_tokens: int  # all tokens of the batch, with and without adapter
     perm: torch.Tensor  # [Ta] long: token indices of adapter tokens, sorted by slot
     slots: tuple[int, ...]  # distinct slots, ascending
     counts: tuple[int, ...]  # tokens per distinct slot
     rank: int  # largest true rank among these slots for this module kind (padding beyond is zero)
-    slot_index: torch.Tensor  # [G] long: the distinct slots
-    balanced: bool  # every group has the same token count
-    pad_pos: torch.Tensor | None  # [Ta] long: position of each sorted token in a [G * L] padded layout
+    strategy: str  # "grouped" (CUDA grouped GEMM), "bmm" (padded batched GEMM) or "loop" (per adapter)
+    # bmm layout: NG groups of L tokens each; group j uses slot window[0] + j (window) or slot_index[j]
+    window: tuple[int, int] | None  # (lo, hi): slots lo..hi-1 used as a view, no weight copy
+    slot_index: torch.Tensor | None  # [NG] long: gathered slots when no window
     max_count: int  # L
-    offs: torch.Tensor | None  # [num_slots] int32: cumulative token counts per slot (grouped_mm)
+    pad_pos: torch.Tensor | None  # [Ta] long: row of each sorted token in the [NG * L] layout (None: identity)
+    offs: torch.Tensor | None  # [num_slots] int32: cumulative token counts per slot (grouped GEMM)
 
 
 class LoraSlotBank:
@@ -234,22 +237,32 @@ class LoraSlotBank:
         slots = tuple(slot_index.tolist())
         count_list = tuple(counts.tolist())
         rank = int(ranks[slot_index].max())
-        max_count = max(count_list)
-        balanced = min(count_list) == max_count
-        pad_pos = None
-        if not balanced:
-            # position of each sorted token inside a [G, L] padded layout: group g starts at g * L
-            starts = torch.cumsum(counts, 0) - counts  # [G]
-            group_of = torch.repeat_interleave(torch.arange(len(slots)), counts)  # [Ta]
-            within = torch.arange(ta) - starts[group_of]  # [Ta]
-            pad_pos = (group_of * max_count + within).to(self.device)  # [Ta]
-        offs = None
+        n_groups, max_count = len(slots), max(count_list)
+        dev = self.device
+        common = dict(num_tokens=t.numel(), perm=perm.to(dev, non_blocking=True), slots=slots,
+                      counts=count_list, rank=rank, max_count=max_count)
         if self.use_grouped_mm:
-            offs = torch.cumsum(counts_all, 0).to(torch.int32).to(self.device, non_blocking=True)  # [S]
+            offs = torch.cumsum(counts_all, 0).to(torch.int32).to(dev, non_blocking=True)  # [S]
+            return _Grouping(strategy="grouped", window=None, slot_index=None, pad_pos=None, offs=offs, **common)
+        # bmm over a window of consecutive slots when it has few holes: a view, no weight copy
+        lo, hi = slots[0], slots[-1] + 1
+        use_window = hi - lo <= 2 * n_groups
+        n_layout = hi - lo if use_window else n_groups
+        waste = 1.0 - ta / (n_layout * max_count)
+        if waste > self.max_padding_waste:
+            return _Grouping(strategy="loop", window=None, slot_index=None, pad_pos=None, offs=None, **common)
+        pad_pos = None
+        if not (use_window and hi - lo == n_groups and min(count_list) == max_count):
+            # row of each sorted token in the [NG, L] padded layout: its group starts at j * L
+            starts = torch.cumsum(counts, 0) - counts  # [G]
+            layout_group = (slot_index - lo) if use_window else torch.arange(n_groups)  # [G]
+            group_of = torch.repeat_interleave(torch.arange(n_groups), counts)  # [Ta]
+            within = torch.arange(ta) - starts[group_of]  # [Ta]
+            pad_pos = (layout_group[group_of] * max_count + within).to(dev)  # [Ta]
         return _Grouping(
-            num_tokens=t.numel(), perm=perm.to(self.device, non_blocking=True), slots=slots, counts=count_list,
-            rank=rank, slot_index=slot_index.to(self.device, non_blocking=True), balanced=balanced,
-            pad_pos=pad_pos, max_count=max_count, offs=offs,
+            strategy="bmm", window=(lo, hi) if use_window else None,
+            slot_index=None if use_window else slot_index.to(dev, non_blocking=True),
+            pad_pos=pad_pos, offs=None, **common,
         )
 
 
@@ -284,29 +297,33 @@ class MultiLoraLinear(nn.Module):
         y2.index_add_(0, g.perm, delta.to(y2.dtype))
         return y
 
-    def _delta(self, xs: torch.Tensor, g: _Grouping) -> torch.Tensor:
+    def _delta(self, xs: torch.Tensor, g: _Grouping) -> torch.Tensor:  # xs: [Ta, in] sorted by slot
         r = g.rank
-        if g.offs is not None:
-            # CUDA grouped GEMM over all slots (empty groups cost nothing), weights not copied
+        if g.strategy == "grouped":
+            # grouped GEMM over all slots (empty groups cost nothing), weights not copied
             a_t = self.lora_a[:, :r].transpose(1, 2)  # [S, in, r]
             b_t = self.lora_b[:, :, :r].transpose(1, 2)  # [S, r, out]
             h = torch._grouped_mm(xs, a_t, offs=g.offs)  # [Ta, r]
             return torch._grouped_mm(h, b_t, offs=g.offs)  # [Ta, out]
-        n_groups = len(g.slots)
-        waste = 1.0 - xs.shape[0] / (n_groups * g.max_count)
-        if g.balanced or waste <= self.bank.max_padding_waste:
-            a = self.lora_a[:, :r].index_select(0, g.slot_index)  # [G, r, in]
-            b = self.lora_b[:, :, :r].index_select(0, g.slot_index)  # [G, out, r]
-            if g.balanced:
-                xg = xs.view(n_groups, g.max_count, self.in_features)  # [G, L, in]
+        if g.strategy == "bmm":
+            if g.window is not None:
+                lo, hi = g.window
+                a = self.lora_a[lo:hi, :r]  # [NG, r, in] view
+                b = self.lora_b[lo:hi, :, :r]  # [NG, out, r] view
             else:
-                xg = xs.new_zeros(n_groups * g.max_count, self.in_features)  # [G*L, in]
+                a = self.lora_a[:, :r].index_select(0, g.slot_index)  # [NG, r, in] copy
+                b = self.lora_b[:, :, :r].index_select(0, g.slot_index)  # [NG, out, r] copy
+            n_layout = a.shape[0]
+            if g.pad_pos is None:
+                xg = xs  # [NG * L, in]: sorted order is already the layout
+            else:
+                xg = xs.new_zeros(n_layout * g.max_count, self.in_features)  # [NG * L, in]
                 xg.index_copy_(0, g.pad_pos, xs)
-                xg = xg.view(n_groups, g.max_count, self.in_features)  # [G, L, in]
-            h = torch.bmm(xg, a.transpose(1, 2))  # [G, L, r]
-            d = torch.bmm(h, b.transpose(1, 2)).view(-1, self.out_features)  # [G*L, out]
-            return d if g.balanced else d.index_select(0, g.pad_pos)  # [Ta, out]
-        # unbalanced: one pair of matmuls per distinct adapter, on views of its own rank
+            xg = xg.view(n_layout, g.max_count, self.in_features)  # [NG, L, in]
+            h = torch.bmm(xg, a.transpose(1, 2))  # [NG, L, r]
+            d = torch.bmm(h, b.transpose(1, 2)).view(-1, self.out_features)  # [NG * L, out]
+            return d if g.pad_pos is None else d.index_select(0, g.pad_pos)  # [Ta, out]
+        # unbalanced: one pair of matmuls per distinct adapter, on views of its slot
         out = xs.new_empty(xs.shape[0], self.out_features)  # [Ta, out]
         start = 0
         for slot, count in zip(g.slots, g.counts):
