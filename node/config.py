@@ -57,7 +57,8 @@ class NodeConfig(BaseModel):
         description="Deployment file written by `chain.deploy` (chain id, contract addresses, start blocks).",
     )
     confirmations: int = Field(
-        2, ge=0, le=10_000, description="Blocks behind the head the watcher stays; reorgs shallower than this are undone."
+        2, ge=0, le=10_000, description="Blocks behind the head the watcher (and the settlement outbox) stays: reorgs shallower "
+        "than this never reach the DB; deeper ones are walked back and undone."
     )
     watcher_poll_s: float = Field(2.0, gt=0, le=3600, description="Seconds between chain-head polls.")
     getlogs_max_blocks: int = Field(
@@ -333,11 +334,22 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
         raise ConfigError(_format_errors(e, source)) from e
 
 
+def _human_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return str(n)
+
+
 def options_table() -> str:
     """Markdown table of every option, its default and meaning (for the README)."""
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for name, f in NodeConfig.model_fields.items():
         default = f.get_default(call_default_factory=True)
+        if isinstance(default, int) and not isinstance(default, bool) and name.endswith("_bytes"):
+            default = _human_bytes(default)
+        elif isinstance(default, list):
+            default = "[]" if not default else default
         shown = "—" if default is None else f"`{default}`"
         rows.append(f"| `{name}` | {shown} | {f.description} |")
     return "\n".join(rows)

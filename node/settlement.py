@@ -76,6 +76,7 @@ class Settlement:
         on_step: StepHook | None = None,
         clock: Callable[[], float] = time.time,
         poll_s: float = 1.0,
+        confirmations: int = 0,
     ):
         """`contracts`: chain.contracts.Contracts; `ipfs`: a node.ipfs backend (`await add_path(path)`)."""
         from chain.contracts import decode_revert
@@ -100,6 +101,7 @@ class Settlement:
         self.outbox = outbox or Outbox(
             w3, account, SqlOutboxStore(session_factory, on_step=(lambda name, _id: self._step(name))),
             self.chain_id, error_decoder=lambda data: decode_revert(data).message,
+            confirmations=confirmations,  # a tx counts as mined only this deep: reorgs can't undo a settled batch
         )
         self._reconciled = False
         self._chain_last_seq = 0
@@ -360,4 +362,5 @@ def settlement_from_config(cfg, session_factory: sessionmaker[Session], w3, acco
     """A `Settlement` with the batch/redeem options of a `node.config.NodeConfig`."""
     return Settlement(session_factory, w3, account, contracts, ipfs, receipts_dir=cfg.receipts_dir,
                       batch_size=cfg.settlement_batch_size, interval_s=cfg.settlement_interval_s,
-                      redeem_batch_size=cfg.redeem_batch_size, redeem_interval_s=cfg.redeem_interval_s, **kwargs)
+                      redeem_batch_size=cfg.redeem_batch_size, redeem_interval_s=cfg.redeem_interval_s,
+                      confirmations=cfg.confirmations, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,9 @@ def test_options_table_documents_every_option():
     for name, f in NodeConfig.model_fields.items():
         assert f.description, name
         assert f"| `{name}` |" in table
+
+
+def test_readme_documents_every_option():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [n for n in NodeConfig.model_fields if f"| `{n}` |" not in readme]
+    assert not missing, f"README 'Configuration' lacks {missing}: paste node.config.options_table()"

@@ -132,6 +132,20 @@ async def test_lifecycle_end_to_end(registries, db, engine, tmp_path):
     assert lc._loaded == {1: cid_v2}
     assert cache.is_pinned(cid_v2) and not cache.is_pinned(cid_good2)
 
+    # a reorg (confirmations = 0 here, so it reaches the DB) removes a loaded adapter's registration
+    # and the new version of adapter 1: the engine must follow the canonical chain
+    r.send("AdapterRegistry", "register", BASE, cid_good2, 4, 10, 10_000, [], [], key_index=3)  # 7
+    await watcher.sync_until_caught_up()
+    await lc.run_once()
+    await lc.drain()
+    assert sorted(engine.adapters()) == ["adapter-1", "adapter-7"]
+    r.w3.provider.make_request("anvil_reorg", [1, []])
+    await watcher.sync_until_caught_up()
+    await lc.run_once()
+    await lc.drain()
+    assert watcher.reorgs == 1 and 7 not in states(db)
+    assert engine.adapters() == ["adapter-1"]
+
     # restart: a fresh engine registry and lifecycle; a crash had left adapter 1 in `fetching`
     for a in list(engine.adapters()):
         engine.unregister_adapter(a)
