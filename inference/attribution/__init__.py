@@ -10,6 +10,7 @@
 from inference.attribution.attributor import Attribution, AttributionConfig, Attributor, Span
 from inference.attribution.errors import (
     AttributionError,
+    CidMismatchError,
     ContributionError,
     ContributionTooLargeError,
     EmptyContributionError,
@@ -25,6 +26,7 @@ __all__ = [
     "Attribution",
     "AttributionConfig",
     "AttributionError",
+    "CidMismatchError",
     "Attributor",
     "ContributionError",
     "ContributionIndex",

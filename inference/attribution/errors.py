@@ -26,6 +26,10 @@ class NotUtf8Error(ContributionError):
     """The contribution's bytes are not valid UTF-8 text."""
 
 
+class CidMismatchError(ContributionError):
+    """The bytes handed in do not hash to the contribution's CID (IndexStore.verify_cid)."""
+
+
 class ContributionTooLargeError(ContributionError):
     """The contribution is over the configured byte or token cap."""
 

@@ -7,8 +7,9 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from inference.attribution.errors import IndexCacheError
+from inference.attribution.errors import CidMismatchError, IndexCacheError
 from inference.attribution.index import ContributionIndex, check_cid
 from inference.attribution.text import decode_contribution, tokenize, tokenizer_fingerprint
 
@@ -30,15 +31,26 @@ class IndexStore:
     `<data_dir>/attribution/<cid>.<tokenizer fp>.safetensors`.
 
     `max_bytes` / `max_tokens` cap what one contribution may cost (bytes are checked before
-    decoding, tokens before the suffix array is built).
+    decoding, tokens before the suffix array is built). `verify_cid(cid, data) -> bool`, when
+    given (the node passes its CID code; `inference` cannot import it), is checked before any
+    index is built or loaded, so an index is only ever tied to bytes that hash to its CID.
     """
 
-    def __init__(self, data_dir: Path, tokenizer, *, max_bytes: int = DEFAULT_MAX_BYTES, max_tokens: int = DEFAULT_MAX_TOKENS):
+    def __init__(
+        self,
+        data_dir: Path,
+        tokenizer,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        verify_cid: Callable[[str, bytes], bool] | None = None,
+    ):
         self.root = Path(data_dir) / "attribution"
         self.tokenizer = tokenizer
         self.tokenizer_fp = tokenizer_fingerprint(tokenizer)
         self.max_bytes = max_bytes
         self.max_tokens = max_tokens
+        self.verify_cid = verify_cid
         self.stats = StoreStats()
         self._lock = threading.Lock()
 
@@ -51,6 +63,10 @@ class IndexStore:
         Raises ContributionError subclasses for content that cannot be indexed.
         """
         path = self.path_for(cid)
+        if len(data) > self.max_bytes:  # before hashing anything
+            decode_contribution(data, cid, self.max_bytes)
+        if self.verify_cid is not None and not self.verify_cid(cid, data):
+            raise CidMismatchError(cid, "content does not match its CID")
         source_sha256 = hashlib.sha256(data).hexdigest()
         had_file = path.exists()
         if had_file:

@@ -283,3 +283,21 @@ def test_weighted_contributions_and_spans_are_capped(tmp_path, tokenizer, corpus
     assert len(res.spans) == 2 and {s.contribution_id for s in res.spans} <= {41, 42, 43}
     assert all(s.text and s.text.strip() in text for s in res.spans)  # store's tokenizer decodes
     assert all(s.text is None for s in att.attribute(answer, with_text=False).spans)
+
+
+def test_store_checks_content_against_its_cid(tmp_path, tokenizer, corpus):
+    from inference.attribution import CidMismatchError
+    from node.ipfs.importer import cid_of_bytes  # the node's real CID code, passed in as a hook
+
+    store = IndexStore(tmp_path, tokenizer, verify_cid=lambda cid, data: cid_of_bytes(data) == cid)
+    att = Attributor(store)
+    text = corpus[10][2].encode()
+    cid = cid_of_bytes(text)
+    att.add(1, 1, cid, text)
+    with pytest.raises(CidMismatchError, match="does not match its CID"):
+        att.add(2, 1, cid, corpus[11][2].encode())  # other bytes under that CID
+    # Even with a valid cache file for the CID on disk, wrong bytes are refused, not served.
+    assert store.path_for(cid).is_file()
+    with pytest.raises(CidMismatchError):
+        Attributor(IndexStore(tmp_path, tokenizer, verify_cid=store.verify_cid)).add(1, 1, cid, text + b"!")
+    assert att.contribution_ids() == [1]
