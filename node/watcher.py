@@ -172,6 +172,15 @@ class ChainWatcher:
         b = self.w3.eth.get_block(n)
         return _hex(b["hash"]), _hex(b["parentHash"])
 
+    def _hash_or_none(self, n: int) -> str | None:
+        """Hash of block `n`, None when the chain is shorter now (a reorg/rollback removed it)."""
+        from web3.exceptions import BlockNotFound
+
+        try:
+            return self._block(n)[0]
+        except BlockNotFound:
+            return None
+
     def _get_logs(self, frm: int, to: int) -> list[dict]:
         return list(self.w3.eth.get_logs({
             "fromBlock": frm, "toBlock": to, "address": self.decoder.addresses, "topics": [self.decoder.topics()],
@@ -257,7 +266,7 @@ class ChainWatcher:
         cur, cur_hash = self.cursor()
         if cur_hash is None:
             return 0
-        if self._block(cur)[0] == cur_hash:
+        if self._hash_or_none(cur) == cur_hash:
             return 0
         ancestor = self._common_ancestor(cur)
         log.warning("reorg: block %d hash changed; rolling back to %d", cur, ancestor)
@@ -271,7 +280,7 @@ class ChainWatcher:
         for n, h in ring:
             if n > cur:
                 continue
-            if self._block(n)[0] == h:
+            if self._hash_or_none(n) == h:
                 return n
         # Deeper than the ring: start over from the first block (correct, only slower).
         log.error("reorg deeper than the ring of %d blocks: resyncing from block %d", self.ring_size,

@@ -125,3 +125,35 @@ def rpc_proxy(fresh_anvil):
     p = RpcProxy(fresh_anvil.url).start()
     yield p
     p.stop()
+
+
+PG_URL = "postgresql://postgres@127.0.0.1/test"
+
+
+def _pg_reachable() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def pg_url():
+    """A private schema in the machine's Postgres (dropped afterwards); skips if Postgres is unreachable."""
+    import uuid
+
+    if not _pg_reachable():
+        pytest.skip("Postgres at 127.0.0.1/test is not reachable on this machine")
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as c:
+        c.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as c:
+            c.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -3,8 +3,6 @@ uint256 exactness, and the repository queries the API and settlement use."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -25,36 +23,12 @@ from node.db import (
 )
 from node.db import repository as repo
 
-PG_URL = "postgresql://postgres@127.0.0.1/test"
-
-
-def _pg_reachable() -> bool:
-    try:
-        import psycopg
-
-        with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", connect_timeout=3):
-            return True
-    except Exception:
-        return False
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'node.db'}"
-        return
-    if not _pg_reachable():
-        pytest.skip("Postgres at 127.0.0.1/test is not reachable on this machine")
-    import psycopg
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"  # a private schema: parallel runs don't collide
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as c:
-            c.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    """SQLite in tmp_path, or a private schema of the machine's Postgres (conftest `pg_url`)."""
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_url")
+    return f"sqlite:///{tmp_path / 'node.db'}"
 
 
 def test_migrations_create_the_schema_the_models_describe(db_url):

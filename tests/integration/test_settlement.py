@@ -79,7 +79,7 @@ BUILDER = textwrap.dedent('''
 
 
 @pytest.fixture
-def world(fresh_anvil, tmp_path):
+def world(fresh_anvil, tmp_path, request):
     """Full deployment; payer funded and deposited; adapter 1 (70 % owner, 30 % dataset 1).
     The settlement builder is written to a script so the same code runs standalone too:
     `python settle.py DB_URL RPC_URL DEPLOYMENT DATA_DIR crash_point`."""
@@ -94,7 +94,8 @@ def world(fresh_anvil, tmp_path):
     c.datasets.contribute(CONTRIB, 1, "bafyc", 100)
     c.datasets.accept(CURATOR, 1, 5)
     c.adapters.register(OWNER, BASE, "bafyadapter", 8, 1000, 7000, [1], [3000])
-    url = f"sqlite:///{tmp_path / 'node.db'}"
+    url = request.getfixturevalue("pg_url") if getattr(request, "param", "sqlite") == "postgres" \
+        else f"sqlite:///{tmp_path / 'node.db'}"
     migrate(url)
     script = tmp_path / "settle.py"
     script.write_text(BUILDER)
@@ -178,6 +179,7 @@ def check_exactly_once(world, client: Client) -> None:
     assert c.datasets.pending_reward(1) + c.vault.claimable(CONTRIB.address) == ds
 
 
+@pytest.mark.parametrize("world", ["sqlite", "postgres"], indirect=True)
 async def test_batches_commit_and_vouchers_redeem(world):
     client = Client(world)
     for i in range(10):

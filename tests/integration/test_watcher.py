@@ -27,8 +27,10 @@ BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @pytest.fixture
-def db(tmp_path):
-    url = f"sqlite:///{tmp_path / 'node.db'}"
+def db(tmp_path, request):
+    # parametrized indirectly with "postgres": the same test on the machine's Postgres
+    url = request.getfixturevalue("pg_url") if getattr(request, "param", "sqlite") == "postgres" \
+        else f"sqlite:///{tmp_path / 'node.db'}"
     migrate(url)
     f = make_session_factory(url)
     yield f
@@ -154,6 +156,7 @@ async def test_reorg_shallower_than_confirmations_never_reaches_the_db(registrie
     assert adapters == chain_adapters(r)
 
 
+@pytest.mark.parametrize("db", ["sqlite", "postgres"], indirect=True)
 async def test_deeper_reorg_is_walked_back_and_undone(registries, db):
     """confirmations = 0 lets a reorg hit applied blocks: the watcher must undo them."""
     r = registries
@@ -231,3 +234,22 @@ async def test_rpc_down_for_a_while_then_catch_up(registries, db, rpc_proxy):
     await asyncio.wait_for(task, 5)
     assert w.cursor()[0] == r.w3.eth.block_number
     assert len(snapshot(db)[2]) == 2 and w.lag_blocks() == 0
+
+
+async def test_chain_that_got_shorter_is_rolled_back(registries, db):
+    """A rollback to a shorter chain (the cursor block no longer exists) is a reorg too."""
+    r = registries
+    r.send("AdapterRegistry", "register", BASE, "bafyA", 8, 1, 10_000, [], [], key_index=3)
+    snap = r.w3.provider.make_request("evm_snapshot", [])["result"]
+    r.send("AdapterRegistry", "register", BASE, "bafyB", 8, 1, 10_000, [], [], key_index=3)
+    r.send("AdapterRegistry", "deprecate", 1, key_index=3)
+    w = registry_watcher(r.w3, db, r, confirmations=0)
+    await w.sync_until_caught_up()
+    assert [a[0] for a in snapshot(db)[2]] == [1, 2]
+    r.w3.provider.make_request("evm_revert", [snap])  # head is now below the cursor
+    await w.sync_until_caught_up()
+    assert w.reorgs == 1 and snapshot(db)[2] == chain_adapters(r)
+    assert [(a[0], a[4]) for a in snapshot(db)[2]] == [(1, False)]
+    r.send("AdapterRegistry", "register", BASE, "bafyC", 8, 1, 10_000, [], [], key_index=3)
+    await w.sync_until_caught_up()
+    assert snapshot(db)[2] == chain_adapters(r) and snapshot(db)[2][1][1] == "bafyC"
