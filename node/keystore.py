@@ -54,8 +54,8 @@ def load_keystore(path: str | os.PathLike, password: str) -> bytes:
         raise KeystoreError(f"keystore {p}: not a JSON keystore") from e
     try:
         return bytes(Account.decrypt(blob, password))
-    except ValueError as e:
-        # eth-account says "MAC mismatch" for a wrong password; don't chain (no key material anyway)
+    except ValueError:
+        # eth-account says "MAC mismatch" for a wrong password; nothing to chain
         raise KeystoreError(f"keystore {p}: wrong password or corrupted keystore") from None
     except (KeyError, TypeError) as e:
         raise KeystoreError(f"keystore {p}: not a valid keystore ({type(e).__name__})") from None

@@ -22,7 +22,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.db.models import Adapter, AdapterState
-from node.errors import NodeError
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +272,3 @@ class AdapterLifecycle:
             row.updated_at = time.time()
             return True
 
-
-class LifecycleError(NodeError):
-    """The adapter lifecycle could not be set up."""

@@ -95,6 +95,7 @@ async def test_lifecycle_end_to_end(registries, db, engine, tmp_path):
     reg(BASE, cid_tampered)  # 4: bytes on IPFS don't match the CID
     reg("other/model", cid_good1)  # 5: registered for a base model this node does not serve
     reg(BASE, cid_big)  # 6: larger than adapter_max_bytes
+    reg(BASE, "../../etc/passwd")  # 7: not a CID at all (anyone can register any string)
 
     watcher = registry_watcher(r.w3, db, r, confirmations=0)
     lc = AdapterLifecycle(db, engine, [store, hostile], cache, base_model_id=BASE, max_adapter_bytes=max_bytes,
@@ -108,6 +109,7 @@ async def test_lifecycle_end_to_end(registries, db, engine, tmp_path):
     assert st[4][0] == "failed" and "BlockHashMismatch" in st[4][1], st[4]
     assert st[5][0] == "ignored" and "other/model" in st[5][1]
     assert st[6][0] == "failed" and "ContentTooLarge" in st[6][1], st[6]
+    assert st[7][0] == "failed" and "InvalidCID" in st[7][1], st[7]
     assert sorted(engine.adapters()) == ["adapter-1", "adapter-2"]
     # failures are final (max_attempts=1): another pass changes nothing
     await lc.run_once()
@@ -133,17 +135,17 @@ async def test_lifecycle_end_to_end(registries, db, engine, tmp_path):
     assert cache.is_pinned(cid_v2) and not cache.is_pinned(cid_good2)
 
     # a reorg (confirmations = 0 here, so it reaches the DB) removes a loaded adapter's registration
-    # and the new version of adapter 1: the engine must follow the canonical chain
-    r.send("AdapterRegistry", "register", BASE, cid_good2, 4, 10, 10_000, [], [], key_index=3)  # 7
+    # (the last block): the engine must follow the canonical chain
+    r.send("AdapterRegistry", "register", BASE, cid_good2, 4, 10, 10_000, [], [], key_index=3)  # 8
     await watcher.sync_until_caught_up()
     await lc.run_once()
     await lc.drain()
-    assert sorted(engine.adapters()) == ["adapter-1", "adapter-7"]
+    assert sorted(engine.adapters()) == ["adapter-1", "adapter-8"]
     r.w3.provider.make_request("anvil_reorg", [1, []])
     await watcher.sync_until_caught_up()
     await lc.run_once()
     await lc.drain()
-    assert watcher.reorgs == 1 and 7 not in states(db)
+    assert watcher.reorgs == 1 and 8 not in states(db)
     assert engine.adapters() == ["adapter-1"]
 
     # restart: a fresh engine registry and lifecycle; a crash had left adapter 1 in `fetching`
