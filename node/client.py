@@ -164,6 +164,20 @@ class LoraNodeClient:
             self.receipts.append(self.wallet.record(aid, body, text or ""))
             return resp
 
+    def settle_up(self) -> None:
+        """Send each lane's voucher for its full total: pays the last request of every lane, which
+        no later request's voucher will (the node redeems it at its next settlement)."""
+        import urllib.error
+
+        for aid in list(self.wallet._totals):
+            with self.wallet.lane_lock(aid):
+                req = urllib.request.Request(self.base_url + "/v1/vouchers", data=b"", method="POST",
+                                             headers=self.wallet.header(aid))
+                try:
+                    urllib.request.urlopen(req, timeout=30).close()  # noqa: S310
+                except urllib.error.HTTPError as e:
+                    raise ClientError(f"settle-up of lane {aid} refused: {e.read()[:500]!r}") from e
+
     def chat_stream(self, model: str, messages: list[dict], **kwargs) -> Iterator:
         return self._stream("chat", model, dict(messages=messages, **kwargs))
 

@@ -30,12 +30,12 @@ async def serve(
 
     stop = stop or asyncio.Event()
     app = init_app(config, **app_kwargs)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=30.0)
     await runner.setup()  # runs the cleanup_ctx startups: DB migrations, chain check, engine, loops
     loop = asyncio.get_running_loop()
     installed = []
     try:
-        site = web.TCPSite(runner, config.listen_host, config.listen_port, shutdown_timeout=30.0)
+        site = web.TCPSite(runner, config.listen_host, config.listen_port)
         await site.start()
         host, port = runner.addresses[0][:2]
         url = f"http://{host}:{port}"

@@ -285,6 +285,35 @@ class PaymentGate:
             lock.release()
             raise
 
+    async def accept_settle_up(self, headers) -> SignedVoucher:
+        """A voucher sent without a request (`POST /v1/vouchers`): the payer pays the last request
+        of a lane, which no later request's voucher would cover. It must cover exactly what the
+        lane owes (more would be a client bug paying for nothing)."""
+        raw = headers.get(VOUCHER_HEADER)
+        if not raw:
+            raise _reject(f"send the voucher in the {VOUCHER_HEADER} header", "payment_missing")
+        sv = parse_voucher_header(raw)
+        v = sv.voucher
+        if v.node != self.node:
+            raise _reject(f"voucher is for node {v.node}, this node is {self.node}", "voucher_wrong_node")
+        try:
+            signer = sv.signer(self.chain_id, self.escrow_address)
+        except Exception as e:
+            raise _reject("voucher signature does not recover to an address", "voucher_bad_signature") from e
+        if not await self._authorized(v.payer, signer):
+            raise _reject(f"voucher signer {signer} is not authorized by payer {v.payer} in UsageEscrow",
+                          "voucher_signer_unauthorized")
+        lane = lane_of(v)
+        async with self._lock_for(lane):
+            state = self.book.get(lane)
+            owed = {"computeValue": str(state.owed_compute), "adapterValue": str(state.owed_adapter)}
+            if (v.compute_value, v.adapter_value) != (state.owed_compute, state.owed_adapter):
+                code = ("voucher_undervalued" if v.compute_value < state.owed_compute
+                        or v.adapter_value < state.owed_adapter else "voucher_overvalued")
+                raise _reject(f"a settle-up voucher must equal what the lane owes: {owed}", code, needed=owed)
+            self.book.store_voucher(sv)
+        return sv
+
     async def _check_escrow(self, payer: str, max_cost: Cost) -> None:
         available = await self._available(payer)
         if available < max_cost.total:

@@ -17,7 +17,7 @@ from node.api import keys as K
 from node.api.catalog import Catalog
 from node.api.completions import chat_completions, completions
 from node.api.errors import error_middleware
-from node.api.info import healthz, metrics, models, node_info, receipt
+from node.api.info import healthz, metrics, models, node_info, receipt, settle_up
 from node.api.schemas import ApiLimits
 from node.config import NodeConfig
 from node.errors import ConfigError
@@ -195,6 +195,7 @@ def init_app(
     r.add_get("/v1/node", node_info)
     r.add_get("/v1/quote", node_info)
     r.add_get("/v1/receipts/{request_id}", receipt)
+    r.add_post("/v1/vouchers", settle_up)
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics)
     return app

@@ -87,3 +87,9 @@ async def metrics(request: web.Request) -> web.Response:
     except Exception:  # a scrape never fails because the DB is busy
         pass
     return web.Response(body=m.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def settle_up(request: web.Request) -> web.Response:
+    """POST /v1/vouchers: a cumulative voucher without a request, paying a lane's last request."""
+    sv = await request.app[K.GATE].accept_settle_up(request.headers)
+    return web.json_response({"accepted": True, "voucher": {**sv.voucher.to_json(), "signature": "0x" + sv.signature.hex()}})

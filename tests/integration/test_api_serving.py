@@ -183,3 +183,24 @@ async def test_receipt_lookup_errors(client):
     assert (await client.get("/v1/receipts/xyz")).status == 400
     r = await client.get("/v1/receipts/0x" + "ab" * 32)
     assert r.status == 404 and (await r.json())["error"]["code"] == "receipt_not_found"
+
+
+async def test_settle_up_voucher_pays_the_last_request(client, wallet):
+    r = await _post(client, wallet, "/v1/completions", {"model": "adapter-2", "prompt": "Hi", "max_tokens": 2}, 2)
+    body = await r.json()
+    wallet.record(2, body, body["choices"][0]["text"])
+    c, a = wallet.totals(2)
+    from chain.eip712 import SignedVoucher, Voucher, sign_voucher
+    from node.payments import encode_voucher_header
+
+    def hdr(cv, av):
+        v = Voucher(wallet.payer.address, wallet.quote.node, 2, cv, av)
+        sv = SignedVoucher(v, sign_voucher(v, PAYER_KEY, wallet.quote.chain_id, wallet.quote.escrow))
+        return {"X-Payment-Voucher": encode_voucher_header(sv)}
+
+    low = await client.post("/v1/vouchers", headers=hdr(c - 1, a))
+    assert low.status == 402 and (await low.json())["error"]["code"] == "voucher_undervalued"
+    high = await client.post("/v1/vouchers", headers=hdr(c, a + 1))
+    assert high.status == 402 and (await high.json())["error"]["code"] == "voucher_overvalued"
+    ok = await client.post("/v1/vouchers", headers=wallet.header(2))
+    assert ok.status == 200 and (await ok.json())["voucher"]["computeValue"] == str(c)

@@ -1,0 +1,242 @@
+"""The whole loop on a real anvil chain with the real contracts, the embedded IPFS store and the
+embedded model, with nothing stubbed:
+
+publish a dataset (two accepted contributions) and two adapters on chain (their folders added to
+the node's embedded IPFS store) → `loranode`'s daemon (`node.daemon.serve`) discovers them,
+fetches and CID-verifies them, loads them → the official `openai` client (through
+`node.client.LoraNodeClient`, which signs cumulative vouchers) gets answers, streaming and not, for
+both adapters and the base model → the settlement loop commits the receipts and redeems the
+vouchers → every receipt verifies on chain with `verifyReceipt`, and the RewardVault credits of
+the node, the protocol, the adapter owners and the dataset contributors match, to the wei, the
+splits registered on chain applied to the costs the node signed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.request
+from dataclasses import replace
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from chain.contracts import Contracts
+from chain.deploy import deploy
+from chain.devchain import DEV_PRIVATE_KEYS
+from inference.base_model import EMBEDDED_MODEL_ID
+
+pytestmark = pytest.mark.slow
+
+KEYS = dict(zip(["deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob"], DEV_PRIVATE_KEYS))
+ACCT = {k: Account.from_key(v) for k, v in KEYS.items()}
+ADDR = {k: a.address for k, a in ACCT.items()}
+BPS = 10_000
+ACC_PRECISION = 10**24
+COMPUTE_PRICE = 1000
+ADAPTERS = {  # adapter id: (owner, price per 1K tokens, owner bps, dataset bps)
+    1: ("owner1", 7000, 6000, 4000),
+    2: ("owner2", 3001, 7500, 2500),
+}
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _wait(pred, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class NodeThread:
+    """The daemon's `serve()` on its own event loop in a thread (signals stay with pytest)."""
+
+    def __init__(self, config):
+        self.config, self.url, self.app, self.error = config, None, None, None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self):
+        from node.daemon import serve
+
+        async def main():
+            self.loop, self.stop_event = asyncio.get_running_loop(), asyncio.Event()
+            await serve(self.config, stop=self.stop_event, on_ready=self._on_ready, handle_signals=False)
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # surfaced by start()/stop()
+            self.error = e
+            self._ready.set()
+
+    def _on_ready(self, url, app):
+        self.url, self.app = url, app
+        self._ready.set()
+
+    def start(self, timeout: float = 240):
+        self.thread.start()
+        assert self._ready.wait(timeout), "node did not start"
+        if self.error:
+            raise self.error
+        return self
+
+    def stop(self):
+        if self.url and self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "node did not stop"
+
+
+def _publish(c: Contracts, store_dir, work):
+    """Dataset with two accepted contributions, two adapters on it, one adapter for another base."""
+    from transformers import AutoConfig
+
+    from inference.adapter_factory import make_random_adapter
+    from inference.base_model import resolve_model_folder
+    from node.ipfs import EmbeddedStore, cid_of_bytes
+
+    c.datasets.create_dataset(ACCT["curator"], "tiny-wiki", "CC-BY-4.0", "")
+    ds = c.datasets.dataset_count()
+    contributions = {}
+    for who, text, weight in (("alice", b"Paris is the capital of France.", 3), ("bob", b"The sky is blue.", 1)):
+        c.datasets.contribute(ACCT[who], ds, cid_of_bytes(text), len(text))
+        cid_id = c.datasets.contribution_count()
+        c.datasets.accept(ACCT["curator"], cid_id, weight)
+        contributions[who] = (cid_id, weight)
+    base_cfg = AutoConfig.from_pretrained(resolve_model_folder(None))
+    store = EmbeddedStore(store_dir)
+    for aid, (owner, price, owner_bps, ds_bps) in ADAPTERS.items():
+        folder = make_random_adapter(work / f"a{aid}", base_cfg, rank=4, seed=aid, base_model_id=EMBEDDED_MODEL_ID)
+        cid = asyncio.run(store.add_path(folder))
+        c.adapters.register(ACCT[owner], EMBEDDED_MODEL_ID, cid, 4, price, owner_bps, [ds], [ds_bps])
+        assert c.adapters.adapter_count() == aid
+    # an adapter for a base model this node does not serve: never fetched, never listed
+    c.adapters.register(ACCT["owner2"], "other-org/other-base-7B", cid, 4, 1, BPS, [], [])
+    return ds, contributions
+
+
+def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
+    from node.client import LoraNodeClient
+    from node.config import load_config
+    from node.devnet import fund_escrow
+
+    w3 = Web3(Web3.HTTPProvider(fresh_anvil.url))
+    dep = deploy(fresh_anvil.url, KEYS["deployer"], out_dir=None, w3=w3)
+    dep_path = dep.save(tmp_path / "deployment.json")
+    c = Contracts(w3, dep)
+    data = tmp_path / "node"
+    cfg = load_config(None, environ={}, data_dir=data, deployment=dep_path, rpc_url=fresh_anvil.url,
+                      dev_mode=True, dev_key_index=1, listen_port=0, confirmations=0, watcher_poll_s=0.3,
+                      compute_price_per_1k=COMPUTE_PRICE, max_tokens_limit=16, engine_max_batch=4,
+                      engine_gpu_slots=2, settlement_interval_s=1.0, redeem_interval_s=1.0)
+    ds, contributions = _publish(c, cfg.ipfs_store_dir, tmp_path)
+    fund_escrow(w3, dep, KEYS["deployer"], KEYS["payer"], 10**12)
+
+    node = NodeThread(cfg).start()
+    try:
+        # discovery → fetch → verify → load, seen through the API
+        ready = _wait(lambda: [m["id"] for m in _get(node.url + "/v1/models")["data"]][1:] == ["adapter-1", "adapter-2"],
+                      180, "both adapters loaded")
+        assert ready
+        client = LoraNodeClient(node.url, KEYS["payer"])
+        assert client.quote.node == ADDR["node"]
+        msgs = [{"role": "user", "content": "What is the capital of France?"}]
+        for model in ("adapter-1", "adapter-2", EMBEDDED_MODEL_ID):
+            r = client.chat(model, msgs, max_tokens=4, temperature=0)
+            assert r.choices[0].message.content
+            text = "".join((ch.choices[0].delta.content or "") for ch in
+                           client.chat_stream(model, msgs, max_tokens=4, temperature=0) if ch.choices)
+            assert text == r.choices[0].message.content  # greedy: streamed = unstreamed
+        assert client.complete("adapter-1", "The sky is", max_tokens=3, temperature=0).choices[0].text
+        # the adapter for another base model is refused with a reason, the node keeps serving
+        import openai
+
+        with pytest.raises(openai.NotFoundError, match="other-base"):
+            client.chat("adapter-3", msgs, max_tokens=2)
+        receipts = list(client.receipts)
+        assert len(receipts) == 7 and sorted(r.receipt.seq for r in receipts) == list(range(1, 8))
+
+        # the last request of each lane is the unpaid one (loss cap); the client settles up
+        client.settle_up()
+        # settlement: every receipt committed with a proof, every lane redeemed up to its total
+        def committed():
+            got = [_get(f"{node.url}/v1/receipts/0x{r.receipt.request_id.hex()}") for r in receipts]
+            return got if all(g["status"] == "committed" for g in got) else None
+
+        proofs = _wait(committed, 120, "receipts committed on chain")
+        lanes = {0: (0, 0), 1: (0, 0), 2: (0, 0)}
+        for aid in lanes:
+            lanes[aid] = client.wallet.totals(aid)
+        def collected(aid):
+            got = c.escrow.collected(ADDR["payer"], ADDR["node"], aid)
+            return got.compute, got.adapter
+
+        _wait(lambda: all(collected(aid) == lanes[aid] for aid in lanes), 120, "vouchers redeemed")
+        health = _get(node.url + "/healthz")
+        assert health["background"] == {"watcher": "running", "lifecycle": "running", "settlement": "running"}
+    finally:
+        node.stop()
+
+    # every receipt verifies on chain; a tampered one does not
+    for r, p in zip(receipts, proofs):
+        proof = [bytes.fromhex(x[2:]) for x in p["proof"]]
+        assert c.receipts.verify_receipt(r.receipt, p["batch"]["seq"], proof)
+    forged = replace(receipts[0].receipt, completion_tokens=receipts[0].receipt.completion_tokens + 1)
+    p0 = proofs[0]
+    assert not c.receipts.verify_receipt(forged, p0["batch"]["seq"], [bytes.fromhex(x[2:]) for x in p0["proof"]])
+
+    # what the node signed = what the escrow paid, lane by lane
+    for aid, (cc, ac) in lanes.items():
+        signed = [r.receipt for r in receipts if r.receipt.adapter_id == aid]
+        assert (sum(r.compute_cost for r in signed), sum(r.adapter_cost for r in signed)) == (cc, ac)
+        tokens = [r.prompt_tokens + r.completion_tokens for r in signed]
+        price = ADAPTERS[aid][1] if aid else 0
+        assert cc == sum(-(-t * COMPUTE_PRICE // 1000) for t in tokens)
+        assert ac == sum(-(-t * price // 1000) for t in tokens)
+
+    # RewardVault, to the wei: replay the registered splits over the redeemed increases
+    logs = w3.eth.get_logs({"fromBlock": 0, "toBlock": "latest", "address": [dep.addresses["UsageEscrow"],
+                                                                             dep.addresses["DatasetRegistry"]]})
+    events = c.decode_events(logs)
+    fee_bps = c.escrow.protocol_fee().bps
+    expect = {k: 0 for k in ("node", "deployer", "owner1", "owner2")}
+    dataset_shares = 0
+    for ev in events:
+        if type(ev).__name__ != "VoucherRedeemed":
+            continue
+        expect["node"] += ev.compute_paid
+        if ev.adapter_id:
+            owner, _, owner_bps, ds_bps = ADAPTERS[ev.adapter_id]
+            fee = ev.adapter_paid * fee_bps // BPS
+            rest = ev.adapter_paid - fee
+            share = rest * ds_bps // BPS
+            expect["deployer"] += fee
+            expect[owner] += rest - share
+            dataset_shares += share
+    assert expect["node"] == sum(cc for cc, _ in lanes.values())
+    assert expect["deployer"] + expect["owner1"] + expect["owner2"] + dataset_shares == sum(a for _, a in lanes.values())
+    rewarded = [ev for ev in events if type(ev).__name__ == "DatasetRewarded"]
+    assert sum(ev.amount for ev in rewarded) == dataset_shares > 0
+    acc, total_weight = 0, sum(w for _, w in contributions.values())
+    for ev in rewarded:
+        acc += ev.amount * ACC_PRECISION // total_weight
+    for who, (cid_id, weight) in contributions.items():
+        expect[who] = weight * acc // ACC_PRECISION
+    c.datasets.harvest(ACCT["deployer"], [cid_id for cid_id, _ in contributions.values()])
+    for who, amount in expect.items():
+        assert c.vault.claimable(ADDR[who]) == amount, who
+    assert expect["alice"] > expect["bob"] > 0 and expect["owner1"] > 0 and expect["owner2"] > 0
+    # and the money is real: the node claims its compute revenue in tokens
+    before = c.token.balance_of(ADDR["node"])
+    c.vault.claim(ACCT["node"])
+    assert c.token.balance_of(ADDR["node"]) - before == expect["node"]
