@@ -180,7 +180,15 @@ class Settlement:
         rl = self.contracts.receipts
         self._chain_last_seq = int(rl.last_seq(self.node))
         with self.sessions.begin() as s:
-            for b in s.scalars(select(ReceiptBatch).order_by(ReceiptBatch.seq)):
+            # Check what may differ from the chain: uncommitted batches, batches above lastSeq (a reorg
+            # dropped them) and the newest committed one (a DB of another history). Older committed
+            # batches are not re-read: that would cost one RPC call per batch ever made at each start.
+            newest_committed = s.scalar(select(ReceiptBatch.seq).where(
+                ReceiptBatch.status == BatchStatus.COMMITTED.value).order_by(ReceiptBatch.seq.desc()).limit(1))
+            q = select(ReceiptBatch).where(
+                (ReceiptBatch.status != BatchStatus.COMMITTED.value) | (ReceiptBatch.seq > self._chain_last_seq)
+                | (ReceiptBatch.seq == (newest_committed or 0))).order_by(ReceiptBatch.seq)
+            for b in s.scalars(q):
                 on_chain = _hex(rl.batch_root(self.node, b.seq))
                 if on_chain.lower() == b.root.lower():
                     if b.status != BatchStatus.COMMITTED.value:
@@ -258,8 +266,11 @@ class Settlement:
             attempt = 0
             while True:  # deterministic keys: after a crash the same intent is found again
                 prior = self.outbox.store.get_by_key(self._commit_key(seq, attempt))
-                if prior is None or prior.status.value != "failed":
+                if prior is None or prior.status.is_open:
                     break
+                # finished: failed, or mined and then reorged away (reconcile reset the batch)
+                if prior.status.value == "mined" and _hex(rl.batch_root(self.node, seq)).lower() == root.lower():
+                    break  # it is on chain after all: settle_commits marks it
                 attempt += 1
             params = rl.build_commit_batch(self.node, seq, bytes.fromhex(root[2:]), count, cid)
             intent_id = self.outbox.enqueue(self._commit_key(seq, attempt), params)

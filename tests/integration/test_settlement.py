@@ -36,7 +36,7 @@ from chain.eip712 import (
     sign_digest,
     sign_voucher,
 )
-from node.db import BatchStatus, ReceiptBatch, Voucher, make_session_factory, migrate
+from node.db import BatchStatus, OutboxIntent, ReceiptBatch, Voucher, make_session_factory, migrate
 from node.db import repository as repo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,6 +162,9 @@ def check_exactly_once(world, client: Client) -> None:
         assert (col.compute, col.adapter) == (compute, adapter)
         with sessions() as s:
             v = s.get(Voucher, repo.lane_key(PAYER.address, OPERATOR.address, adapter_id))
+            if compute == adapter == 0:
+                assert v is None  # lane never used
+                continue
             assert (v.redeemed_compute, v.redeemed_adapter, v.redeem_outbox_id) == (compute, adapter, None)
     total = sum(a + b for a, b in client.owed.values())
     assert c.escrow.account_of(PAYER.address).balance == 10**22 - total
@@ -281,3 +284,38 @@ async def test_reconcile_refuses_a_db_that_contradicts_the_chain(world):
 
     with pytest.raises(SettlementError, match="does not belong"):
         await settlement(world).run_once()
+
+
+async def test_reorg_shallower_than_confirmations_rebroadcasts_the_commit(world):
+    """With confirmations = 2 a mined commit is not final yet; a 1-block reorg drops it; the outbox
+    rebroadcasts the same signed bytes and the batch is committed exactly once."""
+    client = Client(world)
+    for _ in range(4):
+        client.serve(0, 3, 0)
+    st = settlement(world, confirmations=2)
+    await st.run_once()
+    c, w3 = world["c"], world["w3"]
+    assert c.receipts.last_seq(OPERATOR.address) == 1  # mined ...
+    with world["sessions"]() as s:
+        assert s.get(ReceiptBatch, 1).status == BatchStatus.PENDING.value  # ... but not final
+        block = s.scalar(select(OutboxIntent.block_number).where(OutboxIntent.key.like("commit:%")))
+    assert block is None
+    # replace the commit's block (and the redeem after it): depth 1-2 < confirmations + 1
+    w3.provider.make_request("anvil_reorg", [w3.eth.block_number - _commit_block(w3, OPERATOR.address) + 1, []])
+    assert c.receipts.last_seq(OPERATOR.address) == 0
+    await st.run_once()  # the tx is unknown to the node now: same bytes again
+    assert c.receipts.last_seq(OPERATOR.address) == 1
+    for _ in range(3):
+        w3.provider.make_request("anvil_mine", ["0x1"])
+        await st.run_once(force=True)
+    w3.provider.make_request("anvil_mine", ["0x3"])
+    await st.flush()
+    check_exactly_once(world, client)
+
+
+def _commit_block(w3, sender: str) -> int:
+    """Block of the sender's first transaction (the commit: nonce 0)."""
+    for n in range(w3.eth.block_number, 0, -1):
+        if any(t["from"] == sender and t["nonce"] == 0 for t in w3.eth.get_block(n, True)["transactions"]):
+            return n
+    raise AssertionError("commit transaction not found")
