@@ -71,9 +71,19 @@ bench-ipfs: install
 bench-attribution: install
 	$(PY) benchmarks/bench_attribution.py
 
-slither: install build
-	$(PY) -m pip install -q -c requirements.lock slither-analyzer
-	$(VENV)/bin/slither . --hardhat-ignore-compile --config-file slither.config.json
+# Slither lives in its own virtualenv: slither-analyzer 0.11.6 requires web3<8, the project pins web3 8.
+# A forced compile leaves one build-info, so Slither sees no stale copies of edited contracts.
+SLITHER_VENV := .venv-slither
+$(SLITHER_VENV)/.stamp-install:
+	test -x $(SLITHER_VENV)/bin/python || $(PY_SYS) -m venv $(SLITHER_VENV)
+	$(SLITHER_VENV)/bin/pip install -q "slither-analyzer==0.11.6" "crytic-compile>=0.4.2,<0.5"
+	touch $@
+
+slither: node_modules/.stamp-install $(SLITHER_VENV)/.stamp-install
+	npx hardhat compile --force --quiet
+	touch artifacts/.stamp-build
+	$(SLITHER_VENV)/bin/slither . --hardhat-ignore-compile --config-file slither.config.json \
+	  --triage-database slither.db.json --fail-medium
 
 clean:
 	rm -rf artifacts cache .pytest_cache

@@ -216,7 +216,7 @@ contract AdapterRegistry is IAdapterRegistry {
         if (n != bps.length) revert AdapterRegistryLengthMismatch(n, bps.length);
         if (n > MAX_DATASETS) revert AdapterRegistryTooManyDatasets(n);
         uint256 sum = ownerBps;
-        uint256 prev;
+        uint256 prev = 0; // ids start at 1, so the first id is always > prev
         for (uint256 i; i < n; ++i) {
             uint256 id = ids[i];
             if (id <= prev) revert AdapterRegistryDatasetsNotAscending(id);

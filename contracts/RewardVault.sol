@@ -52,7 +52,7 @@ contract RewardVault is IRewardVault, ReentrancyGuardTransient {
         if (msg.sender != _escrow && msg.sender != _datasets) revert RewardVaultNotCreditor(msg.sender);
         uint256 n = to.length;
         if (n != amounts.length) revert RewardVaultLengthMismatch(n, amounts.length);
-        uint256 sum;
+        uint256 sum = 0;
         for (uint256 i; i < n; ++i) {
             uint256 amount = amounts[i];
             if (amount == 0) continue;

@@ -372,7 +372,7 @@ contract UsageEscrow is EIP712, Ownable, ReentrancyGuardTransient {
         if (owner == address(0)) revert UsageEscrowUnknownAdapter(i, adapterId);
         uint256 fee = amount * c.feeBps / BPS;
         uint256 rest = amount - fee;
-        uint256 given;
+        uint256 given = 0;
         for (uint256 j; j < count; ++j) {
             uint256 entry = (j < 5 ? p0 : p1) >> (48 * (j % 5));
             uint256 share = rest * uint16(entry) / BPS;
