@@ -1,0 +1,300 @@
+"""`make bench-api`: the node's HTTP API under N concurrent streaming clients, against the engine
+driven directly with the same load.
+
+Setup (all real): anvil + the contracts; 16 tiny LoRA adapters published on chain, their folders
+in the node's embedded IPFS store; 16 funded payers. The daemon (`loranode node run`, its own
+process) discovers, fetches, verifies and loads the adapters. Then, for N = 1, 8, 64, 256
+concurrent clients (client i: adapter i % 16, payer i // 16, so every client has its own lane),
+each client streams chat completions with signed cumulative vouchers over loopback.
+
+Peer: the same engine configuration in this process, the same adapters, prompts, max_tokens and
+concurrency, submitted straight to `Engine.submit` and streamed from the handle.
+
+Figures per N: requests/s, tokens/s, p50/p99 time to first token, p50/p99 inter-token latency,
+errors (must be 0); `overhead_ratio` = API tokens/s ÷ engine tokens/s (target ≥ 0.9).
+Ends with one line `RESULT {json}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+N_ADAPTERS = 16
+PROMPTS = ["Tell me a short fact about the sea.", "What is the capital of Italy?", "Name a primary color.",
+           "Say something kind.", "What do bees make?", "Count to five."]
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def summarize(n: int, wall: float, results: list[dict]) -> dict:
+    ok = [r for r in results if r["ok"]]
+    ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
+    itl = [g for r in ok for g in r["gaps"]]
+    tokens = sum(r["tokens"] for r in ok)
+    return {
+        "clients": n, "requests": len(results), "errors": len(results) - len(ok), "wall_s": round(wall, 3),
+        "req_per_s": round(len(ok) / wall, 3), "tok_per_s": round(tokens / wall, 2),
+        "ttft_p50_ms": _ms(pct(ttft, 0.5)), "ttft_p99_ms": _ms(pct(ttft, 0.99)),
+        "itl_p50_ms": _ms(pct(itl, 0.5)), "itl_p99_ms": _ms(pct(itl, 0.99)),
+    }
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1000, 2)
+
+
+def _plan(n: int, per_level: int) -> list[list[tuple[int, str]]]:
+    """Work per client: (adapter id, prompt) pairs; the same plan drives the API and the engine."""
+    per_client = max(1, -(-per_level // n))
+    return [[(1 + (i % N_ADAPTERS), PROMPTS[(i + k) % len(PROMPTS)]) for k in range(per_client)] for i in range(n)]
+
+
+# ---- load through the API -------------------------------------------------------------------------
+
+
+async def api_level(url: str, wallets: list, n: int, per_level: int, max_tokens: int) -> dict:
+    import aiohttp
+
+    plan = _plan(n, per_level)
+    results: list[dict] = []
+
+    async def client(i: int, session):
+        wallet = wallets[i // N_ADAPTERS]
+        for aid, prompt in plan[i]:
+            body = {"model": f"adapter-{aid}", "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": max_tokens, "temperature": 0, "stream": True}
+            t0 = time.perf_counter()
+            res = {"ok": False, "ttft": None, "gaps": [], "tokens": 0}
+            try:
+                async with session.post(url + "/v1/chat/completions", json=body, headers=wallet.header(aid)) as r:
+                    if r.status != 200:
+                        res["error"] = f"HTTP {r.status}: {(await r.text())[:200]}"
+                        results.append(res)
+                        continue
+                    last, final, text = None, None, []
+                    async for raw in r.content:
+                        line = raw.decode().strip()
+                        if not line.startswith("data: ") or line == "data: [DONE]":
+                            continue
+                        ev = json.loads(line[6:])
+                        if "receipt" in ev:
+                            final = ev
+                        piece = ev["choices"][0]["delta"].get("content") if ev.get("choices") else None
+                        if piece:
+                            now = time.perf_counter()
+                            if last is None:
+                                res["ttft"] = now - t0
+                            else:
+                                res["gaps"].append(now - last)
+                            last = now
+                            text.append(piece)
+                    if final is None:
+                        res["error"] = "stream ended without the final usage/receipt event"
+                    else:
+                        wallet.record(aid, final, "".join(text))  # checks cost, receipt signature, output hash
+                        res["tokens"] = final["usage"]["completion_tokens"]
+                        res["ok"] = True
+            except Exception as e:  # noqa: BLE001 - every failure is counted as an error
+                res["error"] = repr(e)
+            results.append(res)
+
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as session:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(i, session) for i in range(n)))
+        wall = time.perf_counter() - t0
+    out = summarize(n, wall, results)
+    errs = [r.get("error") for r in results if not r["ok"]]
+    if errs:
+        out["first_error"] = errs[0]
+    return out
+
+
+# ---- the same load on the engine directly ------------------------------------------------------
+
+
+async def engine_level(engine, n: int, per_level: int, max_tokens: int) -> dict:
+    from inference.requests import GenerationRequest, SamplingParams
+
+    plan = _plan(n, per_level)
+    results: list[dict] = []
+    counter = [0]
+
+    async def client(i: int):
+        for aid, prompt in plan[i]:
+            counter[0] += 1
+            req = GenerationRequest(f"bench-{counter[0]}", f"adapter-{aid}", messages=[{"role": "user", "content": prompt}],
+                                    params=SamplingParams(max_tokens=max_tokens, temperature=0.0))
+            t0 = time.perf_counter()
+            res = {"ok": False, "ttft": None, "gaps": [], "tokens": 0}
+            try:
+                h = engine.submit(req)
+                last = None
+                async for ev in h.stream():
+                    if not ev.text:
+                        continue
+                    now = time.perf_counter()
+                    if last is None:
+                        res["ttft"] = now - t0
+                    else:
+                        res["gaps"].append(now - last)
+                    last = now
+                result = await h.result()
+                res["tokens"], res["ok"] = result.completion_tokens, True
+            except Exception as e:  # noqa: BLE001
+                res["error"] = repr(e)
+            results.append(res)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(n)))
+    return summarize(n, time.perf_counter() - t0, results)
+
+
+# ---- setup ------------------------------------------------------------------------------------------
+
+
+def publish(c, accounts, store_dir: Path, work: Path) -> dict[int, Path]:
+    from transformers import AutoConfig
+
+    from inference.adapter_factory import make_random_adapter
+    from inference.base_model import EMBEDDED_MODEL_ID, resolve_model_folder
+    from node.ipfs import EmbeddedStore
+
+    base_cfg = AutoConfig.from_pretrained(resolve_model_folder(None))
+    store = EmbeddedStore(store_dir)
+    folders = {}
+    for aid in range(1, N_ADAPTERS + 1):
+        folder = make_random_adapter(work / f"a{aid}", base_cfg, rank=4, seed=aid, base_model_id=EMBEDDED_MODEL_ID)
+        cid = asyncio.run(store.add_path(folder))
+        c.adapters.register(accounts["owner"], EMBEDDED_MODEL_ID, cid, 4, 1000 + aid, 10_000, [], [])
+        folders[aid] = folder
+    return folders
+
+
+def wait_models(url: str, want: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:
+            if len(json.loads(r.read())["data"]) >= want + 1:
+                return
+        time.sleep(0.5)
+    raise SystemExit(f"the node did not load {want} adapters within {timeout}s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer requests, fewer tokens, N up to 64")
+    ap.add_argument("--levels", default=None, help="comma-separated client counts (default 1,8,64,256)")
+    args = ap.parse_args()
+    levels = [int(x) for x in (args.levels or ("1,8,64" if args.quick else "1,8,64,256")).split(",")]
+    per_level = 4 if args.quick else 16  # requests per level = max(per_level, N)
+    max_tokens = 6 if args.quick else 16
+
+    from eth_account import Account
+    from web3 import Web3
+
+    from chain.contracts import Contracts
+    from chain.deploy import deploy
+    from chain.devchain import DEV_PRIVATE_KEYS, Anvil
+    from node.client import NodeQuote, VoucherWallet
+    from node.devnet import fund_escrow
+
+    n_payers = max(1, -(-max(levels) // N_ADAPTERS))
+    payer_keys = ["0x" + os.urandom(32).hex() for _ in range(n_payers)]
+    result: dict = {"levels": {}, "max_tokens": max_tokens, "adapters": N_ADAPTERS, "quick": args.quick}
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp, Anvil() as anvil:
+        tmp = Path(tmp)
+        w3 = Web3(Web3.HTTPProvider(anvil.url))
+        dep = deploy(anvil.url, DEV_PRIVATE_KEYS[0], out_dir=None, w3=w3)
+        dep_path = dep.save(tmp / "deployment.json")
+        c = Contracts(w3, dep)
+        owner = Account.from_key(DEV_PRIVATE_KEYS[2])
+        data = tmp / "node"
+        store_dir = data / "ipfs"
+        folders = publish(c, {"owner": owner}, store_dir, tmp / "adapters")
+        for i, key in enumerate(payer_keys):  # fresh payers, gas money from a dev account
+            w3.eth.send_transaction({"from": Account.from_key(DEV_PRIVATE_KEYS[3]).address,
+                                     "to": Account.from_key(key).address, "value": 10**18})
+            fund_escrow(w3, dep, DEV_PRIVATE_KEYS[0], key, 10**15)
+        toml = tmp / "node.toml"
+        toml.write_text(
+            f'data_dir = "{data}"\ndeployment = "{dep_path}"\nrpc_url = "{anvil.url}"\ndev_mode = true\n'
+            f'dev_key_index = 1\nlisten_port = 0\nconfirmations = 0\nwatcher_poll_s = 0.5\n'
+            f'compute_price_per_1k = 1000\nmax_tokens_limit = 64\nengine_gpu_slots = {N_ADAPTERS}\n'
+            f'engine_max_batch = 32\nengine_max_queue = 1024\nlog_level = "WARNING"\n')
+        print(f"bench-api: starting the node daemon ({len(folders)} adapters on chain)", flush=True)
+        proc = subprocess.Popen([str(ROOT / ".venv/bin/loranode"), "node", "run", "--config", str(toml)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        url = None
+        try:
+            for line in proc.stdout:
+                if "listening on" in line:
+                    url = line.split("listening on")[1].strip()
+                    break
+            if url is None:
+                raise SystemExit("the node daemon exited before listening")
+            wait_models(url, N_ADAPTERS, 300)
+            with urllib.request.urlopen(url + "/v1/node", timeout=10) as r:
+                quote = NodeQuote.from_json(json.loads(r.read()))
+            wallets = [VoucherWallet(k, quote) for k in payer_keys]
+            asyncio.run(api_level(url, wallets, 1, 2, 2))  # warm-up (first adapter loads, allocator)
+            for n in levels:
+                res = asyncio.run(api_level(url, wallets, n, max(per_level, n), max_tokens))
+                result["levels"].setdefault(str(n), {})["api"] = res
+                print(f"api    N={n:4d} {res}", flush=True)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        # the peer, after the daemon has released the CPU
+        from inference.engine import Engine
+        from node.config import load_config
+        from node.engine_factory import engine_config
+
+        cfg = load_config(toml, environ={})
+        engine = Engine(engine_config(cfg)).start()
+        try:
+            for aid, folder in folders.items():
+                engine.register_adapter(f"adapter-{aid}", folder)
+            asyncio.run(engine_level(engine, 1, 2, 2))  # same warm-up
+            for n in levels:
+                res = asyncio.run(engine_level(engine, n, max(per_level, n), max_tokens))
+                result["levels"][str(n)]["engine"] = res
+                print(f"engine N={n:4d} {res}", flush=True)
+        finally:
+            engine.close()
+    ratios = {}
+    for n, lv in result["levels"].items():
+        if lv["engine"]["tok_per_s"]:
+            ratios[n] = round(lv["api"]["tok_per_s"] / lv["engine"]["tok_per_s"], 3)
+    result["overhead_ratio"] = ratios
+    result["errors"] = sum(lv["api"]["errors"] + lv["engine"]["errors"] for lv in result["levels"].values())
+    result["min_overhead_ratio"] = min(ratios.values()) if ratios else None
+    result["target_met"] = bool(ratios) and result["errors"] == 0 and min(ratios.values()) >= 0.9
+    print("RESULT " + json.dumps(result, separators=(",", ":")), flush=True)
+    return 0 if result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
