@@ -1,0 +1,151 @@
+"""Batched forward passes over a Llama-family decoder using the engine's own KV cache.
+
+The runner reuses the loaded transformers model's modules (embeddings, norms, projections, MLP,
+rotary embedding, lm_head) but drives them itself, because the engine's batch is ragged: every
+row has its own length. Two entry points:
+
+- `prefill(prompts, rows)`: the prompts of newly admitted requests, packed into one sequence
+  [1, sum T] with a block-diagonal causal mask; their K/V go straight into their cache rows.
+  Returns the logits of each prompt's last token only (lm_head on N positions, not sum T).
+- `decode(tokens, lengths)`: one token for each running row 0..B-1, attention over the row's
+  cached prefix masked by its own length. One index_put per layer writes the new K/V.
+
+Projections are called as modules, so multi-LoRA layers injected by `inference.lora` apply the
+per-token adapter deltas (the caller sets the routing before each call). Supported: Llama,
+Mistral (full attention; sliding windows are wider than typical max_model_len), Qwen2 (qkv
+bias lives in the Linear), Qwen3 (q_norm / k_norm).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from inference.errors import BaseModelError
+from inference.kv_cache import KVCache
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module):
+        inner = getattr(model, "model", None)
+        layers = getattr(inner, "layers", None)
+        if inner is None or layers is None or not hasattr(model, "lm_head"):
+            raise BaseModelError(f"{type(model).__name__}: not a Llama-family causal LM (model.model.layers)")
+        for i, layer in enumerate(layers):
+            att = getattr(layer, "self_attn", None)
+            if att is None or not all(hasattr(att, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+                raise BaseModelError(f"layer {i}: attention without q/k/v/o projections is not supported")
+        cfg = model.config
+        self.model = model
+        self.embed = inner.embed_tokens
+        self.layers = list(layers)
+        self.norm = inner.norm
+        self.rotary = inner.rotary_emb
+        self.lm_head = model.lm_head
+        self.num_layers = len(self.layers)
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.scaling = getattr(self.layers[0].self_attn, "scaling", self.head_dim**-0.5)
+        self.gqa = self.num_heads != self.num_kv_heads
+
+    def new_cache(self, *, max_rows: int, max_len: int) -> KVCache:
+        p = self.embed.weight
+        return KVCache(
+            num_layers=self.num_layers,
+            max_rows=max_rows,
+            num_kv_heads=self.num_kv_heads,
+            max_len=max_len,
+            head_dim=self.head_dim,
+            dtype=p.dtype,
+            device=p.device,
+        )
+
+    def _qkv(self, att, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """h [B, T, H] -> q [B, nh, T, hd], k/v [B, kvh, T, hd] with rotary applied."""
+        B, T, _ = h.shape
+        q = att.q_proj(h).view(B, T, -1, self.head_dim)
+        k = att.k_proj(h).view(B, T, -1, self.head_dim)
+        v = att.v_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)
+        if hasattr(att, "q_norm"):  # Qwen3
+            q, k = att.q_norm(q), att.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        c, s = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, hd]
+        return q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s, v
+
+    def _finish_layer(self, layer, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """attn [B, nh, T, hd] -> residual adds of o_proj and MLP; returns x [B, T, H]."""
+        B, _, T, _ = attn.shape
+        x = x + layer.self_attn.o_proj(attn.transpose(1, 2).reshape(B, T, -1))
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    @torch.inference_mode()
+    def prefill(self, cache: KVCache, prompts: list[list[int]], rows: list[int]) -> torch.Tensor:
+        """Run the prompts of new requests (packed), fill their cache rows, set their lengths.
+        Returns logits [N, V] at each prompt's last token."""
+        dev = self.embed.weight.device
+        lens = [len(p) for p in prompts]
+        total = sum(lens)
+        ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=dev)  # [S]
+        pos = torch.cat([torch.arange(n, device=dev) for n in lens])  # [S] position within its prompt
+        seg = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, device=dev))  # [S]
+        row_of_tok = torch.tensor(rows, device=dev)[seg]  # [S] cache row of each token
+        if len(prompts) == 1:
+            mask, causal = None, True
+        else:
+            # block-diagonal causal: token i sees token j iff same prompt and j <= i
+            mask = (seg[:, None] == seg[None, :]) & (pos[None, :] <= pos[:, None])  # [S, S]
+            mask, causal = mask[None, None], False
+        x = self.embed(ids)[None]  # [1, S, H]
+        cos, sin = self.rotary(x, pos[None])  # [1, S, hd]
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer.self_attn, layer.input_layernorm(x), cos, sin)  # [1, h, S, hd]
+            cache.k[i][row_of_tok, :, pos] = k[0].transpose(0, 1)  # [S, kvh, hd]
+            cache.v[i][row_of_tok, :, pos] = v[0].transpose(0, 1)
+            attn = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal, scale=self.scaling, enable_gqa=self.gqa
+            )  # [1, nh, S, hd]
+            x = self._finish_layer(layer, x, attn)
+        last = torch.tensor(lens, device=dev).cumsum(0) - 1  # [N] index of each prompt's last token
+        h = self.norm(x[0, last])  # [N, H]
+        for r, n in zip(rows, lens):
+            cache.lengths[r] = n
+        del total
+        return self.lm_head(h).float()  # [N, V]
+
+    @torch.inference_mode()
+    def decode(self, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
+        """One step for rows 0..B-1: tokens [B] (the last sampled token of each row).
+        Appends their K/V at each row's length; returns logits [B, V]."""
+        B = tokens.shape[0]
+        dev = tokens.device
+        lengths = cache.lengths[:B]
+        L = max(lengths) + 1  # attention span this step (longest row incl. the new token)
+        if L > cache.max_len:
+            raise RuntimeError("KV cache row overflow: the scheduler must stop rows at max_model_len")
+        pos = torch.tensor(lengths, dtype=torch.long, device=dev)  # [B] position of the new token
+        bidx = torch.arange(B, device=dev)
+        # additive mask built once per step, shared by all layers: row b sees positions <= pos[b]
+        valid = torch.arange(L, device=dev)[None, :] <= pos[:, None]  # [B, L]
+        mask = torch.zeros(B, 1, 1, L, dtype=cache.k.dtype, device=dev).masked_fill_(
+            ~valid[:, None, None, :], float("-inf")
+        )
+        x = self.embed(tokens)[:, None]  # [B, 1, H]
+        cos, sin = self.rotary(x, pos[:, None])  # [B, 1, hd]
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer.self_attn, layer.input_layernorm(x), cos, sin)  # [B, h, 1, hd]
+            ck, cv = cache.k[i], cache.v[i]  # [rows, kvh, max_len, hd]
+            ck[bidx, :, pos] = k[:, :, 0]  # [B, kvh, hd]
+            cv[bidx, :, pos] = v[:, :, 0]
+            attn = F.scaled_dot_product_attention(
+                q, ck[:B, :, :L], cv[:B, :, :L], attn_mask=mask, scale=self.scaling, enable_gqa=self.gqa
+            )  # [B, nh, 1, hd]
+            x = self._finish_layer(layer, x, attn)
+        for b in range(B):
+            cache.lengths[b] += 1
+        return self.lm_head(self.norm(x[:, 0])).float()  # [B, V]
