@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(
@@ -22,12 +24,14 @@ def version() -> None:
 
 @app.command()
 def demo(
-    prompt: str = typer.Option("What is the capital of France?", help="Question for the embedded model."),
+    data_dir: Path = typer.Option(Path(".loranode/demo"), "--data-dir", help="Scratch folder (wiped at start)."),
+    train_steps: int = typer.Option(30, "--train-steps", min=1, max=10_000, help="Training steps per adapter."),
+    quick: bool = typer.Option(False, "--quick", help="One question instead of two."),
 ) -> None:
-    """Run the end-to-end demo on embedded defaults (local anvil chain, embedded model)."""
+    """Run the whole mission on embedded defaults: dev chain, datasets, training, publishing, serving, settlement, rewards."""
     from node.demo import run_demo
 
-    raise typer.Exit(run_demo(prompt=prompt))
+    raise typer.Exit(run_demo(data_dir=data_dir, train_steps=train_steps, quick=quick))
 
 
 from node.cli_ipfs import ipfs_app  # noqa: E402  (sub-command group: loranode ipfs ...)
@@ -41,6 +45,24 @@ app.add_typer(attribution_app, name="attribution")
 from node.cli_node import node_app  # noqa: E402  (loranode node run ...)
 
 app.add_typer(node_app, name="node")
+
+from node.cli_wallet import wallet_app  # noqa: E402
+from node.cli_dataset import dataset_app  # noqa: E402
+from node.cli_adapter import adapter_app  # noqa: E402
+from node.cli_escrow import escrow_app  # noqa: E402
+from node.cli_rewards import rewards_app  # noqa: E402
+from node.cli_receipts import receipts_app  # noqa: E402
+from node.cli_train import train  # noqa: E402
+
+for _group in (wallet_app, dataset_app, adapter_app, escrow_app, rewards_app, receipts_app):
+    app.add_typer(_group)
+app.command("train")(train)
+
+from node.cli_dev import dev_app  # noqa: E402
+from node.cli_node_register import register as _node_register  # noqa: E402
+
+app.add_typer(dev_app)
+node_app.command("register")(_node_register)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ STORE_OPTION = typer.Option(
 )
 
 
-def _store_root(store: Path | None) -> Path:
+def store_root(store: Path | None) -> Path:
     """The daemon's default too (`<data_dir>/ipfs`), so `add` here is served by `loranode node run`."""
     if store is not None:
         return store
@@ -61,7 +61,7 @@ def add_cmd(
     from node.ipfs import EmbeddedStore, IpfsError
 
     async def run() -> str:
-        s = EmbeddedStore(_store_root(store))
+        s = EmbeddedStore(store_root(store))
         cid = await s.add_path(path, version=0 if v0 else 1)
         await s.pin(cid)
         return cid
@@ -89,7 +89,7 @@ def get_cmd(
         _fail(FileExistsError(f"{dest} already exists"))
 
     async def run() -> Path:
-        backends = [EmbeddedStore(_store_root(store))]
+        backends = [EmbeddedStore(store_root(store))]
         if kubo:
             backends.append(KuboClient(kubo))
         if gateway:

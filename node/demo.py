@@ -1,49 +1,188 @@
-"""`make demo`: the smallest real slice of the mission, grown by later issues into the full loop.
+"""`make demo`: the whole mission on one machine, with nothing stubbed.
 
-Now: start anvil on 127.0.0.1, deploy the demo token from the Hardhat artifacts, mint to a
-payer, load the embedded base model and answer one prompt.
+dev chain up (anvil + contracts + demo token) → two contributors add to a community dataset and a
+second dataset is created → two LoRA adapters are trained on them (CPU) and published on chain
+with dataset splits → the node discovers, fetches, verifies and serves them → a payer deposits,
+authorizes a signing key and chats with both adapters through the official `openai` client →
+receipts are committed and vouchers redeemed on chain → a rewards table per address, and one
+contributor claims, seeing the wallet's token balance rise.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
+import urllib.request
+from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 console = Console()
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+QUESTIONS = ("What is the capital of Italy?", "What do cows drink?")
+TOKEN = 10**18
+ADAPTER_PRICE = TOKEN // 2  # 0.5 token per 1K tokens
+COMPUTE_PRICE = TOKEN // 4  # 0.25 token per 1K tokens
 
 
-def run_demo(prompt: str) -> int:
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _wait(pred, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _step(text: str) -> None:
+    console.rule(f"[bold cyan]{text}")
+
+
+def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, quick: bool = False) -> int:
     from eth_account import Account
-    from web3 import Web3
 
-    from chain.artifacts import load_artifact
-    from chain.devchain import DEV_PRIVATE_KEYS, Anvil
-    from inference.base_model import load_base_model
+    from chain.devchain import DEV_PRIVATE_KEYS
+    from node.cli_common import format_amount
+    from node.cli_rewards import summarize, summary_row
+    from node.config import load_config
+    from node.devup import DEV_ROLES, NodeThread, start_dev_stack
+    from node.ipfs import EmbeddedStore
 
-    with Anvil() as anvil:
-        console.print(f"[bold]chain[/] anvil on {anvil.url}")
-        w3 = Web3(Web3.HTTPProvider(anvil.url))
-        deployer = Account.from_key(DEV_PRIVATE_KEYS[0])
-        payer = Account.from_key(DEV_PRIVATE_KEYS[1])
-        art = load_artifact("DemoToken")
-        token = w3.eth.contract(abi=art.abi_list, bytecode=art.bytecode)
-        tx = token.constructor(deployer.address).transact({"from": deployer.address})
-        addr = w3.eth.wait_for_transaction_receipt(tx).contractAddress
-        token = w3.eth.contract(address=addr, abi=art.abi_list)
-        console.print(f"[bold]deploy[/] DemoToken at {addr}")
-        tx = token.functions.mint(payer.address, 1000 * 10**18).transact({"from": deployer.address})
-        w3.eth.wait_for_transaction_receipt(tx)
-        bal = token.functions.balanceOf(payer.address).call()
-        console.print(f"[bold]mint[/] payer {payer.address} holds {bal / 1e18:g} LND")
+    acct = {role: Account.from_key(k) for role, k in zip(DEV_ROLES, DEV_PRIVATE_KEYS)}
+    shutil.rmtree(data_dir, ignore_errors=True)  # each demo starts from a fresh chain
+    t_start = time.monotonic()
 
-    t0 = time.monotonic()
-    base = load_base_model()
-    console.print(f"[bold]model[/] {base.model_id} loaded in {time.monotonic() - t0:.1f}s on {base.device}")
-    enc = base.tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    out = base.model.generate(**enc, max_new_tokens=48, do_sample=False)
-    answer = base.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    console.print(f"[bold]Q[/] {prompt}\n[bold]A[/] {answer.strip()}")
-    return 0
+    _step("1. dev chain: anvil on 127.0.0.1, contracts deployed, dev accounts funded")
+    stack = start_dev_stack(data_dir, chain_port=0, node_port=0, compute_price_per_1k=COMPUTE_PRICE,
+                            node_extra={"settlement_interval_s": 2.0, "redeem_interval_s": 2.0,
+                                        "max_tokens_limit": 64, "engine_gpu_slots": 4})
+    node = None
+    try:
+        c = stack.contracts
+        store = EmbeddedStore(stack.data_dir / "ipfs")
+        console.print(f"anvil {stack.rpc_url}; contracts: " + ", ".join(
+            f"{k}={v[:10]}…" for k, v in c.deployment.addresses.items()))
+
+        _step("2. community datasets: contributions uploaded to IPFS, accepted by the curator")
+        datasets = {}
+        for name, files in (("Pirate talk", [("alice", "pirate-alice.jsonl"), ("bob", "pirate-bob.jsonl")]),
+                            ("Robot talk", [("carol", "robot-carol.jsonl")])):
+            c.datasets.create_dataset(acct["curator"], name, "CC-BY-4.0", "")
+            ds = c.datasets.dataset_count()
+            datasets[name] = ds
+            for who, fname in files:
+                path = DEMO_DATA / fname
+                cid = store.add_path_sync(path)
+                tokens = len(path.read_text().split())
+                c.datasets.contribute(acct[who], ds, cid, tokens)
+                cid_id = c.datasets.contribution_count()
+                c.datasets.accept(acct["curator"], cid_id, tokens)
+                console.print(f"dataset {ds} «{name}»: contribution {cid_id} by {who} ({tokens} words) {cid[:16]}…")
+
+        _step("3. two LoRA adapters trained on CPU and published with dataset splits")
+        from inference.base_model import load_base_model
+        from inference.training import TrainConfig, read_records, train_lora
+
+        base = load_base_model(device="cpu")
+        published = {}
+        for owner, name, files, owner_bps in (
+            ("owner1", "Pirate talk", ["pirate-alice.jsonl", "pirate-bob.jsonl"], 7000),
+            ("owner2", "Robot talk", ["robot-carol.jsonl"], 8000),
+        ):
+            records = [r for f in files for r in read_records(DEMO_DATA / f)]
+            out = stack.data_dir / "adapters" / name.replace(" ", "-").lower()
+            rep = train_lora(base, records, out, TrainConfig(steps=train_steps, max_length=64, seed=1))
+            cid = store.add_path_sync(out)
+            ds = datasets[name]
+            c.adapters.register(acct[owner], base.model_id, cid, 8, ADAPTER_PRICE, owner_bps, [ds], [10_000 - owner_bps])
+            aid = c.adapters.adapter_count()
+            published[aid] = name
+            console.print(f"adapter-{aid} «{name}» by {owner}: {rep.steps} steps in {rep.seconds:.0f}s, "
+                          f"loss {rep.first_loss:.2f}→{rep.last_loss:.2f}; owner {owner_bps} bps, dataset {ds} "
+                          f"{10_000 - owner_bps} bps; {cid[:16]}…")
+        del base
+
+        _step("4. the node discovers, fetches, verifies and loads the adapters")
+        node = NodeThread(load_config(stack.config_path)).start()
+        want = [f"adapter-{a}" for a in published]
+        _wait(lambda: all(m in [x["id"] for x in _get(node.url + "/v1/models")["data"]] for m in want),
+              240, "the adapters to load")
+        console.print(f"node {node.url} serves: {', '.join(x['id'] for x in _get(node.url + '/v1/models')['data'])}")
+
+        _step("5. a payer funds escrow, authorizes a signing key, chats through the openai client")
+        from node.client import LoraNodeClient
+
+        payer, hot = acct["payer"], Account.create()
+        c.token.approve(payer, c.escrow.address, 100 * TOKEN)
+        c.escrow.deposit(payer, 100 * TOKEN)
+        c.escrow.authorize_signer(payer, hot.address)
+        console.print(f"payer {payer.address} deposited 100 LND; signer {hot.address} authorized")
+        client = LoraNodeClient(node.url, payer.key, signer_key=hot.key)
+        table = Table(title="same question, different adapters", show_lines=True)
+        table.add_column("question")
+        models = [*want, base_id := _get(node.url + "/v1/models")["data"][0]["id"]]
+        for m in models:
+            table.add_column(m if m == base_id else f"{m} ({published[int(m.split('-')[1])]})")
+        for q in QUESTIONS[:1] if quick else QUESTIONS:
+            row = [q]
+            for m in models:
+                r = client.chat(m, [{"role": "user", "content": q}], max_tokens=40, temperature=0)
+                row.append(r.choices[0].message.content.strip())
+            table.add_row(*row)
+        console.print(table)
+        streamed = "".join((ch.choices[0].delta.content or "") for ch in client.chat_stream(
+            want[0], [{"role": "user", "content": "Say hello."}], max_tokens=24, temperature=0) if ch.choices)
+        console.print(f"streamed from {want[0]}: {streamed.strip()!r}")
+        receipts = list(client.receipts)
+
+        _step("6. settlement: receipts committed in Merkle batches, vouchers redeemed")
+
+        def all_committed():
+            got = [_get(f"{node.url}/v1/receipts/0x{r.receipt.request_id.hex()}") for r in receipts]
+            return got if all(g["status"] == "committed" for g in got) else None
+
+        proofs = _wait(all_committed, 180, "receipts to be committed")
+        lanes = {r.receipt.adapter_id for r in receipts}
+        node_addr = acct["node"].address  # node.toml runs the node with the "node" dev key
+        _wait(lambda: all(tuple(c.escrow.collected(payer.address, node_addr, a)) == client.wallet.totals(a)
+                          for a in lanes), 180, "vouchers to be redeemed")
+        r0, p0 = receipts[0], proofs[0]
+        ok = c.receipts.verify_receipt(r0.receipt, p0["batch"]["seq"], [bytes.fromhex(x[2:]) for x in p0["proof"]])
+        console.print(f"{len(receipts)} receipts committed in batch(es) "
+                      f"{sorted({p['batch']['seq'] for p in proofs})}; receipt 1 verifyReceipt on chain: {ok}")
+        paid = sum(r.receipt.compute_cost + r.receipt.adapter_cost for r in receipts)
+        console.print(f"payer charged {format_amount(paid)} LND in total, redeemed from escrow")
+
+        _step("7. rewards per address, and a contributor claims")
+        rt = Table(title="rewards (LND)")
+        cols = ["node fees", "adapter/protocol shares", "datasets (pending)", "claimable now"]
+        rt.add_column("who")
+        for col in cols:
+            rt.add_column(col, justify="right")
+        for role in ("node", "deployer", "owner1", "owner2", "alice", "bob", "carol"):
+            row = summary_row(summarize(c, acct[role].address))
+            rt.add_row(f"{role} {acct[role].address[:10]}…", *[row[k] for k in cols])
+        console.print(rt)
+        alice = acct["alice"]
+        s = summarize(c, alice.address)
+        before = c.token.balance_of(alice.address)
+        if s.pending_contributions:
+            c.datasets.harvest(alice, list(s.pending_contributions))
+        c.vault.claim(alice)
+        after = c.token.balance_of(alice.address)
+        console.print(f"alice claimed: wallet {format_amount(before)} → {format_amount(after)} LND "
+                      f"(+{format_amount(after - before)})")
+        console.print(f"[bold green]demo done in {time.monotonic() - t_start:.0f}s")
+        return 0 if ok and after > before else 1
+    finally:
+        if node is not None:
+            node.stop()
+        stack.anvil.stop()

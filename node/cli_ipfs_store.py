@@ -1,0 +1,30 @@
+"""The content store the user-facing CLI uploads to: the embedded store (default), or Kubo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from node.cli_common import run_async
+from node.cli_ipfs import store_root  # the same default store as `loranode ipfs` and the daemon
+
+IpfsStoreOpt = typer.Option(
+    None, "--ipfs-store", envvar="LORANODE_IPFS_STORE", help="Embedded IPFS store folder (default: <data dir>/ipfs, as the node)."
+)
+KuboOpt = typer.Option(
+    None, "--kubo-url", envvar="LORANODE_KUBO_URL", help="Upload through a Kubo RPC API instead of the embedded store."
+)
+
+
+def upload(path: Path, store: Path | None, kubo_url: str | None) -> str:
+    """Add a file or folder; returns its CIDv1 (the same CID on every backend)."""
+    from node.ipfs import EmbeddedStore, KuboClient
+
+    if kubo_url:
+        async def _kubo() -> str:
+            async with KuboClient(kubo_url) as client:
+                return await client.add_path(path)
+
+        return run_async(_kubo())
+    return EmbeddedStore(store_root(store)).add_path_sync(path)
