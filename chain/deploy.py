@@ -199,3 +199,48 @@ def deploy(
     if out_dir is not None:
         dep.save(Path(out_dir) / f"{chain_id}.json")
     return dep
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """`python -m chain.deploy --rpc-url URL (--keystore FILE | --dev-key N) [...]`."""
+    import argparse
+    import getpass
+    import os
+
+    from chain.devchain import DEV_CHAIN_ID, DEV_PRIVATE_KEYS
+
+    ap = argparse.ArgumentParser(prog="python -m chain.deploy", description="Deploy the LoRA Node contract set.")
+    ap.add_argument("--rpc-url", required=True)
+    key = ap.add_mutually_exclusive_group(required=True)
+    key.add_argument("--keystore", type=Path, help="encrypted JSON keystore of the deployer "
+                     "(password from $LORANODE_KEYSTORE_PASSWORD or a prompt)")
+    key.add_argument("--dev-key", type=int, metavar="N", help=f"anvil's well-known key N (chain {DEV_CHAIN_ID} only)")
+    ap.add_argument("--token", help="existing ERC20 payment token (default: deploy DemoToken)")
+    ap.add_argument("--protocol-fee-bps", type=int, default=DEFAULT_PROTOCOL_FEE_BPS)
+    ap.add_argument("--thaw-seconds", type=int, default=DEFAULT_THAW_SECONDS)
+    ap.add_argument("--out-dir", type=Path, default=Path("deployments"))
+    args = ap.parse_args(argv)
+    w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 60}))
+    if args.dev_key is not None:
+        if w3.eth.chain_id != DEV_CHAIN_ID or not 0 <= args.dev_key < len(DEV_PRIVATE_KEYS):
+            ap.error(f"--dev-key needs chain {DEV_CHAIN_ID} and N in 0..{len(DEV_PRIVATE_KEYS) - 1}")
+        account = Account.from_key(DEV_PRIVATE_KEYS[args.dev_key])
+    else:
+        password = os.environ.get("LORANODE_KEYSTORE_PASSWORD") or getpass.getpass("keystore password: ")
+        try:
+            account = Account.from_key(Account.decrypt(json.loads(args.keystore.read_text()), password))
+        except (OSError, ValueError) as e:
+            ap.error(f"cannot open keystore {args.keystore}: {e}")
+    try:
+        dep = deploy(args.rpc_url, account, token=args.token, protocol_fee_bps=args.protocol_fee_bps,
+                     thaw_seconds=args.thaw_seconds, out_dir=args.out_dir, w3=w3)
+    except DeployError as e:
+        print(f"deploy failed: {e}")
+        return 1
+    print(json.dumps({"chain_id": dep.chain_id, "addresses": dep.addresses,
+                      "file": str(args.out_dir / f"{dep.chain_id}.json")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -85,3 +85,31 @@ def test_decode_revert_handles_unknown_and_malformed_data():
     sel = keccak(text="UsageEscrowBadBatch(uint256,uint256)")[:4]
     assert decode_revert(sel + b"\x01").name == "Unknown"
     assert decode_revert(sel + (1).to_bytes(32, "big") + (2).to_bytes(32, "big")).args == (1, 2)
+
+
+def test_deploy_command_line(anvil, tmp_path, capsys):
+    from chain.deploy import _main
+
+    assert _main(["--rpc-url", anvil.url, "--dev-key", "0", "--out-dir", str(tmp_path), "--thaw-seconds", "5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert Deployment.load(out["file"]).params["thaw_seconds"] == 5
+    assert _main(["--rpc-url", anvil.url, "--dev-key", "0", "--out-dir", str(tmp_path), "--protocol-fee-bps", "5000"]) == 1
+    with pytest.raises(SystemExit):
+        _main(["--rpc-url", anvil.url, "--dev-key", "99"])
+
+
+def test_deploy_command_line_with_keystore(anvil, tmp_path, monkeypatch, capsys):
+    from eth_account import Account
+
+    from chain.deploy import _main
+
+    acct = Account.create()
+    ks = tmp_path / "deployer.json"
+    ks.write_text(json.dumps(Account.encrypt(acct.key, "pw", iterations=2)))
+    anvil.rpc("anvil_setBalance", [acct.address, hex(10**20)])
+    monkeypatch.setenv("LORANODE_KEYSTORE_PASSWORD", "pw")
+    assert _main(["--rpc-url", anvil.url, "--keystore", str(ks), "--out-dir", str(tmp_path)]) == 0
+    assert Deployment.load(tmp_path / "31337.json").deployer == acct.address
+    monkeypatch.setenv("LORANODE_KEYSTORE_PASSWORD", "wrong")
+    with pytest.raises(SystemExit):
+        _main(["--rpc-url", anvil.url, "--keystore", str(ks), "--out-dir", str(tmp_path)])
