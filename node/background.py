@@ -76,6 +76,8 @@ async def start_background(app: web.Application) -> Background:
         on_change=lifecycle.notify,
     )
     components["watcher"], components["lifecycle"] = watcher, lifecycle
+    app[K.METRICS].bind_stats("adapters", lambda: {
+        "loads": lifecycle.loads, "unloads": lifecycle.unloads, "failures": lifecycle.failures})
     if config.settlement_enabled:
         from node.settlement import settlement_from_config
 

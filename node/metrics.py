@@ -34,19 +34,23 @@ class NodeMetrics:
         self.settlement_lag = Gauge(
             "loranode_settlement_lag_seconds", "Age of the oldest receipt not yet committed on chain", registry=r
         )
-        self._engine_stats = None
-        r.register(_EngineCollector(self))
+        self._sources: dict[str, object] = {}
+        r.register(_StatsCollector(self))
 
     def bind_engine_stats(self, stats_fn) -> None:
         """Expose the engine's own counters (adapter loads/evictions, queue) at scrape time."""
-        self._engine_stats = stats_fn
+        self.bind_stats("engine", stats_fn)
+
+    def bind_stats(self, prefix: str, stats_fn) -> None:
+        """Expose a component's numeric `stats_fn()` dict as `loranode_<prefix>_<key>` at scrape time."""
+        self._sources[prefix] = stats_fn
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class _EngineCollector:
-    """Reads `engine.stats()` on each scrape: numbers only; counters by name suffix."""
+class _StatsCollector:
+    """Reads each bound `stats()` on each scrape (engine, lifecycle): numbers only; counters by name."""
 
     def __init__(self, metrics: NodeMetrics) -> None:
         self._m = metrics
@@ -55,24 +59,25 @@ class _EngineCollector:
         return []
 
     def collect(self):
-        fn = self._m._engine_stats
-        if fn is None:
-            return
-        try:
-            stats = fn()
-        except Exception:  # a scrape must never fail because the engine is shutting down
-            return
+        for prefix, fn in list(self._m._sources.items()):
+            try:
+                stats = fn()
+            except Exception:  # a scrape must never fail because a component is shutting down
+                continue
+            yield from self._families(prefix, stats)
+
+    def _families(self, prefix: str, stats: dict):
         for key, value in _flatten(stats):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            name = "loranode_engine_" + "".join(c if c.isalnum() else "_" for c in key).lower()
+            name = f"loranode_{prefix}_" + "".join(c if c.isalnum() else "_" for c in key).lower()
             if _is_counter(key):
-                yield CounterMetricFamily(name.removesuffix("_total"), f"engine stat {key}", value=value)
+                yield CounterMetricFamily(name.removesuffix("_total"), f"{prefix} stat {key}", value=value)
             else:
-                yield GaugeMetricFamily(name, f"engine stat {key}", value=value)
+                yield GaugeMetricFamily(name, f"{prefix} stat {key}", value=value)
 
 
-_COUNTER_SUFFIXES = ("_loads", "_evictions", "_failures", "_tokens", "_steps")
+_COUNTER_SUFFIXES = ("loads", "unloads", "evictions", "failures", "_tokens", "_steps")
 
 
 def _is_counter(key: str) -> bool:

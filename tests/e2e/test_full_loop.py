@@ -182,6 +182,11 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
             return got.compute, got.adapter
 
         _wait(lambda: all(collected(aid) == lanes[aid] for aid in lanes), 120, "vouchers redeemed")
+        with urllib.request.urlopen(node.url + "/metrics", timeout=30) as r:
+            metrics = r.read().decode()
+        loads = [ln for ln in metrics.splitlines() if ln.startswith("loranode_adapters_loads_total ")]
+        assert loads and float(loads[0].split()[-1]) == 2  # the lifecycle loaded both adapters
+        assert "loranode_settlement_lag_seconds" in metrics and "loranode_engine_adapters_slot_loads_total" in metrics
         health = _get(node.url + "/healthz")
         assert health["background"] == {"watcher": "running", "lifecycle": "running", "settlement": "running"}
     finally:
