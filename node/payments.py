@@ -18,6 +18,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -25,8 +26,10 @@ from typing import Callable, Protocol
 from eth_utils import to_checksum_address
 
 from chain.eip712 import SignedVoucher, TypedDataError, Voucher, sign_voucher
-from node.api.errors import PaymentRequired, Unauthorized
+from node.api.errors import PaymentRequired, Unauthorized, Unavailable
 from node.metering import Cost, Price
+
+log = logging.getLogger(__name__)
 
 VOUCHER_HEADER = "X-Payment-Voucher"
 MAX_HEADER_BYTES = 4096
@@ -89,6 +92,11 @@ class _TTLCache:
         if hit and self._clock() - hit[0] < self.ttl_s:
             return hit[1]
         return None
+
+    def stale(self, key):
+        """The last value even if expired (used while the chain is unreachable)."""
+        hit = self._d.get(key)
+        return None if hit is None else hit[1]
 
     def put(self, key, value) -> None:
         if len(self._d) > 100_000:  # bounded: a flood of random payers must not grow memory forever
@@ -201,8 +209,7 @@ class PaymentGate:
             return True
         hit = self._auth_cache.get((payer, signer))
         if hit is None:
-            hit = await asyncio.to_thread(self.escrow.is_authorized, payer, signer)
-            self._auth_cache.put((payer, signer), hit)
+            hit = await self._read(self._auth_cache, (payer, signer), self.escrow.is_authorized, payer, signer)
         return hit
 
     async def _available(self, payer: str) -> int:
@@ -216,12 +223,25 @@ class PaymentGate:
                 collected = sum(sum(self.escrow.collected(ln)) for ln, _ in lanes)
                 return bal, collected
 
-            bal, collected = await asyncio.to_thread(read)
-            hit = (bal, collected)
-            self._balance_cache.put(payer, hit)
+            hit = await self._read(self._balance_cache, payer, read)
         bal, collected = hit
         owed = sum(s.owed_compute + s.owed_adapter for _, s in self.book.lanes_of(payer, self.node))
         return bal - max(0, owed - collected)
+
+    async def _read(self, cache: _TTLCache, key, fn, *args):
+        """A chain read, cached; while the RPC is down the last known value keeps serving going,
+        and with none known the request gets a 503 (retry) instead of an error."""
+        try:
+            value = await asyncio.to_thread(fn, *args)
+        except Exception as e:  # noqa: BLE001 - any provider failure
+            stale = cache.stale(key)
+            if stale is not None:
+                log.warning("chain read failed (%s); using the last known value", type(e).__name__)
+                return stale
+            raise Unavailable("cannot check the payment: the chain is unreachable; retry shortly",
+                              code="chain_unavailable", headers={"Retry-After": "5"}) from e
+        cache.put(key, value)
+        return value
 
     def invalidate(self, payer: str | None = None) -> None:
         """Forget cached balances (after a redeem, or on a reorg)."""

@@ -200,3 +200,36 @@ def _fake_receipt_maker(dep, lane, cost):
         return SignedReceipt(r, sign_digest(d, NODE_KEY)), d
 
     return make
+
+
+class _FlakyEscrow:
+    """The real escrow reader behind a switch that makes every call fail like a dead RPC."""
+
+    def __init__(self, inner):
+        self.inner, self.down = inner, False
+
+    def __getattr__(self, name):
+        fn = getattr(self.inner, name)
+
+        def call(*a):
+            if self.down:
+                raise ConnectionError("RPC down")
+            return fn(*a)
+
+        return call
+
+
+async def test_rpc_down_serves_on_last_known_values_else_503(chain, ledger):
+    from node.api.errors import Unavailable
+
+    w3, dep = chain
+    flaky = _FlakyEscrow(Web3EscrowReader(w3, dep.addresses["UsageEscrow"]))
+    gate = PaymentGate(node_address=NODE, mode="voucher", escrow=flaky, book=ledger, chain_id=dep.chain_id,
+                       escrow_address=dep.addresses["UsageEscrow"], cache_ttl_s=0.0)  # every call reads the chain
+    (await gate.admit(_header(dep, key=DELEGATE_KEY), 7, PRICE, Cost(1, 1))).release()
+    flaky.down = True
+    (await gate.admit(_header(dep, key=DELEGATE_KEY), 7, PRICE, Cost(1, 1))).release()  # last known values
+    with pytest.raises(Unavailable) as ei:  # a payer never seen: nothing to fall back on
+        await gate.admit(_header(dep, key=STRANGER_KEY, payer=Account.from_key(STRANGER_KEY).address), 7, PRICE,
+                         Cost(1, 1))
+    assert ei.value.status == 503 and ei.value.headers["Retry-After"] == "5"
