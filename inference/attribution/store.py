@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from inference.attribution.errors import CidMismatchError, IndexCacheError
+from inference.attribution.errors import CidMismatchError, ContributionTooLargeError, IndexCacheError
 from inference.attribution.index import ContributionIndex, check_cid
 from inference.attribution.text import decode_contribution, tokenize, tokenizer_fingerprint
 
@@ -64,7 +64,7 @@ class IndexStore:
         """
         path = self.path_for(cid)
         if len(data) > self.max_bytes:  # before hashing anything
-            decode_contribution(data, cid, self.max_bytes)
+            raise ContributionTooLargeError(cid, f"{len(data)} bytes is over the cap of {self.max_bytes}")
         if self.verify_cid is not None and not self.verify_cid(cid, data):
             raise CidMismatchError(cid, "content does not match its CID")
         source_sha256 = hashlib.sha256(data).hexdigest()
@@ -72,6 +72,8 @@ class IndexStore:
         if had_file:
             try:
                 idx = ContributionIndex.load(path, cid=cid, source_sha256=source_sha256, tokenizer_fp=self.tokenizer_fp)
+                if idx.n_tokens > self.max_tokens:  # built under a larger cap than today's
+                    raise ContributionTooLargeError(cid, f"{idx.n_tokens} tokens is over the cap of {self.max_tokens}")
                 with self._lock:
                     self.stats.loaded += 1
                 return idx

@@ -229,6 +229,10 @@ def test_bad_contributions_get_clear_errors(tmp_path, tokenizer):
     tight = Attributor(IndexStore(tmp_path, tokenizer, max_tokens=5))
     with pytest.raises(ContributionTooLargeError, match="tokens"):
         tight.add(5, 1, "bafktoomanytokens", b"one two three four five six seven eight")
+    # A cache file built under a larger cap is not served past today's cap either.
+    Attributor(IndexStore(tmp_path, tokenizer)).add(6, 1, "bafkcachedbig", b"one two three four five six seven eight")
+    with pytest.raises(ContributionTooLargeError, match="tokens"):
+        tight.add(6, 1, "bafkcachedbig", b"one two three four five six seven eight")
 
 
 def test_bad_output_token_ids_are_refused(tmp_path, tokenizer, corpus):
