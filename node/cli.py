@@ -66,6 +66,10 @@ node_app.command("register")(_node_register)
 
 
 def main() -> None:
+    import os
+
+    # Models and tokenizers come from local files only; never reach for a model hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app()
 
 

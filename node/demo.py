@@ -46,7 +46,20 @@ def _step(text: str) -> None:
     console.rule(f"[bold cyan]{text}")
 
 
+def _quiet_libraries() -> None:
+    """The demo narrates; library progress bars and deprecation chatter would drown it."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, quick: bool = False) -> int:
+    _quiet_libraries()
     from eth_account import Account
 
     from chain.devchain import DEV_PRIVATE_KEYS
@@ -152,8 +165,12 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
         proofs = _wait(all_committed, 180, "receipts to be committed")
         lanes = {r.receipt.adapter_id for r in receipts}
         node_addr = acct["node"].address  # node.toml runs the node with the "node" dev key
-        _wait(lambda: all(tuple(c.escrow.collected(payer.address, node_addr, a)) == client.wallet.totals(a)
-                          for a in lanes), 180, "vouchers to be redeemed")
+
+        def redeemed(a: int) -> bool:
+            got = c.escrow.collected(payer.address, node_addr, a)
+            return (got.compute, got.adapter) == tuple(client.wallet.totals(a))
+
+        _wait(lambda: all(redeemed(a) for a in lanes), 180, "vouchers to be redeemed")
         r0, p0 = receipts[0], proofs[0]
         ok = c.receipts.verify_receipt(r0.receipt, p0["batch"]["seq"], [bytes.fromhex(x[2:]) for x in p0["proof"]])
         console.print(f"{len(receipts)} receipts committed in batch(es) "

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests use local model files only
+
 import pytest
 
 from chain.devchain import Anvil
