@@ -17,6 +17,8 @@ import {IAdapterRegistry, IDatasetRegistry, IRewardVault} from "./interfaces/IPr
 ///         splits per the adapter's registered bps between its owner (who also gets rounding dust)
 ///         and its datasets. Everything paid moves to RewardVault in one transfer per call.
 ///         Withdrawals wait a thawing period, during which redemptions still draw on the balance.
+///         The payment token must be a plain ERC20 (no fee on transfer, no rebasing): balances are
+///         booked at the amounts transferred.
 contract UsageEscrow is EIP712, Ownable, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
@@ -339,7 +341,10 @@ contract UsageEscrow is EIP712, Ownable, ReentrancyGuardTransient {
         if ((v.computeValue | v.adapterValue) > type(uint128).max) revert UsageEscrowValueTooLarge(i);
         address payer = v.payer;
         address signer = ECDSA.recoverCalldata(_hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, v))), sig);
-        if (signer != payer && _signerPayer[signer] != payer) revert UsageEscrowUnauthorizedSigner(i, signer, payer);
+        // recover never returns zero, so a zero payer only passes through an unset _signerPayer entry: refuse it
+        if (signer != payer && (_signerPayer[signer] != payer || payer == address(0))) {
+            revert UsageEscrowUnauthorizedSigner(i, signer, payer);
+        }
 
         Lane storage lane = _lanes[_laneKey(payer, msg.sender, v.adapterId)];
         (uint256 cOld, uint256 aOld) = (lane.compute, lane.adapter);

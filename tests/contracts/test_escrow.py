@@ -256,3 +256,11 @@ def test_hash_voucher_matches_python_for_random_vouchers(env):
             rng.getrandbits(rng.choice([0, 64, 256])),
         )
         assert env.c.escrow.hash_voucher(v) == voucher_digest(v, env.chain_id, env.c.escrow.address)
+
+
+def test_zero_payer_voucher_is_refused(env, world, reverts):
+    """A voucher naming the zero address as payer must not pass as 'signed by an unregistered key'."""
+    zero = "0x" + "00" * 20
+    v = Voucher(zero, env.node.address, 0, 1, 0)
+    with reverts("UsageEscrowUnauthorizedSigner", 0, env.stranger.address, zero):
+        env.c.escrow.redeem(env.node, [v], [signed(env, v, key=env.stranger.key)])
