@@ -101,7 +101,10 @@ class LoraSlotBank:
         self._slot_ranks: list[dict[str, int]] = [{} for _ in range(num_slots)]
         self._token_slots: torch.Tensor | None = None  # [T] long, on CPU
         self._groupings: dict[str, _Grouping | None] = {}
-        self.use_grouped_mm = device.type == "cuda" and grouped_mm_available(device, dtype)
+        # grouped GEMM kernels need 16-byte aligned rows: ranks are rounded up to a multiple of 8
+        # (zero padding), so max_rank and every feature size must be multiples of 8
+        aligned = max_rank % 8 == 0 and all(l.in_features % 8 == 0 and l.out_features % 8 == 0 for l in layers.values())
+        self.use_grouped_mm = device.type == "cuda" and aligned and grouped_mm_available(device, dtype)
         # CPU bmm strategy only when padding wastes at most this share of the compute
         self.max_padding_waste = 0.5
 
@@ -209,6 +212,13 @@ class LoraSlotBank:
         finally:
             self.set_routing(None)
 
+    def disable_grouped_mm(self, why: str) -> None:
+        """Fall back to the bmm/loop kernels for good (a grouped GEMM call failed at run time)."""
+        if self.use_grouped_mm:
+            log.warning("torch._grouped_mm failed (%s); using batched matmuls instead", why)
+        self.use_grouped_mm = False
+        self._groupings.clear()
+
     def grouping(self, module: str) -> _Grouping | None:
         """The current forward's grouping for one module kind (None: no token needs a delta)."""
         if self._token_slots is None:
@@ -243,6 +253,7 @@ class LoraSlotBank:
                       counts=count_list, rank=rank, max_count=max_count)
         if self.use_grouped_mm:
             offs = torch.cumsum(counts_all, 0).to(torch.int32).to(dev, non_blocking=True)  # [S]
+            common["rank"] = min(self.max_rank, -(-rank // 8) * 8)  # aligned; the padding is zero
             return _Grouping(strategy="grouped", window=None, slot_index=None, pad_pos=None, offs=offs, **common)
         # bmm over a window of consecutive slots when it has few holes: a view, no weight copy
         lo, hi = slots[0], slots[-1] + 1
@@ -303,8 +314,12 @@ class MultiLoraLinear(nn.Module):
             # grouped GEMM over all slots (empty groups cost nothing), weights not copied
             a_t = self.lora_a[:, :r].transpose(1, 2)  # [S, in, r]
             b_t = self.lora_b[:, :, :r].transpose(1, 2)  # [S, r, out]
-            h = torch._grouped_mm(xs, a_t, offs=g.offs)  # [Ta, r]
-            return torch._grouped_mm(h, b_t, offs=g.offs)  # [Ta, out]
+            try:
+                h = torch._grouped_mm(xs, a_t, offs=g.offs)  # [Ta, r]
+                return torch._grouped_mm(h, b_t, offs=g.offs)  # [Ta, out]
+            except RuntimeError as e:  # a layout this build's kernel refuses: same sort, other kernel
+                self.bank.disable_grouped_mm(str(e)[:200])
+                return self._delta(xs, self.bank.grouping(self.module))
         if g.strategy == "bmm":
             if g.window is not None:
                 lo, hi = g.window

@@ -94,6 +94,20 @@ def test_layers_match_per_token_reference(bank_setup, token_slots, strategy):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("token_slots", [[0, 2, 3, 5, -1, 1], [2] * 9 + [0, 3, -1], [5, -1, 5, 0]])
+def test_grouped_mm_path_on_cpu(bank_setup, token_slots):
+    """The CUDA kernel's code path (grouped GEMM over all slots with offsets, rank rounded up to a
+    multiple of 8) runs on CPU too: torch._grouped_mm has a CPU implementation for fp32."""
+    model, bank, loaded = bank_setup
+    bank.use_grouped_mm = True
+    bank.set_routing(token_slots)
+    assert bank.grouping("q_proj").strategy == "grouped"
+    for layer in bank.layers.values():
+        xin = torch.randn(len(token_slots), layer.in_features)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(xin), reference(layer, xin, token_slots, loaded), atol=1e-5, rtol=1e-5)
+
+
 def test_3d_input_and_row_routing(bank_setup):
     model, bank, loaded = bank_setup
     ids = torch.randint(0, 97, (3, 5))  # [B, L]
