@@ -264,3 +264,30 @@ def test_zero_payer_voucher_is_refused(env, world, reverts):
     v = Voucher(zero, env.node.address, 0, 1, 0)
     with reverts("UsageEscrowUnauthorizedSigner", 0, env.stranger.address, zero):
         env.c.escrow.redeem(env.node, [v], [signed(env, v, key=env.stranger.key)])
+
+
+def test_many_dataset_credits_in_one_call(env):
+    """Two adapters with ten datasets each, three vouchers: 30 dataset credits in one redeem, more
+    than the initial in-memory capacity (16) and beyond the merge window: every share still lands."""
+    c = env.c
+    for i in range(20):
+        c.datasets.create_dataset(env.curator, f"d{i}", "MIT", "")
+        c.datasets.contribute(env.contributor, i + 1, f"bafy{i}", 10)
+        c.datasets.accept(env.curator, i + 1, 1)  # one contribution of weight 1 per dataset
+    c.adapters.register(env.owner, "m", "bafyA", 8, 1, 5000, list(range(1, 11)), [500] * 10)
+    c.adapters.register(env.owner, "m", "bafyB", 8, 1, 5000, list(range(11, 21)), [500] * 10)
+    c.escrow.deposit(env.payer, 10**21)
+    c.escrow.deposit(env.payer2, 10**21)
+    vs = [
+        Voucher(env.payer.address, env.node.address, 1, 0, 10**6),
+        Voucher(env.payer.address, env.node.address, 2, 0, 10**6),
+        Voucher(env.payer2.address, env.node.address, 1, 0, 10**6),
+    ]
+    sigs = [signed(env, vs[0]), signed(env, vs[1]), signed(env, vs[2], key=env.payer2.key)]
+    c.escrow.redeem(env.node, vs, sigs)
+    share = (10**6 - 10**6 * 500 // BPS) * 500 // BPS  # per dataset per voucher
+    assert [c.datasets.pending_reward(i) for i in range(1, 11)] == [2 * share] * 10
+    assert [c.datasets.pending_reward(i) for i in range(11, 21)] == [share] * 10
+    owner_part = 3 * ((10**6 - 10**6 * 500 // BPS) - 10 * share)
+    assert c.vault.claimable(env.owner.address) == owner_part
+    assert c.token.balance_of(c.vault.address) == 3 * 10**6
