@@ -83,9 +83,11 @@ def _chain_ctx(w3=None, operator=None) -> Callable:
 
         config = app[K.CONFIG]
         web3 = w3 or Web3(Web3.HTTPProvider(config.rpc_url, request_kwargs={"timeout": config.rpc_timeout_s}))
+        from chain.errors import ChainError
+
         try:
             deployment = await asyncio.to_thread(_load_deployment, config)
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, ChainError) as e:
             raise ConfigError(f"deployment: cannot read {config.deployment}: {e}") from e
         chain_id = await asyncio.to_thread(check_chain, web3, deployment)
         account = operator or config.operator_account(chain_id)
