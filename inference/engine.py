@@ -240,6 +240,8 @@ class Engine:
             "generated_tokens": c.get("generated_tokens", 0),
             "prefill_tokens": c.get("prefill_tokens", 0),
             "decode_steps": c.get("decode_steps", 0),
+            "decode_tokens": c.get("decode_tokens", 0),
+            "decode_seconds": float(c.get("decode_seconds", 0.0)),
             "kv_cache_bytes": s.cache.nbytes,
             "adapters": self.tiers.stats(),
         }

@@ -35,6 +35,8 @@ class SamplingParams:
     """Seed of this request's own torch.Generator: same seed + same prompt = same sample."""
     stop: tuple[str, ...] = ()
     """Stop strings: generation ends when one appears; it is not included in the output."""
+    ignore_eos: bool = False
+    """Keep generating past EOS until max_tokens (benchmarks: every row produces the same count)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -55,6 +57,8 @@ class SamplingParams:
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (0 <= self.seed <= MAX_SEED)
         ):
             raise InvalidRequest(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        if not isinstance(self.ignore_eos, bool):
+            raise InvalidRequest("ignore_eos must be a boolean")
         if not isinstance(self.stop, tuple) or len(self.stop) > MAX_STOP_STRINGS:
             raise InvalidRequest(f"stop must be a list of at most {MAX_STOP_STRINGS} strings")
         for s in self.stop:

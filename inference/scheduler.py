@@ -262,10 +262,13 @@ class Scheduler:
     def _decode(self) -> None:
         seqs = self.running
         tokens = torch.tensor([s.last_token for s in seqs], dtype=torch.long, device=self.device)  # [B]
+        t0 = time.perf_counter()
         self._route([s.slot for s in seqs])
         logits = self.runner.decode(self.cache, tokens)  # [B, V]
         self.counters["decode_steps"] += 1
+        self.counters["decode_tokens"] += len(seqs)
         self._sample_and_emit(list(seqs), logits, first_row=0)
+        self.counters["decode_seconds"] += time.perf_counter() - t0
 
     def _route(self, slots: list[int]) -> None:
         self.bank.set_routing(None if all(s == NO_SLOT for s in slots) else slots)
@@ -288,7 +291,7 @@ class Scheduler:
             seq.sampled += 1
             seq.last_token = tok
             reason = None
-            if tok in self.eos_ids:
+            if tok in self.eos_ids and not seq.params.ignore_eos:
                 reason = "stop"
             else:
                 seq.out_ids.append(tok)

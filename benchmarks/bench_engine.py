@@ -1,0 +1,248 @@
+"""Multi-LoRA engine benchmark (`make bench-engine`; `--quick` for a smaller run).
+
+SmolLM2-135M with random PEFT adapters in two shapes, all measured in one run:
+  A = rank 16 on q,k,v,o (the common shape); B = rank 16 on all seven linear modules.
+
+Figures (ratios compare peers measured in this same run; the machines are noisy):
+- hetero_vs_base (A): decode tokens/s of 16 concurrent requests on 16 different adapters
+  / the same engine serving the same 16 requests with no adapter.
+- hetero_vs_bound (A and B; the key holds the worse): hetero_vs_base / memory-traffic bound,
+  bound = base_bytes / (base_bytes + distinct_adapters * adapter_bytes), from the actual tensors
+  (base: every parameter tensor once, tied embeddings once; adapter: its loaded A and B tensors).
+- vs_peft_mixed (A): our end-to-end tokens/s on the 16 heterogeneous requests / PEFT's own
+  mixed-adapter batch (`generate(adapter_names=...)`, KV cache) on the same requests.
+- vs_hf_generate_base: our no-adapter end-to-end tokens/s / transformers `generate` on the same
+  padded batch.
+- cold_load_ms_p50 / _p99 (B): verified disk folder -> ready in a slot (through the tiers:
+  background read + re-check, slot copy), host tier cold.
+- zipf_1000_vs_single (A): 1,000 registered adapters, Zipf(1.1) request mix, 32 slots, 256 in
+  host memory; tokens/s / the same load on one adapter. The 1,000 ids point at the distinct
+  shape-A folders (disk space: 1,000 x 7 MB); the engine treats every id as its own adapter
+  (own host entry, own slot load, own eviction).
+Ends with one line: RESULT {json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from inference.adapter_factory import make_random_adapter  # noqa: E402
+from inference.adapters import load_adapter_weights  # noqa: E402
+from inference.base_model import load_base_model  # noqa: E402
+from inference.engine import Engine, EngineConfig  # noqa: E402
+from inference.requests import GenerationRequest, SamplingParams  # noqa: E402
+
+QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
+ALL7 = QKVO + ("gate_proj", "up_proj", "down_proj")
+TOPICS = ["the sea", "a city at night", "mountains", "a robot", "bread", "rain", "chess", "a violin",
+          "the moon", "a library", "trains", "winter", "a garden", "coffee", "bees", "an old map"]
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def prompts(n: int) -> list[str]:
+    return [f"Write a short story about {TOPICS[i % len(TOPICS)]} (#{i}):" for i in range(n)]
+
+
+def base_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every parameter tensor the forward reads, each storage once (tied lm_head)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        key = p.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += p.numel() * p.element_size()
+    return total
+
+
+def run_engine(engine: Engine, reqs: list[GenerationRequest]) -> dict:
+    """Submit all at once (one heterogeneous batch), wait; end-to-end and decode-only tokens/s."""
+    s0 = engine.stats()
+    with engine.scheduler.paused():
+        handles = [engine.submit(r) for r in reqs]
+        t0 = time.perf_counter()
+    results = [h.result_sync(3600) for h in handles]
+    wall = time.perf_counter() - t0
+    s1 = engine.stats()
+    tokens = sum(r.completion_tokens for r in results)
+    dec_tok = s1["decode_tokens"] - s0["decode_tokens"]
+    dec_s = s1["decode_seconds"] - s0["decode_seconds"]
+    return {"tokens": tokens, "wall_s": wall, "e2e_tps": tokens / wall, "decode_tps": dec_tok / dec_s}
+
+
+def warm(engine: Engine, adapter_ids: list[str]) -> None:
+    """Make adapters resident (one 1-token request each) so loads are not timed as decode."""
+    hs = [engine.submit(GenerationRequest(f"warm-{a}", a, prompt="hi", params=SamplingParams(max_tokens=1)))
+          for a in adapter_ids]
+    for h in hs:
+        h.result_sync(3600)
+
+
+def reqs_for(adapters: list[str | None], texts: list[str], n_tok: int, tag: str) -> list[GenerationRequest]:
+    p = SamplingParams(max_tokens=n_tok, temperature=0.0, ignore_eos=True)
+    return [GenerationRequest(f"{tag}-{i}", a, prompt=t, params=p) for i, (a, t) in enumerate(zip(adapters, texts))]
+
+
+def hf_generate_tps(model, tok, texts: list[str], n_tok: int, peft_names: list[str] | None = None) -> float:
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    enc = tok(texts, return_tensors="pt", padding=True)
+    kw = dict(max_new_tokens=n_tok, min_new_tokens=n_tok, do_sample=False, pad_token_id=tok.pad_token_id)
+    if peft_names is not None:
+        kw["adapter_names"] = peft_names
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        out = model.generate(**enc, **kw)
+        wall = time.perf_counter() - t0
+    generated = (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
+    return generated / wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer tokens, adapters and requests")
+    args = ap.parse_args()
+    quick = args.quick
+    n_tok = 16 if quick else 48
+    n_adapters = 64  # per shape (the issue's minimum)
+    concurrent = 16
+    zipf_requests = 48 if quick else 160
+    cold_samples = 12 if quick else 40
+    torch.manual_seed(0)
+
+    base = load_base_model(device="cpu")
+    tok = base.tokenizer
+    pristine = copy.deepcopy(base.model)  # the plain model for the HF / PEFT peers
+    root = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+    log(f"writing {n_adapters} adapters of shape A and {n_adapters} of shape B under {root}")
+    folders_a = [make_random_adapter(root / f"A{i}", base, rank=16, target_modules=QKVO, seed=i) for i in range(n_adapters)]
+    folders_b = [make_random_adapter(root / f"B{i}", base, rank=16, target_modules=ALL7, seed=10_000 + i)
+                 for i in range(n_adapters)]
+
+    cfg = EngineConfig(num_slots=32, host_cache_size=256, max_rank=16, max_batch_size=concurrent,
+                       max_model_len=128, max_new_tokens=n_tok, max_queue=4096, target_modules=ALL7)
+    own = dataclasses.replace(base, model=copy.deepcopy(pristine))
+    engine = Engine(cfg, base=own).start()
+    for i, f in enumerate(folders_a):
+        engine.register_adapter(f"A{i}", f)
+    for i, f in enumerate(folders_b):
+        engine.register_adapter(f"B{i}", f)
+    dtype = engine.dtype
+    bytes_base = base_bytes(pristine)
+    spec_a, spec_b = engine.tiers.spec("A0"), engine.tiers.spec("B0")
+    bytes_a = load_adapter_weights(folders_a[0], spec_a, dtype=dtype).nbytes
+    bytes_b = load_adapter_weights(folders_b[0], spec_b, dtype=dtype).nbytes
+    texts = prompts(concurrent)
+    res: dict = {"quick": quick, "device": str(engine.device), "dtype": str(dtype), "new_tokens": n_tok,
+                 "concurrent": concurrent, "torch_threads": torch.get_num_threads()}
+
+    # --- hetero vs base (A and B) ---------------------------------------------------------
+    ids_a = [f"A{i}" for i in range(concurrent)]
+    ids_b = [f"B{i}" for i in range(concurrent)]
+    warm(engine, ids_a)
+    run_engine(engine, reqs_for([None] * concurrent, texts, 4, "warmup"))  # first-call effects
+    base_run = run_engine(engine, reqs_for([None] * concurrent, texts, n_tok, "base"))
+    log("base", base_run)
+    het_a = run_engine(engine, reqs_for(ids_a, texts, n_tok, "hetA"))
+    log("hetero A", het_a)
+    warm(engine, ids_b)
+    het_b = run_engine(engine, reqs_for(ids_b, texts, n_tok, "hetB"))
+    log("hetero B", het_b)
+    base_run2 = run_engine(engine, reqs_for([None] * concurrent, texts, n_tok, "base2"))  # drift check
+    log("base again", base_run2)
+    base_tps = (base_run["decode_tps"] + base_run2["decode_tps"]) / 2
+    ratio_a = het_a["decode_tps"] / base_tps
+    ratio_b = het_b["decode_tps"] / base_tps
+    bound_a = bytes_base / (bytes_base + concurrent * bytes_a)
+    bound_b = bytes_base / (bytes_base + concurrent * bytes_b)
+    res.update({
+        "hetero_vs_base": ratio_a,
+        "hetero_vs_base_B": ratio_b,
+        "hetero_vs_bound_A": ratio_a / bound_a,
+        "hetero_vs_bound_B": ratio_b / bound_b,
+        "hetero_vs_bound": min(ratio_a / bound_a, ratio_b / bound_b),
+        "bound_A": bound_a, "bound_B": bound_b,
+        "base_bytes": bytes_base, "adapter_bytes_A": bytes_a, "adapter_bytes_B": bytes_b,
+        "decode_tps_base": base_tps, "decode_tps_hetero_A": het_a["decode_tps"],
+        "decode_tps_hetero_B": het_b["decode_tps"],
+        "e2e_tps_base": base_run["e2e_tps"], "e2e_tps_hetero_A": het_a["e2e_tps"],
+    })
+
+    # --- peers: HF generate (base) and PEFT mixed-adapter batch (A) --------------------------
+    hf_tps = hf_generate_tps(pristine, tok, texts, n_tok)
+    log("hf generate base tok/s", hf_tps)
+    res["hf_generate_base_tps"] = hf_tps
+    res["vs_hf_generate_base"] = base_run["e2e_tps"] / hf_tps
+    from peft import PeftModel
+
+    peft = PeftModel.from_pretrained(copy.deepcopy(pristine), str(folders_a[0]), adapter_name="A0")
+    for i in range(1, concurrent):
+        peft.load_adapter(str(folders_a[i]), adapter_name=f"A{i}")
+    peft.eval()
+    peft_tps = hf_generate_tps(peft, tok, texts, n_tok, peft_names=ids_a)
+    log("peft mixed tok/s", peft_tps)
+    del peft
+    res["peft_mixed_tps"] = peft_tps
+    res["vs_peft_mixed"] = het_a["e2e_tps"] / peft_tps
+
+    # --- cold loads (B): disk folder -> ready in a slot ---------------------------------------
+    cold_ids = [f"B{i}" for i in range(concurrent, concurrent + cold_samples)]
+    lat = []
+    with engine.scheduler.paused():  # we drive the tiers ourselves; nothing else runs
+        for aid in cold_ids:
+            assert not engine.tiers.in_host(aid)
+            t0 = time.perf_counter()
+            slot = engine.tiers.acquire(aid)
+            while slot is None:
+                engine.tiers.poll()
+                slot = engine.tiers.acquire(aid)
+                if slot is None:
+                    time.sleep(0.0005)
+            lat.append((time.perf_counter() - t0) * 1000)
+            engine.tiers.release(slot)
+    lat.sort()
+    res["cold_load_ms_p50"] = statistics.median(lat)
+    res["cold_load_ms_p99"] = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
+    log("cold load ms", [round(x, 1) for x in lat])
+
+    # --- Zipf over 1,000 adapters vs one adapter (A) ------------------------------------------
+    for i in range(1000):  # same folder -> same validation result: reuse it instead of re-reading 7 GB
+        engine.tiers.register(f"Z{i}", folders_a[i % n_adapters], engine.tiers.spec(f"A{i % n_adapters}"))
+    gen = torch.Generator().manual_seed(1)
+    weights = torch.tensor([1.0 / (k ** 1.1) for k in range(1, 1001)])
+    picks = torch.multinomial(weights, zipf_requests, replacement=True, generator=gen).tolist()
+    ztexts = prompts(zipf_requests)
+    s0 = engine.stats()["adapters"]
+    zipf = run_engine(engine, reqs_for([f"Z{k}" for k in picks], ztexts, n_tok, "zipf"))
+    s1 = engine.stats()["adapters"]
+    log("zipf", zipf, "distinct adapters", len(set(picks)))
+    warm(engine, ["A0"])
+    single = run_engine(engine, reqs_for(["A0"] * zipf_requests, ztexts, n_tok, "single"))
+    log("single", single)
+    res.update({
+        "zipf_1000_vs_single": zipf["e2e_tps"] / single["e2e_tps"],
+        "zipf_tps": zipf["e2e_tps"], "single_tps": single["e2e_tps"],
+        "zipf_requests": zipf_requests, "zipf_distinct_adapters": len(set(picks)),
+        "zipf_slot_loads": s1["slot_loads"] - s0["slot_loads"], "zipf_disk_loads": s1["disk_loads"] - s0["disk_loads"],
+    })
+    engine.close()
+    print("RESULT " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}))
+
+
+if __name__ == "__main__":
+    main()
