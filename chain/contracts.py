@@ -4,13 +4,11 @@ One wrapper per contract. Reads return frozen dataclasses; every write `fn` come
 `build_fn(sender, ...) -> dict` (unsigned tx params for the outbox, which adds nonce, gas and
 fees) and `fn(account, ...) -> TxReceipt` (sign, send, wait). Reverts surface as
 `chain.errors.ContractRevert(name, args)` decoded from the custom errors of every artifact.
-Events decode into the frozen dataclasses below via `Contracts.decode_events(logs)`.
+Events decode into the frozen dataclasses of `chain.contract_types` (re-exported here) via `Contracts.decode_events(logs)`.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
@@ -23,6 +21,48 @@ from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.types import TxReceipt
 
 from chain.artifacts import load_artifact
+from chain.contract_types import (  # noqa: F401  (re-exported: callers import them from here)
+    Event,
+    DatasetCreated,
+    ContributionSubmitted,
+    ContributionAccepted,
+    ContributionRejected,
+    DatasetRewarded,
+    ContributionHarvested,
+    AdapterPublished,
+    AdapterDeprecated,
+    NodeRegistered,
+    NodeUpdated,
+    BondAdded,
+    NodeDeregistered,
+    BondWithdrawn,
+    Credited,
+    Claimed,
+    Deposited,
+    SignerAuthorized,
+    SignerRevoked,
+    ThawStarted,
+    Withdrawn,
+    VoucherRedeemed,
+    VoucherUnderfunded,
+    ProtocolFeeSet,
+    BatchCommitted,
+    Transfer,
+    Approval,
+    OwnershipTransferred,
+    AdapterInfo,
+    AdapterPayout,
+    DatasetInfo,
+    ContributionInfo,
+    NodeInfo,
+    EscrowAccount,
+    LaneCollected,
+    ProtocolFee,
+    CONTRIBUTION_STATUS,
+    EVENT_CLASSES,
+    event_fields,
+    snake,
+)
 from chain.deploy import PROTOCOL_CONTRACTS, Deployment
 from chain.eip712 import Receipt, Voucher
 from chain.errors import ChainError, ContractRevert
@@ -100,322 +140,6 @@ def _norm(v: Any) -> Any:
     return v
 
 
-# ------------------------------------------------------------------------------ events
-
-
-@dataclass(frozen=True)
-class Event:
-    """Where a log came from; every event dataclass starts with these fields."""
-
-    address: str
-    block_number: int
-    block_hash: bytes
-    tx_hash: bytes
-    log_index: int
-
-
-@dataclass(frozen=True)
-class DatasetCreated(Event):
-    dataset_id: int
-    curator: str
-    name: str
-    license: str
-    metadata_cid: str
-
-
-@dataclass(frozen=True)
-class ContributionSubmitted(Event):
-    contribution_id: int
-    dataset_id: int
-    contributor: str
-    cid: str
-    size_tokens: int
-
-
-@dataclass(frozen=True)
-class ContributionAccepted(Event):
-    contribution_id: int
-    dataset_id: int
-    weight: int
-
-
-@dataclass(frozen=True)
-class ContributionRejected(Event):
-    contribution_id: int
-    dataset_id: int
-
-
-@dataclass(frozen=True)
-class DatasetRewarded(Event):
-    dataset_id: int
-    amount: int
-    acc_reward_per_weight: int
-
-
-@dataclass(frozen=True)
-class ContributionHarvested(Event):
-    contribution_id: int
-    contributor: str
-    amount: int
-
-
-@dataclass(frozen=True)
-class AdapterPublished(Event):
-    adapter_id: int
-    owner: str
-    version: int
-    base_model_id: str
-    cid: str
-    rank: int
-    price_per_1k: int
-    owner_bps: int
-    dataset_ids: tuple[int, ...]
-    dataset_bps: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class AdapterDeprecated(Event):
-    adapter_id: int
-
-
-@dataclass(frozen=True)
-class NodeRegistered(Event):
-    node: str
-    endpoint: str
-    base_model_ids: tuple[str, ...]
-    compute_price_per_1k: int
-
-
-@dataclass(frozen=True)
-class NodeUpdated(Event):
-    node: str
-    endpoint: str
-    base_model_ids: tuple[str, ...]
-    compute_price_per_1k: int
-
-
-@dataclass(frozen=True)
-class BondAdded(Event):
-    node: str
-    amount: int
-    total: int
-
-
-@dataclass(frozen=True)
-class NodeDeregistered(Event):
-    node: str
-    unbond_at: int
-
-
-@dataclass(frozen=True)
-class BondWithdrawn(Event):
-    node: str
-    amount: int
-
-
-@dataclass(frozen=True)
-class Credited(Event):
-    account: str
-    creditor: str
-    amount: int
-
-
-@dataclass(frozen=True)
-class Claimed(Event):
-    account: str
-    amount: int
-
-
-@dataclass(frozen=True)
-class Deposited(Event):
-    payer: str
-    from_: str
-    amount: int
-
-
-@dataclass(frozen=True)
-class SignerAuthorized(Event):
-    payer: str
-    signer: str
-
-
-@dataclass(frozen=True)
-class SignerRevoked(Event):
-    payer: str
-    signer: str
-
-
-@dataclass(frozen=True)
-class ThawStarted(Event):
-    payer: str
-    amount: int
-    thaw_end: int
-
-
-@dataclass(frozen=True)
-class Withdrawn(Event):
-    payer: str
-    amount: int
-
-
-@dataclass(frozen=True)
-class VoucherRedeemed(Event):
-    payer: str
-    node: str
-    adapter_id: int
-    compute_paid: int
-    adapter_paid: int
-
-
-@dataclass(frozen=True)
-class VoucherUnderfunded(Event):
-    payer: str
-    node: str
-    adapter_id: int
-    needed: int
-    available: int
-
-
-@dataclass(frozen=True)
-class ProtocolFeeSet(Event):
-    recipient: str
-    bps: int
-
-
-@dataclass(frozen=True)
-class BatchCommitted(Event):
-    node: str
-    seq: int
-    root: bytes
-    count: int
-    receipts_cid: str
-
-
-@dataclass(frozen=True)
-class Transfer(Event):
-    from_: str
-    to: str
-    value: int
-
-
-@dataclass(frozen=True)
-class Approval(Event):
-    owner: str
-    spender: str
-    value: int
-
-
-@dataclass(frozen=True)
-class OwnershipTransferred(Event):
-    previous_owner: str
-    new_owner: str
-
-
-_EVENT_CLASSES: dict[str, type[Event]] = {
-    cls.__name__: cls
-    for cls in (
-        DatasetCreated, ContributionSubmitted, ContributionAccepted, ContributionRejected, DatasetRewarded,
-        ContributionHarvested, AdapterPublished, AdapterDeprecated, NodeRegistered, NodeUpdated, BondAdded,
-        NodeDeregistered, BondWithdrawn, Credited, Claimed, Deposited, SignerAuthorized, SignerRevoked,
-        ThawStarted, Withdrawn, VoucherRedeemed, VoucherUnderfunded, ProtocolFeeSet, BatchCommitted,
-        Transfer, Approval, OwnershipTransferred,
-    )
-}
-_RENAMES = {"from": "from_", "pricePer1k": "price_per_1k", "computePricePer1k": "compute_price_per_1k"}
-_EVENT_BASE_FIELDS = {f.name for f in fields(Event)}
-
-
-def snake(name: str) -> str:
-    """ABI argument name -> dataclass field name (datasetId -> dataset_id)."""
-    return _RENAMES.get(name) or re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def event_fields(cls: type[Event]) -> list[str]:
-    return [f.name for f in fields(cls) if f.name not in _EVENT_BASE_FIELDS]
-
-
-# ------------------------------------------------------------------------------ read results
-
-
-@dataclass(frozen=True)
-class AdapterInfo:
-    adapter_id: int
-    owner: str
-    base_model_id: str
-    cid: str
-    rank: int
-    price_per_1k: int
-    owner_bps: int
-    dataset_ids: tuple[int, ...]
-    dataset_bps: tuple[int, ...]
-    version: int
-    deprecated: bool
-
-
-@dataclass(frozen=True)
-class AdapterPayout:
-    owner: str
-    count: int
-    packed0: int
-    packed1: int
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    dataset_id: int
-    curator: str
-    name: str
-    license: str
-    metadata_cid: str
-    total_weight: int
-    acc_reward_per_weight: int
-    contribution_count: int
-
-
-CONTRIBUTION_STATUS = ("none", "pending", "accepted", "rejected")
-
-
-@dataclass(frozen=True)
-class ContributionInfo:
-    contribution_id: int
-    contributor: str
-    dataset_id: int
-    cid: str
-    size_tokens: int
-    status: str  # one of CONTRIBUTION_STATUS
-    weight: int
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    node: str
-    endpoint: str
-    base_model_ids: tuple[str, ...]
-    compute_price_per_1k: int
-    bond: int
-    unbond_at: int
-    active: bool
-
-
-@dataclass(frozen=True)
-class EscrowAccount:
-    balance: int  # includes what is thawing
-    thawing: int
-    thaw_end: int
-
-
-@dataclass(frozen=True)
-class LaneCollected:
-    compute: int
-    adapter: int
-
-
-@dataclass(frozen=True)
-class ProtocolFee:
-    recipient: str
-    bps: int
-
-
 # ------------------------------------------------------------------------------ wrappers
 
 Sender = str | LocalAccount
@@ -435,7 +159,7 @@ class _Wrapper:
         self._chain_id: int | None = None
         self._events_by_topic = {}
         for entry in self.abi:
-            if entry["type"] == "event" and entry["name"] in _EVENT_CLASSES and not entry.get("anonymous"):
+            if entry["type"] == "event" and entry["name"] in EVENT_CLASSES and not entry.get("anonymous"):
                 sig = f"{entry['name']}({','.join(_abi_type(i) for i in entry['inputs'])})"
                 self._events_by_topic[keccak(text=sig)] = entry["name"]
 
@@ -470,7 +194,7 @@ class _Wrapper:
         if name is None:
             return None
         ev = getattr(self.contract.events, name)().process_log(log)
-        cls = _EVENT_CLASSES[name]
+        cls = EVENT_CLASSES[name]
         values = {snake(k): _norm(v) for k, v in ev["args"].items()}
         return cls(
             address=to_checksum_address(log["address"]),
