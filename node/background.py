@@ -65,8 +65,9 @@ async def start_background(app: web.Application) -> Background:
     bg.closers += [b.close for b in backends if hasattr(b, "close")]
     components: dict[str, Any] = {}
 
+    cache = ContentCache(config.adapter_cache_dir, config.cache_max_bytes)
     lifecycle = AdapterLifecycle(
-        sessions, engine, backends, ContentCache(config.adapter_cache_dir, config.cache_max_bytes),
+        sessions, engine, backends, cache,
         base_model_id=config.base_model_id, max_adapter_bytes=config.adapter_max_bytes,
         prefetch=config.prefetch, fetch_timeout_s=config.ipfs_fetch_timeout_s,
     )
@@ -76,6 +77,13 @@ async def start_background(app: web.Application) -> Background:
         on_change=lifecycle.notify,
     )
     components["watcher"], components["lifecycle"] = watcher, lifecycle
+    issuer = app[K.ISSUER]
+    if issuer.attributor_for is None:  # receipts get attribution once an adapter's index is built
+        from node.attribution import AttributionService
+
+        attribution = AttributionService(sessions, backends, cache, engine.tokenizer, config.data_dir)
+        issuer.attributor_for = attribution.attributor_for
+        components["attribution"] = attribution
     app[K.METRICS].bind_stats("adapters", lambda: {
         "loads": lifecycle.loads, "unloads": lifecycle.unloads, "failures": lifecycle.failures})
     if config.settlement_enabled:

@@ -31,7 +31,7 @@ from inference.base_model import EMBEDDED_MODEL_ID
 
 pytestmark = pytest.mark.slow
 
-KEYS = dict(zip(["deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob"], DEV_PRIVATE_KEYS))
+KEYS = dict(zip(["deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob", "carol"], DEV_PRIVATE_KEYS))
 ACCT = {k: Account.from_key(v) for k, v in KEYS.items()}
 ADDR = {k: a.address for k, a in ACCT.items()}
 BPS = 10_000
@@ -151,6 +151,32 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
         client = LoraNodeClient(node.url, KEYS["payer"])
         assert client.quote.node == ADDR["node"]
         msgs = [{"role": "user", "content": "What is the capital of France?"}]
+
+        # attribution: carol contributes exactly what adapter-1 answers; once the node has indexed
+        # the new accepted contribution, the receipts of that answer credit it (and their hash binds it)
+        ask = [{"role": "user", "content": "Write one sentence about the sea."}]
+        answer = client.chat("adapter-1", ask, max_tokens=16, temperature=0).choices[0].message.content
+        text_file = tmp_path / "carol.txt"
+        text_file.write_text(answer)
+        from node.ipfs import EmbeddedStore
+
+        carol_cid = asyncio.run(EmbeddedStore(cfg.ipfs_store_dir).add_path(text_file))
+        c.datasets.contribute(ACCT["carol"], ds, carol_cid, len(answer))
+        carol_id = c.datasets.contribution_count()
+        c.datasets.accept(ACCT["curator"], carol_id, 2)
+        contributions["carol"] = (carol_id, 2)
+
+        def attributed():
+            r = client.chat("adapter-1", ask, max_tokens=16, temperature=0)
+            extra = r.model_extra["receipt"]
+            return extra if extra.get("attribution") else None
+
+        att = _wait(attributed, 90, "an attributed receipt", every=1.0)
+        assert int(att["attribution"][str(carol_id)]) > 0 and int(att["datasetAttribution"][str(ds)]) > 0
+        from chain.eip712 import attribution_hash
+
+        ids = sorted(int(k) for k in att["attribution"])
+        assert att["attributionHash"] == "0x" + attribution_hash(ids, [int(att["attribution"][str(i)]) for i in ids]).hex()
         for model in ("adapter-1", "adapter-2", EMBEDDED_MODEL_ID):
             r = client.chat(model, msgs, max_tokens=4, temperature=0)
             assert r.choices[0].message.content
@@ -164,7 +190,7 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
         with pytest.raises(openai.NotFoundError, match="other-base"):
             client.chat("adapter-3", msgs, max_tokens=2)
         receipts = list(client.receipts)
-        assert len(receipts) == 7 and sorted(r.receipt.seq for r in receipts) == list(range(1, 8))
+        assert len(receipts) >= 9 and sorted(r.receipt.seq for r in receipts) == list(range(1, len(receipts) + 1))
 
         # the last request of each lane is the unpaid one (loss cap); the client settles up
         client.settle_up()
@@ -230,17 +256,26 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
             dataset_shares += share
     assert expect["node"] == sum(cc for cc, _ in lanes.values())
     assert expect["deployer"] + expect["owner1"] + expect["owner2"] + dataset_shares == sum(a for _, a in lanes.values())
+    # contributors: replay the dataset's reward-per-weight accumulator in chain order (a contribution
+    # accepted later earns only from later payments)
     rewarded = [ev for ev in events if type(ev).__name__ == "DatasetRewarded"]
     assert sum(ev.amount for ev in rewarded) == dataset_shares > 0
-    acc, total_weight = 0, sum(w for _, w in contributions.values())
-    for ev in rewarded:
-        acc += ev.amount * ACC_PRECISION // total_weight
-    for who, (cid_id, weight) in contributions.items():
-        expect[who] = weight * acc // ACC_PRECISION
+    by_id = {cid_id: who for who, (cid_id, _) in contributions.items()}
+    acc, total_weight, debt, weights = 0, 0, {}, {}
+    for ev in sorted(events, key=lambda e: (e.block_number, e.log_index)):
+        kind = type(ev).__name__
+        if kind == "ContributionAccepted" and ev.contribution_id in by_id:
+            who = by_id[ev.contribution_id]
+            weights[who], debt[who] = ev.weight, ev.weight * acc // ACC_PRECISION
+            total_weight += ev.weight
+        elif kind == "DatasetRewarded":
+            acc += ev.amount * ACC_PRECISION // total_weight
+    for who, w in weights.items():
+        expect[who] = w * acc // ACC_PRECISION - debt[who]
     c.datasets.harvest(ACCT["deployer"], [cid_id for cid_id, _ in contributions.values()])
     for who, amount in expect.items():
         assert c.vault.claimable(ADDR[who]) == amount, who
-    assert expect["alice"] > expect["bob"] > 0 and expect["owner1"] > 0 and expect["owner2"] > 0
+    assert expect["alice"] > expect["bob"] > 0 and expect["carol"] > 0 and expect["owner1"] > 0 and expect["owner2"] > 0
     # and the money is real: the node claims its compute revenue in tokens
     before = c.token.balance_of(ADDR["node"])
     c.vault.claim(ACCT["node"])
