@@ -89,16 +89,18 @@ class Ledger:
         lane: Lane,
         make: Callable[[int], tuple[SignedReceipt, bytes]],
         operator_voucher: Callable[[int, int], SignedVoucher] | None = None,
+        extra: dict | None = None,
     ) -> SignedReceipt:
         """Allocate the next seq, let `make(seq)` build and sign the receipt (returns it and its
-        EIP-712 digest), and store it with the lane's new total in one transaction."""
+        EIP-712 digest), and store it with the lane's new total in one transaction. `extra`: JSON
+        fields stored beside the signed ones (the attribution weights and spans the hash commits to)."""
         with repo.RECEIPT_SEQ_LOCK, self.sessions.begin() as s:
             seq = repo.next_receipt_seq(s)
             signed, digest = make(seq)
             r = signed.receipt
             repo.store_receipt(s, seq=seq, request_id="0x" + r.request_id.hex(),
                                lane=repo.lane_key(lane.payer, lane.node, lane.adapter_id),
-                               receipt=signed.to_json(), digest="0x" + digest.hex())
+                               receipt={**signed.to_json(), **(extra or {})}, digest="0x" + digest.hex())
             o = self._owed.get(lane, [0, 0])
             new_owed = [o[0] + r.compute_cost, o[1] + r.adapter_cost]
             sv = operator_voucher(*new_owed) if operator_voucher else None

@@ -99,5 +99,6 @@ class ReceiptIssuer:
             digest = receipt_digest(r, self.chain_id, self.receipt_log)
             return SignedReceipt(r, sign_digest(digest, self.operator)), digest
 
-        signed = self.ledger.append_receipt(lane, make, operator_voucher)
+        # the attribution is stored with the receipt: /v1/receipts and the committed receipts file show it
+        signed = self.ledger.append_receipt(lane, make, operator_voucher, extra=att_json)
         return Issued(signed, att_json)

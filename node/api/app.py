@@ -148,15 +148,68 @@ async def _services_ctx(app: web.Application):
     yield
 
 
+ATTRIBUTION = web.AppKey("attribution", object)  # node.attribution_service.AttributionService
+
+
+def _attribution_ctx(enabled: bool) -> Callable:
+    """Per-inference attribution: an AttributionService builds each loaded adapter's index in the
+    background; the receipt issuer (built next, in `_services_ctx`) gets its `attributor_for`."""
+
+    async def ctx(app: web.Application):
+        if not enabled or K.ATTRIBUTOR_FOR in app:  # tests without loops, or a caller-given lookup
+            yield
+            return
+        from node.attribution_service import AttributionService
+        from node.background import ipfs_backends
+        from node.ipfs import ContentCache
+
+        config = app[K.CONFIG]
+        backends = ipfs_backends(config)
+        svc = AttributionService(
+            app[K.SESSIONS], backends,
+            ContentCache(config.data_dir / "attribution" / "content", config.cache_max_bytes),
+            app[K.ENGINE].tokenizer, config.data_dir, fetch_timeout_s=config.ipfs_fetch_timeout_s,
+        )
+        app[ATTRIBUTION] = svc
+        app[K.ATTRIBUTOR_FOR] = svc.attributor_for
+        stop = asyncio.Event()
+        task = asyncio.create_task(svc.run(stop), name="loranode-attribution")
+        try:
+            yield
+        finally:
+            stop.set()
+            try:
+                await asyncio.wait_for(task, 15.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                task.cancel()
+            for b in backends:
+                if hasattr(b, "close"):
+                    await b.close()
+
+    return ctx
+
+
+def _chain_notify(first: Callable | None, second: Callable) -> Callable:
+    def notify(res) -> None:
+        if first is not None:
+            first(res)
+        second(res)
+
+    return notify
+
+
 def _background_ctx(enabled: bool) -> Callable:
     async def ctx(app: web.Application):
         if not enabled:
             yield
             return
-        from node.background import start_background
+        from node.background import COMPONENTS, start_background
 
         bg = await start_background(app)
         app[K.BACKGROUND].update(bg.tasks)
+        watcher = app[COMPONENTS].get("watcher")
+        if ATTRIBUTION in app and watcher is not None:  # contribution accepted/rejected: re-check at once
+            watcher.on_change = _chain_notify(watcher.on_change, app[ATTRIBUTION].notify)
         try:
             yield
         finally:
@@ -188,8 +241,8 @@ def init_app(
     app[K.BACKGROUND] = {}
     if attributor_for is not None:
         app[K.ATTRIBUTOR_FOR] = attributor_for
-    app.cleanup_ctx.extend([_db_ctx, _chain_ctx(w3, operator), _engine_ctx(engine), _services_ctx,
-                            _background_ctx(background)])
+    app.cleanup_ctx.extend([_db_ctx, _chain_ctx(w3, operator), _engine_ctx(engine), _attribution_ctx(background),
+                            _services_ctx, _background_ctx(background)])
     r = app.router
     r.add_post("/v1/chat/completions", chat_completions)
     r.add_post("/v1/completions", completions)
