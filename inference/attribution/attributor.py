@@ -30,8 +30,8 @@ class AttributionConfig:
     """k: the shortest output run that counts as drawn from a contribution. Shorter runs are
     common phrases, not evidence."""
     max_span_tokens: int = 128
-    """Cap on one match's length (bounds query cost at O(m * cap * log n)); a longer copy still
-    covers all its tokens through the overlapping matches that start inside it."""
+    """Matches are measured up to this many tokens (bounds query cost at O(m * cap * log n));
+    a longer copy is reported as one span chained from overlapping capped matches."""
     max_output_tokens: int = 8192
     """Longer outputs are refused (ValueError) rather than silently truncated."""
     max_attributed: int = 256
@@ -215,7 +215,7 @@ class Attributor:
         runs_of: dict[int, list[tuple[int, int]]] = {}
         for row in np.nonzero(ms.any(axis=1))[0]:
             cid = corpus.ids[row]
-            runs_of[cid] = maximal_spans(ms[row], k)
+            runs_of[cid] = maximal_spans(ms[row], k, self.config.max_span_tokens)
             covs[cid] = coverage(runs_of[cid], m)
         credits = credit(covs)
         top = sorted(credits, key=lambda i: (-credits[i], i))[: self.config.max_attributed]

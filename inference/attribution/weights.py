@@ -1,7 +1,8 @@
 """Matched spans -> weights per contribution, in basis points. The formula (deterministic):
 
 1. For each contribution c, its spans are the maximal runs output[i:i+L] occurring in c with
-   L >= k (L from the suffix array search, capped at `max_span_tokens`).
+   L >= k (L from the suffix array search, measured up to `max_span_tokens`; longer copies are
+   chains of overlapping capped matches, see `maximal_spans`).
 2. Each output token t is covered, for each c, by the longest span of c containing it: len_c(t)
    (0 if none). Token t is credited to the contributions with the largest len_c(t) > 0; when
    several tie, each gets 1/(number tied). Uncovered tokens credit nobody.
@@ -20,17 +21,28 @@ import numpy as np
 TOTAL_BPS = 10_000
 
 
-def maximal_spans(ms: np.ndarray, k: int) -> list[tuple[int, int]]:
+def maximal_spans(ms: np.ndarray, k: int, cap: int | None = None) -> list[tuple[int, int]]:
     """Matching statistics (m,) -> [(start, end)] of maximal matched runs of length >= k.
 
     The run at i is inside the run at i-1 exactly when ms[i] == ms[i-1] - 1 (it cannot be
-    shorter), so a run is maximal when ms[i] >= ms[i-1] (or i == 0).
+    shorter), so a run starts where ms[i] >= ms[i-1] (or i == 0). Matches are measured up to
+    `cap` tokens: when ms[i-1] and ms[i] both reach the cap, the run at i continues the one at
+    i-1 (a copy longer than the cap is one span, a chain of overlapping verbatim matches).
     """
-    if ms.shape[0] == 0:
+    m = ms.shape[0]
+    if m == 0:
         return []
     prev = np.concatenate([[0], ms[:-1]])
-    starts = np.nonzero((ms >= k) & (ms >= prev))[0]
-    return [(int(i), int(i + ms[i])) for i in starts]
+    cont = (prev >= cap) & (ms >= cap) if cap is not None else np.zeros(m, dtype=bool)
+    starts = np.nonzero((ms >= k) & (ms >= prev) & ~cont)[0]
+    runs = []
+    for s in starts:
+        end, j = int(s + ms[s]), int(s) + 1
+        while j < m and cont[j]:
+            end = max(end, int(j + ms[j]))
+            j += 1
+        runs.append((int(s), end))
+    return runs
 
 
 def coverage(spans: list[tuple[int, int]], m: int) -> np.ndarray:

@@ -115,3 +115,14 @@ def test_blocked_search_equals_unblocked(monkeypatch):
     monkeypatch.setattr(sa_mod, "_MAX_WINDOW_CELLS", 64 * 7)  # blocks of 7 rows
     assert np.array_equal(matching_statistics(tokens, sa, offsets, query, 2, 64), whole)
     assert whole[1, 0] >= 40  # the copied run is found (longer if the random tail continues it)
+
+
+def test_copies_longer_than_the_cap_are_one_span():
+    rng = np.random.default_rng(4)
+    text = rng.integers(0, 50, 2000).astype(np.uint32)
+    query = np.concatenate([[60, 61], text[100:400], [62]]).astype(np.int64)  # a 300-token copy
+    ms = matching_statistics(text, build_suffix_array(text), np.array([0, 2000]), query, 8, 32)[0]
+    assert ms.max() == 32
+    assert maximal_spans(ms, 8, 32) == [(2, 302)]
+    # Without the cap's chaining every capped position would look like a new run.
+    assert len(maximal_spans(ms, 8)) > 200
