@@ -29,7 +29,10 @@ class IncrementalText:
 
     def add(self, token_id: int) -> str:
         """Append one token; return the text now safe to release (may be empty). Sets
-        `stopped` when a stop string appeared (the text is then cut before it)."""
+        `stopped` when a stop string appeared (the text is then cut before it); later tokens
+        are ignored."""
+        if self.stopped:
+            return ""
         self._ids.append(token_id)
         before = self._decode(self._ids[self._prefix : self._read])
         after = self._decode(self._ids[self._prefix :])

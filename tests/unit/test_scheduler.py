@@ -1,0 +1,218 @@
+"""Scheduler, KV cache, runner and incremental text on a tiny real Llama model.
+
+The model is a randomly initialised 2-layer `LlamaForCausalLM` with the embedded tokenizer's
+vocabulary (the real transformers class at toy width), so many steps run in little time; the
+reference for its outputs is transformers' own forward / generate.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from inference.adapter_factory import make_random_adapter
+from inference.base_model import LoadedBaseModel, resolve_model_folder
+from inference.detokenize import IncrementalText
+from inference.engine import Engine, EngineConfig
+from inference.requests import GenerationRequest, SamplingParams
+from inference.runner import ModelRunner
+
+MODEL_ID = "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(resolve_model_folder(None)), local_files_only=True)
+
+
+def tiny_model(vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, eos_token_id=2)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def tiny_base(tokenizer, tmp_path):
+    model = tiny_model(len(tokenizer))
+    return LoadedBaseModel(model=model, tokenizer=tokenizer, model_id=MODEL_ID, folder=tmp_path,
+                           dtype=torch.float32, device=torch.device("cpu"))
+
+
+# ---------------------------------------------------------------- incremental text
+
+
+def test_incremental_text_equals_full_decode_with_multibyte_chars(tokenizer):
+    text = "Héllo wörld 🙂 — 日本語 ünïcödé ✓ end"
+    ids = tokenizer(text).input_ids
+    inc = IncrementalText(tokenizer)
+    out = "".join(inc.add(t) for t in ids) + inc.flush()
+    assert out == tokenizer.decode(ids, skip_special_tokens=True)
+    assert "\ufffd" not in out
+
+
+@pytest.mark.parametrize("stop", ["wörld", "🙂", "語 ü", "end"])
+def test_stop_strings_cut_before_and_never_leak(tokenizer, stop):
+    text = "Héllo wörld 🙂 — 日本語 ünïcödé ✓ end"
+    ids = tokenizer(text).input_ids
+    inc = IncrementalText(tokenizer, (stop, "never-there"))
+    released = ""
+    for t in ids:
+        released += inc.add(t)
+        assert stop not in released
+        if inc.stopped:
+            break
+    released += inc.flush()
+    assert inc.stopped and released == text[: text.index(stop)] == inc.text
+
+
+def test_earliest_stop_wins_and_partial_prefix_is_released_at_the_end(tokenizer):
+    ids = tokenizer("one two three four").input_ids
+    inc = IncrementalText(tokenizer, ("four", "two"))
+    out = "".join(inc.add(t) for t in ids)  # adds after the stop are ignored
+    assert inc.stopped and out + inc.flush() == "one "
+    inc = IncrementalText(tokenizer, ("fourteen",))
+    out = "".join(inc.add(t) for t in ids)
+    assert not out.endswith("four")  # could still become "fourteen": held back
+    assert out + inc.flush() == "one two three four"
+
+
+# ---------------------------------------------------------------- runner + KV cache
+
+
+def test_ragged_rows_and_compaction_match_transformers(tokenizer):
+    model = tiny_model(len(tokenizer))
+    runner = ModelRunner(model)
+    cache = runner.new_cache(max_rows=4, max_len=64)
+    prompts = [tokenizer(p).input_ids for p in ["a b c d e f g", "hello", "the quick brown fox"]]
+    logits = runner.prefill(cache, prompts, [0, 1, 2])  # packed, three lengths
+    seqs = [list(p) + [int(t)] for p, t in zip(prompts, logits.argmax(-1))]
+    # row 1 leaves after prefill: row 2 moves into its place
+    cache.move_row(2, 1)
+    seqs = [seqs[0], seqs[2]]
+    for _ in range(4):
+        out = runner.decode(cache, torch.tensor([s[-1] for s in seqs]))
+        for s, t in zip(seqs, out.argmax(-1).tolist()):
+            s.append(t)
+    for s, p in zip(seqs, [prompts[0], prompts[2]]):
+        with torch.inference_mode():
+            ref = model.generate(torch.tensor([p]), max_new_tokens=5, do_sample=False, eos_token_id=None)[0].tolist()
+        assert s == ref
+    assert cache.lengths[:3] == [len(prompts[0]) + 4, len(prompts[2]) + 4, 0]
+
+
+# ---------------------------------------------------------------- scheduler through the engine
+
+
+def _engine(base, **kw) -> Engine:
+    cfg = dict(num_slots=2, max_rank=8, max_batch_size=2, max_model_len=48, max_new_tokens=32, max_queue=32,
+               host_cache_size=2)
+    cfg.update(kw)
+    return Engine(EngineConfig(**cfg), base=base).start()
+
+
+def test_more_requests_than_rows_all_finish_and_rows_are_freed(tiny_base):
+    eng = _engine(tiny_base)
+    try:
+        p = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+        hs = [eng.submit(GenerationRequest(f"r{i}", None, prompt=f"item {i} is", params=p)) for i in range(7)]
+        res = [h.result_sync(60) for h in hs]
+        assert all(r.completion_tokens == 6 and r.finish_reason == "length" for r in res)
+        assert eng.scheduler.cache.lengths == [0, 0] and not eng.scheduler.running
+        # identical prompts give identical greedy outputs whichever row/batch they ran in
+        again = eng.generate(GenerationRequest("again", None, prompt="item 3 is", params=p), timeout=60)
+        assert again.token_ids == res[3].token_ids
+    finally:
+        eng.close()
+
+
+def test_generation_stops_at_max_model_len(tiny_base):
+    eng = _engine(tiny_base)
+    try:
+        prompt = "w " * 40
+        n = len(eng.encode(GenerationRequest("x", None, prompt=prompt)))
+        assert n < 48
+        r = eng.generate(GenerationRequest("edge", None, prompt=prompt,
+                                           params=SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)), 60)
+        assert r.finish_reason == "length" and r.completion_tokens == 48 - n
+    finally:
+        eng.close()
+
+
+def test_waiting_for_an_adapter_load_never_stalls_other_requests(tiny_base, tmp_path):
+    folder = make_random_adapter(tmp_path / "slow", tiny_base.model, rank=4, base_model_id=MODEL_ID)
+    eng = _engine(tiny_base)
+    try:
+        eng.register_adapter("slow", folder)
+        gate = threading.Event()
+        real = eng.tiers._loader
+
+        def gated(f, spec):
+            gate.wait(30)
+            return real(f, spec)
+
+        eng.tiers._loader = gated
+        p = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+        waiting = eng.submit(GenerationRequest("w", "slow", prompt="hello", params=p))
+        # a base request submitted after it runs to completion while the load is blocked
+        other = eng.generate(GenerationRequest("o", None, prompt="hello", params=p), timeout=60)
+        assert other.completion_tokens == 8
+        assert not waiting.done and eng.stats()["queue_depth"] == 1
+        gate.set()
+        r = waiting.result_sync(60)
+        assert r.completion_tokens == 8
+        s = eng.stats()
+        assert s["adapters"]["disk_loads"] == 1 and s["queue_depth"] == 0
+    finally:
+        gate.set()
+        eng.close()
+
+
+def test_failed_adapter_load_fails_its_requests_with_the_reason(tiny_base, tmp_path):
+    folder = make_random_adapter(tmp_path / "bad", tiny_base.model, rank=4, base_model_id=MODEL_ID)
+    eng = _engine(tiny_base)
+    try:
+        eng.register_adapter("bad", folder)
+        (folder / "adapter_model.safetensors").write_bytes(b"garbage")  # changed after validation
+        h = eng.submit(GenerationRequest("b", "bad", prompt="hello", params=SamplingParams(max_tokens=2)))
+        from inference.errors import EngineError
+
+        with pytest.raises(EngineError, match="could not be loaded"):
+            h.result_sync(60)
+        assert eng.stats()["requests"]["finished_error"] == 1
+    finally:
+        eng.close()
+
+
+def test_stop_fails_pending_requests_and_submit_after_stop_is_refused(tiny_base):
+    from inference.errors import EngineStopped
+
+    eng = _engine(tiny_base)
+    with eng.scheduler.paused():
+        h = eng.submit(GenerationRequest("p", None, prompt="hi", params=SamplingParams(max_tokens=4)))
+    eng.close()
+    with pytest.raises(EngineStopped):
+        h.result_sync(10)
+    with pytest.raises(EngineStopped, match="start"):
+        eng.submit(GenerationRequest("late", None, prompt="hi"))
+
+
+def test_result_sync_timeout(tiny_base):
+    eng = _engine(tiny_base)
+    try:
+        with eng.scheduler.paused():
+            h = eng.submit(GenerationRequest("t", None, prompt="hi", params=SamplingParams(max_tokens=2)))
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                h.result_sync(0.05)
+            assert time.monotonic() - t0 < 5
+        h.result_sync(30)
+    finally:
+        eng.close()
