@@ -153,6 +153,12 @@ class AttributionService:
                     self._withdrawn.add(aid)
             if building is not None:
                 building[1].cancel()
+            shared = self._shared(corpus)
+            if shared is not None:  # adapters on the same datasets share one index in memory
+                with self._lock:
+                    self._ready[aid] = shared
+                    self._withdrawn.discard(aid)
+                continue
             self._building[aid] = (corpus, asyncio.create_task(self._build(aid, corpus), name=f"attribution-{aid}"))
 
     async def run(self, stop_event: asyncio.Event) -> None:
@@ -182,6 +188,10 @@ class AttributionService:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._building.clear()
 
+    def _shared(self, corpus: Corpus) -> _Ready | None:
+        with self._lock:
+            return next((r for r in self._ready.values() if r.corpus == corpus and r.complete), None)
+
     # -- one build -----------------------------------------------------------------------------------
     async def _build(self, aid: int, corpus: Corpus) -> None:
         try:
@@ -202,6 +212,10 @@ class AttributionService:
                 log.info("attribution for adapter %d ready: %d/%d contributions, %d tokens, %.2fs",
                          aid, len(att.contribution_ids()), len(corpus),
                          att.corpus_tokens if ready.attributor else 0, time.monotonic() - t0)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug here must not go unseen; the next pass retries
+            log.exception("building the attribution index of adapter %d failed", aid)
         finally:
             current = self._building.get(aid)
             if current is not None and current[0] == corpus:
