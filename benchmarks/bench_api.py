@@ -8,7 +8,9 @@ concurrent clients (client i: adapter i % 16, payer i // 16, so every client has
 each client streams chat completions with signed cumulative vouchers over loopback.
 
 Peer: the same engine configuration in this process, the same adapters, prompts, max_tokens and
-concurrency, submitted straight to `Engine.submit` and streamed from the handle.
+concurrency, submitted straight to `Engine.submit` and streamed from the handle. Both sides run
+back to back at each level (alternating order over `--rounds`; the best round of each side
+counts), so drifting background load on a shared machine hits both alike.
 
 Figures per N: requests/s, tokens/s, p50/p99 time to first token, p50/p99 inter-token latency,
 errors (must be 0); `overhead_ratio` = API tokens/s ÷ engine tokens/s (target ≥ 0.9).
@@ -204,8 +206,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests, fewer tokens, N up to 64")
     ap.add_argument("--levels", default=None, help="comma-separated client counts (default 1,8,64,256)")
+    ap.add_argument("--rounds", type=int, default=None, help="API/engine rounds per level (default 1 quick, 2 full)")
     args = ap.parse_args()
     levels = [int(x) for x in (args.levels or ("1,8,64" if args.quick else "1,8,64,256")).split(",")]
+    args.rounds = args.rounds or (1 if args.quick else 2)
     per_level = 4 if args.quick else 16  # requests per level = max(per_level, N)
     max_tokens = 6 if args.quick else 16
 
@@ -252,38 +256,47 @@ def main() -> int:
                     break
             if url is None:
                 raise SystemExit("the node daemon exited before listening")
+            import threading
+
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # keep the pipe drained
             wait_models(url, N_ADAPTERS, 300)
             with urllib.request.urlopen(url + "/v1/node", timeout=10) as r:
                 quote = NodeQuote.from_json(json.loads(r.read()))
             wallets = [VoucherWallet(k, quote) for k in payer_keys]
-            asyncio.run(api_level(url, wallets, 1, 2, 2))  # warm-up (first adapter loads, allocator)
-            for n in levels:
-                res = asyncio.run(api_level(url, wallets, n, max(per_level, n), max_tokens))
-                result["levels"].setdefault(str(n), {})["api"] = res
-                print(f"api    N={n:4d} {res}", flush=True)
+            # the peer: the same engine configuration in this process, idle while the API runs
+            from inference.engine import Engine
+            from node.config import load_config
+            from node.engine_factory import engine_config
+
+            engine = Engine(engine_config(load_config(toml, environ={}))).start()
+            try:
+                for aid, folder in folders.items():
+                    engine.register_adapter(f"adapter-{aid}", folder)
+                asyncio.run(api_level(url, wallets, 1, 2, 2))  # warm-up (first adapter loads, allocator)
+                asyncio.run(engine_level(engine, 1, 2, 2))
+                # API and engine back to back at each level (and in alternating order over rounds),
+                # so a change in background load hits both sides alike; best of the rounds per side
+                for n in levels:
+                    runs: dict[str, list[dict]] = {"api": [], "engine": []}
+                    for k in range(args.rounds):
+                        order = ("api", "engine") if k % 2 == 0 else ("engine", "api")
+                        for side in order:
+                            if side == "api":
+                                res = asyncio.run(api_level(url, wallets, n, max(per_level, n), max_tokens))
+                            else:
+                                res = asyncio.run(engine_level(engine, n, max(per_level, n), max_tokens))
+                            runs[side].append(res)
+                            print(f"{side:6s} N={n:4d} {res}", flush=True)
+                    result["levels"][str(n)] = {side: max(rs, key=lambda r: r["tok_per_s"]) | {
+                        "errors": sum(r["errors"] for r in rs)} for side, rs in runs.items()}
+            finally:
+                engine.close()
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        # the peer, after the daemon has released the CPU
-        from inference.engine import Engine
-        from node.config import load_config
-        from node.engine_factory import engine_config
-
-        cfg = load_config(toml, environ={})
-        engine = Engine(engine_config(cfg)).start()
-        try:
-            for aid, folder in folders.items():
-                engine.register_adapter(f"adapter-{aid}", folder)
-            asyncio.run(engine_level(engine, 1, 2, 2))  # same warm-up
-            for n in levels:
-                res = asyncio.run(engine_level(engine, n, max(per_level, n), max_tokens))
-                result["levels"][str(n)]["engine"] = res
-                print(f"engine N={n:4d} {res}", flush=True)
-        finally:
-            engine.close()
     ratios = {}
     for n, lv in result["levels"].items():
         if lv["engine"]["tok_per_s"]:

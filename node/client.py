@@ -91,6 +91,24 @@ class VoucherWallet:
     def header(self, adapter_id: int) -> dict[str, str]:
         return {VOUCHER_HEADER: encode_voucher_header(self.signed_voucher(adapter_id))}
 
+    def record_receipt(self, adapter_id: int, receipt_json: dict) -> SignedReceipt:
+        """Add the cost of a receipt fetched from `/v1/receipts/{id}` (a stream the client dropped:
+        it never saw the final event). Checks the node's signature, the lane and the quoted price."""
+        receipt = SignedReceipt.from_json({k: v for k, v in receipt_json.items() if k not in _ATTRIBUTION_KEYS})
+        r = receipt.receipt
+        if receipt.signer(self.quote.chain_id, self.quote.receipt_log) != self.quote.node:
+            raise ClientError("receipt is not signed by the node")
+        if (r.payer, r.node, r.adapter_id) != (self.payer.address, self.quote.node, adapter_id):
+            raise ClientError("receipt is for another lane")
+        price = Price(self.quote.compute_price_per_1k, self.quote.adapter_prices.get(adapter_id, 0) if adapter_id else 0)
+        expect = cost_for(r.prompt_tokens, r.completion_tokens, price)
+        if (r.compute_cost, r.adapter_cost) != (expect.compute, expect.adapter):
+            raise ClientError("receipt cost does not match the quoted prices")
+        t = self._totals.setdefault(adapter_id, [0, 0])
+        t[0] += r.compute_cost
+        t[1] += r.adapter_cost
+        return receipt
+
     def record(self, adapter_id: int, body: dict, text: str) -> SignedReceipt:
         """Check a response's usage, cost and receipt, then add its cost to the lane."""
         usage, cost, rjson = body.get("usage"), body.get("cost"), body.get("receipt")

@@ -36,6 +36,9 @@ async def metrics_middleware(request: web.Request, handler) -> web.StreamRespons
         resp = await handler(request)
         status = resp.status
         return resp
+    except (asyncio.CancelledError, ConnectionResetError):
+        status = 499  # the client went away (nginx's code): not a server error
+        raise
     finally:
         m = request.app[K.METRICS]
         m.requests.labels(endpoint, str(status)).inc()

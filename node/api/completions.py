@@ -197,16 +197,18 @@ async def _stream(request, handle, served: _Served, rid: bytes, api_id: str, mod
                 metrics.ttft.observe(time.monotonic() - t0)
                 first_token = False
             await resp.write(_sse(chunk(ev.text)))
-    except (ConnectionResetError, asyncio.CancelledError):
-        # the client left: the engine request is cancelled by leaving stream(); still meter what
-        # was generated (the node did that work), then stop
+    except (ConnectionResetError, asyncio.CancelledError) as e:
+        # the client left: cancel the generation, still meter and sign what was generated (the node
+        # did that work; the client can fetch the receipt by the stream's id), then stop quietly
         handle.cancel()
         try:
             result = await asyncio.shield(_await_result(handle))
-            await served.finish(rid, result)
+            await asyncio.shield(served.finish(rid, result))
         except Exception:
             log.exception("could not meter the partial result of a dropped stream %s", api_id)
-        raise
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        return resp
     try:
         result = await _await_result(handle)
     except ApiError as e:  # headers are sent: report in-band, as OpenAI does, then end the stream
@@ -216,9 +218,12 @@ async def _stream(request, handle, served: _Served, rid: bytes, api_id: str, mod
     cost, issued = await served.finish(rid, result)
     final = chunk(None, finish=_finish_reason(result))
     final.update({"usage": _usage(result), "cost": cost.as_dict(), "receipt": issued.to_json()})
-    await resp.write(_sse(final))
-    await resp.write(_sse("[DONE]"))
-    await resp.write_eof()
+    try:
+        await resp.write(_sse(final))
+        await resp.write(_sse("[DONE]"))
+        await resp.write_eof()
+    except ConnectionResetError:  # metered and signed already; the receipt is at /v1/receipts/{id}
+        pass
     return resp
 
 

@@ -204,3 +204,40 @@ async def test_settle_up_voucher_pays_the_last_request(client, wallet):
     assert high.status == 402 and (await high.json())["error"]["code"] == "voucher_overvalued"
     ok = await client.post("/v1/vouchers", headers=wallet.header(2))
     assert ok.status == 200 and (await ok.json())["voucher"]["computeValue"] == str(c)
+
+
+async def test_client_dropping_a_stream_is_metered_and_the_node_goes_on(client, wallet):
+    import asyncio
+
+    import aiohttp
+
+    body = {"model": "adapter-1", "messages": MSG, "max_tokens": 32, "temperature": 0, "stream": True}
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(client.make_url("/v1/chat/completions"), json=body, headers=wallet.header(1))
+        assert resp.status == 200
+        while True:  # read up to the first generated token, then hang up
+            line = (await resp.content.readline()).decode().strip()
+            if not line.startswith("data: "):
+                continue
+            first = json.loads(line[len("data: "):])
+            if first["choices"][0]["delta"].get("content"):
+                break
+        resp.close()
+    rid = first["id"]
+    got = None
+    for _ in range(100):  # the node meters the partial generation once it notices
+        r = await client.get(f"/v1/receipts/{rid}")
+        if r.status == 200:
+            got = await r.json()
+            break
+        await asyncio.sleep(0.1)
+    assert got is not None, "no receipt for the dropped stream"
+    receipt = wallet.record_receipt(1, got["receipt"])
+    assert 0 < receipt.receipt.completion_tokens < 32
+    # the lane's next request, with a voucher covering the partial one, is served
+    ok = await _post(client, wallet, "/v1/completions", {"model": "adapter-1", "prompt": "Hi", "max_tokens": 2}, 1)
+    assert ok.status == 200
+    b = await ok.json()
+    wallet.record(1, b, b["choices"][0]["text"])
+    text = await (await client.get("/metrics")).text()
+    assert 'status="500"' not in text
