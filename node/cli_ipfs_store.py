@@ -27,4 +27,19 @@ def upload(path: Path, store: Path | None, kubo_url: str | None) -> str:
                 return await client.add_path(path)
 
         return run_async(_kubo())
-    return EmbeddedStore(store_root(store)).add_path_sync(path)
+    from rich.progress import Progress
+
+    from node.cli_common import console
+
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    # A progress bar on a terminal only (rich disables it otherwise); advanced per imported entry.
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(f"adding {path.name}", total=total)
+        done: dict[str, int] = {}
+
+        def on_entry(rel: str, cid, size: int) -> None:
+            if rel and (path / rel).is_file():
+                done[rel] = (path / rel).stat().st_size
+                bar.update(task, completed=sum(done.values()))
+
+        return EmbeddedStore(store_root(store)).add_path_sync(path, on_entry=on_entry if path.is_dir() else None)

@@ -112,10 +112,11 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
         ):
             records = [r for f in files for r in read_records(DEMO_DATA / f)]
             out = stack.data_dir / "adapters" / name.replace(" ", "-").lower()
-            rep = train_lora(base, records, out, TrainConfig(steps=train_steps, max_length=64, seed=1))
+            cfg = TrainConfig(steps=train_steps, max_length=64, seed=1, last_layers=10)
+            rep = train_lora(base, records, out, cfg)
             cid = store.add_path_sync(out)
             ds = datasets[name]
-            c.adapters.register(acct[owner], base.model_id, cid, 8, ADAPTER_PRICE, owner_bps, [ds], [10_000 - owner_bps])
+            c.adapters.register(acct[owner], base.model_id, cid, cfg.rank, ADAPTER_PRICE, owner_bps, [ds], [10_000 - owner_bps])
             aid = c.adapters.adapter_count()
             published[aid] = name
             console.print(f"adapter-{aid} «{name}» by {owner}: {rep.steps} steps in {rep.seconds:.0f}s, "
@@ -155,6 +156,9 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
             want[0], [{"role": "user", "content": "Say hello."}], max_tokens=24, temperature=0) if ch.choices)
         console.print(f"streamed from {want[0]}: {streamed.strip()!r}")
         receipts = list(client.receipts)
+        # Each request carries a voucher for everything before it; one last voucher pays the
+        # final request on every lane (the node's risk is one request per lane, never more).
+        client.settle_up()
 
         _step("6. settlement: receipts committed in Merkle batches, vouchers redeemed")
 
