@@ -4,14 +4,16 @@
 `MultiLoraLinear` and returns the `LoraSlotBank` that owns the slots. Each layer holds stacked
 buffers for all slots:
 
-    A: [num_slots, max_rank, in_features]     B: [num_slots, out_features, max_rank]
+    A: [num_slots, max_rank, in_features]     B: [num_slots, max_rank, out_features]
 
-An adapter of rank r < max_rank occupies A[s, :r] and B[s, :, :r]; the rest of the slot is zero,
+(B is stored transposed, one [r, out] row-major matrix per slot: batched matmuls with a thin
+inner dimension r run ~2.5x faster on CPU in this layout, and it is the grouped GEMM's natural
+right operand.) An adapter of rank r < max_rank occupies A[s, :r] and B[s, :r]; the rest of the slot is zero,
 so padding contributes exactly zero, and the layers slice to the largest rank in the batch so
 that padding costs no compute either. B holds the adapter's scaling already folded in
 (see inference.adapters), so a token routed to slot s gets
 
-    y = x @ W.T + (x @ A[s].T) @ B[s].T
+    y = x @ W.T + (x @ A[s].T) @ B[s]
 
 Routing: before each forward the engine calls `bank.set_routing(token_slots)` with one slot per
 token (-1 = no adapter), in the order of the flattened hidden states `x.reshape(-1, in)`
@@ -146,7 +148,7 @@ class LoraSlotBank:
                 if pair is None:
                     if old_r:
                         layer.lora_a[slot, :old_r].zero_()
-                        layer.lora_b[slot, :, :old_r].zero_()
+                        layer.lora_b[slot, :old_r].zero_()
                     continue
                 r = pair.rank
                 if r > self.max_rank:
@@ -155,10 +157,10 @@ class LoraSlotBank:
                     raise LoraSlotError(f"shapes at {key} do not fit the layer: A {list(pair.a.shape)}, "
                                         f"B {list(pair.b.shape)}")
                 layer.lora_a[slot, :r].copy_(pair.a, non_blocking=nb)  # [r, in]
-                layer.lora_b[slot, :, :r].copy_(pair.b, non_blocking=nb)  # [out, r]
+                layer.lora_b[slot, :r].copy_(pair.b.T, non_blocking=nb)  # [r, out] <- [out, r]
                 if old_r > r:  # the previous occupant's larger rank left weights in the tail
                     layer.lora_a[slot, r:old_r].zero_()
-                    layer.lora_b[slot, :, r:old_r].zero_()
+                    layer.lora_b[slot, r:old_r].zero_()
                 ranks[module] = max(ranks.get(module, 0), r)
             event = None
             if self.device.type == "cuda":
@@ -176,7 +178,7 @@ class LoraSlotBank:
                 r = self._slot_ranks[slot].get(module, 0)
                 if r:
                     layer.lora_a[slot, :r].zero_()
-                    layer.lora_b[slot, :, :r].zero_()
+                    layer.lora_b[slot, :r].zero_()
         self._slot_ranks[slot] = {}
         self._groupings.clear()
 
@@ -291,8 +293,8 @@ class MultiLoraLinear(nn.Module):
         # non-persistent: slots are runtime state, not part of the model's checkpoint
         self.register_buffer("lora_a", torch.zeros(num_slots, max_rank, base.in_features, dtype=dtype, device=device),
                              persistent=False)  # [S, R, in]
-        self.register_buffer("lora_b", torch.zeros(num_slots, base.out_features, max_rank, dtype=dtype, device=device),
-                             persistent=False)  # [S, out, R]
+        self.register_buffer("lora_b", torch.zeros(num_slots, max_rank, base.out_features, dtype=dtype, device=device),
+                             persistent=False)  # [S, R, out]: B transposed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in]
         y = self.base_layer(x)  # [..., out]: the base matmul, once for the whole batch
@@ -313,7 +315,7 @@ class MultiLoraLinear(nn.Module):
         if g.strategy == "grouped":
             # grouped GEMM over all slots (empty groups cost nothing), weights not copied
             a_t = self.lora_a[:, :r].transpose(1, 2)  # [S, in, r]
-            b_t = self.lora_b[:, :, :r].transpose(1, 2)  # [S, r, out]
+            b_t = self.lora_b[:, :r]  # [S, r, out]
             try:
                 h = torch._grouped_mm(xs, a_t, offs=g.offs)  # [Ta, r]
                 return torch._grouped_mm(h, b_t, offs=g.offs)  # [Ta, out]
@@ -324,10 +326,10 @@ class MultiLoraLinear(nn.Module):
             if g.window is not None:
                 lo, hi = g.window
                 a = self.lora_a[lo:hi, :r]  # [NG, r, in] view
-                b = self.lora_b[lo:hi, :, :r]  # [NG, out, r] view
+                b = self.lora_b[lo:hi, :r]  # [NG, r, out] view
             else:
                 a = self.lora_a[:, :r].index_select(0, g.slot_index)  # [NG, r, in] copy
-                b = self.lora_b[:, :, :r].index_select(0, g.slot_index)  # [NG, out, r] copy
+                b = self.lora_b[:, :r].index_select(0, g.slot_index)  # [NG, r, out] copy
             n_layout = a.shape[0]
             if g.pad_pos is None:
                 xg = xs  # [NG * L, in]: sorted order is already the layout
@@ -336,7 +338,7 @@ class MultiLoraLinear(nn.Module):
                 xg.index_copy_(0, g.pad_pos, xs)
             xg = xg.view(n_layout, g.max_count, self.in_features)  # [NG, L, in]
             h = torch.bmm(xg, a.transpose(1, 2))  # [NG, L, r]
-            d = torch.bmm(h, b.transpose(1, 2)).view(-1, self.out_features)  # [NG * L, out]
+            d = torch.bmm(h, b).view(-1, self.out_features)  # [NG * L, out]
             return d if g.pad_pos is None else d.index_select(0, g.pad_pos)  # [Ta, out]
         # unbalanced: one pair of matmuls per distinct adapter, on views of its slot
         out = xs.new_empty(xs.shape[0], self.out_features)  # [Ta, out]
@@ -344,7 +346,7 @@ class MultiLoraLinear(nn.Module):
         for slot, count in zip(g.slots, g.counts):
             x_s = xs[start:start + count]  # [n, in]
             h = x_s @ self.lora_a[slot, :r].T  # [n, r]
-            torch.mm(h, self.lora_b[slot, :, :r].T, out=out[start:start + count])  # [n, out]
+            torch.mm(h, self.lora_b[slot, :r], out=out[start:start + count])  # [n, out]
             start += count
         return out
 
