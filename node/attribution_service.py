@@ -101,10 +101,11 @@ class AttributionService:
     # -- request path ----------------------------------------------------------------------------
     def attributor_for(self, adapter_id: int) -> Attributor | None:
         """The ready attributor of an adapter, or None. Never blocks (a dict lookup)."""
+        adapter_id = int(adapter_id)
         with self._lock:
             if adapter_id in self._withdrawn:
                 return None
-            ready = self._ready.get(int(adapter_id))
+            ready = self._ready.get(adapter_id)
         if ready is None:
             self.notify()  # first request for a just-loaded adapter: look for its corpus now
             return None
@@ -138,22 +139,31 @@ class AttributionService:
         want = await asyncio.to_thread(self.desired)
         now = time.time()
         with self._lock:
-            for aid in [a for a in self._ready if a not in want]:
+            for aid in [a for a in self._ready if a not in want]:  # unloaded, deprecated, gone
                 del self._ready[aid]
                 self._withdrawn.discard(aid)
+        for aid in [a for a in self._building if a not in want]:
+            self._building.pop(aid)[1].cancel()
+
+        def fresh(r: _Ready | None, corpus: Corpus) -> bool:
+            return r is not None and r.corpus == corpus and (r.complete or now - r.built_at < self.retry_s)
+
         for aid, corpus in want.items():
             ready = self._ready.get(aid)
-            if ready is not None and ready.corpus == corpus and (ready.complete or now - ready.built_at < self.retry_s):
-                continue
-            building = self._building.get(aid)
-            if building is not None and building[0] == corpus:
+            if fresh(ready, corpus):
                 continue
             if ready is not None and not set(ready.corpus) <= set(corpus):
                 with self._lock:  # a member left the accepted set: stop crediting it now
                     self._withdrawn.add(aid)
+            building = self._building.get(aid)
+            if building is not None and building[0] == corpus:
+                continue
+            if any(b[0] == corpus for a, b in self._building.items() if a != aid):
+                continue  # another adapter is building this very corpus: shared when it is ready
             if building is not None:
                 building[1].cancel()
-            shared = self._shared(corpus)
+            with self._lock:
+                shared = next((r for a, r in self._ready.items() if a != aid and fresh(r, corpus)), None)
             if shared is not None:  # adapters on the same datasets share one index in memory
                 with self._lock:
                     self._ready[aid] = shared
@@ -164,11 +174,11 @@ class AttributionService:
     async def run(self, stop_event: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
         while not stop_event.is_set():
+            self._wake.clear()  # before the pass: a notify() during it triggers another pass
             try:
                 await self.refresh()
             except Exception:  # noqa: BLE001 - a DB hiccup must not end the loop
                 log.exception("attribution refresh failed")
-            self._wake.clear()
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stop_event.wait())
             await asyncio.wait({waiter, stopper}, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
@@ -188,10 +198,6 @@ class AttributionService:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._building.clear()
 
-    def _shared(self, corpus: Corpus) -> _Ready | None:
-        with self._lock:
-            return next((r for r in self._ready.values() if r.corpus == corpus and r.complete), None)
-
     # -- one build -----------------------------------------------------------------------------------
     async def _build(self, aid: int, corpus: Corpus) -> None:
         try:
@@ -209,6 +215,7 @@ class AttributionService:
                     self._ready[aid] = ready
                     self._withdrawn.discard(aid)
                 self.stats.builds += 1
+                self.notify()  # adapters waiting for this corpus pick it up on the next pass
                 log.info("attribution for adapter %d ready: %d/%d contributions, %d tokens, %.2fs",
                          aid, len(att.contribution_ids()), len(corpus),
                          att.corpus_tokens if ready.attributor else 0, time.monotonic() - t0)

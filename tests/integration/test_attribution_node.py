@@ -236,3 +236,69 @@ async def _restart_checks(cfg, store, tokenizer, tmp_path, answer_ids, weights, 
         assert small.attributor_for(1).attribute(answer_ids).weights_bps == {}
     finally:
         sessions.kw["bind"].dispose()
+
+
+async def test_service_shares_withdraws_and_retries(engine, tmp_path):
+    """The service alone on a real SQLite DB (rows as the watcher and lifecycle write them; the
+    chain-to-DB path is covered above) and the embedded IPFS store: adapters on the same datasets
+    share one index; a folder CID is refused; a contribution no backend has is retried later; a
+    contribution that leaves the accepted set withdraws the attributor at once, until rebuilt."""
+    from node.attribution_service import AttributionService
+    from node.db import make_session_factory, migrate
+    from node.db.models import Adapter, Contribution
+    from node.ipfs import ContentCache, EmbeddedStore, cid_of_bytes
+
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    migrate(url)
+    sessions = make_session_factory(url)
+    store = EmbeddedStore(tmp_path / "ipfs")
+    texts = {1: FILLER_A.encode(), 2: UNRELATED.encode(), 4: (FILLER_B * 3).encode()}
+    cids = {}
+    for i, data in texts.items():
+        (tmp_path / f"t{i}.txt").write_bytes(data)
+        cids[i] = cid_of_bytes(data)
+        if i != 4:  # contribution 4 is not in any backend yet
+            assert await store.add_path(tmp_path / f"t{i}.txt") == cids[i]
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.txt").write_text("inside a folder")
+    cids[3] = await store.add_path(tmp_path / "folder")
+    with sessions.begin() as s:
+        for aid, ds in ((1, 7), (2, 7), (3, 8)):
+            s.add(Adapter(id=aid, owner="0x" + "11" * 20, base_model="m", cid=cids[1], dataset_splits=[[ds, 4000]],
+                          owner_bps=6000, block_number=1, state="loaded"))
+        for cid_id, ds in ((1, 7), (2, 7), (3, 8), (4, 7)):
+            s.add(Contribution(id=cid_id, dataset_id=ds, contributor="0x" + "22" * 20, content_cid=cids[cid_id],
+                               status="accepted", weight=1, block_number=1))
+    svc = AttributionService(sessions, [store], ContentCache(tmp_path / "cache", 1 << 26), engine.tokenizer,
+                             tmp_path / "data", k=8, retry_s=3600)
+    try:
+        await svc.refresh()
+        await svc.drain()
+        await svc.refresh()  # adapter 2 waited for adapter 1's build of the same corpus
+        a1, a2 = svc.attributor_for(1), svc.attributor_for(2)
+        assert a1 is a2 and a1.contribution_ids() == [1, 2] and svc.stats.builds == 2
+        assert svc.attributor_for(3) is None and "folder" in svc.stats.skipped[3]
+        assert "NotFound" in svc.stats.skipped[4] or "fetch failed" in svc.stats.skipped[4]
+        filler_ids = engine.tokenizer(FILLER_A, add_special_tokens=False).input_ids
+        assert a1.attribute(filler_ids).weights_bps == {1: 10_000}
+
+        # the missing content appears; after retry_s the incomplete index is rebuilt with it
+        assert await store.add_path(tmp_path / "t4.txt") == cids[4]
+        svc.retry_s = 0
+        await svc.refresh()
+        await svc.drain()
+        assert svc.attributor_for(1).contribution_ids() == [1, 2, 4] and 4 not in svc.stats.skipped
+
+        # contribution 1 leaves the accepted set: no attribution at all until the rebuild is ready
+        with sessions.begin() as s:
+            s.get(Contribution, 1).status = "rejected"
+        await svc.refresh()
+        assert svc.attributor_for(1) is None and svc.attributor_for(2) is None
+        await svc.drain()
+        assert svc.attributor_for(1).contribution_ids() == [2, 4]
+        assert svc.attributor_for(1).attribute(filler_ids).weights_bps == {}
+        await svc.refresh()
+        assert svc.attributor_for(2) is svc.attributor_for(1)
+    finally:
+        await svc.close()
+        sessions.kw["bind"].dispose()
