@@ -77,13 +77,6 @@ async def start_background(app: web.Application) -> Background:
         on_change=lifecycle.notify,
     )
     components["watcher"], components["lifecycle"] = watcher, lifecycle
-    issuer = app[K.ISSUER]
-    if issuer.attributor_for is None:  # receipts get attribution once an adapter's index is built
-        from node.attribution import AttributionService
-
-        attribution = AttributionService(sessions, backends, cache, engine.tokenizer, config.data_dir)
-        issuer.attributor_for = attribution.attributor_for
-        components["attribution"] = attribution
     app[K.METRICS].bind_stats("adapters", lambda: {
         "loads": lifecycle.loads, "unloads": lifecycle.unloads, "failures": lifecycle.failures})
     if config.settlement_enabled:
