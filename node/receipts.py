@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 AttributorLookup = Callable[[int], object | None]  # adapter id -> inference.attribution.Attributor
 
 
+def _no_attribution() -> dict:
+    return {"attribution": {}, "datasetAttribution": {}, "spans": []}
+
+
 def new_request_id() -> bytes:
     return os.urandom(32)
 
@@ -63,13 +67,16 @@ class ReceiptIssuer:
 
     def _attribution(self, adapter_id: int, token_ids: Sequence[int]) -> tuple[bytes, dict]:
         attributor = self.attributor_for(adapter_id) if (self.attributor_for and adapter_id) else None
+        # an adapter's receipt always says what it drew on: empty (the registered split applies) when
+        # nothing matched or no index is ready yet; the base model (id 0) has no datasets
+        none = _no_attribution() if (self.attributor_for and adapter_id) else {}
         if attributor is None or not token_ids:
-            return NO_ATTRIBUTION_HASH, {}
+            return NO_ATTRIBUTION_HASH, none
         try:
             att = attributor.attribute(list(token_ids))
         except Exception:  # attribution must never cost the client its answer; the receipt says "none"
             log.exception("attribution failed for adapter %s; receipt carries no attribution", adapter_id)
-            return NO_ATTRIBUTION_HASH, {}
+            return NO_ATTRIBUTION_HASH, none
         ids, weights = att.ids_and_weights()
         return attribution_hash(ids, weights), att.to_json()
 

@@ -168,6 +168,17 @@ async def test_receipts_attribute_answers_to_contributions(fresh_anvil, engine, 
         # the same answer, the same weights (deterministic)
         assert svc.attributor_for(1).attribute(answer_ids).weights_bps == weights
 
+        # streamed: the final event's receipt carries the same attribution
+        r = await client.post("/v1/chat/completions", headers=wallet.header(1), json={
+            "model": "adapter-1", "messages": PLANTED_PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0,
+            "stream": True})
+        events = [json.loads(ln[6:]) for ln in (await r.read()).decode().split("\n")
+                  if ln.startswith("data: ") and ln != "data: [DONE]"]
+        final = events[-1]
+        wallet.record(1, final, answer)
+        assert final["receipt"]["attribution"] == rec["attribution"]
+        assert final["receipt"]["attributionHash"] == rec["attributionHash"]
+
         other = await ask(OTHER_PROMPT)
         other_text = other["choices"][0]["message"]["content"]
         assert other_text and other["receipt"]["attribution"] == {} and other["receipt"]["spans"] == []
