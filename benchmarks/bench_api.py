@@ -206,12 +206,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests, fewer tokens, N up to 64")
     ap.add_argument("--levels", default=None, help="comma-separated client counts (default 1,8,64,256)")
-    ap.add_argument("--rounds", type=int, default=None, help="API/engine rounds per level (default 1 quick, 2 full)")
+    ap.add_argument("--rounds", type=int, default=None, help="API/engine rounds per level (default 1; best round counts)")
     args = ap.parse_args()
     levels = [int(x) for x in (args.levels or ("1,8,64" if args.quick else "1,8,64,256")).split(",")]
-    args.rounds = args.rounds or (1 if args.quick else 2)
+    args.rounds = args.rounds or 1
     per_level = 4 if args.quick else 16  # requests per level = max(per_level, N)
-    max_tokens = 6 if args.quick else 16
+    max_tokens = 6 if args.quick else 8
 
     from eth_account import Account
     from web3 import Web3
