@@ -78,6 +78,19 @@ class ModelRunner:
         c, s = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, hd]
         return q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s, v
 
+    def _flat_index(self, cache: KVCache, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Row index into a layer's cache viewed as [rows * kvh * max_len, hd] for each
+        (token, kv head): ((row * kvh + h) * max_len + pos). Computed once per forward; writes then
+        are one index_copy_ per layer (advanced-index assignment is several times slower on CPU)."""
+        heads = torch.arange(self.num_kv_heads, device=rows.device)  # [kvh]
+        return ((rows[:, None] * self.num_kv_heads + heads[None, :]) * cache.max_len + pos[:, None]).reshape(-1)
+
+    def _write(self, cache: KVCache, layer: int, idx: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [N, kvh, hd] -> cache positions idx [N * kvh]."""
+        hd = self.head_dim
+        cache.k[layer].view(-1, hd).index_copy_(0, idx, k.reshape(-1, hd))
+        cache.v[layer].view(-1, hd).index_copy_(0, idx, v.reshape(-1, hd))
+
     def _finish_layer(self, layer, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """attn [B, nh, T, hd] -> residual adds of o_proj and MLP; returns x [B, T, H]."""
         B, _, T, _ = attn.shape
@@ -101,12 +114,12 @@ class ModelRunner:
             # block-diagonal causal: token i sees token j iff same prompt and j <= i
             mask = (seg[:, None] == seg[None, :]) & (pos[None, :] <= pos[:, None])  # [S, S]
             mask, causal = mask[None, None], False
+        slot_idx = self._flat_index(cache, row_of_tok, pos)  # [S * kvh]
         x = self.embed(ids)[None]  # [1, S, H]
         cos, sin = self.rotary(x, pos[None])  # [1, S, hd]
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer.self_attn, layer.input_layernorm(x), cos, sin)  # [1, h, S, hd]
-            cache.k[i][row_of_tok, :, pos] = k[0].transpose(0, 1)  # [S, kvh, hd]
-            cache.v[i][row_of_tok, :, pos] = v[0].transpose(0, 1)
+            self._write(cache, i, slot_idx, k[0].transpose(0, 1), v[0].transpose(0, 1))  # [S, kvh, hd]
             attn = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=causal, scale=self.scaling, enable_gqa=self.gqa
             )  # [1, nh, S, hd]
@@ -135,13 +148,13 @@ class ModelRunner:
         mask = torch.zeros(B, 1, 1, L, dtype=cache.k.dtype, device=dev).masked_fill_(
             ~valid[:, None, None, :], float("-inf")
         )
+        slot_idx = self._flat_index(cache, bidx, pos)  # [B * kvh]
         x = self.embed(tokens)[:, None]  # [B, 1, H]
         cos, sin = self.rotary(x, pos[:, None])  # [B, 1, hd]
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer.self_attn, layer.input_layernorm(x), cos, sin)  # [B, h, 1, hd]
+            self._write(cache, i, slot_idx, k[:, :, 0], v[:, :, 0])  # [B, kvh, hd]
             ck, cv = cache.k[i], cache.v[i]  # [rows, kvh, max_len, hd]
-            ck[bidx, :, pos] = k[:, :, 0]  # [B, kvh, hd]
-            cv[bidx, :, pos] = v[:, :, 0]
             attn = F.scaled_dot_product_attention(
                 q, ck[:B, :, :L], cv[:B, :, :L], attn_mask=mask, scale=self.scaling, enable_gqa=self.gqa
             )  # [B, nh, 1, hd]
