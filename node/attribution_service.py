@@ -56,6 +56,8 @@ class _Ready:
 class ServiceStats:
     builds: int = 0  # attributors built and swapped in
     skipped: dict[int, str] = field(default_factory=dict)  # contribution id -> why it is not indexed
+    last_build_s: float = 0.0
+    last_build_tokens: int = 0
 
 
 class AttributionService:
@@ -110,6 +112,22 @@ class AttributionService:
             self.notify()  # first request for a just-loaded adapter: look for its corpus now
             return None
         return ready.attributor
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers for Prometheus (`loranode_attribution_*`): readiness, memory, build throughput."""
+        with self._lock:
+            ready = dict(self._ready)
+        unique = {id(r.attributor): r.attributor for r in ready.values() if r.attributor is not None}
+        st, s = self.store.stats, self.stats
+        return {
+            "adapters_ready": sum(1 for r in ready.values() if r.attributor is not None),
+            "index_bytes": sum(a.index_bytes for a in unique.values()),
+            "corpus_token_count": sum(a.corpus_tokens for a in unique.values()),
+            "contributions_skipped": len(s.skipped), "builds": s.builds,
+            "indexes_built": st.built, "indexes_loaded": st.loaded, "indexes_rebuilt": st.rebuilt,
+            "last_build_seconds": s.last_build_s,
+            "last_build_tokens_per_s": s.last_build_tokens / s.last_build_s if s.last_build_s > 0 else 0.0,
+        }
 
     def notify(self, *_: Any) -> None:
         """Wake the loop (the watcher calls this when chain rows changed). Thread-safe."""
@@ -215,6 +233,8 @@ class AttributionService:
                     self._ready[aid] = ready
                     self._withdrawn.discard(aid)
                 self.stats.builds += 1
+                self.stats.last_build_s = time.monotonic() - t0
+                self.stats.last_build_tokens = att.corpus_tokens if ready.attributor else 0
                 self.notify()  # adapters waiting for this corpus pick it up on the next pass
                 log.info("attribution for adapter %d ready: %d/%d contributions, %d tokens, %.2fs",
                          aid, len(att.contribution_ids()), len(corpus),

@@ -65,6 +65,11 @@ class ReceiptIssuer:
         self.attributor_for = attributor_for
         self.clock = clock
 
+    def attribution(self, adapter_id: int, token_ids: Sequence[int]) -> tuple[bytes, dict]:
+        """(attributionHash, receipt JSON fields) of one answer. Pure CPU and thread-safe: callers on
+        the event loop run it in a worker thread and pass the result to `issue(attribution=...)`."""
+        return self._attribution(adapter_id, token_ids)
+
     def _attribution(self, adapter_id: int, token_ids: Sequence[int]) -> tuple[bytes, dict]:
         attributor = self.attributor_for(adapter_id) if (self.attributor_for and adapter_id) else None
         # an adapter's receipt always says what it drew on: empty (the registered split applies) when
@@ -91,8 +96,9 @@ class ReceiptIssuer:
         text: str,
         token_ids: Sequence[int] = (),
         operator_voucher: Callable[[int, int], SignedVoucher] | None = None,
+        attribution: tuple[bytes, dict] | None = None,
     ) -> Issued:
-        att_hash, att_json = self._attribution(lane.adapter_id, token_ids)
+        att_hash, att_json = attribution if attribution is not None else self._attribution(lane.adapter_id, token_ids)
         out_hash = output_hash(text)
         ts = int(self.clock())
 

@@ -175,6 +175,7 @@ def _attribution_ctx(enabled: bool) -> Callable:
         )
         app[ATTRIBUTION] = svc
         app[K.ATTRIBUTOR_FOR] = svc.attributor_for
+        app[K.METRICS].bind_stats("attribution", svc.metrics)
         stop = asyncio.Event()
         task = asyncio.create_task(svc.run(stop), name="loranode-attribution")
         try:

@@ -189,6 +189,11 @@ async def test_receipts_attribute_answers_to_contributions(fresh_anvil, engine, 
         assert got["receipt"]["spans"] == rec["spans"] and got["receipt"]["attribution"] == rec["attribution"]
         assert parse_receipt(json.dumps(got).encode()).hash_ok is True
 
+        text = await (await client.get("/metrics")).text()
+        gauges = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines() if ln.startswith("loranode_attribution_")}
+        assert gauges["loranode_attribution_adapters_ready"] == 1 and gauges["loranode_attribution_contributions_skipped"] == 2
+        assert gauges["loranode_attribution_index_bytes"] == 8 * gauges["loranode_attribution_corpus_token_count"] > 0
+
         # settlement commits the receipts file; it holds the attribution, and the receipt verifies on chain
         async def committed():
             return (await (await client.get(f"/v1/receipts/{body['id']}")).json())
