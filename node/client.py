@@ -159,12 +159,12 @@ class LoraNodeClient:
     def refresh_quote(self) -> None:
         self.quote = self.wallet.quote = NodeQuote.fetch(self.base_url)
 
-    def _call(self, kind: str, model: str, kwargs: dict):
-        aid = self.wallet.adapter_id(model)
+    def _prepare(self, kind: str, aid: int):
+        """The openai endpoint and this request's voucher header (refreshing the quote for a new adapter)."""
         if aid and aid not in self.quote.adapter_prices:
             self.refresh_quote()
         api = self.openai.chat.completions if kind == "chat" else self.openai.completions
-        return aid, api, self.wallet.header(aid)
+        return api, self.wallet.header(aid)
 
     def chat(self, model: str, messages: list[dict], **kwargs):
         return self._unary("chat", model, dict(messages=messages, **kwargs))
@@ -175,7 +175,7 @@ class LoraNodeClient:
     def _unary(self, kind: str, model: str, kwargs: dict):
         aid = self.wallet.adapter_id(model)
         with self.wallet.lane_lock(aid):
-            aid, api, headers = self._call(kind, model, kwargs)
+            api, headers = self._prepare(kind, aid)
             resp = api.create(model=model, extra_headers=headers, **kwargs)
             body = _extra(resp)
             text = resp.choices[0].message.content if kind == "chat" else resp.choices[0].text
@@ -205,7 +205,7 @@ class LoraNodeClient:
     def _stream(self, kind: str, model: str, kwargs: dict) -> Iterator:
         aid = self.wallet.adapter_id(model)
         with self.wallet.lane_lock(aid):
-            aid, api, headers = self._call(kind, model, kwargs)
+            api, headers = self._prepare(kind, aid)
             parts: list[str] = []
             final = None
             for chunk in api.create(model=model, extra_headers=headers, stream=True, **kwargs):
