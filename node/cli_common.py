@@ -93,8 +93,11 @@ def parse_amount(text: str, decimals: int = TOKEN_DECIMALS) -> int:
     return value
 
 
-def format_amount(units: int, decimals: int = TOKEN_DECIMALS) -> str:
+def format_amount(units: int, decimals: int = TOKEN_DECIMALS, places: int | None = None) -> str:
+    """Base units as a decimal token amount; `places` rounds (down) for display only."""
     q = Decimal(units) / (Decimal(10) ** decimals)
+    if places is not None:
+        q = q.quantize(Decimal(1).scaleb(-places), rounding="ROUND_DOWN")
     return f"{q.normalize():f}"
 
 

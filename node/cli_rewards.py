@@ -68,15 +68,19 @@ def summarize(c, who: str) -> RewardSummary:
     )
 
 
-def summary_row(s: RewardSummary) -> dict:
+def summary_row(s: RewardSummary, places: int | None = None) -> dict:
+    """Human table row; `--json` keeps the exact integers instead."""
+    def amt(units: int) -> str:
+        return format_amount(units, places=places)
+
     return {
         "address": s.address,
-        "node fees": format_amount(s.node_fees),
-        "adapter/protocol shares": format_amount(s.usage_shares),
-        "datasets (harvested)": format_amount(s.dataset_harvested),
-        "datasets (pending)": format_amount(s.dataset_pending),
-        "claimed": format_amount(s.claimed),
-        "claimable now": format_amount(s.claimable + s.dataset_pending),
+        "node fees": amt(s.node_fees),
+        "adapter/protocol shares": amt(s.usage_shares),
+        "datasets (harvested)": amt(s.dataset_harvested),
+        "datasets (pending)": amt(s.dataset_pending),
+        "claimed": amt(s.claimed),
+        "claimable now": amt(s.claimable + s.dataset_pending),
     }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -19,7 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# A wide console when piped (CI logs), the terminal's width otherwise.
+console = Console(width=None if sys.stdout.isatty() else 140)
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 QUESTIONS = ("What is the capital of Italy?", "What do cows drink?")
 TOKEN = 10**18
@@ -189,7 +191,7 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
         for col in cols:
             rt.add_column(col, justify="right")
         for role in ("node", "deployer", "owner1", "owner2", "alice", "bob", "carol"):
-            row = summary_row(summarize(c, acct[role].address))
+            row = summary_row(summarize(c, acct[role].address), places=6)
             rt.add_row(f"{role} {acct[role].address[:10]}…", *[row[k] for k in cols])
         console.print(rt)
         alice = acct["alice"]
