@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from node.api.catalog import Catalog
 from node.api.schemas import ApiLimits

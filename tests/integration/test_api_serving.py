@@ -19,7 +19,7 @@ from web3 import Web3
 
 from chain.deploy import deploy
 from chain.devchain import DEV_PRIVATE_KEYS
-from chain.eip712 import SignedReceipt, output_hash
+from chain.eip712 import output_hash
 from inference.engine import Engine, EngineConfig
 from node.api import init_app
 from node.client import NodeQuote, VoucherWallet
