@@ -17,6 +17,7 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 256
 MAX_SEED = 2**63 - 1
+MAX_MESSAGES = 1024
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class GenerationRequest:
         if self.messages is not None:
             if not isinstance(self.messages, list) or not self.messages:
                 raise InvalidRequest("messages must be a non-empty list")
+            if len(self.messages) > MAX_MESSAGES:
+                raise InvalidRequest(f"at most {MAX_MESSAGES} messages per request")
             for m in self.messages:
                 if (
                     not isinstance(m, dict)

@@ -183,13 +183,17 @@ class Scheduler:
                     return
             try:
                 with self._step_lock:
-                    self.step()
+                    busy = self.step()
+                if not busy:  # only waiting requests, none admissible yet: don't spin
+                    with self._cv:
+                        self._cv.wait(timeout=0.005)
             except Exception as e:  # a bug or device error: fail the affected requests, keep serving
                 log.exception("engine step failed")
                 self._fail_all_running(EngineError(f"engine step failed: {type(e).__name__}: {e}"))
 
-    def step(self) -> None:
-        """One scheduling step (public for tests and benchmarks that drive it synchronously)."""
+    def step(self) -> bool:
+        """One scheduling step; returns whether it ran the model (public for tests and benchmarks
+        that drive it synchronously)."""
         with torch.inference_mode():
             self._apply_cancellations()
             for adapter_id, reason in self.tiers.poll():
@@ -199,6 +203,7 @@ class Scheduler:
                 self._prefill(admitted)
             if self.running:
                 self._decode()
+            return bool(admitted or self.running)
 
     def _apply_cancellations(self) -> None:
         with self._cv:

@@ -326,8 +326,12 @@ def test_bad_requests_are_refused_clearly(engine):
         GenerationRequest("r", None, prompt="a", messages=[{"role": "user", "content": "b"}])
     with pytest.raises(InvalidRequest, match="role"):
         GenerationRequest("r", None, messages=[{"role": "hacker", "content": "b"}])
+    with pytest.raises(InvalidRequest, match="at most 1024 messages"):
+        GenerationRequest("r", None, messages=[{"role": "user", "content": "x"}] * 2000)
     with pytest.raises(InvalidRequest, match="empty"):
         engine.submit(_req("empty", None, ""))
+    with pytest.raises(InvalidRequest, match="GenerationRequest"):
+        engine.submit({"prompt": "hi"})
 
 
 def test_stats_counters_move(engine):
