@@ -86,8 +86,14 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._step_lock = threading.Lock()  # held for the whole of each step
         self._stop = False
-        self.counters = collections.Counter()
+        # every key exists from the start: stats() copies the dict from other threads, and a
+        # dict that never grows can be copied while the scheduler updates it
+        self.counters = collections.Counter({k: 0 for k in (
+            "submitted", "rejected_overloaded", "finished_stop", "finished_length", "finished_cancelled",
+            "finished_error", "generated_tokens", "prefill_tokens", "decode_steps", "decode_tokens")})
+        self.counters["decode_seconds"] = 0.0
         self._tok_window: collections.deque[tuple[float, int]] = collections.deque()
+        self._tok_lock = threading.Lock()
         tiers.on_load_done = self._wake
 
     # ------------------------------------------------------------ caller side (any thread)
@@ -156,7 +162,8 @@ class Scheduler:
 
     def tokens_per_second(self, window: float = 10.0) -> float:
         now = time.monotonic()
-        items = [(t, n) for t, n in list(self._tok_window) if now - t <= window]
+        with self._tok_lock:
+            items = [(t, n) for t, n in self._tok_window if now - t <= window]
         if not items:
             return 0.0
         span = max(now - items[0][0], 1e-3)
@@ -287,9 +294,10 @@ class Scheduler:
             next_ids = sample_next(logits, batch)
         ids = next_ids.tolist()
         now = time.monotonic()
-        self._tok_window.append((now, len(ids)))
-        while self._tok_window and now - self._tok_window[0][0] > 30.0:
-            self._tok_window.popleft()
+        with self._tok_lock:
+            self._tok_window.append((now, len(ids)))
+            while self._tok_window and now - self._tok_window[0][0] > 30.0:
+                self._tok_window.popleft()
         self.counters["generated_tokens"] += len(ids)
         done_rows: list[int] = []
         for i, (seq, tok) in enumerate(zip(seqs, ids)):
