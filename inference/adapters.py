@@ -17,8 +17,9 @@ with literal module-name keys (regex keys are refused: a hostile regex could han
 Refused with a reason: DoRA, `modules_to_save`, lm_head/embedding targets, LoRA biases,
 `fan_in_fan_out`, layer replication, trainable tokens, aLoRA, other PEFT types.
 
-Scaling convention: `AdapterWeights` holds B already multiplied by the module's scaling
-(alpha / r, or alpha / sqrt(r) for rsLoRA), so the runtime delta is simply x @ A.T @ B.T.
+Scaling convention: `AdapterWeights` keeps each module's scaling (alpha / r, or alpha / sqrt(r)
+for rsLoRA) next to its A and B; `LoraSlotBank.load_slot` folds it into B while copying into the
+slot, so the runtime delta is simply x @ A.T @ B.T.
 """
 
 from __future__ import annotations
@@ -107,10 +108,13 @@ class AdapterSpec:
 
 @dataclass(frozen=True)
 class LoraPair:
-    """CPU tensors of one targeted module: a [r, in], b [out, r] with the scaling folded in."""
+    """CPU tensors of one targeted module: a [r, in], b [out, r], and the module's scaling.
+    The delta is x @ a.T @ (scaling * b).T; the slot bank folds `scaling` into B while copying
+    into a slot (one pass over B instead of a multiply on every load from disk and a copy)."""
 
     a: torch.Tensor  # [r, in]
-    b: torch.Tensor  # [out, r], already multiplied by the module's scaling
+    b: torch.Tensor  # [out, r], as stored in the file (cast to the load dtype)
+    scaling: float = 1.0
 
     @property
     def rank(self) -> int:
@@ -406,7 +410,7 @@ def validate_adapter(
 def load_adapter_weights(
     folder: str | os.PathLike, spec: AdapterSpec, dtype: torch.dtype = torch.float32
 ) -> AdapterWeights:
-    """Read a validated folder into CPU tensors of `dtype`, scaling folded into B.
+    """Read a validated folder into CPU tensors of `dtype` (scaling kept per module).
 
     The file is re-checked against `spec` (shapes, finiteness): it may have changed on disk since
     validation. Only `safe_open` reads it.
@@ -417,23 +421,25 @@ def load_adapter_weights(
     if path.is_symlink():
         raise _refuse(f"{WEIGHTS_NAME} is a symbolic link; adapter files must be regular files")
     pairs: dict[ModuleKey, LoraPair] = {}
+    sums: list[torch.Tensor] = []  # one scalar per module: a single finiteness check at the end
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for m in spec.modules:
                 prefix = f"base_model.model.model.layers.{m.layer}.{_PARENT[m.module]}.{m.module}"
-                a = f.get_tensor(f"{prefix}.lora_A.weight")  # [r, in]
+                a = f.get_tensor(f"{prefix}.lora_A.weight")  # [r, in], a fresh tensor we own
                 b = f.get_tensor(f"{prefix}.lora_B.weight")  # [out, r]
                 if tuple(a.shape) != (m.rank, m.in_features) or tuple(b.shape) != (m.out_features, m.rank):
                     raise _refuse(f"{prefix}: shapes changed since validation")
-                # fold the scaling in fp32, then cast: one rounding, as PEFT's fp32 reference
-                b = b.to(torch.float32) * m.scaling  # [out, r]
-                a = a.to(dtype).contiguous()
-                b = b.to(dtype).contiguous()
-                if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-                    raise _refuse(f"{prefix}: weights contain NaN or infinite values (after scaling to {dtype})")
-                pairs[(m.layer, m.module)] = LoraPair(a, b)
+                a, b = a.to(dtype), b.to(dtype)  # no copy when the file already has `dtype`
+                # NaN/inf anywhere makes the sum non-finite (cheaper than isfinite on every
+                # element; this is the cold-load path, validation already checked each element)
+                sums.append(a.sum(dtype=torch.float32) + b.sum(dtype=torch.float32))
+                pairs[(m.layer, m.module)] = LoraPair(a, b, m.scaling)
     except AdapterValidationError:
         raise
     except Exception as e:
         raise _refuse(f"{WEIGHTS_NAME} could not be read: {str(e)[:200]}") from e
+    if sums and not bool(torch.isfinite(torch.stack(sums)).all()):
+        bad = next(k for k, p in pairs.items() if not (torch.isfinite(p.a).all() and torch.isfinite(p.b).all()))
+        raise _refuse(f"layer {bad[0]} {bad[1]}: weights contain NaN or infinite values (after scaling to {dtype})")
     return AdapterWeights(spec=spec, pairs=pairs, dtype=dtype)

@@ -10,8 +10,8 @@ buffers for all slots:
 inner dimension r run ~2.5x faster on CPU in this layout, and it is the grouped GEMM's natural
 right operand.) An adapter of rank r < max_rank occupies A[s, :r] and B[s, :r]; the rest of the slot is zero,
 so padding contributes exactly zero, and the layers slice to the largest rank in the batch so
-that padding costs no compute either. B holds the adapter's scaling already folded in
-(see inference.adapters), so a token routed to slot s gets
+that padding costs no compute either. B holds the adapter's scaling folded in
+(`load_slot` multiplies while copying), so a token routed to slot s gets
 
     y = x @ W.T + (x @ A[s].T) @ B[s]
 
@@ -109,6 +109,9 @@ class LoraSlotBank:
         self.use_grouped_mm = device.type == "cuda" and aligned and grouped_mm_available(device, dtype)
         # CPU bmm strategy only when padding wastes at most this share of the compute
         self.max_padding_waste = 0.5
+        # bmm over a window of consecutive slots (a view) when window <= factor * distinct slots:
+        # (a window reads span slots once; a gather reads G, writes G, and the bmm reads G again)
+        self.window_factor = 2.5
 
     # ----------------------------------------------------------------- slots
 
@@ -157,7 +160,13 @@ class LoraSlotBank:
                     raise LoraSlotError(f"shapes at {key} do not fit the layer: A {list(pair.a.shape)}, "
                                         f"B {list(pair.b.shape)}")
                 layer.lora_a[slot, :r].copy_(pair.a, non_blocking=nb)  # [r, in]
-                layer.lora_b[slot, :r].copy_(pair.b.T, non_blocking=nb)  # [r, out] <- [out, r]
+                dst = layer.lora_b[slot, :r]  # [r, out]
+                if self.device.type == "cpu":
+                    torch.mul(pair.b.T, pair.scaling, out=dst)  # copy, transpose and scale in one pass
+                else:
+                    dst.copy_(pair.b.T, non_blocking=nb)  # host -> device, then scale there
+                    if pair.scaling != 1.0:
+                        dst.mul_(pair.scaling)
                 if old_r > r:  # the previous occupant's larger rank left weights in the tail
                     layer.lora_a[slot, r:old_r].zero_()
                     layer.lora_b[slot, r:old_r].zero_()
@@ -259,7 +268,7 @@ class LoraSlotBank:
             return _Grouping(strategy="grouped", window=None, slot_index=None, pad_pos=None, offs=offs, **common)
         # bmm over a window of consecutive slots when it has few holes: a view, no weight copy
         lo, hi = slots[0], slots[-1] + 1
-        use_window = hi - lo <= 2 * n_groups
+        use_window = hi - lo <= self.window_factor * n_groups
         n_layout = hi - lo if use_window else n_groups
         waste = 1.0 - ta / (n_layout * max_count)
         if waste > self.max_padding_waste:

@@ -86,14 +86,15 @@ def test_valid_adapter_spec(config, tmp_path):
     assert spec.num_params == config.num_hidden_layers * 8 * (576 * 2 + 192 * 2 + 576 * 4)
 
 
-def test_load_folds_scaling_and_casts(config, tmp_path):
+def test_load_keeps_scaling_and_casts(config, tmp_path):
     folder = make_random_adapter(tmp_path / "ad", config, 4, ["v_proj"], alpha=10, seed=0)
     spec = validate(folder, config)
     w = load_adapter_weights(folder, spec)
     raw = random_lora_tensors(config, 4, ["v_proj"], seed=0)
     pair = w.pairs[(5, "v_proj")]
     assert torch.equal(pair.a, raw["base_model.model.model.layers.5.self_attn.v_proj.lora_A.weight"])
-    assert torch.allclose(pair.b, raw["base_model.model.model.layers.5.self_attn.v_proj.lora_B.weight"] * 2.5)
+    assert torch.equal(pair.b, raw["base_model.model.model.layers.5.self_attn.v_proj.lora_B.weight"])
+    assert pair.scaling == 2.5  # folded into B by LoraSlotBank.load_slot
     half = load_adapter_weights(folder, spec, torch.bfloat16)
     assert half.pairs[(5, "v_proj")].a.dtype == torch.bfloat16 and half.nbytes * 2 == w.nbytes
 
