@@ -106,10 +106,14 @@ class _Served:
         if gate.mode == "operator-funded":
             lane = self.authz.lane
             op_voucher = lambda c, a: gate.operator_voucher(lane, c, a)  # noqa: E731
-        issued = self.app[K.ISSUER].issue(
+        issuer = self.app[K.ISSUER]
+        # Span matching is pure CPU: a worker thread keeps other requests' streams flowing. The
+        # signing that follows stays on the loop, which serialises the ledger's lane totals.
+        attribution = await asyncio.to_thread(issuer.attribution, self.authz.lane.adapter_id, result.token_ids)
+        issued = issuer.issue(
             request_id=request_id, lane=self.authz.lane, prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens, cost=cost, text=result.text,
-            token_ids=result.token_ids, operator_voucher=op_voucher,
+            token_ids=result.token_ids, operator_voucher=op_voucher, attribution=attribution,
         )
         metrics = self.app[K.METRICS]
         metrics.tokens.labels("prompt").inc(result.prompt_tokens)
