@@ -181,6 +181,11 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
         ok = c.receipts.verify_receipt(r0.receipt, p0["batch"]["seq"], [bytes.fromhex(x[2:]) for x in p0["proof"]])
         console.print(f"{len(receipts)} receipts committed in batch(es) "
                       f"{sorted({p['batch']['seq'] for p in proofs})}; receipt 1 verifyReceipt on chain: {ok}")
+        for r, p in zip(receipts, proofs):
+            att = p["receipt"].get("attribution")
+            if att:  # which contributions this answer drew on (exact token spans, see README)
+                shares = ", ".join(f"contribution {cid}: {bps / 100:.1f}%" for cid, bps in att.items())
+                console.print(f"receipt {r.receipt.seq} (adapter-{r.receipt.adapter_id}) attribution: {shares}")
         paid = sum(r.receipt.compute_cost + r.receipt.adapter_cost for r in receipts)
         console.print(f"payer charged {format_amount(paid)} LND in total, redeemed from escrow")
 
