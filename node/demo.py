@@ -10,11 +10,9 @@ contributor claims, seeing the wallet's token balance rise.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from rich.console import Console
@@ -27,21 +25,6 @@ QUESTIONS = ("What is the capital of Italy?", "What do cows drink?")
 TOKEN = 10**18
 ADAPTER_PRICE = TOKEN // 2  # 0.5 token per 1K tokens
 COMPUTE_PRICE = TOKEN // 4  # 0.25 token per 1K tokens
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def _wait(pred, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _step(text: str) -> None:
@@ -68,7 +51,7 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
     from node.cli_common import format_amount
     from node.cli_rewards import summarize, summary_row
     from node.config import load_config
-    from node.devup import DEV_ROLES, NodeThread, start_dev_stack
+    from node.devup import DEV_ROLES, NodeThread, get_json as _get, start_dev_stack, wait_for as _wait
     from node.ipfs import EmbeddedStore
 
     acct = {role: Account.from_key(k) for role, k in zip(DEV_ROLES, DEV_PRIVATE_KEYS)}

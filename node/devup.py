@@ -7,7 +7,10 @@ Only anvil's well-known dev keys are used, and only on chain id 31337.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +136,20 @@ class NodeThread:
         if self.url and self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.stop_event.set)
         self.thread.join(timeout)
+
+
+def get_json(url: str, timeout: float = 30) -> dict:
+    """GET a node endpoint and decode its JSON (loopback only in practice)."""
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310
+        return json.loads(r.read())
+
+
+def wait_for(pred, timeout: float, what: str, every: float = 0.5):
+    """Poll `pred` until it returns something truthy; TimeoutError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")

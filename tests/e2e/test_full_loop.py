@@ -14,9 +14,6 @@ splits registered on chain applied to the costs the node signed.
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-import time
 import urllib.request
 from dataclasses import replace
 
@@ -28,6 +25,7 @@ from chain.contracts import Contracts
 from chain.deploy import deploy
 from chain.devchain import DEV_PRIVATE_KEYS
 from inference.base_model import EMBEDDED_MODEL_ID
+from node.devup import NodeThread, get_json as _get, wait_for as _wait
 
 pytestmark = pytest.mark.slow
 
@@ -41,60 +39,6 @@ ADAPTERS = {  # adapter id: (owner, price per 1K tokens, owner bps, dataset bps)
     1: ("owner1", 7000, 6000, 4000),
     2: ("owner2", 3001, 7500, 2500),
 }
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def _wait(pred, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class NodeThread:
-    """The daemon's `serve()` on its own event loop in a thread (signals stay with pytest)."""
-
-    def __init__(self, config):
-        self.config, self.url, self.app, self.error = config, None, None, None
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self):
-        from node.daemon import serve
-
-        async def main():
-            self.loop, self.stop_event = asyncio.get_running_loop(), asyncio.Event()
-            await serve(self.config, stop=self.stop_event, on_ready=self._on_ready, handle_signals=False)
-
-        try:
-            asyncio.run(main())
-        except BaseException as e:  # surfaced by start()/stop()
-            self.error = e
-            self._ready.set()
-
-    def _on_ready(self, url, app):
-        self.url, self.app = url, app
-        self._ready.set()
-
-    def start(self, timeout: float = 240):
-        self.thread.start()
-        assert self._ready.wait(timeout), "node did not start"
-        if self.error:
-            raise self.error
-        return self
-
-    def stop(self):
-        if self.url and self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "node did not stop"
 
 
 def _publish(c: Contracts, store_dir, work):
@@ -217,6 +161,7 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
         assert health["background"] == {"watcher": "running", "lifecycle": "running", "settlement": "running"}
     finally:
         node.stop()
+    assert not node.thread.is_alive(), "node did not stop"
 
     # every receipt verifies on chain; a tampered one does not
     for r, p in zip(receipts, proofs):
