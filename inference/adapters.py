@@ -17,9 +17,8 @@ with literal module-name keys (regex keys are refused: a hostile regex could han
 Refused with a reason: DoRA, `modules_to_save`, lm_head/embedding targets, LoRA biases,
 `fan_in_fan_out`, layer replication, trainable tokens, aLoRA, other PEFT types.
 
-Scaling convention: `AdapterWeights` keeps each module's scaling (alpha / r, or alpha / sqrt(r)
-for rsLoRA) next to its A and B; `LoraSlotBank.load_slot` folds it into B while copying into the
-slot, so the runtime delta is simply x @ A.T @ B.T.
+Scaling convention: `AdapterWeights` holds B already multiplied by the module's scaling
+(alpha / r, or alpha / sqrt(r) for rsLoRA), so the runtime delta is simply x @ A.T @ B.T.
 """
 
 from __future__ import annotations
@@ -108,13 +107,11 @@ class AdapterSpec:
 
 @dataclass(frozen=True)
 class LoraPair:
-    """CPU tensors of one targeted module: a [r, in], b [out, r], and the module's scaling.
-    The delta is x @ a.T @ (scaling * b).T; the slot bank folds `scaling` into B while copying
-    into a slot (one pass over B instead of a multiply on every load from disk and a copy)."""
+    """CPU tensors of one targeted module: a [r, in], b [out, r] with the scaling folded in,
+    so the module's delta is x @ a.T @ b.T."""
 
     a: torch.Tensor  # [r, in]
-    b: torch.Tensor  # [out, r], as stored in the file (cast to the load dtype)
-    scaling: float = 1.0
+    b: torch.Tensor  # [out, r], already multiplied by the module's scaling
 
     @property
     def rank(self) -> int:
@@ -410,7 +407,7 @@ def validate_adapter(
 def load_adapter_weights(
     folder: str | os.PathLike, spec: AdapterSpec, dtype: torch.dtype = torch.float32
 ) -> AdapterWeights:
-    """Read a validated folder into CPU tensors of `dtype` (scaling kept per module).
+    """Read a validated folder into CPU tensors of `dtype`, scaling folded into B.
 
     The file is re-checked against `spec` (shapes, finiteness): it may have changed on disk since
     validation. Only `safe_open` reads it.
@@ -426,15 +423,21 @@ def load_adapter_weights(
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for m in spec.modules:
                 prefix = f"base_model.model.model.layers.{m.layer}.{_PARENT[m.module]}.{m.module}"
-                a = f.get_tensor(f"{prefix}.lora_A.weight")  # [r, in], a fresh tensor we own
+                a = f.get_tensor(f"{prefix}.lora_A.weight")  # [r, in]
                 b = f.get_tensor(f"{prefix}.lora_B.weight")  # [out, r]
                 if tuple(a.shape) != (m.rank, m.in_features) or tuple(b.shape) != (m.out_features, m.rank):
                     raise _refuse(f"{prefix}: shapes changed since validation")
-                a, b = a.to(dtype), b.to(dtype)  # no copy when the file already has `dtype`
+                # fold the scaling in fp32, then cast: one rounding. Out of place on purpose: get_tensor
+                # may map the file copy-on-write, and writing into it costs a page copy per page
+                b = torch.mul(b.float(), m.scaling).to(dtype)  # [out, r]
+                # get_tensor's tensors may be views of the mmapped file: a file truncated later
+                # (disk-cache eviction, a rewrite) would crash the process with SIGBUS when a
+                # cached AdapterWeights is read. Own the memory.
+                a = a.to(dtype, copy=True)  # [r, in]
                 # NaN/inf anywhere makes the sum non-finite (cheaper than isfinite on every
                 # element; this is the cold-load path, validation already checked each element)
                 sums.append(a.sum(dtype=torch.float32) + b.sum(dtype=torch.float32))
-                pairs[(m.layer, m.module)] = LoraPair(a, b, m.scaling)
+                pairs[(m.layer, m.module)] = LoraPair(a, b)
     except AdapterValidationError:
         raise
     except Exception as e:

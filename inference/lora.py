@@ -11,7 +11,7 @@ inner dimension r run ~2.5x faster on CPU in this layout, and it is the grouped 
 right operand.) An adapter of rank r < max_rank occupies A[s, :r] and B[s, :r]; the rest of the slot is zero,
 so padding contributes exactly zero, and the layers slice to the largest rank in the batch so
 that padding costs no compute either. B holds the adapter's scaling folded in
-(`load_slot` multiplies while copying), so a token routed to slot s gets
+(see inference.adapters), so a token routed to slot s gets
 
     y = x @ W.T + (x @ A[s].T) @ B[s]
 
@@ -160,13 +160,7 @@ class LoraSlotBank:
                     raise LoraSlotError(f"shapes at {key} do not fit the layer: A {list(pair.a.shape)}, "
                                         f"B {list(pair.b.shape)}")
                 layer.lora_a[slot, :r].copy_(pair.a, non_blocking=nb)  # [r, in]
-                dst = layer.lora_b[slot, :r]  # [r, out]
-                if self.device.type == "cpu":
-                    torch.mul(pair.b.T, pair.scaling, out=dst)  # copy, transpose and scale in one pass
-                else:
-                    dst.copy_(pair.b.T, non_blocking=nb)  # host -> device, then scale there
-                    if pair.scaling != 1.0:
-                        dst.mul_(pair.scaling)
+                layer.lora_b[slot, :r].copy_(pair.b.T, non_blocking=nb)  # [r, out] <- [out, r]
                 if old_r > r:  # the previous occupant's larger rank left weights in the tail
                     layer.lora_a[slot, r:old_r].zero_()
                     layer.lora_b[slot, r:old_r].zero_()

@@ -48,7 +48,7 @@ def build(cpu_base, folders, dtype):
     for i, f in enumerate(folders):
         spec = validate_adapter(f, cpu_base.model.config, base_model_id=cpu_base.model_id, max_rank=32)
         w = load_adapter_weights(f, spec, dtype)
-        pinned = {k: type(p)(p.a.pin_memory(), p.b.pin_memory(), p.scaling) for k, p in w.pairs.items()}
+        pinned = {k: type(p)(p.a.pin_memory(), p.b.pin_memory()) for k, p in w.pairs.items()}
         event = bank.load_slot(i + 2, type(w)(spec=w.spec, pairs=pinned, dtype=dtype), copy_stream=stream)
         event.synchronize()
     peft = PeftModel.from_pretrained(copy.deepcopy(cpu_base.model), str(folders[0]), adapter_name="a0")

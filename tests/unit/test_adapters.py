@@ -10,6 +10,8 @@ import math
 import os
 import pickle
 import struct
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -86,15 +88,14 @@ def test_valid_adapter_spec(config, tmp_path):
     assert spec.num_params == config.num_hidden_layers * 8 * (576 * 2 + 192 * 2 + 576 * 4)
 
 
-def test_load_keeps_scaling_and_casts(config, tmp_path):
+def test_load_folds_scaling_and_casts(config, tmp_path):
     folder = make_random_adapter(tmp_path / "ad", config, 4, ["v_proj"], alpha=10, seed=0)
     spec = validate(folder, config)
     w = load_adapter_weights(folder, spec)
     raw = random_lora_tensors(config, 4, ["v_proj"], seed=0)
     pair = w.pairs[(5, "v_proj")]
     assert torch.equal(pair.a, raw["base_model.model.model.layers.5.self_attn.v_proj.lora_A.weight"])
-    assert torch.equal(pair.b, raw["base_model.model.model.layers.5.self_attn.v_proj.lora_B.weight"])
-    assert pair.scaling == 2.5  # folded into B by LoraSlotBank.load_slot
+    assert torch.allclose(pair.b, raw["base_model.model.model.layers.5.self_attn.v_proj.lora_B.weight"] * 2.5)
     half = load_adapter_weights(folder, spec, torch.bfloat16)
     assert half.pairs[(5, "v_proj")].a.dtype == torch.bfloat16 and half.nbytes * 2 == w.nbytes
 
@@ -308,3 +309,24 @@ def test_load_rechecks_the_file(config, tmp_path):
     (folder / WEIGHTS_NAME).write_bytes(b"garbage")
     with pytest.raises(AdapterValidationError, match="could not be read"):
         load_adapter_weights(folder, spec)
+
+
+def test_loaded_weights_survive_the_file_being_truncated(config, tmp_path):
+    """safetensors may hand out mmap-backed tensors; cached weights must not crash the node
+    (SIGBUS) when the disk cache later truncates or rewrites the file. In a subprocess, so a
+    regression fails this test instead of killing the test run."""
+    folder, _ = small(tmp_path, config)
+    code = f"""
+import sys, torch
+from transformers import AutoConfig
+from inference.adapters import load_adapter_weights, validate_adapter
+cfg = AutoConfig.from_pretrained({str(resolve_model_folder(None))!r}, local_files_only=True)
+spec = validate_adapter({str(folder)!r}, cfg, base_model_id={EMBEDDED_MODEL_ID!r}, max_rank=64)
+w = load_adapter_weights({str(folder)!r}, spec)
+before = sum(float(p.a.sum() + p.b.sum()) for p in w.pairs.values())
+open({str(folder / WEIGHTS_NAME)!r}, "wb").close()
+after = sum(float(p.a.sum() + p.b.sum()) for p in w.pairs.values())
+sys.exit(0 if before == after else 3)
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-500:]

@@ -39,7 +39,7 @@ def weights(cfg, rank, targets, seed, alpha=None):
         parts = key.split(".")
         layer, module = int(parts[4]), parts[6]
         b = raw[key.replace("lora_A", "lora_B")]
-        pairs[(layer, module)] = LoraPair(a, b, scaling)
+        pairs[(layer, module)] = LoraPair(a, b * scaling)
         mods.append(ModuleShape(layer, module, rank, *shapes[module], alpha or 2 * rank, scaling))
     spec = AdapterSpec(folder=None, base_model="tiny", rank=rank, alpha=alpha or 2 * rank, scaling=scaling,
                        use_rslora=False, target_modules=tuple(targets), modules=tuple(mods), weights_bytes=0)
@@ -54,7 +54,7 @@ def reference(layer: MultiLoraLinear, x, token_slots, loaded):
         if s >= 0 and loaded.get(s) is not None:
             pair = loaded[s].pairs.get(next(k for k, v in layer.bank.layers.items() if v is layer))
             if pair is not None:
-                y[t] += (x2[t] @ pair.a.T) @ (pair.b * pair.scaling).T
+                y[t] += (x2[t] @ pair.a.T) @ pair.b.T
     return y.view(*x.shape[:-1], layer.out_features)
 
 
