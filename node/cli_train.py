@@ -54,6 +54,8 @@ def train(
 
     if (data is None) == (dataset is None):
         raise CliError("give exactly one of --data FILE or --dataset ID")
+    if data is not None and not data.exists():
+        raise CliError(f"cannot read {data}: no such file or folder")
     if out.exists() and any(out.iterdir()):
         raise CliError(f"{out} exists and is not empty")
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,6 +67,8 @@ def train(
                     records += read_records(p)
         except TrainingDataError as e:
             raise CliError(str(e)) from None
+    if not records:
+        raise CliError("no training records found")  # checked before the model is loaded
     base = load_base_model()
     cfg = TrainConfig(rank=rank, alpha=alpha, steps=steps, batch_size=batch_size, learning_rate=lr,
                       max_length=max_length, seed=seed, last_layers=last_layers)
