@@ -16,7 +16,7 @@ from eth_account import Account
 from web3 import Web3
 
 from chain.artifacts import load_artifact
-from chain.devchain import DEV_PRIVATE_KEYS
+from chain.devchain import DEV_PRIVATE_KEYS, Anvil
 from chain.outbox import (
     Attempt,
     InMemoryOutboxStore,
@@ -91,6 +91,21 @@ def token_revert_name(data: bytes) -> str | None:
 
 
 # --- happy path, idempotence, validation ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def _outbox_chain():
+    """A chain of this module's own: its tests count nonces from 0, and other modules deploy on the
+    shared session chain outside snapshots (their nonces would leak in here)."""
+    with Anvil() as node:
+        yield node
+
+
+@pytest.fixture
+def anvil(_outbox_chain):
+    snap = _outbox_chain.rpc("evm_snapshot")
+    yield _outbox_chain
+    _outbox_chain.rpc("evm_revert", [snap])
 
 
 def test_sends_each_intent_once_with_contiguous_nonces(anvil):
