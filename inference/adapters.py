@@ -172,6 +172,20 @@ def _regular_file(folder: Path, name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+MAX_CONFIG_DEPTH = 32
+_JSON_STRING = re.compile(r'"(?:\\.|[^"\\])*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _json_depth(text: str) -> int:
+    """Deepest bracket nesting of a JSON text, strings ignored (no parsing, no recursion)."""
+    depth = deepest = 0
+    for ch in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if ch in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _read_config(folder: Path, max_config_bytes: int) -> dict:
     path = _regular_file(folder, CONFIG_NAME)
     if path is None:
@@ -181,7 +195,13 @@ def _read_config(folder: Path, max_config_bytes: int) -> dict:
         raise _refuse(f"{CONFIG_NAME} is {size} bytes, above the {max_config_bytes}-byte limit")
     try:
         raw = path.read_bytes()[: max_config_bytes + 1]
-        config = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        depth = _json_depth(text)
+        if depth > MAX_CONFIG_DEPTH:
+            # json.loads' own recursion guard depends on the interpreter's recursion limit (which
+            # imported libraries raise); bound the nesting ourselves before parsing.
+            raise ValueError(f"nested {depth} levels deep, more than {MAX_CONFIG_DEPTH}")
+        config = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
         raise _refuse(f"{CONFIG_NAME} is not valid JSON: {str(e)[:200]}") from e
     if not isinstance(config, dict):

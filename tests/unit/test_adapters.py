@@ -330,3 +330,26 @@ sys.exit(0 if before == after else 3)
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-500:]
+
+
+@pytest.mark.parametrize("text, depth", [
+    ('{"a": [1, {"b": "[[[["}]}', 3),  # brackets inside strings do not count
+    (r'["\\", ["x"]]', 2),  # an escaped backslash ends before the closing quote
+    (r'["\"[[[", [1]]', 2),  # an escaped quote does not end the string
+    ('"plain"', 0),
+    ("[" * 40 + "]" * 40, 40),
+])
+def test_json_depth_is_measured_without_parsing(text, depth):
+    from inference.adapters import _json_depth
+
+    assert _json_depth(text) == depth
+
+
+def test_config_nested_past_the_cap_is_refused_before_parsing(config, tmp_path):
+    from inference.adapters import MAX_CONFIG_DEPTH
+
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("[" * (MAX_CONFIG_DEPTH + 1) + "]" * (MAX_CONFIG_DEPTH + 1))
+    with pytest.raises(AdapterValidationError, match="nested 33 levels deep"):
+        validate_adapter(folder, config, base_model_id=EMBEDDED_MODEL_ID, max_rank=64)
