@@ -4,7 +4,6 @@ block, oversized content, wrong root, a gateway that is not trustless)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 from pathlib import Path
@@ -28,14 +27,7 @@ from node.ipfs import (
 )
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gw = _load("ipfs_gateway_server")
+import ipfs_gateway_server as gw  # noqa: E402  (tests/integration is on pytest's pythonpath)
 
 
 async def _start(store: EmbeddedStore):

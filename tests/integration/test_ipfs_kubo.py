@@ -3,7 +3,6 @@ server in kubo_wire_server.py follows Kubo's RPC reference and computes with the
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 from pathlib import Path
@@ -26,14 +25,7 @@ from node.ipfs import (
 )
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-wire = _load("kubo_wire_server")
+import kubo_wire_server as wire  # noqa: E402  (tests/integration is on pytest's pythonpath)
 
 
 @pytest.fixture
