@@ -57,7 +57,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _port_is_free(host: str, port: int) -> bool:
+def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as s:
         try:
             s.bind((host, port))
@@ -97,7 +97,7 @@ class Anvil:
             return self
         if not self.port:
             self.port = free_port(self.host)
-        elif not _port_is_free(self.host, self.port):
+        elif not port_is_free(self.host, self.port):
             # Otherwise another process on that port would answer our readiness probe.
             raise DevChainError(f"port {self.host}:{self.port} is already in use")
         args = [

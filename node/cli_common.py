@@ -169,6 +169,12 @@ def connect(rpc_url: str, deployment: Path | None):
     return Contracts(w3, dep)
 
 
+def all_contributions(c):
+    """Every contribution on chain, in id order (the registry has no per-dataset or per-address index)."""
+    for i in range(1, c.datasets.contribution_count() + 1):
+        yield c.datasets.get_contribution(i)
+
+
 def checksum(address: str, what: str = "address") -> str:
     from eth_utils import is_address, to_checksum_address
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from node.cli_common import (
-    CliError, DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt, connect, emit, event_of,
+    CliError, DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt, all_contributions, connect, emit, event_of,
     handle_errors, load_account, tx_done,
 )
 from node.cli_ipfs_store import IpfsStoreOpt, KuboOpt, upload
@@ -122,10 +122,7 @@ def show(
     if not c.datasets.dataset_exists(dataset_id):
         raise CliError(f"dataset {dataset_id} does not exist")
     info = c.datasets.get_dataset(dataset_id)
-    contribs = [
-        ci for ci in (c.datasets.get_contribution(i) for i in range(1, c.datasets.contribution_count() + 1))
-        if ci.dataset_id == dataset_id
-    ]
+    contribs = [ci for ci in all_contributions(c) if ci.dataset_id == dataset_id]
     if as_json:
         emit({"dataset": info, "contributions": contribs}, True)
         return

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from node.cli_common import (
-    CliError, DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt, checksum, connect, emit,
+    CliError, DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt, all_contributions, checksum, connect, emit,
     format_amount, handle_errors, keystore_address, load_account, tx_done,
 )
 
@@ -49,13 +49,12 @@ def summarize(c, who: str) -> RewardSummary:
     )
     from_escrow = credited_by.get(c.escrow.address, 0)
     pending, pending_ids = 0, []
-    for i in range(1, c.datasets.contribution_count() + 1):
-        info = c.datasets.get_contribution(i)
+    for info in all_contributions(c):
         if info.contributor == who and info.status == "accepted":
-            p = c.datasets.pending_reward(i)
+            p = c.datasets.pending_reward(info.contribution_id)
             if p:
                 pending += p
-                pending_ids.append(i)
+                pending_ids.append(info.contribution_id)
     return RewardSummary(
         address=who,
         node_fees=min(node_fees, from_escrow),

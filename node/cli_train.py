@@ -10,7 +10,7 @@ from node.cli_common import CliError, JsonOpt, console, emit, handle_errors
 
 def fetch_dataset_file(dataset_id: int, rpc_url: str, deployment: Path | None, store: Path | None, dest: Path) -> list[Path]:
     """Accepted contributions of an on-chain dataset, fetched from the embedded store and CID-verified."""
-    from node.cli_common import connect, run_async
+    from node.cli_common import all_contributions, connect, run_async
     from node.cli_ipfs import store_root
     from node.ipfs import EmbeddedStore
 
@@ -19,10 +19,10 @@ def fetch_dataset_file(dataset_id: int, rpc_url: str, deployment: Path | None, s
         raise CliError(f"dataset {dataset_id} does not exist")
     st = EmbeddedStore(store_root(store))
     files = []
-    for i in range(1, c.datasets.contribution_count() + 1):
-        info = c.datasets.get_contribution(i)
+    for info in all_contributions(c):
         if info.dataset_id == dataset_id and info.status == "accepted":
-            files.append(run_async(st.fetch(info.cid, dest / f"contribution-{i}", 64 << 20)))
+            dest_i = dest / f"contribution-{info.contribution_id}"
+            files.append(run_async(st.fetch(info.cid, dest_i, 64 << 20)))
     if not files:
         raise CliError(f"dataset {dataset_id} has no accepted contributions")
     return files

@@ -49,6 +49,7 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
 
     from chain.devchain import DEV_PRIVATE_KEYS
     from node.cli_common import format_amount
+    from node.cli_dataset import count_tokens
     from node.cli_rewards import summarize, summary_row
     from node.config import load_config
     from node.devup import DEV_ROLES, NodeThread, get_json as _get, start_dev_stack, wait_for as _wait
@@ -79,11 +80,11 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
             for who, fname in files:
                 path = DEMO_DATA / fname
                 cid = store.add_path_sync(path)
-                tokens = len(path.read_text().split())
+                tokens = count_tokens(path)  # the same validation and count as `loranode dataset contribute`
                 c.datasets.contribute(acct[who], ds, cid, tokens)
                 cid_id = c.datasets.contribution_count()
                 c.datasets.accept(acct["curator"], cid_id, tokens)
-                console.print(f"dataset {ds} «{name}»: contribution {cid_id} by {who} ({tokens} words) {cid[:16]}…")
+                console.print(f"dataset {ds} «{name}»: contribution {cid_id} by {who} ({tokens} tokens) {cid[:16]}…")
 
         _step("3. two LoRA adapters trained on CPU and published with dataset splits")
         from inference.base_model import load_base_model

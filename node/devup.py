@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from chain.devchain import DEV_CHAIN_ID, DEV_PRIVATE_KEYS, Anvil, _port_is_free
+from chain.devchain import DEV_CHAIN_ID, DEV_PRIVATE_KEYS, Anvil, port_is_free
 
 DEV_ROLES = ("deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob", "carol", "dave")
 DEV_FUNDING = 10_000 * 10**18  # demo tokens minted to every dev account
@@ -75,7 +75,7 @@ def start_dev_stack(data_dir: Path, *, chain_port: int = 8545, node_port: int = 
 
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    anvil = Anvil(port=chain_port if chain_port and _port_is_free("127.0.0.1", chain_port) else 0).start()
+    anvil = Anvil(port=chain_port if chain_port and port_is_free("127.0.0.1", chain_port) else 0).start()
     try:
         w3 = Web3(Web3.HTTPProvider(anvil.url))
         dep = deploy(anvil.url, DEV_PRIVATE_KEYS[0], out_dir=None, w3=w3)
@@ -85,7 +85,7 @@ def start_dev_stack(data_dir: Path, *, chain_port: int = 8545, node_port: int = 
         for key in DEV_PRIVATE_KEYS[1:]:
             c.token.mint(deployer, Account.from_key(key).address, DEV_FUNDING)
         node = Account.from_key(DEV_PRIVATE_KEYS[DEV_ROLES.index("node")])
-        port = node_port if node_port and _port_is_free("127.0.0.1", node_port) else 0
+        port = node_port if node_port and port_is_free("127.0.0.1", node_port) else 0
         from inference.base_model import EMBEDDED_MODEL_ID
 
         c.nodes.register(node, f"http://127.0.0.1:{port or 8080}", [EMBEDDED_MODEL_ID], compute_price_per_1k)
