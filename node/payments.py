@@ -1,4 +1,4 @@
-"""Payment gate: the voucher protocol of ../shared/DESIGN.md, node side.
+"""Payment gate: the voucher protocol (docs/ARCHITECTURE.md, "A paid request"), node side.
 
 A request on lane (payer, node, adapter) must carry a voucher, signed by a key the payer
 authorized in UsageEscrow, whose cumulative values cover everything the lane already owes. The

@@ -1,6 +1,6 @@
 """Chain watcher: contract events of confirmed blocks → `chain_events` + projections, with reorgs undone.
 
-Per step (DESIGN "Chain watcher"):
+Per step:
 1. target = head − confirmations; nothing to do when the cursor is there.
 2. The cursor block's hash must still be canonical; if not, walk the ring of recent block hashes
    (`chain_blocks`) back to the newest block whose hash still matches (common ancestor), delete the

@@ -67,7 +67,7 @@ class Base(DeclarativeBase):
 
 
 class AdapterState(str, enum.Enum):
-    """Local lifecycle of an adapter on this node (DESIGN "Adapter lifecycle")."""
+    """Local lifecycle of an adapter on this node (docs/ARCHITECTURE.md, "An AdapterRegistered event")."""
 
     REGISTERED = "registered"  # seen on chain, nothing fetched yet
     FETCHING = "fetching"  # IPFS fetch + CID verification in progress

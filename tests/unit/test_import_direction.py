@@ -1,4 +1,4 @@
-"""DESIGN.md: `chain` and `inference` never import each other or `node`."""
+"""docs/ARCHITECTURE.md: `chain` and `inference` never import each other or `node`."""
 
 from __future__ import annotations
 
