@@ -46,7 +46,9 @@ artifacts/.stamp-build: node_modules/.stamp-install hardhat.config.js $(shell fi
 
 build: artifacts/.stamp-build
 
+# The vLLM gateway test needs .venv-vllm; where it cannot be installed that test skips with the reason.
 test: install build
+	$(MAKE) vllm-venv || echo "NOTE: .venv-vllm could not be installed; tests/integration/test_vllm_gateway.py will skip"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The quick inner loop: unit tests only.
