@@ -126,7 +126,8 @@ class NodeConfig(BaseModel):
         "with `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`. Required with `engine_backend = \"vllm\"`."
     )
     vllm_timeout_s: float = Field(
-        60.0, gt=0, le=3600, description="A vLLM server silent this long during a request is taken out of rotation."
+        60.0, gt=0, le=3600, description="Seconds a request may wait on a silent vLLM server before the node checks "
+        "its `/health`: a healthy (busy) server keeps the request, a failing one leaves rotation."
     )
     vllm_probe_s: float = Field(
         2.0, gt=0, le=3600, description="Seconds between health probes of vLLM servers out of rotation."

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from concurrent.futures import Future
 from contextlib import aclosing
@@ -43,6 +44,7 @@ from node.gateway.usage import meter
 log = logging.getLogger(__name__)
 
 PROBE_ADAPTER = "loranode-cache-probe"
+_NODE_ADAPTER = re.compile(r"^adapter-[0-9]+$")  # names this node gives adapters (node.lifecycle.model_name)
 _ADMIN_TIMEOUT_S = 120.0  # loading an adapter on a busy server can take a while
 
 
@@ -225,31 +227,45 @@ class VllmEngine:
     async def _bring_up(self, server: Upstream) -> str | None:
         """Health, base model, cache readability, every registered adapter; then into rotation.
         Returns a configuration error (the server stays out), None otherwise."""
-        try:
-            await V.health(self._session, server.url, min(self.timeout_s, 10.0))
-            base, max_len, loras = await V.models(self._session, server.url, min(self.timeout_s, 10.0))
-            if base != self.model_id:
-                msg = (f"{server.url} serves base model {base!r}, this node serves {self.model_id!r} "
-                       f"(start vLLM with --served-model-name {self.model_id})")
-                server.take_out(msg)
-                return msg
-            server.max_model_len = max_len
-            err = await self._check_cache_readable(server)
-            if err:
-                server.take_out(err)
-                return err
-            server.loaded = set(loras) & set(self._adapters)
-            for name, folder in list(self._adapters.items()):
-                if name not in server.loaded:
-                    await self._load_on(server, name, folder)
-        except V.UpstreamError as e:
-            if server.in_rotation or server.last_error is None:
-                log.warning("vLLM server %s is out of rotation: %s", server.url, e)
-            server.take_out(str(e))
-            return None
-        server.in_rotation, server.last_error, server.out_since = True, None, None
+        async with server.lock:
+            try:
+                await V.health(self._session, server.url, min(self.timeout_s, 10.0))
+                base, max_len, _ = await V.models(self._session, server.url, min(self.timeout_s, 10.0))
+                if base != self.model_id:
+                    msg = (f"{server.url} serves base model {base!r}, this node serves {self.model_id!r} "
+                           f"(start vLLM with --served-model-name {self.model_id})")
+                    server.take_out(msg)
+                    return msg
+                server.max_model_len = max_len
+                err = await self._check_cache_readable(server)
+                if err:
+                    server.take_out(err)
+                    return err
+                await self._reconcile_locked(server)
+            except V.UpstreamError as e:
+                if server.in_rotation or server.last_error is None:
+                    log.warning("vLLM server %s is out of rotation: %s", server.url, e)
+                server.take_out(str(e))
+                return None
+            server.in_rotation, server.last_error, server.out_since = True, None, None
         log.info("vLLM server %s in rotation (%d adapters)", server.url, len(server.loaded))
         return None
+
+    async def _reconcile_locked(self, server: Upstream) -> None:
+        """Make the server hold exactly this node's adapters, each from its verified folder:
+        load what it lacks (it restarted), replace what it holds from another path (an older
+        version), unload this node's names it should no longer hold (deprecated while it was out)."""
+        _, _, held = await V.models(self._session, server.url, min(self.timeout_s, 10.0))
+        wanted = dict(self._adapters)
+        server.loaded = {n for n, root in held.items() if n in wanted and root == str(wanted[n])}
+        for name, root in held.items():
+            if name in server.loaded or not _NODE_ADAPTER.match(name):
+                continue
+            await V.unload_lora(self._session, server.url, name, _ADMIN_TIMEOUT_S)
+            self.counters["adapter_unloads"] += 1
+        for name, folder in wanted.items():
+            if name not in server.loaded and name in self._adapters:
+                await self._load_on(server, name, folder)
 
     async def _check_cache_readable(self, server: Upstream) -> str | None:
         """Load a tiny adapter written into the node's adapter cache: the server must read the
@@ -300,10 +316,8 @@ class VllmEngine:
                     await self._bring_up(server)
                     continue
                 try:
-                    _, _, loras = await V.models(self._session, server.url, min(self.timeout_s, 10.0))
-                    for name in [n for n in self._adapters if n not in loras]:
-                        server.loaded.discard(name)
-                        await self._load_on(server, name, self._adapters[name])
+                    async with server.lock:
+                        await self._reconcile_locked(server)
                 except V.UpstreamError as e:
                     self._server_failed(server, str(e))
 
@@ -327,32 +341,42 @@ class VllmEngine:
 
     async def _register(self, name: str, folder: Path) -> None:
         self._adapters[name] = folder
+        refused: V.Refused | None = None
         for server in self.router.candidates(None):
-            try:
-                await self._load_on(server, name, folder)
-            except V.Refused as e:
-                await self._unregister(name)
-                raise AdapterValidationError(f"vLLM refused it: {e}") from None
-            except V.UpstreamError as e:
-                self._server_failed(server, str(e))
+            async with server.lock:
+                try:
+                    await self._load_on(server, name, folder)
+                except V.Refused as e:
+                    refused = e
+                except V.UpstreamError as e:
+                    self._server_failed(server, str(e))
+            if refused is not None:
+                break
+        if refused is not None:  # refused by one: unloaded from those that took it, refused everywhere
+            await self._unregister(name)
+            raise AdapterValidationError(f"vLLM refused it: {refused}")
 
     def unregister_adapter(self, adapter_id: str) -> None:
-        """Forget an adapter (deprecated, evicted, replaced) and unload it from every server."""
-        if adapter_id in self._adapters:
-            self._call(self._unregister(adapter_id))
+        """Forget an adapter (deprecated, replaced) at once, and unload it from every server in
+        the background: the lifecycle calls this on the node's event loop, which must not wait on
+        a vLLM server. A later register of the same name waits for the unloads (per-server locks)."""
+        if adapter_id in self._adapters and self._loop is not None and self.running:
+            self._adapters.pop(adapter_id, None)
+            asyncio.run_coroutine_threadsafe(self._unregister(adapter_id), self._loop)
 
     async def _unregister(self, name: str) -> None:
         self._adapters.pop(name, None)
         self.router.forget(name)
         for server in self.router.servers:
-            if name not in server.loaded:
-                continue
-            server.loaded.discard(name)
-            try:
-                await V.unload_lora(self._session, server.url, name, _ADMIN_TIMEOUT_S)
-                self.counters["adapter_unloads"] += 1
-            except V.UpstreamError as e:  # a failed server forgets everything anyway
-                self._server_failed(server, str(e))
+            async with server.lock:
+                if name not in server.loaded or name in self._adapters:  # re-registered meanwhile
+                    continue
+                server.loaded.discard(name)
+                try:
+                    await V.unload_lora(self._session, server.url, name, _ADMIN_TIMEOUT_S)
+                    self.counters["adapter_unloads"] += 1
+                except V.UpstreamError as e:  # a failed server forgets everything anyway
+                    self._server_failed(server, str(e))
 
     def adapters(self) -> list[str]:
         return list(self._adapters)
@@ -494,7 +518,9 @@ class VllmEngine:
 
     async def _reload(self, server: Upstream, name: str) -> None:
         try:
-            await self._load_on(server, name, self._adapters[name])
+            async with server.lock:
+                if name not in server.loaded:
+                    await self._load_on(server, name, self._adapters[name])
         except (V.UpstreamError, KeyError) as e:
             log.warning("reloading %s on %s failed: %s", name, server.url, e)
 

@@ -8,6 +8,7 @@ one; otherwise the least loaded wins and becomes the adapter's affine server.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +27,9 @@ class Upstream:
     failures: int = 0
     requests: int = 0
     max_model_len: int | None = None
+    # serialises adapter loads/unloads on this server (an unload and a reload of the same name
+    # must not interleave); requests never take it
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
 
     def take_out(self, reason: str) -> None:
         """Out of rotation until a probe brings it back; what it had loaded is forgotten (a

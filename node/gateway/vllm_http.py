@@ -8,6 +8,7 @@ adapter itself: no other server will do better).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import AsyncIterator
 
@@ -83,15 +84,16 @@ async def health(session: aiohttp.ClientSession, base: str, timeout: float) -> N
     await _request_json(session, "GET", f"{base}/health", timeout)
 
 
-async def models(session: aiohttp.ClientSession, base: str, timeout: float) -> tuple[str | None, int | None, set[str]]:
-    """(served base model name, its max_model_len, names of the LoRA adapters it holds)."""
+async def models(session: aiohttp.ClientSession, base: str,
+                 timeout: float) -> tuple[str | None, int | None, dict[str, str]]:
+    """(served base model name, its max_model_len, {LoRA adapter name: the path it was loaded from})."""
     body = await _request_json(session, "GET", f"{base}/v1/models", timeout)
     try:
         data = json.loads(body)["data"]
-        base_name, max_len, loras = None, None, set()
+        base_name, max_len, loras = None, None, {}
         for card in data:
             if card.get("parent"):
-                loras.add(str(card["id"]))
+                loras[str(card["id"])] = str(card.get("root"))
             elif base_name is None:
                 base_name = str(card["id"])
                 max_len = card.get("max_model_len") if isinstance(card.get("max_model_len"), int) else None
@@ -118,16 +120,30 @@ async def unload_lora(session: aiohttp.ClientSession, base: str, name: str, time
         pass
 
 
+async def is_healthy(session: aiohttp.ClientSession, base: str, timeout: float) -> bool:
+    try:
+        await health(session, base, timeout)
+        return True
+    except UpstreamError:
+        return False
+
+
 async def stream_completion(session: aiohttp.ClientSession, base: str, payload: dict,
                             timeout: float) -> AsyncIterator[dict]:
     """POST /v1/completions with stream=true; yields each SSE `data:` object until [DONE].
-    Closing the generator early closes the connection, which makes vLLM abort the request."""
+    Silence longer than `timeout` (a queued request waits for its first token; a busy server
+    pauses) is tolerated while the server's /health (which checks vLLM's engine) answers; a dead
+    engine or a hung server is ServerFailed. Closing the generator early closes the connection,
+    which makes vLLM abort the request."""
+    no_read_timeout = aiohttp.ClientTimeout(total=None, connect=min(5.0, timeout), sock_read=None)
     try:
-        async with session.post(f"{base}/v1/completions", json=payload, timeout=_timeout(timeout)) as resp:
+        resp = await asyncio.wait_for(session.post(f"{base}/v1/completions", json=payload,
+                                                   timeout=no_read_timeout), timeout)
+        async with resp:
             await _check(resp, f"completion on {base}")
             done = False
             while True:
-                line = await resp.content.readuntil(b"\n")
+                line = await _read_line(session, base, resp, timeout)
                 if not line:
                     break
                 if len(line) > MAX_SSE_LINE_BYTES:
@@ -152,6 +168,23 @@ async def stream_completion(session: aiohttp.ClientSession, base: str, payload: 
                 yield obj
             if not done:
                 raise ServerFailed(f"completion on {base}: the stream ended before [DONE]")
-    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+    except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, ValueError) as e:
         # ValueError: aiohttp's readuntil raises it for a line over its own limit
         raise ServerFailed(f"completion on {base}: {type(e).__name__}: {e}") from e
+
+
+async def _read_line(session: aiohttp.ClientSession, base: str, resp: aiohttp.ClientResponse,
+                     timeout: float) -> bytes:
+    """The next line; while none comes for `timeout` seconds, the server must pass /health.
+    The read is never cancelled while waiting (a cancelled readuntil could drop half a line)."""
+    read = asyncio.ensure_future(resp.content.readuntil(b"\n"))
+    try:
+        while True:
+            done, _ = await asyncio.wait({read}, timeout=timeout)
+            if done:
+                return read.result()
+            if not await is_healthy(session, base, min(timeout, 10.0)):
+                raise ServerFailed(f"completion on {base}: silent for {timeout:.0f}s and /health fails")
+    finally:
+        if not read.done():
+            read.cancel()

@@ -38,8 +38,10 @@ class FakeVllm:
         self.pad_ids = 0  # extra ids sent after the answer's
         self.cannot_read = False
         self.refuse = set()  # adapter names refused with 400
-        self.fail_completions = False  # 500 on /v1/completions
+        self.fail_completions = False  # the engine died: 500 on /v1/completions and /health
         self.completions = 0
+        self.delay_s = 0.0  # silence before the first chunk (a queued request)
+        self.hang = False  # the engine hangs mid-stream; /health fails with it
         self.loads = 0
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -53,8 +55,8 @@ class FakeVllm:
         app.router.add_post("/v1/completions", self.complete)
         return app
 
-    async def health(self, request):
-        return web.Response(text="")
+    async def health(self, request):  # vLLM's /health checks its engine: a dead engine answers 500
+        return self._err("engine dead", 500) if self.fail_completions or self.hang else web.Response(text="")
 
     async def models(self, request):
         data = [{"id": self.served, "object": "model", "parent": None, "max_model_len": 1024}]
@@ -95,7 +97,10 @@ class FakeVllm:
         ids = answer + answer[:1] * self.pad_ids + [self.tok.eos_token_id]  # padding: ids without text
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        await asyncio.sleep(self.delay_s)
         for i, t in enumerate(ids):
+            if self.hang and i == 2:
+                await asyncio.sleep(3600)
             last = i == len(ids) - 1
             text = self.tok.decode([t]) if i < len(answer) else ""
             chunk = {"id": "cmpl-x", "object": "text_completion", "choices": [
@@ -118,7 +123,7 @@ class Servers:
 
     def start(self, fake: FakeVllm) -> FakeVllm:
         async def go():
-            fake.runner = web.AppRunner(fake.app())
+            fake.runner = web.AppRunner(fake.app(), shutdown_timeout=1.0)
             await fake.runner.setup()
             site = web.TCPSite(fake.runner, "127.0.0.1", 0)
             await site.start()
@@ -157,9 +162,9 @@ def adapter_folder(tmp_path_factory):
     return make_random_adapter(tmp_path_factory.mktemp("a") / "a1", cfg, rank=4, base_model_id=EMBEDDED_MODEL_ID)
 
 
-def _engine(urls, tmp_path, **kw) -> VllmEngine:
+def _engine(urls, tmp_path, timeout_s=5.0, **kw) -> VllmEngine:
     return VllmEngine(urls, model_folder=resolve_model_folder(None), model_id=EMBEDDED_MODEL_ID,
-                      cache_dir=tmp_path / "cache", max_new_tokens=32, timeout_s=5.0, probe_s=0.2, **kw)
+                      cache_dir=tmp_path / "cache", max_new_tokens=32, timeout_s=timeout_s, probe_s=0.2, **kw)
 
 
 def _ask(engine, adapter=None, max_tokens=32):
@@ -236,9 +241,22 @@ def test_refused_adapter_failover_probe_back_and_reload_after_restart(servers, t
         while "adapter-1" not in b.loras and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "adapter-1" in b.loras
-        # deprecation unloads everywhere
+        # deprecation: refused at once, unloaded everywhere in the background
         engine.unregister_adapter("adapter-1")
+        assert "adapter-1" not in engine.adapters()
+        deadline = time.monotonic() + 20
+        while (a.loras or b.loras) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert a.loras == {} and b.loras == {}
+        # a stale adapter a server still holds from an older path is replaced by the verified one
+        engine.register_adapter("adapter-2", adapter_folder)
+        b.loras["adapter-2"] = "/somewhere/else"
+        b.loras["adapter-77"] = "/deprecated/while/out"  # this node's name, no longer registered
+        deadline = time.monotonic() + 20
+        while (b.loras.get("adapter-2") != str(adapter_folder.resolve()) or "adapter-77" in b.loras) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b.loras == {"adapter-2": str(adapter_folder.resolve())}
         # both down: no server in rotation → EngineOverloaded (503 + Retry-After at the API)
         servers.stop(a)
         servers.stop(b)
@@ -251,3 +269,22 @@ def test_refused_adapter_failover_probe_back_and_reload_after_restart(servers, t
             _ask(engine)
     finally:
         engine.close()
+
+
+def test_a_busy_server_keeps_its_requests_a_hung_one_leaves_rotation(servers, tok, tmp_path):
+    fake = servers.start(FakeVllm(tok))
+    engine = _engine([fake.url], tmp_path, timeout_s=0.5).start()
+    try:
+        fake.delay_s = 2.0  # four timeouts of silence, /health fine: the request waits and is served
+        assert _ask(engine).text == fake.answer
+        assert engine.health()["servers_in_rotation"] == 1 and engine.stats()["server_failures"] == 0
+        fake.delay_s, fake.hang = 0.0, True  # tokens, then silence with a failing /health
+        t0 = time.monotonic()
+        with pytest.raises(UpstreamUnavailable, match="failed mid-answer.*/health fails"):
+            _ask(engine)
+        assert time.monotonic() - t0 < 10
+        srv = engine.health()["servers"][0]
+        assert not srv["in_rotation"] and "/health" in srv["last_error"]
+    finally:
+        engine.close()
+        servers.stop(fake)
