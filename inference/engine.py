@@ -178,19 +178,7 @@ class Engine:
 
     def encode(self, request: GenerationRequest) -> list[int]:
         """Prompt token ids: raw text for `prompt`, the tokenizer's chat template for `messages`."""
-        limit = self.config.max_model_len * _MAX_CHARS_PER_TOKEN
-        chars = len(request.prompt) if request.prompt is not None else sum(len(m["content"]) for m in request.messages)
-        if chars > limit:
-            raise PromptTooLong(f"prompt of {chars} characters cannot fit in max_model_len={self.config.max_model_len} tokens")
-        if request.prompt is not None:
-            ids = self.tokenizer(request.prompt).input_ids
-        else:
-            try:
-                ids = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
-            except Exception as e:  # template errors (e.g. roles out of order) are the caller's input
-                raise InvalidRequest(f"messages rejected by the chat template: {e}") from e
-            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-        return list(ids)
+        return encode_prompt(self.tokenizer, request, self.config.max_model_len)
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Queue a request; returns at once. Raises InvalidRequest/PromptTooLong/UnknownAdapter for
@@ -247,12 +235,35 @@ class Engine:
         }
 
 
-def _eos_ids(base: LoadedBaseModel) -> set[int]:
+def encode_prompt(tokenizer, request: GenerationRequest, max_model_len: int) -> list[int]:
+    """Prompt token ids of a request: raw text for `prompt`, the tokenizer's chat template for
+    `messages` (shared by the builtin engine and the vLLM gateway, which sends these ids)."""
+    limit = max_model_len * _MAX_CHARS_PER_TOKEN
+    chars = len(request.prompt) if request.prompt is not None else sum(len(m["content"]) for m in request.messages)
+    if chars > limit:
+        raise PromptTooLong(f"prompt of {chars} characters cannot fit in max_model_len={max_model_len} tokens")
+    if request.prompt is not None:
+        ids = tokenizer(request.prompt).input_ids
+    else:
+        try:
+            ids = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
+        except Exception as e:  # template errors (e.g. roles out of order) are the caller's input
+            raise InvalidRequest(f"messages rejected by the chat template: {e}") from e
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    return list(ids)
+
+
+def eos_ids_of(generation_config, tokenizer) -> set[int]:
+    """Every token id that ends a generation: the model's generation config's and the tokenizer's."""
     ids: set[int] = set()
-    gen = getattr(base.model, "generation_config", None)
-    for v in (getattr(gen, "eos_token_id", None), getattr(base.tokenizer, "eos_token_id", None)):
+    gen = generation_config
+    for v in (getattr(gen, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
         if isinstance(v, int):
             ids.add(v)
         elif isinstance(v, (list, tuple)):
             ids.update(int(x) for x in v)
     return ids
+
+
+def _eos_ids(base: LoadedBaseModel) -> set[int]:
+    return eos_ids_of(getattr(base.model, "generation_config", None), base.tokenizer)

@@ -117,6 +117,21 @@ class NodeConfig(BaseModel):
     engine_max_rank: int = Field(64, ge=1, le=1024, description="Largest LoRA rank accepted.")
     engine_max_batch: int = Field(32, ge=1, le=4096, description="Most sequences decoded in one step.")
     engine_max_queue: int = Field(256, ge=1, le=1_000_000, description="Queued requests before answering 503.")
+    engine_backend: Literal["builtin", "vllm"] = Field(
+        "builtin", description="`builtin`: the node's own multi-LoRA engine on one device. `vllm`: the node meters "
+        "and routes in front of the vLLM servers in `vllm_urls` (see docs/vllm.md)."
+    )
+    vllm_urls: list[str] = Field(
+        default_factory=list, description="Base URLs of OpenAI-compatible vLLM servers (`http://host:port`), started "
+        "with `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`. Required with `engine_backend = \"vllm\"`."
+    )
+    vllm_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Seconds a request may wait on a silent vLLM server before the node checks "
+        "its `/health`: a healthy (busy) server keeps the request, a failing one leaves rotation."
+    )
+    vllm_probe_s: float = Field(
+        2.0, gt=0, le=3600, description="Seconds between health probes of vLLM servers out of rotation."
+    )
 
     # -- HTTP API ----------------------------------------------------------------------------
     listen_host: str = Field("127.0.0.1", description="Listen address of the HTTP API (loopback by default).")
@@ -174,6 +189,30 @@ class NodeConfig(BaseModel):
                 raise ValueError(f"gateway {url!r} must be an http:// or https:// URL")
         return v
 
+    @field_validator("vllm_urls")
+    @classmethod
+    def _vllm_urls(cls, v: list[str]) -> list[str]:
+        from urllib.parse import urlsplit
+
+        out: list[str] = []
+        for url in v:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"vLLM server {url!r} must be an http:// or https:// URL with a host")
+            if parts.query or parts.fragment or parts.username or parts.password:
+                raise ValueError(f"vLLM server {url!r}: no credentials, query or fragment (the node adds /v1/...)")
+            try:
+                parts.port
+            except ValueError as e:
+                raise ValueError(f"vLLM server {url!r}: {e}") from None
+            url = url.rstrip("/").removesuffix("/v1")
+            if url in out:
+                raise ValueError(f"vLLM server {url!r} is listed twice")
+            out.append(url)
+        if len(out) > 256:
+            raise ValueError("at most 256 vLLM servers")
+        return out
+
     @field_validator("db_url")
     @classmethod
     def _db_url(cls, v: str | None) -> str | None:
@@ -200,6 +239,8 @@ class NodeConfig(BaseModel):
             raise ValueError("block_ring_size: must be larger than `confirmations`")
         if self.payment_mode == "operator-funded" and not (self.api_keys or self.api_keys_file):
             raise ValueError("api_keys: `operator-funded` mode needs at least one API key (api_keys or api_keys_file)")
+        if self.engine_backend == "vllm" and not self.vllm_urls:
+            raise ValueError('vllm_urls: `engine_backend = "vllm"` needs at least one vLLM server URL')
         return self
 
     # -- derived paths ---------------------------------------------------------------------------

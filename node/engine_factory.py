@@ -23,7 +23,12 @@ def engine_config(config: NodeConfig):
 
 
 def build_engine(config: NodeConfig):
-    """A started engine (loads the base model: seconds for the embedded one once cached)."""
+    """A started engine (loads the base model: seconds for the embedded one once cached), or with
+    engine_backend = "vllm" the gateway in front of `vllm_urls` (node.gateway)."""
+    if config.engine_backend == "vllm":
+        from node.gateway import build_vllm_engine
+
+        return build_vllm_engine(config)
     from inference.engine import Engine
 
     return Engine(engine_config(config)).start()

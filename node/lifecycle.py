@@ -39,7 +39,11 @@ class AdapterHost(Protocol):
 
 
 def engine_validator(engine) -> Callable[[Path], Any]:
-    """`validate_adapter` bound to the engine's base model, rank cap and LoRA target modules."""
+    """`validate_adapter` bound to the engine's base model, rank cap and LoRA target modules
+    (an engine without the base model in memory, the vLLM gateway, brings its own)."""
+    own = getattr(engine, "validate_adapter", None)
+    if own is not None:
+        return own
     from inference.adapters import validate_adapter
 
     def validate(folder: Path):

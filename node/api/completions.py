@@ -87,8 +87,8 @@ async def _await_result(handle) -> GenerationResult:
         return await handle.result()
     except RequestCancelled as e:
         return e.partial
-    except EngineStopped as e:
-        raise Unavailable("the engine stopped while serving the request") from e
+    except EngineStopped as e:  # builtin engine stopped, or the vLLM server serving it failed
+        raise Unavailable(f"the engine could not finish the request: {e}", headers={"Retry-After": "1"}) from e
     except (PromptTooLong, InvalidRequest) as e:
         raise BadRequest(str(e)) from e
 

@@ -67,6 +67,10 @@ async def healthz(request: web.Request) -> web.Response:
     running = getattr(engine, "running", None)
     if running is False:
         body["status"] = "degraded"
+    if hasattr(engine, "health"):  # the vLLM gateway: each server, in rotation or not, and why
+        body["engine"] = engine.health()
+        if not body["engine"]["servers_in_rotation"]:
+            body["status"] = "degraded"
     body["background"] = {name: _task_state(t) for name, t in app[K.BACKGROUND].items()}
     return web.json_response(body, status=200 if body["status"] == "ok" else 503)
 

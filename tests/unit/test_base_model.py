@@ -50,3 +50,25 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(BaseModelError, match="cannot read GGUF"):
         resolve_model_folder(bad)
     assert not any((tmp_path / "cache" / "models").glob("bad-*")), "nothing half-written in the cache"
+
+
+def test_converted_checkpoint_has_standard_hf_layout(base_model):
+    """Loaders other than ours (vLLM, llama.cpp's converter) read the tied embedding from
+    `model.embed_tokens.weight` and re-tie `lm_head`; a file holding only `lm_head.weight` made
+    vLLM generate token 0 forever. Checked against the names a fresh transformers model of the
+    same config declares, and the stored embedding against the loaded model's output head."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = converted_gguf_dir(embedded_gguf_path())
+    assert folder.name.endswith("-v2"), "layout version in the cache key: old caches are never reused"
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    assert config.tie_word_embeddings
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+        emb = f.get_tensor("model.embed_tokens.weight")
+    fresh = AutoModelForCausalLM.from_config(config)
+    expected = set(fresh.state_dict()) - {"lm_head.weight"}
+    assert keys == expected
+    assert emb.shape == (config.vocab_size, config.hidden_size)
+    assert emb.equal(base_model.model.get_output_embeddings().weight.detach().cpu())
