@@ -149,7 +149,7 @@ def test_dataset_lifecycle(env, tmp_path):
     jcli(env, "dataset", "accept", str(c1["contribution_id"]), "--weight", "5", role="curator")
     jcli(env, "dataset", "reject", str(c2["contribution_id"]), role="curator")
     shown = jcli(env, "dataset", "show", str(ds))
-    assert shown["dataset"]["total_weight"] == 5
+    assert shown["dataset"]["total_weight"] == "5"  # amounts and weights are decimal strings in --json
     assert [x["status"] for x in shown["contributions"]] == ["accepted", "rejected"]
     assert [d["name"] for d in jcli(env, "dataset", "list")] == ["Pirate talk"]
     _, out = cli(env, "dataset", "show", str(ds))
@@ -336,7 +336,7 @@ def test_escrow_bad_input_sends_nothing(env):
 
 def test_rewards_show_and_claim(env):
     c = env["c"]
-    assert jcli(env, "rewards", "show", ADDR["alice"])["claimable"] == 0
+    assert jcli(env, "rewards", "show", ADDR["alice"])["claimable"] == "0"
     n = nonce(env, "alice")
     _, out = cli(env, "rewards", "claim", role="alice", ok=False)
     assert "nothing to claim" in out and nonce(env, "alice") == n
