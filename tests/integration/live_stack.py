@@ -45,7 +45,7 @@ def live_stack(data_dir: Path, *, node_extra: dict | None = None):
     from inference.adapter_factory import make_random_adapter
     from inference.base_model import EMBEDDED_MODEL_ID, resolve_model_folder
     from node.config import load_config
-    from node.ipfs import EmbeddedStore, cid_of_bytes
+    from node.ipfs import EmbeddedStore
 
     stack = start_dev_stack(data_dir, chain_port=0, node_port=free_port(), node_extra=node_extra)
     node = None
@@ -54,12 +54,15 @@ def live_stack(data_dir: Path, *, node_extra: dict | None = None):
         # a dataset whose on-chain name is HTML: every view must show it as text
         c.datasets.create_dataset(ACCT["curator"], HOSTILE_NAME, "CC0-1.0", "")
         ds = c.datasets.dataset_count()
-        text = b"Arr matey, the sea be wide and the rum be gone."
-        c.datasets.contribute(ACCT["alice"], ds, cid_of_bytes(text), len(text))
+        text = data_dir / "contribution.txt"
+        text.write_bytes(b"Arr matey, the sea be wide and the rum be gone.")
+        store = EmbeddedStore(data_dir / "ipfs")
+        cid = asyncio.run(store.add_path(text))  # the node fetches it to build the attribution index
+        c.datasets.contribute(ACCT["alice"], ds, cid, text.stat().st_size)
         c.datasets.accept(ACCT["curator"], c.datasets.contribution_count(), 5)
         folder = make_random_adapter(data_dir / "adapter", AutoConfig.from_pretrained(resolve_model_folder(None)),
                                      rank=4, seed=1, base_model_id=EMBEDDED_MODEL_ID)
-        cid = asyncio.run(EmbeddedStore(data_dir / "ipfs").add_path(folder))
+        cid = asyncio.run(store.add_path(folder))
         c.adapters.register(ACCT["owner1"], EMBEDDED_MODEL_ID, cid, 4, ADAPTER_PRICE, 7000, [ds], [3000])
         aid = c.adapters.adapter_count()
         c.token.approve(ACCT["payer"], c.escrow.address, ESCROW)
