@@ -154,7 +154,10 @@ def connect(rpc_url: str, deployment: Path | None):
     from chain.contracts import Contracts
     from chain.deploy import Deployment
 
+    from node.cli_progress import show_tx_waits
+
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    show_tx_waits(w3)
     try:
         chain_id = w3.eth.chain_id
     except Exception as e:  # requests/aiohttp raise many types for a dead endpoint
