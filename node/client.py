@@ -218,15 +218,17 @@ class LoraNodeClient:
             api, headers = self._prepare(kind, aid)
             parts: list[str] = []
             final = None
-            for chunk in api.create(model=model, extra_headers=headers, stream=True, **kwargs):
-                if chunk.choices:
-                    c = chunk.choices[0]
-                    piece = (c.delta.content if kind == "chat" else c.text) or ""
-                    parts.append(piece)
-                extra = getattr(chunk, "model_extra", None) or {}
-                if "receipt" in extra:
-                    final = _extra(chunk)
-                yield chunk
+            stream = api.create(model=model, extra_headers=headers, stream=True, **kwargs)
+            with stream:  # closes the connection at once when the caller stops early (the node meters then)
+                for chunk in stream:
+                    if chunk.choices:
+                        c = chunk.choices[0]
+                        piece = (c.delta.content if kind == "chat" else c.text) or ""
+                        parts.append(piece)
+                    extra = getattr(chunk, "model_extra", None) or {}
+                    if "receipt" in extra:
+                        final = _extra(chunk)
+                    yield chunk
             if final is None:
                 raise ClientError("the stream ended without usage, cost and receipt")
             self.receipts.append(self.wallet.record(aid, final, "".join(parts)))

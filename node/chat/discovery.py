@@ -18,6 +18,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from node.chat.endpoints import BadEndpoint, shown, validate_endpoint
@@ -26,6 +27,7 @@ from node.client import NodeQuote
 MAX_PROBE_BYTES = 1 << 20
 PROBE_TIMEOUT_S = 5.0
 LOG_WINDOW = 10_000
+PROBE_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -168,15 +170,18 @@ def discover(contracts, model: str, *, node_url: str | None = None) -> Discovery
         except ProbeError as e:
             out.refused.append((url, str(e)))
         return out
-    for info in registered_nodes(contracts):
-        who = f"{info.node} at {shown(info.endpoint, 80)}"
-        if base not in info.base_model_ids:
-            continue
+    serving = [n for n in registered_nodes(contracts) if base in n.base_model_ids]
+
+    def check(info) -> Candidate | tuple[str, str]:
         try:
             url = validate_endpoint(info.endpoint)
-            out.chosen.append(probe(url, model, contracts, registrations={info.node: info},
-                                    adapter_price=adapter_price))
+            return probe(url, model, contracts, registrations={info.node: info}, adapter_price=adapter_price)
         except (BadEndpoint, ProbeError) as e:
-            out.refused.append((who, str(e)))
+            return f"{info.node} at {shown(info.endpoint, 80)}", str(e)
+
+    # probed in parallel: a dead endpoint costs its timeout once, not once per node after it
+    with ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, max(1, len(serving)))) as pool:
+        for result in pool.map(check, serving):
+            (out.chosen if isinstance(result, Candidate) else out.refused).append(result)
     out.chosen.sort(key=lambda c: (c.price_per_1k, c.latency_s))
     return out

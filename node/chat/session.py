@@ -3,6 +3,7 @@ and receipt checked by `node.client` before anything is recorded."""
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Callable
@@ -10,6 +11,11 @@ from typing import Callable
 from node.chat.discovery import Candidate, ProbeError, get_json
 from node.chat.state import ChatState
 from node.client import ClientError, LoraNodeClient
+
+
+RECEIPT_RETRIES = 10
+RECEIPT_RETRY_S = 0.5
+LOST_AFTER_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -45,12 +51,9 @@ class ChatSession:
         metered and signed them; their receipts are at `/v1/receipts/{id}`. Returns the ids settled."""
         done = []
         for p in self.state.receipts(node=self.candidate.address, status="pending"):
-            try:
-                body, _ = get_json(f"{self.candidate.url}/v1/receipts/{urllib.parse.quote(p.request_id)}")
-            except ProbeError as e:
-                if "HTTP 404" in str(e):
-                    self.state.mark(p.request_id, "lost")
-                continue  # unreachable: try again next time
+            body = self._fetch_receipt(p)
+            if body is None:
+                continue
             raw = body.get("receipt")
             try:
                 if not isinstance(raw, dict) or int(raw.get("completionTokens", -1)) > p.max_tokens \
@@ -67,6 +70,23 @@ class ChatSession:
             done.append(p.request_id)
         return done
 
+    def _fetch_receipt(self, p) -> dict | None:
+        """The node's receipt of a pending request; None while it has none yet. The node signs a
+        dropped stream once it notices the disconnect: a young request gets a few seconds; one the
+        node still has no receipt for after LOST_AFTER_S is marked lost (the node never billed it)."""
+        url = f"{self.candidate.url}/v1/receipts/{urllib.parse.quote(p.request_id)}"
+        for attempt in range(RECEIPT_RETRIES):
+            try:
+                return get_json(url)[0]
+            except ProbeError as e:
+                if "HTTP 404" not in str(e):
+                    return None  # unreachable: try again next time
+            if time.time() - p.created > LOST_AFTER_S:
+                self.state.mark(p.request_id, "lost")
+                return None
+            time.sleep(RECEIPT_RETRY_S)
+        return None
+
     def ask(self, model: str, messages: list[dict], on_text: Callable[[str], None] = lambda _: None) -> Answer:
         aid = self.wallet.adapter_id(model)
         kwargs = {"max_tokens": self.max_tokens}
@@ -74,8 +94,9 @@ class ChatSession:
             kwargs["temperature"] = self.temperature
         request_id = None
         parts: list[str] = []
+        stream = self.client.chat_stream(model, messages, **kwargs)
         try:
-            for chunk in self.client.chat_stream(model, messages, **kwargs):
+            for chunk in stream:
                 if request_id is None:
                     request_id = "0x" + chunk.id.rsplit("-", 1)[-1].lower()
                     self.state.add_pending(request_id, node=self.candidate.address, url=self.candidate.url,
@@ -87,6 +108,8 @@ class ChatSession:
             if request_id is not None:
                 self.state.mark(request_id, "refused")
             raise Refused(str(e)) from None
+        finally:
+            stream.close()  # stopped early (Ctrl-C): the connection closes now and the node meters what it made
         receipt = self.client.receipts[-1]
         r = receipt.receipt
         if "0x" + r.request_id.hex() != request_id:

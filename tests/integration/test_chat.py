@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 
 import pytest
 from typer.testing import CliRunner
@@ -156,3 +157,69 @@ def test_an_interrupted_stream_is_paid_from_its_receipt_next_time(env):
     answer = session.ask(model, [{"role": "user", "content": "Hi"}])  # not refused: the voucher covers it
     assert answer.totals[0] == before[0] + paid.compute + answer.compute_cost
     state.close()
+
+
+class LyingQuoteProxy:
+    """A node that quotes less than it charges: a test double in front of the real node (no real
+    node would lie about its own prices, so one is built): `/v1/node` says half the compute price,
+    everything else is relayed to the real node, which bills its real price."""
+
+    def __init__(self, upstream: str):
+        import http.server
+        import threading
+        import urllib.request
+
+        up = upstream
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _relay(self, method):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                req = urllib.request.Request(up + self.path, data=body, method=method, headers=headers)
+                try:
+                    with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310
+                        status, ctype, data = r.status, r.headers.get("Content-Type"), r.read()
+                except urllib.error.HTTPError as e:
+                    status, ctype, data = e.code, e.headers.get("Content-Type"), e.read()
+                if self.path == "/v1/node":
+                    quote = json.loads(data)
+                    quote["compute_price_per_1k"] = str(int(quote["compute_price_per_1k"]) // 2)
+                    data = json.dumps(quote).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype or "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._relay("GET")
+
+            def do_POST(self):
+                self._relay("POST")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_node_charging_more_than_it_quoted_is_refused_and_not_paid(env):
+    live = env["live"]
+    proxy = LyingQuoteProxy(live.url)
+    try:
+        before = json.loads(run("receipts", "list", "--json").stdout)
+        r = run("chat", f"adapter-{live.adapter_id}", "Hi", "--max-tokens", "4", "--node", proxy.url, ok=False)
+        assert "refused" in r.stderr and "charged" in r.stderr and "nothing was paid" in r.stderr, r.stderr
+        after = json.loads(run("receipts", "list", "--json").stdout)
+        new = [x for x in after if x["request_id"] not in {b["request_id"] for b in before}]
+        assert [x["status"] for x in new] == ["refused"]  # recorded as evidence, its cost not added to the lane
+    finally:
+        proxy.close()
