@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from node.errors import NodeError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS lanes (
     node TEXT NOT NULL, adapter_id INTEGER NOT NULL, compute TEXT NOT NULL, adapter TEXT NOT NULL,
@@ -45,12 +47,23 @@ class StoredReceipt:
     created: float
 
 
+class ChatStateError(NodeError):
+    """The state file cannot be used (not SQLite, not ours, unreadable)."""
+
+
 class ChatState:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.db = sqlite3.connect(self.path, isolation_level=None)
-        self.db.executescript(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.db.executescript(_SCHEMA)
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(receipts)")}
+        except (sqlite3.Error, OSError) as e:
+            raise ChatStateError(f"chat state {self.path} is unusable ({e}); move it away or pass --state") from None
+        if not {"request_id", "status", "receipt", "max_tokens"} <= cols:
+            self.db.close()
+            raise ChatStateError(f"chat state {self.path} is not a loranode chat state; move it away or pass --state")
 
     def close(self) -> None:
         self.db.close()

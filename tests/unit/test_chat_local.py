@@ -1,4 +1,4 @@
-"""Endpoints read from NodeRegistry are untrusted: validated before any request, cleaned before shown."""
+"""loranode chat, the parts without a node: endpoints from chain are untrusted (validated before any request, cleaned before shown), and the chat state file is checked before use."""
 
 from __future__ import annotations
 
@@ -41,3 +41,25 @@ def test_untrusted_text_cannot_drive_the_terminal():
     assert "\n" in out and "\t" in out and out.startswith("hi")
     s = shown("<img src=x>\x1b[31m" + "x" * 500)
     assert "\x1b" not in s and len(s) < 140
+
+
+def test_a_broken_chat_state_is_a_clear_error(tmp_path):
+    import sqlite3
+
+    from node.chat.state import ChatState, ChatStateError
+
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(ChatStateError, match="unusable"):
+        ChatState(garbage)
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).executescript("CREATE TABLE receipts (x TEXT);")
+    with pytest.raises(ChatStateError, match="not a loranode chat state"):
+        ChatState(other)
+    with pytest.raises(ChatStateError):
+        ChatState(tmp_path)  # a folder
+    s = ChatState(tmp_path / "ok.sqlite")  # and a good one round-trips uint256 totals exactly
+    s.record_paid("0x01", node="0xN", url="http://x", model="adapter-1", adapter_id=1, max_tokens=4,
+                  totals=(2**200 + 1, 3), cost=(2**200 + 1, 3), receipt={"a": 1})
+    assert s.lane_totals("0xN") == {1: (2**200 + 1, 3)}
+    assert s.receipts()[0].compute == 2**200 + 1
