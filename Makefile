@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: all install system-tools build test test-fast demo clean bench-gas bench-engine bench-api bench-ipfs bench-attribution slither vllm-venv bench-vllm
+.PHONY: all install system-tools browser-tools build test test-fast demo clean bench-gas bench-engine bench-api bench-ipfs bench-attribution slither vllm-venv bench-vllm
 
 all: install build
 
@@ -37,7 +37,17 @@ system-tools:
 	  else echo "NOTE: ipfs_cid is missing and cannot be installed without root: run 'sudo apt-get install ipfs-cid'" \
 	    "(the ipfs_cid cross-check tests are skipped and make bench-ipfs needs it)."; fi; }
 
-install: $(VENV)/.stamp-install node_modules/.stamp-install system-tools
+# Debian's headless Chromium and its WebDriver, for the dashboard tests in a real browser (skipped
+# without them). Installed only when missing, as system-tools.
+browser-tools:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	    sudo -n apt-get update -qq && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else echo "NOTE: chromium/chromium-driver are missing and cannot be installed without root:" \
+	    "run 'sudo apt-get install chromium chromium-driver' (the dashboard browser tests are skipped)."; fi; }
+
+install: $(VENV)/.stamp-install node_modules/.stamp-install system-tools browser-tools
 
 # Contracts compile offline with solc-js (see hardhat.config.js); artifacts are rebuilt, never committed.
 artifacts/.stamp-build: node_modules/.stamp-install hardhat.config.js $(shell find contracts -name '*.sol' 2>/dev/null)

@@ -262,7 +262,9 @@ def _check_config(config: dict, *, base_model_id: str, aliases: Iterable[str], m
     if ".." in Path(declared).parts or ".." in declared.split("/"):
         raise _refuse(f"base_model_name_or_path {declared[:120]!r} contains a '..' path component")
     if not _matches_base(declared, base_model_id, aliases):
-        raise _refuse(f"base model mismatch: adapter was trained for {declared[:120]!r}, this node serves {base_model_id!r}")
+        raise _refuse(f"base model mismatch: adapter was trained for {declared[:120]!r}, this node serves {base_model_id!r} "
+                      f"(if it was trained on {base_model_id}, set base_model_name_or_path to {base_model_id!r} "
+                      f"in {CONFIG_NAME})")
     if config.get("use_dora"):
         raise _refuse("DoRA adapters (use_dora) are not supported")
     if config.get("modules_to_save"):

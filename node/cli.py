@@ -64,6 +64,10 @@ from node.cli_node_register import register as _node_register  # noqa: E402
 app.add_typer(dev_app)
 node_app.command("register")(_node_register)
 
+from node.cli_chat import chat as _chat  # noqa: E402
+
+app.command("chat")(_chat)
+
 
 def main() -> None:
     import os

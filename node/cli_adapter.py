@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import typer
 
@@ -56,6 +61,61 @@ def check_adapter_folder(folder: Path, base_model_id: str):
         raise CliError(f"adapter folder refused: {e}") from None
 
 
+@contextlib.contextmanager
+def prepared_adapter(folder: Path, base_model_id: str) -> Iterator[tuple[object, Path]]:
+    """(spec, folder to upload). An adapter trained on a local copy of the served base names that
+    folder in base_model_name_or_path: it is accepted when the folder holds the same model (config
+    and weights fingerprint, `inference.base_match`), and a copy naming the base model id is what
+    gets uploaded (nodes know the model by its id, not by a path on the trainer's machine)."""
+    from inference.adapters import CONFIG_NAME, DEFAULT_MAX_CONFIG_BYTES, AdapterValidationError, _read_config
+    from inference.base_match import BaseMismatch, check_same_base
+    from inference.base_model import resolve_model_folder
+
+    check_adapter_folder_exists(folder)
+    try:
+        config = _read_config(folder, DEFAULT_MAX_CONFIG_BYTES)
+    except AdapterValidationError as e:
+        raise CliError(f"adapter folder refused: {e}") from None
+    declared = config.get("base_model_name_or_path")
+    local = _local_base_path(declared, base_model_id)
+    if local is None:
+        yield check_adapter_folder(folder, base_model_id), folder
+        return
+    fix = (f"set base_model_name_or_path in {folder / CONFIG_NAME} to {base_model_id!r} if it was trained on that "
+           f"model, or train it on {base_model_id}")
+    if base_model_id == _default_base():
+        try:
+            check_same_base(local, resolve_model_folder(None))
+        except BaseMismatch as e:
+            raise CliError(f"adapter was trained on the local folder {declared[:200]!r}, which is not the served base "
+                           f"model {base_model_id}: {e.reason}; {fix}") from None
+    with tempfile.TemporaryDirectory(prefix="loranode-publish-") as tmp:
+        staged = Path(tmp) / folder.name
+        shutil.copytree(folder, staged, symlinks=True)  # links stay links: validation refuses them
+        (staged / CONFIG_NAME).unlink()
+        (staged / CONFIG_NAME).write_text(json.dumps({**config, "base_model_name_or_path": base_model_id}, indent=2))
+        yield check_adapter_folder(staged, base_model_id), staged
+
+
+def check_adapter_folder_exists(folder: Path) -> None:
+    if not folder.is_dir():
+        raise CliError(f"adapter folder {folder} does not exist or is not a folder")
+
+
+def _local_base_path(declared: object, base_model_id: str) -> Path | None:
+    """The local folder an adapter's base_model_name_or_path names, or None when it is a model id."""
+    from inference.adapters import _matches_base
+
+    if not isinstance(declared, str) or not declared or len(declared) > 4096 or "\0" in declared:
+        return None  # validation says what is wrong with it
+    if _matches_base(declared, base_model_id, ()):
+        return None
+    path = Path(declared).expanduser()
+    if declared.startswith(("/", "~", ".")) or path.is_dir():
+        return path
+    return None
+
+
 def _default_base() -> str:
     from inference.base_model import EMBEDDED_MODEL_ID
 
@@ -75,15 +135,15 @@ def publish(
 ) -> None:
     """Validate, upload to IPFS and register an adapter on chain."""
     base = base_model or _default_base()
-    spec = check_adapter_folder(folder, base)
     price_units = parse_amount(price)
     ids, bps = parse_dataset_splits(datasets)
-    c = connect(rpc_url, deployment)
-    for d in ids:
-        if not c.datasets.dataset_exists(d):
-            raise CliError(f"dataset {d} does not exist")
-    account = load_account(keystore, password_file)
-    cid = upload(folder, ipfs_store, kubo_url)
+    with prepared_adapter(folder, base) as (spec, upload_dir):
+        c = connect(rpc_url, deployment)
+        for d in ids:
+            if not c.datasets.dataset_exists(d):
+                raise CliError(f"dataset {d} does not exist")
+        account = load_account(keystore, password_file)
+        cid = upload(upload_dir, ipfs_store, kubo_url)
     receipt = c.adapters.register(account, base, cid, spec.rank, price_units, BPS_TOTAL - sum(bps), ids, bps)
     ev = event_of(c, receipt, "AdapterPublished")
     tx_done(receipt, "adapter published", as_json, adapter_id=ev.adapter_id, model=f"adapter-{ev.adapter_id}", cid=cid)
@@ -102,12 +162,12 @@ def new_version(
     """Publish new weights for an adapter you own (splits stay as registered)."""
     c = connect(rpc_url, deployment)
     info = c.adapters.get_adapter(adapter_id)
-    spec = check_adapter_folder(folder, info.base_model_id)
     price_units = parse_amount(price) if price is not None else info.price_per_1k
-    account = load_account(keystore, password_file)
-    if account.address != info.owner:
-        raise CliError(f"adapter {adapter_id} belongs to {info.owner}, not to {account.address}")
-    cid = upload(folder, ipfs_store, kubo_url)
+    with prepared_adapter(folder, info.base_model_id) as (spec, upload_dir):
+        account = load_account(keystore, password_file)
+        if account.address != info.owner:
+            raise CliError(f"adapter {adapter_id} belongs to {info.owner}, not to {account.address}")
+        cid = upload(upload_dir, ipfs_store, kubo_url)
     receipt = c.adapters.publish_version(account, adapter_id, cid, spec.rank, price_units)
     ev = event_of(c, receipt, "AdapterPublished")
     tx_done(receipt, "new version published", as_json, adapter_id=adapter_id, version=ev.version, cid=cid)

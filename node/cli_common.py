@@ -154,7 +154,10 @@ def connect(rpc_url: str, deployment: Path | None):
     from chain.contracts import Contracts
     from chain.deploy import Deployment
 
+    from node.cli_progress import show_tx_waits
+
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    show_tx_waits(w3)
     try:
         chain_id = w3.eth.chain_id
     except Exception as e:  # requests/aiohttp raise many types for a dead endpoint
@@ -186,17 +189,26 @@ def checksum(address: str, what: str = "address") -> str:
 # ------------------------------------------------------------------------------ output
 
 
-def _plain(v: Any) -> Any:
+# Token amounts and other uint256 quantities: always decimal strings in --json (a stable shape, and
+# JSON readers lose precision past 2**53). Ids, counts, bps, ranks and blocks stay numbers.
+AMOUNT_FIELDS = frozenset({
+    "price_per_1k", "compute_price_per_1k", "balance", "thawing", "bond", "claimable", "amount", "escrow",
+    "wallet_balance", "node_fees", "usage_shares", "dataset_harvested", "dataset_pending", "claimed",
+    "weight", "total_weight", "acc_reward_per_weight", "cost", "compute", "adapter", "total",
+})
+
+
+def _plain(v: Any, key: str | None = None) -> Any:
     if is_dataclass(v):
-        return {k: _plain(x) for k, x in asdict(v).items()}
+        return {k: _plain(x, k) for k, x in asdict(v).items()}
     if isinstance(v, (bytes, bytearray)):
         return "0x" + bytes(v).hex()
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2**53:
-        return str(v)  # JSON readers lose precision past 2**53
+        return {str(k): _plain(x, str(k)) for k, x in v.items()}
+    if isinstance(v, int) and not isinstance(v, bool) and (key in AMOUNT_FIELDS or abs(v) >= 2**53):
+        return str(v)
     return v
 
 

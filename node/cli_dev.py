@@ -34,8 +34,10 @@ def up(
         console.print(f"[bold]chain[/]      anvil {stack.rpc_url} (chain id 31337)")
         console.print(f"[bold]deployment[/] {stack.deployment_path}")
         console.print(f"[bold]config[/]     {stack.config_path}")
+        console.print("dev accounts: anvil's standard accounts of the mnemonic \"test test test test test test test test "
+                      "test test test junk\" (public keys: use them on this dev chain only)")
         for role, key in zip(DEV_ROLES, DEV_PRIVATE_KEYS):
-            console.print(f"  {role:9s} {Account.from_key(key).address}")
+            console.print(f"  {role:9s} {Account.from_key(key).address} key {key}", highlight=False)
         console.print("Point the CLI at it:")
         for k, v in stack.env().items():
             console.print(f"  export {k}={v}")

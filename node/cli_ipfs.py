@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import typer
@@ -96,13 +95,10 @@ def get_cmd(
             backends.append(GatewayClient(gateway))
         cache = ContentCache(default_cache_root() / "cache", DEFAULT_CACHE_BYTES)
         try:
-            if sys.stderr.isatty():
-                from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+            from node.cli_progress import transfer_bar
 
-                with Progress(*Progress.get_default_columns()[:1], DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
-                    task = bar.add_task(f"fetching {cid[:16]}…", total=None)
-                    return await fetch_verified(backends, cid, max_bytes, cache, progress=lambda n: bar.advance(task, n))
-            return await fetch_verified(backends, cid, max_bytes, cache)
+            with transfer_bar(f"fetching {cid[:16]}…") as advance:  # drawn on a terminal only
+                return await fetch_verified(backends, cid, max_bytes, cache, progress=advance)
         finally:
             for b in backends:
                 close = getattr(b, "close", None)

@@ -22,11 +22,14 @@ def upload(path: Path, store: Path | None, kubo_url: str | None) -> str:
     from node.ipfs import EmbeddedStore, KuboClient
 
     if kubo_url:
+        from node.cli_progress import spinner
+
         async def _kubo() -> str:
             async with KuboClient(kubo_url) as client:
                 return await client.add_path(path)
 
-        return run_async(_kubo())
+        with spinner(f"adding {path.name} to Kubo"):  # Kubo's add API reports no progress we could show
+            return run_async(_kubo())
     from rich.progress import Progress
 
     from node.cli_common import console

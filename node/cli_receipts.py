@@ -1,4 +1,5 @@
-"""`loranode receipts verify RECEIPT.json`: check a node's signature and the on-chain Merkle proof."""
+"""`loranode receipts verify [RECEIPT.json]`: check a node's signature and the on-chain Merkle proof,
+of one receipt file or of every receipt `loranode chat` stored; `loranode receipts list`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 
 import typer
 
-from node.cli_common import CliError, DeploymentOpt, JsonOpt, RpcOpt, connect, emit, handle_errors
+from node.cli_chat import PayerOpt, StateOpt
+from node.cli_common import (
+    CliError, DeploymentOpt, JsonOpt, KeystoreOpt, RpcOpt, checksum, connect, emit, handle_errors, keystore_address,
+)
 
-receipts_app = typer.Typer(name="receipts", help="Verify inference receipts.", no_args_is_help=True)
+receipts_app = typer.Typer(name="receipts", help="List and verify inference receipts.", no_args_is_help=True)
 
 MAX_RECEIPT_FILE = 1 << 20
 # The fields of the signed EIP-712 receipt; the node's JSON adds attribution details beside them.
@@ -32,28 +36,18 @@ def load_receipt_file(path: Path) -> dict:
     return body if "receipt" in body else {"receipt": body}
 
 
-@receipts_app.command("verify")
-@handle_errors
-def verify(
-    file: Path = typer.Argument(..., help="Receipt JSON as returned by the node (GET /v1/receipts/{id})."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, as_json: bool = JsonOpt,
-) -> None:
-    """Check the node's EIP-712 signature and, once committed, the Merkle proof against ReceiptLog."""
+def _verify_one(c, raw: dict, batch: dict | None, proof) -> dict:
+    """Signature check, and the Merkle proof against ReceiptLog when the batch is committed."""
     from chain.eip712 import SignedReceipt, TypedDataError
 
-    body = load_receipt_file(file)
-    raw = body["receipt"]
     if not isinstance(raw, dict):
         raise CliError("'receipt' must be an object")
     try:
         signed = SignedReceipt.from_json({k: v for k, v in raw.items() if k in _SIGNED_FIELDS})
     except TypedDataError as e:
         raise CliError(f"malformed receipt: {e}") from None
-    c = connect(rpc_url, deployment)
     signer = signed.signer(c.chain_id, c.receipts.address)
-    sig_ok = signer == signed.receipt.node
-    batch = body.get("batch") or {}
-    proof = body.get("proof")
+    batch = batch if isinstance(batch, dict) else {}
     committed = None
     if proof is not None and "seq" in batch:
         if not isinstance(proof, list) or not all(isinstance(p, str) for p in proof) or len(proof) > 64:
@@ -62,9 +56,82 @@ def verify(
             committed = c.receipts.verify_receipt(signed.receipt, int(batch["seq"]), [bytes.fromhex(p.removeprefix("0x")) for p in proof])
         except ValueError:
             raise CliError("'proof' holds a value that is not hex") from None
-    result = {"request_id": "0x" + signed.receipt.request_id.hex(), "node": signed.receipt.node,
-              "signer": signer, "signature_valid": sig_ok,
-              "committed_on_chain": committed if committed is not None else "no proof yet (batch not committed)"}
-    emit(result, as_json, title="receipt")
-    if not sig_ok or committed is False:
+    return {"request_id": "0x" + signed.receipt.request_id.hex(), "node": signed.receipt.node,
+            "signer": signer, "signature_valid": signer == signed.receipt.node,
+            "committed_on_chain": committed if committed is not None else "no proof yet (batch not committed)"}
+
+
+@receipts_app.command("verify")
+@handle_errors
+def verify(
+    file: Path = typer.Argument(None, help="Receipt JSON as returned by the node (GET /v1/receipts/{id}); "
+                                           "without it, every receipt `loranode chat` stored for the payer."),
+    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
+    payer: str = PayerOpt, state: Path = StateOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Check the node's EIP-712 signature and, once committed, the Merkle proof against ReceiptLog."""
+    c = connect(rpc_url, deployment)
+    if file is not None:
+        body = load_receipt_file(file)
+        result = _verify_one(c, body["receipt"], body.get("batch"), body.get("proof"))
+        emit(result, as_json, title="receipt")
+        if not result["signature_valid"] or result["committed_on_chain"] is False:
+            raise typer.Exit(1)
+        return
+    results = [_verify_stored(c, r) for r in _stored(c, keystore, payer, state) if r.receipt is not None]
+    emit(results, as_json, title="receipts")
+    if any(not r["signature_valid"] or r["committed_on_chain"] is False or r.get("node_copy") == "differs"
+           for r in results):
         raise typer.Exit(1)
+
+
+def _verify_stored(c, stored) -> dict:
+    """A receipt from the chat state: its signature, then the node's copy and proof when reachable."""
+    from node.chat.discovery import ProbeError, get_json
+
+    result = _verify_one(c, stored.receipt, None, None)
+    try:
+        body, _ = get_json(f"{stored.url}/v1/receipts/{stored.request_id}")
+    except ProbeError as e:
+        result["node_copy"] = f"not checked: {e}"
+        return result
+    theirs = body.get("receipt") if isinstance(body.get("receipt"), dict) else {}
+    same = all(str(theirs.get(k, "")).lower() == str(v).lower() for k, v in stored.receipt.items() if k in _SIGNED_FIELDS)
+    result["node_copy"] = "matches" if same else "differs"
+    if same and body.get("status") == "committed":
+        result["committed_on_chain"] = _verify_one(c, stored.receipt, body.get("batch"), body.get("proof"))["committed_on_chain"]
+    return result
+
+
+def _stored(c, keystore, payer, state):
+    from node.chat.state import ChatState
+    from node.cli_chat import state_path
+
+    addr = checksum(payer, "payer address") if payer else keystore_address(keystore)
+    path = state_path(state, c.chain_id, addr)
+    if not path.exists():
+        return []
+    store = ChatState(path)
+    try:
+        return store.receipts()
+    finally:
+        store.close()
+
+
+@receipts_app.command("list")
+@handle_errors
+def list_(
+    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
+    payer: str = PayerOpt, state: Path = StateOpt, as_json: bool = JsonOpt,
+) -> None:
+    """The payer's receipts recorded by `loranode chat` (oldest first)."""
+    import datetime
+
+    c = connect(rpc_url, deployment)
+    rows = [{"request_id": r.request_id, "status": r.status, "model": r.model, "node": r.node, "url": r.url,
+             "cost": str((r.compute or 0) + (r.adapter or 0)) if r.compute is not None else None,
+             "compute": str(r.compute) if r.compute is not None else None,
+             "adapter": str(r.adapter) if r.adapter is not None else None,
+             "time": datetime.datetime.fromtimestamp(r.created, datetime.timezone.utc).isoformat(timespec="seconds")}
+            for r in _stored(c, keystore, payer, state)]
+    emit(rows, as_json, title="receipts", columns=["request_id", "status", "model", "node", "cost", "time"])

@@ -11,6 +11,7 @@ from node.cli_common import CliError, JsonOpt, console, emit, handle_errors
 def fetch_dataset_file(dataset_id: int, rpc_url: str, deployment: Path | None, store: Path | None, dest: Path) -> list[Path]:
     """Accepted contributions of an on-chain dataset, fetched from the embedded store and CID-verified."""
     from node.cli_common import all_contributions, connect, run_async
+    from node.cli_progress import transfer_bar
     from node.cli_ipfs import store_root
     from node.ipfs import EmbeddedStore
 
@@ -22,7 +23,8 @@ def fetch_dataset_file(dataset_id: int, rpc_url: str, deployment: Path | None, s
     for info in all_contributions(c):
         if info.dataset_id == dataset_id and info.status == "accepted":
             dest_i = dest / f"contribution-{info.contribution_id}"
-            files.append(run_async(st.fetch(info.cid, dest_i, 64 << 20)))
+            with transfer_bar(f"fetching contribution {info.contribution_id}") as advance:
+                files.append(run_async(st.fetch(info.cid, dest_i, 64 << 20, progress=advance)))
     if not files:
         raise CliError(f"dataset {dataset_id} has no accepted contributions")
     return files

@@ -58,12 +58,22 @@ class NodeQuote:
 class VoucherWallet:
     """Per-lane running totals and voucher signing for one payer (thread-safe)."""
 
-    def __init__(self, payer_key, quote: NodeQuote, *, signer_key=None) -> None:
+    def __init__(self, payer_key, quote: NodeQuote, *, signer_key=None,
+                 totals: dict[int, tuple[int, int]] | None = None) -> None:
+        """payer_key: the payer's key or account; with `signer_key` (a signer the payer authorized in
+        UsageEscrow) it may be the payer's address alone. totals: lane totals carried over from an
+        earlier session with this node ({adapter id: (compute, adapter)}), so its vouchers cover them."""
+        if signer_key is not None and isinstance(payer_key, str) and len(payer_key) == 42:
+            from types import SimpleNamespace
+
+            from eth_utils import to_checksum_address
+
+            payer_key = SimpleNamespace(address=to_checksum_address(payer_key))
         self.payer = Account.from_key(payer_key) if not hasattr(payer_key, "address") else payer_key
         self.signer = self.payer if signer_key is None else (
             Account.from_key(signer_key) if not hasattr(signer_key, "address") else signer_key)
         self.quote = quote
-        self._totals: dict[int, list[int]] = {}
+        self._totals: dict[int, list[int]] = {aid: [int(c), int(a)] for aid, (c, a) in (totals or {}).items()}
         self._locks: dict[int, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -147,12 +157,12 @@ class LoraNodeClient:
     """The official `openai.OpenAI` client pointed at a node, with vouchers attached per request."""
 
     def __init__(self, base_url: str, payer_key, *, signer_key=None, timeout: float = 120.0,
-                 quote: NodeQuote | None = None) -> None:
+                 quote: NodeQuote | None = None, totals: dict[int, tuple[int, int]] | None = None) -> None:
         import openai
 
         self.base_url = base_url.rstrip("/")
         self.quote = quote or NodeQuote.fetch(self.base_url)
-        self.wallet = VoucherWallet(payer_key, self.quote, signer_key=signer_key)
+        self.wallet = VoucherWallet(payer_key, self.quote, signer_key=signer_key, totals=totals)
         self.openai = openai.OpenAI(base_url=self.base_url + "/v1", api_key="voucher", timeout=timeout, max_retries=0)
         self.receipts: list[SignedReceipt] = []
 
@@ -208,15 +218,17 @@ class LoraNodeClient:
             api, headers = self._prepare(kind, aid)
             parts: list[str] = []
             final = None
-            for chunk in api.create(model=model, extra_headers=headers, stream=True, **kwargs):
-                if chunk.choices:
-                    c = chunk.choices[0]
-                    piece = (c.delta.content if kind == "chat" else c.text) or ""
-                    parts.append(piece)
-                extra = getattr(chunk, "model_extra", None) or {}
-                if "receipt" in extra:
-                    final = _extra(chunk)
-                yield chunk
+            stream = api.create(model=model, extra_headers=headers, stream=True, **kwargs)
+            with stream:  # closes the connection at once when the caller stops early (the node meters then)
+                for chunk in stream:
+                    if chunk.choices:
+                        c = chunk.choices[0]
+                        piece = (c.delta.content if kind == "chat" else c.text) or ""
+                        parts.append(piece)
+                    extra = getattr(chunk, "model_extra", None) or {}
+                    if "receipt" in extra:
+                        final = _extra(chunk)
+                    yield chunk
             if final is None:
                 raise ClientError("the stream ended without usage, cost and receipt")
             self.receipts.append(self.wallet.record(aid, final, "".join(parts)))

@@ -171,6 +171,9 @@ class NodeConfig(BaseModel):
     prefetch: bool = Field(
         True, description="Fetch, verify and load every new adapter for `base_model_id` as soon as it is seen on chain."
     )
+    dashboard_enabled: bool = Field(
+        True, description="Serve the read-only dashboard at `/dashboard` (`/` redirects there) on the API's listen address."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
     # ---------------------------------------------------------------------------------------------

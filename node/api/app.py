@@ -257,4 +257,8 @@ def init_app(
     r.add_post("/v1/vouchers", settle_up)
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics)
+    if config.dashboard_enabled:
+        from node.dashboard import add_dashboard
+
+        add_dashboard(app)
     return app

@@ -60,6 +60,9 @@ def test_dev_up_prepares_everything_and_ctrl_c_stops_it(tmp_path):
         node = Account.from_key(DEV_PRIVATE_KEYS[1]).address
         assert c.nodes.is_active(node)
         assert any(f"export LORANODE_RPC_URL={url}" in ln for ln in lines)
+        # the dev accounts' keys are printed, and said to be anvil's public standard accounts
+        assert any("anvil's standard accounts" in ln for ln in lines)
+        assert any(payer in ln and DEV_PRIVATE_KEYS[2] in ln for ln in lines), "".join(lines)
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)

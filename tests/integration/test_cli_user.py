@@ -4,6 +4,7 @@ a clear message, and that nothing was sent on chain (the sender's nonce did not 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -148,7 +149,7 @@ def test_dataset_lifecycle(env, tmp_path):
     jcli(env, "dataset", "accept", str(c1["contribution_id"]), "--weight", "5", role="curator")
     jcli(env, "dataset", "reject", str(c2["contribution_id"]), role="curator")
     shown = jcli(env, "dataset", "show", str(ds))
-    assert shown["dataset"]["total_weight"] == 5
+    assert shown["dataset"]["total_weight"] == "5"  # amounts and weights are decimal strings in --json
     assert [x["status"] for x in shown["contributions"]] == ["accepted", "rejected"]
     assert [d["name"] for d in jcli(env, "dataset", "list")] == ["Pirate talk"]
     _, out = cli(env, "dataset", "show", str(ds))
@@ -234,6 +235,65 @@ def test_adapter_publish_refuses_bad_folders_and_splits_before_gas(env, adapter_
     assert nonce(env, "owner1") == n
 
 
+def _retarget(adapter_folder, dest, declared):
+    """A copy of the adapter whose adapter_config.json names `declared` as its base model."""
+    import shutil
+
+    shutil.copytree(adapter_folder, dest)
+    cfg = json.loads((dest / "adapter_config.json").read_text())
+    (dest / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": str(declared)}))
+    return dest
+
+
+def test_adapter_trained_on_the_local_base_folder_publishes(env, adapter_folder, tmp_path):
+    """PEFT wrote the local folder it loaded the base from; the CLI checks that folder is the served
+    base by content and uploads a copy naming the model id (what nodes check)."""
+    from inference.base_model import resolve_model_folder
+    from node.ipfs import EmbeddedStore
+
+    served = resolve_model_folder(None)
+    local = _retarget(adapter_folder, tmp_path / "local", served)
+    got = jcli(env, "adapter", "publish", str(local), "--price", "0.5", role="owner1")
+    fetched = asyncio.run(EmbeddedStore(env["tmp"] / "ipfs").fetch(got["cid"], tmp_path / "fetched", 1 << 30))
+    assert json.loads((fetched / "adapter_config.json").read_text())["base_model_name_or_path"] == EMBEDDED_MODEL_ID
+    assert json.loads((local / "adapter_config.json").read_text())["base_model_name_or_path"] == str(served)  # untouched
+    # the same model in another folder (a copy: weights hard-linked, config copied) is matched by fingerprint
+    copy = tmp_path / "copy-of-base"
+    copy.mkdir()
+    for f in served.iterdir():
+        os.link(f, copy / f.name)
+    jcli(env, "adapter", "publish", str(_retarget(adapter_folder, tmp_path / "viacopy", copy)), "--price", "0.5", role="owner1")
+
+
+def test_adapter_on_another_local_base_is_refused_with_the_fix(env, adapter_folder, tmp_path):
+    from inference.base_model import resolve_model_folder
+
+    served = resolve_model_folder(None)
+    n = nonce(env, "owner1")
+    wrong_cfg = tmp_path / "wrong-cfg"
+    wrong_cfg.mkdir()
+    for f in served.iterdir():
+        if f.name != "config.json":
+            os.link(f, wrong_cfg / f.name)
+    cfg = json.loads((served / "config.json").read_text())
+    (wrong_cfg / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 12}))
+    cases = [
+        (wrong_cfg, "num_hidden_layers"),
+        (tmp_path / "gone", "does not exist"),
+        ("/dev/null", "not a folder"),
+        ("./relative/nowhere", "does not exist"),
+    ]
+    for i, (declared, msg) in enumerate(cases):
+        folder = _retarget(adapter_folder, tmp_path / f"a{i}", declared)
+        _, out = cli(env, "adapter", "publish", str(folder), "--price", "1", role="owner1", ok=False)
+        assert msg in out and "set base_model_name_or_path" in out and EMBEDDED_MODEL_ID in out, out
+    # a hub id of another model: the fix is named too
+    folder = _retarget(adapter_folder, tmp_path / "hub", "meta-llama/Llama-3-8B")
+    _, out = cli(env, "adapter", "publish", str(folder), "--price", "1", role="owner1", ok=False)
+    assert "base model mismatch" in out and "set base_model_name_or_path" in out
+    assert nonce(env, "owner1") == n
+
+
 # ---------------------------------------------------------------- escrow and rewards
 
 
@@ -276,7 +336,7 @@ def test_escrow_bad_input_sends_nothing(env):
 
 def test_rewards_show_and_claim(env):
     c = env["c"]
-    assert jcli(env, "rewards", "show", ADDR["alice"])["claimable"] == 0
+    assert jcli(env, "rewards", "show", ADDR["alice"])["claimable"] == "0"
     n = nonce(env, "alice")
     _, out = cli(env, "rewards", "claim", role="alice", ok=False)
     assert "nothing to claim" in out and nonce(env, "alice") == n
