@@ -151,7 +151,6 @@ class VllmEngine:
         self._thread: threading.Thread | None = None
         self._session: aiohttp.ClientSession | None = None
         self._stop: asyncio.Event | None = None
-        self._wake_probe: asyncio.Event | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -176,7 +175,7 @@ class VllmEngine:
 
         async def main():
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-            self._stop, self._wake_probe = asyncio.Event(), asyncio.Event()
+            self._stop = asyncio.Event()
             ready.set_result(None)
             try:
                 await self._probe_loop()
@@ -299,7 +298,6 @@ class VllmEngine:
             log.warning("vLLM server %s taken out of rotation: %s", server.url, reason)
             self.counters["server_failures"] += 1
         server.take_out(reason)
-        self._wake_probe.set()
 
     async def _probe_loop(self) -> None:
         """Every probe_s: servers out of rotation are tried again; servers in rotation are checked
@@ -310,16 +308,19 @@ class VllmEngine:
                 return
             except asyncio.TimeoutError:
                 pass
-            self._wake_probe.clear()
-            for server in self.router.servers:
-                if not server.in_rotation:
-                    await self._bring_up(server)
-                    continue
-                try:
-                    async with server.lock:
-                        await self._reconcile_locked(server)
-                except V.UpstreamError as e:
-                    self._server_failed(server, str(e))
+            await asyncio.gather(*(self._probe(s) for s in self.router.servers))
+
+    async def _probe(self, server: Upstream) -> None:
+        try:
+            if not server.in_rotation:
+                await self._bring_up(server)
+                return
+            async with server.lock:
+                await self._reconcile_locked(server)
+        except V.UpstreamError as e:
+            self._server_failed(server, str(e))
+        except Exception:  # noqa: BLE001 - a bug in one probe must not end the prober
+            log.exception("probing vLLM server %s failed", server.url)
 
     # ------------------------------------------------------------ adapters
 

@@ -79,11 +79,14 @@ class VllmServer:
         self.kill()
         raise TimeoutError(f"vLLM server not healthy after {timeout:.0f}s; log tail:\n{self.log_tail()}")
 
-    def log_tail(self, n: int = 4000) -> str:
+    def log_tail(self, n: int = 3000) -> str:
+        """The log's error lines (vLLM's root cause is often far above its last traceback) and its end."""
         try:
-            return self.log_path.read_text(errors="replace")[-n:]
+            text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+        errors = [ln for ln in text.splitlines() if "Error" in ln or "error:" in ln][:20]
+        return "\n".join(errors)[:3000] + "\n...\n" + text[-n:]
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
