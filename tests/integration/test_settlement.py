@@ -327,3 +327,33 @@ def _commit_block(w3, sender: str, receipt_log: str) -> int:
     if first is not None:
         return first
     raise AssertionError("commit transaction not found")
+
+
+async def test_issue9_underfunded_lane_is_parked_until_a_deposit(world):
+    """Issue #9: an underfunded lane was retried with a redeem transaction at every interval forever.
+    Now the escrow pays what it has, the lane is parked (no more redeem transactions), and a deposit
+    wakes it: the same voucher then collects the rest."""
+    c, w3 = world["c"], world["w3"]
+    client = Client(world)
+    client.serve(0, 10**22 + 500, 0)  # more than the payer deposited for this node
+    st = settlement(world)
+    await st.flush()
+
+    def redeems() -> int:
+        with world["sessions"]() as s:
+            return len(list(s.scalars(select(OutboxIntent).where(OutboxIntent.key.like("redeem:%")))))
+
+    assert c.escrow.collected(PAYER.address, OPERATOR.address, 0).compute == 10**22  # all there was
+    assert redeems() == 1
+    for _ in range(3):
+        await st.run_once(force=True)
+    assert redeems() == 1  # parked: no redeem transaction per interval
+    with world["sessions"]() as s:
+        assert s.get(Voucher, repo.lane_key(PAYER.address, OPERATOR.address, 0)).redeem_error.startswith("parked:")
+    c.escrow.deposit(PAYER, OPERATOR.address, 1000)
+    await st.flush()
+    assert redeems() == 2
+    assert c.escrow.collected(PAYER.address, OPERATOR.address, 0).compute == 10**22 + 500
+    assert c.escrow.account_of(PAYER.address, OPERATOR.address).balance == 500
+    with world["sessions"]() as s:
+        assert s.get(Voucher, repo.lane_key(PAYER.address, OPERATOR.address, 0)).redeem_error is None
