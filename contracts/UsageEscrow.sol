@@ -459,7 +459,7 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
             da = v.adapterValue - aOld;
         }
         if (dc == 0 && da == 0) return (0, 0); // a replay: nothing to pay
-        Payout memory p;
+        Payout memory p = Payout(address(0), 0, 0, 0); // read only when da != 0
         if (da != 0) {
             (p.owner, p.count, p.packed0, p.packed1) = _adapters.payoutOf(v.adapterId);
             if (p.owner == address(0)) return _skip(i, payer, SkipReason.UnknownAdapter);
