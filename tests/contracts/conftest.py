@@ -1,5 +1,6 @@
-"""Contract-test fixtures: the protocol deployed once per module on the session anvil; each test
-runs inside the `anvil` fixture's snapshot, so state changes never leak between tests."""
+"""Contract-test fixtures: the protocol deployed once per module on the session anvil inside a
+module snapshot; each test runs inside the `anvil` fixture's snapshot, so state changes never leak
+between tests or modules."""
 
 from __future__ import annotations
 
@@ -66,7 +67,10 @@ def make_env(url: str, **deploy_kwargs) -> Env:
 
 @pytest.fixture(scope="module")
 def deployed(anvil_session) -> Env:
-    return make_env(anvil_session.url)
+    """The protocol deployed for one module inside a module-wide snapshot (nothing leaks to other modules)."""
+    snap = anvil_session.rpc("evm_snapshot")
+    yield make_env(anvil_session.url)
+    anvil_session.rpc("evm_revert", [snap])
 
 
 @pytest.fixture

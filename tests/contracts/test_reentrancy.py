@@ -22,6 +22,7 @@ def _deploy(env, name, *args) -> str:
 
 @pytest.fixture(scope="module")
 def hook_env(anvil_session, request):
+    snap = anvil_session.rpc("evm_snapshot")  # this module's deployments leave nothing behind
     make_env = request.getfixturevalue("make_env_fn")
     boot = make_env(anvil_session.url)  # plain deployment, only to get a funded Web3 and accounts
     hook = _deploy(boot, "HookToken")
@@ -32,7 +33,8 @@ def hook_env(anvil_session, request):
         env.c.token.approve(a, env.c.nodes.address, 2**256 - 1)
     attacker = env.w3.eth.contract(address=_deploy(env, "Reenterer"), abi=load_artifact("Reenterer").abi_list)
     hook_c = env.w3.eth.contract(address=hook, abi=load_artifact("HookToken").abi_list)
-    return env, attacker, hook_c
+    yield env, attacker, hook_c
+    anvil_session.rpc("evm_revert", [snap])
 
 
 @pytest.fixture

@@ -28,7 +28,9 @@ TOKEN = 10**18
 
 @pytest.fixture(scope="module")
 def chain(anvil_session, tmp_path_factory):
-    """Contracts deployed once for the module; every test runs from a snapshot of this state."""
+    """Contracts deployed once for the module (inside a module snapshot); every test runs from a
+    snapshot of this state."""
+    module_snap = anvil_session.rpc("evm_snapshot")
     w3 = Web3(Web3.HTTPProvider(anvil_session.url))
     dep = deploy(anvil_session.url, KEY["deployer"], out_dir=None, w3=w3)
     path = dep.save(tmp_path_factory.mktemp("dep") / "deployment.json")
@@ -36,7 +38,8 @@ def chain(anvil_session, tmp_path_factory):
     deployer = Account.from_key(KEY["deployer"])
     for role in ("payer", "owner1", "alice", "bob", "node"):
         c.token.mint(deployer, ADDR[role], 1000 * TOKEN)
-    return anvil_session, c, path
+    yield anvil_session, c, path
+    anvil_session.rpc("evm_revert", [module_snap])
 
 
 @pytest.fixture
