@@ -127,7 +127,7 @@ def test_wrong_password_sends_nothing(env, tmp_path):
 
 
 def test_missing_wallet_and_dead_rpc_are_clear(env, tmp_path):
-    _, out = cli(env, "escrow", "balance", "--keystore", str(tmp_path / "none.json"), ok=False)
+    _, out = cli(env, "escrow", "balance", "--node", ADDR["node"], "--keystore", str(tmp_path / "none.json"), ok=False)
     assert "no wallet" in out
     _, out = cli(env, "dataset", "list", "--rpc-url", "http://127.0.0.1:9", ok=False)
     assert "cannot reach the chain" in out
