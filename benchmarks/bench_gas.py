@@ -12,6 +12,9 @@ Peers (their gas per inference does not depend on volume, so a sample of >= 200 
 - one event per inference in a batched call (contracts/bench/EventLogPeer.sol), payment not
   even included.
 
+`redeem_gas_per_voucher` reports UsageEscrow.redeem's gas per voucher on new lanes (first redeem)
+and on lanes that already exist (a second, higher voucher on the same lanes).
+
 Ends with one line `RESULT {json}`. Targets: gas_per_inference <= 100, vs_event_per_inference <= 0.02.
 """
 
@@ -91,12 +94,16 @@ class Setup:
             c.adapters.register(self.owner if k % 2 == 0 else self.curator, "smollm2-135m", f"bafy-adapter-{k}", 8,
                                 ADAPTER_PRICES[k], 6000, ds, [2000] * len(ds))
             self.adapter_datasets[k + 1] = ds
+        bond = c.nodes.dispute_terms().min_bond  # only a staked node redeems
+        c.token.mint(self.deployer, self.node.address, bond)
+        c.token.approve(self.node, c.nodes.address, bond)
+        c.nodes.register(self.node, "http://127.0.0.1:8080", ["smollm2-135m"], COMPUTE_PRICE_PER_1K, bond)
         self.payers = [Account.from_key(keccak(text=f"bench-payer-{i}")) for i in range(n_payers)]
         for p in self.payers:
             anvil.rpc("anvil_setBalance", [p.address, hex(10**20)])
             c.token.mint(self.deployer, p.address, 10**24)
             c.token.approve(p, c.escrow.address, 2**256 - 1)
-            c.escrow.deposit(p, 10**23)
+            c.escrow.deposit(p, self.node.address, 10**23)
 
 
 def settle_ours(s: Setup, lanes: int, per_lane: int, seed: int) -> dict:
@@ -143,9 +150,24 @@ def settle_ours(s: Setup, lanes: int, per_lane: int, seed: int) -> dict:
         "inferences": n,
         "commit_gas": commit["gasUsed"],
         "redeem_gas": redeem["gasUsed"],
+        "redeem_gas_per_voucher": round(redeem["gasUsed"] / lanes),
         "gas_per_inference": total / n,
         "prep_s": round(prep_s, 2),
-    }
+    }, vouchers
+
+
+def redeem_existing_lanes(s: Setup, vouchers: list[Voucher]) -> int:
+    """Redeem gas per voucher on lanes that already collected once (their storage slots are warm
+    in the sense of non-zero: an update, not a creation)."""
+    c = s.c
+    more = [Voucher(v.payer, v.node, v.adapter_id, v.compute_value + 12_345, v.adapter_value + 6_789) for v in vouchers]
+    by_payer = {p.address: p for p in s.payers}
+    sigs = [sign_voucher(v, by_payer[v.payer].key, c.chain_id, c.escrow.address) for v in more]
+    redeem = c.escrow.redeem(s.node, more, sigs)
+    for v in more:
+        col = c.escrow.collected(v.payer, v.node, v.adapter_id)
+        assert (col.compute, col.adapter) == (v.compute_value, v.adapter_value), "a lane was not fully paid"
+    return round(redeem["gasUsed"] / len(more))
 
 
 def deploy_peer(s: Setup, name: str) -> str:
@@ -210,15 +232,17 @@ def main() -> None:
     with Anvil(extra_args=["--gas-limit", "100000000"]) as anvil:
         s = Setup(anvil, args.lanes)
         snap = anvil.rpc("evm_snapshot")
-        large = settle_ours(s, args.lanes, args.requests, seed=1)
+        large, vouchers = settle_ours(s, args.lanes, args.requests, seed=1)
+        existing = redeem_existing_lanes(s, vouchers)
         anvil.rpc("evm_revert", [snap])
-        small = settle_ours(s, args.lanes, args.small_requests, seed=2)
+        small, _ = settle_ours(s, args.lanes, args.small_requests, seed=2)
         tx_peer = peer_tx_per_inference(s, args.peer_sample)
         ev_peer = peer_event_per_inference(s, args.peer_sample)
     ours = large["gas_per_inference"]
     result = {
         "gas_per_inference": round(ours, 2),
         "gas_per_inference_small": round(small["gas_per_inference"], 2),
+        "redeem_gas_per_voucher": {"new_lanes": large["redeem_gas_per_voucher"], "existing_lanes": existing},
         "vs_tx_per_inference": round(ours / tx_peer, 5),
         "vs_event_per_inference": round(ours / ev_peer, 5),
         "peer_tx_gas_per_inference": round(tx_peer, 1),

@@ -138,6 +138,7 @@ class Claimed(Event):
 @dataclass(frozen=True)
 class Deposited(Event):
     payer: str
+    node: str
     from_: str
     amount: int
 
@@ -152,11 +153,13 @@ class SignerAuthorized(Event):
 class SignerRevoked(Event):
     payer: str
     signer: str
+    revoke_at: int
 
 
 @dataclass(frozen=True)
 class ThawStarted(Event):
     payer: str
+    node: str
     amount: int
     thaw_end: int
 
@@ -164,6 +167,7 @@ class ThawStarted(Event):
 @dataclass(frozen=True)
 class Withdrawn(Event):
     payer: str
+    node: str
     amount: int
 
 
@@ -183,6 +187,54 @@ class VoucherUnderfunded(Event):
     adapter_id: int
     needed: int
     available: int
+
+
+@dataclass(frozen=True)
+class VoucherSkipped(Event):
+    index: int
+    payer: str
+    reason: int  # UsageEscrow.SkipReason, see SKIP_REASONS
+
+
+@dataclass(frozen=True)
+class ProtocolFeeProposed(Event):
+    recipient: str
+    bps: int
+    effective_at: int
+
+
+@dataclass(frozen=True)
+class NodeSlashed(Event):
+    node: str
+    beneficiary: str
+    amount: int
+    reward: int
+
+
+@dataclass(frozen=True)
+class DisputeOpened(Event):
+    dispute_id: int
+    node: str
+    fisherman: str
+    receipt_digest: bytes
+    deadline: int
+
+
+@dataclass(frozen=True)
+class DisputeResolved(Event):
+    dispute_id: int
+    slashed: int
+
+
+@dataclass(frozen=True)
+class DisputeExpired(Event):
+    dispute_id: int
+
+
+@dataclass(frozen=True)
+class OwnershipTransferStarted(Event):
+    previous_owner: str
+    new_owner: str
 
 
 @dataclass(frozen=True)
@@ -226,8 +278,9 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         DatasetCreated, ContributionSubmitted, ContributionAccepted, ContributionRejected, DatasetRewarded,
         ContributionHarvested, AdapterPublished, AdapterDeprecated, NodeRegistered, NodeUpdated, BondAdded,
         NodeDeregistered, BondWithdrawn, Credited, Claimed, Deposited, SignerAuthorized, SignerRevoked,
-        ThawStarted, Withdrawn, VoucherRedeemed, VoucherUnderfunded, ProtocolFeeSet, BatchCommitted,
-        Transfer, Approval, OwnershipTransferred,
+        ThawStarted, Withdrawn, VoucherRedeemed, VoucherUnderfunded, VoucherSkipped, ProtocolFeeProposed,
+        ProtocolFeeSet, NodeSlashed, DisputeOpened, DisputeResolved, DisputeExpired, BatchCommitted,
+        Transfer, Approval, OwnershipTransferred, OwnershipTransferStarted,
     )
 }
 _RENAMES = {"from": "from_", "pricePer1k": "price_per_1k", "computePricePer1k": "compute_price_per_1k"}
@@ -316,6 +369,36 @@ class EscrowAccount:
 class LaneCollected:
     compute: int
     adapter: int
+
+
+@dataclass(frozen=True)
+class SignerInfo:
+    payer: str  # zero address if none
+    revoke_at: int  # end of the revocation thaw; 0 = not revoked
+
+
+@dataclass(frozen=True)
+class DisputeInfo:
+    dispute_id: int
+    fisherman: str
+    deadline: int
+    open: bool
+    node: str
+    deposit: int
+    receipt_digest: bytes
+
+
+@dataclass(frozen=True)
+class DisputeTerms:
+    min_bond: int
+    arbitrator: str
+    dispute_window: int
+    dispute_deposit: int
+    receipts: str
+
+
+# UsageEscrow.SkipReason, by value
+SKIP_REASONS = ("wrong_node", "bad_value", "bad_signature", "unauthorized_signer", "stale", "unknown_adapter")
 
 
 @dataclass(frozen=True)

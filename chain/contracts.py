@@ -45,7 +45,18 @@ from chain.contract_types import (  # noqa: F401  (re-exported: callers import t
     Withdrawn,
     VoucherRedeemed,
     VoucherUnderfunded,
+    VoucherSkipped,
+    ProtocolFeeProposed,
     ProtocolFeeSet,
+    NodeSlashed,
+    DisputeOpened,
+    DisputeResolved,
+    DisputeExpired,
+    OwnershipTransferStarted,
+    SignerInfo,
+    DisputeInfo,
+    DisputeTerms,
+    SKIP_REASONS,
     BatchCommitted,
     Transfer,
     Approval,
@@ -64,10 +75,11 @@ from chain.contract_types import (  # noqa: F401  (re-exported: callers import t
     snake,
 )
 from chain.deploy import PROTOCOL_CONTRACTS, Deployment
-from chain.eip712 import Receipt, Voucher
+from chain.eip712 import Receipt, Voucher, address_of, sign_signer_proof
 from chain.errors import ChainError, ContractRevert
 
 RECEIPT_TIMEOUT_S = 120
+SIGNER_PROOF_TTL_S = 3600
 _ERROR_SOURCES = ("DemoToken", *PROTOCOL_CONTRACTS)
 
 # ------------------------------------------------------------------------------ revert decoding
@@ -426,6 +438,45 @@ class NodeRegistryContract(_Wrapper):
     def is_active(self, node: str) -> bool:
         return self._call("isActive", node)
 
+    def can_redeem(self, node: str) -> bool:
+        return self._call("canRedeem", node)
+
+    def open_disputes(self, node: str) -> int:
+        return self._call("openDisputes", node)
+
+    def dispute_count(self) -> int:
+        return self._call("disputeCount")
+
+    def burned(self) -> int:
+        return self._call("burned")
+
+    def dispute_terms(self) -> DisputeTerms:
+        m, a, w, d, r = self._call("disputeTerms")
+        return DisputeTerms(m, to_checksum_address(a), w, d, to_checksum_address(r))
+
+    def get_dispute(self, dispute_id: int) -> DisputeInfo:
+        f, deadline, is_open, node, deposit, digest = self._call("getDispute", dispute_id)
+        return DisputeInfo(dispute_id, to_checksum_address(f), deadline, is_open, to_checksum_address(node), deposit,
+                           bytes(digest))
+
+    def build_slash_equivocation(self, sender: Sender, a: Receipt, sig_a: bytes, b: Receipt, sig_b: bytes) -> dict:
+        return self._build(sender, "slashEquivocation", _receipt_tuple(a), bytes(sig_a), _receipt_tuple(b), bytes(sig_b))
+
+    def slash_equivocation(self, account: LocalAccount, a: Receipt, sig_a: bytes, b: Receipt, sig_b: bytes) -> TxReceipt:
+        return self._send(account, "slashEquivocation", _receipt_tuple(a), bytes(sig_a), _receipt_tuple(b), bytes(sig_b))
+
+    def build_open_dispute(self, sender: Sender, r: Receipt, sig: bytes) -> dict:
+        return self._build(sender, "openDispute", _receipt_tuple(r), bytes(sig))
+
+    def open_dispute(self, account: LocalAccount, r: Receipt, sig: bytes) -> TxReceipt:
+        return self._send(account, "openDispute", _receipt_tuple(r), bytes(sig))
+
+    def resolve_dispute(self, account: LocalAccount, dispute_id: int, slash_amount: int) -> TxReceipt:
+        return self._send(account, "resolveDispute", dispute_id, slash_amount)
+
+    def expire_dispute(self, account: LocalAccount, dispute_id: int) -> TxReceipt:
+        return self._send(account, "expireDispute", dispute_id)
+
 
 def _voucher_tuple(v: Voucher) -> tuple:
     return (v.payer, v.node, v.adapter_id, v.compute_value, v.adapter_value)
@@ -439,25 +490,42 @@ def _receipt_tuple(r: Receipt) -> tuple:
 
 
 class UsageEscrowContract(_Wrapper):
+    """Accounts are per (payer, node): every deposit, thaw and withdrawal names the node."""
+
     ARTIFACT = "UsageEscrow"
 
-    def build_deposit(self, sender: Sender, amount: int) -> dict:
-        return self._build(sender, "deposit", amount)
+    def build_deposit(self, sender: Sender, node: str, amount: int) -> dict:
+        return self._build(sender, "deposit", node, amount)
 
-    def deposit(self, account: LocalAccount, amount: int) -> TxReceipt:
-        return self._send(account, "deposit", amount)
+    def deposit(self, account: LocalAccount, node: str, amount: int) -> TxReceipt:
+        return self._send(account, "deposit", node, amount)
 
-    def build_deposit_for(self, sender: Sender, payer: str, amount: int) -> dict:
-        return self._build(sender, "depositFor", payer, amount)
+    def build_deposit_for(self, sender: Sender, payer: str, node: str, amount: int) -> dict:
+        return self._build(sender, "depositFor", payer, node, amount)
 
-    def deposit_for(self, account: LocalAccount, payer: str, amount: int) -> TxReceipt:
-        return self._send(account, "depositFor", payer, amount)
+    def deposit_for(self, account: LocalAccount, payer: str, node: str, amount: int) -> TxReceipt:
+        return self._send(account, "depositFor", payer, node, amount)
 
-    def build_authorize_signer(self, sender: Sender, signer: str) -> dict:
-        return self._build(sender, "authorizeSigner", signer)
+    def build_authorize_signer(self, sender: Sender, signer: str, deadline: int, proof: bytes) -> dict:
+        return self._build(sender, "authorizeSigner", signer, deadline, bytes(proof))
 
-    def authorize_signer(self, account: LocalAccount, signer: str) -> TxReceipt:
-        return self._send(account, "authorizeSigner", signer)
+    def authorize_signer(self, account: LocalAccount, signer: str, deadline: int, proof: bytes) -> TxReceipt:
+        return self._send(account, "authorizeSigner", signer, deadline, bytes(proof))
+
+    def signer_proof(self, payer: str, signer_key, deadline: int | None = None) -> tuple[str, int, bytes]:
+        """(signer address, deadline, proof) for `payer` to authorize the key `signer_key`; the deadline
+        defaults to an hour after the latest block."""
+        if deadline is None:
+            deadline = int(self.w3.eth.get_block("latest")["timestamp"]) + SIGNER_PROOF_TTL_S
+        if self._chain_id is None:
+            self._chain_id = self.w3.eth.chain_id
+        proof = sign_signer_proof(payer, deadline, signer_key, self._chain_id, self.address)
+        return address_of(signer_key), deadline, proof
+
+    def authorize_signer_key(self, account: LocalAccount, signer_key, deadline: int | None = None) -> TxReceipt:
+        """Authorize the key `signer_key` for `account` when both keys are at hand (signs the proof)."""
+        signer, deadline, proof = self.signer_proof(account.address, signer_key, deadline)
+        return self.authorize_signer(account, signer, deadline, proof)
 
     def build_revoke_signer(self, sender: Sender, signer: str) -> dict:
         return self._build(sender, "revokeSigner", signer)
@@ -465,17 +533,17 @@ class UsageEscrowContract(_Wrapper):
     def revoke_signer(self, account: LocalAccount, signer: str) -> TxReceipt:
         return self._send(account, "revokeSigner", signer)
 
-    def build_start_thaw(self, sender: Sender, amount: int) -> dict:
-        return self._build(sender, "startThaw", amount)
+    def build_start_thaw(self, sender: Sender, node: str, amount: int) -> dict:
+        return self._build(sender, "startThaw", node, amount)
 
-    def start_thaw(self, account: LocalAccount, amount: int) -> TxReceipt:
-        return self._send(account, "startThaw", amount)
+    def start_thaw(self, account: LocalAccount, node: str, amount: int) -> TxReceipt:
+        return self._send(account, "startThaw", node, amount)
 
-    def build_withdraw(self, sender: Sender) -> dict:
-        return self._build(sender, "withdraw")
+    def build_withdraw(self, sender: Sender, node: str) -> dict:
+        return self._build(sender, "withdraw", node)
 
-    def withdraw(self, account: LocalAccount) -> TxReceipt:
-        return self._send(account, "withdraw")
+    def withdraw(self, account: LocalAccount, node: str) -> TxReceipt:
+        return self._send(account, "withdraw", node)
 
     def build_redeem(self, sender: Sender, vouchers: Sequence[Voucher], signatures: Sequence[bytes]) -> dict:
         return self._build(sender, "redeem", [_voucher_tuple(v) for v in vouchers], [bytes(s) for s in signatures])
@@ -483,33 +551,56 @@ class UsageEscrowContract(_Wrapper):
     def redeem(self, account: LocalAccount, vouchers: Sequence[Voucher], signatures: Sequence[bytes]) -> TxReceipt:
         return self._send(account, "redeem", [_voucher_tuple(v) for v in vouchers], [bytes(s) for s in signatures])
 
-    def build_set_protocol_fee(self, sender: Sender, recipient: str, bps: int) -> dict:
-        return self._build(sender, "setProtocolFee", recipient, bps)
+    def build_propose_protocol_fee(self, sender: Sender, recipient: str, bps: int) -> dict:
+        return self._build(sender, "proposeProtocolFee", recipient, bps)
 
-    def set_protocol_fee(self, account: LocalAccount, recipient: str, bps: int) -> TxReceipt:
-        return self._send(account, "setProtocolFee", recipient, bps)
+    def propose_protocol_fee(self, account: LocalAccount, recipient: str, bps: int) -> TxReceipt:
+        return self._send(account, "proposeProtocolFee", recipient, bps)
+
+    def apply_protocol_fee(self, account: LocalAccount) -> TxReceipt:
+        return self._send(account, "applyProtocolFee")
+
+    def transfer_ownership(self, account: LocalAccount, new_owner: str) -> TxReceipt:
+        return self._send(account, "transferOwnership", new_owner)
+
+    def accept_ownership(self, account: LocalAccount) -> TxReceipt:
+        return self._send(account, "acceptOwnership")
 
     def hash_voucher(self, v: Voucher) -> bytes:
         return bytes(self._call("hashVoucher", _voucher_tuple(v)))
 
+    def hash_signer_proof(self, payer: str, deadline: int) -> bytes:
+        return bytes(self._call("hashSignerProof", payer, deadline))
+
     def collected(self, payer: str, node: str, adapter_id: int) -> LaneCollected:
         return LaneCollected(*self._call("collected", payer, node, adapter_id))
 
-    def account_of(self, payer: str) -> EscrowAccount:
-        return EscrowAccount(*self._call("accountOf", payer))
+    def account_of(self, payer: str, node: str) -> EscrowAccount:
+        return EscrowAccount(*self._call("accountOf", payer, node))
 
-    def payer_of_signer(self, signer: str) -> str:
-        return to_checksum_address(self._call("payerOfSigner", signer))
+    def signer_of(self, signer: str) -> SignerInfo:
+        p, at = self._call("signerOf", signer)
+        return SignerInfo(to_checksum_address(p), at)
+
+    def is_authorized(self, payer: str, signer: str) -> bool:
+        return self._call("isAuthorized", payer, signer)
 
     def protocol_fee(self) -> ProtocolFee:
         r, b = self._call("protocolFee")
         return ProtocolFee(to_checksum_address(r), b)
+
+    def pending_protocol_fee(self) -> tuple[str, int, int]:
+        r, b, at = self._call("pendingProtocolFee")
+        return to_checksum_address(r), b, at
 
     def thaw_seconds(self) -> int:
         return self._call("thawSeconds")
 
     def owner(self) -> str:
         return to_checksum_address(self._call("owner"))
+
+    def pending_owner(self) -> str:
+        return to_checksum_address(self._call("pendingOwner"))
 
 
 class ReceiptLogContract(_Wrapper):
@@ -529,6 +620,9 @@ class ReceiptLogContract(_Wrapper):
 
     def last_seq(self, node: str) -> int:
         return self._call("lastSeq", node)
+
+    def last_commit_at(self, node: str) -> int:
+        return self._call("lastCommitAt", node)
 
     def batch_root(self, node: str, seq: int) -> bytes:
         return bytes(self._call("batchRoot", node, seq))

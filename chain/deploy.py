@@ -32,6 +32,9 @@ PROTOCOL_CONTRACTS = (
 )
 DEFAULT_PROTOCOL_FEE_BPS = 500  # 5 % of the adapter part
 DEFAULT_THAW_SECONDS = 7 * 24 * 3600
+DEFAULT_MIN_BOND = 10 * 10**18  # 10 tokens of an 18-decimals token: what a node must stake to redeem
+DEFAULT_DISPUTE_WINDOW = 7 * 24 * 3600
+DEFAULT_DISPUTE_DEPOSIT = 10**18
 MAX_PROTOCOL_FEE_BPS = 1_000  # mirrors UsageEscrow.MAX_PROTOCOL_FEE_BPS
 RECEIPT_TIMEOUT_S = 120
 
@@ -132,19 +135,29 @@ def deploy(
     token: str | None = None,
     protocol_fee_bps: int = DEFAULT_PROTOCOL_FEE_BPS,
     thaw_seconds: int = DEFAULT_THAW_SECONDS,
+    min_bond: int = DEFAULT_MIN_BOND,
+    dispute_window: int = DEFAULT_DISPUTE_WINDOW,
+    dispute_deposit: int = DEFAULT_DISPUTE_DEPOSIT,
+    arbitrator: str | None = None,
     out_dir: Path | str | None = Path("deployments"),
     w3: Web3 | None = None,
 ) -> Deployment:
     """Deploy DemoToken (unless `token` is given) and the six protocol contracts; return and save the Deployment.
 
-    `out_dir=None` writes nothing. The deployer becomes UsageEscrow's owner and fee recipient.
+    `out_dir=None` writes nothing. The deployer becomes UsageEscrow's owner and fee recipient, and
+    NodeRegistry's dispute arbitrator unless `arbitrator` is given.
     """
     if not 0 <= protocol_fee_bps <= MAX_PROTOCOL_FEE_BPS:
         raise DeployError(f"protocol_fee_bps must be in 0..{MAX_PROTOCOL_FEE_BPS}, got {protocol_fee_bps}")
     if not 0 <= thaw_seconds < 2**64:
         raise DeployError(f"thaw_seconds out of range: {thaw_seconds}")
+    if not 0 < min_bond < 2**128:
+        raise DeployError(f"min_bond must be in 1..2^128-1, got {min_bond}")
+    if not 0 <= dispute_window < 2**64 or not 0 <= dispute_deposit < 2**128:
+        raise DeployError(f"dispute_window or dispute_deposit out of range: {dispute_window}, {dispute_deposit}")
     w3 = w3 or Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
     account = deployer_key if isinstance(deployer_key, LocalAccount) else Account.from_key(deployer_key)
+    arbitrator = to_checksum_address(arbitrator) if arbitrator else account.address
     chain_id = w3.eth.chain_id
     s = _Sender(w3, account, chain_id)
     addresses: dict[str, str] = {}
@@ -168,13 +181,16 @@ def deploy(
     ctor_args = {
         "DatasetRegistry": (predicted["RewardVault"], predicted["UsageEscrow"]),
         "AdapterRegistry": (predicted["DatasetRegistry"],),
-        "NodeRegistry": (tok, thaw_seconds),
+        "NodeRegistry": (
+            tok, thaw_seconds, min_bond, predicted["ReceiptLog"], arbitrator, dispute_window, dispute_deposit,
+        ),
         "RewardVault": (tok, predicted["UsageEscrow"], predicted["DatasetRegistry"]),
         "UsageEscrow": (
             tok,
             predicted["AdapterRegistry"],
             predicted["DatasetRegistry"],
             predicted["RewardVault"],
+            predicted["NodeRegistry"],
             thaw_seconds,
             protocol_fee_bps,
             account.address,
@@ -194,7 +210,8 @@ def deploy(
         blocks=blocks,
         abi_hashes=abi_hashes,
         deployer=account.address,
-        params={"protocol_fee_bps": protocol_fee_bps, "thaw_seconds": thaw_seconds},
+        params={"protocol_fee_bps": protocol_fee_bps, "thaw_seconds": thaw_seconds, "min_bond": min_bond,
+                "dispute_window": dispute_window, "dispute_deposit": dispute_deposit},
     )
     if out_dir is not None:
         dep.save(Path(out_dir) / f"{chain_id}.json")
@@ -218,6 +235,10 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token", help="existing ERC20 payment token (default: deploy DemoToken)")
     ap.add_argument("--protocol-fee-bps", type=int, default=DEFAULT_PROTOCOL_FEE_BPS)
     ap.add_argument("--thaw-seconds", type=int, default=DEFAULT_THAW_SECONDS)
+    ap.add_argument("--min-bond", type=int, default=DEFAULT_MIN_BOND, help="bond a node needs to redeem (token units)")
+    ap.add_argument("--dispute-window", type=int, default=DEFAULT_DISPUTE_WINDOW)
+    ap.add_argument("--dispute-deposit", type=int, default=DEFAULT_DISPUTE_DEPOSIT)
+    ap.add_argument("--arbitrator", help="address that resolves disputes (default: the deployer)")
     ap.add_argument("--out-dir", type=Path, default=Path("deployments"))
     args = ap.parse_args(argv)
     w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 60}))
@@ -233,7 +254,9 @@ def _main(argv: list[str] | None = None) -> int:
             ap.error(f"cannot open keystore {args.keystore}: {e}")
     try:
         dep = deploy(args.rpc_url, account, token=args.token, protocol_fee_bps=args.protocol_fee_bps,
-                     thaw_seconds=args.thaw_seconds, out_dir=args.out_dir, w3=w3)
+                     thaw_seconds=args.thaw_seconds, min_bond=args.min_bond,
+                     dispute_window=args.dispute_window, dispute_deposit=args.dispute_deposit,
+                     arbitrator=args.arbitrator, out_dir=args.out_dir, w3=w3)
     except DeployError as e:
         print(f"deploy failed: {e}")
         return 1

@@ -35,7 +35,11 @@ RECEIPT_TYPE = (
     "uint32 promptTokens,uint32 completionTokens,uint256 computeCost,uint256 adapterCost,"
     "bytes32 outputHash,bytes32 attributionHash,uint64 timestamp)"
 )
+# A signer key's consent to sign vouchers for `payer` (UsageEscrow.authorizeSigner); the domain
+# binds the chain id and the escrow address.
+SIGNER_PROOF_TYPE = "SignerProof(address payer,uint256 deadline)"
 DOMAIN_TYPEHASH = keccak(text=DOMAIN_TYPE)
+SIGNER_PROOF_TYPEHASH = keccak(text=SIGNER_PROOF_TYPE)
 VOUCHER_TYPEHASH = keccak(text=VOUCHER_TYPE)
 RECEIPT_TYPEHASH = keccak(text=RECEIPT_TYPE)
 
@@ -374,6 +378,18 @@ def sign_voucher(v: Voucher, private_key: PrivateKeyLike, chain_id: int, escrow:
 
 def recover_voucher_signer(v: Voucher, sig: Any, chain_id: int, escrow: str) -> str:
     return recover_digest_signer(voucher_digest(v, chain_id, escrow), sig)
+
+
+def signer_proof_digest(payer: str, deadline: int, chain_id: int, escrow: str) -> bytes:
+    """What a signer key signs to consent to sign vouchers for `payer` until `deadline` (unix seconds)."""
+    struct = keccak(SIGNER_PROOF_TYPEHASH + _addr_word(_check_address("payer", payer))
+                    + _word(_check_uint("deadline", deadline, 256)))
+    return typed_digest(struct, chain_id, escrow)
+
+
+def sign_signer_proof(payer: str, deadline: int, signer_key: PrivateKeyLike, chain_id: int, escrow: str) -> bytes:
+    """The signer key's proof for UsageEscrow.authorizeSigner(signer, deadline, proof) sent by `payer`."""
+    return sign_digest(signer_proof_digest(payer, deadline, chain_id, escrow), signer_key)
 
 
 def sign_receipt(r: Receipt, private_key: PrivateKeyLike, chain_id: int, receipt_log: str) -> bytes:

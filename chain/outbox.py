@@ -10,7 +10,12 @@ version is kept, and whichever one is mined settles the intent.
 
 One Outbox per sending account at a time (several processes driving the same account would
 race for nonces). `process()` is a single, idempotent step; call it in a loop (`run_until_idle`).
-Not handled: chain reorganisations after an intent is marked mined (use `confirmations`).
+A reorganisation deeper than `confirmations` can drop transactions of intents already marked
+finished; the account's nonce on chain then falls below the nonces the outbox handed out, and every
+later transaction would wait forever behind the gap. `process()` notices it (chain nonce <= the
+highest stored one, with no open intent holding it) and rebroadcasts the stored bytes of the
+dropped transactions, lowest nonce first: the chain includes each of them at most once, and the
+caller's own reconciliation (e.g. settlement's batch roots) sees the outcome.
 """
 
 from __future__ import annotations
@@ -202,6 +207,7 @@ class Outbox:
             report = ProcessReport([], [], [], [], [], [])
             open_rows = self.store.open_intents(self.sender)
             rebroadcast_all, self._rebroadcast_due = self._rebroadcast_due, False
+            self._replay_dropped(open_rows, report)
             for row in (r for r in open_rows if r.nonce is not None):
                 self._advance_signed(row, rebroadcast_all, report)
             self._sign_queued([r for r in open_rows if r.status == IntentStatus.QUEUED], report)
@@ -340,6 +346,29 @@ class Outbox:
             self.store.record_signed(row.id, nonce, att)  # durable before the first send
             report.signed.append(row.id)
             self._broadcast(self.get(row.id), att, report)
+
+    def _replay_dropped(self, open_rows: list[Intent], report: ProcessReport) -> None:
+        """After a reorg deeper than `confirmations`: resend finished intents whose nonce the chain lost."""
+        stored = self.store.highest_nonce(self.sender)
+        if stored is None:
+            return
+        on_chain = self.w3.eth.get_transaction_count(self.sender, "latest")
+        if on_chain > stored:
+            return  # the common case: one RPC call
+        open_nonces = {r.nonce for r in open_rows if r.nonce is not None}
+        for row in self.store.finished_from_nonce(self.sender, on_chain):
+            if row.nonce in open_nonces:
+                continue
+            att = next((a for a in row.attempts if a.tx_hash == row.tx_hash), row.attempts[-1] if row.attempts else None)
+            if att is None:
+                continue
+            try:
+                self.w3.eth.send_raw_transaction(att.raw)
+                report.broadcast.append(row.id)
+                log.warning("outbox intent %s (%s, nonce %d) was dropped by a reorg: rebroadcast", row.id, row.key,
+                            row.nonce)
+            except (Web3RPCError, ValueError, OSError) as e:
+                log.warning("outbox intent %s: rebroadcast after reorg failed: %s", row.id, e)
 
     def _has_unmined_predecessor(self, row: Intent) -> bool:
         return any(r.id < row.id and r.nonce is not None for r in self.store.open_intents(self.sender))

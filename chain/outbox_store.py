@@ -80,6 +80,9 @@ class OutboxStore(Protocol):
     def highest_nonce(self, sender: str) -> int | None:
         """Highest nonce ever assigned to an intent of `sender` (any status), None if none."""
 
+    def finished_from_nonce(self, sender: str, nonce: int) -> list[Intent]:
+        """MINED and FAILED intents of `sender` with a nonce >= `nonce`, lowest nonce first."""
+
     def record_signed(self, intent_id: int, nonce: int, attempt: Attempt) -> None:
         """Assign `nonce` (first time) and append `attempt`; status → SIGNED, sent_at → None.
 
@@ -133,6 +136,11 @@ class InMemoryOutboxStore:
     def highest_nonce(self, sender: str) -> int | None:
         nonces = [r.nonce for r in self._rows.values() if r.sender == sender and r.nonce is not None]
         return max(nonces) if nonces else None
+
+    def finished_from_nonce(self, sender: str, nonce: int) -> list[Intent]:
+        rows = [r for r in self._rows.values() if r.sender == sender and r.nonce is not None and r.nonce >= nonce
+                and not r.status.is_open]
+        return sorted(rows, key=lambda r: r.nonce)
 
     def record_signed(self, intent_id: int, nonce: int, attempt: Attempt) -> None:
         with self._lock:
@@ -256,6 +264,11 @@ class SqliteOutboxStore:
     def highest_nonce(self, sender: str) -> int | None:
         with self._tx() as db:
             return db.execute("SELECT MAX(nonce) FROM outbox_intent WHERE sender = ?", (sender,)).fetchone()[0]
+
+    def finished_from_nonce(self, sender: str, nonce: int) -> list[Intent]:
+        with self._tx() as db:
+            return self._load(db, "WHERE sender = ? AND nonce >= ? AND status IN ('mined', 'failed') ORDER BY nonce",
+                              (sender, nonce))
 
     def record_signed(self, intent_id: int, nonce: int, attempt: Attempt) -> None:
         with self._tx() as db:

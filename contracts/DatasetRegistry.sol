@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {IDatasetRegistry, IRewardVault} from "./interfaces/IProtocol.sol";
 
 /// @title DatasetRegistry
@@ -179,8 +180,10 @@ contract DatasetRegistry is IDatasetRegistry {
         Dataset storage d = _datasets[c.datasetId];
         c.status = Status.Accepted;
         c.weight = uint64(weight);
-        // Starts at the current accumulator: nothing paid before acceptance is owed to it.
-        c.rewardDebt = weight * d.accRewardPerWeight / ACC_PRECISION;
+        // Starts at the current accumulator: nothing paid before acceptance is owed to it. Rounded up:
+        // rounded down, a late contribution would be credited up to 1 unit paid before it arrived,
+        // and the sum of claims could exceed what the vault holds.
+        c.rewardDebt = Math.mulDiv(weight, d.accRewardPerWeight, ACC_PRECISION, Math.Rounding.Ceil);
         d.totalWeight += uint96(weight); // at most 2^32 * 2^64 contributions' weight: fits 96 bits
         emit ContributionAccepted(contributionId, c.datasetId, weight);
     }
@@ -207,8 +210,10 @@ contract DatasetRegistry is IDatasetRegistry {
             if (c.status == Status.None) revert DatasetRegistryUnknownContribution(id);
             if (c.status != Status.Accepted) revert DatasetRegistryNotAccepted(id, c.status);
             uint256 accrued = uint256(c.weight) * _datasets[c.datasetId].accRewardPerWeight / ACC_PRECISION;
-            uint256 pending = accrued - c.rewardDebt;
-            c.rewardDebt = accrued;
+            uint256 debt = c.rewardDebt;
+            // the debt was rounded up at acceptance, so it may exceed what has accrued since
+            uint256 pending = accrued > debt ? accrued - debt : 0;
+            if (pending != 0) c.rewardDebt = accrued;
             to[i] = c.contributor;
             amounts[i] = pending;
             total += pending;
@@ -283,7 +288,8 @@ contract DatasetRegistry is IDatasetRegistry {
     function pendingReward(uint256 contributionId) external view returns (uint256) {
         Contribution storage c = _contributions[contributionId];
         if (c.status != Status.Accepted) return 0;
-        return uint256(c.weight) * _datasets[c.datasetId].accRewardPerWeight / ACC_PRECISION - c.rewardDebt;
+        uint256 accrued = uint256(c.weight) * _datasets[c.datasetId].accRewardPerWeight / ACC_PRECISION;
+        return accrued > c.rewardDebt ? accrued - c.rewardDebt : 0;
     }
 
     /// @notice Number of datasets created (ids are 1..count).

@@ -4,13 +4,24 @@ pragma solidity ^0.8.24;
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {INodeRegistry, IReceiptLog} from "./interfaces/IProtocol.sol";
 
 /// @title NodeRegistry
 /// @notice Node operators register the node's endpoint URL, the base model ids it serves and its
-///         compute price per 1K tokens, with an optional bond in the payment token. A deregistered
-///         node gets its bond back after the unbonding period.
-contract NodeRegistry is ReentrancyGuardTransient {
+///         compute price per 1K tokens, and lock a bond in the payment token. Only a node with at
+///         least `minBond` can redeem vouchers in UsageEscrow.
+///         The bond answers for the node's receipts:
+///         - equivocation: anyone who shows two receipts signed by the node with the same `seq` and
+///           different digests slashes the whole bond and receives SLASH_REWARD_BPS of it;
+///         - disputes: a fisherman disputes one signed receipt with a deposit; the arbitrator fixed at
+///           deployment slashes (part to the fisherman, deposit returned) or rejects (deposit to the
+///           node) before the dispute's deadline; past it, anyone closes it and the deposit returns.
+///         The bond is withdrawn after deregistration and the unbonding period, never while a dispute
+///         is open nor within the dispute window after the node's last ReceiptLog commit.
+///         Slashed tokens not rewarded stay locked here for good (counted in `burned`).
+contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
     /// @notice A node as returned by `getNode`.
@@ -23,6 +34,16 @@ contract NodeRegistry is ReentrancyGuardTransient {
         bool active;
     }
 
+    /// @notice A dispute as stored and returned by `getDispute`.
+    struct Dispute {
+        address fisherman; // slot 0: fisherman | deadline | open
+        uint64 deadline;
+        bool open;
+        address node; // slot 1
+        uint128 deposit; // slot 2
+        bytes32 receiptDigest; // slot 3
+    }
+
     /// @notice The caller already has an active registration.
     error NodeRegistryAlreadyRegistered(address node);
     /// @notice The caller has no active registration.
@@ -33,12 +54,24 @@ contract NodeRegistry is ReentrancyGuardTransient {
     error NodeRegistryInvalidBaseModels(uint256 count);
     /// @notice The bond can only be withdrawn after deregistration.
     error NodeRegistryStillActive(address node);
-    /// @notice The bond is locked until `unbondAt`.
-    error NodeRegistryStillUnbonding(uint64 unbondAt);
-    /// @notice There is no bond to withdraw, or a zero amount was given.
+    /// @notice The bond is locked until `unlockAt` (unbonding period or dispute window).
+    error NodeRegistryStillUnbonding(uint64 unlockAt);
+    /// @notice The bond is locked while `open` disputes against the node are unresolved.
+    error NodeRegistryDisputeOpen(address node, uint256 open);
+    /// @notice There is no bond to withdraw or slash, or a zero amount was given.
     error NodeRegistryNoBond(address node);
-    /// @notice The token address is zero.
+    /// @notice A constructor address is zero.
     error NodeRegistryZeroAddress();
+    /// @notice The two receipts are not an equivocation (different nodes or seqs, or the same digest).
+    error NodeRegistryNotEquivocation();
+    /// @notice A receipt signature does not recover to the receipt's node.
+    error NodeRegistryBadReceiptSignature(address node);
+    /// @notice Only the arbitrator may resolve disputes.
+    error NodeRegistryNotArbitrator(address caller);
+    /// @notice The dispute does not exist or is already closed.
+    error NodeRegistryDisputeClosed(uint256 disputeId);
+    /// @notice The dispute's deadline `deadline` has passed (resolve) or not yet (expire).
+    error NodeRegistryDisputeDeadline(uint64 deadline);
 
     /// @notice A node registered or re-registered.
     event NodeRegistered(address indexed node, string endpoint, string[] baseModelIds, uint256 computePricePer1k);
@@ -50,11 +83,23 @@ contract NodeRegistry is ReentrancyGuardTransient {
     event NodeDeregistered(address indexed node, uint64 unbondAt);
     /// @notice A deregistered node withdrew its bond.
     event BondWithdrawn(address indexed node, uint256 amount);
+    /// @notice `amount` of `node`'s bond was slashed; `reward` of it went to `beneficiary`.
+    event NodeSlashed(address indexed node, address indexed beneficiary, uint256 amount, uint256 reward);
+    /// @notice `fisherman` disputed a receipt of `node` (digest `receiptDigest`).
+    event DisputeOpened(
+        uint256 indexed disputeId, address indexed node, address indexed fisherman, bytes32 receiptDigest, uint64 deadline
+    );
+    /// @notice The arbitrator resolved a dispute: `slashed` > 0 upheld it, 0 rejected it (deposit to the node).
+    event DisputeResolved(uint256 indexed disputeId, uint256 slashed);
+    /// @notice A dispute passed its deadline unresolved; the deposit went back to the fisherman.
+    event DisputeExpired(uint256 indexed disputeId);
 
     /// @notice Largest length of any string, in bytes.
     uint256 public constant MAX_STRING = 256;
     /// @notice Most base models one node may list.
     uint256 public constant MAX_BASE_MODELS = 16;
+    /// @notice Share of a slashed amount paid to whoever proved the fault, in bps.
+    uint256 public constant SLASH_REWARD_BPS = 5_000;
 
     struct Node {
         string endpoint;
@@ -63,19 +108,53 @@ contract NodeRegistry is ReentrancyGuardTransient {
         uint128 bond;
         uint64 unbondAt;
         bool active;
+        uint32 openDisputes;
     }
 
     IERC20 private immutable _token;
     uint64 private immutable _unbondSeconds;
-    mapping(address node => Node) private _nodes;
+    uint128 private immutable _minBond;
+    IReceiptLog private immutable _receipts;
+    address private immutable _arbitrator;
+    uint64 private immutable _disputeWindow;
+    uint128 private immutable _disputeDeposit;
 
-    /// @param token_ the payment token (bonds are held in it).
+    mapping(address node => Node) private _nodes;
+    mapping(uint256 disputeId => Dispute) private _disputes;
+    uint256 private _disputeCount;
+    uint256 private _burned;
+
+    /// @param token_ the payment token (bonds and dispute deposits are held in it).
     /// @param unbondSeconds_ how long a bond stays locked after deregistration.
-    constructor(IERC20 token_, uint64 unbondSeconds_) {
-        if (address(token_) == address(0)) revert NodeRegistryZeroAddress();
+    /// @param minBond_ the bond a node needs to redeem vouchers (positive).
+    /// @param receipts_ ReceiptLog (receipt digests and commit times).
+    /// @param arbitrator_ the only address that resolves disputes.
+    /// @param disputeWindow_ how long after its last commit a node's bond stays locked, and how long
+    ///        the arbitrator has to resolve a dispute.
+    /// @param disputeDeposit_ what a fisherman deposits to open a dispute.
+    constructor(
+        IERC20 token_,
+        uint64 unbondSeconds_,
+        uint128 minBond_,
+        IReceiptLog receipts_,
+        address arbitrator_,
+        uint64 disputeWindow_,
+        uint128 disputeDeposit_
+    ) {
+        if (address(token_) == address(0) || address(receipts_) == address(0) || arbitrator_ == address(0)) {
+            revert NodeRegistryZeroAddress();
+        }
+        if (minBond_ == 0) revert NodeRegistryNoBond(address(0));
         _token = token_;
         _unbondSeconds = unbondSeconds_;
+        _minBond = minBond_;
+        _receipts = receipts_;
+        _arbitrator = arbitrator_;
+        _disputeWindow = disputeWindow_;
+        _disputeDeposit = disputeDeposit_;
     }
+
+    // ---------------------------------------------------------------- operators
 
     /// @notice Register the caller as a node (again, after a deregistration: a bond still held carries over).
     /// @param endpoint the node's public HTTP(S) base URL (1..256 bytes).
@@ -127,7 +206,8 @@ contract NodeRegistry is ReentrancyGuardTransient {
         emit NodeDeregistered(msg.sender, at);
     }
 
-    /// @notice Withdraw the whole bond of a deregistered node after its unbonding period.
+    /// @notice Withdraw the whole bond of a deregistered node after its unbonding period, with no open
+    ///         dispute and the dispute window after its last commit passed.
     /// @return amount tokens returned.
     function withdrawBond() external nonReentrant returns (uint256 amount) {
         Node storage n = _nodes[msg.sender];
@@ -135,9 +215,103 @@ contract NodeRegistry is ReentrancyGuardTransient {
         amount = n.bond;
         if (amount == 0) revert NodeRegistryNoBond(msg.sender);
         if (block.timestamp < n.unbondAt) revert NodeRegistryStillUnbonding(n.unbondAt);
+        if (n.openDisputes != 0) revert NodeRegistryDisputeOpen(msg.sender, n.openDisputes);
+        uint64 windowEnd = _receipts.lastCommitAt(msg.sender) + _disputeWindow;
+        if (block.timestamp < windowEnd) revert NodeRegistryStillUnbonding(windowEnd);
         n.bond = 0;
         emit BondWithdrawn(msg.sender, amount);
         _token.safeTransfer(msg.sender, amount);
+    }
+
+    // ---------------------------------------------------------------- accountability
+
+    /// @notice Prove that a node signed two different receipts with the same `seq`: its whole bond is
+    ///         slashed and SLASH_REWARD_BPS of it goes to the caller. Anyone may call.
+    /// @param a one receipt; `a.node` is the accused node.
+    /// @param sigA the node's 65-byte signature of `a` (ReceiptLog's EIP-712 domain).
+    /// @param b another receipt with the same node and seq and a different digest.
+    /// @param sigB the node's signature of `b`.
+    /// @return slashed tokens taken from the bond.
+    function slashEquivocation(
+        IReceiptLog.Receipt calldata a,
+        bytes calldata sigA,
+        IReceiptLog.Receipt calldata b,
+        bytes calldata sigB
+    ) external nonReentrant returns (uint256 slashed) {
+        address node = a.node;
+        if (b.node != node || b.seq != a.seq) revert NodeRegistryNotEquivocation();
+        bytes32 da = _signedBy(a, sigA);
+        bytes32 db = _signedBy(b, sigB);
+        if (da == db) revert NodeRegistryNotEquivocation();
+        Node storage n = _nodes[node];
+        slashed = n.bond;
+        if (slashed == 0) revert NodeRegistryNoBond(node);
+        _slash(n, node, msg.sender, slashed);
+    }
+
+    /// @notice Dispute a receipt the node signed (e.g. its output or attribution is wrong), depositing
+    ///         `disputeDeposit` tokens (needs an allowance). The arbitrator must resolve it before
+    ///         the deadline; the node's bond stays locked until then.
+    /// @param r the disputed receipt.
+    /// @param sig the node's signature of `r`.
+    /// @return disputeId the new dispute's id (1, 2, ...).
+    function openDispute(IReceiptLog.Receipt calldata r, bytes calldata sig)
+        external
+        nonReentrant
+        returns (uint256 disputeId)
+    {
+        bytes32 digest = _signedBy(r, sig);
+        Node storage n = _nodes[r.node];
+        if (n.bond == 0) revert NodeRegistryNoBond(r.node);
+        disputeId = ++_disputeCount;
+        uint64 deadline = uint64(block.timestamp) + _disputeWindow;
+        _disputes[disputeId] = Dispute(msg.sender, deadline, true, r.node, _disputeDeposit, digest);
+        ++n.openDisputes;
+        emit DisputeOpened(disputeId, r.node, msg.sender, digest, deadline);
+        if (_disputeDeposit != 0) _token.safeTransferFrom(msg.sender, address(this), _disputeDeposit);
+    }
+
+    /// @notice The arbitrator's ruling, before the deadline: `slashAmount` > 0 upholds the dispute
+    ///         (that much of the bond, capped by it, is slashed; the fisherman gets its deposit back and
+    ///         SLASH_REWARD_BPS of the slash); 0 rejects it (the deposit goes to the node).
+    /// @param disputeId an open dispute.
+    /// @param slashAmount tokens to slash (0 = reject).
+    function resolveDispute(uint256 disputeId, uint256 slashAmount) external nonReentrant {
+        if (msg.sender != _arbitrator) revert NodeRegistryNotArbitrator(msg.sender);
+        Dispute storage d = _disputes[disputeId];
+        if (!d.open) revert NodeRegistryDisputeClosed(disputeId);
+        if (block.timestamp > d.deadline) revert NodeRegistryDisputeDeadline(d.deadline);
+        d.open = false;
+        Node storage n = _nodes[d.node];
+        --n.openDisputes;
+        uint256 deposit = d.deposit;
+        uint256 slashed = slashAmount < n.bond ? slashAmount : n.bond;
+        emit DisputeResolved(disputeId, slashed);
+        if (slashed != 0) {
+            _slash(n, d.node, d.fisherman, slashed);
+            if (deposit != 0) _token.safeTransfer(d.fisherman, deposit);
+        } else if (deposit != 0) {
+            _token.safeTransfer(d.node, deposit);
+        }
+    }
+
+    /// @notice Close a dispute the arbitrator left unresolved past its deadline; the deposit goes back.
+    /// @param disputeId an open dispute past its deadline.
+    function expireDispute(uint256 disputeId) external nonReentrant {
+        Dispute storage d = _disputes[disputeId];
+        if (!d.open) revert NodeRegistryDisputeClosed(disputeId);
+        if (block.timestamp <= d.deadline) revert NodeRegistryDisputeDeadline(d.deadline);
+        d.open = false;
+        --_nodes[d.node].openDisputes;
+        emit DisputeExpired(disputeId);
+        if (d.deposit != 0) _token.safeTransfer(d.fisherman, d.deposit);
+    }
+
+    // ---------------------------------------------------------------- views
+
+    /// @inheritdoc INodeRegistry
+    function canRedeem(address node) external view returns (bool) {
+        return _nodes[node].bond >= _minBond;
     }
 
     /// @notice Registration of `node` (all zero if it never registered).
@@ -151,10 +325,41 @@ contract NodeRegistry is ReentrancyGuardTransient {
         return _nodes[node].active;
     }
 
+    /// @notice Number of unresolved disputes against `node`.
+    function openDisputes(address node) external view returns (uint256) {
+        return _nodes[node].openDisputes;
+    }
+
+    /// @notice Dispute `disputeId` (all zero if it does not exist).
+    function getDispute(uint256 disputeId) external view returns (Dispute memory) {
+        return _disputes[disputeId];
+    }
+
+    /// @notice Number of disputes opened (ids are 1..count).
+    function disputeCount() external view returns (uint256) {
+        return _disputeCount;
+    }
+
+    /// @notice Slashed tokens locked here for good.
+    function burned() external view returns (uint256) {
+        return _burned;
+    }
+
     /// @notice The bond token and the unbonding period in seconds.
     function bondTerms() external view returns (IERC20 token, uint64 unbondSeconds) {
         return (_token, _unbondSeconds);
     }
+
+    /// @notice Accountability terms fixed at deployment.
+    function disputeTerms()
+        external
+        view
+        returns (uint256 minBond, address arbitrator, uint64 disputeWindow, uint256 disputeDeposit, IReceiptLog receipts)
+    {
+        return (_minBond, _arbitrator, _disputeWindow, _disputeDeposit, _receipts);
+    }
+
+    // ---------------------------------------------------------------- internal
 
     function _set(Node storage n, string calldata endpoint, string[] calldata models, uint256 price) private {
         _checkString(endpoint, "endpoint");
@@ -174,6 +379,24 @@ contract NodeRegistry is ReentrancyGuardTransient {
         n.bond = SafeCast.toUint128(total);
         emit BondAdded(msg.sender, amount, total);
         _token.safeTransferFrom(msg.sender, address(this), amount);
+    }
+
+    /// @dev Take `amount` (<= bond) from the bond: SLASH_REWARD_BPS to `beneficiary`, the rest burned.
+    function _slash(Node storage n, address node, address beneficiary, uint256 amount) private {
+        n.bond -= uint128(amount); // amount <= bond < 2^128
+        uint256 reward = amount * SLASH_REWARD_BPS / 10_000;
+        _burned += amount - reward;
+        emit NodeSlashed(node, beneficiary, amount, reward);
+        if (reward != 0) _token.safeTransfer(beneficiary, reward);
+    }
+
+    /// @dev The digest of `r`, reverting unless `sig` is `r.node`'s signature of it.
+    function _signedBy(IReceiptLog.Receipt calldata r, bytes calldata sig) private view returns (bytes32 digest) {
+        digest = _receipts.hashReceipt(r);
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, sig);
+        if (err != ECDSA.RecoverError.NoError || signer != r.node || signer == address(0)) {
+            revert NodeRegistryBadReceiptSignature(r.node);
+        }
     }
 
     function _checkString(string calldata s, string memory field) private pure {

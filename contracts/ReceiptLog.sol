@@ -44,7 +44,12 @@ contract ReceiptLog is EIP712 {
     /// @notice Longest receipts CID accepted, in bytes.
     uint256 public constant MAX_CID = 256;
 
-    mapping(address node => uint64) private _lastSeq;
+    struct Last {
+        uint64 seq; // one slot: last batch sequence | its commit time
+        uint64 at;
+    }
+
+    mapping(address node => Last) private _last;
     mapping(address node => mapping(uint64 seq => bytes32)) private _roots;
 
     constructor() EIP712("LoRA Node", "1") {}
@@ -55,12 +60,13 @@ contract ReceiptLog is EIP712 {
     /// @param count number of receipts in the batch (positive).
     /// @param receiptsCid IPFS CID of the full receipts file (1..256 bytes).
     function commitBatch(uint64 seq, bytes32 root, uint32 count, string calldata receiptsCid) external {
-        uint64 expected = _lastSeq[msg.sender] + 1;
+        uint64 expected = _last[msg.sender].seq + 1;
         if (seq != expected) revert ReceiptLogWrongSequence(expected, seq);
         if (root == bytes32(0) || count == 0) revert ReceiptLogEmptyBatch();
         uint256 len = bytes(receiptsCid).length;
         if (len == 0 || len > MAX_CID) revert ReceiptLogInvalidCid();
-        _lastSeq[msg.sender] = seq;
+        // the commit time opens NodeRegistry's dispute window on the node's bond
+        _last[msg.sender] = Last(seq, uint64(block.timestamp));
         _roots[msg.sender][seq] = root;
         emit BatchCommitted(msg.sender, seq, root, count, receiptsCid);
     }
@@ -84,7 +90,12 @@ contract ReceiptLog is EIP712 {
 
     /// @notice Last batch sequence committed by `node` (0 if none).
     function lastSeq(address node) external view returns (uint64) {
-        return _lastSeq[node];
+        return _last[node].seq;
+    }
+
+    /// @notice Timestamp of `node`'s last committed batch (0 if none).
+    function lastCommitAt(address node) external view returns (uint64) {
+        return _last[node].at;
     }
 
     /// @notice Root of `node`'s batch `seq` (zero if not committed).

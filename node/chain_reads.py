@@ -13,10 +13,17 @@ class Web3EscrowReader:
         self._c = w3.eth.contract(address=to_checksum_address(escrow_address), abi=load_artifact("UsageEscrow").abi_list)
 
     def is_authorized(self, payer: str, signer: str) -> bool:
-        return signer == payer or self._c.functions.payerOfSigner(signer).call() == payer
+        """The signer signs for `payer` and its revocation has not started: the chain still redeems
+        what it signed until the revocation thaw ends, but the node takes nothing new from it."""
+        if signer == payer:
+            return True
+        owner, revoke_at = self._c.functions.signerOf(signer).call()
+        return owner == payer and int(revoke_at) == 0
 
-    def balance(self, payer: str) -> int:
-        return int(self._c.functions.accountOf(payer).call()[0])
+    def available(self, payer: str, node: str) -> int:
+        """Balance minus thawing of the payer's account earmarked for `node`."""
+        balance, thawing, _ = self._c.functions.accountOf(payer, node).call()
+        return max(0, int(balance) - int(thawing))
 
     def collected(self, lane: Lane) -> tuple[int, int]:
         c, a = self._c.functions.collected(lane.payer, lane.node, lane.adapter_id).call()

@@ -63,6 +63,9 @@ from node.cli_node_register import register as _node_register  # noqa: E402
 
 app.add_typer(dev_app)
 node_app.command("register")(_node_register)
+from node.cli_node_dispute import dispute as _node_dispute  # noqa: E402
+
+node_app.command("dispute")(_node_dispute)
 
 from node.cli_chat import chat as _chat  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""`loranode node register`: publish this node in NodeRegistry (endpoint, base models, price)."""
+"""`loranode node register`: publish this node in NodeRegistry (endpoint, base models, price) with its
+bond: only a node holding at least the registry's minimum bond can redeem vouchers."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 import typer
 
 from node.cli_common import (
-    CliError, DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt, connect, handle_errors, load_account,
-    parse_amount, tx_done,
+    CliError, DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt, connect, format_amount, handle_errors,
+    load_account, parse_amount, tx_done,
 )
 
 
@@ -17,7 +18,8 @@ def register(
     endpoint: str = typer.Option(..., "--endpoint", help="Public URL of the node's API."),
     base_model: list[str] = typer.Option(None, "--base-model", help="Base model ids served (repeatable; default: the embedded one)."),
     price: str = typer.Option("0", "--price", help="Compute price per 1K tokens, in tokens."),
-    bond: str = typer.Option("0", "--bond", help="Optional bond, in tokens (approved and locked)."),
+    bond: str = typer.Option("min", "--bond", help="Bond to hold, in tokens (approved and locked): 'min' tops it "
+                                                  "up to the registry's minimum; more answers for more."),
     rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
     password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
 ) -> None:
@@ -27,16 +29,25 @@ def register(
     if not endpoint.startswith(("http://", "https://")) or len(endpoint) > 512:
         raise CliError("--endpoint must be an http(s) URL of at most 512 characters")
     models = base_model or [EMBEDDED_MODEL_ID]
-    price_units, bond_units = parse_amount(price), parse_amount(bond)
+    price_units = parse_amount(price)
+    target = None if bond == "min" else parse_amount(bond)
     c = connect(rpc_url, deployment)
     account = load_account(keystore, password_file)
+    min_bond = c.nodes.dispute_terms().min_bond
+    held = c.nodes.get_node(account.address).bond
+    target = min_bond if target is None else target
+    if target < min_bond:
+        typer.echo(f"warning: a bond below the minimum ({format_amount(min_bond)}) cannot redeem vouchers", err=True)
+    add = max(0, target - held)
+    if add and c.token.balance_of(account.address) < add:
+        raise CliError(f"insufficient token balance for the bond: it needs {format_amount(add)} more")
+    if add and c.token.allowance(account.address, c.nodes.address) < add:
+        c.token.approve(account, c.nodes.address, add)
     if c.nodes.is_active(account.address):
         receipt = c.nodes.update(account, endpoint, models, price_units)
-        tx_done(receipt, "node updated", as_json, node=account.address)
+        if add:
+            c.nodes.add_bond(account, add)
+        tx_done(receipt, "node updated", as_json, node=account.address, bond=format_amount(held + add))
         return
-    if bond_units:
-        if c.token.balance_of(account.address) < bond_units:
-            raise CliError("insufficient token balance for the bond")
-        c.token.approve(account, c.nodes.address, bond_units)
-    receipt = c.nodes.register(account, endpoint, models, price_units, bond_units)
-    tx_done(receipt, "node registered", as_json, node=account.address)
+    receipt = c.nodes.register(account, endpoint, models, price_units, add)
+    tx_done(receipt, "node registered", as_json, node=account.address, bond=format_amount(held + add))

@@ -122,9 +122,10 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
 
         payer, hot = acct["payer"], Account.create()
         c.token.approve(payer, c.escrow.address, 100 * TOKEN)
-        c.escrow.deposit(payer, 100 * TOKEN)
-        c.escrow.authorize_signer(payer, hot.address)
-        console.print(f"payer {payer.address} deposited 100 LND; signer {hot.address} authorized")
+        c.escrow.deposit(payer, acct["node"].address, 100 * TOKEN)  # earmarked for this node
+        c.escrow.authorize_signer_key(payer, hot)  # with the hot key's own proof
+        console.print(f"payer {payer.address} deposited 100 LND for node {acct['node'].address}; "
+                      f"signer {hot.address} authorized")
         client = LoraNodeClient(node.url, payer.key, signer_key=hot.key)
         table = Table(title="same question, different adapters", show_lines=True)
         table.add_column("question")

@@ -22,18 +22,37 @@ def contract(w3, deployment, name: str, artifact: str | None = None):
     return w3.eth.contract(address=deployment.addresses[name], abi=load_artifact(artifact or name).abi_list)
 
 
-def fund_escrow(w3, deployment, deployer_key, payer_key, amount: int) -> None:
-    """Mint `amount` demo tokens to the payer and deposit them into UsageEscrow."""
+def fund_escrow(w3, deployment, deployer_key, payer_key, amount: int, node: str) -> None:
+    """Mint `amount` demo tokens to the payer and deposit them into UsageEscrow, earmarked for `node`."""
     deployer, payer = Account.from_key(deployer_key), Account.from_key(payer_key)
     token = contract(w3, deployment, "PaymentToken", "DemoToken")
     escrow = contract(w3, deployment, "UsageEscrow")
     _send(w3, deployer, token.functions.mint(payer.address, amount))
     _send(w3, payer, token.functions.approve(escrow.address, amount))
-    _send(w3, payer, escrow.functions.deposit(amount))
+    _send(w3, payer, escrow.functions.deposit(node, amount))
 
 
-def authorize_signer(w3, deployment, payer_key, signer_address: str) -> None:
-    _send(w3, Account.from_key(payer_key), contract(w3, deployment, "UsageEscrow").functions.authorizeSigner(signer_address))
+def authorize_signer(w3, deployment, payer_key, signer_key) -> None:
+    """The payer authorizes the key `signer_key`, with that key's proof (UsageEscrow.authorizeSigner)."""
+    from chain.eip712 import address_of, sign_signer_proof
+
+    payer = Account.from_key(payer_key)
+    escrow = contract(w3, deployment, "UsageEscrow")
+    deadline = int(w3.eth.get_block("latest")["timestamp"]) + 3600
+    proof = sign_signer_proof(payer.address, deadline, signer_key, w3.eth.chain_id, escrow.address)
+    _send(w3, payer, escrow.functions.authorizeSigner(address_of(signer_key), deadline, proof))
+
+
+def stake_node(w3, deployment, deployer_key, node_key, endpoint: str = "http://127.0.0.1:8080",
+               base_models: tuple[str, ...] = ("smollm2-135m",), price_per_1k: int = 0) -> None:
+    """Mint the minimum bond to the node and register it with that bond: it may redeem vouchers."""
+    deployer, node = Account.from_key(deployer_key), Account.from_key(node_key)
+    token = contract(w3, deployment, "PaymentToken", "DemoToken")
+    nodes = contract(w3, deployment, "NodeRegistry")
+    bond = nodes.functions.disputeTerms().call()[0]
+    _send(w3, deployer, token.functions.mint(node.address, bond))
+    _send(w3, node, token.functions.approve(nodes.address, bond))
+    _send(w3, node, nodes.functions.register(endpoint, list(base_models), price_per_1k, bond))
 
 
 # ---- a node whose adapters are already "loaded" (API tests, bench-api) ----------------------------

@@ -65,7 +65,7 @@ def write_node_toml(path: Path, *, rpc_url: str, deployment: Path, data_dir: Pat
 
 def start_dev_stack(data_dir: Path, *, chain_port: int = 8545, node_port: int = 8080,
                     compute_price_per_1k: int = DEFAULT_COMPUTE_PRICE, node_extra: dict | None = None) -> DevStack:
-    """Start anvil (on `chain_port` if free, else any free port), deploy, fund, register the node
+    """Start anvil (on `chain_port` if free, else any free port), deploy, fund, register and bond the node
     and write `node.toml`. The caller stops `stack.anvil`."""
     from eth_account import Account
     from web3 import Web3
@@ -88,7 +88,9 @@ def start_dev_stack(data_dir: Path, *, chain_port: int = 8545, node_port: int = 
         port = node_port if node_port and port_is_free("127.0.0.1", node_port) else 0
         from inference.base_model import EMBEDDED_MODEL_ID
 
-        c.nodes.register(node, f"http://127.0.0.1:{port or 8080}", [EMBEDDED_MODEL_ID], compute_price_per_1k)
+        bond = c.nodes.dispute_terms().min_bond  # staked: only a bonded node can redeem vouchers
+        c.token.approve(node, c.nodes.address, bond)
+        c.nodes.register(node, f"http://127.0.0.1:{port or 8080}", [EMBEDDED_MODEL_ID], compute_price_per_1k, bond)
         cfg = write_node_toml(data_dir / "node.toml", rpc_url=anvil.url, deployment=dep_path, data_dir=data_dir / "node",
                               listen_port=port, compute_price_per_1k=compute_price_per_1k,
                               extra={"ipfs_store": str(data_dir / "ipfs"), **(node_extra or {})})

@@ -76,6 +76,13 @@ class SqlOutboxStore:
         with self.sessions() as s:
             return s.scalar(select(func.max(OutboxIntent.nonce)).where(OutboxIntent.sender == sender))
 
+    def finished_from_nonce(self, sender: str, nonce: int) -> list[Intent]:
+        with self.sessions() as s:
+            rows = s.scalars(select(OutboxIntent).where(
+                OutboxIntent.sender == sender, OutboxIntent.nonce >= nonce, OutboxIntent.status.not_in(OPEN))
+                .order_by(OutboxIntent.nonce))
+            return [_intent(s, r) for r in rows]
+
     def record_signed(self, intent_id: int, nonce: int, attempt: Attempt) -> None:
         try:
             with self.sessions.begin() as s:

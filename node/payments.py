@@ -1,10 +1,19 @@
 """Payment gate: the voucher protocol (docs/ARCHITECTURE.md, "A paid request"), node side.
 
 A request on lane (payer, node, adapter) must carry a voucher, signed by a key the payer
-authorized in UsageEscrow, whose cumulative values cover everything the lane already owes. The
-current request is the only unpaid one (the loss cap); the payer's escrow, minus what this node
-has served but not redeemed yet, must cover this request's worst-case cost. Requests on one lane
-are serialized so two concurrent requests cannot both ride on the same voucher.
+authorized in UsageEscrow, whose cumulative values cover everything the lane already owes and
+exceed it by at most this request's worst-case cost (`owed <= value <= owed + max_cost`, each
+component, and < 2^128): the current request is the only unpaid one (the loss cap), and an
+over-valued voucher can neither poison the lane nor overcharge the payer. A voucher above what the
+lane owes (a prepayment) is only kept once the request's receipt makes the lane owe it.
+
+Availability: the payer's account earmarked for this node (balance - thawing), minus what this
+node served but has not redeemed yet, minus the worst-case cost of every request of that payer in
+flight on any of its lanes here (reserved at admission, released when the request ends). Requests
+on one lane are serialized so two concurrent requests cannot both ride on the same voucher; lane
+locks are dropped when idle, and chain reads for keys not in the caches are rate-limited, so
+unauthenticated traffic cannot grow memory or RPC load without bound. `node.escrow.EscrowFollower`
+invalidates the caches when Deposited/ThawStarted/Withdrawn/signer events arrive.
 
 In `operator-funded` mode clients present an API key instead and the operator signs the
 cumulative voucher as payer after each request: the same protocol, one trusted payer.
@@ -33,6 +42,9 @@ log = logging.getLogger(__name__)
 
 VOUCHER_HEADER = "X-Payment-Voucher"
 MAX_HEADER_BYTES = 4096
+MAX_VALUE = 2**128 - 1  # UsageEscrow skips vouchers with a larger component
+CHAIN_READS_PER_S = 50.0  # chain reads on cache misses (unauthenticated work), refilled per second
+CHAIN_READ_BURST = 200
 
 
 # ---- value types --------------------------------------------------------------------------
@@ -66,7 +78,9 @@ class EscrowReader(Protocol):
 
     def is_authorized(self, payer: str, signer: str) -> bool: ...
 
-    def balance(self, payer: str) -> int: ...
+    def available(self, payer: str, node: str) -> int:
+        """Balance minus thawing of the payer's account earmarked for `node`."""
+        ...
 
     def collected(self, lane: Lane) -> tuple[int, int]: ...
 
@@ -105,6 +119,23 @@ class _TTLCache:
 
     def drop(self, key) -> None:
         self._d.pop(key, None)
+
+
+class _TokenBucket:
+    """At most `rate` takes per second on average, `burst` at once."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens, self._at = burst, clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 # ---- parsing ---------------------------------------------------------------------------------
@@ -160,17 +191,18 @@ def encode_voucher_header(v: SignedVoucher) -> str:
 
 @dataclass
 class Authorization:
-    """A request admitted on a lane; holds the lane lock until `release()`."""
+    """A request admitted on a lane; holds the lane lock and its reservation until `release()`
+    (called after the request's receipt was recorded, or after it failed)."""
 
     lane: Lane
     price: Price
     voucher: SignedVoucher | None
-    _lock: asyncio.Lock | None = field(default=None, repr=False)
+    _on_release: Callable[[], None] | None = field(default=None, repr=False)
 
     def release(self) -> None:
-        if self._lock is not None and self._lock.locked():
-            self._lock.release()
-        self._lock = None
+        done, self._on_release = self._on_release, None
+        if done is not None:
+            done()
 
 
 class PaymentGate:
@@ -186,6 +218,8 @@ class PaymentGate:
         api_keys: list[str] = (),
         operator_account=None,
         cache_ttl_s: float = 10.0,
+        chain_reads_per_s: float = CHAIN_READS_PER_S,
+        chain_read_burst: int = CHAIN_READ_BURST,
     ) -> None:
         if mode not in ("voucher", "operator-funded"):
             raise ValueError(f"unknown payment mode {mode!r}")
@@ -202,6 +236,9 @@ class PaymentGate:
         self._auth_cache = _TTLCache(cache_ttl_s)
         self._balance_cache = _TTLCache(cache_ttl_s)
         self._locks: dict[Lane, asyncio.Lock] = {}
+        self._lock_users: dict[Lane, int] = {}
+        self._reserved: dict[str, int] = {}  # payer -> worst-case cost of its requests in flight here
+        self._reads = _TokenBucket(chain_reads_per_s, chain_read_burst)
 
     # -- chain reads, cached and off the event loop --
     async def _authorized(self, payer: str, signer: str) -> bool:
@@ -213,24 +250,29 @@ class PaymentGate:
         return hit
 
     async def _available(self, payer: str) -> int:
-        """Escrow balance minus what this node served to the payer but has not redeemed yet."""
+        """Escrow available to this node (balance - thawing) minus what this node served to the
+        payer but has not redeemed yet, minus the payer's requests in flight here."""
         hit = self._balance_cache.get(payer)
         if hit is None:
             lanes = self.book.lanes_of(payer, self.node)
 
             def read() -> tuple[int, int]:
-                bal = self.escrow.balance(payer)
+                avail = self.escrow.available(payer, self.node)
                 collected = sum(sum(self.escrow.collected(ln)) for ln, _ in lanes)
-                return bal, collected
+                return avail, collected
 
             hit = await self._read(self._balance_cache, payer, read)
-        bal, collected = hit
+        avail, collected = hit
         owed = sum(s.owed_compute + s.owed_adapter for _, s in self.book.lanes_of(payer, self.node))
-        return bal - max(0, owed - collected)
+        return avail - max(0, owed - collected) - self._reserved.get(payer, 0)
 
     async def _read(self, cache: _TTLCache, key, fn, *args):
         """A chain read, cached; while the RPC is down the last known value keeps serving going,
-        and with none known the request gets a 503 (retry) instead of an error."""
+        and with none known the request gets a 503 (retry) instead of an error. Reads are
+        rate-limited: a flood of fresh keys gets 503s instead of one RPC call each."""
+        if not self._reads.take():
+            raise Unavailable("too many payment checks at once; retry shortly", code="rate_limited",
+                              headers={"Retry-After": "1"})
         try:
             value = await asyncio.to_thread(fn, *args)
         except Exception as e:  # noqa: BLE001 - any provider failure
@@ -244,17 +286,59 @@ class PaymentGate:
         return value
 
     def invalidate(self, payer: str | None = None) -> None:
-        """Forget cached balances (after a redeem, or on a reorg)."""
+        """Forget cached balances (after a redeem, a deposit, a thaw, a withdrawal, or on a reorg)."""
         if payer is None:
             self._balance_cache = _TTLCache(self._balance_cache.ttl_s)
         else:
-            self._balance_cache.drop(payer)
+            self._balance_cache.drop(to_checksum_address(payer))
 
-    def _lock_for(self, lane: Lane) -> asyncio.Lock:
+    def invalidate_signer(self, payer: str, signer: str) -> None:
+        """Forget a cached signer authorization (SignerAuthorized / SignerRevoked)."""
+        self._auth_cache.drop((to_checksum_address(payer), to_checksum_address(signer)))
+
+    async def _acquire(self, lane: Lane) -> asyncio.Lock:
+        """The lane's lock, held; the entry is dropped when its last user releases it (no leak)."""
         lock = self._locks.get(lane)
         if lock is None:
             lock = self._locks[lane] = asyncio.Lock()
+        self._lock_users[lane] = self._lock_users.get(lane, 0) + 1
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._drop_user(lane)
+            raise
         return lock
+
+    def _drop_user(self, lane: Lane) -> None:
+        n = self._lock_users.get(lane, 1) - 1
+        if n <= 0:
+            self._lock_users.pop(lane, None)
+            self._locks.pop(lane, None)
+        else:
+            self._lock_users[lane] = n
+
+    def _release_lane(self, lane: Lane, lock: asyncio.Lock) -> None:
+        if lock.locked():
+            lock.release()
+        self._drop_user(lane)
+
+    def _reserve(self, payer: str, amount: int) -> None:
+        self._reserved[payer] = self._reserved.get(payer, 0) + amount
+
+    def _unreserve(self, payer: str, amount: int) -> None:
+        left = self._reserved.get(payer, 0) - amount
+        if left > 0:
+            self._reserved[payer] = left
+        else:
+            self._reserved.pop(payer, None)
+
+    def lock_count(self) -> int:
+        """Lane locks currently held or waited for (tests, metrics)."""
+        return len(self._locks)
+
+    def reserved(self, payer: str) -> int:
+        """Worst-case cost of `payer`'s requests in flight on this node."""
+        return self._reserved.get(to_checksum_address(payer), 0)
 
     # -- admission --
     async def admit(self, headers, adapter_id: int, price: Price, max_cost: Cost) -> Authorization:
@@ -279,6 +363,8 @@ class PaymentGate:
                           "voucher_wrong_adapter")
         if adapter_id == 0 and v.adapter_value != 0:
             raise _reject("a base-model voucher (adapterId 0) must have adapterValue 0", "voucher_malformed")
+        if v.compute_value > MAX_VALUE or v.adapter_value > MAX_VALUE:
+            raise _reject("voucher values must be below 2^128", "voucher_overvalued")
         try:
             signer = sv.signer(self.chain_id, self.escrow_address)
         except Exception as e:  # an unrecoverable signature is a forged one
@@ -287,8 +373,7 @@ class PaymentGate:
             raise _reject(f"voucher signer {signer} is not authorized by payer {v.payer} in UsageEscrow",
                           "voucher_signer_unauthorized")
         lane = lane_of(v)
-        lock = self._lock_for(lane)
-        await lock.acquire()
+        lock = await self._acquire(lane)
         try:
             state = self.book.get(lane)
             if v.compute_value < state.owed_compute or v.adapter_value < state.owed_adapter:
@@ -298,12 +383,32 @@ class PaymentGate:
                     "voucher_undervalued",
                     needed={"computeValue": str(state.owed_compute), "adapterValue": str(state.owed_adapter)},
                 )
+            cap_c, cap_a = state.owed_compute + max_cost.compute, state.owed_adapter + max_cost.adapter
+            if v.compute_value > cap_c or v.adapter_value > cap_a:
+                raise _reject(
+                    "voucher exceeds what this lane owes plus this request's worst-case cost: "
+                    f"needs computeValue <= {cap_c} and adapterValue <= {cap_a}",
+                    "voucher_overvalued",
+                    allowed={"computeValue": str(cap_c), "adapterValue": str(cap_a)},
+                )
             await self._check_escrow(v.payer, max_cost)
-            self.book.store_voucher(sv)  # kept only if it dominates the lane's stored voucher
-            return Authorization(lane=lane, price=price, voucher=sv, _lock=lock)
         except BaseException:
-            lock.release()
+            self._release_lane(lane, lock)
             raise
+        self._reserve(v.payer, max_cost.total)
+        prepaid = v.compute_value > state.owed_compute or v.adapter_value > state.owed_adapter
+        if not prepaid:
+            self.book.store_voucher(sv)  # kept only if it dominates the lane's stored voucher
+
+        def done() -> None:
+            self._unreserve(v.payer, max_cost.total)
+            if prepaid:  # a prepayment counts once the receipt makes the lane owe it, never above
+                now = self.book.get(lane)
+                if v.compute_value <= now.owed_compute and v.adapter_value <= now.owed_adapter:
+                    self.book.store_voucher(sv)
+            self._release_lane(lane, lock)
+
+        return Authorization(lane=lane, price=price, voucher=sv, _on_release=done)
 
     async def accept_settle_up(self, headers) -> SignedVoucher:
         """A voucher sent without a request (`POST /v1/vouchers`): the payer pays the last request
@@ -323,8 +428,11 @@ class PaymentGate:
         if not await self._authorized(v.payer, signer):
             raise _reject(f"voucher signer {signer} is not authorized by payer {v.payer} in UsageEscrow",
                           "voucher_signer_unauthorized")
+        if v.compute_value > MAX_VALUE or v.adapter_value > MAX_VALUE:
+            raise _reject("voucher values must be below 2^128", "voucher_overvalued")
         lane = lane_of(v)
-        async with self._lock_for(lane):
+        lock = await self._acquire(lane)
+        try:
             state = self.book.get(lane)
             owed = {"computeValue": str(state.owed_compute), "adapterValue": str(state.owed_adapter)}
             if (v.compute_value, v.adapter_value) != (state.owed_compute, state.owed_adapter):
@@ -332,6 +440,8 @@ class PaymentGate:
                         or v.adapter_value < state.owed_adapter else "voucher_overvalued")
                 raise _reject(f"a settle-up voucher must equal what the lane owes: {owed}", code, needed=owed)
             self.book.store_voucher(sv)
+        finally:
+            self._release_lane(lane, lock)
         return sv
 
     async def _check_escrow(self, payer: str, max_cost: Cost) -> None:
@@ -352,14 +462,19 @@ class PaymentGate:
         if not token or not any(hmac.compare_digest(digest, h) for h in self._key_hashes):
             raise Unauthorized("missing or unknown API key (Authorization: Bearer <key>)")
         lane = Lane(to_checksum_address(self.operator.address), self.node, adapter_id)
-        lock = self._lock_for(lane)
-        await lock.acquire()
+        lock = await self._acquire(lane)
         try:
             await self._check_escrow(lane.payer, max_cost)
         except BaseException:
-            lock.release()
+            self._release_lane(lane, lock)
             raise
-        return Authorization(lane=lane, price=price, voucher=None, _lock=lock)
+        self._reserve(lane.payer, max_cost.total)
+
+        def done() -> None:
+            self._unreserve(lane.payer, max_cost.total)
+            self._release_lane(lane, lock)
+
+        return Authorization(lane=lane, price=price, voucher=None, _on_release=done)
 
     def operator_voucher(self, lane: Lane, owed_compute: int, owed_adapter: int) -> SignedVoucher:
         """operator-funded mode: the operator signs the lane's new cumulative total as payer."""

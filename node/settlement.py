@@ -44,6 +44,7 @@ class SettlementError(NodeError):
 
 
 StepHook = Callable[[str], None]
+PARKED = "parked:"  # redeem_error prefix of a lane the escrow could not pay in full
 
 
 @dataclass
@@ -310,18 +311,23 @@ class Settlement:
 
         with self.sessions() as s:
             cands = [v for v in repo.unredeemed_vouchers(s, 10_000) if v.node.lower() == self.node.lower()]
+        cands = self._unparked(cands)
         if not cands:
             return 0
         # lanes whose last redeem failed go alone, so one bad voucher cannot block the others
-        groups = [[v] for v in cands if v.redeem_error]
-        rest = [v for v in cands if not v.redeem_error]
+        failed = [v for v in cands if v.redeem_error and not v.redeem_error.startswith(PARKED)]
+        groups = [[v] for v in failed]
+        rest = [v for v in cands if v not in failed]
         groups += [rest[i:i + self.redeem_batch_size] for i in range(0, len(rest), self.redeem_batch_size)]
         sent = 0
         for group in groups:
             vouchers = [V(to_checksum_address(v.payer), to_checksum_address(v.node), int(v.adapter_id),
                           int(v.compute_value), int(v.adapter_value)) for v in group]
             sigs = [bytes.fromhex(v.signature.removeprefix("0x")) for v in group]
-            content = json.dumps([[v.lane, v.compute_value, v.adapter_value] for v in group])
+            # what each lane collected is part of the key: a voucher the escrow paid only in part
+            # (then parked) is redeemed again after a deposit as a new intent
+            content = json.dumps([[v.lane, v.compute_value, v.adapter_value, v.redeemed_compute, v.redeemed_adapter]
+                                  for v in group])
             key = f"redeem:{self.chain_id}:{self.node}:{hashlib.sha256(content.encode()).hexdigest()[:32]}"
             params = self.contracts.escrow.build_redeem(self.node, vouchers, sigs)
             intent_id = self.outbox.enqueue(key, params)
@@ -333,6 +339,21 @@ class Settlement:
             sent += 1
             self._step("redeem_enqueued")
         return sent
+
+    def _unparked(self, cands: list) -> list:
+        """Drop parked lanes (their payer's account had nothing left) until that account holds funds
+        again: one view call per parked payer per round instead of a redeem transaction each."""
+        funded: dict[str, bool] = {}
+        out = []
+        for v in cands:
+            if v.redeem_error and v.redeem_error.startswith(PARKED):
+                payer = to_checksum_address(v.payer)
+                if payer not in funded:
+                    funded[payer] = self.contracts.escrow.account_of(payer, self.node).balance > 0
+                if not funded[payer]:
+                    continue
+            out.append(v)
+        return out
 
     def settle_redeems(self) -> int:
         """Lanes whose redeem tx finished: record what the escrow says they collected."""
@@ -352,6 +373,10 @@ class Settlement:
                 row.redeeming_compute = row.redeeming_adapter = row.redeem_outbox_id = None
                 ok = intent is not None and intent.status.value == "mined"
                 row.redeem_error = None if ok else ((intent.error if intent else None) or "redeem failed")[:2000]
+                if ok and (row.redeemed_compute < row.compute_value or row.redeemed_adapter < row.adapter_value):
+                    # the escrow paid what it had (min(increase, available)): park until a deposit
+                    row.redeem_error = f"{PARKED} the payer's escrow for this node is empty"
+                    log.warning("lane %s underfunded: parked until the payer deposits", lane)
             done += 1
             self._step("voucher_settled")
         return done

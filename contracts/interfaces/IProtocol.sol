@@ -28,3 +28,34 @@ interface IAdapterRegistry {
         view
         returns (address owner, uint256 count, uint256 packed0, uint256 packed1);
 }
+
+/// @notice What UsageEscrow needs of NodeRegistry: whether a node is staked enough to redeem.
+interface INodeRegistry {
+    /// @notice Whether `node` holds at least the minimum bond (and may therefore redeem vouchers).
+    function canRedeem(address node) external view returns (bool);
+}
+
+/// @notice What NodeRegistry needs of ReceiptLog: receipt digests (for slashing) and commit times.
+interface IReceiptLog {
+    /// @notice Same fields and order as ReceiptLog.Receipt (ABI-identical).
+    struct Receipt {
+        bytes32 requestId;
+        address payer;
+        address node;
+        uint256 adapterId;
+        uint64 seq;
+        uint32 promptTokens;
+        uint32 completionTokens;
+        uint256 computeCost;
+        uint256 adapterCost;
+        bytes32 outputHash;
+        bytes32 attributionHash;
+        uint64 timestamp;
+    }
+
+    /// @notice EIP-712 digest of `r` (what the node signs).
+    function hashReceipt(Receipt calldata r) external view returns (bytes32);
+
+    /// @notice Timestamp of `node`'s last committed batch (0 if none).
+    function lastCommitAt(address node) external view returns (uint64);
+}

@@ -148,7 +148,17 @@ async def _services_ctx(app: web.Application):
         operator=chain.operator, chain_id=chain.chain_id, receipt_log=chain.receipt_log, ledger=app[K.LEDGER],
         attributor_for=app.get(K.ATTRIBUTOR_FOR),
     )
-    yield
+    # Escrow events (deposits, thaws, signer changes) reach the gate's caches within a poll.
+    from node.escrow import EscrowFollower
+
+    follower = EscrowFollower(chain.w3, chain.escrow, chain.node_address, app[K.GATE])
+    stop = asyncio.Event()
+    task = asyncio.create_task(follower.run(stop), name="loranode-escrow-follower")
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
 
 
 ATTRIBUTION = web.AppKey("attribution", object)  # node.attribution_service.AttributionService

@@ -1,5 +1,6 @@
-"""Contract-test fixtures: the protocol deployed once per module on the session anvil; each test
-runs inside the `anvil` fixture's snapshot, so state changes never leak between tests."""
+"""Contract-test fixtures: the protocol deployed once per module on the session anvil inside a
+module snapshot; each test runs inside the `anvil` fixture's snapshot, so state changes never leak
+between tests or modules."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from chain.devchain import DEV_PRIVATE_KEYS
 FEE_BPS = 500
 THAW_SECONDS = 3600
 MINT = 10**24
+MIN_BOND = 10**18
+DISPUTE_WINDOW = 86_400
+DISPUTE_DEPOSIT = 10**17
 
 
 @dataclass
@@ -48,7 +52,8 @@ class Env:
 def make_env(url: str, **deploy_kwargs) -> Env:
     w3 = Web3(Web3.HTTPProvider(url))
     accts = [Account.from_key(k) for k in DEV_PRIVATE_KEYS]
-    kwargs = {"protocol_fee_bps": FEE_BPS, "thaw_seconds": THAW_SECONDS, **deploy_kwargs}
+    kwargs = {"protocol_fee_bps": FEE_BPS, "thaw_seconds": THAW_SECONDS, "min_bond": MIN_BOND,
+              "dispute_window": DISPUTE_WINDOW, "dispute_deposit": DISPUTE_DEPOSIT, **deploy_kwargs}
     dep = deploy(url, accts[0], out_dir=None, w3=w3, **kwargs)
     c = Contracts(w3, dep)
     env = Env(w3, c, *accts)
@@ -62,7 +67,10 @@ def make_env(url: str, **deploy_kwargs) -> Env:
 
 @pytest.fixture(scope="module")
 def deployed(anvil_session) -> Env:
-    return make_env(anvil_session.url)
+    """The protocol deployed for one module inside a module-wide snapshot (nothing leaks to other modules)."""
+    snap = anvil_session.rpc("evm_snapshot")
+    yield make_env(anvil_session.url)
+    anvil_session.rpc("evm_revert", [snap])
 
 
 @pytest.fixture
@@ -86,9 +94,15 @@ def reverts():
     return _reverts
 
 
+def stake(env: Env, node: LocalAccount, bond: int = MIN_BOND):
+    """Register `node` with `bond` (at least the minimum by default): it may redeem."""
+    return env.c.nodes.register(node, "https://node.example", ["smollm2-135m"], 2000, bond)
+
+
 def setup_world(env: Env) -> dict:
     """One dataset with two accepted contributions (weights 1 and 3) and an adapter splitting
-    60 % owner / 40 % that dataset; the payer has 10^21 deposited."""
+    60 % owner / 40 % that dataset; the node is registered with the minimum bond and the payer has
+    10^21 deposited for it."""
     c = env.c
     c.datasets.create_dataset(env.curator, "wiki-it", "CC-BY-SA-4.0", "bafymeta")
     c.datasets.contribute(env.contributor, 1, "bafyc1", 100)
@@ -96,13 +110,20 @@ def setup_world(env: Env) -> dict:
     c.datasets.accept(env.curator, 1, 1)
     c.datasets.accept(env.curator, 2, 3)
     c.adapters.register(env.owner, "smollm2-135m", "bafyadapter", 8, 10**15, 6000, [1], [4000])
-    c.escrow.deposit(env.payer, 10**21)
+    stake(env, env.node)
+    c.escrow.deposit(env.payer, env.node.address, 10**21)
     return {"dataset": 1, "adapter": 1, "contributions": (1, 2)}
 
 
 @pytest.fixture
 def world(env) -> dict:
     return setup_world(env)
+
+
+@pytest.fixture
+def stake_node():
+    """`stake_node(env, node, bond=MIN_BOND)`: register a node with a bond."""
+    return stake
 
 
 @pytest.fixture(scope="session")

@@ -123,11 +123,12 @@ def test_harvest_credits_vault_and_is_idempotent(env, world):
     assert c.token.balance_of(env.contributor.address) == before + expect
 
 
-def test_payment_to_dataset_without_weight_goes_to_curator(env):
+def test_payment_to_dataset_without_weight_goes_to_curator(env, stake_node):
     c = env.c
     c.datasets.create_dataset(env.curator, "empty", "MIT", "")
     c.adapters.register(env.owner, "m", "bafyA", 4, 1, 5000, [1], [5000])
-    c.escrow.deposit(env.payer, 10**18)
+    stake_node(env, env.node)
+    c.escrow.deposit(env.payer, env.node.address, 10**18)
     pay_dataset(env, 10_000)
     # fee 500, rest 9,500: half to the dataset (no weight yet) -> the curator
     assert c.vault.claimable(env.curator.address) == 4750

@@ -26,7 +26,10 @@ def test_deploy_writes_file_and_wires_contracts(anvil, tmp_path):
     w3 = Web3(Web3.HTTPProvider(anvil.url))
     c = Contracts(w3, dep)
     a = dep.addresses
-    assert c.escrow.contract.functions.peers().call() == [a["PaymentToken"], a["AdapterRegistry"], a["DatasetRegistry"], a["RewardVault"]]
+    assert c.escrow.contract.functions.peers().call() == [
+        a["PaymentToken"], a["AdapterRegistry"], a["DatasetRegistry"], a["RewardVault"], a["NodeRegistry"]]
+    terms = c.nodes.dispute_terms()
+    assert (terms.arbitrator, terms.receipts) == (dep.deployer, a["ReceiptLog"]) and terms.min_bond == dep.params["min_bond"]
     assert c.vault.contract.functions.creditors().call() == [a["UsageEscrow"], a["DatasetRegistry"]]
     assert c.datasets.contract.functions.peers().call() == [a["RewardVault"], a["UsageEscrow"]]
     assert c.escrow.protocol_fee().bps == 250 and c.escrow.thaw_seconds() == 60
@@ -46,6 +49,8 @@ def test_deploy_rejects_bad_arguments(anvil):
         deploy(anvil.url, DEV_PRIVATE_KEYS[0], protocol_fee_bps=1001, out_dir=None)
     with pytest.raises(DeployError, match="thaw_seconds"):
         deploy(anvil.url, DEV_PRIVATE_KEYS[0], thaw_seconds=-1, out_dir=None)
+    with pytest.raises(DeployError, match="min_bond"):
+        deploy(anvil.url, DEV_PRIVATE_KEYS[0], min_bond=0, out_dir=None)
     with pytest.raises(DeployError, match="no code"):
         deploy(anvil.url, DEV_PRIVATE_KEYS[0], token="0x" + "42" * 20, out_dir=None)
 

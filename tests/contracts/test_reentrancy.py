@@ -22,6 +22,7 @@ def _deploy(env, name, *args) -> str:
 
 @pytest.fixture(scope="module")
 def hook_env(anvil_session, request):
+    snap = anvil_session.rpc("evm_snapshot")  # this module's deployments leave nothing behind
     make_env = request.getfixturevalue("make_env_fn")
     boot = make_env(anvil_session.url)  # plain deployment, only to get a funded Web3 and accounts
     hook = _deploy(boot, "HookToken")
@@ -32,7 +33,8 @@ def hook_env(anvil_session, request):
         env.c.token.approve(a, env.c.nodes.address, 2**256 - 1)
     attacker = env.w3.eth.contract(address=_deploy(env, "Reenterer"), abi=load_artifact("Reenterer").abi_list)
     hook_c = env.w3.eth.contract(address=hook, abi=load_artifact("HookToken").abi_list)
-    return env, attacker, hook_c
+    yield env, attacker, hook_c
+    anvil_session.rpc("evm_revert", [snap])
 
 
 @pytest.fixture
@@ -60,14 +62,15 @@ def _assert_blocked(attacker):
     assert bytes(attacker.functions.reentryError().call())[:4] == REENTRANT
 
 
-def test_vault_claim_reentry_is_blocked(hostile_env):
+def test_vault_claim_reentry_is_blocked(hostile_env, stake_node):
     env, attacker, hook_c = hostile_env
     c = env.c
     # the attacker contract owns an adapter and gets paid through it
     _as_attacker(env, attacker, c.adapters.address,
                  c.adapters.contract.encode_abi("register", args=["m", "bafy", 8, 1, 10_000, [], []]))
     adapter_id = c.adapters.adapter_count()
-    c.escrow.deposit(env.payer, 10**6)
+    stake_node(env, env.node)
+    c.escrow.deposit(env.payer, env.node.address, 10**6)
     v = Voucher(env.payer.address, env.node.address, adapter_id, 0, 10_000)
     c.escrow.redeem(env.node, [v], [sign_voucher(v, env.payer.key, env.chain_id, c.escrow.address)])
     credited = c.vault.claimable(attacker.address)
@@ -82,25 +85,27 @@ def test_vault_claim_reentry_is_blocked(hostile_env):
 
 
 @pytest.mark.parametrize("reentry", ["withdraw", "deposit", "redeem"])
-def test_escrow_withdraw_reentry_is_blocked(hostile_env, anvil, reentry):
+def test_escrow_withdraw_reentry_is_blocked(hostile_env, anvil, reentry, stake_node):
     env, attacker, hook_c = hostile_env
     c = env.c
     c.token.mint(env.stranger, attacker.address, 1000)
     _as_attacker(env, attacker, c.token.address, c.token.contract.encode_abi("approve", args=[c.escrow.address, 2**255]))
-    _as_attacker(env, attacker, c.escrow.address, c.escrow.contract.encode_abi("deposit", args=[1000]))
-    _as_attacker(env, attacker, c.escrow.address, c.escrow.contract.encode_abi("startThaw", args=[1000]))
+    node = env.node.address
+    stake_node(env, env.node)
+    _as_attacker(env, attacker, c.escrow.address, c.escrow.contract.encode_abi("deposit", args=[node, 1000]))
+    _as_attacker(env, attacker, c.escrow.address, c.escrow.contract.encode_abi("startThaw", args=[node, 1000]))
     env.mine_time(c.escrow.thaw_seconds(), anvil.rpc)
     data = {
-        "withdraw": c.escrow.contract.encode_abi("withdraw", args=[]),
-        "deposit": c.escrow.contract.encode_abi("deposit", args=[1]),
+        "withdraw": c.escrow.contract.encode_abi("withdraw", args=[node]),
+        "deposit": c.escrow.contract.encode_abi("deposit", args=[node, 1]),
         "redeem": c.escrow.contract.encode_abi("redeem", args=[[(attacker.address, attacker.address, 0, 1, 0)], [b"\x00" * 65]]),
     }[reentry]
     _hook(env, hook_c, attacker.address)
     _arm(env, attacker, c.escrow.address, data)
-    _as_attacker(env, attacker, c.escrow.address, c.escrow.contract.encode_abi("withdraw", args=[]))
+    _as_attacker(env, attacker, c.escrow.address, c.escrow.contract.encode_abi("withdraw", args=[node]))
     _assert_blocked(attacker)
     assert c.token.balance_of(attacker.address) == 1000
-    assert c.escrow.account_of(attacker.address).balance == 0
+    assert c.escrow.account_of(attacker.address, node).balance == 0
 
 
 def test_bond_withdraw_reentry_is_blocked(hostile_env, anvil):

@@ -1,9 +1,11 @@
 """Hypothesis stateful test over the real contracts on anvil: random sequences of deposits,
-redemptions (including replays and lowered vouchers), contributions, payments, harvests,
-withdrawals and claims. After every step:
+redemptions (including replays, lowered and underfunded vouchers, and vouchers of a delegated
+signer), contributions, payments, harvests, thaws and withdrawals, signer revocations, equivocation
+slashes, disputes (upheld, rejected or expired) and claims. After every step:
 
 - tokens are conserved: payers + node + owner + contributors + escrow + vault + ... == minted;
 - the escrow holds exactly the sum of its accounts, and each account matches a Python model;
+- NodeRegistry holds exactly the bond, the open dispute deposits and what was burned;
 - the vault holds at least what it owes (claimable + unharvested dataset rewards), short of it
   only by accumulator rounding dust that is bounded;
 - nobody can claim more than was credited to them: claimed + claimable == credited (from events).
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from chain.contracts import Claimed, Credited
-from chain.eip712 import Voucher, sign_voucher
+from chain.eip712 import Receipt, Voucher, sign_receipt, sign_voucher
 
 FEE_BPS = 500
 CTX: dict = {}
@@ -45,6 +47,13 @@ class Protocol(RuleBasedStateMachine):
         # adapter 1 has no datasets; adapter 2 pays 30 % of the rest to dataset 1
         c.adapters.register(env.owner, "m", "bafy1", 8, 1, 10_000)
         c.adapters.register(env.owner, "m", "bafy2", 8, 1, 7000, [1], [3000])
+        self.min_bond = c.nodes.dispute_terms().min_bond
+        c.nodes.register(env.node, "https://n", ["m"], 1, self.min_bond)
+        self.bond = self.min_bond
+        self.deposits_held = 0  # open dispute deposits held by NodeRegistry
+        self.open_disputes: list[int] = []
+        self.receipt_seq = 0
+        c.escrow.authorize_signer_key(env.payer, env.signer)  # payer 0 may also pay with the signer key
 
     def teardown(self):
         if hasattr(self, "snap"):
@@ -60,29 +69,97 @@ class Protocol(RuleBasedStateMachine):
     @rule(i=st.integers(0, 1), amount=st.integers(1, 10**6))
     def deposit(self, i, amount):
         p = self.payers[i]
-        self._track(self.env.c.escrow.deposit(p, amount))
+        self._track(self.env.c.escrow.deposit(p, self.env.node.address, amount))
         self.escrow_model[p.address] += amount
 
     @rule(i=st.integers(0, 1), adapter=st.integers(0, 2), dc=st.integers(0, 5000), da=st.integers(0, 5000),
-          lower=st.booleans())
-    def redeem(self, i, adapter, dc, da, lower):
+          lower=st.booleans(), swap=st.booleans(), by_signer=st.booleans())
+    def redeem(self, i, adapter, dc, da, lower, swap, by_signer):
         env, p = self.env, self.payers[i]
         if adapter == 0:
             da = 0
         old_c, old_a = self.lanes[(p.address, adapter)]
         if lower:  # attack: a replayed or lowered voucher must pay nothing
             new_c, new_a = max(0, old_c - dc), max(0, old_a - da)
+        elif swap and adapter:  # attack: one component up, the other down, must pay nothing
+            new_c, new_a = old_c + dc, max(0, old_a - da)
         else:
             new_c, new_a = old_c + dc, old_a + da
         v = Voucher(p.address, env.node.address, adapter, new_c, new_a)
-        sig = sign_voucher(v, p.key, env.chain_id, env.c.escrow.address)
+        key = env.signer.key if by_signer else p.key
+        authorized = env.c.escrow.is_authorized(p.address, env.signer.address) if by_signer else True
+        sig = sign_voucher(v, key, env.chain_id, env.c.escrow.address)
         self._track(env.c.escrow.redeem(env.node, [v], [sig]))
-        inc_c, inc_a = max(0, new_c - old_c), max(0, new_a - old_a)
-        if inc_c + inc_a and inc_c + inc_a <= self.escrow_model[p.address]:
-            self.escrow_model[p.address] -= inc_c + inc_a
-            self.lanes[(p.address, adapter)] = (max(old_c, new_c), max(old_a, new_a))
-            if adapter == 2 and inc_a:
-                self.dataset_payments += 1
+        if not authorized or new_c < old_c or new_a < old_a:
+            return
+        inc_c, inc_a = new_c - old_c, new_a - old_a
+        bal = self.escrow_model[p.address]
+        if inc_c + inc_a > bal:  # min(increase, available), pro rata
+            inc_a = inc_a * bal // (inc_c + inc_a)
+            inc_c = bal - inc_a
+        self.escrow_model[p.address] -= inc_c + inc_a
+        self.lanes[(p.address, adapter)] = (old_c + inc_c, old_a + inc_a)
+        if adapter == 2 and inc_a:
+            self.dataset_payments += 1
+
+    @rule()
+    def revoke_signer(self):
+        env = self.env
+        if env.c.escrow.signer_of(env.signer.address).revoke_at == 0:
+            env.c.escrow.revoke_signer(env.payer, env.signer.address)
+
+    def _receipt(self, seq: int, salt: int) -> tuple[Receipt, bytes]:
+        env = self.env
+        r = Receipt(request_id=salt.to_bytes(32, "big"), payer=env.payer.address, node=env.node.address, adapter_id=0,
+                    seq=seq, prompt_tokens=1, completion_tokens=1, compute_cost=1, adapter_cost=0,
+                    output_hash=bytes(32), attribution_hash=bytes(32), timestamp=1)
+        return r, sign_receipt(r, env.node.key, env.chain_id, env.c.receipts.address)
+
+    def _rebond(self):
+        """A slashed node stakes again so redemptions keep running."""
+        if self.bond < self.min_bond:
+            self.env.c.nodes.add_bond(self.env.node, self.min_bond - self.bond)
+            self.bond = self.min_bond
+
+    @rule()
+    def slash_equivocation(self):
+        env = self.env
+        self.receipt_seq += 1
+        a, sa = self._receipt(self.receipt_seq, 1)
+        b, sb = self._receipt(self.receipt_seq, 2)
+        env.c.nodes.slash_equivocation(env.stranger, a, sa, b, sb)
+        self.bond = 0
+        self._rebond()
+
+    @rule()
+    def open_dispute(self):
+        env = self.env
+        self.receipt_seq += 1
+        r, sig = self._receipt(self.receipt_seq, 3)
+        env.c.nodes.open_dispute(env.stranger, r, sig)
+        self.open_disputes.append(env.c.nodes.dispute_count())
+        self.deposits_held += env.c.nodes.dispute_terms().dispute_deposit
+
+    @rule(slash=st.integers(0, 2 * 10**18), expire=st.booleans())
+    def close_dispute(self, slash, expire):
+        if not self.open_disputes:
+            return
+        env = self.env
+        d = self.open_disputes.pop(0)
+        self.deposits_held -= env.c.nodes.get_dispute(d).deposit
+        if expire:
+            env.mine_time(env.c.nodes.dispute_terms().dispute_window + 1, self.anvil.rpc)
+            env.c.nodes.expire_dispute(env.stranger, d)
+            self.open_disputes.clear()  # every dispute opened before is past its deadline now
+            for other in range(1, env.c.nodes.dispute_count() + 1):
+                info = env.c.nodes.get_dispute(other)
+                if info.open:
+                    env.c.nodes.expire_dispute(env.stranger, other)
+                    self.deposits_held -= info.deposit
+        else:
+            env.c.nodes.resolve_dispute(env.deployer, d, slash)  # the deployer is the arbitrator
+            self.bond -= min(slash, self.bond)
+            self._rebond()
 
     @rule(who=st.integers(0, 1), weight=st.integers(1, 1000))
     def contribute_and_accept(self, who, weight):
@@ -111,9 +188,9 @@ class Protocol(RuleBasedStateMachine):
         amount = bal * frac // 100
         if amount == 0:
             return
-        env.c.escrow.start_thaw(p, amount)
+        env.c.escrow.start_thaw(p, env.node.address, amount)
         env.mine_time(env.c.escrow.thaw_seconds(), self.anvil.rpc)
-        env.c.escrow.withdraw(p)
+        env.c.escrow.withdraw(p, env.node.address)
         self.escrow_model[p.address] -= amount
 
     @invariant()
@@ -128,7 +205,10 @@ class Protocol(RuleBasedStateMachine):
         assert held + escrow_bal + vault_bal + nodes_bal == c.token.total_supply()
         assert escrow_bal == sum(self.escrow_model.values())
         for p in self.payers:
-            assert c.escrow.account_of(p.address).balance == self.escrow_model[p.address]
+            assert c.escrow.account_of(p.address, self.env.node.address).balance == self.escrow_model[p.address]
+        assert c.nodes.get_node(self.env.node.address).bond == self.bond
+        assert nodes_bal == self.bond + self.deposits_held + c.nodes.burned()
+        assert c.nodes.open_disputes(self.env.node.address) == len(self.open_disputes)
         owed = c.vault.total_claimable() + sum(c.datasets.pending_reward(i) for i in self.accepted)
         assert owed <= vault_bal
         # accumulator flooring: < 1 unit per contribution per payment, plus payments while weightless
@@ -143,7 +223,7 @@ def test_protocol_state_machine(deployed, anvil):
         Protocol,
         settings=settings(
             max_examples=6,
-            stateful_step_count=12,
+            stateful_step_count=14,
             deadline=None,
             suppress_health_check=list(HealthCheck),
             derandomize=True,

@@ -65,10 +65,12 @@ def _deploy_raw(env, name, *args):
         ("RewardVault", ("0x" + "11" * 20, ZERO, "0x" + "22" * 20), "RewardVaultZeroAddress"),
         ("DatasetRegistry", (ZERO, "0x" + "22" * 20), "DatasetRegistryZeroAddress"),
         ("AdapterRegistry", (ZERO,), "AdapterRegistryZeroAddress"),
-        ("NodeRegistry", (ZERO, 10), "NodeRegistryZeroAddress"),
-        ("UsageEscrow", (ZERO, "0x" + "11" * 20, "0x" + "11" * 20, "0x" + "11" * 20, 1, 0, "0x" + "11" * 20),
-         "UsageEscrowZeroAddress"),
-        ("UsageEscrow", ("0x" + "11" * 20,) * 4 + (1, 1001, "0x" + "11" * 20), "UsageEscrowFeeTooHigh"),
+        ("NodeRegistry", (ZERO, 10, 1, "0x" + "11" * 20, "0x" + "11" * 20, 1, 1), "NodeRegistryZeroAddress"),
+        ("NodeRegistry", ("0x" + "11" * 20, 10, 1, "0x" + "11" * 20, ZERO, 1, 1), "NodeRegistryZeroAddress"),
+        ("NodeRegistry", ("0x" + "11" * 20, 10, 0, "0x" + "11" * 20, "0x" + "11" * 20, 1, 1), "NodeRegistryNoBond"),
+        ("UsageEscrow", (ZERO,) + ("0x" + "11" * 20,) * 4 + (1, 0, "0x" + "11" * 20), "UsageEscrowZeroAddress"),
+        ("UsageEscrow", ("0x" + "11" * 20,) * 4 + (ZERO, 1, 0, "0x" + "11" * 20), "UsageEscrowZeroAddress"),
+        ("UsageEscrow", ("0x" + "11" * 20,) * 5 + (1, 1001, "0x" + "11" * 20), "UsageEscrowFeeTooHigh"),
     ],
 )
 def test_constructor_guards(env, reverts, name, args, error):

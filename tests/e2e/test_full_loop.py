@@ -72,7 +72,7 @@ def _publish(c: Contracts, store_dir, work):
 def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
     from node.client import LoraNodeClient
     from node.config import load_config
-    from node.devnet import fund_escrow
+    from node.devnet import fund_escrow, stake_node
 
     w3 = Web3(Web3.HTTPProvider(fresh_anvil.url))
     dep = deploy(fresh_anvil.url, KEYS["deployer"], out_dir=None, w3=w3)
@@ -84,7 +84,8 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
                       compute_price_per_1k=COMPUTE_PRICE, max_tokens_limit=16, engine_max_batch=4,
                       engine_gpu_slots=2, settlement_interval_s=1.0, redeem_interval_s=1.0)
     ds, contributions = _publish(c, cfg.ipfs_store_dir, tmp_path)
-    fund_escrow(w3, dep, KEYS["deployer"], KEYS["payer"], 10**12)
+    fund_escrow(w3, dep, KEYS["deployer"], KEYS["payer"], 10**12, ADDR["node"])
+    stake_node(w3, dep, KEYS["deployer"], KEYS["node"])  # only a staked node redeems
 
     node = NodeThread(cfg).start()
     try:
@@ -211,12 +212,12 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
         kind = type(ev).__name__
         if kind == "ContributionAccepted" and ev.contribution_id in by_id:
             who = by_id[ev.contribution_id]
-            weights[who], debt[who] = ev.weight, ev.weight * acc // ACC_PRECISION
+            weights[who], debt[who] = ev.weight, -(-ev.weight * acc // ACC_PRECISION)  # rounded up
             total_weight += ev.weight
         elif kind == "DatasetRewarded":
             acc += ev.amount * ACC_PRECISION // total_weight
     for who, w in weights.items():
-        expect[who] = w * acc // ACC_PRECISION - debt[who]
+        expect[who] = max(0, w * acc // ACC_PRECISION - debt[who])
     c.datasets.harvest(ACCT["deployer"], [cid_id for cid_id, _ in contributions.values()])
     for who, amount in expect.items():
         assert c.vault.claimable(ADDR[who]) == amount, who

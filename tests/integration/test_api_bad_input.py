@@ -51,7 +51,7 @@ def chain(anvil_session, tmp_path_factory):
     dep = deploy(anvil_session.url, DEPLOYER, out_dir=None, w3=w3)
     path = dep.save(tmp_path_factory.mktemp("dep") / "deployment.json")
     for key in (PAYER_KEY, PAYER2_KEY, NODE_KEY):
-        fund_escrow(w3, dep, DEPLOYER, key, 10**9)
+        fund_escrow(w3, dep, DEPLOYER, key, 10**9, Account.from_key(NODE_KEY).address)
     yield anvil_session.url, dep, path
     anvil_session.rpc("evm_revert", [snap])
 

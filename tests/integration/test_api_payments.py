@@ -1,6 +1,9 @@
 """The payment gate against real contracts on anvil and a real SQLite ledger (node.db migrations):
-forged, replayed, under-valued and wrong-lane vouchers are refused with 402 and a clear reason;
-a valid cumulative voucher is admitted; the loss cap holds; operator-funded mode signs vouchers."""
+forged, replayed, under-valued, over-valued and wrong-lane vouchers are refused with 402 and a
+clear reason; a valid cumulative voucher is admitted; the loss cap holds; in-flight requests reserve
+the payer's escrow across lanes; thawing funds and other nodes' deposits are not available; escrow
+events reach the gate through EscrowFollower; unauthenticated work is bounded; operator-funded mode
+signs vouchers."""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from chain.eip712 import SignedVoucher, Voucher, recover_voucher_signer, sign_vo
 from node.api.errors import PaymentRequired, Unauthorized
 from node.chain_reads import Web3EscrowReader
 from node.db import make_session_factory, migrate
-from node.devnet import authorize_signer, fund_escrow
+from node.devnet import authorize_signer, fund_escrow, stake_node
+from node.escrow import EscrowFollower
 from node.ledger import Ledger
 from node.metering import Cost, Price
 from node.payments import (
@@ -40,8 +44,8 @@ def chain(anvil_session):
     w3 = Web3(Web3.HTTPProvider(anvil_session.url))
     snap = anvil_session.rpc("evm_snapshot")
     dep = deploy(anvil_session.url, DEPLOYER, out_dir=None, w3=w3)
-    fund_escrow(w3, dep, DEPLOYER, PAYER_KEY, 10**6)
-    authorize_signer(w3, dep, PAYER_KEY, Account.from_key(DELEGATE_KEY).address)
+    fund_escrow(w3, dep, DEPLOYER, PAYER_KEY, 10**6, NODE)
+    authorize_signer(w3, dep, PAYER_KEY, DELEGATE_KEY)
     yield w3, dep
     anvil_session.rpc("evm_revert", [snap])
 
@@ -170,7 +174,7 @@ async def test_same_lane_requests_are_serialized(chain, ledger):
 
 async def test_operator_funded_mode(chain, ledger):
     w3, dep = chain
-    fund_escrow(w3, dep, DEPLOYER, NODE_KEY, 10**6)
+    fund_escrow(w3, dep, DEPLOYER, NODE_KEY, 10**6, NODE)
     operator = Account.from_key(NODE_KEY)
     gate = _gate(chain, ledger, mode="operator-funded", api_keys=["k-123"], operator_account=operator)
     with pytest.raises(Unauthorized):
@@ -185,6 +189,115 @@ async def test_operator_funded_mode(chain, ledger):
     sv = ledger.get(authz.lane).voucher
     assert (sv.voucher.compute_value, sv.voucher.adapter_value) == (2, 5)
     assert recover_voucher_signer(sv.voucher, sv.signature, dep.chain_id, dep.addresses["UsageEscrow"]) == operator.address
+
+
+async def test_issue2_overvalued_vouchers_are_refused(chain, ledger):
+    """Issue #2: a first voucher of 2^127 (or 10^21 against a 10^6 escrow, or >= 2^128) was served
+    and stored, poisoning the lane. Only owed <= value <= owed + worst case is admitted."""
+    _, dep = chain
+    gate = _gate(chain, ledger)
+    for c, a in ((2**127, 0), (10**21, 0), (0, 2**128), (11, 0), (0, 31)):
+        err = await _refused(gate, _header(dep, c=c, a=a), max_cost=Cost(10, 30))
+        assert err.code == "voucher_overvalued", (c, a, err.code)
+    assert ledger.get(Lane(PAYER, NODE, 7)).voucher is None  # nothing stored
+    # the worst case itself is fine: a prepayment, kept only once the receipt makes the lane owe it
+    lane = Lane(PAYER, NODE, 7)
+    authz = await gate.admit(_header(dep, c=10, a=30), 7, PRICE, Cost(10, 30))
+    assert ledger.get(lane).voucher is None
+    ledger.append_receipt(lane, _fake_receipt_maker(dep, lane, Cost(4, 12)))
+    authz.release()  # cost 4+12 < the prepaid 10+30: the node must not keep a voucher overcharging the payer
+    assert ledger.get(lane).voucher is None
+    authz = await gate.admit(_header(dep, c=10, a=30), 7, PRICE, Cost(10, 30))
+    ledger.append_receipt(lane, _fake_receipt_maker(dep, lane, Cost(6, 18)))
+    authz.release()  # now the lane owes exactly (10, 30): the prepaid voucher is kept
+    stored = ledger.get(lane).voucher.voucher
+    assert (stored.compute_value, stored.adapter_value) == (10, 30)
+
+
+async def test_issue3_in_flight_requests_reserve_the_escrow_across_lanes(chain, ledger):
+    """Issue #3: 8 concurrent requests on 8 lanes were admitted against a balance covering one."""
+    import asyncio
+
+    _, dep = chain
+    gate = _gate(chain, ledger)
+    worst = Cost(400_000, 300_000)  # the payer's 10^6 covers one such request, not two
+    results = await asyncio.gather(*(gate.admit(_header(dep, adapter=a), a, PRICE, worst) for a in range(1, 9)),
+                                   return_exceptions=True)
+    admitted = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, PaymentRequired)]
+    assert len(admitted) == 1 and len(refused) == 7
+    assert all(r.code == "escrow_insufficient" for r in refused)
+    assert gate.reserved(PAYER) == worst.total
+    admitted[0].release()
+    assert gate.reserved(PAYER) == 0 and gate.lock_count() == 0
+    (await gate.admit(_header(dep, adapter=2), 2, PRICE, worst)).release()  # free again
+
+
+async def test_issue3_thawing_and_other_nodes_funds_are_not_available(chain, ledger, anvil_session):
+    """Node B cannot serve on a deposit made for node A, and funds thawing away do not count; the
+    follower makes a thaw visible at the gate without waiting for the cache to expire."""
+    w3, dep = chain
+    snap = anvil_session.rpc("evm_snapshot")
+    try:
+        other = Account.from_key(STRANGER_KEY).address
+        gate_b = PaymentGate(node_address=other, mode="voucher", escrow=Web3EscrowReader(w3, dep.addresses["UsageEscrow"]),
+                             book=ledger, chain_id=dep.chain_id, escrow_address=dep.addresses["UsageEscrow"])
+        err = await _refused(gate_b, _header(dep, node=other), max_cost=Cost(1, 1))
+        assert err.code == "escrow_insufficient" and err.body()["error"]["available"] == "0"
+        gate = _gate(chain, ledger, cache_ttl_s=3600.0)
+        follower = EscrowFollower(w3, dep.addresses["UsageEscrow"], NODE, gate)
+        follower.step()  # starts at the head
+        (await gate.admit(_header(dep), 7, PRICE, Cost(500_000, 0))).release()  # cached: 10^6 available
+        from chain.contracts import Contracts
+
+        Contracts(w3, dep).escrow.start_thaw(Account.from_key(PAYER_KEY), NODE, 600_000)
+        assert follower.step() == 1
+        err = await _refused(gate, _header(dep), max_cost=Cost(500_000, 0))
+        assert err.code == "escrow_insufficient" and err.body()["error"]["available"] == "400000"
+    finally:
+        anvil_session.rpc("evm_revert", [snap])
+
+
+async def test_issue4_revoked_signer_refused_after_the_event(chain, ledger, anvil_session):
+    w3, dep = chain
+    snap = anvil_session.rpc("evm_snapshot")
+    try:
+        gate = _gate(chain, ledger, cache_ttl_s=3600.0)
+        follower = EscrowFollower(w3, dep.addresses["UsageEscrow"], NODE, gate)
+        follower.step()
+        (await gate.admit(_header(dep, key=DELEGATE_KEY), 7, PRICE, Cost(1, 1))).release()
+        from chain.contracts import Contracts
+
+        Contracts(w3, dep).escrow.revoke_signer(Account.from_key(PAYER_KEY), Account.from_key(DELEGATE_KEY).address)
+        assert follower.step() == 1
+        # the chain still redeems what it signed during the thaw, but the node takes nothing new
+        assert (await _refused(gate, _header(dep, key=DELEGATE_KEY))).code == "voucher_signer_unauthorized"
+    finally:
+        anvil_session.rpc("evm_revert", [snap])
+
+
+async def test_issue5_unauthenticated_work_is_bounded(chain, ledger):
+    """Issue #5: 200 requests from fresh keys made 200 RPC reads and left 200 locks behind."""
+    from node.api.errors import Unavailable
+
+    w3, dep = chain
+    counting = _FlakyEscrow(Web3EscrowReader(w3, dep.addresses["UsageEscrow"]))
+    gate = PaymentGate(node_address=NODE, mode="voucher", escrow=counting, book=ledger, chain_id=dep.chain_id,
+                       escrow_address=dep.addresses["UsageEscrow"], chain_reads_per_s=1.0, chain_read_burst=50)
+    outcomes = {"402": 0, "503": 0}
+    for _ in range(300):
+        key = Account.create()
+        try:
+            await gate.admit(_header(dep, key=key.key, payer=key.address), 7, PRICE, Cost(1, 1))
+        except PaymentRequired:
+            outcomes["402"] += 1
+        except Unavailable as e:
+            assert e.status == 503 and e.headers["Retry-After"] == "1"
+            outcomes["503"] += 1
+    assert gate.lock_count() == 0  # no lock left behind
+    # the read budget: a burst of 50, then about one per second of the loop (a few seconds here)
+    assert counting.calls <= 50 + 30, counting.calls
+    assert outcomes["503"] > 0 and outcomes["402"] + outcomes["503"] == 300
 
 
 def _fake_receipt_maker(dep, lane, cost):
@@ -206,12 +319,13 @@ class _FlakyEscrow:
     """The real escrow reader behind a switch that makes every call fail like a dead RPC."""
 
     def __init__(self, inner):
-        self.inner, self.down = inner, False
+        self.inner, self.down, self.calls = inner, False, 0
 
     def __getattr__(self, name):
         fn = getattr(self.inner, name)
 
         def call(*a):
+            self.calls += 1
             if self.down:
                 raise ConnectionError("RPC down")
             return fn(*a)

@@ -48,7 +48,7 @@ def chain(anvil_session, tmp_path_factory):
     snap = anvil_session.rpc("evm_snapshot")
     dep = deploy(anvil_session.url, DEPLOYER, out_dir=None, w3=w3)
     path = dep.save(tmp_path_factory.mktemp("dep") / "deployment.json")
-    fund_escrow(w3, dep, DEPLOYER, PAYER_KEY, 10**9)
+    fund_escrow(w3, dep, DEPLOYER, PAYER_KEY, 10**9, Account.from_key(NODE_KEY).address)
     yield anvil_session.url, dep, path
     anvil_session.rpc("evm_revert", [snap])
 

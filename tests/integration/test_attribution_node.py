@@ -96,7 +96,7 @@ async def test_receipts_attribute_answers_to_contributions(fresh_anvil, engine, 
     dep = deploy(fresh_anvil.url, KEYS["deployer"], out_dir=None, w3=w3)
     dep_path = dep.save(tmp_path / "deployment.json")
     c = Contracts(w3, dep)
-    fund_escrow(w3, dep, KEYS["deployer"], KEYS["payer"], 10**12)
+    fund_escrow(w3, dep, KEYS["deployer"], KEYS["payer"], 10**12, Account.from_key(KEYS["node"]).address)
     data = tmp_path / "node"
     cfg = load_config(None, environ={}, data_dir=data, deployment=dep_path, rpc_url=fresh_anvil.url,
                       dev_mode=True, dev_key_index=1, confirmations=0, watcher_poll_s=0.2,

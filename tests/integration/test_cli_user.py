@@ -29,15 +29,18 @@ TOKEN = 10**18
 
 @pytest.fixture(scope="module")
 def chain(anvil_session, tmp_path_factory):
-    """Contracts deployed once for the module; every test runs from a snapshot of this state."""
+    """Contracts deployed once for the module (inside a module snapshot); every test runs from a
+    snapshot of this state."""
+    module_snap = anvil_session.rpc("evm_snapshot")
     w3 = Web3(Web3.HTTPProvider(anvil_session.url))
     dep = deploy(anvil_session.url, KEY["deployer"], out_dir=None, w3=w3)
     path = dep.save(tmp_path_factory.mktemp("dep") / "deployment.json")
     c = Contracts(w3, dep)
     deployer = Account.from_key(KEY["deployer"])
-    for role in ("payer", "owner1", "alice", "bob"):
+    for role in ("payer", "owner1", "alice", "bob", "node"):
         c.token.mint(deployer, ADDR[role], 1000 * TOKEN)
-    return anvil_session, c, path
+    yield anvil_session, c, path
+    anvil_session.rpc("evm_revert", [module_snap])
 
 
 @pytest.fixture
@@ -125,7 +128,7 @@ def test_wrong_password_sends_nothing(env, tmp_path):
 
 
 def test_missing_wallet_and_dead_rpc_are_clear(env, tmp_path):
-    _, out = cli(env, "escrow", "balance", "--keystore", str(tmp_path / "none.json"), ok=False)
+    _, out = cli(env, "escrow", "balance", "--node", ADDR["node"], "--keystore", str(tmp_path / "none.json"), ok=False)
     assert "no wallet" in out
     _, out = cli(env, "dataset", "list", "--rpc-url", "http://127.0.0.1:9", ok=False)
     assert "cannot reach the chain" in out
@@ -297,40 +300,74 @@ def test_adapter_on_another_local_base_is_refused_with_the_fix(env, adapter_fold
 # ---------------------------------------------------------------- escrow and rewards
 
 
-def test_escrow_deposit_authorize_thaw_withdraw(env):
+def test_escrow_deposit_authorize_thaw_withdraw(env, tmp_path):
     c = env["c"]
-    jcli(env, "escrow", "deposit", "25.5", role="payer")
-    bal = jcli(env, "escrow", "balance", role="payer")
-    assert bal["escrow"] == "25.5"
-    hot = Account.create().address
-    jcli(env, "escrow", "authorize", hot, role="payer")
-    assert c.escrow.payer_of_signer(hot) == ADDR["payer"]
-    jcli(env, "escrow", "authorize", hot, "--revoke", role="payer")
-    got = jcli(env, "escrow", "thaw", "5", role="payer")
+    node = ["--node", ADDR["node"]]
+    _, out = cli(env, "escrow", "deposit", "1", *node, role="payer")
+    assert "not a staked node yet" in out  # warned: an unbonded node cannot redeem
+    jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", role="node")
+    jcli(env, "escrow", "deposit", "24.5", *node, role="payer")
+    bal = jcli(env, "escrow", "balance", *node, role="payer")
+    assert bal["escrow"] == "25.5" and bal["node"] == ADDR["node"]
+    assert jcli(env, "escrow", "balance", "--node", ADDR["bob"], role="payer")["escrow"] == "0"  # earmarked
+    # the signer consents with its own wallet (`signer-proof`), the payer authorizes with that proof
+    code, out = cli(env, "escrow", "signer-proof", ADDR["payer"], role="alice")
+    proof = tmp_path / "proof.json"
+    proof.write_text(out)
+    jcli(env, "escrow", "authorize", ADDR["alice"], "--proof", str(proof), role="payer")
+    assert c.escrow.signer_of(ADDR["alice"]).payer == ADDR["payer"]
+    # or signs the proof here from the signer's keystore
+    jcli(env, "escrow", "authorize", ADDR["bob"], "--signer-keystore", str(env["home"] / "wallets" / "bob.json"),
+         role="payer")
+    assert c.escrow.is_authorized(ADDR["payer"], ADDR["bob"])
+    got = jcli(env, "escrow", "authorize", ADDR["alice"], "--revoke", role="payer")
+    assert got["redeemable_until"] > 0 and c.escrow.signer_of(ADDR["alice"]).revoke_at == got["redeemable_until"]
+    got = jcli(env, "escrow", "thaw", "5", *node, role="payer")
     n = nonce(env, "payer")
-    _, out = cli(env, "escrow", "withdraw", role="payer", ok=False)
+    _, out = cli(env, "escrow", "withdraw", *node, role="payer", ok=False)
     assert "still thawing" in out and nonce(env, "payer") == n
     c.w3.provider.make_request("evm_increaseTime", [c.escrow.thaw_seconds() + 1])
     c.w3.provider.make_request("evm_mine", [])
     before = c.token.balance_of(ADDR["payer"])
-    jcli(env, "escrow", "withdraw", role="payer")
+    jcli(env, "escrow", "withdraw", *node, role="payer")
     assert c.token.balance_of(ADDR["payer"]) - before == 5 * TOKEN
     assert got["withdrawable_at"] > 0
 
 
-def test_escrow_bad_input_sends_nothing(env):
+def test_escrow_bad_input_sends_nothing(env, tmp_path):
     n = nonce(env, "payer")
-    _, out = cli(env, "escrow", "deposit", "5000", role="payer", ok=False)
+    node = ["--node", ADDR["node"]]
+    _, out = cli(env, "escrow", "deposit", "5000", *node, role="payer", ok=False)
     assert "insufficient token balance" in out
     for bad in ("abc", "-1", "1e400", "0.0000000000000000001", "0"):
-        _, out = cli(env, "escrow", "deposit", bad, role="payer", ok=False)
+        _, out = cli(env, "escrow", "deposit", bad, *node, role="payer", ok=False)
         assert "amount" in out, (bad, out)
+    _, out = cli(env, "escrow", "deposit", "1", "--node", "0xnope", role="payer", ok=False)
+    assert "not a valid node address" in out
     _, out = cli(env, "escrow", "authorize", "0x1234", role="payer", ok=False)
     assert "not a valid signer address" in out
-    _, out = cli(env, "escrow", "thaw", "1", role="payer", ok=False)
+    _, out = cli(env, "escrow", "authorize", ADDR["alice"], role="payer", ok=False)
+    assert "signer's consent" in out
+    # a proof by another key, a proof for another payer, a hostile file
+    code, other = cli(env, "escrow", "signer-proof", ADDR["payer"], role="bob")
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(other.replace(ADDR["bob"], ADDR["alice"]))
+    _, out = cli(env, "escrow", "authorize", ADDR["alice"], "--proof", str(wrong), role="payer", ok=False)
+    assert "not signed by" in out
+    code, for_bob = cli(env, "escrow", "signer-proof", ADDR["bob"], role="alice")
+    wrong.write_text(for_bob)
+    _, out = cli(env, "escrow", "authorize", ADDR["alice"], "--proof", str(wrong), role="payer", ok=False)
+    assert "not signed by" in out
+    for content in ("x" * 10_000, "[1]", '{"deadline": "soon", "proof": "0x00"}', '{"deadline": 5, "proof": "0x00"}'):
+        wrong.write_text(content)
+        _, out = cli(env, "escrow", "authorize", ADDR["alice"], "--proof", str(wrong), role="payer", ok=False)
+        assert "proof" in out, (content[:20], out)
+    _, out = cli(env, "escrow", "thaw", "1", *node, role="payer", ok=False)
     assert "can thaw between" in out
-    _, out = cli(env, "escrow", "withdraw", role="payer", ok=False)
+    _, out = cli(env, "escrow", "withdraw", *node, role="payer", ok=False)
     assert "nothing is thawing" in out
+    _, out = cli(env, "escrow", "authorize", ADDR["alice"], "--revoke", role="payer", ok=False)
+    assert "not a signer of yours" in out
     assert nonce(env, "payer") == n
 
 
@@ -355,7 +392,8 @@ def test_rewards_show_and_claim(env):
     folder = make_random_adapter(env["tmp"] / "ad", AutoConfig.from_pretrained(resolve_model_folder(None)), rank=2,
                                  base_model_id=EMBEDDED_MODEL_ID)
     aid = jcli(env, "adapter", "publish", str(folder), "--price", "1", "--datasets", f"{ds}:5000", role="owner1")["adapter_id"]
-    jcli(env, "escrow", "deposit", "10", role="payer")
+    jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", role="node")  # bonds the minimum
+    jcli(env, "escrow", "deposit", "10", "--node", ADDR["node"], role="payer")
     v = Voucher(payer=ADDR["payer"], node=ADDR["node"], adapter_id=aid, compute_value=TOKEN, adapter_value=2 * TOKEN)
     sig = sign_voucher(v, KEY["payer"], c.chain_id, c.escrow.address)
     c.escrow.redeem(Account.from_key(KEY["node"]), [v], [sig])
@@ -425,11 +463,47 @@ def test_receipts_verify_rejects_bad_files(env, tmp_path, content, msg):
 
 def test_node_register_and_update(env):
     c = env["c"]
-    jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", "--price", "0.25", role="node")
+    min_bond = c.nodes.dispute_terms().min_bond
+    got = jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", "--price", "0.25", role="node")
     info = c.nodes.get_node(ADDR["node"])
     assert info.active and info.compute_price_per_1k == TOKEN // 4 and info.base_model_ids == (EMBEDDED_MODEL_ID,)
-    jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:9090", role="node")
-    assert c.nodes.get_node(ADDR["node"]).endpoint == "http://127.0.0.1:9090"
+    assert info.bond == min_bond and c.nodes.can_redeem(ADDR["node"]) and got["bond"] == "10"
+    jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:9090", "--bond", "12", role="node")
+    info = c.nodes.get_node(ADDR["node"])
+    assert info.endpoint == "http://127.0.0.1:9090" and info.bond == 12 * TOKEN
     n = nonce(env, "bob")
     _, out = cli(env, "node", "register", "--endpoint", "ftp://x", role="bob", ok=False)
     assert "http(s) URL" in out and nonce(env, "bob") == n
+    _, out = cli(env, "node", "register", "--endpoint", "http://x", "--bond", "5000", role="bob", ok=False)
+    assert "insufficient token balance for the bond" in out and nonce(env, "bob") == n
+
+
+def test_node_dispute_and_equivocation(env, tmp_path):
+    c = env["c"]
+    jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", role="node")
+    a, b = _signed_receipt(c), _signed_receipt(c)  # same seq (1), different request ids: an equivocation
+    fa, fb = tmp_path / "a.json", tmp_path / "b.json"
+    fa.write_text(json.dumps({"receipt": a.to_json()}))
+    fb.write_text(json.dumps(b.to_json()))
+    got = jcli(env, "node", "dispute", str(fa), role="alice")
+    d = c.nodes.get_dispute(got["dispute_id"])
+    assert d.open and d.fisherman == ADDR["alice"] and d.node == ADDR["node"]
+    n = nonce(env, "alice")
+    forged = _signed_receipt(c, key=KEY["bob"])  # claims to be the node's, signed by bob
+    ff = tmp_path / "forged.json"
+    ff.write_text(json.dumps(forged.to_json()))
+    _, out = cli(env, "node", "dispute", str(ff), role="alice", ok=False)
+    assert "not signed by its node" in out
+    _, out = cli(env, "node", "dispute", str(fa), "--equivocation", str(fa), role="alice", ok=False)
+    assert "not an equivocation" in out
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    _, out = cli(env, "node", "dispute", str(bad), role="alice", ok=False)
+    assert "not JSON" in out
+    assert nonce(env, "alice") == n
+    before = c.token.balance_of(ADDR["bob"])
+    jcli(env, "node", "dispute", str(fa), "--equivocation", str(fb), role="bob")
+    assert c.token.balance_of(ADDR["bob"]) - before == c.nodes.dispute_terms().min_bond // 2
+    assert c.nodes.get_node(ADDR["node"]).bond == 0
+    _, out = cli(env, "node", "dispute", str(fa), role="alice", ok=False)
+    assert "holds no bond" in out

@@ -468,3 +468,31 @@ def test_sqlite_store_survives_reopen(tmp_path):
     s1.close()
     row = SqliteOutboxStore(path).get(i)
     assert row.nonce == 7 and row.attempts == (att(1),) and row.params["value"] == 2**200
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_reorg_deeper_than_confirmations_replays_dropped_transactions(fresh_anvil, tmp_path, store):
+    """Intents marked mined (confirmations = 1) whose blocks a 4-block reorg replaces: the chain nonce
+    falls back, the outbox rebroadcasts the dropped bytes, and a new intent is not stuck behind a gap."""
+    w3 = w3_of(fresh_anvil)
+    st = InMemoryOutboxStore() if store == "memory" else SqliteOutboxStore(tmp_path / "ob.sqlite")
+    ob = Outbox(w3, ACCOUNT, st, 31337, confirmations=1)
+    ids = [ob.enqueue(f"pay-{i}", transfer(i)) for i in range(3)]
+    for _ in range(20):
+        ob.process()
+        fresh_anvil.rpc("evm_mine")
+        if all(ob.get(i).status == IntentStatus.MINED for i in ids):
+            break
+    assert all(ob.get(i).status == IntentStatus.MINED for i in ids)
+    depth = w3.eth.block_number - min(ob.get(i).block_number for i in ids) + 1
+    fresh_anvil.rpc("anvil_reorg", [depth, []])  # deeper than confirmations: the three txs are gone
+    assert w3.eth.get_transaction_count(ACCOUNT.address) == 0 and recipient_balances(w3, 3) == [0, 0, 0]
+    new = ob.enqueue("pay-3", transfer(3))
+    for _ in range(20):
+        ob.process()
+        fresh_anvil.rpc("evm_mine")
+        if ob.get(new).status == IntentStatus.MINED and w3.eth.get_transaction_count(ACCOUNT.address) == 4:
+            break
+    assert ob.get(new).status == IntentStatus.MINED and ob.get(new).nonce == 3
+    assert w3.eth.get_transaction_count(ACCOUNT.address) == 4  # the dropped three, replayed once each
+    assert recipient_balances(w3, 4) == [1_000, 1_001, 1_002, 1_003]

@@ -89,7 +89,11 @@ def world(fresh_anvil, tmp_path, request):
     c = Contracts(w3, dep)
     c.token.mint(DEPLOYER, PAYER.address, 10**24)
     c.token.approve(PAYER, c.escrow.address, 10**24)
-    c.escrow.deposit(PAYER, 10**22)
+    c.escrow.deposit(PAYER, OPERATOR.address, 10**22)
+    min_bond = c.nodes.dispute_terms().min_bond  # only a staked node redeems
+    c.token.mint(DEPLOYER, OPERATOR.address, min_bond)
+    c.token.approve(OPERATOR, c.nodes.address, min_bond)
+    c.nodes.register(OPERATOR, "http://127.0.0.1:8080", [BASE], 1000, min_bond)
     c.datasets.create_dataset(CURATOR, "d", "MIT", "m")
     c.datasets.contribute(CONTRIB, 1, "bafyc", 100)
     c.datasets.accept(CURATOR, 1, 5)
@@ -167,7 +171,7 @@ def check_exactly_once(world, client: Client) -> None:
                 continue
             assert (v.redeemed_compute, v.redeemed_adapter, v.redeem_outbox_id) == (compute, adapter, None)
     total = sum(a + b for a, b in client.owed.values())
-    assert c.escrow.account_of(PAYER.address).balance == 10**22 - total
+    assert c.escrow.account_of(PAYER.address, OPERATOR.address).balance == 10**22 - total
     logs = world["w3"].eth.get_logs({"fromBlock": 0, "toBlock": "latest", "address": c.escrow.address})
     paid = [e for e in c.decode_events(logs) if type(e).__name__ == "VoucherRedeemed"]
     for adapter_id, (compute, adapter) in client.owed.items():  # increments add up: nothing paid twice
@@ -243,9 +247,10 @@ def test_sigkill_at_every_settlement_step_then_restart(world):
         from node.db import OutboxIntent
 
         intents = list(s.scalars(select(OutboxIntent).order_by(OutboxIntent.nonce)))
-    assert [i.nonce for i in intents] == list(range(len(intents)))
+    first = intents[0].nonce  # the operator's setup transactions (approve, register) came before
+    assert [i.nonce for i in intents] == list(range(first, first + len(intents)))
     assert all(i.status == "mined" for i in intents)
-    assert world["w3"].eth.get_transaction_count(OPERATOR.address) == len(intents)
+    assert world["w3"].eth.get_transaction_count(OPERATOR.address) == first + len(intents)
 
 
 async def test_rpc_down_for_a_while_then_settlement_catches_up(world, rpc_proxy):
@@ -301,7 +306,7 @@ async def test_reorg_shallower_than_confirmations_rebroadcasts_the_commit(world)
         block = s.scalar(select(OutboxIntent.block_number).where(OutboxIntent.key.like("commit:%")))
     assert block is None
     # replace the commit's block (and the redeem after it): depth 1-2 < confirmations + 1
-    w3.provider.make_request("anvil_reorg", [w3.eth.block_number - _commit_block(w3, OPERATOR.address) + 1, []])
+    w3.provider.make_request("anvil_reorg", [w3.eth.block_number - _commit_block(w3, OPERATOR.address, c.receipts.address) + 1, []])
     assert c.receipts.last_seq(OPERATOR.address) == 0
     await st.run_once()  # the tx is unknown to the node now: same bytes again
     assert c.receipts.last_seq(OPERATOR.address) == 1
@@ -313,9 +318,42 @@ async def test_reorg_shallower_than_confirmations_rebroadcasts_the_commit(world)
     check_exactly_once(world, client)
 
 
-def _commit_block(w3, sender: str) -> int:
-    """Block of the sender's first transaction (the commit: nonce 0)."""
+def _commit_block(w3, sender: str, receipt_log: str) -> int:
+    """Block of the sender's first transaction to ReceiptLog (the commit)."""
+    first = None
     for n in range(w3.eth.block_number, 0, -1):
-        if any(t["from"] == sender and t["nonce"] == 0 for t in w3.eth.get_block(n, True)["transactions"]):
-            return n
+        if any(t["from"] == sender and t["to"] == receipt_log for t in w3.eth.get_block(n, True)["transactions"]):
+            first = n
+    if first is not None:
+        return first
     raise AssertionError("commit transaction not found")
+
+
+async def test_issue9_underfunded_lane_is_parked_until_a_deposit(world):
+    """Issue #9: an underfunded lane was retried with a redeem transaction at every interval forever.
+    Now the escrow pays what it has, the lane is parked (no more redeem transactions), and a deposit
+    wakes it: the same voucher then collects the rest."""
+    c, w3 = world["c"], world["w3"]
+    client = Client(world)
+    client.serve(0, 10**22 + 500, 0)  # more than the payer deposited for this node
+    st = settlement(world)
+    await st.flush()
+
+    def redeems() -> int:
+        with world["sessions"]() as s:
+            return len(list(s.scalars(select(OutboxIntent).where(OutboxIntent.key.like("redeem:%")))))
+
+    assert c.escrow.collected(PAYER.address, OPERATOR.address, 0).compute == 10**22  # all there was
+    assert redeems() == 1
+    for _ in range(3):
+        await st.run_once(force=True)
+    assert redeems() == 1  # parked: no redeem transaction per interval
+    with world["sessions"]() as s:
+        assert s.get(Voucher, repo.lane_key(PAYER.address, OPERATOR.address, 0)).redeem_error.startswith("parked:")
+    c.escrow.deposit(PAYER, OPERATOR.address, 1000)
+    await st.flush()
+    assert redeems() == 2
+    assert c.escrow.collected(PAYER.address, OPERATOR.address, 0).compute == 10**22 + 500
+    assert c.escrow.account_of(PAYER.address, OPERATOR.address).balance == 500
+    with world["sessions"]() as s:
+        assert s.get(Voucher, repo.lane_key(PAYER.address, OPERATOR.address, 0)).redeem_error is None

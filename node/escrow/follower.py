@@ -1,0 +1,79 @@
+"""Follow UsageEscrow's account and signer events from the chain head into the payment gate.
+
+Deposited / ThawStarted / Withdrawn for this node drop the payer's cached availability, and
+SignerAuthorized / SignerRevoked drop the cached authorization, so a thaw or a revocation takes
+effect at the gate within one poll instead of a cache TTL. Deposits also wake parked settlement
+lanes (`on_deposit`). It reads the unconfirmed head on purpose: an event a reorg removes only makes
+the gate re-read the chain once more, which is always safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from eth_utils import event_abi_to_log_topic, to_checksum_address
+
+from chain.artifacts import load_artifact
+
+log = logging.getLogger(__name__)
+
+FOLLOWED = ("Deposited", "ThawStarted", "Withdrawn", "SignerAuthorized", "SignerRevoked")
+MAX_WINDOW = 2_000  # blocks per eth_getLogs call
+
+
+class EscrowFollower:
+    def __init__(self, w3, escrow_address: str, node: str, gate, *, start_block: int | None = None,
+                 on_deposit: Callable[[str], None] | None = None, poll_s: float = 1.0) -> None:
+        self.w3, self.gate, self.poll_s, self.on_deposit = w3, gate, poll_s, on_deposit
+        self.escrow = to_checksum_address(escrow_address)
+        self.node = to_checksum_address(node)
+        abi = [e for e in load_artifact("UsageEscrow").abi_list if e.get("type") == "event" and e["name"] in FOLLOWED]
+        self._contract = w3.eth.contract(address=self.escrow, abi=abi)
+        self._topics = {"0x" + event_abi_to_log_topic(e).hex(): e["name"] for e in abi}
+        self.next_block = start_block
+        self.seen = 0  # events applied (metrics, tests)
+
+    def step(self) -> int:
+        """Apply the events of the blocks since the last step; returns how many were applied."""
+        head = int(self.w3.eth.block_number)
+        if self.next_block is None:
+            self.next_block = head + 1  # the caches start empty: only later changes matter
+            return 0
+        applied = 0
+        while self.next_block <= head:
+            to = min(head, self.next_block + MAX_WINDOW - 1)
+            logs = self.w3.eth.get_logs({"address": self.escrow, "fromBlock": self.next_block, "toBlock": to,
+                                         "topics": [list(self._topics)]})
+            for raw in logs:
+                applied += self._apply(raw)
+            self.next_block = to + 1
+        self.seen += applied
+        return applied
+
+    def _apply(self, raw) -> int:
+        name = self._topics.get("0x" + bytes(raw["topics"][0]).hex())
+        if name is None:
+            return 0
+        args = getattr(self._contract.events, name)().process_log(raw)["args"]
+        if name in ("SignerAuthorized", "SignerRevoked"):
+            self.gate.invalidate_signer(args["payer"], args["signer"])
+            return 1
+        if to_checksum_address(args["node"]) != self.node:
+            return 0  # another node's account: nothing this gate relies on
+        self.gate.invalidate(args["payer"])
+        if name == "Deposited" and self.on_deposit is not None:
+            self.on_deposit(to_checksum_address(args["payer"]))
+        return 1
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.step)
+            except Exception as e:  # noqa: BLE001 - an RPC hiccup must not stop the follower
+                log.warning("escrow follower: %s", e)
+            try:
+                await asyncio.wait_for(stop.wait(), self.poll_s)
+            except asyncio.TimeoutError:
+                pass

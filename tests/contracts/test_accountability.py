@@ -1,0 +1,166 @@
+"""NodeRegistry accountability on anvil: the minimum bond, equivocation slashing, disputes resolved by
+the arbitrator fixed at deployment, and the bond lock (open disputes, dispute window after the last
+commit). Also the issue #1 attacks on the escrow earmarking and the #8 dataset rounding."""
+
+from __future__ import annotations
+
+import pytest
+
+from chain.contracts import NodeSlashed, VoucherRedeemed
+from chain.eip712 import Receipt, Voucher, sign_receipt, sign_voucher
+
+MIN_BOND = 10**18
+DISPUTE_WINDOW = 86_400
+DISPUTE_DEPOSIT = 10**17
+THAW_SECONDS = 3600
+
+
+def receipt(env, seq: int, salt: int = 0, node=None) -> Receipt:
+    return Receipt(request_id=salt.to_bytes(32, "big"), payer=env.payer.address, node=(node or env.node).address,
+                   adapter_id=0, seq=seq, prompt_tokens=10, completion_tokens=5, compute_cost=15, adapter_cost=0,
+                   output_hash=bytes(32), attribution_hash=bytes(32), timestamp=1_700_000_000)
+
+
+def sign(env, r: Receipt, key=None) -> bytes:
+    return sign_receipt(r, key or env.node.key, env.chain_id, env.c.receipts.address)
+
+
+def test_equivocation_slashes_the_bond_part_to_the_submitter(env, stake_node, reverts):
+    c = env.c
+    stake_node(env, env.node, 4 * MIN_BOND)
+    a, b = receipt(env, 7, salt=1), receipt(env, 7, salt=2)
+    before = c.token.balance_of(env.stranger.address)
+    # not an equivocation: same receipt twice, different seqs, a signature by someone else
+    with reverts("NodeRegistryNotEquivocation"):
+        c.nodes.slash_equivocation(env.stranger, a, sign(env, a), a, sign(env, a))
+    with reverts("NodeRegistryNotEquivocation"):
+        c.nodes.slash_equivocation(env.stranger, a, sign(env, a), receipt(env, 8), sign(env, receipt(env, 8)))
+    with reverts("NodeRegistryBadReceiptSignature", env.node.address):
+        c.nodes.slash_equivocation(env.stranger, a, sign(env, a), b, sign(env, b, key=env.stranger.key))
+    with reverts("NodeRegistryBadReceiptSignature", env.node.address):
+        c.nodes.slash_equivocation(env.stranger, a, b"\x00" * 65, b, sign(env, b))
+    r = c.nodes.slash_equivocation(env.stranger, a, sign(env, a), b, sign(env, b))
+    ev = [e for e in c.events_of(r) if isinstance(e, NodeSlashed)][0]
+    assert (ev.node, ev.beneficiary, ev.amount, ev.reward) == (env.node.address, env.stranger.address,
+                                                               4 * MIN_BOND, 2 * MIN_BOND)
+    assert c.token.balance_of(env.stranger.address) - before == 2 * MIN_BOND
+    assert c.nodes.burned() == 2 * MIN_BOND and c.nodes.get_node(env.node.address).bond == 0
+    assert not c.nodes.can_redeem(env.node.address)
+    with reverts("NodeRegistryNoBond", env.node.address):  # nothing left to slash twice
+        c.nodes.slash_equivocation(env.stranger, a, sign(env, a), b, sign(env, b))
+    # a slashed node can no longer redeem what payers deposited for it
+    c.escrow.deposit(env.payer, env.node.address, 100)
+    v = Voucher(env.payer.address, env.node.address, 0, 100, 0)
+    with reverts("UsageEscrowNodeNotStaked", env.node.address):
+        c.escrow.redeem(env.node, [v], [sign_voucher(v, env.payer.key, env.chain_id, c.escrow.address)])
+
+
+def test_dispute_upheld_rejected_and_expired(env, stake_node, anvil, reverts):
+    c = env.c
+    stake_node(env, env.node, 2 * MIN_BOND)
+    r1, r2, r3 = receipt(env, 1), receipt(env, 2), receipt(env, 3)
+    with reverts("NodeRegistryBadReceiptSignature", env.node.address):
+        c.nodes.open_dispute(env.stranger, r1, sign(env, r1, key=env.stranger.key))
+    with reverts("NodeRegistryNoBond", env.payer.address):  # a receipt of an unbonded node
+        bogus = receipt(env, 1, node=env.payer)
+        c.nodes.open_dispute(env.stranger, bogus, sign(env, bogus, key=env.payer.key))
+    fisher0 = c.token.balance_of(env.stranger.address)
+    for r in (r1, r2, r3):
+        c.nodes.open_dispute(env.stranger, r, sign(env, r))
+    assert c.token.balance_of(env.stranger.address) == fisher0 - 3 * DISPUTE_DEPOSIT
+    assert c.nodes.open_disputes(env.node.address) == 3
+    d1 = c.nodes.get_dispute(1)
+    assert d1.open and d1.node == env.node.address and d1.receipt_digest == c.receipts.hash_receipt(r1)
+    with reverts("NodeRegistryNotArbitrator", env.stranger.address):
+        c.nodes.resolve_dispute(env.stranger, 1, MIN_BOND)
+    with reverts("NodeRegistryDisputeDeadline", d1.deadline):  # not expired yet
+        c.nodes.expire_dispute(env.stranger, 1)
+    # upheld: half the slash to the fisherman, its deposit back
+    c.nodes.resolve_dispute(env.deployer, 1, MIN_BOND)
+    assert c.token.balance_of(env.stranger.address) == fisher0 - 2 * DISPUTE_DEPOSIT + MIN_BOND // 2
+    assert c.nodes.get_node(env.node.address).bond == MIN_BOND
+    with reverts("NodeRegistryDisputeClosed", 1):
+        c.nodes.resolve_dispute(env.deployer, 1, 1)
+    # rejected: the deposit goes to the node
+    node0 = c.token.balance_of(env.node.address)
+    c.nodes.resolve_dispute(env.deployer, 2, 0)
+    assert c.token.balance_of(env.node.address) == node0 + DISPUTE_DEPOSIT
+    # expired: the arbitrator missed the deadline; anyone closes it, the deposit returns
+    env.mine_time(DISPUTE_WINDOW + 1, anvil.rpc)
+    with reverts("NodeRegistryDisputeDeadline", c.nodes.get_dispute(3).deadline):
+        c.nodes.resolve_dispute(env.deployer, 3, MIN_BOND)
+    c.nodes.expire_dispute(env.payer, 3)
+    assert c.token.balance_of(env.stranger.address) == fisher0 - DISPUTE_DEPOSIT + MIN_BOND // 2
+    assert c.nodes.open_disputes(env.node.address) == 0
+    with reverts("NodeRegistryDisputeClosed", 99):
+        c.nodes.expire_dispute(env.payer, 99)
+
+
+def test_bond_locked_by_open_dispute_and_dispute_window(env, stake_node, anvil, reverts):
+    c = env.c
+    stake_node(env, env.node, MIN_BOND)
+    c.receipts.commit_batch(env.node, 1, b"\x01" * 32, 1, "bafyreceipts")
+    r = receipt(env, 1)
+    c.nodes.open_dispute(env.stranger, r, sign(env, r))
+    c.nodes.deregister(env.node)
+    env.mine_time(THAW_SECONDS, anvil.rpc)  # unbonding over (the registry's unbonding period = thaw)
+    with reverts("NodeRegistryDisputeOpen", env.node.address, 1):
+        c.nodes.withdraw_bond(env.node)
+    c.nodes.resolve_dispute(env.deployer, 1, 0)
+    commit_at = c.receipts.last_commit_at(env.node.address)
+    with reverts("NodeRegistryStillUnbonding", commit_at + DISPUTE_WINDOW):  # within the dispute window
+        c.nodes.withdraw_bond(env.node)
+    env.mine_time(DISPUTE_WINDOW, anvil.rpc)
+    c.nodes.withdraw_bond(env.node)
+    assert c.nodes.get_node(env.node.address).bond == 0
+
+
+def test_issue1_payer_cannot_drain_what_it_deposited_for_a_node(env, world, stake_node, reverts):
+    """Issue #1: the payer signs a voucher naming itself (or a node it runs and bonds) as node and
+    redeems it. Funds are earmarked per (payer, node): it takes nothing deposited for the honest
+    node, whose vouchers still pay in full."""
+    c = env.c
+    p = env.payer
+    v_self = Voucher(p.address, p.address, 0, 10**21, 0)
+    with reverts("UsageEscrowNodeNotStaked", p.address):  # an unregistered address cannot redeem at all
+        c.escrow.redeem(p, [v_self], [sign_voucher(v_self, p.key, env.chain_id, c.escrow.address)])
+    stake_node(env, p)  # the payer registers and bonds a node of its own
+    r = c.escrow.redeem(p, [v_self], [sign_voucher(v_self, p.key, env.chain_id, c.escrow.address)])
+    assert not [e for e in c.events_of(r) if isinstance(e, VoucherRedeemed)]
+    assert c.vault.claimable(p.address) == 0
+    assert c.escrow.account_of(p.address, env.node.address).balance == 10**21
+    honest = Voucher(p.address, env.node.address, 0, 10**20, 0)
+    c.escrow.redeem(env.node, [honest], [sign_voucher(honest, p.key, env.chain_id, c.escrow.address)])
+    assert c.vault.claimable(env.node.address) == 10**20
+
+
+def test_issue8_late_contributions_never_over_credited(env, stake_node):
+    """Issue #8: with rewardDebt rounded down, a contribution accepted after odd payments was
+    credited a unit paid before it, and the last claim reverted. Now Σ claimable ≤ vault balance."""
+    c = env.c
+    c.datasets.create_dataset(env.curator, "d", "MIT", "")
+    c.adapters.register(env.owner, "m", "bafyA", 8, 1, 0, [1], [10_000])  # all of the rest to the dataset
+    stake_node(env, env.node)
+    c.escrow.deposit(env.payer, env.node.address, 10**18)
+    total = 0
+    ids = []
+    for k, (weight, pay) in enumerate([(3, 7), (7, 11), (11, 13), (13, 1), (17, 29), (19, 3)]):
+        c.datasets.contribute(env.contributor if k % 2 else env.contributor2, 1, f"bafy{k}", weight)
+        ids.append(k + 1)
+        c.datasets.accept(env.curator, k + 1, weight)
+        total += pay
+        v = Voucher(env.payer.address, env.node.address, 1, 0, total)
+        c.escrow.redeem(env.node, [v], [sign_voucher(v, env.payer.key, env.chain_id, c.escrow.address)])
+        c.datasets.harvest(env.stranger, ids)
+    vault = c.token.balance_of(c.vault.address)
+    assert c.vault.total_claimable() + sum(c.datasets.pending_reward(i) for i in ids) <= vault
+    for who in (env.contributor, env.contributor2, env.owner, env.deployer, env.curator):
+        if c.vault.claimable(who.address):
+            c.vault.claim(who)  # every claim succeeds, including the last
+    assert c.vault.total_claimable() == 0
+
+
+@pytest.mark.parametrize("bond", [MIN_BOND - 1, MIN_BOND])
+def test_can_redeem_needs_the_minimum_bond(env, stake_node, bond):
+    stake_node(env, env.stranger, bond)
+    assert env.c.nodes.can_redeem(env.stranger.address) == (bond >= MIN_BOND)
