@@ -167,7 +167,7 @@ def main() -> int:
             for key in payer_keys:
                 w3.eth.send_transaction({"from": Account.from_key(DEV_PRIVATE_KEYS[3]).address,
                                          "to": Account.from_key(key).address, "value": 10**18})
-                fund_escrow(w3, dep, DEV_PRIVATE_KEYS[0], key, 10**15)
+                fund_escrow(w3, dep, DEV_PRIVATE_KEYS[0], key, 10**15, Account.from_key(DEV_PRIVATE_KEYS[1]).address)
             toml = tmp / "node.toml"
             toml.write_text(
                 f'data_dir = "{data}"\ndeployment = "{dep_path}"\nrpc_url = "{anvil.url}"\ndev_mode = true\n'

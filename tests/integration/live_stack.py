@@ -66,7 +66,7 @@ def live_stack(data_dir: Path, *, node_extra: dict | None = None):
         c.adapters.register(ACCT["owner1"], EMBEDDED_MODEL_ID, cid, 4, ADAPTER_PRICE, 7000, [ds], [3000])
         aid = c.adapters.adapter_count()
         c.token.approve(ACCT["payer"], c.escrow.address, ESCROW)
-        c.escrow.deposit(ACCT["payer"], ESCROW)
+        c.escrow.deposit(ACCT["payer"], ACCT["node"].address, ESCROW)
         node = NodeThread(load_config(stack.config_path)).start()
         wait_for(lambda: any(m["id"] == f"adapter-{aid}" for m in get_json(node.url + "/v1/models")["data"]),
                  180, "the node to load the adapter")

@@ -78,7 +78,7 @@ def test_one_shot_twice_carries_the_lane_totals_over(env):
 def test_interactive_conversation_and_signer_key(env):
     live = env["live"]
     c = live.contracts
-    c.escrow.authorize_signer(ACCT["payer"], ACCT["carol"].address)
+    c.escrow.authorize_signer_key(ACCT["payer"], KEY["carol"])
     r = run("chat", f"adapter-{live.adapter_id}", "--max-tokens", "4", "--json", "--signer-keystore",
             str(env["wallets"] / "carol.json"), "--payer", ACCT["payer"].address, input="Hello\nAnd again\n/exit\nignored\n")
     got = answers(r)

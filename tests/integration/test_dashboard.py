@@ -145,7 +145,7 @@ def test_live_updates_show_a_new_receipt(live, browser):
 def _fund(live, role) -> None:
     c = live.contracts
     c.token.approve(ACCT[role], c.escrow.address, 10**18)
-    c.escrow.deposit(ACCT[role], 10**18)
+    c.escrow.deposit(ACCT[role], ACCT["node"].address, 10**18)
 
 
 def _assert_not_blank(path):

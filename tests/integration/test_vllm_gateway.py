@@ -102,7 +102,7 @@ class World:
         payer = Account.from_key(DEV_PRIVATE_KEYS[DEV_ROLES.index("payer")])
         c = self.stack.contracts
         c.token.approve(payer, c.escrow.address, 10**21)
-        c.escrow.deposit(payer, 10**21)
+        c.escrow.deposit(payer, Account.from_key(DEV_PRIVATE_KEYS[DEV_ROLES.index("node")]).address, 10**21)
         self.payer = payer
 
     def publish(self) -> int:
