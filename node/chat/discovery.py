@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from node.chat.endpoints import BadEndpoint, shown, validate_endpoint
 from node.client import NodeQuote
 
-MAX_PROBE_BYTES = 1 << 20
+MAX_PROBE_BYTES = 16 << 20  # /v1/models of a node serving thousands of adapters is a few MB
 PROBE_TIMEOUT_S = 5.0
 LOG_WINDOW = 10_000
 PROBE_WORKERS = 8

@@ -158,3 +158,13 @@ def pg_url():
     finally:
         with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as c:
             c.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory):
+    """One live dev stack (anvil, contracts, a published adapter, the real node) shared by the chat,
+    dashboard and protocol-document tests (`live_stack.py`); each pays from its own dev account."""
+    from live_stack import live_stack
+
+    with live_stack(tmp_path_factory.mktemp("live-stack")) as s:
+        yield s

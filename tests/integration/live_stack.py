@@ -1,7 +1,8 @@
 """A live dev stack for tests of what users see: `loranode dev up`'s stack (anvil, the contracts,
 funded dev accounts, node.toml) plus one published dataset and adapter, and the real node with the
 embedded model serving them. Shared by the chat, dashboard and protocol-document tests (module
-fixtures: one node start per module)."""
+fixture `live` in conftest.py: one node start per session; each test module pays from its own dev
+account, so lane totals never cross modules)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,10 @@ def live_stack(data_dir: Path, *, node_extra: dict | None = None):
         if node is not None:
             node.stop()
         stack.anvil.stop()
+
+
+def fund_escrow(stack: LiveStack, role: str, amount: int = ESCROW) -> None:
+    """Deposit `amount` of `role`'s minted dev tokens into UsageEscrow."""
+    c = stack.contracts
+    c.token.approve(ACCT[role], c.escrow.address, amount)
+    c.escrow.deposit(ACCT[role], ACCT["node"].address, amount)

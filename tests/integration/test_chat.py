@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from chain.devchain import free_port
-from live_stack import ACCT, KEY, live_stack
+from live_stack import ACCT, KEY
 from node.cli import app
 
 PASSWORD = "pw for tests"
@@ -19,14 +19,13 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    with live_stack(tmp_path_factory.mktemp("chat-stack")) as s:
-        s.home = tmp_path_factory.mktemp("payer-home")  # the payer's chat state lives across the module's tests
-        yield s
+def home(tmp_path_factory):
+    """The payer's LORANODE_HOME: its chat state (lane totals) lives across the module's tests."""
+    return tmp_path_factory.mktemp("payer-home")
 
 
 @pytest.fixture
-def env(live, tmp_path, monkeypatch):
+def env(live, home, tmp_path, monkeypatch):
     from node.keystore import create_keystore
 
     pw = tmp_path / "pw"
@@ -34,7 +33,7 @@ def env(live, tmp_path, monkeypatch):
     wallets = tmp_path / "wallets"
     for role in ("payer", "carol"):
         create_keystore(wallets / f"{role}.json", PASSWORD, KEY[role], scrypt_n=1024)
-    for k, v in {**live.stack.env(), "LORANODE_HOME": str(live.home), "LORANODE_WALLET_PASSWORD_FILE": str(pw),
+    for k, v in {**live.stack.env(), "LORANODE_HOME": str(home), "LORANODE_WALLET_PASSWORD_FILE": str(pw),
                  "LORANODE_WALLET": str(wallets / "payer.json")}.items():
         monkeypatch.setenv(k, v)
     return {"live": live, "wallets": wallets, "tmp": tmp_path}

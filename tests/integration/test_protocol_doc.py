@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from live_stack import ACCT, KEY, live_stack
+from live_stack import ACCT, KEY, fund_escrow
 from node.devup import get_json, wait_for
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -87,12 +87,6 @@ def _sse(raw: str) -> list:
     return [json.loads(e) for e in events[:-1]]
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    with live_stack(tmp_path_factory.mktemp("doc-stack")) as s:
-        yield s
-
-
 def test_every_documented_example_matches_the_running_node(live, tmp_path, monkeypatch):
     from node.cli import app
     from node.client import NodeQuote, VoucherWallet
@@ -109,7 +103,8 @@ def test_every_documented_example_matches_the_running_node(live, tmp_path, monke
     u = live.url
     check("response GET /v1/node", get_json(u + "/v1/node"))
     check("response GET /v1/models", get_json(u + "/v1/models"))
-    wallet = VoucherWallet(KEY["payer"], NodeQuote.fetch(u))
+    fund_escrow(live, "bob")  # this module's payer: its lanes start at zero
+    wallet = VoucherWallet(KEY["bob"], NodeQuote.fetch(u))
     check("header X-Payment-Voucher", wallet.signed_voucher(1).to_json())
 
     chat_req = doc["request POST /v1/chat/completions"]
@@ -161,7 +156,7 @@ def test_every_documented_example_matches_the_running_node(live, tmp_path, monke
         check(name, err)
 
     error("error 402 payment_missing", 402, _post(u + "/v1/chat/completions", chat_req))
-    stale = VoucherWallet(KEY["payer"], NodeQuote.fetch(u))
+    stale = VoucherWallet(KEY["bob"], NodeQuote.fetch(u))
     error("error 402 voucher_undervalued", 402, _post(u + "/v1/chat/completions", chat_req, stale.header(1)))
     broke = VoucherWallet(KEY["alice"], NodeQuote.fetch(u))  # tokens, but nothing in escrow
     error("error 402 escrow_insufficient", 402, _post(u + "/v1/chat/completions", chat_req, broke.header(1)))
@@ -175,9 +170,7 @@ def test_every_documented_example_matches_the_running_node(live, tmp_path, monke
         check("error 404 receipt_not_found", json.loads(e.read()))
 
     # the CLI's --json shapes, for a payer of its own (its lane totals live in its chat state)
-    c = live.contracts
-    c.token.approve(ACCT["dave"], c.escrow.address, 10**20)
-    c.escrow.deposit(ACCT["dave"], 10**20)
+    fund_escrow(live, "dave")
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD)
     create_keystore(tmp_path / "dave.json", PASSWORD, KEY["dave"], scrypt_n=1024)
