@@ -139,6 +139,7 @@ def test_page_renders_adapters_receipts_and_hostile_names_as_text(live, answered
 
 def test_live_updates_show_a_new_receipt(live, answered, browser):
     from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     from node.client import LoraNodeClient
@@ -149,7 +150,8 @@ def test_live_updates_show_a_new_receipt(live, answered, browser):
     fund_escrow(live, "curator", 10**18)
     fresh.chat(BASE, [{"role": "user", "content": "Hi"}], max_tokens=2)
     new_id = "0x" + fresh.receipts[-1].receipt.request_id.hex()
-    WebDriverWait(browser, 30).until(lambda b: any(
+    # the table is re-rendered on every poll: an element read between two renders goes stale
+    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(lambda b: any(
         a.get_attribute("href").endswith(new_id) for a in b.find_elements(By.CSS_SELECTOR, "#receipts a")))
 
 

@@ -191,7 +191,7 @@ def test_every_documented_example_matches_the_running_node(live, tmp_path, monke
     verified = cli("receipts", "verify")
     assert verified[0]["committed_on_chain"] is True
     check("cli receipts verify", verified)
-    check("cli escrow balance", cli("escrow", "balance"))
+    check("cli escrow balance", cli("escrow", "balance", "--node", ACCT["node"].address))
     check("cli adapter show", cli("adapter", "show", "1"))
     check("cli dataset show", cli("dataset", "show", str(live.dataset_id)))
     check("cli rewards show", cli("rewards", "show", ACCT["node"].address))
