@@ -75,10 +75,6 @@ def _wait(pred, timeout: float, what: str, every: float = 0.5):
 
 class World:
     def __init__(self, tmp):
-        from inference.adapter_factory import make_random_adapter
-        from node.config import load_config
-        from node.devup import DEV_ROLES, NodeThread, start_dev_stack
-        from node.ipfs import EmbeddedStore
         from transformers import AutoConfig
 
         self.model_folder = resolve_model_folder(None)
@@ -86,7 +82,21 @@ class World:
         self.tmp = tmp
         self.answers: dict[str, str] = {}
         self.server = VllmServer(self.model_folder, EMBEDDED_MODEL_ID, _free_port(), tmp / "vllm.log",
-                                 max_model_len=1024, dtype="float32").start()
+                                 max_model_len=1024, dtype="float32")
+        self.stack = self.node = None
+        try:
+            self._start(tmp)
+        except BaseException:  # nothing left running when the setup fails half-way
+            self.close()
+            raise
+
+    def _start(self, tmp):
+        from inference.adapter_factory import make_random_adapter
+        from node.config import load_config
+        from node.devup import DEV_ROLES, NodeThread, start_dev_stack
+        from node.ipfs import EmbeddedStore
+
+        self.server.start()
         self.stack = start_dev_stack(tmp / "dev", chain_port=0, node_port=0, compute_price_per_1k=PRICE, node_extra={
             "engine_backend": "vllm", "vllm_urls": [self.server.url], "vllm_probe_s": 0.5, "vllm_timeout_s": 30.0,
             "settlement_interval_s": 1.0, "redeem_interval_s": 1.0, "max_tokens_limit": 64})
@@ -121,9 +131,15 @@ class World:
               f"{names} to load")
 
     def close(self):
-        self.node.stop()
-        self.server.stop()
-        self.stack.anvil.stop()
+        try:
+            if self.node is not None:
+                self.node.stop()
+        finally:
+            try:
+                self.server.stop()
+            finally:
+                if self.stack is not None:
+                    self.stack.anvil.stop()
 
 
 @pytest.fixture(scope="module")
