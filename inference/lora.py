@@ -55,6 +55,7 @@ from torch import nn
 
 from inference.adapters import SUPPORTED_MODULES, AdapterWeights, ModuleKey
 from inference.errors import LoraSlotError
+from inference.packed import PackedAdapter
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +97,18 @@ class _Grouping:
     max_count: int  # L
     pad_pos: torch.Tensor | None  # [Ta] long: row of each sorted token in the [NG * L] layout (None: identity)
     offs: torch.Tensor | None  # [num_slots] int32: cumulative token counts per slot (grouped GEMM)
+    in_order: bool = False  # every token has an adapter and they already are sorted by slot (perm = arange)
 
 
 class LoraSlotBank:
     """The slots shared by all `MultiLoraLinear` layers of one model, and the per-forward routing."""
 
     def __init__(self, layers: dict[ModuleKey, "MultiLoraLinear"], num_slots: int, max_rank: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device,
+                 stores: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
         self.layers = layers
+        # module kind -> (A [L, S, R, in], B^T [L, S, R, out]); every layer's buffers are views
+        self.stores = stores or {}
         self.num_slots = num_slots
         self.max_rank = max_rank
         self.dtype = dtype
@@ -122,6 +127,8 @@ class LoraSlotBank:
         # bmm over a window of consecutive slots (a view) when window <= factor * distinct slots:
         # (a window reads span slots once; a gather reads G, writes G, and the bmm reads G again)
         self.window_factor = 2.5
+        # tokens already in slot order need no gather of x nor scatter of the delta (see forward)
+        self.skip_sort = True
 
     # ----------------------------------------------------------------- slots
 
@@ -145,7 +152,9 @@ class LoraSlotBank:
         forward.
         """
         self._check_slot(slot)
-        unknown = {m for (_, m) in weights.pairs} - set(self.target_modules)
+        packed = isinstance(weights, PackedAdapter)
+        targeted = set(weights.kinds) if packed else {m for (_, m) in weights.pairs}
+        unknown = targeted - set(self.target_modules)
         if unknown:
             raise LoraSlotError(f"adapter targets {sorted(unknown)}, but the bank only covers {list(self.target_modules)}")
         previous = self._slot_ranks[slot]
@@ -154,7 +163,9 @@ class LoraSlotBank:
             else contextlib.nullcontext()
         nb = non_blocking and self.device.type == "cuda"
         with torch.no_grad(), ctx:
-            for key, layer in self.layers.items():
+            if packed:
+                ranks = self._load_packed(slot, weights, previous, nb)
+            for key, layer in ({} if packed else self.layers).items():
                 pair = weights.pairs.get(key)
                 module = key[1]
                 old_r = previous.get(module, 0)
@@ -183,15 +194,52 @@ class LoraSlotBank:
         self._groupings.clear()
         return event
 
+    def _load_packed(self, slot: int, weights: "PackedAdapter", previous: dict[str, int], nb: bool) -> dict[str, int]:
+        """Two strided copies per module kind (each [L, r, *] into the kind's store)."""
+        ranks: dict[str, int] = {}
+        for module, (store_a, store_b) in self.stores.items():
+            n_layers = store_a.shape[0]
+            old_r = previous.get(module, 0)
+            pk = weights.kinds.get(module)
+            if pk is None:
+                if old_r:
+                    store_a[:, slot, :old_r].zero_()
+                    store_b[:, slot, :old_r].zero_()
+                continue
+            r, n = pk.rank, pk.a.shape[0]
+            if r > self.max_rank:
+                raise LoraSlotError(f"adapter rank {r} on {module} exceeds the bank's max_rank {self.max_rank}")
+            if (pk.a.shape[2], pk.bt.shape[2]) != (store_a.shape[3], store_b.shape[3]) or pk.bt.shape[:2] != (n, r):
+                raise LoraSlotError(f"packed {module} tensors do not fit the layers: A {list(pk.a.shape)}, "
+                                    f"B^T {list(pk.bt.shape)}")
+            layer_ids = pk.layers.tolist()
+            if n == n_layers and layer_ids == list(range(n_layers)):
+                store_a[:, slot, :r].copy_(pk.a, non_blocking=nb)  # [L, r, in]
+                store_b[:, slot, :r].copy_(pk.bt, non_blocking=nb)  # [L, r, out]
+                if old_r > r:  # the previous occupant's larger rank left weights in the tail
+                    store_a[:, slot, r:old_r].zero_()
+                    store_b[:, slot, r:old_r].zero_()
+            else:  # some layers only (layers_to_transform): the others must hold zeros
+                if any(not 0 <= l < n_layers for l in layer_ids):
+                    raise LoraSlotError(f"packed {module} names layers outside [0, {n_layers})")
+                clear = max(r, old_r)
+                store_a[:, slot, :clear].zero_()
+                store_b[:, slot, :clear].zero_()
+                for j, layer in enumerate(layer_ids):
+                    store_a[layer, slot, :r].copy_(pk.a[j], non_blocking=nb)
+                    store_b[layer, slot, :r].copy_(pk.bt[j], non_blocking=nb)
+            ranks[module] = r
+        return ranks
+
     def clear_slot(self, slot: int) -> None:
         """Zero `slot` in every layer: it then behaves as "no adapter"."""
         self._check_slot(slot)
         with torch.no_grad():
-            for (_, module), layer in self.layers.items():
+            for module, (store_a, store_b) in self.stores.items():
                 r = self._slot_ranks[slot].get(module, 0)
                 if r:
-                    layer.lora_a[slot, :r].zero_()
-                    layer.lora_b[slot, :r].zero_()
+                    store_a[:, slot, :r].zero_()
+                    store_b[:, slot, :r].zero_()
         self._slot_ranks[slot] = {}
         self._groupings.clear()
 
@@ -267,8 +315,9 @@ class LoraSlotBank:
         rank = int(ranks[slot_index].max())
         n_groups, max_count = len(slots), max(count_list)
         dev = self.device
+        in_order = self.skip_sort and ta == t.numel() and bool(torch.equal(perm, torch.arange(ta)))
         common = dict(num_tokens=t.numel(), perm=perm.to(dev, non_blocking=True), slots=slots,
-                      counts=count_list, rank=rank, max_count=max_count)
+                      counts=count_list, rank=rank, max_count=max_count, in_order=in_order)
         if self.use_grouped_mm:
             offs = torch.cumsum(counts_all, 0).to(torch.int32).to(dev, non_blocking=True)  # [S]
             common["rank"] = min(self.max_rank, -(-rank // 8) * 8)  # aligned; the padding is zero
@@ -298,19 +347,17 @@ class LoraSlotBank:
 class MultiLoraLinear(nn.Module):
     """An `nn.Linear` plus a per-token LoRA delta from the bank's slot buffers."""
 
-    def __init__(self, base: nn.Linear, module: str, num_slots: int, max_rank: int,
-                 dtype: torch.dtype, device: torch.device):
+    def __init__(self, base: nn.Linear, module: str, lora_a: torch.Tensor, lora_b: torch.Tensor):
         super().__init__()
         self.base_layer = base
         self.module = module
         self.in_features = base.in_features
         self.out_features = base.out_features
         self.bank: LoraSlotBank | None = None  # set by inject_multi_lora (not a submodule)
-        # non-persistent: slots are runtime state, not part of the model's checkpoint
-        self.register_buffer("lora_a", torch.zeros(num_slots, max_rank, base.in_features, dtype=dtype, device=device),
-                             persistent=False)  # [S, R, in]
-        self.register_buffer("lora_b", torch.zeros(num_slots, max_rank, base.out_features, dtype=dtype, device=device),
-                             persistent=False)  # [S, R, out]: B transposed
+        # non-persistent: slots are runtime state, not part of the model's checkpoint. Both are
+        # contiguous views of the bank's per-kind store (one layer's [S, R, *] block of it)
+        self.register_buffer("lora_a", lora_a, persistent=False)  # [S, R, in]
+        self.register_buffer("lora_b", lora_b, persistent=False)  # [S, R, out]: B transposed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in]
         y = self.base_layer(x)  # [..., out]: the base matmul, once for the whole batch
@@ -321,6 +368,12 @@ class MultiLoraLinear(nn.Module):
         if x2.shape[0] != g.num_tokens:
             raise LoraSlotError(f"routing has {g.num_tokens} tokens but the batch has {x2.shape[0]}")
         y2 = y.view(-1, self.out_features)  # [T, out]
+        if g.in_order and g.strategy == "bmm" and g.pad_pos is None and y2.dtype == self.lora_b.dtype:
+            # the batch is its own [NG, L] layout: one bmm, then one baddbmm accumulating into y
+            a, b = self._bmm_weights(g)  # [NG, r, in], [NG, r, out]
+            h = torch.bmm(x2.view(a.shape[0], g.max_count, self.in_features), a.transpose(1, 2))  # [NG, L, r]
+            y2.view(a.shape[0], g.max_count, self.out_features).baddbmm_(h, b)
+            return y
         xs = x2.index_select(0, g.perm)  # [Ta, in] adapter tokens sorted by slot
         delta = self._delta(xs, g)  # [Ta, out]
         y2.index_add_(0, g.perm, delta.to(y2.dtype))
@@ -339,13 +392,7 @@ class MultiLoraLinear(nn.Module):
                 self.bank.disable_grouped_mm(str(e)[:200])
                 return self._delta(xs, self.bank.grouping(self.module))
         if g.strategy == "bmm":
-            if g.window is not None:
-                lo, hi = g.window
-                a = self.lora_a[lo:hi, :r]  # [NG, r, in] view
-                b = self.lora_b[lo:hi, :r]  # [NG, r, out] view
-            else:
-                a = self.lora_a[:, :r].index_select(0, g.slot_index)  # [NG, r, in] copy
-                b = self.lora_b[:, :r].index_select(0, g.slot_index)  # [NG, r, out] copy
+            a, b = self._bmm_weights(g)
             n_layout = a.shape[0]
             if g.pad_pos is None:
                 xg = xs  # [NG * L, in]: sorted order is already the layout
@@ -365,6 +412,15 @@ class MultiLoraLinear(nn.Module):
             torch.mm(h, self.lora_b[slot, :r], out=out[start:start + count])  # [n, out]
             start += count
         return out
+
+    def _bmm_weights(self, g: _Grouping) -> tuple[torch.Tensor, torch.Tensor]:
+        """A [NG, r, in] and B^T [NG, r, out] of the bmm layout's groups."""
+        r = g.rank
+        if g.window is not None:
+            lo, hi = g.window
+            return self.lora_a[lo:hi, :r], self.lora_b[lo:hi, :r]  # views, no copy
+        return (self.lora_a[:, :r].index_select(0, g.slot_index),  # gathered copies
+                self.lora_b[:, :r].index_select(0, g.slot_index))
 
     def extra_repr(self) -> str:
         s, r, _ = self.lora_a.shape
@@ -398,8 +454,9 @@ def inject_multi_lora(
     first = next(model.parameters())
     dtype = dtype or first.dtype
     device = torch.device(device) if device is not None else first.device
-    layers: dict[ModuleKey, MultiLoraLinear] = {}
-    for i, block in enumerate(_decoder_layers(model)):
+    blocks = _decoder_layers(model)
+    bases: dict[ModuleKey, tuple[nn.Module, nn.Linear]] = {}
+    for i, block in enumerate(blocks):
         for module in targets:
             parent = getattr(block, _PARENTS[module])
             base = getattr(parent, module)
@@ -407,10 +464,25 @@ def inject_multi_lora(
                 raise LoraSlotError("model already has multi-LoRA layers")
             if not isinstance(base, nn.Linear):
                 raise LoraSlotError(f"layer {i} {module} is {type(base).__name__}, not nn.Linear")
-            wrapped = MultiLoraLinear(base, module, num_slots, max_rank, dtype, device)
-            setattr(parent, module, wrapped)
-            layers[(i, module)] = wrapped
-    bank = LoraSlotBank(layers, num_slots, max_rank, dtype, device)
+            bases[(i, module)] = (parent, base)
+    # one store per module kind, layer-major: a layer's [S, R, *] block is contiguous (what its
+    # kernels read) and a slot's [L, r, *] across layers is one strided copy (what a load writes)
+    stores: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for module in targets:
+        base = bases[(0, module)][1]
+        stores[module] = (
+            torch.zeros(len(blocks), num_slots, max_rank, base.in_features, dtype=dtype, device=device),  # [L, S, R, in]
+            torch.zeros(len(blocks), num_slots, max_rank, base.out_features, dtype=dtype, device=device),  # [L, S, R, out]
+        )
+    layers: dict[ModuleKey, MultiLoraLinear] = {}
+    for (i, module), (parent, base) in bases.items():
+        store_a, store_b = stores[module]
+        if (base.in_features, base.out_features) != (store_a.shape[-1], store_b.shape[-1]):
+            raise LoraSlotError(f"layer {i} {module} has another shape than layer 0's")
+        wrapped = MultiLoraLinear(base, module, store_a[i], store_b[i])
+        setattr(parent, module, wrapped)
+        layers[(i, module)] = wrapped
+    bank = LoraSlotBank(layers, num_slots, max_rank, dtype, device, stores=stores)
     for layer in layers.values():
         layer.bank = bank
     return bank
