@@ -6,6 +6,11 @@ buffers for all slots:
 
     A: [num_slots, max_rank, in_features]     B: [num_slots, max_rank, out_features]
 
+They are views of one store per module kind, [layers, num_slots, max_rank, features]: a layer's
+block is contiguous (what its kernels read) and a slot across all layers is one strided copy, so
+loading a packed adapter (inference.packed) is two copies per module kind instead of two per
+(layer, module).
+
 (B is stored transposed, one [r, out] row-major matrix per slot: batched matmuls with a thin
 inner dimension r run ~2.5x faster on CPU in this layout, and it is the grouped GEMM's natural
 right operand.) An adapter of rank r < max_rank occupies A[s, :r] and B[s, :r]; the rest of the slot is zero,
@@ -25,7 +30,10 @@ adapter (never per token, and no per-token weight copies):
 - CPU, balanced groups (decode: one token per row): two batched matmuls over
   [groups, tokens-per-group] (fastest measured on CPU: one op per layer instead of one per
   adapter). When the batch's slots lie in a window with few holes, the window is a view of the
-  slot buffers (no weight copy); otherwise the active slots' weights are gathered.
+  slot buffers (no weight copy); otherwise the active slots' weights are gathered. When every
+  token has an adapter and the tokens already are in slot order (rows admitted in the order
+  their adapters were loaded), the batch is its own layout: no gather of x, no scatter of the
+  delta, one bmm and one baddbmm that accumulates into the base output (2 ops a layer, not 4).
 - CPU, unbalanced groups (prefill of different lengths): a loop over the distinct adapters with
   views into the slot buffers (cost grows with adapters, not tokens).
 - CUDA: `torch._grouped_mm` over the whole slot buffers with per-slot offsets (no weight copy),

@@ -65,6 +65,8 @@ class TierCounters:
     host_misses: int = 0  # slot load had to read the disk
     load_failures: int = 0
     load_seconds: list = field(default_factory=list)  # recent disk->slot latencies
+    read_seconds: list = field(default_factory=list)  # recent loader-thread times (read + verify)
+    copy_seconds: list = field(default_factory=list)  # recent host->slot copy times (issue time on CUDA)
 
 
 class AdapterTiers:
@@ -306,10 +308,12 @@ class AdapterTiers:
 
         def work():
             try:
+                t_read = time.perf_counter()
                 w = self._loader(folder, spec)
                 if self._pin:
                     w = _pin_weights(w)
                 result = (key, w, None, t0)
+                _keep_recent(self.counters.read_seconds, time.perf_counter() - t_read)
             except Exception as e:  # reported to the scheduler, which fails the waiting requests
                 log.warning("loading adapter %s failed: %s", key[0], e)
                 result = (key, None, f"{type(e).__name__}: {e}", t0)
@@ -323,13 +327,14 @@ class AdapterTiers:
         self._pool.submit(work)
 
     def _copy_into(self, s: int, key, weights, t0: float) -> None:
+        t_copy = time.perf_counter()
         event = self.bank.load_slot(s, weights, copy_stream=self._copy_stream)
+        _keep_recent(self.counters.copy_seconds, time.perf_counter() - t_copy)
         self.counters.slot_loads += 1
         st = self._slots[s]
         st.key, st.event = key, event
         st.ready = event is None
-        self.counters.load_seconds.append(time.perf_counter() - t0)
-        del self.counters.load_seconds[:-1000]
+        _keep_recent(self.counters.load_seconds, time.perf_counter() - t0)
 
     def _host_put(self, key, weights) -> None:
         self._host[key] = weights
@@ -393,6 +398,11 @@ class AdapterTiers:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _keep_recent(xs: list, x: float, n: int = 1000) -> None:
+    xs.append(x)
+    del xs[:-n]
 
 
 def _pin_weights(w):
