@@ -49,6 +49,15 @@ Measured on CPU (SmolLM2-135M fp32, 1 thread, 16 rows decoding, 16 distinct rank
 q,k,v,o): a step costs ~0.8-0.95x the no-adapter step when the adapters sit in consecutive slots
 (window view) and ~0.75x when scattered over 32 slots; the memory-traffic bound for this shape
 is ~0.82. An engine that keeps a batch's adapters in consecutive slots gets the faster path.
+Rows in slot order (the in-order path above), same setup, steps interleaved in one process on a
+shared 2-core machine: 0.98x base in order, 0.93x with the gather/scatter, 0.85x with the rows
+shuffled (a decode step's profile per kind is in bench-engine's RESULT, `decode_profile`: at
+1 thread the delta's bmm + baddbmm are ~5% of a step, the base `mm` ~70-80%).
+The GPU path (grouped GEMM) is unchanged by the per-kind stores (each layer's [S, R, *] block
+is still contiguous); it was not re-measured here (no GPU in this session).
+Threads: with 2 OpenMP threads on a machine whose cores are busy with other work, every
+parallel op waits for a descheduled thread (a 20 MB slot copy took 140-990 ms instead of
+4-16 ms at 1 thread), so figures from a shared machine are taken at 1 thread.
 """
 
 from __future__ import annotations
