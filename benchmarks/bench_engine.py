@@ -13,8 +13,13 @@ Figures (ratios compare peers measured in this same run; the machines are noisy)
   mixed-adapter batch (`generate(adapter_names=...)`, KV cache) on the same requests.
 - vs_hf_generate_base: our no-adapter end-to-end tokens/s / transformers `generate` on the same
   padded batch.
-- cold_load_ms_p50 / _p99 (B): verified disk folder -> ready in a slot (through the tiers:
-  background read + re-check, slot copy), host tier cold.
+- cold_load_ms_p50 / _p99 (B): registered adapter -> ready in a slot (through the tiers: the
+  loader thread reads the packed copy written at registration and checks its SHA-256, the slot
+  copies, the hand-off), host tier cold; cold_read_verify_ms_p50 / cold_slot_copy_ms_p50 split it.
+- decode_profile (base, A, B): a few decode steps of the 16 rows under torch.profiler: ms and
+  operator calls per step and the top operators by self time (where a step's time goes).
+  In the hetero runs the rows happen to sit in slot order (request i's adapter was loaded i-th),
+  so the layers take their in-order path (inference.lora).
 - zipf_1000_vs_single (A): 1,000 registered adapters, Zipf(1.1) request mix, 32 slots, 256 in
   host memory; tokens/s / the same load on one adapter. The 1,000 ids point at the distinct
   shape-A folders (disk space: 1,000 x 7 MB); the engine treats every id as its own adapter
