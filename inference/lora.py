@@ -50,9 +50,12 @@ q,k,v,o): a step costs ~0.8-0.95x the no-adapter step when the adapters sit in c
 (window view) and ~0.75x when scattered over 32 slots; the memory-traffic bound for this shape
 is ~0.82. An engine that keeps a batch's adapters in consecutive slots gets the faster path.
 Rows in slot order (the in-order path above), same setup, steps interleaved in one process on a
-shared 2-core machine: 0.98x base in order, 0.93x with the gather/scatter, 0.85x with the rows
-shuffled (a decode step's profile per kind is in bench-engine's RESULT, `decode_profile`: at
-1 thread the delta's bmm + baddbmm are ~5% of a step, the base `mm` ~70-80%).
+shared, overloaded 2-core machine, two runs: in order 0.98x / 0.79x base, with the gather and
+scatter 0.93x / 0.80x, rows shuffled 0.85x / 0.76x: the saving of two small ops per layer is
+within this machine's noise; it is kept because it does strictly less work. A decode step's
+profile per kind is in bench-engine's RESULT (`decode_profile`): at 1 thread the delta's bmm +
+baddbmm are ~5% of a step and the base `mm` 70-80%, so at 1 thread the hetero step is at the
+memory-traffic bound (hetero_vs_bound 1.09 for A, 1.40 for B in the quick run).
 The GPU path (grouped GEMM) is unchanged by the per-kind stores (each layer's [S, R, *] block
 is still contiguous); it was not re-measured here (no GPU in this session).
 Threads: with 2 OpenMP threads on a machine whose cores are busy with other work, every
