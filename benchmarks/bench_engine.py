@@ -143,7 +143,12 @@ def hf_generate_tps(model, tok, texts: list[str], n_tok: int, peft_names: list[s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer tokens, adapters and requests")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's, one per core); on a machine whose cores are busy "
+                         "with other work, 1 avoids parallel ops waiting for descheduled threads")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     quick = args.quick
     n_tok = 16 if quick else 48
     n_adapters = 64  # per shape (the minimum)
