@@ -10,6 +10,7 @@ writes the receipts of requests finishing together in one transaction per small 
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -55,6 +56,10 @@ class Ledger:
         self.sessions = sessions
         self._owed: dict[Lane, list[int]] = {}
         self._vouchers: dict[Lane, SignedVoucher] = {}
+        # (payer, node) -> its lanes: the gate asks for a payer's lanes on every request, and a scan
+        # of every lane the node ever served grows with its history
+        self._lanes: dict[tuple[str, str], frozenset[Lane]] = {}
+        self._lanes_lock = threading.Lock()  # the receipt writer's thread and the event loop both add lanes
         self.load()
 
     def load(self) -> None:
@@ -68,7 +73,18 @@ class Ledger:
                 o[1] += int(rec["adapterCost"])
             for row in s.scalars(select(m.Voucher)):
                 vouchers[_lane_from_key(row.lane)] = _voucher_from_row(row)
-        self._owed, self._vouchers = owed, vouchers
+        self._owed, self._vouchers, self._lanes = owed, vouchers, {}
+        self._index(set(owed) | set(vouchers))
+
+    def _index(self, lanes) -> None:
+        """Add lanes to the per-payer index (frozensets swapped whole: a reader on another thread
+        sees the old or the new set, never one that changes while it iterates)."""
+        with self._lanes_lock:
+            for ln in lanes:
+                key = (ln.payer, ln.node)
+                have = self._lanes.get(key, frozenset())
+                if ln not in have:
+                    self._lanes[key] = have | {ln}
 
     # -- LaneBook (node.payments) --
     def get(self, lane: Lane) -> LaneState:
@@ -76,8 +92,7 @@ class Ledger:
         return LaneState(o[0], o[1], self._vouchers.get(lane))
 
     def lanes_of(self, payer: str, node: str) -> list[tuple[Lane, LaneState]]:
-        lanes = set(self._owed) | set(self._vouchers)
-        return [(ln, self.get(ln)) for ln in lanes if ln.payer == payer and ln.node == node]
+        return [(ln, self.get(ln)) for ln in self._lanes.get((payer, node), ())]
 
     def store_voucher(self, sv: SignedVoucher) -> None:
         """Keep `sv` as the lane's newest voucher if it dominates the stored one (never go down)."""
@@ -88,6 +103,7 @@ class Ledger:
         with self.sessions.begin() as s:
             self._store(s, sv)
         self._vouchers[lane] = sv
+        self._index((lane,))
 
     @staticmethod
     def _store(s: Session, sv: SignedVoucher) -> None:
@@ -152,6 +168,7 @@ class Ledger:
         # in, so a reader on the event loop sees either the old or the new total)
         self._owed.update(owed)
         self._vouchers.update(vouchers)
+        self._index(owed)
         return signed_all
 
     def receipt_with_proof(self, request_id: str) -> repo.ReceiptProof | None:

@@ -299,7 +299,8 @@ class PaymentGate:
                     needed={"computeValue": str(state.owed_compute), "adapterValue": str(state.owed_adapter)},
                 )
             await self._check_escrow(v.payer, max_cost)
-            self.book.store_voucher(sv)  # kept only if it dominates the lane's stored voucher
+            # kept only if it dominates the lane's stored voucher; a DB commit: off the event loop
+            await asyncio.to_thread(self.book.store_voucher, sv)
             return Authorization(lane=lane, price=price, voucher=sv, _lock=lock)
         except BaseException:
             lock.release()

@@ -162,3 +162,22 @@ def test_receipt_is_durable_once_issue_async_returned_even_if_the_process_is_kil
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     assert len(rid) == 32
     assert [row.request_id for row in stored(url)] == ["0x" + rid.hex()]
+
+
+def test_lanes_of_lists_a_payers_lanes_from_receipts_vouchers_and_a_restart(world):
+    url, ledger, issuer = world
+    other = Account.from_key("0x" + "c3" * 32)
+
+    async def run():
+        await asyncio.gather(issue(issuer, lane(1)), issue(issuer, lane(2)),
+                             issue(issuer, Lane(other.address, OPERATOR.address, 1)))
+
+    asyncio.run(run())
+    v = Voucher(PAYER.address, OPERATOR.address, 5, 7, 0)
+    ledger.store_voucher(SignedVoucher(v, sign_voucher(v, PAYER, CHAIN_ID, ESCROW)))
+    for led in (ledger, Ledger(make_session_factory(url))):
+        mine = {ln.adapter_id: st for ln, st in led.lanes_of(PAYER.address, OPERATOR.address)}
+        assert set(mine) == {1, 2, 5}
+        assert mine[1].owed_compute == 3 and mine[5].voucher.voucher.compute_value == 7
+        assert [ln.adapter_id for ln, _ in led.lanes_of(other.address, OPERATOR.address)] == [1]
+        assert led.lanes_of(OPERATOR.address, OPERATOR.address) == []
