@@ -166,7 +166,7 @@ def test_loaded_weights_own_their_memory(folders, store, model):
     view would crash the process with SIGBUS here)."""
     spec = spec_of(model, folders["big"])
     ref = store.register(folders["big"], spec)
-    packed = read_packed(ref, spec)
+    packed, _ = read_packed(ref, spec)
     before = {k: (v.a.clone(), v.bt.clone()) for k, v in packed.kinds.items()}
     os.truncate(ref.path, 0)
     ref.path.write_bytes(b"\xff" * ref.size)
@@ -187,7 +187,7 @@ def test_rebuild_rechecks_the_source_folder(folders, store, model, tmp_path):
     key = next(iter(tensors))
     tensors[key][0, 0] = float("inf")
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    assert read_packed(ref, spec) is not None  # the verified packed copy still serves
+    assert read_packed(ref, spec)[0] is not None  # the verified packed copy still serves
     ref.path.unlink()
     with pytest.raises(AdapterValidationError, match="NaN or infinite"):
         store.load(folder, spec)
@@ -243,3 +243,55 @@ def test_shape_mismatch_with_spec_is_refused(folders, store, model):
     ref = store.register(folders["mixed"], spec_of(model, folders["mixed"]))
     with pytest.raises(PackedFileError):
         read_packed(ref, spec_of(model, folders["big"]))
+
+
+def _flip_keeping_mtime(path):
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x40
+    with open(path, "r+b") as f:  # same inode, same size, mtime put back: only the ctime tells
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_verified_once_then_identity_checked_and_a_later_change_still_rebuilds(folders, store, model, monkeypatch):
+    """After one hashed load, a file whose (device, inode, size, mtime, ctime) is unchanged is
+    read without hashing; any change to it afterwards (even with its mtime put back) moves the
+    ctime, so it is hashed again, fails and is rebuilt."""
+    import inference.packed as packed_mod
+
+    monkeypatch.setattr(packed_mod, "CTIME_SETTLED_NS", 0)  # this kernel's ctimes are fine-grained
+    spec = spec_of(model, folders["big"])
+    store.register(folders["big"], spec)
+    assert store.trust_identity
+    first = store.load(folders["big"], spec)
+    second = store.load(folders["big"], spec)
+    assert store.hashed_loads == 1 and store.rebuilds == 0
+    for k in first.kinds:
+        assert torch.equal(first.kinds[k].a, second.kinds[k].a) and torch.equal(first.kinds[k].bt, second.kinds[k].bt)
+    _flip_keeping_mtime(_file(store))
+    packed = store.load(folders["big"], spec)
+    assert store.hashed_loads == 2 and store.rebuilds == 1
+    reference = load_adapter_weights(folders["big"], spec)
+    for (layer, kind), pair in reference.pairs.items():
+        assert torch.equal(packed.kinds[kind].bt[layer], pair.b.T)
+
+
+def test_identity_is_not_trusted_before_the_ctime_settled_or_in_a_shared_folder(folders, model, tmp_path):
+    spec = spec_of(model, folders["big"])
+    fresh = PackedStore(torch.float32, tmp_path / "fresh")
+    try:
+        fresh.register(folders["big"], spec)
+        fresh.load(folders["big"], spec)
+        fresh.load(folders["big"], spec)
+        assert fresh.hashed_loads == 2  # written < 2 s ago: a change in the same timestamp tick could hide
+    finally:
+        fresh.close()
+    shared_root = tmp_path / "shared"
+    shared_root.mkdir()
+    shared_root.chmod(0o777)
+    shared = PackedStore(torch.float32, shared_root)
+    try:
+        assert not shared.trust_identity  # another user could rewrite files there: always hash
+    finally:
+        shared.close()
