@@ -18,7 +18,8 @@ counts), so drifting background load on a shared machine hits both alike.
 
 Figures per N: requests/s, tokens/s, p50/p99 time to first token, p50/p99 inter-token latency,
 errors (must be 0); `overhead_ratio` = API tokens/s ÷ engine tokens/s (target ≥ 0.9).
-Ends with one line `RESULT {json}`.
+Ends with one line `RESULT {json}`. `benchmarks/profile_api_path.py` times the node's own steps
+per request (voucher recovery, voucher and receipt writes, signing, SSE framing) in isolation.
 """
 
 from __future__ import annotations
