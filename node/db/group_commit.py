@@ -38,7 +38,8 @@ class GroupCommitter(Generic[J, R]):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._pending.append((job, fut))
-        if self._task is None or self._task.done():
+        # a task left behind by a loop that was stopped without cancelling it would never drain
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._task = loop.create_task(self._drain())
         return await fut
 
@@ -60,14 +61,21 @@ class GroupCommitter(Generic[J, R]):
                 results = [e] * len(group)
             self.groups_written += 1
             for (_, fut), res in zip(group, results):
-                if fut.done():  # its caller was cancelled; the row is written all the same
-                    continue
-                if isinstance(res, BaseException):
-                    fut.set_exception(res)
-                else:
-                    fut.set_result(res)
+                _settle(fut, res)
 
     async def close(self) -> None:
         """Wait until every submitted job has been written."""
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
+
+
+def _settle(fut: asyncio.Future, res) -> None:
+    """Hand a job its outcome, on the loop its caller waits in."""
+    loop = fut.get_loop()
+    if fut.done() or loop.is_closed():  # its caller was cancelled or is gone; the row is written all the same
+        return
+    fn = fut.set_exception if isinstance(res, BaseException) else fut.set_result
+    if loop is asyncio.get_running_loop():
+        fn(res)
+    else:
+        loop.call_soon_threadsafe(lambda: fut.done() or fn(res))

@@ -181,3 +181,23 @@ def test_lanes_of_lists_a_payers_lanes_from_receipts_vouchers_and_a_restart(worl
         assert mine[1].owed_compute == 3 and mine[5].voucher.voucher.compute_value == 7
         assert [ln.adapter_id for ln, _ in led.lanes_of(other.address, OPERATOR.address)] == [1]
         assert led.lanes_of(OPERATOR.address, OPERATOR.address) == []
+
+
+def test_the_committer_serves_a_new_event_loop_after_the_old_one_stopped(world):
+    """A loop stopped without cancelling its tasks leaves the drain task unfinished; the next loop
+    still gets its receipts written."""
+    url, _, issuer = world
+    old = asyncio.new_event_loop()
+    try:
+        async def submit_and_stop():
+            asyncio.ensure_future(issue(issuer, lane(1)))
+            await asyncio.sleep(0)  # the drain task exists now
+            old.stop()
+        old.create_task(submit_and_stop())
+        old.run_forever()
+        assert issuer.committer._task is not None and not issuer.committer._task.done()
+    finally:
+        old.close()
+    issued = asyncio.run(asyncio.wait_for(issue(issuer, lane(2)), 60))
+    assert issued.signed.receipt.adapter_id == 2
+    assert "0x" + issued.signed.receipt.request_id.hex() in {r.request_id for r in stored(url)}
