@@ -7,6 +7,10 @@ process) discovers, fetches, verifies and loads the adapters. Then, for N = 1, 8
 concurrent clients (client i: adapter i % 16, payer i // 16, so every client has its own lane),
 each client streams chat completions with signed cumulative vouchers over loopback.
 
+The clients run in `--client-procs` processes of their own (default 2, payers split between
+them; each keeps its payers' wallets for the whole run), so the figures measure the node and not
+one Python process signing vouchers, checking receipts and parsing SSE for 256 streams.
+
 Peer: the same engine configuration in this process, the same adapters, prompts, max_tokens and
 concurrency, submitted straight to `Engine.submit` and streamed from the handle. Both sides run
 back to back at each level (alternating order over `--rounds`; the best round of each side
@@ -14,7 +18,8 @@ counts), so drifting background load on a shared machine hits both alike.
 
 Figures per N: requests/s, tokens/s, p50/p99 time to first token, p50/p99 inter-token latency,
 errors (must be 0); `overhead_ratio` = API tokens/s ÷ engine tokens/s (target ≥ 0.9).
-Ends with one line `RESULT {json}`.
+Ends with one line `RESULT {json}`. `benchmarks/profile_api_path.py` times the node's own steps
+per request (voucher recovery, voucher and receipt writes, signing, SSE framing) in isolation.
 """
 
 from __future__ import annotations
@@ -72,7 +77,10 @@ def _plan(n: int, per_level: int) -> list[list[tuple[int, str]]]:
 # ---- load through the API -------------------------------------------------------------------------
 
 
-async def api_level(url: str, wallets: list, n: int, per_level: int, max_tokens: int) -> dict:
+async def api_clients(url: str, wallets: dict, clients: list[int], n: int, per_level: int, max_tokens: int,
+                      start_at: float | None = None) -> tuple[list[dict], float, float]:
+    """Run the given clients (indices into the level's plan) to completion; returns their results
+    and the monotonic start/end times. `wallets[payer index]` must hold every payer they use."""
     import aiohttp
 
     plan = _plan(n, per_level)
@@ -120,14 +128,74 @@ async def api_level(url: str, wallets: list, n: int, per_level: int, max_tokens:
 
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as session:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(i, session) for i in range(n)))
-        wall = time.perf_counter() - t0
-    out = summarize(n, wall, results)
-    errs = [r.get("error") for r in results if not r["ok"]]
-    if errs:
-        out["first_error"] = errs[0]
-    return out
+        if start_at is not None:  # every client process starts at the same moment
+            await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        t0 = time.monotonic()
+        await asyncio.gather(*(client(i, session) for i in clients))
+        t1 = time.monotonic()
+    return results, t0, t1
+
+
+def _client_process(conn, url: str, payer_keys: list[str], quote_json: dict, mine: list[int]) -> None:
+    """A load-generator process: owns the wallets of payers `mine` (so their cumulative voucher
+    totals live in one place for the whole run) and runs their clients when told."""
+    from node.client import NodeQuote, VoucherWallet
+
+    quote = NodeQuote.from_json(quote_json)
+    wallets = {p: VoucherWallet(payer_keys[p], quote) for p in mine}
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        n, per_level, max_tokens, start_at = msg
+        clients = [i for i in range(n) if i // N_ADAPTERS in wallets]
+        conn.send(asyncio.run(api_clients(url, wallets, clients, n, per_level, max_tokens, start_at)))
+
+
+class LoadGenerator:
+    """The API's clients, in `procs` processes of their own (payers split between them), so the
+    benchmark measures the node and not one Python process signing vouchers, verifying receipts
+    and parsing SSE for 256 streams."""
+
+    def __init__(self, url: str, payer_keys: list[str], quote_json: dict, procs: int):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        procs = max(1, min(procs, len(payer_keys)))
+        self.workers = []
+        for w in range(procs):
+            parent, child = ctx.Pipe()
+            mine = [p for p in range(len(payer_keys)) if p % procs == w]
+            proc = ctx.Process(target=_client_process, args=(child, url, payer_keys, quote_json, mine), daemon=True)
+            proc.start()
+            self.workers.append((proc, parent))
+
+    def level(self, n: int, per_level: int, max_tokens: int) -> dict:
+        start_at = time.monotonic() + 0.5  # all processes start together
+        for _, conn in self.workers:
+            conn.send((n, per_level, max_tokens, start_at))
+        results, t0s, t1s = [], [], []
+        for _, conn in self.workers:
+            res, t0, t1 = conn.recv()
+            if res:
+                results += res
+                t0s.append(t0)
+                t1s.append(t1)
+        out = summarize(n, max(t1s) - min(t0s), results)
+        errs = [r.get("error") for r in results if not r["ok"]]
+        if errs:
+            out["first_error"] = errs[0]
+        return out
+
+    def close(self) -> None:
+        for proc, conn in self.workers:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
 
 
 # ---- the same load on the engine directly ------------------------------------------------------
@@ -206,6 +274,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer requests, fewer tokens, N up to 64")
     ap.add_argument("--levels", default=None, help="comma-separated client counts (default 1,8,64,256)")
     ap.add_argument("--rounds", type=int, default=None, help="API/engine rounds per level (default 1; best round counts)")
+    ap.add_argument("--client-procs", type=int, default=2,
+                    help="processes running the API's clients (default 2; payers are split between them)")
     args = ap.parse_args()
     levels = [int(x) for x in (args.levels or ("1,8,64" if args.quick else "1,8,64,256")).split(",")]
     args.rounds = args.rounds or 1
@@ -218,7 +288,7 @@ def main() -> int:
     from chain.contracts import Contracts
     from chain.deploy import deploy
     from chain.devchain import DEV_PRIVATE_KEYS, Anvil
-    from node.client import NodeQuote, VoucherWallet
+    from node.client import NodeQuote
     from node.devnet import fund_escrow
 
     n_payers = max(1, -(-max(levels) // N_ADAPTERS))
@@ -261,7 +331,10 @@ def main() -> int:
             wait_models(url, N_ADAPTERS, 300)
             with urllib.request.urlopen(url + "/v1/node", timeout=10) as r:
                 quote = NodeQuote.from_json(json.loads(r.read()))
-            wallets = [VoucherWallet(k, quote) for k in payer_keys]
+            del quote  # parsed here to fail early; the client processes parse their own copy
+            with urllib.request.urlopen(url + "/v1/node", timeout=10) as r:
+                quote_json = json.loads(r.read())
+            gen = LoadGenerator(url, payer_keys, quote_json, args.client_procs)
             # the peer: the same engine configuration in this process, idle while the API runs
             from inference.engine import Engine
             from node.config import load_config
@@ -271,7 +344,7 @@ def main() -> int:
             try:
                 for aid, folder in folders.items():
                     engine.register_adapter(f"adapter-{aid}", folder)
-                asyncio.run(api_level(url, wallets, 1, 2, 2))  # warm-up (first adapter loads, allocator)
+                gen.level(1, 2, 2)  # warm-up (first adapter loads, allocator)
                 asyncio.run(engine_level(engine, 1, 2, 2))
                 # API and engine back to back at each level (and in alternating order over rounds),
                 # so a change in background load hits both sides alike; best of the rounds per side
@@ -281,7 +354,7 @@ def main() -> int:
                         order = ("api", "engine") if k % 2 == 0 else ("engine", "api")
                         for side in order:
                             if side == "api":
-                                res = asyncio.run(api_level(url, wallets, n, max(per_level, n), max_tokens))
+                                res = gen.level(n, max(per_level, n), max_tokens)
                             else:
                                 res = asyncio.run(engine_level(engine, n, max(per_level, n), max_tokens))
                             runs[side].append(res)
@@ -289,6 +362,7 @@ def main() -> int:
                     result["levels"][str(n)] = {side: max(rs, key=lambda r: r["tok_per_s"]) | {
                         "errors": sum(r["errors"] for r in rs)} for side, rs in runs.items()}
             finally:
+                gen.close()
                 engine.close()
         finally:
             proc.send_signal(signal.SIGTERM)

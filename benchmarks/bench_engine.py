@@ -13,8 +13,13 @@ Figures (ratios compare peers measured in this same run; the machines are noisy)
   mixed-adapter batch (`generate(adapter_names=...)`, KV cache) on the same requests.
 - vs_hf_generate_base: our no-adapter end-to-end tokens/s / transformers `generate` on the same
   padded batch.
-- cold_load_ms_p50 / _p99 (B): verified disk folder -> ready in a slot (through the tiers:
-  background read + re-check, slot copy), host tier cold.
+- cold_load_ms_p50 / _p99 (B): registered adapter -> ready in a slot (through the tiers: the
+  loader thread reads the packed copy written at registration and checks its SHA-256, the slot
+  copies, the hand-off), host tier cold; cold_read_verify_ms_p50 / cold_slot_copy_ms_p50 split it.
+- decode_profile (base, A, B): a few decode steps of the 16 rows under torch.profiler: ms and
+  operator calls per step and the top operators by self time (where a step's time goes).
+  In the hetero runs the rows happen to sit in slot order (request i's adapter was loaded i-th),
+  so the layers take their in-order path (inference.lora).
 - zipf_1000_vs_single (A): 1,000 registered adapters, Zipf(1.1) request mix, 32 slots, 256 in
   host memory; tokens/s / the same load on one adapter. The 1,000 ids point at the distinct
   shape-A folders (disk space: 1,000 x 7 MB); the engine treats every id as its own adapter
@@ -97,6 +102,28 @@ def reqs_for(adapters: list[str | None], texts: list[str], n_tok: int, tag: str)
     return [GenerationRequest(f"{tag}-{i}", a, prompt=t, params=p) for i, (a, t) in enumerate(zip(adapters, texts))]
 
 
+def profile_decode(engine: Engine, adapters: list[str | None], texts: list[str], steps: int = 3) -> dict:
+    """Where a decode step's time goes: `steps` decode steps of the 16 rows driven synchronously
+    under torch.profiler (so the scheduler thread's ops are the ones recorded): ms per step, ops
+    per step, and the top operators by self time per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with engine.scheduler.paused():
+        handles = [engine.submit(r) for r in reqs_for(adapters, texts, steps + 2, "prof")]
+        engine.scheduler.step()  # admit + prefill + first decode
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                engine.scheduler.step()
+            wall = time.perf_counter() - t0
+    for h in handles:
+        h.result_sync(600)
+    ev = prof.key_averages()
+    top = sorted(ev, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    return {"ms_per_step": round(1000 * wall / steps, 2), "ops_per_step": sum(e.count for e in ev) // steps,
+            "top_self_ms_per_step": {e.key: round(e.self_cpu_time_total / 1000 / steps, 2) for e in top}}
+
+
 def hf_generate_tps(model, tok, texts: list[str], n_tok: int, peft_names: list[str] | None = None) -> float:
     tok.padding_side = "left"
     if tok.pad_token_id is None:
@@ -116,7 +143,12 @@ def hf_generate_tps(model, tok, texts: list[str], n_tok: int, peft_names: list[s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer tokens, adapters and requests")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's, one per core); on a machine whose cores are busy "
+                         "with other work, 1 avoids parallel ops waiting for descheduled threads")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     quick = args.quick
     n_tok = 16 if quick else 48
     n_adapters = 64  # per shape (the issue's minimum)
@@ -190,6 +222,9 @@ def main() -> None:
         "e2e_tps_base": base_run["e2e_tps"], "e2e_tps_hetero_A": het_a["e2e_tps"],
     })
 
+    res["decode_profile"] = {kind: profile_decode(engine, adapters, texts) for kind, adapters in kinds.items()}
+    log("decode profile", json.dumps(res["decode_profile"]))
+
     # --- peers: HF generate (base) and PEFT mixed-adapter batch (A) --------------------------
     hf_tps = hf_generate_tps(pristine, tok, texts, n_tok)
     log("hf generate base tok/s", hf_tps)
@@ -210,22 +245,28 @@ def main() -> None:
     # --- cold loads (B): disk folder -> ready in a slot ---------------------------------------
     cold_ids = [f"B{i}" for i in range(concurrent, concurrent + cold_samples)]
     lat = []
+    c = engine.tiers.counters
+    n_read, n_copy = len(c.read_seconds), len(c.copy_seconds)
     with engine.scheduler.paused():  # we drive the tiers ourselves; nothing else runs
         for aid in cold_ids:
             assert not engine.tiers.in_host(aid)
             t0 = time.perf_counter()
             slot = engine.tiers.acquire(aid)
             while slot is None:
+                # woken by the loader thread (no sleep-poll); a CUDA copy's event has no callback
+                engine.tiers.wait(0.0005 if engine.device.type == "cuda" else 1.0)
                 engine.tiers.poll()
                 slot = engine.tiers.acquire(aid)
-                if slot is None:
-                    time.sleep(0.0005)
             lat.append((time.perf_counter() - t0) * 1000)
             engine.tiers.release(slot)
     lat.sort()
     res["cold_load_ms_p50"] = statistics.median(lat)
     res["cold_load_ms_p99"] = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
     log("cold load ms", [round(x, 1) for x in lat])
+    # where a cold load's time goes: the loader thread (read + SHA-256 of the packed file) and
+    # the slot copies; the rest is the hand-off between threads
+    res["cold_read_verify_ms_p50"] = 1000 * statistics.median(c.read_seconds[n_read:] or [0.0])
+    res["cold_slot_copy_ms_p50"] = 1000 * statistics.median(c.copy_seconds[n_copy:] or [0.0])
 
     # --- Zipf over 1,000 adapters vs one adapter (A) ------------------------------------------
     for i in range(1000):  # same folder -> same validation result: reuse it instead of re-reading 7 GB

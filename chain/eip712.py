@@ -336,7 +336,9 @@ def sign_digest(digest: bytes, private_key: PrivateKeyLike) -> bytes:
     """65-byte r ‖ s ‖ v signature (v ∈ {27, 28}, low s) over a 32-byte digest."""
     digest = _check_bytes32("digest", digest)
     try:
-        key = keys.PrivateKey(_private_key_bytes(private_key))
+        # an account already holds its key object: re-deriving the public key cost as much as signing
+        key = private_key._key_obj if isinstance(getattr(private_key, "_key_obj", None), keys.PrivateKey) \
+            else keys.PrivateKey(_private_key_bytes(private_key))
     except EthKeysValidationError as e:  # 0 or ≥ the curve order
         raise TypedDataError("private key is not a valid secp256k1 key") from e
     sig = key.sign_msg_hash(digest)

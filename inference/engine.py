@@ -28,6 +28,7 @@ from inference.adapters import SUPPORTED_MODULES, load_adapter_weights, validate
 from inference.base_model import LoadedBaseModel, load_base_model
 from inference.errors import EngineError, InvalidRequest, PromptTooLong, UnknownAdapter
 from inference.lora import inject_multi_lora
+from inference.packed import PackedStore
 from inference.requests import GenerationRequest, RequestHandle
 from inference.runner import ModelRunner
 from inference.scheduler import Scheduler, make_sequence
@@ -75,6 +76,10 @@ class EngineConfig(BaseModel):
     """Linear modules that get multi-LoRA slots; adapters targeting others are refused."""
     loader_threads: int = Field(1, ge=1, le=64)
     """Background threads reading adapters from disk into host memory."""
+    packed_dir: str | None = None
+    """Folder for the engine-native packed copies of registered adapters (derived; SHA-256 checked
+    on load, then by file identity while unchanged if the folder is private, see inference.packed);
+    None = a private temporary folder removed when the engine closes."""
 
     @field_validator("target_modules")
     @classmethod
@@ -104,10 +109,13 @@ class Engine:
             raise EngineError(f"max_model_len {cfg.max_model_len} exceeds the model's {model_len} positions")
         self.bank = inject_multi_lora(base.model, cfg.target_modules, num_slots=cfg.num_slots, max_rank=cfg.max_rank)
         self.runner = ModelRunner(base.model)
+        # engine-native packed copies, written at registration, verified on every cold load
+        self.packed = PackedStore(self.dtype, cfg.packed_dir)
+        self._registered: dict[str, tuple[Path, object]] = {}  # adapter id -> its packed store key
         self.tiers = AdapterTiers(
             self.bank,
             host_cache_size=cfg.host_cache_size,
-            loader=lambda folder, spec: load_adapter_weights(folder, spec, dtype=self.dtype),
+            loader=self.packed.load,
             pin_memory=self.device.type == "cuda",
             loader_threads=cfg.loader_threads,
         )
@@ -135,6 +143,7 @@ class Engine:
     def close(self) -> None:
         self.stop()
         self.tiers.close()
+        self.packed.close()
 
     def __enter__(self) -> "Engine":
         return self.start()
@@ -156,12 +165,23 @@ class Engine:
             max_rank=self.config.max_rank,
             allowed_targets=self.config.target_modules,
         )
-        self.tiers.register(adapter_id, Path(folder), spec)
+        weights = load_adapter_weights(Path(folder), spec, dtype=self.dtype)
+        with self._lock:
+            self.packed.register(Path(folder), spec, weights)
+            self.tiers.register(adapter_id, Path(folder), spec)
+            old = self._registered.get(adapter_id)
+            self._registered[adapter_id] = (Path(folder), spec)
+            if old is not None:
+                self.packed.release(*old)
         return spec
 
     def unregister_adapter(self, adapter_id: str) -> None:
         """Forget an adapter; running requests on it finish, waiting ones fail with UnknownAdapter."""
-        self.tiers.unregister(adapter_id)
+        with self._lock:
+            self.tiers.unregister(adapter_id)
+            old = self._registered.pop(adapter_id, None)
+            if old is not None:
+                self.packed.release(*old)
 
     def pin(self, adapter_id: str) -> None:
         """Keep an adapter resident in a slot (loaded in the background if needed)."""

@@ -6,6 +6,11 @@ buffers for all slots:
 
     A: [num_slots, max_rank, in_features]     B: [num_slots, max_rank, out_features]
 
+They are views of one store per module kind, [layers, num_slots, max_rank, features]: a layer's
+block is contiguous (what its kernels read) and a slot across all layers is one strided copy, so
+loading a packed adapter (inference.packed) is two copies per module kind instead of two per
+(layer, module).
+
 (B is stored transposed, one [r, out] row-major matrix per slot: batched matmuls with a thin
 inner dimension r run ~2.5x faster on CPU in this layout, and it is the grouped GEMM's natural
 right operand.) An adapter of rank r < max_rank occupies A[s, :r] and B[s, :r]; the rest of the slot is zero,
@@ -25,7 +30,10 @@ adapter (never per token, and no per-token weight copies):
 - CPU, balanced groups (decode: one token per row): two batched matmuls over
   [groups, tokens-per-group] (fastest measured on CPU: one op per layer instead of one per
   adapter). When the batch's slots lie in a window with few holes, the window is a view of the
-  slot buffers (no weight copy); otherwise the active slots' weights are gathered.
+  slot buffers (no weight copy); otherwise the active slots' weights are gathered. When every
+  token has an adapter and the tokens already are in slot order (rows admitted in the order
+  their adapters were loaded), the batch is its own layout: no gather of x, no scatter of the
+  delta, one bmm and one baddbmm that accumulates into the base output (2 ops a layer, not 4).
 - CPU, unbalanced groups (prefill of different lengths): a loop over the distinct adapters with
   views into the slot buffers (cost grows with adapters, not tokens).
 - CUDA: `torch._grouped_mm` over the whole slot buffers with per-slot offsets (no weight copy),
@@ -41,6 +49,18 @@ Measured on CPU (SmolLM2-135M fp32, 1 thread, 16 rows decoding, 16 distinct rank
 q,k,v,o): a step costs ~0.8-0.95x the no-adapter step when the adapters sit in consecutive slots
 (window view) and ~0.75x when scattered over 32 slots; the memory-traffic bound for this shape
 is ~0.82. An engine that keeps a batch's adapters in consecutive slots gets the faster path.
+Rows in slot order (the in-order path above), same setup, steps interleaved in one process on a
+shared, overloaded 2-core machine, two runs: in order 0.98x / 0.79x base, with the gather and
+scatter 0.93x / 0.80x, rows shuffled 0.85x / 0.76x: the saving of two small ops per layer is
+within this machine's noise; it is kept because it does strictly less work. A decode step's
+profile per kind is in bench-engine's RESULT (`decode_profile`): at 1 thread the delta's bmm +
+baddbmm are ~5% of a step and the base `mm` 70-80%, so at 1 thread the hetero step is at the
+memory-traffic bound (hetero_vs_bound 1.09 for A, 1.40 for B in the quick run).
+The GPU path (grouped GEMM) is unchanged by the per-kind stores (each layer's [S, R, *] block
+is still contiguous); it was not re-measured here (no GPU in this session).
+Threads: with 2 OpenMP threads on a machine whose cores are busy with other work, every
+parallel op waits for a descheduled thread (a 20 MB slot copy took 140-990 ms instead of
+4-16 ms at 1 thread), so figures from a shared machine are taken at 1 thread.
 """
 
 from __future__ import annotations
@@ -55,6 +75,7 @@ from torch import nn
 
 from inference.adapters import SUPPORTED_MODULES, AdapterWeights, ModuleKey
 from inference.errors import LoraSlotError
+from inference.packed import PackedAdapter
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +117,18 @@ class _Grouping:
     max_count: int  # L
     pad_pos: torch.Tensor | None  # [Ta] long: row of each sorted token in the [NG * L] layout (None: identity)
     offs: torch.Tensor | None  # [num_slots] int32: cumulative token counts per slot (grouped GEMM)
+    in_order: bool = False  # every token has an adapter and they already are sorted by slot (perm = arange)
 
 
 class LoraSlotBank:
     """The slots shared by all `MultiLoraLinear` layers of one model, and the per-forward routing."""
 
     def __init__(self, layers: dict[ModuleKey, "MultiLoraLinear"], num_slots: int, max_rank: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device,
+                 stores: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
         self.layers = layers
+        # module kind -> (A [L, S, R, in], B^T [L, S, R, out]); every layer's buffers are views
+        self.stores = stores or {}
         self.num_slots = num_slots
         self.max_rank = max_rank
         self.dtype = dtype
@@ -122,6 +147,8 @@ class LoraSlotBank:
         # bmm over a window of consecutive slots (a view) when window <= factor * distinct slots:
         # (a window reads span slots once; a gather reads G, writes G, and the bmm reads G again)
         self.window_factor = 2.5
+        # tokens already in slot order need no gather of x nor scatter of the delta (see forward)
+        self.skip_sort = True
 
     # ----------------------------------------------------------------- slots
 
@@ -145,7 +172,9 @@ class LoraSlotBank:
         forward.
         """
         self._check_slot(slot)
-        unknown = {m for (_, m) in weights.pairs} - set(self.target_modules)
+        packed = isinstance(weights, PackedAdapter)
+        targeted = set(weights.kinds) if packed else {m for (_, m) in weights.pairs}
+        unknown = targeted - set(self.target_modules)
         if unknown:
             raise LoraSlotError(f"adapter targets {sorted(unknown)}, but the bank only covers {list(self.target_modules)}")
         previous = self._slot_ranks[slot]
@@ -154,7 +183,9 @@ class LoraSlotBank:
             else contextlib.nullcontext()
         nb = non_blocking and self.device.type == "cuda"
         with torch.no_grad(), ctx:
-            for key, layer in self.layers.items():
+            if packed:
+                ranks = self._load_packed(slot, weights, previous, nb)
+            for key, layer in ({} if packed else self.layers).items():
                 pair = weights.pairs.get(key)
                 module = key[1]
                 old_r = previous.get(module, 0)
@@ -183,15 +214,52 @@ class LoraSlotBank:
         self._groupings.clear()
         return event
 
+    def _load_packed(self, slot: int, weights: "PackedAdapter", previous: dict[str, int], nb: bool) -> dict[str, int]:
+        """Two strided copies per module kind (each [L, r, *] into the kind's store)."""
+        ranks: dict[str, int] = {}
+        for module, (store_a, store_b) in self.stores.items():
+            n_layers = store_a.shape[0]
+            old_r = previous.get(module, 0)
+            pk = weights.kinds.get(module)
+            if pk is None:
+                if old_r:
+                    store_a[:, slot, :old_r].zero_()
+                    store_b[:, slot, :old_r].zero_()
+                continue
+            r, n = pk.rank, pk.a.shape[0]
+            if r > self.max_rank:
+                raise LoraSlotError(f"adapter rank {r} on {module} exceeds the bank's max_rank {self.max_rank}")
+            if (pk.a.shape[2], pk.bt.shape[2]) != (store_a.shape[3], store_b.shape[3]) or pk.bt.shape[:2] != (n, r):
+                raise LoraSlotError(f"packed {module} tensors do not fit the layers: A {list(pk.a.shape)}, "
+                                    f"B^T {list(pk.bt.shape)}")
+            layer_ids = pk.layers.tolist()
+            if n == n_layers and layer_ids == list(range(n_layers)):
+                store_a[:, slot, :r].copy_(pk.a, non_blocking=nb)  # [L, r, in]
+                store_b[:, slot, :r].copy_(pk.bt, non_blocking=nb)  # [L, r, out]
+                if old_r > r:  # the previous occupant's larger rank left weights in the tail
+                    store_a[:, slot, r:old_r].zero_()
+                    store_b[:, slot, r:old_r].zero_()
+            else:  # some layers only (layers_to_transform): the others must hold zeros
+                if any(not 0 <= l < n_layers for l in layer_ids):
+                    raise LoraSlotError(f"packed {module} names layers outside [0, {n_layers})")
+                clear = max(r, old_r)
+                store_a[:, slot, :clear].zero_()
+                store_b[:, slot, :clear].zero_()
+                for j, layer in enumerate(layer_ids):
+                    store_a[layer, slot, :r].copy_(pk.a[j], non_blocking=nb)
+                    store_b[layer, slot, :r].copy_(pk.bt[j], non_blocking=nb)
+            ranks[module] = r
+        return ranks
+
     def clear_slot(self, slot: int) -> None:
         """Zero `slot` in every layer: it then behaves as "no adapter"."""
         self._check_slot(slot)
         with torch.no_grad():
-            for (_, module), layer in self.layers.items():
+            for module, (store_a, store_b) in self.stores.items():
                 r = self._slot_ranks[slot].get(module, 0)
                 if r:
-                    layer.lora_a[slot, :r].zero_()
-                    layer.lora_b[slot, :r].zero_()
+                    store_a[:, slot, :r].zero_()
+                    store_b[:, slot, :r].zero_()
         self._slot_ranks[slot] = {}
         self._groupings.clear()
 
@@ -267,8 +335,9 @@ class LoraSlotBank:
         rank = int(ranks[slot_index].max())
         n_groups, max_count = len(slots), max(count_list)
         dev = self.device
+        in_order = self.skip_sort and ta == t.numel() and bool(torch.equal(perm, torch.arange(ta)))
         common = dict(num_tokens=t.numel(), perm=perm.to(dev, non_blocking=True), slots=slots,
-                      counts=count_list, rank=rank, max_count=max_count)
+                      counts=count_list, rank=rank, max_count=max_count, in_order=in_order)
         if self.use_grouped_mm:
             offs = torch.cumsum(counts_all, 0).to(torch.int32).to(dev, non_blocking=True)  # [S]
             common["rank"] = min(self.max_rank, -(-rank // 8) * 8)  # aligned; the padding is zero
@@ -298,19 +367,17 @@ class LoraSlotBank:
 class MultiLoraLinear(nn.Module):
     """An `nn.Linear` plus a per-token LoRA delta from the bank's slot buffers."""
 
-    def __init__(self, base: nn.Linear, module: str, num_slots: int, max_rank: int,
-                 dtype: torch.dtype, device: torch.device):
+    def __init__(self, base: nn.Linear, module: str, lora_a: torch.Tensor, lora_b: torch.Tensor):
         super().__init__()
         self.base_layer = base
         self.module = module
         self.in_features = base.in_features
         self.out_features = base.out_features
         self.bank: LoraSlotBank | None = None  # set by inject_multi_lora (not a submodule)
-        # non-persistent: slots are runtime state, not part of the model's checkpoint
-        self.register_buffer("lora_a", torch.zeros(num_slots, max_rank, base.in_features, dtype=dtype, device=device),
-                             persistent=False)  # [S, R, in]
-        self.register_buffer("lora_b", torch.zeros(num_slots, max_rank, base.out_features, dtype=dtype, device=device),
-                             persistent=False)  # [S, R, out]: B transposed
+        # non-persistent: slots are runtime state, not part of the model's checkpoint. Both are
+        # contiguous views of the bank's per-kind store (one layer's [S, R, *] block of it)
+        self.register_buffer("lora_a", lora_a, persistent=False)  # [S, R, in]
+        self.register_buffer("lora_b", lora_b, persistent=False)  # [S, R, out]: B transposed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in]
         y = self.base_layer(x)  # [..., out]: the base matmul, once for the whole batch
@@ -321,6 +388,12 @@ class MultiLoraLinear(nn.Module):
         if x2.shape[0] != g.num_tokens:
             raise LoraSlotError(f"routing has {g.num_tokens} tokens but the batch has {x2.shape[0]}")
         y2 = y.view(-1, self.out_features)  # [T, out]
+        if g.in_order and g.strategy == "bmm" and g.pad_pos is None and y2.dtype == self.lora_b.dtype:
+            # the batch is its own [NG, L] layout: one bmm, then one baddbmm accumulating into y
+            a, b = self._bmm_weights(g)  # [NG, r, in], [NG, r, out]
+            h = torch.bmm(x2.view(a.shape[0], g.max_count, self.in_features), a.transpose(1, 2))  # [NG, L, r]
+            y2.view(a.shape[0], g.max_count, self.out_features).baddbmm_(h, b)
+            return y
         xs = x2.index_select(0, g.perm)  # [Ta, in] adapter tokens sorted by slot
         delta = self._delta(xs, g)  # [Ta, out]
         y2.index_add_(0, g.perm, delta.to(y2.dtype))
@@ -339,13 +412,7 @@ class MultiLoraLinear(nn.Module):
                 self.bank.disable_grouped_mm(str(e)[:200])
                 return self._delta(xs, self.bank.grouping(self.module))
         if g.strategy == "bmm":
-            if g.window is not None:
-                lo, hi = g.window
-                a = self.lora_a[lo:hi, :r]  # [NG, r, in] view
-                b = self.lora_b[lo:hi, :r]  # [NG, r, out] view
-            else:
-                a = self.lora_a[:, :r].index_select(0, g.slot_index)  # [NG, r, in] copy
-                b = self.lora_b[:, :r].index_select(0, g.slot_index)  # [NG, r, out] copy
+            a, b = self._bmm_weights(g)
             n_layout = a.shape[0]
             if g.pad_pos is None:
                 xg = xs  # [NG * L, in]: sorted order is already the layout
@@ -365,6 +432,15 @@ class MultiLoraLinear(nn.Module):
             torch.mm(h, self.lora_b[slot, :r], out=out[start:start + count])  # [n, out]
             start += count
         return out
+
+    def _bmm_weights(self, g: _Grouping) -> tuple[torch.Tensor, torch.Tensor]:
+        """A [NG, r, in] and B^T [NG, r, out] of the bmm layout's groups."""
+        r = g.rank
+        if g.window is not None:
+            lo, hi = g.window
+            return self.lora_a[lo:hi, :r], self.lora_b[lo:hi, :r]  # views, no copy
+        return (self.lora_a[:, :r].index_select(0, g.slot_index),  # gathered copies
+                self.lora_b[:, :r].index_select(0, g.slot_index))
 
     def extra_repr(self) -> str:
         s, r, _ = self.lora_a.shape
@@ -398,8 +474,9 @@ def inject_multi_lora(
     first = next(model.parameters())
     dtype = dtype or first.dtype
     device = torch.device(device) if device is not None else first.device
-    layers: dict[ModuleKey, MultiLoraLinear] = {}
-    for i, block in enumerate(_decoder_layers(model)):
+    blocks = _decoder_layers(model)
+    bases: dict[ModuleKey, tuple[nn.Module, nn.Linear]] = {}
+    for i, block in enumerate(blocks):
         for module in targets:
             parent = getattr(block, _PARENTS[module])
             base = getattr(parent, module)
@@ -407,10 +484,25 @@ def inject_multi_lora(
                 raise LoraSlotError("model already has multi-LoRA layers")
             if not isinstance(base, nn.Linear):
                 raise LoraSlotError(f"layer {i} {module} is {type(base).__name__}, not nn.Linear")
-            wrapped = MultiLoraLinear(base, module, num_slots, max_rank, dtype, device)
-            setattr(parent, module, wrapped)
-            layers[(i, module)] = wrapped
-    bank = LoraSlotBank(layers, num_slots, max_rank, dtype, device)
+            bases[(i, module)] = (parent, base)
+    # one store per module kind, layer-major: a layer's [S, R, *] block is contiguous (what its
+    # kernels read) and a slot's [L, r, *] across layers is one strided copy (what a load writes)
+    stores: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for module in targets:
+        base = bases[(0, module)][1]
+        stores[module] = (
+            torch.zeros(len(blocks), num_slots, max_rank, base.in_features, dtype=dtype, device=device),  # [L, S, R, in]
+            torch.zeros(len(blocks), num_slots, max_rank, base.out_features, dtype=dtype, device=device),  # [L, S, R, out]
+        )
+    layers: dict[ModuleKey, MultiLoraLinear] = {}
+    for (i, module), (parent, base) in bases.items():
+        store_a, store_b = stores[module]
+        if (base.in_features, base.out_features) != (store_a.shape[-1], store_b.shape[-1]):
+            raise LoraSlotError(f"layer {i} {module} has another shape than layer 0's")
+        wrapped = MultiLoraLinear(base, module, store_a[i], store_b[i])
+        setattr(parent, module, wrapped)
+        layers[(i, module)] = wrapped
+    bank = LoraSlotBank(layers, num_slots, max_rank, dtype, device, stores=stores)
     for layer in layers.values():
         layer.bank = bank
     return bank

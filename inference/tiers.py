@@ -65,6 +65,8 @@ class TierCounters:
     host_misses: int = 0  # slot load had to read the disk
     load_failures: int = 0
     load_seconds: list = field(default_factory=list)  # recent disk->slot latencies
+    read_seconds: list = field(default_factory=list)  # recent loader-thread times (read + verify)
+    copy_seconds: list = field(default_factory=list)  # recent host->slot copy times (issue time on CUDA)
 
 
 class AdapterTiers:
@@ -92,6 +94,7 @@ class AdapterTiers:
         self._inflight: dict[tuple[str, int], float] = {}  # disk loads running -> start time
         self._want_slot: dict[tuple[str, int], int] = {}  # disk load -> slot reserved for it
         self._done: queue.Queue = queue.Queue()
+        self._done_cv = threading.Condition()  # notified when a background load lands in _done
         self._failed: dict[str, str] = {}  # adapter id -> reason of its last failed load
         self._pool = ThreadPoolExecutor(max_workers=loader_threads, thread_name_prefix="adapter-loader")
         self._copy_stream = torch.cuda.Stream() if bank.device.type == "cuda" else None
@@ -239,6 +242,13 @@ class AdapterTiers:
                 return
             self._submit_disk_load(entry, key)
 
+    def wait(self, timeout: float) -> bool:
+        """Block until a background load has finished (the next `poll` takes it) or `timeout`
+        seconds pass; returns whether one has. For owners that have nothing else to do: no
+        sleep-and-poll loop."""
+        with self._done_cv:
+            return self._done_cv.wait_for(lambda: not self._done.empty(), timeout)
+
     @property
     def pending(self) -> bool:
         """Whether any load is still in flight (the scheduler then polls instead of sleeping)."""
@@ -298,13 +308,18 @@ class AdapterTiers:
 
         def work():
             try:
+                t_read = time.perf_counter()
                 w = self._loader(folder, spec)
                 if self._pin:
                     w = _pin_weights(w)
-                self._done.put((key, w, None, t0))
+                result = (key, w, None, t0)
+                _keep_recent(self.counters.read_seconds, time.perf_counter() - t_read)
             except Exception as e:  # reported to the scheduler, which fails the waiting requests
                 log.warning("loading adapter %s failed: %s", key[0], e)
-                self._done.put((key, None, f"{type(e).__name__}: {e}", t0))
+                result = (key, None, f"{type(e).__name__}: {e}", t0)
+            with self._done_cv:
+                self._done.put(result)
+                self._done_cv.notify_all()
             cb = self.on_load_done
             if cb is not None:
                 cb()
@@ -312,13 +327,14 @@ class AdapterTiers:
         self._pool.submit(work)
 
     def _copy_into(self, s: int, key, weights, t0: float) -> None:
+        t_copy = time.perf_counter()
         event = self.bank.load_slot(s, weights, copy_stream=self._copy_stream)
+        _keep_recent(self.counters.copy_seconds, time.perf_counter() - t_copy)
         self.counters.slot_loads += 1
         st = self._slots[s]
         st.key, st.event = key, event
         st.ready = event is None
-        self.counters.load_seconds.append(time.perf_counter() - t0)
-        del self.counters.load_seconds[:-1000]
+        _keep_recent(self.counters.load_seconds, time.perf_counter() - t0)
 
     def _host_put(self, key, weights) -> None:
         self._host[key] = weights
@@ -384,10 +400,17 @@ class AdapterTiers:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _keep_recent(xs: list, x: float, n: int = 1000) -> None:
+    xs.append(x)
+    del xs[:-n]
+
+
 def _pin_weights(w):
-    """Copy an AdapterWeights' tensors into page-locked memory (async host->device copies)."""
+    """Copy an adapter's tensors into page-locked memory (async host->device copies)."""
     from dataclasses import replace
 
+    if hasattr(w, "pin_memory"):  # PackedAdapter: one buffer
+        return w.pin_memory()
     pairs = {k: type(p)(p.a.pin_memory(), p.b.pin_memory()) for k, p in w.pairs.items()}
     return replace(w, pairs=pairs)
 

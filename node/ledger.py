@@ -3,13 +3,17 @@ signed receipts with their never-reused sequence numbers (queries in node.db.rep
 
 What a lane owes is the sum of its receipts' costs, so it is rebuilt from the `receipts` table at
 start (crash-safe by construction) and kept in memory afterwards. A receipt, its sequence number
-and (operator-funded mode) the operator's new voucher are written in one transaction.
+and (operator-funded mode) the operator's new voucher are written in one transaction; the API
+writes the receipts of requests finishing together in one transaction per small group
+(`append_receipts`, driven by node.db.group_commit), the in-memory totals move only after it commits.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from eth_utils import to_checksum_address
 from sqlalchemy import select
@@ -37,11 +41,25 @@ def _dominates(new: Voucher, old: Voucher | None) -> bool:
                            and (new.compute_value, new.adapter_value) != (old.compute_value, old.adapter_value))
 
 
+@dataclass(frozen=True)
+class ReceiptJob:
+    """One receipt to write: `make(seq)` builds and signs it (returns it and its EIP-712 digest)."""
+
+    lane: Lane
+    make: Callable[[int], tuple[SignedReceipt, bytes]]
+    operator_voucher: Callable[[int, int], SignedVoucher] | None = None
+    extra: dict | None = None
+
+
 class Ledger:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
         self._owed: dict[Lane, list[int]] = {}
         self._vouchers: dict[Lane, SignedVoucher] = {}
+        # (payer, node) -> its lanes: the gate asks for a payer's lanes on every request, and a scan
+        # of every lane the node ever served grows with its history
+        self._lanes: dict[tuple[str, str], frozenset[Lane]] = {}
+        self._lanes_lock = threading.Lock()  # the receipt writer's thread and the event loop both add lanes
         self.load()
 
     def load(self) -> None:
@@ -55,7 +73,18 @@ class Ledger:
                 o[1] += int(rec["adapterCost"])
             for row in s.scalars(select(m.Voucher)):
                 vouchers[_lane_from_key(row.lane)] = _voucher_from_row(row)
-        self._owed, self._vouchers = owed, vouchers
+        self._owed, self._vouchers, self._lanes = owed, vouchers, {}
+        self._index(set(owed) | set(vouchers))
+
+    def _index(self, lanes) -> None:
+        """Add lanes to the per-payer index (frozensets swapped whole: a reader on another thread
+        sees the old or the new set, never one that changes while it iterates)."""
+        with self._lanes_lock:
+            for ln in lanes:
+                key = (ln.payer, ln.node)
+                have = self._lanes.get(key, frozenset())
+                if ln not in have:
+                    self._lanes[key] = have | {ln}
 
     # -- LaneBook (node.payments) --
     def get(self, lane: Lane) -> LaneState:
@@ -63,8 +92,7 @@ class Ledger:
         return LaneState(o[0], o[1], self._vouchers.get(lane))
 
     def lanes_of(self, payer: str, node: str) -> list[tuple[Lane, LaneState]]:
-        lanes = set(self._owed) | set(self._vouchers)
-        return [(ln, self.get(ln)) for ln in lanes if ln.payer == payer and ln.node == node]
+        return [(ln, self.get(ln)) for ln in self._lanes.get((payer, node), ())]
 
     def store_voucher(self, sv: SignedVoucher) -> None:
         """Keep `sv` as the lane's newest voucher if it dominates the stored one (never go down)."""
@@ -75,6 +103,7 @@ class Ledger:
         with self.sessions.begin() as s:
             self._store(s, sv)
         self._vouchers[lane] = sv
+        self._index((lane,))
 
     @staticmethod
     def _store(s: Session, sv: SignedVoucher) -> None:
@@ -94,22 +123,53 @@ class Ledger:
         """Allocate the next seq, let `make(seq)` build and sign the receipt (returns it and its
         EIP-712 digest), and store it with the lane's new total in one transaction. `extra`: JSON
         fields stored beside the signed ones (the attribution weights and spans the hash commits to)."""
+        return self._write([ReceiptJob(lane, make, operator_voucher, extra)])[0]
+
+    def append_receipts(self, jobs: Sequence[ReceiptJob]) -> list[SignedReceipt | Exception]:
+        """Write `jobs` in one transaction (consecutive seqs). Blocking: run it in a worker thread.
+        If that transaction fails, each job is retried in its own, so one bad job (a signing error,
+        a duplicate request id) fails alone; returns one receipt or one exception per job."""
+        try:
+            return list(self._write(jobs))
+        except Exception as e:  # noqa: BLE001 - isolated below
+            if len(jobs) == 1:
+                return [e]
+        out: list[SignedReceipt | Exception] = []
+        for job in jobs:
+            try:
+                out += self._write([job])
+            except Exception as e:  # noqa: BLE001 - reported to that job's caller
+                out.append(e)
+        return out
+
+    def _write(self, jobs: Sequence[ReceiptJob]) -> list[SignedReceipt]:
+        owed: dict[Lane, list[int]] = {}  # the lanes' totals as this transaction moves them
+        vouchers: dict[Lane, SignedVoucher] = {}
+        signed_all: list[SignedReceipt] = []
+        rows: list[dict] = []
         with repo.RECEIPT_SEQ_LOCK, self.sessions.begin() as s:
-            seq = repo.next_receipt_seq(s)
-            signed, digest = make(seq)
-            r = signed.receipt
-            repo.store_receipt(s, seq=seq, request_id="0x" + r.request_id.hex(),
-                               lane=repo.lane_key(lane.payer, lane.node, lane.adapter_id),
-                               receipt={**signed.to_json(), **(extra or {})}, digest="0x" + digest.hex())
-            o = self._owed.get(lane, [0, 0])
-            new_owed = [o[0] + r.compute_cost, o[1] + r.adapter_cost]
-            sv = operator_voucher(*new_owed) if operator_voucher else None
-            if sv is not None:
-                self._store(s, sv)
-        self._owed[lane] = new_owed
-        if sv is not None:
-            self._vouchers[lane] = sv
-        return signed
+            first = repo.next_receipt_seq(s)
+            for k, job in enumerate(jobs):
+                lane = job.lane
+                signed, digest = job.make(first + k)
+                r = signed.receipt
+                rows.append({"seq": first + k, "request_id": "0x" + r.request_id.hex(),
+                             "lane": repo.lane_key(lane.payer, lane.node, lane.adapter_id),
+                             "receipt": {**signed.to_json(), **(job.extra or {})}, "digest": "0x" + digest.hex()})
+                o = owed.get(lane) or self._owed.get(lane, [0, 0])
+                owed[lane] = [o[0] + r.compute_cost, o[1] + r.adapter_cost]
+                sv = job.operator_voucher(*owed[lane]) if job.operator_voucher else None
+                if sv is not None:
+                    self._store(s, sv)
+                    vouchers[lane] = sv
+                signed_all.append(signed)
+            repo.store_receipts(s, rows)  # one executemany: a per-row ORM flush cost more than the signing
+        # committed: only now do the totals the payment gate checks move (whole lists are swapped
+        # in, so a reader on the event loop sees either the old or the new total)
+        self._owed.update(owed)
+        self._vouchers.update(vouchers)
+        self._index(owed)
+        return signed_all
 
     def receipt_with_proof(self, request_id: str) -> repo.ReceiptProof | None:
         with self.sessions() as s:

@@ -398,7 +398,13 @@ class PaymentGate:
         self._reserve(v.payer, max_cost.total)
         prepaid = v.compute_value > state.owed_compute or v.adapter_value > state.owed_adapter
         if not prepaid:
-            self.book.store_voucher(sv)  # kept only if it dominates the lane's stored voucher
+            try:
+                # kept only if it dominates the lane's stored voucher; a DB commit: off the event loop
+                await asyncio.to_thread(self.book.store_voucher, sv)
+            except BaseException:
+                self._unreserve(v.payer, max_cost.total)
+                self._release_lane(lane, lock)
+                raise
 
         def done() -> None:
             self._unreserve(v.payer, max_cost.total)

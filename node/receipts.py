@@ -2,10 +2,14 @@
 
 The sequence number comes from the DB (node.ledger), the attribution from the adapter's
 `inference.attribution.Attributor` when the node has one for that adapter, else it is empty.
+The API issues with `issue_async`: requests finishing together have their receipts signed and
+written in one transaction per group, in a worker thread (node.db.group_commit); each returns
+only after its receipt committed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -21,7 +25,8 @@ from chain.eip712 import (
     receipt_digest,
     sign_digest,
 )
-from node.ledger import Ledger
+from node.db.group_commit import GroupCommitter
+from node.ledger import Ledger, ReceiptJob
 from node.metering import Cost
 from node.payments import Lane, SignedVoucher
 
@@ -64,6 +69,7 @@ class ReceiptIssuer:
         self.ledger = ledger
         self.attributor_for = attributor_for
         self.clock = clock
+        self.committer: GroupCommitter[ReceiptJob, SignedReceipt] = GroupCommitter(ledger.append_receipts)
 
     def attribution(self, adapter_id: int, token_ids: Sequence[int]) -> tuple[bytes, dict]:
         """(attributionHash, receipt JSON fields) of one answer. Pure CPU and thread-safe: callers on
@@ -85,7 +91,7 @@ class ReceiptIssuer:
         ids, weights = att.ids_and_weights()
         return attribution_hash(ids, weights), att.to_json()
 
-    def issue(
+    def receipt_maker(
         self,
         *,
         request_id: bytes,
@@ -94,11 +100,10 @@ class ReceiptIssuer:
         completion_tokens: int,
         cost: Cost,
         text: str,
-        token_ids: Sequence[int] = (),
-        operator_voucher: Callable[[int, int], SignedVoucher] | None = None,
-        attribution: tuple[bytes, dict] | None = None,
-    ) -> Issued:
-        att_hash, att_json = attribution if attribution is not None else self._attribution(lane.adapter_id, token_ids)
+        attribution: tuple[bytes, dict],
+    ) -> Callable[[int], tuple[SignedReceipt, bytes]]:
+        """`make(seq)`: the signed receipt and its EIP-712 digest (the ledger supplies the seq)."""
+        att_hash = attribution[0]
         out_hash = output_hash(text)
         ts = int(self.clock())
 
@@ -112,6 +117,52 @@ class ReceiptIssuer:
             digest = receipt_digest(r, self.chain_id, self.receipt_log)
             return SignedReceipt(r, sign_digest(digest, self.operator)), digest
 
+        return make
+
+    def _job(self, request_id, lane, prompt_tokens, completion_tokens, cost, text, token_ids, operator_voucher,
+             attribution) -> tuple[ReceiptJob, dict]:
+        att = attribution if attribution is not None else self._attribution(lane.adapter_id, token_ids)
+        make = self.receipt_maker(request_id=request_id, lane=lane, prompt_tokens=prompt_tokens,
+                                  completion_tokens=completion_tokens, cost=cost, text=text, attribution=att)
         # the attribution is stored with the receipt: /v1/receipts and the committed receipts file show it
-        signed = self.ledger.append_receipt(lane, make, operator_voucher, extra=att_json)
-        return Issued(signed, att_json)
+        return ReceiptJob(lane, make, operator_voucher, extra=att[1]), att[1]
+
+    def issue(
+        self,
+        *,
+        request_id: bytes,
+        lane: Lane,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: Cost,
+        text: str,
+        token_ids: Sequence[int] = (),
+        operator_voucher: Callable[[int, int], SignedVoucher] | None = None,
+        attribution: tuple[bytes, dict] | None = None,
+    ) -> Issued:
+        """Sign and store one receipt in its own transaction (blocking)."""
+        job, att_json = self._job(request_id, lane, prompt_tokens, completion_tokens, cost, text, token_ids,
+                                  operator_voucher, attribution)
+        return Issued(self.ledger.append_receipt(job.lane, job.make, job.operator_voucher, job.extra), att_json)
+
+    async def issue_async(
+        self,
+        *,
+        request_id: bytes,
+        lane: Lane,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: Cost,
+        text: str,
+        token_ids: Sequence[int] = (),
+        operator_voucher: Callable[[int, int], SignedVoucher] | None = None,
+        attribution: tuple[bytes, dict] | None = None,
+    ) -> Issued:
+        """`issue` for the event loop: signed and written with the other receipts of its group, in a
+        worker thread; returns once the group's transaction committed. Pass `attribution` (computed
+        off the loop with `attribution()`); without it, it is computed in a worker thread."""
+        if attribution is None:  # span matching is pure CPU: off the loop
+            attribution = await asyncio.to_thread(self._attribution, lane.adapter_id, token_ids)
+        job, att_json = self._job(request_id, lane, prompt_tokens, completion_tokens, cost, text, token_ids,
+                                  operator_voucher, attribution)
+        return Issued(await self.committer.submit(job), att_json)

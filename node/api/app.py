@@ -128,7 +128,7 @@ def _engine_ctx(engine=None) -> Callable:
         try:
             yield
         finally:
-            await asyncio.to_thread(own.stop)
+            await asyncio.to_thread(own.close)  # stop, then loader threads and packed copies
 
     return ctx
 

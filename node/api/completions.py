@@ -107,10 +107,11 @@ class _Served:
             lane = self.authz.lane
             op_voucher = lambda c, a: gate.operator_voucher(lane, c, a)  # noqa: E731
         issuer = self.app[K.ISSUER]
-        # Span matching is pure CPU: a worker thread keeps other requests' streams flowing. The
-        # signing that follows stays on the loop, which serialises the ledger's lane totals.
+        # Span matching is pure CPU: a worker thread keeps other requests' streams flowing. Signing
+        # and the DB write run in the receipt writer's thread, one transaction per group of requests
+        # finishing together; this returns once the receipt committed (before any response is sent).
         attribution = await asyncio.to_thread(issuer.attribution, self.authz.lane.adapter_id, result.token_ids)
-        issued = issuer.issue(
+        issued = await issuer.issue_async(
             request_id=request_id, lane=self.authz.lane, prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens, cost=cost, text=result.text,
             token_ids=result.token_ids, operator_voucher=op_voucher, attribution=attribution,

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from node.db.models import Adapter, AdapterState, BatchStatus, Receipt, ReceiptBatch, Voucher
@@ -45,6 +45,13 @@ def store_receipt(session: Session, *, seq: int, request_id: str, lane: str, rec
     session.add(row)
     session.flush()  # surface a duplicate seq/request id inside the caller's transaction
     return row
+
+
+def store_receipts(session: Session, rows: list[dict]) -> None:
+    """Insert many signed receipts with one executemany (rows: `store_receipt`'s keyword arguments).
+    A duplicate seq or request id raises here, inside the caller's transaction."""
+    if rows:
+        session.execute(insert(Receipt), rows)
 
 
 def get_receipt(session: Session, request_id: str) -> Receipt | None:

@@ -105,7 +105,7 @@ def test_bf16_engine_serves_with_pinned_host_tier_and_async_loads(cpu_base, fold
         assert s["decode_steps"] > steps_before
         assert s["adapters"]["slot_evictions"] >= 2 and s["adapters"]["load_failures"] == 0
         w = next(iter(eng.tiers._host.values()))
-        assert next(iter(w.pairs.values())).a.is_pinned()
+        assert w.buffer.is_pinned() and next(iter(w.kinds.values())).a.is_pinned()  # a PackedAdapter
     finally:
         eng.close()
 

@@ -78,6 +78,10 @@ def bank_setup(tiny):
         ([0, 2, 2, 3, 3, 3, -1, 5], "bmm"),  # unbalanced but little padding
         ([2] * 9 + [0, 3, -1], "loop"),  # prefill of different lengths: per-adapter loop
         ([5, 0], "bmm"),  # window with a hole would be wasteful: gathered slots
+        ([2, 3], "bmm-in-order"),  # decode, rows already in slot order: no gather, delta added in place
+        ([2, 2, 3, 3], "bmm-in-order"),
+        ([2, 3, -1], "bmm"),  # a row without adapter: not in order
+        ([3, 2], "bmm"),  # consecutive slots, rows in the other order
     ],
 )
 def test_layers_match_per_token_reference(bank_setup, token_slots, strategy):
@@ -85,7 +89,8 @@ def test_layers_match_per_token_reference(bank_setup, token_slots, strategy):
     torch.manual_seed(1)
     x = torch.randn(len(token_slots), 32)  # [T, hidden]
     bank.set_routing(token_slots)
-    assert bank.grouping("q_proj").strategy == strategy
+    g = bank.grouping("q_proj")
+    assert (g.strategy + ("-in-order" if g.in_order and g.pad_pos is None else "")) == strategy
     for key, layer in bank.layers.items():
         xin = torch.randn(len(token_slots), layer.in_features)
         with torch.no_grad():

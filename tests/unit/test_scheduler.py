@@ -180,7 +180,11 @@ def test_failed_adapter_load_fails_its_requests_with_the_reason(tiny_base, tmp_p
     eng = _engine(tiny_base)
     try:
         eng.register_adapter("bad", folder)
-        (folder / "adapter_model.safetensors").write_bytes(b"garbage")  # changed after validation
+        # the source changed after validation and the packed copy is gone: the rebuild re-reads
+        # the source and fails (a source change alone is harmless: the verified packed copy serves)
+        (folder / "adapter_model.safetensors").write_bytes(b"garbage")
+        for f in eng.packed.root.glob("*.safetensors"):
+            f.write_bytes(b"tampered")
         h = eng.submit(GenerationRequest("b", "bad", prompt="hello", params=SamplingParams(max_tokens=2)))
         from inference.errors import EngineError
 
@@ -216,3 +220,25 @@ def test_result_sync_timeout(tiny_base):
         h.result_sync(30)
     finally:
         eng.close()
+
+
+def test_registration_writes_a_packed_copy_that_goes_with_the_adapter(tiny_base, tmp_path):
+    """Registration (verification time) writes the engine-native copy; re-registering replaces
+    it, unregistering deletes it, close removes the engine's private folder."""
+    folder = make_random_adapter(tmp_path / "p", tiny_base.model, rank=4, base_model_id=MODEL_ID)
+    eng = _engine(tiny_base)
+    root = eng.packed.root
+    try:
+        assert root.stat().st_mode & 0o077 == 0  # private to the node's user
+        eng.register_adapter("p", folder)
+        first = list(root.glob("*.safetensors"))
+        eng.register_adapter("p", folder)
+        second = list(root.glob("*.safetensors"))
+        assert len(first) == len(second) == 1 and first != second
+        r = eng.generate(GenerationRequest("g", "p", prompt="hi", params=SamplingParams(max_tokens=2)), 60)
+        assert r.completion_tokens == 2 and eng.packed.rebuilds == 0
+        eng.unregister_adapter("p")
+        assert not list(root.glob("*.safetensors"))
+    finally:
+        eng.close()
+    assert not root.exists()

@@ -192,6 +192,25 @@ def test_disk_reads_run_on_another_thread(setup):
     assert seen and seen[0].startswith("adapter-loader") and seen[0] != threading.current_thread().name
 
 
+def test_wait_returns_when_the_loader_hands_off(setup):
+    """`wait` blocks on the loader's hand-off (no sleep-and-poll): False while the read is held
+    back, True as soon as it lands; the next poll then makes the slot ready. The split of a
+    load's time is recorded (loader read, slot copy)."""
+    tiers, _ = setup
+    gate = threading.Event()
+    real = tiers._loader
+    tiers._loader = lambda folder, spec: (gate.wait(10), real(folder, spec))[1]
+    assert tiers.acquire("ad1") is None
+    assert tiers.wait(0.05) is False  # nothing landed: it timed out
+    threading.Timer(0.05, gate.set).start()
+    t0 = time.monotonic()
+    assert tiers.wait(10) is True and time.monotonic() - t0 < 5
+    tiers.poll()
+    assert tiers.acquire("ad1") is not None
+    c = tiers.counters
+    assert len(c.read_seconds) == 1 and c.read_seconds[0] >= 0.05 and len(c.copy_seconds) == 1
+
+
 def test_unregister(setup):
     tiers, _ = setup
     tiers.unregister("ad0")

@@ -1,0 +1,106 @@
+"""Where the node's per-request time goes outside the engine (issue 15, item 3).
+
+Times each step the API runs for one streamed chat completion, in isolation, with the real code:
+voucher header parse + signer recovery (payment gate), the escrow-cache hit, the voucher write
+(one transaction), the receipt (EIP-712 digest + secp256k1 signature + insert + commit) written
+one transaction per receipt and in groups of 16 (node.db.group_commit), SSE framing of one token
+chunk, and the final event's JSON. SQLite file in WAL mode, as the node runs it.
+
+Peer: the per-receipt commit path measured in the same run (`grouped_vs_single` = per-receipt
+time of one commit each ÷ per-receipt time in groups of 16).
+Ends with one line `RESULT {json}` (microseconds per call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def per_call_us(fn, n: int) -> float:
+    fn()  # warm
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return round((time.perf_counter() - t0) / n * 1e6, 1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = ap.parse_args()
+    n = 200 if args.quick else 2000
+
+    from eth_account import Account
+
+    from chain.eip712 import NO_ATTRIBUTION_HASH, SignedVoucher, Voucher, sign_voucher
+    from node.db import make_session_factory, migrate
+    from node.db.group_commit import GroupCommitter
+    from node.ledger import Ledger
+    from node.metering import Cost
+    from node.payments import Lane, encode_voucher_header, parse_voucher_header
+    from node.receipts import ReceiptIssuer, new_request_id
+
+    chain_id, escrow, receipt_log = 31337, "0x" + "11" * 20, "0x" + "22" * 20
+    operator, payer = Account.create(), Account.create()
+    out: dict = {"unit": "us_per_call", "n": n}
+
+    v = Voucher(payer.address, operator.address, 1, 10**6, 10**6)
+    header = encode_voucher_header(SignedVoucher(v, sign_voucher(v, payer, chain_id, escrow)))
+    out["voucher_parse_recover"] = per_call_us(lambda: parse_voucher_header(header).signer(chain_id, escrow), n)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/node.db"
+        migrate(url)
+        ledger = Ledger(make_session_factory(url))
+        issuer = ReceiptIssuer(operator=operator, chain_id=chain_id, receipt_log=receipt_log, ledger=ledger)
+        lane = Lane(payer.address, operator.address, 1)
+        total = [0]
+
+        def store_voucher():
+            total[0] += 1
+            vv = Voucher(payer.address, operator.address, 1, 10**6 + total[0], 10**6 + total[0])
+            ledger.store_voucher(SignedVoucher(vv, b"\x01" * 64 + b"\x1b"))
+        out["voucher_store_commit"] = per_call_us(store_voucher, n)
+
+        kw = dict(lane=lane, prompt_tokens=20, completion_tokens=8, cost=Cost(5, 7), text="hello world",
+                  attribution=(NO_ATTRIBUTION_HASH, {}))
+        out["receipt_sign_only"] = per_call_us(lambda: issuer.receipt_maker(request_id=new_request_id(), **kw)(1), n)
+        out["receipt_one_commit_each"] = per_call_us(lambda: issuer.issue(request_id=new_request_id(), **kw), n)
+
+        async def grouped() -> float:
+            # 16 lanes finishing together (one request per lane at a time, as the gate enforces)
+            issuer.committer = GroupCommitter(ledger.append_receipts, max_group=16)
+            lanes = [Lane(payer.address, operator.address, a) for a in range(2, 18)]
+            await asyncio.gather(*(issuer.issue_async(request_id=new_request_id(), **{**kw, "lane": ln})
+                                   for ln in lanes))  # warm
+            t0 = time.perf_counter()
+            rounds = max(1, n // 16)
+            for _ in range(rounds):
+                await asyncio.gather(*(issuer.issue_async(request_id=new_request_id(), **{**kw, "lane": ln})
+                                       for ln in lanes))
+            await issuer.committer.close()
+            return round((time.perf_counter() - t0) / (rounds * 16) * 1e6, 1)
+        out["receipt_grouped_16"] = asyncio.run(grouped())
+
+    chunk = {"id": "chatcmpl-" + os.urandom(32).hex(), "object": "chat.completion.chunk", "created": 1,
+             "model": "adapter-1", "choices": [{"index": 0, "delta": {"content": " word"}, "finish_reason": None,
+                                                "logprobs": None}]}
+    from node.api.completions import _sse
+    out["sse_token_chunk"] = per_call_us(lambda: _sse(chunk), n * 10)
+    out["grouped_vs_single"] = round(out["receipt_one_commit_each"] / out["receipt_grouped_16"], 2)
+    print("RESULT " + json.dumps(out, separators=(",", ":")), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
