@@ -29,9 +29,11 @@ PROTOCOL_CONTRACTS = (
     "RewardVault",
     "UsageEscrow",
     "ReceiptLog",
+    "AttributionPool",
 )
 DEFAULT_PROTOCOL_FEE_BPS = 500  # 5 % of the adapter part
 DEFAULT_THAW_SECONDS = 7 * 24 * 3600
+DEFAULT_FLUSH_DELAY_SECONDS = 7 * 24 * 3600  # an undrained attribution pool waits this long before anyone may flush it
 MAX_PROTOCOL_FEE_BPS = 1_000  # mirrors UsageEscrow.MAX_PROTOCOL_FEE_BPS
 RECEIPT_TIMEOUT_S = 120
 
@@ -132,10 +134,11 @@ def deploy(
     token: str | None = None,
     protocol_fee_bps: int = DEFAULT_PROTOCOL_FEE_BPS,
     thaw_seconds: int = DEFAULT_THAW_SECONDS,
+    flush_delay_seconds: int = DEFAULT_FLUSH_DELAY_SECONDS,
     out_dir: Path | str | None = Path("deployments"),
     w3: Web3 | None = None,
 ) -> Deployment:
-    """Deploy DemoToken (unless `token` is given) and the six protocol contracts; return and save the Deployment.
+    """Deploy DemoToken (unless `token` is given) and the seven protocol contracts; return and save the Deployment.
 
     `out_dir=None` writes nothing. The deployer becomes UsageEscrow's owner and fee recipient.
     """
@@ -143,6 +146,8 @@ def deploy(
         raise DeployError(f"protocol_fee_bps must be in 0..{MAX_PROTOCOL_FEE_BPS}, got {protocol_fee_bps}")
     if not 0 <= thaw_seconds < 2**64:
         raise DeployError(f"thaw_seconds out of range: {thaw_seconds}")
+    if not 0 <= flush_delay_seconds < 2**64:
+        raise DeployError(f"flush_delay_seconds out of range: {flush_delay_seconds}")
     w3 = w3 or Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
     account = deployer_key if isinstance(deployer_key, LocalAccount) else Account.from_key(deployer_key)
     chain_id = w3.eth.chain_id
@@ -166,20 +171,27 @@ def deploy(
     n = s.nonce
     predicted = {name: create_address(account.address, n + i) for i, name in enumerate(PROTOCOL_CONTRACTS)}
     ctor_args = {
-        "DatasetRegistry": (predicted["RewardVault"], predicted["UsageEscrow"]),
+        "DatasetRegistry": (predicted["RewardVault"], predicted["AttributionPool"]),
         "AdapterRegistry": (predicted["DatasetRegistry"],),
         "NodeRegistry": (tok, thaw_seconds),
         "RewardVault": (tok, predicted["UsageEscrow"], predicted["DatasetRegistry"]),
         "UsageEscrow": (
             tok,
             predicted["AdapterRegistry"],
-            predicted["DatasetRegistry"],
+            predicted["AttributionPool"],
             predicted["RewardVault"],
             thaw_seconds,
             protocol_fee_bps,
             account.address,
         ),
         "ReceiptLog": (),
+        "AttributionPool": (
+            predicted["DatasetRegistry"],
+            predicted["UsageEscrow"],
+            predicted["ReceiptLog"],
+            predicted["AdapterRegistry"],
+            flush_delay_seconds,
+        ),
     }
     for name in PROTOCOL_CONTRACTS:
         addr, block = s.deploy(name, *ctor_args[name])
@@ -194,7 +206,8 @@ def deploy(
         blocks=blocks,
         abi_hashes=abi_hashes,
         deployer=account.address,
-        params={"protocol_fee_bps": protocol_fee_bps, "thaw_seconds": thaw_seconds},
+        params={"protocol_fee_bps": protocol_fee_bps, "thaw_seconds": thaw_seconds,
+                "flush_delay_seconds": flush_delay_seconds},
     )
     if out_dir is not None:
         dep.save(Path(out_dir) / f"{chain_id}.json")

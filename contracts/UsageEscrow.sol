@@ -7,7 +7,7 @@ import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
-import {IAdapterRegistry, IDatasetRegistry, IRewardVault} from "./interfaces/IProtocol.sol";
+import {IAdapterRegistry, IAttributionPool, IRewardVault} from "./interfaces/IProtocol.sol";
 
 /// @title UsageEscrow
 /// @notice Payers deposit the payment token and sign cumulative EIP-712 vouchers per lane
@@ -15,7 +15,9 @@ import {IAdapterRegistry, IDatasetRegistry, IRewardVault} from "./interfaces/IPr
 ///         increase over what the lane already collected, so replays and lower totals pay nothing.
 ///         The compute part goes to the node; the adapter part pays the protocol fee first, then
 ///         splits per the adapter's registered bps between its owner (who also gets rounding dust)
-///         and its datasets. Everything paid moves to RewardVault in one transfer per call.
+///         and its datasets (their parts fill the node's AttributionPool, which pays them out by the
+///         attribution of the node's committed receipts). Everything paid moves to RewardVault in one
+///         transfer per call.
 ///         Withdrawals wait a thawing period, during which redemptions still draw on the balance.
 ///         The payment token must be a plain ERC20 (no fee on transfer, no rebasing): balances are
 ///         booked at the amounts transferred.
@@ -116,7 +118,7 @@ contract UsageEscrow is EIP712, Ownable, ReentrancyGuardTransient {
 
     IERC20 private immutable _token;
     IAdapterRegistry private immutable _adapters;
-    IDatasetRegistry private immutable _datasets;
+    IAttributionPool private immutable _pool;
     IRewardVault private immutable _vault;
     uint64 private immutable _thawSeconds;
 
@@ -128,7 +130,7 @@ contract UsageEscrow is EIP712, Ownable, ReentrancyGuardTransient {
 
     /// @param token_ the payment token.
     /// @param adapters_ AdapterRegistry (splits).
-    /// @param datasets_ DatasetRegistry (dataset accumulators).
+    /// @param pool_ AttributionPool (receives the dataset parts, per node).
     /// @param vault_ RewardVault (receives every payment).
     /// @param thawSeconds_ how long a withdrawal thaws.
     /// @param feeBps_ initial protocol fee in bps (<= MAX_PROTOCOL_FEE_BPS).
@@ -136,20 +138,20 @@ contract UsageEscrow is EIP712, Ownable, ReentrancyGuardTransient {
     constructor(
         IERC20 token_,
         IAdapterRegistry adapters_,
-        IDatasetRegistry datasets_,
+        IAttributionPool pool_,
         IRewardVault vault_,
         uint64 thawSeconds_,
         uint16 feeBps_,
         address owner_
     ) EIP712("LoRA Node", "1") Ownable(owner_) {
         if (
-            address(token_) == address(0) || address(adapters_) == address(0) || address(datasets_) == address(0)
+            address(token_) == address(0) || address(adapters_) == address(0) || address(pool_) == address(0)
                 || address(vault_) == address(0)
         ) revert UsageEscrowZeroAddress();
         if (feeBps_ > MAX_PROTOCOL_FEE_BPS) revert UsageEscrowFeeTooHigh(feeBps_);
         _token = token_;
         _adapters = adapters_;
-        _datasets = datasets_;
+        _pool = pool_;
         _vault = vault_;
         _thawSeconds = thawSeconds_;
         _feeRecipient = owner_;
@@ -263,7 +265,7 @@ contract UsageEscrow is EIP712, Ownable, ReentrancyGuardTransient {
             mstore(dsAmounts, dsLen)
         }
         _vault.credit(to, toAmounts);
-        if (dsLen != 0) _datasets.distribute(dsIds, dsAmounts);
+        if (dsLen != 0) _pool.fill(msg.sender, dsIds, dsAmounts);
     }
 
     // ---------------------------------------------------------------- owner
@@ -318,8 +320,8 @@ contract UsageEscrow is EIP712, Ownable, ReentrancyGuardTransient {
     }
 
     /// @notice Contracts fixed at deployment.
-    function peers() external view returns (IERC20 token, IAdapterRegistry adapters, IDatasetRegistry datasets, IRewardVault vault) {
-        return (_token, _adapters, _datasets, _vault);
+    function peers() external view returns (IERC20 token, IAdapterRegistry adapters, IAttributionPool pool, IRewardVault vault) {
+        return (_token, _adapters, _pool, _vault);
     }
 
     // ---------------------------------------------------------------- internal
