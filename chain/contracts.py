@@ -10,7 +10,7 @@ Events decode into the frozen dataclasses of `chain.contract_types` (re-exported
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
@@ -144,6 +144,8 @@ def _norm(v: Any) -> Any:
         return bytes(v)
     if isinstance(v, (list, tuple)):
         return tuple(_norm(x) for x in v)
+    if isinstance(v, Mapping):  # a struct decoded from an event: its fields in ABI order
+        return tuple(_norm(x) for x in v.values())
     return v
 
 
