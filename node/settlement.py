@@ -11,8 +11,9 @@ daemon can be killed anywhere and resume:
 3. the outbox signs (bytes stored before sending), broadcasts, rebroadcasts after a restart, settles.
 4. settle: a mined intent marks the batch committed. At start, `reconcile()` compares every local
    batch with `ReceiptLog.batchRoot` (chain is the truth) and refreshes what each lane collected.
-5. attribution: once a redeem pass after the commit leaves no voucher in flight, the batch is
-   settled in AttributionPool (node.attribution_rewards.settler; AttributionPool.settledSeq is the truth).
+5. attribution: once the vouchers paying for a committed batch's receipts are redeemed (or after a
+   wait, for a payer who never pays its last request), the batch is settled in AttributionPool
+   (node.attribution_rewards.settler; AttributionPool.settledSeq is the truth).
 
 ReceiptLog accepts seq = lastSeq + 1 only, and UsageEscrow pays only the increase of a cumulative
 voucher, so a duplicate transaction can never commit a receipt twice or pay a voucher twice; the
@@ -110,9 +111,6 @@ class Settlement:
         self._chain_last_seq = 0
         self._last_redeem = 0.0
         self.last_error: str | None = None
-        # Batches up to this seq were committed before a redeem pass that left no voucher in flight:
-        # their dataset money is in the attribution pools, so they may be settled there.
-        self._attribution_ready_seq = 0
         from node.attribution_rewards.settler import AttributionSettler
 
         self.attribution = AttributionSettler(self)
@@ -158,7 +156,7 @@ class Settlement:
                 busy = (repo.unbatched_receipts(s, 1)
                         or s.scalar(select(ReceiptBatch.seq).where(ReceiptBatch.status != BatchStatus.COMMITTED.value))
                         or s.scalar(select(Voucher.lane).where(Voucher.redeem_outbox_id.is_not(None))))
-            busy = busy or await asyncio.to_thread(lambda: self.attribution.settled_seq() < self._chain_last_seq)
+            busy = busy or await asyncio.to_thread(self.attribution.pending, self._chain_last_seq)
             if not busy:
                 return
             if time.monotonic() > deadline:
@@ -173,7 +171,6 @@ class Settlement:
         report.batches_committed = self.settle_commits()
         report.lanes_settled = self.settle_redeems()
         if force or self.clock() - self._last_redeem >= self.redeem_interval_s:
-            committed_upto = self._chain_last_seq
             report.redeems_sent = self.enqueue_redeems()
             self._last_redeem = self.clock()
             if report.redeems_sent:
@@ -181,11 +178,7 @@ class Settlement:
                     if self.outbox.process().idle:
                         break
                 report.lanes_settled += self.settle_redeems()
-            with self.sessions() as s:
-                inflight = s.scalar(select(Voucher.lane).where(Voucher.redeem_outbox_id.is_not(None)))
-            if inflight is None:
-                self._attribution_ready_seq = max(self._attribution_ready_seq, committed_upto)
-        report.attribution_sent = self.attribution.enqueue(min(self._attribution_ready_seq, self._chain_last_seq))
+        report.attribution_sent = self.attribution.enqueue(self._chain_last_seq)
         if report.attribution_sent:
             for _ in range(8):
                 if self.outbox.process().idle:

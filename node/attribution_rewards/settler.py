@@ -1,6 +1,10 @@
 """The node's attribution step: after committing receipt batch `seq` and redeeming the vouchers
 that paid for it, send AttributionPool.settle(seq, entries) with the weights `rule` computes from
-the batch's receipts. Batches are settled in order, each once (the contract enforces both); the
+the batch's receipts. Settling drains the whole pool, so the node waits until every lane of the
+batch has collected at least its cumulative adapter cost up to the batch's last receipt on it: the
+batch's money is then in the pool. A payer who never pays its last request would hold the batch
+forever, so after `max_wait_s` from the batch's creation it settles anyway (what arrives later is
+drained by the next batch, or flushed to the accepted-weight split). Batches are settled in order, each once (the contract enforces both); the
 chain's `settledSeq` is the truth after a restart, and every transaction goes through the
 settlement's outbox under a deterministic key, so a crash never sends a batch twice."""
 
@@ -13,15 +17,18 @@ from sqlalchemy import select
 
 from chain.errors import ContractRevert
 from node.attribution_rewards.rule import Entry, batch_weights, to_entries
-from node.db.models import Receipt
+from node.db.models import Receipt, ReceiptBatch, Voucher
 
 log = logging.getLogger(__name__)
 
 
 class AttributionSettler:
-    def __init__(self, settlement):
-        """`settlement`: the node.settlement.Settlement whose outbox, DB and contracts this uses."""
+    def __init__(self, settlement, max_wait_s: float | None = None):
+        """`settlement`: the node.settlement.Settlement whose outbox, DB and contracts this uses.
+        `max_wait_s` (default: three redeem intervals plus a batch interval) bounds the wait for payment."""
         self.s = settlement
+        self.max_wait_s = (3 * settlement.redeem_interval_s + settlement.interval_s) if max_wait_s is None else max_wait_s
+        self._cumulative: dict[str, tuple[int, int]] = {}  # lane -> (up to batch, adapter cost of its receipts)
         self.pool = settlement.contracts.pool
         self.split_of = lru_cache(maxsize=4096)(self._split_of)  # splits are fixed per adapter
         self.dataset_of = lru_cache(maxsize=65536)(self._dataset_of)  # so is a contribution's dataset
@@ -44,6 +51,41 @@ class AttributionSettler:
     def entries_for(self, seq: int) -> list[Entry]:
         return to_entries(batch_weights(self.receipts_of(seq), self.split_of, self.dataset_of))
 
+    def _lane_cost_upto(self, db, lane: str, seq: int) -> int:
+        """Adapter cost of the lane's receipts in batches <= seq (incremental: batches only grow)."""
+        done, total = self._cumulative.get(lane, (0, 0))
+        if done > seq:
+            done, total = 0, 0
+        rows = db.scalars(select(Receipt.receipt).where(
+            Receipt.lane == lane, Receipt.batch_seq > done, Receipt.batch_seq <= seq))
+        total += sum(int(r["adapterCost"]) for r in rows)
+        self._cumulative[lane] = (seq, total)
+        return total
+
+    def paid(self, seq: int) -> bool:
+        """Whether every adapter lane of batch `seq` has collected what its receipts up to it cost."""
+        with self.s.sessions() as db:
+            lanes = set(db.scalars(select(Receipt.lane).where(Receipt.batch_seq == seq)))
+            for lane in sorted(lanes):
+                if lane.endswith(":0"):  # the base model pays no dataset
+                    continue
+                v = db.get(Voucher, lane)
+                if v is None or int(v.redeemed_adapter or 0) < self._lane_cost_upto(db, lane, seq):
+                    return False
+        return True
+
+    def ready(self, seq: int) -> bool:
+        if self.paid(seq):
+            return True
+        with self.s.sessions() as db:
+            b = db.get(ReceiptBatch, seq)
+        return b is not None and self.s.clock() - b.created_at >= self.max_wait_s
+
+    def pending(self, committed_upto: int) -> bool:
+        """Whether a committed batch is ready to settle and not settled yet."""
+        settled = self.settled_seq()
+        return settled < committed_upto and self.ready(settled + 1)
+
     def _key(self, seq: int, attempt: int) -> str:
         return f"attribution:{self.s.chain_id}:{self.s.node}:{seq}:{attempt}"
 
@@ -51,11 +93,14 @@ class AttributionSettler:
         return int(self.pool.settled_seq(self.s.node))
 
     def enqueue(self, ready_upto: int) -> int:
-        """An outbox intent for every batch in (settledSeq, ready_upto] that has no open one."""
+        """An outbox intent for every batch in (settledSeq, ready_upto] that has no open one, in order,
+        stopping at the first batch that is not `ready` (paid, or waited for long enough)."""
         outbox = self.s.outbox
         settled = self.settled_seq()
         sent = 0
         for seq in range(settled + 1, ready_upto + 1):
+            if not self.ready(seq):
+                break  # in order: later batches wait for this one
             attempt = 0
             while True:  # deterministic keys: after a crash the same intent is found again
                 prior = outbox.store.get_by_key(self._key(seq, attempt))
