@@ -181,7 +181,7 @@ async def audit_batch(c, backends: Sequence, cache, seq: int, node: str | None =
                       max_bytes: int = MAX_RECEIPTS_FILE_BYTES,
                       contribution_max_bytes: int = MAX_CONTRIBUTION_BYTES) -> AuditReport:
     """Audit batch `seq` (see the module docstring). Raises AuditError when it cannot be audited."""
-    from chain.eip712 import SignedReceipt, TypedDataError, attribution_hash, receipt_digest
+    from chain.eip712 import receipt_digest
     from chain.merkle import StandardMerkleTree
 
     ev = find_commit(c, seq, to_checksum_address(node) if node else None)
@@ -206,62 +206,21 @@ async def audit_batch(c, backends: Sequence, cache, seq: int, node: str | None =
     for pos, raw in enumerate(entries):
         leaf = raw.get("leafIndex", pos) if isinstance(raw, dict) else pos
         rid = raw.get("requestId") if isinstance(raw, dict) else None
-
-        def bad(rule: str, detail: str, leaf=leaf, rid=rid) -> None:
+        leaf_ok = isinstance(leaf, int) and not isinstance(leaf, bool) and leaf not in digests and 0 <= leaf < len(entries)
+        signed, problems, notes = await check_receipt(c, raw, node, contributions, split_of)
+        if signed is not None and not leaf_ok:
+            problems.insert(0, ("leaf", f"leaf index {leaf!r} is not a unique index into the batch"))
+        elif signed is not None:
+            digest = receipt_digest(signed.receipt, c.chain_id, c.receipts.address)
+            digests[leaf] = digest
+            if str(raw.get("digest", "")).lower() != "0x" + digest.hex():
+                problems.insert(0, ("leaf", "the stated digest is not the receipt's EIP-712 digest"))
+        for rule, detail in problems:
             report.discrepancies.append(Discrepancy(rule, detail, leaf if isinstance(leaf, int) else None,
                                                     rid if isinstance(rid, str) else None))
-
-        if not isinstance(raw, dict):
-            bad("leaf", "not a receipt object")
-            continue
-        try:
-            signed = SignedReceipt.from_json({k: v for k, v in raw.items() if k not in (*_ATTRIBUTION_KEYS, *_FILE_KEYS)})
-        except TypedDataError as e:
-            bad("leaf", f"malformed receipt: {e}")
-            continue
-        r = signed.receipt
-        digest = receipt_digest(r, c.chain_id, c.receipts.address)
-        if not isinstance(leaf, int) or isinstance(leaf, bool) or leaf in digests or not 0 <= leaf < len(entries):
-            bad("leaf", f"leaf index {leaf!r} is not a unique index into the batch")
-            continue
-        digests[leaf] = digest
-        if str(raw.get("digest", "")).lower() != "0x" + digest.hex():
-            bad("leaf", "the stated digest is not the receipt's EIP-712 digest")
-        if r.node != node or signed.signer(c.chain_id, c.receipts.address) != node:
-            bad("leaf", f"not signed by the committing node {node}")
-        try:
-            weights = attribution_of(raw)
-        except RuleError as e:
-            bad("attribution-hash", str(e))
-            continue
-        ids = sorted(weights)
-        if attribution_hash(ids, [weights[i] for i in ids]) != r.attribution_hash:
-            bad("attribution-hash", "the attribution weights do not hash to the signed attributionHash")
-        if r.adapter_id == 0 and weights:
-            bad("adapter-datasets", "a base-model answer carries an attribution")
-        split = split_of(r.adapter_id) if r.adapter_id else {}
-        for cid in ids:
-            d = contributions.dataset_of(cid)
-            if d not in split:
-                bad("adapter-datasets", f"contribution {cid} (dataset {d}) is outside adapter {r.adapter_id}'s "
-                    f"datasets {sorted(split)} (provable on chain: AttributionPool.attributionOutsideAdapter)")
-        spans = raw.get("spans") or []
-        if not isinstance(spans, list):
-            bad("span", "spans is not a list")
-            spans = []
-        spans_ok = True
-        for k, s in enumerate(spans):
-            problem = await _check_span(s, weights, r.completion_tokens, contributions)
-            if problem:
-                spans_ok = False
-                bad("span", f"spans[{k}]: {problem}")
-        if spans_ok and weights and len(spans) < MAX_SPANS:
-            got = _spans_weights(spans, r.completion_tokens)
-            if got != weights:
-                bad("weights", f"the spans give {got}, the receipt states {weights}")
-        elif spans_ok and len(spans) >= MAX_SPANS:
-            report.notes.append(f"leaf {leaf}: {len(spans)} spans (the attributor's cap): weights not recomputed")
-        good.append(raw)
+        report.notes += [f"leaf {leaf}: {n}" for n in notes]
+        if signed is not None and not any(rule == "attribution-hash" for rule, _ in problems):
+            good.append(raw)
 
     if len(digests) == len(entries) and entries:
         tree = StandardMerkleTree.of([[digests[i]] for i in range(len(entries))], ["bytes32"])
@@ -307,6 +266,56 @@ async def audit_batch(c, backends: Sequence, cache, seq: int, node: str | None =
     return report
 
 
+async def check_receipt(c, raw: Any, node: str, contributions: _Contributions, split_of):
+    """(SignedReceipt or None, [(rule, detail)], notes) for one receipt JSON of `node`: signature,
+    attribution hash, adapter datasets, spans, weights from spans (not the Merkle leaf: see callers)."""
+    from chain.eip712 import SignedReceipt, TypedDataError, attribution_hash
+
+    if not isinstance(raw, dict):
+        return None, [("leaf", "not a receipt object")], []
+    try:
+        signed = SignedReceipt.from_json({k: v for k, v in raw.items() if k not in (*_ATTRIBUTION_KEYS, *_FILE_KEYS)})
+    except TypedDataError as e:
+        return None, [("leaf", f"malformed receipt: {e}")], []
+    r = signed.receipt
+    problems: list[tuple[str, str]] = []
+    notes: list[str] = []
+    if r.node != node or signed.signer(c.chain_id, c.receipts.address) != node:
+        problems.append(("leaf", f"not signed by the node {node}"))
+    try:
+        weights = attribution_of(raw)
+    except RuleError as e:
+        return signed, problems + [("attribution-hash", str(e))], notes
+    ids = sorted(weights)
+    if attribution_hash(ids, [weights[i] for i in ids]) != r.attribution_hash:
+        problems.append(("attribution-hash", "the attribution weights do not hash to the signed attributionHash"))
+    if r.adapter_id == 0 and weights:
+        problems.append(("adapter-datasets", "a base-model answer carries an attribution"))
+    split = split_of(r.adapter_id) if r.adapter_id else {}
+    for cid in ids:
+        d = contributions.dataset_of(cid)
+        if d not in split:
+            problems.append(("adapter-datasets", f"contribution {cid} (dataset {d}) is outside adapter {r.adapter_id}'s "
+                             f"datasets {sorted(split)} (provable on chain: AttributionPool.attributionOutsideAdapter)"))
+    spans = raw.get("spans") or []
+    if not isinstance(spans, list):
+        problems.append(("span", "spans is not a list"))
+        spans = []
+    spans_ok = True
+    for k, s in enumerate(spans):
+        problem = await _check_span(s, weights, r.completion_tokens, contributions)
+        if problem:
+            spans_ok = False
+            problems.append(("span", f"spans[{k}]: {problem}"))
+    if spans_ok and weights and len(spans) < MAX_SPANS:
+        got = _spans_weights(spans, r.completion_tokens)
+        if got != weights:
+            problems.append(("weights", f"the spans give {got}, the receipt states {weights}"))
+    elif spans_ok and len(spans) >= MAX_SPANS:
+        notes.append(f"{len(spans)} spans (the attributor's cap): weights not recomputed")
+    return signed, problems, notes
+
+
 async def _check_span(s: Any, weights: dict[int, int], completion_tokens: int, contributions: _Contributions) -> str | None:
     if not isinstance(s, dict):
         return "not an object"
@@ -329,3 +338,83 @@ async def _check_span(s: Any, weights: dict[int, int], completion_tokens: int, c
     if text not in content:
         return f"its text {text[:60]!r} does not occur in contribution {cid}"
     return None
+
+
+def _split_reader(c):
+    splits: dict[int, dict[int, int]] = {}
+
+    def split_of(adapter_id: int) -> dict[int, int]:
+        if adapter_id not in splits:
+            a = c.adapters.get_adapter(adapter_id)
+            splits[adapter_id] = dict(zip(a.dataset_ids, a.dataset_bps))
+        return splits[adapter_id]
+
+    return split_of
+
+
+async def verify_with_output(c, backends: Sequence, cache, body: dict, output: str, tokenizer=None, *,
+                             contribution_max_bytes: int = MAX_CONTRIBUTION_BYTES) -> AuditReport:
+    """Everything a payer holding the answer can check about its receipt: the node's signature, the
+    output hash, the attribution hash, the adapter's datasets, every span (in the output at its stated
+    token position when `tokenizer` re-encodes the output losslessly, and in its contribution), the
+    weights from the spans, and, when the body carries a batch and proof, the leaf against ReceiptLog."""
+    from chain.eip712 import output_hash
+
+    raw = body.get("receipt") if isinstance(body.get("receipt"), dict) else body
+    node = raw.get("node") if isinstance(raw.get("node"), str) else None
+    try:
+        node = to_checksum_address(node) if node else None
+    except ValueError:
+        node = None
+    if node is None:
+        raise AuditError("the receipt has no valid `node` address")
+    batch = body.get("batch") if isinstance(body.get("batch"), dict) else {}
+    report = AuditReport(node=node, seq=int(batch.get("seq") or 0), receipts_cid=str(batch.get("cid") or ""))
+    contributions = _Contributions(c, backends, cache, contribution_max_bytes)
+    signed, problems, notes = await check_receipt(c, raw, node, contributions, _split_reader(c))
+    report.receipts = 1 if signed is not None else 0
+    rid = raw.get("requestId") if isinstance(raw.get("requestId"), str) else None
+    if signed is not None:
+        if output_hash(output) != signed.receipt.output_hash:
+            problems.append(("output", "the output's hash is not the receipt's outputHash: not this answer"))
+        else:
+            problems += _spans_in_output(raw.get("spans") or [], output, tokenizer, notes)
+        proof = body.get("proof")
+        if report.seq and isinstance(proof, list) and len(proof) <= 64 and all(isinstance(p, str) for p in proof):
+            try:
+                ok = c.receipts.verify_receipt(signed.receipt, report.seq, [bytes.fromhex(p.removeprefix("0x")) for p in proof])
+            except ValueError:
+                ok = False
+            if not ok:
+                problems.append(("leaf", f"the proof does not lead to batch {report.seq}'s committed root"))
+            report.settled = bool(ok) and int(c.pool.settled_seq(node)) >= report.seq
+        else:
+            notes.append("no batch and proof in the receipt JSON: not checked against ReceiptLog (not committed yet?)")
+    for rule, detail in problems:
+        report.discrepancies.append(Discrepancy(rule, detail, None, rid))
+    report.notes += notes
+    return report
+
+
+def _spans_in_output(spans: list, output: str, tokenizer, notes: list[str]) -> list[tuple[str, str]]:
+    problems = []
+    ids = None
+    if tokenizer is not None:
+        ids = tokenizer(output, add_special_tokens=False).input_ids
+        if tokenizer.decode(ids) != output:
+            notes.append("the output does not re-encode losslessly: span positions checked by text only")
+            ids = None
+    for k, s in enumerate(spans):
+        if not isinstance(s, dict) or not isinstance(s.get("text"), str):
+            continue  # check_receipt reported it
+        text = s["text"]
+        if text not in output:
+            problems.append(("span", f"spans[{k}]: its text {text[:60]!r} is not in the output"))
+        elif ids is not None:
+            try:
+                start, end = int(s["start"]), int(s["end"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if tokenizer.decode(ids[start:end]) != text:
+                problems.append(("span", f"spans[{k}]: output tokens [{start}, {end}) are not its text {text[:60]!r}"))
+    return problems

@@ -111,12 +111,14 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
 
         quote = NodeQuote.from_json(await (await client.get("/v1/node")).json())
         wallet = VoucherWallet(tan.KEYS["payer"], quote)
+        answers = []
         for prompt in [PROMPT_A] * 4 + [PROMPT_B, PROMPT_NONE]:
             r = await client.post("/v1/chat/completions", headers=wallet.header(1), json={
                 "model": "adapter-1", "messages": prompt, "max_tokens": tan.MAX_TOKENS, "temperature": 0})
             assert r.status == 200, await r.text()
             body = await r.json()
             wallet.record(1, body, body["choices"][0]["message"]["content"])
+            answers.append(body["choices"][0]["message"]["content"])
         r = await client.post("/v1/vouchers", headers=wallet.header(1))  # pay the last request too
         assert r.status == 200, await r.text()
 
@@ -150,6 +152,35 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
     assert ids["carol"] not in attributed and attributed[ids["alice"]] > 3 * attributed[ids["bob"]]
     # conservation: what was drained is credited, except the accumulator's flooring dust (< 1 wei per weight)
     assert 0 <= drained - sum(credited.values()) < sum(WEIGHTS.values())
+
+    # the public audit of the batch passes, and finds the same attributed amounts
+    from node.attribution_rewards.audit import audit_batch, verify_with_output
+
+    cache = ContentCache(tmp_path / "audit-cache", 1 << 26)
+    report = await audit_batch(c, [store], cache, 1, node)
+    assert report.ok, report.discrepancies
+    assert report.settled and report.expected_amounts == attributed
+    # the same through the CLI (exit 0, JSON report)
+    from typer.testing import CliRunner
+
+    from node.cli import app as cli_app
+
+    res = await asyncio.to_thread(CliRunner().invoke, cli_app, [
+        "attribution", "audit", "--batch", "1", "--node", node, "--rpc-url", fresh_anvil.url,
+        "--deployment", str(dep_path), "--ipfs-store", str(cfg.ipfs_store_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["ok"] is True
+    # a payer holding an answer verifies its receipt completely (proof from the committed file)
+    from chain.merkle import StandardMerkleTree
+
+    tree = StandardMerkleTree.of([[bytes.fromhex(r["digest"][2:])] for r in batch["receipts"]], ["bytes32"])
+    first = batch["receipts"][0]
+    body = {"receipt": first, "batch": {"seq": 1, "cid": committed.receipts_cid}, "proof": tree.proof_hex(0)}
+    got = await verify_with_output(c, [store], cache, body, answers[0], engine.tokenizer)
+    assert got.ok and got.settled, got.discrepancies
+    assert any(s["contributionId"] == ids["alice"] for s in first["spans"])
+    wrong = await verify_with_output(c, [store], cache, body, answers[0] + " (edited)", engine.tokenizer)
+    assert [d.rule for d in wrong.discrepancies] == ["output"]
 
 
 def _sessions(cfg):
