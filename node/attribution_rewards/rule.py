@@ -43,7 +43,8 @@ def _uint(value, what: str) -> int:
 
 def attribution_of(receipt: Mapping) -> dict[int, int]:
     """{contribution id: bps} of a receipt JSON (empty when it has no attribution)."""
-    raw = receipt.get("attribution") or {}
+    raw = receipt.get("attribution")
+    raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         raise RuleError("attribution must be an object {contributionId: bps}")
     out = {_uint(k, "attribution id"): _uint(v, f"attribution[{k}]") for k, v in raw.items()}
