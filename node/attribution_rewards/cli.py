@@ -116,3 +116,22 @@ def _tokenizer():
         return AutoTokenizer.from_pretrained(str(resolve_model_folder(None)), local_files_only=True)
     except Exception:  # noqa: BLE001 - positions then fall back to a text check, said in a note
         return None
+
+
+def contributions_of(c, who: str, store: Path | None, kubo_url: str | None):
+    """`rewards show`'s per-contribution breakdown (node.attribution_rewards.breakdown)."""
+    from node.attribution_rewards.breakdown import breakdown
+
+    return run_async(breakdown(c, who, _backends(store, kubo_url, None), _cache()))
+
+
+def contribution_rows(b, places: int | None = 6) -> list[dict]:
+    from node.cli_common import format_amount
+
+    return [{
+        "contribution": r.contribution_id, "dataset": r.dataset_id, "status": r.status, "answers": r.answers,
+        "tokens attributed": f"{float(r.tokens_attributed):.1f}",
+        "earned by attribution": format_amount(r.earned_by_attribution, places=places),
+        "earned": format_amount(r.earned, places=places), "pending": format_amount(r.pending, places=places),
+        "harvested": format_amount(r.harvested, places=places),
+    } for r in b.contributions]

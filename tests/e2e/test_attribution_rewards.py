@@ -170,6 +170,15 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
         "--deployment", str(dep_path), "--ipfs-store", str(cfg.ipfs_store_dir), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["ok"] is True
+    # `rewards show` breaks alice's rewards down per contribution
+    res = await asyncio.to_thread(CliRunner().invoke, cli_app, [
+        "rewards", "show", tan.ACCT["alice"].address, "--rpc-url", fresh_anvil.url, "--deployment", str(dep_path),
+        "--ipfs-store", str(cfg.ipfs_store_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.output)["contributions"]
+    assert row["contribution_id"] == ids["alice"] and row["answers"] == 4 and row["tokens_attributed"] > 0
+    assert int(row["earned_by_attribution"]) == attributed[ids["alice"]]
+    assert int(row["earned"]) == int(row["pending"]) == credited[ids["alice"]] and int(row["harvested"]) == 0
     # a payer holding an answer verifies its receipt completely (proof from the committed file)
     from chain.merkle import StandardMerkleTree
 
