@@ -21,13 +21,18 @@ from node.db.models import Receipt, ReceiptBatch, Voucher
 
 log = logging.getLogger(__name__)
 
+MIN_WAIT_S = 120.0  # a batch settled before its money arrived leaves that money for a later batch or a flush
+
 
 class AttributionSettler:
     def __init__(self, settlement, max_wait_s: float | None = None):
         """`settlement`: the node.settlement.Settlement whose outbox, DB and contracts this uses.
-        `max_wait_s` (default: three redeem intervals plus a batch interval) bounds the wait for payment."""
+        `max_wait_s` (default: three redeem intervals plus a batch interval, at least MIN_WAIT_S)
+        bounds the wait for payment."""
         self.s = settlement
-        self.max_wait_s = (3 * settlement.redeem_interval_s + settlement.interval_s) if max_wait_s is None else max_wait_s
+        if max_wait_s is None:  # long enough for a settle-up voucher to be redeemed on a busy machine
+            max_wait_s = max(MIN_WAIT_S, 3 * settlement.redeem_interval_s + settlement.interval_s)
+        self.max_wait_s = max_wait_s
         self._cumulative: dict[str, tuple[int, int]] = {}  # lane -> (up to batch, adapter cost of its receipts)
         self.pool = settlement.contracts.pool
         self.split_of = lru_cache(maxsize=4096)(self._split_of)  # splits are fixed per adapter
