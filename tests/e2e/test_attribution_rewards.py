@@ -71,7 +71,7 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
     from node.api import init_app
     from node.client import NodeQuote, VoucherWallet
     from node.config import load_config
-    from node.devnet import fund_escrow
+    from node.devnet import fund_escrow, stake_node
     from node.ipfs import ContentCache, EmbeddedStore, fetch_verified
     from node.settlement import settlement_from_config
 
@@ -79,7 +79,8 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
     dep = deploy(fresh_anvil.url, tan.KEYS["deployer"], out_dir=None, w3=w3, protocol_fee_bps=FEE_BPS)
     dep_path = dep.save(tmp_path / "deployment.json")
     c = Contracts(w3, dep)
-    fund_escrow(w3, dep, tan.KEYS["deployer"], tan.KEYS["payer"], 10**20)
+    fund_escrow(w3, dep, tan.KEYS["deployer"], tan.KEYS["payer"], 10**20, tan.ACCT["node"].address)
+    stake_node(w3, dep, tan.KEYS["deployer"], tan.KEYS["node"])  # only a staked node redeems
     cfg = load_config(None, environ={}, data_dir=tmp_path / "node", deployment=dep_path, rpc_url=fresh_anvil.url,
                       dev_mode=True, dev_key_index=1, confirmations=0, watcher_poll_s=0.2,
                       compute_price_per_1k=1000, max_tokens_limit=32, settlement_enabled=False)

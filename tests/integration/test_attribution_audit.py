@@ -52,9 +52,15 @@ def world(tmp_path_factory):
             c.datasets.contribute(ACCT[who], ds, cid, 20)
             c.datasets.accept(ACCT["curator"], cid_id, 1)
         c.adapters.register(ACCT["curator"], "m", "bafyadapter", 4, 10**15, 6000, [1], [4000])
-        c.token.mint(ACCT["deployer"], ACCT["payer"].address, 10**21)
-        c.token.approve(ACCT["payer"], c.escrow.address, 10**21)
-        c.escrow.deposit(ACCT["payer"], 10**21)
+        nodes = ("honest", "inflater", "crosser", "inventor", "hostile")
+        c.token.mint(ACCT["deployer"], ACCT["payer"].address, len(nodes) * 10**21)
+        c.token.approve(ACCT["payer"], c.escrow.address, len(nodes) * 10**21)
+        bond = c.nodes.dispute_terms().min_bond  # only a staked node redeems
+        for who in nodes:  # escrow is earmarked per (payer, node)
+            c.escrow.deposit(ACCT["payer"], ACCT[who].address, 10**21)
+            c.token.mint(ACCT["deployer"], ACCT[who].address, bond)
+            c.token.approve(ACCT[who], c.nodes.address, bond)
+            c.nodes.register(ACCT[who], "http://127.0.0.1:8080", ["m"], 0, bond)
         yield {"c": c, "store": store, "tmp": tmp}
 
 
