@@ -15,7 +15,19 @@ Peers (their gas per inference does not depend on volume, so a sample of >= 200 
 `redeem_gas_per_voucher` reports UsageEscrow.redeem's gas per voucher on new lanes (first redeem)
 and on lanes that already exist (a second, higher voucher on the same lanes).
 
-Ends with one line `RESULT {json}`. Targets: gas_per_inference <= 100, vs_event_per_inference <= 0.02.
+
+With attribution (same anvil, its own deployment): 10 lanes x 1,000 inferences over 5 adapters
+whose answers draw on 50 contributions in 5 datasets (random attribution per receipt, some none).
+The node commits the batch, redeems the 10 vouchers and settles the batch in AttributionPool with
+the weights node.attribution_rewards.rule computes from the receipts. `attributed_gas_per_inference`
+sums all three transactions; `attribution_overhead_gas_per_inference` is that minus the plain run's
+figure (what attribution adds: the settle transaction and the pool bookkeeping in redeem);
+`attributed_vs_plain` is their ratio.
+`attribution_reward_error_wei` = sum over contributions of |credited - expected|, the expected
+amounts recomputed here independently from the receipts and the redeemed vouchers.
+
+Ends with one line `RESULT {json}`. Targets: gas_per_inference <= 100, vs_event_per_inference <= 0.02,
+attributed_gas_per_inference <= 100, attribution_reward_error_wei == 0.
 """
 
 from __future__ import annotations
@@ -52,6 +64,9 @@ from chain.eip712 import (  # noqa: E402
 from chain.merkle import StandardMerkleTree  # noqa: E402
 
 TARGET_GAS_PER_INFERENCE = 100
+TARGET_ATTRIBUTED_GAS_PER_INFERENCE = 100
+ATTR_DATASETS = 5
+ATTR_PER_DATASET = 10
 TARGET_VS_EVENT = 0.02
 COMPUTE_PRICE_PER_1K = 2 * 10**15  # 0.002 token per 1K tokens
 ADAPTER_PRICES = [10**15, 3 * 10**15, 5 * 10**14, 2 * 10**15, 10**15]
@@ -170,6 +185,105 @@ def redeem_existing_lanes(s: Setup, vouchers: list[Voucher]) -> int:
     return round(redeem["gasUsed"] / len(more))
 
 
+def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dict:
+    """Commit + redeem + AttributionPool.settle of lanes x per_lane receipts carrying attribution."""
+    from node.attribution_rewards.rule import batch_weights, to_entries
+
+    w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 120}))
+    accts = [Account.from_key(k) for k in DEV_PRIVATE_KEYS]
+    deployer, node, owner, curator = accts[0], accts[3], accts[4], accts[5]
+    c = Contracts(w3, deploy(anvil.url, deployer, out_dir=None, w3=w3, protocol_fee_bps=500, thaw_seconds=3600))
+    rng = random.Random(seed)
+    by_dataset: dict[int, list[int]] = {}
+    for d in range(1, ATTR_DATASETS + 1):
+        c.datasets.create_dataset(curator, f"dataset-{d}", "CC-BY-4.0", "")
+        for k in range(ATTR_PER_DATASET):
+            who = accts[6 + (k % 4)]
+            c.datasets.contribute(who, d, f"bafy-c-{d}-{k}", 1000 + k)
+            cid = c.datasets.contribution_count()
+            c.datasets.accept(curator, cid, 1000 + k)
+            by_dataset.setdefault(d, []).append(cid)
+    splits: dict[int, dict[int, int]] = {}
+    for a in range(1, N_ADAPTERS + 1):
+        ds = sorted({a, a % ATTR_DATASETS + 1})
+        c.adapters.register(owner, "smollm2-135m", f"bafy-adapter-{a}", 8, ADAPTER_PRICES[a - 1], 6000, ds, [2000] * len(ds))
+        splits[a] = dict(zip(ds, [2000] * len(ds)))
+    bond = c.nodes.dispute_terms().min_bond  # only a staked node redeems
+    c.token.mint(deployer, node.address, bond)
+    c.token.approve(node, c.nodes.address, bond)
+    c.nodes.register(node, "http://127.0.0.1:8080", ["smollm2-135m"], COMPUTE_PRICE_PER_1K, bond)
+    dataset_of = {cid: d for d, ids in by_dataset.items() for cid in ids}
+    payers = [Account.from_key(keccak(text=f"bench-attr-payer-{i}")) for i in range(lanes)]
+    for p in payers:
+        anvil.rpc("anvil_setBalance", [p.address, hex(10**20)])
+        c.token.mint(deployer, p.address, 10**24)
+        c.token.approve(p, c.escrow.address, 2**256 - 1)
+        c.escrow.deposit(p, node.address, 10**23)
+    digests, docs, vouchers = [], [], []
+    seq = 0
+    for lane in range(lanes):
+        payer, adapter_id = payers[lane], lane % N_ADAPTERS + 1
+        pool_ids = [cid for d in splits[adapter_id] for cid in by_dataset[d]]
+        cum_c = cum_a = 0
+        for k in range(per_lane):
+            seq += 1
+            pt, ct = rng.randint(20, 400), rng.randint(10, 300)
+            cc, ac = cost(pt + ct, COMPUTE_PRICE_PER_1K), cost(pt + ct, ADAPTER_PRICES[adapter_id - 1])
+            cum_c, cum_a = cum_c + cc, cum_a + ac
+            named = sorted(rng.sample(pool_ids, rng.randint(0, 3)))  # 0: the answer drew on nothing
+            bps = [10_000 // len(named)] * len(named) if named else []
+            if named:
+                bps[0] += 10_000 - sum(bps)
+            r = Receipt(
+                request_id=keccak(text=f"attr-{seed}-{lane}-{k}"), payer=payer.address, node=node.address,
+                adapter_id=adapter_id, seq=seq, prompt_tokens=pt, completion_tokens=ct, compute_cost=cc,
+                adapter_cost=ac, output_hash=output_hash(f"completion {lane} {k}"),
+                attribution_hash=attribution_hash(named, bps), timestamp=1_700_000_000 + seq,
+            )
+            digests.append((receipt_digest(r, c.chain_id, c.receipts.address),))
+            docs.append({"adapterId": str(adapter_id), "adapterCost": str(ac),
+                         "attribution": {str(i): b for i, b in zip(named, bps)}})
+        vouchers.append(Voucher(payer.address, node.address, adapter_id, cum_c, cum_a))
+    sigs = [sign_voucher(v, p.key, c.chain_id, c.escrow.address) for v, p in zip(vouchers, payers)]
+    tree = StandardMerkleTree.of(digests, ["bytes32"])
+    commit = c.receipts.commit_batch(node, 1, tree.root, len(digests), raw_cid(json.dumps(docs).encode()))
+    redeem = c.escrow.redeem(node, vouchers, sigs)
+    entries = to_entries(batch_weights(docs, splits.__getitem__, dataset_of.get))
+    settle = c.pool.settle(node, 1, entries)
+
+    # Independent expectation: the pools from the vouchers' splits, the weights from the receipts.
+    pools: dict[int, int] = {}
+    for v in vouchers:
+        rest = v.adapter_value - v.adapter_value * 500 // 10_000
+        for d, b in splits[v.adapter_id].items():
+            pools[d] = pools.get(d, 0) + rest * b // 10_000
+    weight: dict[tuple[int, int], int] = {}
+    for doc in docs:
+        cost_ = int(doc["adapterCost"])
+        for d, b in splits[int(doc["adapterId"])].items():
+            named = {int(i): v for i, v in doc["attribution"].items() if dataset_of[int(i)] == d}
+            total = sum(named.values())
+            given = 0
+            for i, v in named.items():
+                w = cost_ * b * v // total
+                weight[(d, i)] = weight.get((d, i), 0) + w
+                given += w
+            weight[(d, 0)] = weight.get((d, 0), 0) + cost_ * b - given
+    error = 0
+    for d, ids in by_dataset.items():
+        total = sum(w for (dd, _), w in weight.items() if dd == d)
+        for cid in ids:
+            expected = pools.get(d, 0) * weight.get((d, cid), 0) // total if total else 0
+            error += abs(c.datasets.pending_attributed(cid) - expected)
+    n = lanes * per_lane
+    total_gas = commit["gasUsed"] + redeem["gasUsed"] + settle["gasUsed"]
+    return {
+        "inferences": n, "contributions": len(dataset_of), "datasets": len(by_dataset), "entries": len(entries),
+        "commit_gas": commit["gasUsed"], "redeem_gas": redeem["gasUsed"], "settle_gas": settle["gasUsed"],
+        "gas_per_inference": total_gas / n, "reward_error_wei": error,
+    }
+
+
 def deploy_peer(s: Setup, name: str) -> str:
     art = load_artifact(name)
     tx = {"from": s.deployer.address, "data": art.bytecode, "value": 0, "chainId": s.c.chain_id}
@@ -236,6 +350,7 @@ def main() -> None:
         existing = redeem_existing_lanes(s, vouchers)
         anvil.rpc("evm_revert", [snap])
         small, _ = settle_ours(s, args.lanes, args.small_requests, seed=2)
+        attributed = settle_attributed(anvil, args.lanes, args.requests, seed=3)
         tx_peer = peer_tx_per_inference(s, args.peer_sample)
         ev_peer = peer_event_per_inference(s, args.peer_sample)
     ours = large["gas_per_inference"]
@@ -251,12 +366,22 @@ def main() -> None:
         "small": small,
         "lanes": args.lanes,
         "peer_sample": args.peer_sample,
-        "targets": {"gas_per_inference": TARGET_GAS_PER_INFERENCE, "vs_event_per_inference": TARGET_VS_EVENT},
-        "targets_met": ours <= TARGET_GAS_PER_INFERENCE and ours / ev_peer <= TARGET_VS_EVENT,
+        "attributed_gas_per_inference": round(attributed["gas_per_inference"], 2),
+        "attributed_vs_plain": round(attributed["gas_per_inference"] / ours, 3),
+        "attribution_overhead_gas_per_inference": round(attributed["gas_per_inference"] - ours, 2),
+        "attribution_reward_error_wei": attributed["reward_error_wei"],
+        "attributed": attributed,
+        "targets": {"gas_per_inference": TARGET_GAS_PER_INFERENCE, "vs_event_per_inference": TARGET_VS_EVENT,
+                    "attributed_gas_per_inference": TARGET_ATTRIBUTED_GAS_PER_INFERENCE,
+                    "attribution_reward_error_wei": 0},
+        "targets_met": ours <= TARGET_GAS_PER_INFERENCE and ours / ev_peer <= TARGET_VS_EVENT
+        and attributed["gas_per_inference"] <= TARGET_ATTRIBUTED_GAS_PER_INFERENCE and attributed["reward_error_wei"] == 0,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     print(f"ours: commit {large['commit_gas']} + redeem {large['redeem_gas']} gas for {large['inferences']} inferences")
     print(f"peers: tx/inference {tx_peer:.0f} gas, event/inference {ev_peer:.0f} gas")
+    print(f"attributed: commit {attributed['commit_gas']} + redeem {attributed['redeem_gas']} + settle "
+          f"{attributed['settle_gas']} gas for {attributed['inferences']} inferences ({attributed['entries']} entries)")
     print("RESULT " + json.dumps(result, sort_keys=True))
 
 

@@ -272,6 +272,51 @@ class OwnershipTransferred(Event):
     new_owner: str
 
 
+@dataclass(frozen=True)
+class ContributionAttributed(Event):
+    contribution_id: int
+    dataset_id: int
+    amount: int
+
+
+@dataclass(frozen=True)
+class AttributionRefused(Event):
+    contribution_id: int
+    dataset_id: int
+    amount: int
+
+
+@dataclass(frozen=True)
+class PoolFilled(Event):
+    node: str
+    dataset_id: int
+    amount: int
+    balance: int
+
+
+@dataclass(frozen=True)
+class BatchSettled(Event):
+    node: str
+    seq: int
+    entries: tuple  # ((datasetId, contributionId, weight), ...); contributionId 0 = unattributed
+
+
+@dataclass(frozen=True)
+class PoolDrained(Event):
+    node: str
+    seq: int
+    dataset_id: int
+    amount: int
+    total_weight: int
+
+
+@dataclass(frozen=True)
+class PoolFlushed(Event):
+    node: str
+    dataset_id: int
+    amount: int
+
+
 EVENT_CLASSES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -281,6 +326,7 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         ThawStarted, Withdrawn, VoucherRedeemed, VoucherUnderfunded, VoucherSkipped, ProtocolFeeProposed,
         ProtocolFeeSet, NodeSlashed, DisputeOpened, DisputeResolved, DisputeExpired, BatchCommitted,
         Transfer, Approval, OwnershipTransferred, OwnershipTransferStarted,
+        ContributionAttributed, AttributionRefused, PoolFilled, BatchSettled, PoolDrained, PoolFlushed,
     )
 }
 _RENAMES = {"from": "from_", "pricePer1k": "price_per_1k", "computePricePer1k": "compute_price_per_1k"}
@@ -399,6 +445,12 @@ class DisputeTerms:
 
 # UsageEscrow.SkipReason, by value
 SKIP_REASONS = ("wrong_node", "bad_value", "bad_signature", "unauthorized_signer", "stale", "unknown_adapter")
+
+
+@dataclass(frozen=True)
+class PoolBalance:
+    balance: int
+    since: int  # when the pool became non-empty (0 while empty)
 
 
 @dataclass(frozen=True)

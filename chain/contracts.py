@@ -10,7 +10,7 @@ Events decode into the frozen dataclasses of `chain.contract_types` (re-exported
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
@@ -61,6 +61,13 @@ from chain.contract_types import (  # noqa: F401  (re-exported: callers import t
     Transfer,
     Approval,
     OwnershipTransferred,
+    ContributionAttributed,
+    AttributionRefused,
+    PoolFilled,
+    BatchSettled,
+    PoolDrained,
+    PoolFlushed,
+    PoolBalance,
     AdapterInfo,
     AdapterPayout,
     DatasetInfo,
@@ -149,6 +156,8 @@ def _norm(v: Any) -> Any:
         return bytes(v)
     if isinstance(v, (list, tuple)):
         return tuple(_norm(x) for x in v)
+    if isinstance(v, Mapping):  # a struct decoded from an event: its fields in ABI order
+        return tuple(_norm(x) for x in v.values())
     return v
 
 
@@ -325,6 +334,9 @@ class DatasetRegistryContract(_Wrapper):
 
     def pending_reward(self, contribution_id: int) -> int:
         return self._call("pendingReward", contribution_id)
+
+    def pending_attributed(self, contribution_id: int) -> int:
+        return self._call("pendingAttributed", contribution_id)
 
     def dataset_count(self) -> int:
         return self._call("datasetCount")
@@ -628,6 +640,39 @@ class ReceiptLogContract(_Wrapper):
         return bytes(self._call("batchRoot", node, seq))
 
 
+AttributionEntry = tuple[int, int, int]  # (datasetId, contributionId, weight); contributionId 0 = unattributed
+
+
+class AttributionPoolContract(_Wrapper):
+    ARTIFACT = "AttributionPool"
+
+    def build_settle(self, sender: Sender, seq: int, entries: Sequence[AttributionEntry]) -> dict:
+        return self._build(sender, "settle", seq, [tuple(e) for e in entries])
+
+    def settle(self, account: LocalAccount, seq: int, entries: Sequence[AttributionEntry]) -> TxReceipt:
+        return self._send(account, "settle", seq, [tuple(e) for e in entries])
+
+    def build_flush(self, sender: Sender, node: str, dataset_id: int) -> dict:
+        return self._build(sender, "flush", node, dataset_id)
+
+    def flush(self, account: LocalAccount, node: str, dataset_id: int) -> TxReceipt:
+        return self._send(account, "flush", node, dataset_id)
+
+    def pool_of(self, node: str, dataset_id: int) -> PoolBalance:
+        return PoolBalance(*self._call("poolOf", node, dataset_id))
+
+    def settled_seq(self, node: str) -> int:
+        return self._call("settledSeq", node)
+
+    def flush_delay(self) -> int:
+        return self._call("flushDelay")
+
+    def attribution_outside_adapter(self, r: Receipt, batch_seq: int, proof: Iterable[bytes],
+                                    ids: Sequence[int], bps: Sequence[int]) -> bool:
+        return self._call("attributionOutsideAdapter", _receipt_tuple(r), batch_seq,
+                          [bytes(HexBytes(p)) for p in proof], list(ids), list(bps))
+
+
 class RewardVaultContract(_Wrapper):
     ARTIFACT = "RewardVault"
 
@@ -645,7 +690,7 @@ class RewardVaultContract(_Wrapper):
 
 
 class Contracts:
-    """The deployed set, bound to one Web3: `.token .datasets .adapters .nodes .escrow .receipts .vault`."""
+    """The deployed set, bound to one Web3: `.token .datasets .adapters .nodes .escrow .receipts .vault .pool`."""
 
     def __init__(self, w3: Web3, deployment: Deployment):
         chain_id = w3.eth.chain_id
@@ -662,9 +707,11 @@ class Contracts:
         self.escrow = UsageEscrowContract(w3, a["UsageEscrow"])
         self.receipts = ReceiptLogContract(w3, a["ReceiptLog"])
         self.vault = RewardVaultContract(w3, a["RewardVault"])
+        self.pool = AttributionPoolContract(w3, a["AttributionPool"])
         self._by_address = {
             w.address: w
-            for w in (self.token, self.datasets, self.adapters, self.nodes, self.escrow, self.receipts, self.vault)
+            for w in (self.token, self.datasets, self.adapters, self.nodes, self.escrow, self.receipts, self.vault,
+                      self.pool)
         }
 
     def addresses(self) -> list[str]:

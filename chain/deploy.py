@@ -29,12 +29,14 @@ PROTOCOL_CONTRACTS = (
     "RewardVault",
     "UsageEscrow",
     "ReceiptLog",
+    "AttributionPool",
 )
 DEFAULT_PROTOCOL_FEE_BPS = 500  # 5 % of the adapter part
 DEFAULT_THAW_SECONDS = 7 * 24 * 3600
 DEFAULT_MIN_BOND = 10 * 10**18  # 10 tokens of an 18-decimals token: what a node must stake to redeem
 DEFAULT_DISPUTE_WINDOW = 7 * 24 * 3600
 DEFAULT_DISPUTE_DEPOSIT = 10**18
+DEFAULT_FLUSH_DELAY_SECONDS = 7 * 24 * 3600  # an undrained attribution pool waits this long before anyone may flush it
 MAX_PROTOCOL_FEE_BPS = 1_000  # mirrors UsageEscrow.MAX_PROTOCOL_FEE_BPS
 RECEIPT_TIMEOUT_S = 120
 
@@ -139,10 +141,11 @@ def deploy(
     dispute_window: int = DEFAULT_DISPUTE_WINDOW,
     dispute_deposit: int = DEFAULT_DISPUTE_DEPOSIT,
     arbitrator: str | None = None,
+    flush_delay_seconds: int = DEFAULT_FLUSH_DELAY_SECONDS,
     out_dir: Path | str | None = Path("deployments"),
     w3: Web3 | None = None,
 ) -> Deployment:
-    """Deploy DemoToken (unless `token` is given) and the six protocol contracts; return and save the Deployment.
+    """Deploy DemoToken (unless `token` is given) and the seven protocol contracts; return and save the Deployment.
 
     `out_dir=None` writes nothing. The deployer becomes UsageEscrow's owner and fee recipient, and
     NodeRegistry's dispute arbitrator unless `arbitrator` is given.
@@ -155,6 +158,8 @@ def deploy(
         raise DeployError(f"min_bond must be in 1..2^128-1, got {min_bond}")
     if not 0 <= dispute_window < 2**64 or not 0 <= dispute_deposit < 2**128:
         raise DeployError(f"dispute_window or dispute_deposit out of range: {dispute_window}, {dispute_deposit}")
+    if not 0 <= flush_delay_seconds < 2**64:
+        raise DeployError(f"flush_delay_seconds out of range: {flush_delay_seconds}")
     w3 = w3 or Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
     account = deployer_key if isinstance(deployer_key, LocalAccount) else Account.from_key(deployer_key)
     arbitrator = to_checksum_address(arbitrator) if arbitrator else account.address
@@ -179,7 +184,7 @@ def deploy(
     n = s.nonce
     predicted = {name: create_address(account.address, n + i) for i, name in enumerate(PROTOCOL_CONTRACTS)}
     ctor_args = {
-        "DatasetRegistry": (predicted["RewardVault"], predicted["UsageEscrow"]),
+        "DatasetRegistry": (predicted["RewardVault"], predicted["AttributionPool"]),
         "AdapterRegistry": (predicted["DatasetRegistry"],),
         "NodeRegistry": (
             tok, thaw_seconds, min_bond, predicted["ReceiptLog"], arbitrator, dispute_window, dispute_deposit,
@@ -188,7 +193,7 @@ def deploy(
         "UsageEscrow": (
             tok,
             predicted["AdapterRegistry"],
-            predicted["DatasetRegistry"],
+            predicted["AttributionPool"],
             predicted["RewardVault"],
             predicted["NodeRegistry"],
             thaw_seconds,
@@ -196,6 +201,13 @@ def deploy(
             account.address,
         ),
         "ReceiptLog": (),
+        "AttributionPool": (
+            predicted["DatasetRegistry"],
+            predicted["UsageEscrow"],
+            predicted["ReceiptLog"],
+            predicted["AdapterRegistry"],
+            flush_delay_seconds,
+        ),
     }
     for name in PROTOCOL_CONTRACTS:
         addr, block = s.deploy(name, *ctor_args[name])
@@ -211,7 +223,8 @@ def deploy(
         abi_hashes=abi_hashes,
         deployer=account.address,
         params={"protocol_fee_bps": protocol_fee_bps, "thaw_seconds": thaw_seconds, "min_bond": min_bond,
-                "dispute_window": dispute_window, "dispute_deposit": dispute_deposit},
+                "dispute_window": dispute_window, "dispute_deposit": dispute_deposit,
+                "flush_delay_seconds": flush_delay_seconds},
     )
     if out_dir is not None:
         dep.save(Path(out_dir) / f"{chain_id}.json")

@@ -11,6 +11,10 @@ import {IDatasetRegistry, IRewardVault} from "./interfaces/IProtocol.sol";
 ///         reward-per-weight accumulator: O(1) per payment, no loop over contributors, and a
 ///         contribution accepted later earns nothing of what was paid before it. Payments made
 ///         while a dataset has no accepted weight go to its curator.
+///         Payments arrive through AttributionPool: per committed receipt batch, part of a dataset's
+///         payment is credited to the contributions the answers drew on (`payAttributed`), the rest
+///         goes into the accumulator (`distribute`). A curator may reject an accepted contribution
+///         later: it keeps what it earned until then, and earns nothing after.
 contract DatasetRegistry is IDatasetRegistry {
     /// @notice Status of a contribution.
     enum Status {
@@ -57,8 +61,8 @@ contract DatasetRegistry is IDatasetRegistry {
     error DatasetRegistryInvalidString(string field);
     /// @notice A contribution's size must be in 1..2^64-1 tokens.
     error DatasetRegistryInvalidSize(uint256 sizeTokens);
-    /// @notice Only UsageEscrow may distribute rewards.
-    error DatasetRegistryNotEscrow(address caller);
+    /// @notice Only AttributionPool may distribute rewards.
+    error DatasetRegistryNotPool(address caller);
     /// @notice Array arguments differ in length.
     error DatasetRegistryLengthMismatch(uint256 a, uint256 b);
     /// @notice Dataset ids are packed into 32 bits elsewhere; no more can be created.
@@ -78,6 +82,10 @@ contract DatasetRegistry is IDatasetRegistry {
     event ContributionRejected(uint256 indexed contributionId, uint256 indexed datasetId);
     /// @notice `amount` was paid to a dataset; `accRewardPerWeight` is the accumulator after it.
     event DatasetRewarded(uint256 indexed datasetId, uint256 amount, uint256 accRewardPerWeight);
+    /// @notice `amount` of a dataset payment was credited to a contribution an answer drew on.
+    event ContributionAttributed(uint256 indexed contributionId, uint256 indexed datasetId, uint256 amount);
+    /// @notice A batch named a contribution that is not accepted in `datasetId`; its `amount` went to the accumulator.
+    event AttributionRefused(uint256 indexed contributionId, uint256 indexed datasetId, uint256 amount);
     /// @notice `amount` of a contribution's accrued reward was credited in RewardVault.
     event ContributionHarvested(uint256 indexed contributionId, address indexed contributor, uint256 amount);
 
@@ -104,12 +112,13 @@ contract DatasetRegistry is IDatasetRegistry {
         Status status;
         uint64 weight; // slot 1: weight (64) | sizeTokens (64)
         uint64 sizeTokens;
+        uint128 attributed; // credited by payAttributed, not yet harvested (shares slot 1: no fresh slot to write)
         uint256 rewardDebt; // weight * acc / PRECISION already accounted for
         string cid;
     }
 
     IRewardVault private immutable _vault;
-    address private immutable _escrow;
+    address private immutable _pool;
 
     uint256 private _datasetCount;
     uint256 private _contributionCount;
@@ -117,11 +126,11 @@ contract DatasetRegistry is IDatasetRegistry {
     mapping(uint256 contributionId => Contribution) private _contributions;
 
     /// @param vault_ RewardVault, where all rewards are held.
-    /// @param escrow_ UsageEscrow, the only caller of `distribute`.
-    constructor(IRewardVault vault_, address escrow_) {
-        if (address(vault_) == address(0) || escrow_ == address(0)) revert DatasetRegistryZeroAddress();
+    /// @param pool_ AttributionPool, the only caller of `distribute` and `payAttributed`.
+    constructor(IRewardVault vault_, address pool_) {
+        if (address(vault_) == address(0) || pool_ == address(0)) revert DatasetRegistryZeroAddress();
         _vault = vault_;
-        _escrow = escrow_;
+        _pool = pool_;
     }
 
     // ---------------------------------------------------------------- curators and contributors
@@ -188,10 +197,30 @@ contract DatasetRegistry is IDatasetRegistry {
         emit ContributionAccepted(contributionId, c.datasetId, weight);
     }
 
-    /// @notice Reject a pending contribution.
+    /// @notice Reject a pending contribution, or an accepted one later (it is paid what it earned
+    ///         until now, then earns nothing more: neither from the accumulator nor by attribution).
     /// @param contributionId the contribution.
     function reject(uint256 contributionId) external {
-        Contribution storage c = _pendingOfCurator(contributionId);
+        Contribution storage c = _contributions[contributionId];
+        Status status = c.status;
+        if (status == Status.None) revert DatasetRegistryUnknownContribution(contributionId);
+        if (_datasets[c.datasetId].curator != msg.sender) revert DatasetRegistryNotCurator(c.datasetId, msg.sender);
+        if (status == Status.Rejected) revert DatasetRegistryNotPending(contributionId, status);
+        if (status == Status.Accepted) {
+            Dataset storage d = _datasets[c.datasetId];
+            uint256 accrued = uint256(c.weight) * d.accRewardPerWeight / ACC_PRECISION;
+            uint256 debt = c.rewardDebt;
+            // the debt was rounded up at acceptance, so it may exceed what has accrued since
+            uint256 owed = (accrued > debt ? accrued - debt : 0) + c.attributed;
+            if (accrued > debt) c.rewardDebt = accrued;
+            c.attributed = 0;
+            d.totalWeight -= uint96(c.weight);
+            c.weight = 0;
+            if (owed != 0) {
+                emit ContributionHarvested(contributionId, c.contributor, owed);
+                _creditOne(c.contributor, owed);
+            }
+        }
         c.status = Status.Rejected;
         emit ContributionRejected(contributionId, c.datasetId);
     }
@@ -212,8 +241,9 @@ contract DatasetRegistry is IDatasetRegistry {
             uint256 accrued = uint256(c.weight) * _datasets[c.datasetId].accRewardPerWeight / ACC_PRECISION;
             uint256 debt = c.rewardDebt;
             // the debt was rounded up at acceptance, so it may exceed what has accrued since
-            uint256 pending = accrued > debt ? accrued - debt : 0;
-            if (pending != 0) c.rewardDebt = accrued;
+            uint256 pending = (accrued > debt ? accrued - debt : 0) + c.attributed;
+            if (accrued > debt) c.rewardDebt = accrued;
+            c.attributed = 0;
             to[i] = c.contributor;
             amounts[i] = pending;
             total += pending;
@@ -222,11 +252,43 @@ contract DatasetRegistry is IDatasetRegistry {
         if (total != 0) _vault.credit(to, amounts);
     }
 
-    // ---------------------------------------------------------------- escrow
+    // ---------------------------------------------------------------- attribution pool
+
+    /// @inheritdoc IDatasetRegistry
+    function payAttributed(
+        uint256 datasetId,
+        uint256[] calldata contributionIds,
+        uint256[] calldata amounts,
+        uint256 unattributed
+    ) external {
+        if (msg.sender != _pool) revert DatasetRegistryNotPool(msg.sender);
+        uint256 n = contributionIds.length;
+        if (n != amounts.length) revert DatasetRegistryLengthMismatch(n, amounts.length);
+        uint256 rest = unattributed;
+        for (uint256 i; i < n; ++i) {
+            uint256 amount = amounts[i];
+            if (amount == 0) continue;
+            uint256 id = contributionIds[i];
+            Contribution storage c = _contributions[id];
+            // Only a contribution accepted into this very dataset is credited (checked at payment
+            // time, so a contribution rejected since the answer was served earns nothing more).
+            if (c.status == Status.Accepted && c.datasetId == datasetId) {
+                c.attributed += uint128(amount); // amounts come from a pool whose balance fits 128 bits
+                emit ContributionAttributed(id, datasetId, amount);
+            } else {
+                rest += amount;
+                emit AttributionRefused(id, datasetId, amount);
+            }
+        }
+        if (rest != 0) {
+            address curator = _accrue(datasetId, rest);
+            if (curator != address(0)) _creditOne(curator, rest);
+        }
+    }
 
     /// @inheritdoc IDatasetRegistry
     function distribute(uint256[] calldata datasetIds, uint256[] calldata amounts) external {
-        if (msg.sender != _escrow) revert DatasetRegistryNotEscrow(msg.sender);
+        if (msg.sender != _pool) revert DatasetRegistryNotPool(msg.sender);
         uint256 n = datasetIds.length;
         if (n != amounts.length) revert DatasetRegistryLengthMismatch(n, amounts.length);
         address[] memory curators = new address[](n);
@@ -235,21 +297,13 @@ contract DatasetRegistry is IDatasetRegistry {
         for (uint256 i; i < n; ++i) {
             uint256 amount = amounts[i];
             if (amount == 0) continue;
-            Dataset storage d = _datasets[datasetIds[i]];
-            uint256 weight = d.totalWeight;
-            if (weight == 0) {
-                // Nobody to split over yet; later contributions must not take it: the curator gets it.
-                curators[m] = d.curator;
+            address curator = _accrue(datasetIds[i], amount);
+            if (curator != address(0)) {
+                curators[m] = curator;
                 curatorAmounts[m] = amount;
                 unchecked {
                     ++m; // m <= i < n
                 }
-                emit DatasetRewarded(datasetIds[i], amount, d.accRewardPerWeight);
-            } else {
-                // Flooring leaves < weight / ACC_PRECISION units of dust in the vault per payment.
-                uint256 acc = d.accRewardPerWeight + amount * ACC_PRECISION / weight;
-                d.accRewardPerWeight = acc;
-                emit DatasetRewarded(datasetIds[i], amount, acc);
             }
         }
         if (m != 0) {
@@ -284,12 +338,24 @@ contract DatasetRegistry is IDatasetRegistry {
         return ContributionView(c.contributor, c.datasetId, c.cid, c.sizeTokens, c.status, c.weight);
     }
 
-    /// @notice Reward accrued by an accepted contribution and not yet harvested (0 otherwise).
+    /// @notice Reward accrued by an accepted contribution and not yet harvested (0 otherwise),
+    ///         by accepted weight and by attribution together.
     function pendingReward(uint256 contributionId) external view returns (uint256) {
         Contribution storage c = _contributions[contributionId];
         if (c.status != Status.Accepted) return 0;
         uint256 accrued = uint256(c.weight) * _datasets[c.datasetId].accRewardPerWeight / ACC_PRECISION;
-        return accrued > c.rewardDebt ? accrued - c.rewardDebt : 0;
+        return (accrued > c.rewardDebt ? accrued - c.rewardDebt : 0) + c.attributed;
+    }
+
+    /// @notice The part of `pendingReward` credited by attribution.
+    function pendingAttributed(uint256 contributionId) external view returns (uint256) {
+        return _contributions[contributionId].attributed;
+    }
+
+    /// @inheritdoc IDatasetRegistry
+    function datasetOf(uint256 contributionId) external view returns (uint256 datasetId, bool accepted) {
+        Contribution storage c = _contributions[contributionId];
+        return (c.datasetId, c.status == Status.Accepted);
     }
 
     /// @notice Number of datasets created (ids are 1..count).
@@ -302,12 +368,37 @@ contract DatasetRegistry is IDatasetRegistry {
         return _contributionCount;
     }
 
-    /// @notice RewardVault and UsageEscrow fixed at deployment.
-    function peers() external view returns (address vault, address escrow) {
-        return (address(_vault), _escrow);
+    /// @notice RewardVault and AttributionPool fixed at deployment.
+    function peers() external view returns (address vault, address pool) {
+        return (address(_vault), _pool);
     }
 
     // ---------------------------------------------------------------- internal
+
+    /// @dev Add `amount` to the dataset's accumulator. A dataset without accepted weight has nobody
+    ///      to split over (later contributions must not take it): returns its curator, whom the
+    ///      caller credits; zero otherwise.
+    function _accrue(uint256 datasetId, uint256 amount) private returns (address curator) {
+        Dataset storage d = _datasets[datasetId];
+        uint256 weight = d.totalWeight;
+        if (weight == 0) {
+            emit DatasetRewarded(datasetId, amount, d.accRewardPerWeight);
+            return d.curator;
+        }
+        // Flooring leaves < weight / ACC_PRECISION units of dust in the vault per payment.
+        uint256 acc = d.accRewardPerWeight + amount * ACC_PRECISION / weight;
+        d.accRewardPerWeight = acc;
+        emit DatasetRewarded(datasetId, amount, acc);
+        return address(0);
+    }
+
+    function _creditOne(address to, uint256 amount) private {
+        address[] memory tos = new address[](1);
+        uint256[] memory amounts = new uint256[](1);
+        tos[0] = to;
+        amounts[0] = amount;
+        _vault.credit(tos, amounts);
+    }
 
     function _dataset(uint256 datasetId) private view returns (Dataset storage d) {
         d = _datasets[datasetId];

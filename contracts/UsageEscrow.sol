@@ -8,7 +8,7 @@ import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
-import {IAdapterRegistry, IDatasetRegistry, INodeRegistry, IRewardVault} from "./interfaces/IProtocol.sol";
+import {IAdapterRegistry, IAttributionPool, INodeRegistry, IRewardVault} from "./interfaces/IProtocol.sol";
 
 /// @title UsageEscrow
 /// @notice Payers deposit the payment token for one node: an account per (payer, node), as in TAP's
@@ -21,7 +21,8 @@ import {IAdapterRegistry, IDatasetRegistry, INodeRegistry, IRewardVault} from ".
 ///         VoucherSkipped and never reverts the others.
 ///         Reward routing: the compute part goes to the node; the adapter part pays the protocol fee
 ///         first, then splits per the adapter's registered bps between its owner (who also gets rounding
-///         dust) and its datasets (DatasetRegistry.distribute). Everything paid moves to RewardVault in
+///         dust) and its datasets (their parts fill the node's AttributionPool, which pays them out by the
+///         attribution of the node's committed receipts). Everything paid moves to RewardVault in
 ///         one transfer per call, credited per recipient with RewardVault.credit.
 ///         The payment token must be a plain ERC20 (no fee on transfer, no rebasing): balances are
 ///         booked at the amounts transferred.
@@ -155,7 +156,7 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
 
     IERC20 private immutable _token;
     IAdapterRegistry private immutable _adapters;
-    IDatasetRegistry private immutable _datasets;
+    IAttributionPool private immutable _pool;
     IRewardVault private immutable _vault;
     INodeRegistry private immutable _nodes;
     uint64 private immutable _thawSeconds;
@@ -169,7 +170,7 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
 
     /// @param token_ the payment token.
     /// @param adapters_ AdapterRegistry (splits).
-    /// @param datasets_ DatasetRegistry (dataset accumulators).
+    /// @param pool_ AttributionPool (receives the dataset parts, per node).
     /// @param vault_ RewardVault (receives every payment).
     /// @param nodes_ NodeRegistry (only staked nodes redeem).
     /// @param thawSeconds_ how long a withdrawal, a signer revocation and a fee change wait.
@@ -178,7 +179,7 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     constructor(
         IERC20 token_,
         IAdapterRegistry adapters_,
-        IDatasetRegistry datasets_,
+        IAttributionPool pool_,
         IRewardVault vault_,
         INodeRegistry nodes_,
         uint64 thawSeconds_,
@@ -186,13 +187,13 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         address owner_
     ) EIP712("LoRA Node", "1") Ownable(owner_) {
         if (
-            address(token_) == address(0) || address(adapters_) == address(0) || address(datasets_) == address(0)
+            address(token_) == address(0) || address(adapters_) == address(0) || address(pool_) == address(0)
                 || address(vault_) == address(0) || address(nodes_) == address(0)
         ) revert UsageEscrowZeroAddress();
         if (feeBps_ > MAX_PROTOCOL_FEE_BPS) revert UsageEscrowFeeTooHigh(feeBps_);
         _token = token_;
         _adapters = adapters_;
-        _datasets = datasets_;
+        _pool = pool_;
         _vault = vault_;
         _nodes = nodes_;
         _thawSeconds = thawSeconds_;
@@ -326,7 +327,7 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
             mstore(dsAmounts, dsLen)
         }
         _vault.credit(to, toAmounts);
-        if (dsLen != 0) _datasets.distribute(dsIds, dsAmounts);
+        if (dsLen != 0) _pool.fill(msg.sender, dsIds, dsAmounts);
     }
 
     // ---------------------------------------------------------------- owner
@@ -417,9 +418,9 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     function peers()
         external
         view
-        returns (IERC20 token, IAdapterRegistry adapters, IDatasetRegistry datasets, IRewardVault vault, INodeRegistry nodes)
+        returns (IERC20 token, IAdapterRegistry adapters, IAttributionPool pool, IRewardVault vault, INodeRegistry nodes)
     {
-        return (_token, _adapters, _datasets, _vault, _nodes);
+        return (_token, _adapters, _pool, _vault, _nodes);
     }
 
     // ---------------------------------------------------------------- internal

@@ -189,3 +189,7 @@ def explain_cmd(
     if r.hash_ok is False:
         typer.echo("error: attributionHash does not match the attribution weights", err=True)
         raise typer.Exit(1)
+
+
+# `attribution audit` and `attribution verify` live with the rewards they check.
+from node.attribution_rewards import cli as _rewards_cli  # noqa: E402,F401  (registers the commands)

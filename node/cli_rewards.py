@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import typer
@@ -11,6 +11,7 @@ from node.cli_common import (
     CliError, DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt, all_contributions, checksum, connect, emit,
     format_amount, handle_errors, keystore_address, load_account, tx_done,
 )
+from node.cli_ipfs_store import IpfsStoreOpt, KuboOpt
 
 rewards_app = typer.Typer(name="rewards", help="See and claim rewards.", no_args_is_help=True)
 
@@ -88,13 +89,23 @@ def summary_row(s: RewardSummary, places: int | None = None) -> dict:
 def show(
     address: str = typer.Argument(None, help="Address to look at (default: your wallet's)."),
     rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    as_json: bool = JsonOpt,
+    ipfs_store: Path = IpfsStoreOpt, kubo_url: str = KuboOpt, as_json: bool = JsonOpt,
 ) -> None:
-    """Claimable rewards per source: node fees, adapter shares, dataset contributions."""
+    """Claimable rewards per source: node fees, adapter shares, dataset contributions (per contribution:
+    answers that drew on it, tokens attributed, earned, pending, harvested into the vault)."""
+    from node.attribution_rewards.cli import contribution_rows, contributions_of
+
     who = checksum(address) if address else keystore_address(keystore)
     c = connect(rpc_url, deployment)
     s = summarize(c, who)
-    emit(s if as_json else summary_row(s), as_json, title="rewards")
+    per = contributions_of(c, who, ipfs_store, kubo_url)
+    if as_json:
+        rows = [{**asdict(r), "tokens_attributed": float(r.tokens_attributed)} for r in per.contributions]
+        emit({**asdict(s), "contributions": rows}, True)
+        return
+    emit(summary_row(s), False, title="rewards")
+    if per.contributions:
+        emit(contribution_rows(per), False, title="dataset contributions")
 
 
 @rewards_app.command("claim")

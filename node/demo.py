@@ -4,8 +4,10 @@ dev chain up (anvil + contracts + demo token) → two contributors add to a comm
 second dataset is created → two LoRA adapters are trained on them (CPU) and published on chain
 with dataset splits → the node discovers, fetches, verifies and serves them → a payer deposits,
 authorizes a signing key and chats with both adapters through the official `openai` client →
-receipts are committed and vouchers redeemed on chain → a rewards table per address, and one
-contributor claims, seeing the wallet's token balance rise.
+receipts are committed and vouchers redeemed on chain → each batch's dataset parts are paid by
+what its answers drew on (AttributionPool), shown per contribution, and batch 1 is audited from
+public data → a rewards table per address, and one contributor claims, seeing the wallet's token
+balance rise.
 """
 
 from __future__ import annotations
@@ -41,6 +43,33 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _attribution_report(c, store, data_dir: Path, node_addr: str, contributors: dict[str, str]) -> None:
+    """Per-contribution rewards (what the answers drew on moved the money) and the audit of batch 1."""
+    import asyncio
+
+    from node.attribution_rewards.audit import audit_batch
+    from node.attribution_rewards.breakdown import breakdown
+    from node.attribution_rewards.cli import contribution_rows
+    from node.ipfs import ContentCache
+
+    cache = ContentCache(data_dir / "audit-cache", 1 << 30)
+    t = Table(title="dataset rewards by contribution (LND): attribution settled per batch in AttributionPool")
+    cols = ["contribution", "dataset", "answers", "tokens attributed", "earned by attribution", "earned"]
+    t.add_column("who")
+    for col in cols:
+        t.add_column(col, justify="right")
+    for who, addr in contributors.items():
+        for row in contribution_rows(asyncio.run(breakdown(c, addr, [store], cache)), places=6):
+            t.add_row(who, *[str(row[k]) for k in cols])
+    console.print(t)
+    report = asyncio.run(audit_batch(c, [store], cache, 1, node_addr))
+    verdict = "[green]passed[/]" if report.ok else f"[red]{len(report.discrepancies)} discrepancies[/]"
+    console.print(f"loranode attribution audit --batch 1 --node {node_addr}: {report.receipts} receipts, "
+                  f"leaves, spans, weights and settled amounts checked: {verdict}")
+    for d in report.discrepancies:
+        console.print(f"  [red]✗[/] leaf {d.leaf_index} [{d.rule}] {d.detail}")
 
 
 def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, quick: bool = False) -> int:
@@ -173,6 +202,9 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
                 console.print(f"receipt {r.receipt.seq} (adapter-{r.receipt.adapter_id}) attribution: {shares}")
         paid = sum(r.receipt.compute_cost + r.receipt.adapter_cost for r in receipts)
         console.print(f"payer charged {format_amount(paid)} LND in total, redeemed from escrow")
+        _wait(lambda: c.pool.settled_seq(node_addr) == c.receipts.last_seq(node_addr), 180,
+              "batches to be settled in AttributionPool")
+        _attribution_report(c, store, stack.data_dir, node_addr, {r: acct[r].address for r in ("alice", "bob", "carol")})
 
         _step("7. rewards per address, and a contributor claims")
         rt = Table(title="rewards (LND)")

@@ -11,6 +11,9 @@ daemon can be killed anywhere and resume:
 3. the outbox signs (bytes stored before sending), broadcasts, rebroadcasts after a restart, settles.
 4. settle: a mined intent marks the batch committed. At start, `reconcile()` compares every local
    batch with `ReceiptLog.batchRoot` (chain is the truth) and refreshes what each lane collected.
+5. attribution: once the vouchers paying for a committed batch's receipts are redeemed (or after a
+   wait, for a payer who never pays its last request), the batch is settled in AttributionPool
+   (node.attribution_rewards.settler; AttributionPool.settledSeq is the truth).
 
 ReceiptLog accepts seq = lastSeq + 1 only, and UsageEscrow pays only the increase of a cumulative
 voucher, so a duplicate transaction can never commit a receipt twice or pay a voucher twice; the
@@ -53,6 +56,7 @@ class SettlementReport:
     batches_committed: int = 0
     redeems_sent: int = 0
     lanes_settled: int = 0
+    attribution_sent: int = 0
 
 
 def _hex(b: bytes | str) -> str:
@@ -108,6 +112,9 @@ class Settlement:
         self._chain_last_seq = 0
         self._last_redeem = 0.0
         self.last_error: str | None = None
+        from node.attribution_rewards.settler import AttributionSettler
+
+        self.attribution = AttributionSettler(self)
 
     def _step(self, name: str) -> None:
         if self.on_step is not None:
@@ -150,6 +157,7 @@ class Settlement:
                 busy = (repo.unbatched_receipts(s, 1)
                         or s.scalar(select(ReceiptBatch.seq).where(ReceiptBatch.status != BatchStatus.COMMITTED.value))
                         or s.scalar(select(Voucher.lane).where(Voucher.redeem_outbox_id.is_not(None))))
+            busy = busy or await asyncio.to_thread(self.attribution.pending, self._chain_last_seq)
             if not busy:
                 return
             if time.monotonic() > deadline:
@@ -171,6 +179,11 @@ class Settlement:
                     if self.outbox.process().idle:
                         break
                 report.lanes_settled += self.settle_redeems()
+        report.attribution_sent = self.attribution.enqueue(self._chain_last_seq)
+        if report.attribution_sent:
+            for _ in range(8):
+                if self.outbox.process().idle:
+                    break
         # The outbox keeps transient RPC errors on its open intents instead of raising: surface them.
         errors = [i.error for i in self.outbox.store.open_intents(self.node) if i.error]
         self.last_error = errors[0] if errors else None

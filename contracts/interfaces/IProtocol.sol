@@ -7,13 +7,32 @@ interface IRewardVault {
     function credit(address[] calldata to, uint256[] calldata amounts) external;
 }
 
-/// @notice What AdapterRegistry and UsageEscrow need of DatasetRegistry.
+/// @notice What AdapterRegistry and AttributionPool need of DatasetRegistry.
 interface IDatasetRegistry {
     /// @notice Whether dataset `datasetId` exists.
     function datasetExists(uint256 datasetId) external view returns (bool);
 
     /// @notice Split `amounts[i]` (already in the vault) over dataset `datasetIds[i]`'s contributions.
     function distribute(uint256[] calldata datasetIds, uint256[] calldata amounts) external;
+
+    /// @notice Credit `amounts[i]` (already in the vault) to contribution `contributionIds[i]` of
+    ///         dataset `datasetId`, and split `unattributed` by accepted weight. An amount naming a
+    ///         contribution not accepted in `datasetId` joins the unattributed part.
+    function payAttributed(
+        uint256 datasetId,
+        uint256[] calldata contributionIds,
+        uint256[] calldata amounts,
+        uint256 unattributed
+    ) external;
+
+    /// @notice Dataset of `contributionId` (0 if unknown) and whether it is accepted now.
+    function datasetOf(uint256 contributionId) external view returns (uint256 datasetId, bool accepted);
+}
+
+/// @notice What UsageEscrow needs of AttributionPool.
+interface IAttributionPool {
+    /// @notice Add `amounts[i]` (already in the vault) to the pool of (`node`, `datasetIds[i]`).
+    function fill(address node, uint256[] calldata datasetIds, uint256[] calldata amounts) external;
 }
 
 /// @notice What UsageEscrow needs of AdapterRegistry: the payout split in packed form.
@@ -35,7 +54,8 @@ interface INodeRegistry {
     function canRedeem(address node) external view returns (bool);
 }
 
-/// @notice What NodeRegistry needs of ReceiptLog: receipt digests (for slashing) and commit times.
+/// @notice What NodeRegistry (receipt digests for slashing, commit times) and AttributionPool (batch
+///         roots) need of ReceiptLog.
 interface IReceiptLog {
     /// @notice Same fields and order as ReceiptLog.Receipt (ABI-identical).
     struct Receipt {
@@ -58,4 +78,7 @@ interface IReceiptLog {
 
     /// @notice Timestamp of `node`'s last committed batch (0 if none).
     function lastCommitAt(address node) external view returns (uint64);
+
+    /// @notice Root of `node`'s batch `seq` (zero if not committed).
+    function batchRoot(address node, uint64 seq) external view returns (bytes32);
 }

@@ -48,6 +48,16 @@ class Env:
         rpc("evm_increaseTime", [seconds])
         rpc("evm_mine")
 
+    def settle_unattributed(self, dataset_ids, node: LocalAccount | None = None) -> None:
+        """The node commits a (dummy) receipt batch and settles it naming only the datasets'
+        unattributed weight: each pool drains into its dataset's accepted-weight split."""
+        node = node or self.node
+        c = self.c
+        seq = c.receipts.last_seq(node.address) + 1
+        c.receipts.commit_batch(node, seq, b"\x01" * 32, 1, "bafy-receipts")
+        assert c.pool.settled_seq(node.address) == seq - 1, "settle the earlier batches first"
+        c.pool.settle(node, seq, [(d, 0, 1) for d in sorted(set(dataset_ids))])
+
 
 def make_env(url: str, **deploy_kwargs) -> Env:
     w3 = Web3(Web3.HTTPProvider(url))
@@ -130,3 +140,4 @@ def stake_node():
 def make_env_fn():
     """`make_env(url, **deploy_kwargs)` for modules that need their own deployment."""
     return make_env
+

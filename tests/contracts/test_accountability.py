@@ -151,7 +151,19 @@ def test_issue8_late_contributions_never_over_credited(env, stake_node):
         total += pay
         v = Voucher(env.payer.address, env.node.address, 1, 0, total)
         c.escrow.redeem(env.node, [v], [sign_voucher(v, env.payer.key, env.chain_id, c.escrow.address)])
+        # the dataset part waits in the node's AttributionPool until a committed batch settles it:
+        # all unattributed here, so it goes into the accumulator (issue 13)
+        seq = c.receipts.last_seq(env.node.address) + 1
+        c.receipts.commit_batch(env.node, seq, seq.to_bytes(32, "big"), 1, "bafy-receipts")
+        c.pool.settle(env.node, seq, [(1, 0, 1)])
         c.datasets.harvest(env.stranger, ids)
+    assert c.pool.pool_of(env.node.address, 1).balance == 0
+    # accepted now (its debt rounded up above what has accrued) and rejected at once: owed nothing, no revert
+    c.datasets.contribute(env.contributor, 1, "bafy-late", 23)
+    late = len(ids) + 1
+    c.datasets.accept(env.curator, late, 23)
+    assert c.datasets.pending_reward(late) == 0
+    c.datasets.reject(env.curator, late)
     vault = c.token.balance_of(c.vault.address)
     assert c.vault.total_claimable() + sum(c.datasets.pending_reward(i) for i in ids) <= vault
     for who in (env.contributor, env.contributor2, env.owner, env.deployer, env.curator):

@@ -14,6 +14,7 @@ def pay_dataset(env, adapter_value: int, compute: int = 0) -> None:
     col = c.escrow.collected(env.payer.address, env.node.address, 1)
     v = Voucher(env.payer.address, env.node.address, 1, col.compute + compute, col.adapter + adapter_value)
     c.escrow.redeem(env.node, [v], [sign_voucher(v, env.payer.key, env.chain_id, c.escrow.address)])
+    env.settle_unattributed([1])  # no attribution: the dataset part goes to the accepted-weight split
 
 
 def test_create_contribute_accept_reject_and_views(env):
@@ -80,9 +81,14 @@ def test_dataset_errors(env, reverts):
         c.datasets.harvest(env.stranger, [5])
     c.datasets.accept(env.curator, 1, 5)
     with reverts("DatasetRegistryNotPending", 1, 2):
+        c.datasets.accept(env.curator, 1, 5)
+    c.datasets.reject(env.curator, 1)  # an accepted contribution may be rejected later, once
+    with reverts("DatasetRegistryNotPending", 1, 3):
         c.datasets.reject(env.curator, 1)
-    with reverts("DatasetRegistryNotEscrow", env.stranger.address):
+    with reverts("DatasetRegistryNotPool", env.stranger.address):
         env.c.datasets._send(env.stranger, "distribute", [1], [100])
+    with reverts("DatasetRegistryNotPool", env.stranger.address):
+        env.c.datasets._send(env.stranger, "payAttributed", 1, [1], [100], 0)
 
 
 def test_dataset_id_cap(env, anvil, reverts):

@@ -8,7 +8,10 @@ slashes, disputes (upheld, rejected or expired) and claims. After every step:
 - NodeRegistry holds exactly the bond, the open dispute deposits and what was burned;
 - the vault holds at least what it owes (claimable + unharvested dataset rewards), short of it
   only by accumulator rounding dust that is bounded;
-- nobody can claim more than was credited to them: claimed + claimable == credited (from events).
+- nobody can claim more than was credited to them: claimed + claimable == credited (from events);
+- batches that carry attribution (AttributionPool.settle with random weights, naming accepted,
+  later-rejected and other-dataset contributions) pay out exactly the pool they drain, to the wei,
+  and the node's pool counts in what the vault owes; undrained pools can be flushed.
 
 Bounded (few examples, short runs) so it stays well under 90 s on two cores."""
 
@@ -20,7 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from chain.contracts import Claimed, Credited
+from chain.contracts import AttributionRefused, Claimed, ContributionAttributed, Credited, DatasetRewarded
 from chain.eip712 import Receipt, Voucher, sign_receipt, sign_voucher
 
 FEE_BPS = 500
@@ -44,6 +47,10 @@ class Protocol(RuleBasedStateMachine):
         self.dataset_payments = 0
         self.accepted: list[int] = []
         c.datasets.create_dataset(env.curator, "d", "MIT", "")
+        c.datasets.create_dataset(env.curator, "other", "MIT", "")
+        c.datasets.contribute(env.contributor2, 2, "bafy-other", 5)  # contribution 1: dataset 2, never paid by dataset 1
+        c.datasets.accept(env.curator, 1, 5)
+        self.contributions: list[int] = [1]  # every id a batch may name
         # adapter 1 has no datasets; adapter 2 pays 30 % of the rest to dataset 1
         c.adapters.register(env.owner, "m", "bafy1", 8, 1, 10_000)
         c.adapters.register(env.owner, "m", "bafy2", 8, 1, 7000, [1], [3000])
@@ -169,6 +176,51 @@ class Protocol(RuleBasedStateMachine):
         cid = env.c.datasets.contribution_count()
         env.c.datasets.accept(env.curator, cid, weight)
         self.accepted.append(cid)
+        self.contributions.append(cid)
+
+    @rule(k=st.integers(0, 50))
+    def reject_later(self, k):
+        """The curator rejects an accepted contribution: it is paid what it earned, then nothing more."""
+        if self.accepted:
+            cid = self.accepted.pop(k % len(self.accepted))
+            self._track(self.env.c.datasets.reject(self.env.curator, cid))
+            self.dataset_payments += 1
+
+    @rule(picks=st.lists(st.tuples(st.integers(0, 50), st.integers(1, 2**128 - 1)), max_size=4),
+          unattributed=st.integers(0, 10**30), da=st.integers(0, 5000))
+    def settle_attributed_batch(self, picks, unattributed, da):
+        """A payment for dataset 1 (when da > 0), then the node commits a batch and settles it with
+        attribution weights (any contribution it names, accepted or not)."""
+        env, c = self.env, self.env.c
+        if da:
+            self.deposit(0, da)
+            self.redeem(0, 2, 0, da, False, False, False)
+        weights = {self.contributions[i % len(self.contributions)]: w for i, w in picks}
+        entries = ([(1, 0, unattributed)] if unattributed else []) + [(1, cid, w) for cid, w in sorted(weights.items())]
+        seq = c.receipts.last_seq(env.node.address) + 1
+        c.receipts.commit_batch(env.node, seq, seq.to_bytes(32, "big"), 1, "bafy-receipts")
+        pool = c.pool.pool_of(env.node.address, 1).balance
+        r = c.pool.settle(env.node, seq, entries)
+        self._track(r)
+        events = c.events_of(r)
+        paid = sum(e.amount for e in events if isinstance(e, (ContributionAttributed, DatasetRewarded)))
+        assert paid == (pool if entries else 0)  # exactly the drained pool, to the wei
+        for e in events:
+            if isinstance(e, ContributionAttributed):
+                assert e.contribution_id in self.accepted  # only accepted contributions of dataset 1
+            if isinstance(e, AttributionRefused):
+                assert e.contribution_id not in self.accepted
+        if entries:
+            assert c.pool.pool_of(env.node.address, 1).balance == 0
+            self.dataset_payments += 1
+
+    @rule()
+    def flush_after_delay(self):
+        env, c = self.env, self.env.c
+        if c.pool.pool_of(env.node.address, 1).balance:
+            env.mine_time(c.pool.flush_delay(), self.anvil.rpc)
+            self._track(c.pool.flush(env.stranger, env.node.address, 1))
+            self.dataset_payments += 1
 
     @rule()
     def harvest(self):
@@ -209,7 +261,8 @@ class Protocol(RuleBasedStateMachine):
         assert c.nodes.get_node(self.env.node.address).bond == self.bond
         assert nodes_bal == self.bond + self.deposits_held + c.nodes.burned()
         assert c.nodes.open_disputes(self.env.node.address) == len(self.open_disputes)
-        owed = c.vault.total_claimable() + sum(c.datasets.pending_reward(i) for i in self.accepted)
+        pooled = c.pool.pool_of(self.env.node.address, 1).balance  # redeemed, waiting for a batch
+        owed = c.vault.total_claimable() + sum(c.datasets.pending_reward(i) for i in self.contributions) + pooled
         assert owed <= vault_bal
         # accumulator flooring: < 1 unit per contribution per payment, plus payments while weightless
         assert vault_bal - owed <= (len(self.accepted) + 1) * (self.dataset_payments + 1)

@@ -44,8 +44,8 @@ def test_only_creditors_credit(env, anvil, reverts):
         err = _as_revert(ei.value)
         assert err.name == "RewardVaultLengthMismatch" and err.args == (1, 2)
         data = c.datasets.contract.encode_abi("distribute", args=[[1], [1, 2]])
-        with pytest.raises(Exception) as ei:
-            env.w3.eth.call({"from": esc, "to": c.datasets.address, "data": data})
+        with pytest.raises(Exception) as ei:  # the pool is the registry's only payer
+            env.w3.eth.call({"from": c.pool.address, "to": c.datasets.address, "data": data})
         err = _as_revert(ei.value)
         assert err.name == "DatasetRegistryLengthMismatch" and err.args == (1, 2)
     finally:

@@ -6,7 +6,7 @@ the node's embedded IPFS store) → `loranode`'s daemon (`node.daemon.serve`) di
 fetches and CID-verifies them, loads them → the official `openai` client (through
 `node.client.LoraNodeClient`, which signs cumulative vouchers) gets answers, streaming and not, for
 both adapters and the base model → the settlement loop commits the receipts and redeems the
-vouchers → every receipt verifies on chain with `verifyReceipt`, and the RewardVault credits of
+vouchers and settles each batch's dataset parts in AttributionPool → every receipt verifies on chain with `verifyReceipt`, and the RewardVault credits of
 the node, the protocol, the adapter owners and the dataset contributors match, to the wei, the
 splits registered on chain applied to the costs the node signed.
 """
@@ -153,6 +153,9 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
             return got.compute, got.adapter
 
         _wait(lambda: all(collected(aid) == lanes[aid] for aid in lanes), 120, "vouchers redeemed")
+        # the dataset parts wait in the node's attribution pools until each batch is settled there
+        _wait(lambda: c.pool.settled_seq(ADDR["node"]) == c.receipts.last_seq(ADDR["node"]), 120,
+              "batches settled in AttributionPool")
         with urllib.request.urlopen(node.url + "/metrics", timeout=30) as r:
             metrics = r.read().decode()
         loads = [ln for ln in metrics.splitlines() if ln.startswith("loranode_adapters_loads_total ")]
@@ -204,8 +207,10 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
     assert expect["deployer"] + expect["owner1"] + expect["owner2"] + dataset_shares == sum(a for _, a in lanes.values())
     # contributors: replay the dataset's reward-per-weight accumulator in chain order (a contribution
     # accepted later earns only from later payments)
+    # (attributed parts are credited to the contributions the answers drew on; the rest by weight)
     rewarded = [ev for ev in events if type(ev).__name__ == "DatasetRewarded"]
-    assert sum(ev.amount for ev in rewarded) == dataset_shares > 0
+    attributed = [ev for ev in events if type(ev).__name__ == "ContributionAttributed"]
+    assert sum(ev.amount for ev in rewarded) + sum(ev.amount for ev in attributed) == dataset_shares > 0
     by_id = {cid_id: who for who, (cid_id, _) in contributions.items()}
     acc, total_weight, debt, weights = 0, 0, {}, {}
     for ev in sorted(events, key=lambda e: (e.block_number, e.log_index)):
@@ -218,6 +223,7 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
             acc += ev.amount * ACC_PRECISION // total_weight
     for who, w in weights.items():
         expect[who] = max(0, w * acc // ACC_PRECISION - debt[who])
+        expect[who] += sum(ev.amount for ev in attributed if by_id.get(ev.contribution_id) == who)
     c.datasets.harvest(ACCT["deployer"], [cid_id for cid_id, _ in contributions.values()])
     for who, amount in expect.items():
         assert c.vault.claimable(ADDR[who]) == amount, who

@@ -6,8 +6,8 @@ Planted spans: the adapter's greedy answer to a prompt is generated first, then 
 contribution (with filler), beside an unrelated one. The receipt for that prompt then gives the
 planted contribution >= 90% of the weight and its attributionHash commits to those weights; an
 answer with no overlap gets none. Contributions with bad content (empty, not UTF-8) are skipped
-with a reason. A contribution whose acceptance is undone (a reorg: the registry cannot reject an
-accepted contribution, so a reorg is how an accepted one leaves the set) is dropped from the index
+with a reason. A contribution whose acceptance is undone (here by a reorg; a curator's later rejection
+emits the same ContributionRejected path) is dropped from the index
 and its weight moves away. The receipts file committed on chain holds the attribution, and the
 receipt verifies on chain. After the node stops, a new service reloads the same indexes from disk
 (same weights), rebuilds a tampered index file, and refuses a contribution over the byte cap.

@@ -397,6 +397,10 @@ def test_rewards_show_and_claim(env):
     v = Voucher(payer=ADDR["payer"], node=ADDR["node"], adapter_id=aid, compute_value=TOKEN, adapter_value=2 * TOKEN)
     sig = sign_voucher(v, KEY["payer"], c.chain_id, c.escrow.address)
     c.escrow.redeem(Account.from_key(KEY["node"]), [v], [sig])
+    # the dataset part waits in the node's attribution pool until the node settles a committed batch
+    seq = c.receipts.last_seq(ADDR["node"]) + 1
+    c.receipts.commit_batch(Account.from_key(KEY["node"]), seq, b"\x01" * 32, 1, "bafy-receipts")
+    c.pool.settle(Account.from_key(KEY["node"]), seq, [(ds, 0, 1)])  # no attribution: by accepted weight
     shown = jcli(env, "rewards", "show", ADDR["alice"])
     # amounts past 2**53 come as decimal strings in JSON
     assert int(shown["dataset_pending"]) > 0 and int(shown["claimable"]) == 0

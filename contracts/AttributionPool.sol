@@ -1,0 +1,250 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {IAdapterRegistry, IAttributionPool, IDatasetRegistry, IReceiptLog} from "./interfaces/IProtocol.sol";
+import {ReceiptLog} from "./ReceiptLog.sol";
+
+/// @title AttributionPool
+/// @notice Pays dataset rewards by what the answers drew on. UsageEscrow fills one pool per
+///         (node, dataset) with the dataset parts of the node's redemptions (the tokens are already in
+///         RewardVault; this contract only books them). After committing receipt batch `seq` in
+///         ReceiptLog, the node settles it here with integer weights computed from the batch's
+///         receipts (docs/attribution-rewards.md): per dataset, one weight per contribution its
+///         answers drew on and one for the part that drew on nothing. Settling drains each named
+///         pool P: contribution c gets floor(P * w_c / W) with W the dataset's total weight, and what
+///         is left (the unattributed weight's share plus rounding) is split by accepted weight, as
+///         before attribution existed. So nothing is ever paid twice or more than was redeemed, and
+///         nothing stays behind: a pool that no batch drains can be flushed by anyone after
+///         `flushDelay` to the accepted-weight split. Work is per entry of a batch, never per receipt.
+contract AttributionPool is IAttributionPool {
+    /// @notice One weight of a settled batch. `contributionId` 0 is the dataset's unattributed weight.
+    struct Entry {
+        uint256 datasetId;
+        uint256 contributionId;
+        uint256 weight;
+    }
+
+    struct Pool {
+        uint128 balance; // one slot per (node, dataset)
+        uint64 since; // when the pool last became non-empty (0 while empty)
+    }
+
+    /// @notice Only UsageEscrow fills pools.
+    error AttributionPoolNotEscrow(address caller);
+    /// @notice Array arguments differ in length.
+    error AttributionPoolLengthMismatch(uint256 a, uint256 b);
+    /// @notice Batches are settled in order, each once: `expected` is the caller's next.
+    error AttributionPoolWrongSequence(uint64 expected, uint64 given);
+    /// @notice The caller has not committed batch `seq` in ReceiptLog.
+    error AttributionPoolBatchNotCommitted(address node, uint64 seq);
+    /// @notice More than MAX_ENTRIES entries.
+    error AttributionPoolTooManyEntries(uint256 count);
+    /// @notice Entries must be strictly ascending by (datasetId, contributionId), with non-zero dataset ids.
+    error AttributionPoolUnsortedEntry(uint256 index);
+    /// @notice An entry's weight must be in 1..MAX_WEIGHT.
+    error AttributionPoolInvalidWeight(uint256 index, uint256 weight);
+    /// @notice A pool would exceed 2^128 - 1.
+    error AttributionPoolOverflow(address node, uint256 datasetId);
+    /// @notice The pool is empty.
+    error AttributionPoolNothingToFlush(address node, uint256 datasetId);
+    /// @notice The pool may be flushed from `readyAt`.
+    error AttributionPoolTooEarly(uint64 readyAt);
+    /// @notice The attribution arrays do not hash to the receipt's attributionHash.
+    error AttributionPoolAttributionMismatch();
+    /// @notice The receipt is not in the batch (no such batch, or a wrong proof).
+    error AttributionPoolReceiptNotCommitted();
+    /// @notice A constructor address is zero.
+    error AttributionPoolZeroAddress();
+
+    /// @notice The pool of (`node`, `datasetId`) received `amount`; `balance` after it.
+    event PoolFilled(address indexed node, uint256 indexed datasetId, uint256 amount, uint256 balance);
+    /// @notice `node` settled batch `seq` with these weights (what an audit recomputes from the receipts file).
+    event BatchSettled(address indexed node, uint64 indexed seq, Entry[] entries);
+    /// @notice Settling batch `seq` drained `amount` from the pool of (`node`, `datasetId`) over `totalWeight`.
+    event PoolDrained(
+        address indexed node, uint64 indexed seq, uint256 indexed datasetId, uint256 amount, uint256 totalWeight
+    );
+    /// @notice A pool no batch drained within `flushDelay` went to the accepted-weight split.
+    event PoolFlushed(address indexed node, uint256 indexed datasetId, uint256 amount);
+
+    /// @notice Most entries in one batch (bounds gas; 4,096 * MAX_WEIGHT cannot overflow).
+    uint256 public constant MAX_ENTRIES = 4096;
+    /// @notice Largest weight of one entry (pool * weight < 2^256).
+    uint256 public constant MAX_WEIGHT = type(uint128).max;
+
+    IDatasetRegistry private immutable _datasets;
+    address private immutable _escrow;
+    ReceiptLog private immutable _receiptLog;
+    IAdapterRegistry private immutable _adapters;
+    uint64 private immutable _flushDelay;
+
+    mapping(address node => mapping(uint256 datasetId => Pool)) private _pools;
+    mapping(address node => uint64) private _settledSeq;
+
+    /// @param datasets_ DatasetRegistry (credits contributions, keeps the accepted-weight split).
+    /// @param escrow_ UsageEscrow, the only caller of `fill`.
+    /// @param receiptLog_ ReceiptLog, where settled batches must be committed.
+    /// @param adapters_ AdapterRegistry (adapters' datasets, for `attributionOutsideAdapter`).
+    /// @param flushDelay_ seconds after which an undrained pool may be flushed.
+    constructor(
+        IDatasetRegistry datasets_,
+        address escrow_,
+        ReceiptLog receiptLog_,
+        IAdapterRegistry adapters_,
+        uint64 flushDelay_
+    ) {
+        if (
+            address(datasets_) == address(0) || escrow_ == address(0) || address(receiptLog_) == address(0)
+                || address(adapters_) == address(0)
+        ) revert AttributionPoolZeroAddress();
+        _datasets = datasets_;
+        _escrow = escrow_;
+        _receiptLog = receiptLog_;
+        _adapters = adapters_;
+        _flushDelay = flushDelay_;
+    }
+
+    /// @inheritdoc IAttributionPool
+    function fill(address node, uint256[] calldata datasetIds, uint256[] calldata amounts) external {
+        if (msg.sender != _escrow) revert AttributionPoolNotEscrow(msg.sender);
+        uint256 n = datasetIds.length;
+        if (n != amounts.length) revert AttributionPoolLengthMismatch(n, amounts.length);
+        for (uint256 i; i < n; ++i) {
+            uint256 amount = amounts[i];
+            if (amount == 0) continue;
+            Pool storage p = _pools[node][datasetIds[i]];
+            uint256 balance = uint256(p.balance) + amount;
+            if (balance > type(uint128).max) revert AttributionPoolOverflow(node, datasetIds[i]);
+            if (p.balance == 0) p.since = uint64(block.timestamp);
+            p.balance = uint128(balance);
+            emit PoolFilled(node, datasetIds[i], amount, balance);
+        }
+    }
+
+    /// @notice Settle the caller's committed batch `seq`: drain the pool of every dataset named in
+    ///         `entries` by their weights. Batches go in order (seq = settledSeq + 1), each once.
+    /// @param seq the batch, committed by the caller in ReceiptLog.
+    /// @param entries weights, strictly ascending by (datasetId, contributionId); contributionId 0
+    ///        is a dataset's unattributed weight. Empty settles a batch that paid no dataset.
+    function settle(uint64 seq, Entry[] calldata entries) external {
+        uint64 expected = _settledSeq[msg.sender] + 1;
+        if (seq != expected) revert AttributionPoolWrongSequence(expected, seq);
+        if (_receiptLog.batchRoot(msg.sender, seq) == bytes32(0)) revert AttributionPoolBatchNotCommitted(msg.sender, seq);
+        uint256 n = entries.length;
+        if (n > MAX_ENTRIES) revert AttributionPoolTooManyEntries(n);
+        _settledSeq[msg.sender] = seq;
+        uint256 i;
+        while (i < n) {
+            uint256 datasetId = entries[i].datasetId;
+            if (datasetId == 0 || (i != 0 && datasetId <= entries[i - 1].datasetId)) revert AttributionPoolUnsortedEntry(i);
+            // The group of this dataset: entries[i:j], contribution ids strictly ascending.
+            uint256 j = i;
+            uint256 total;
+            do {
+                uint256 w = entries[j].weight;
+                if (w == 0 || w > MAX_WEIGHT) revert AttributionPoolInvalidWeight(j, w);
+                if (j != i && entries[j].contributionId <= entries[j - 1].contributionId) {
+                    revert AttributionPoolUnsortedEntry(j);
+                }
+                total += w; // <= 4,096 * 2^128: no overflow
+                ++j;
+            } while (j < n && entries[j].datasetId == datasetId);
+            _drain(seq, datasetId, entries[i:j], total);
+            i = j;
+        }
+        emit BatchSettled(msg.sender, seq, entries);
+    }
+
+    /// @notice Move the pool of (`node`, `datasetId`) to the accepted-weight split once it has waited
+    ///         `flushDelay` since it became non-empty without a batch draining it. Anyone may call.
+    function flush(address node, uint256 datasetId) external {
+        Pool storage p = _pools[node][datasetId];
+        uint256 amount = p.balance;
+        if (amount == 0) revert AttributionPoolNothingToFlush(node, datasetId);
+        uint64 readyAt = p.since + _flushDelay;
+        if (block.timestamp < readyAt) revert AttributionPoolTooEarly(readyAt);
+        p.balance = 0;
+        p.since = 0;
+        emit PoolFlushed(node, datasetId, amount);
+        _datasets.payAttributed(datasetId, new uint256[](0), new uint256[](0), amount);
+    }
+
+    // ---------------------------------------------------------------- views
+
+    /// @notice Balance of the pool of (`node`, `datasetId`) and when it became non-empty (0 if empty).
+    function poolOf(address node, uint256 datasetId) external view returns (uint256 balance, uint64 since) {
+        Pool storage p = _pools[node][datasetId];
+        return (p.balance, p.since);
+    }
+
+    /// @notice Last batch `node` settled here (0 if none).
+    function settledSeq(address node) external view returns (uint64) {
+        return _settledSeq[node];
+    }
+
+    /// @notice Seconds an undrained pool waits before `flush`.
+    function flushDelay() external view returns (uint64) {
+        return _flushDelay;
+    }
+
+    /// @notice Contracts fixed at deployment.
+    function peers()
+        external
+        view
+        returns (IDatasetRegistry datasets, address escrow, ReceiptLog receiptLog, IAdapterRegistry adapters)
+    {
+        return (_datasets, _escrow, _receiptLog, _adapters);
+    }
+
+    /// @notice Proof from one leaf, for a slash that needs no arbitrator: whether committed receipt
+    ///         `r` attributes its answer to a contribution outside its adapter's datasets (or one
+    ///         that does not exist). Reverts unless `r` is in batch `batchSeq` (by `proof`) and
+    ///         (`ids`, `bps`) hash to `r.attributionHash`.
+    /// @return true iff some `ids[k]` is not a contribution of one of the adapter's datasets.
+    function attributionOutsideAdapter(
+        ReceiptLog.Receipt calldata r,
+        uint64 batchSeq,
+        bytes32[] calldata proof,
+        uint256[] calldata ids,
+        uint256[] calldata bps
+    ) external view returns (bool) {
+        if (!_receiptLog.verifyReceipt(r, batchSeq, proof)) revert AttributionPoolReceiptNotCommitted();
+        if (keccak256(abi.encode(ids, bps)) != r.attributionHash) revert AttributionPoolAttributionMismatch();
+        (, uint256 count, uint256 p0, uint256 p1) = _adapters.payoutOf(r.adapterId);
+        for (uint256 k; k < ids.length; ++k) {
+            (uint256 datasetId,) = _datasets.datasetOf(ids[k]);
+            bool inside;
+            for (uint256 j; j < count && !inside; ++j) {
+                uint256 entry = (j < 5 ? p0 : p1) >> (48 * (j % 5));
+                inside = datasetId != 0 && uint32(entry >> 16) == datasetId;
+            }
+            if (!inside) return true;
+        }
+        return false;
+    }
+
+    // ---------------------------------------------------------------- internal
+
+    /// @dev Drain the caller's pool of `datasetId` over `group` (one dataset's entries, weights summing to `total`).
+    function _drain(uint64 seq, uint256 datasetId, Entry[] calldata group, uint256 total) private {
+        Pool storage p = _pools[msg.sender][datasetId];
+        uint256 amount = p.balance;
+        emit PoolDrained(msg.sender, seq, datasetId, amount, total);
+        if (amount == 0) return;
+        p.balance = 0;
+        p.since = 0;
+        uint256 m = group.length;
+        uint256 skip = group[0].contributionId == 0 ? 1 : 0; // the unattributed weight is not a contribution
+        uint256[] memory ids = new uint256[](m - skip);
+        uint256[] memory amounts = new uint256[](m - skip);
+        uint256 given;
+        for (uint256 k = skip; k < m; ++k) {
+            uint256 share = amount * group[k].weight / total; // amount < 2^128, weight <= 2^128 - 1
+            ids[k - skip] = group[k].contributionId;
+            amounts[k - skip] = share;
+            given += share;
+        }
+        // Unattributed share and rounding (given <= amount since the weights sum to total).
+        _datasets.payAttributed(datasetId, ids, amounts, amount - given);
+    }
+}

@@ -1,0 +1,239 @@
+"""AttributionPool: redemptions fill a pool per (node, dataset); settling a committed batch pays the
+contributions its answers drew on, by weight, and the rest by accepted weight — exact to the wei."""
+
+from __future__ import annotations
+
+import pytest
+
+from chain.contracts import (
+    AttributionRefused,
+    BatchSettled,
+    ContributionAttributed,
+    DatasetRewarded,
+    PoolDrained,
+    PoolFlushed,
+    _as_revert,
+)
+from chain.eip712 import Receipt, Voucher, attribution_hash, output_hash, receipt_digest, sign_voucher
+from chain.merkle import StandardMerkleTree
+
+BPS = 10_000
+FEE = 500
+
+
+@pytest.fixture
+def world2(env, stake_node):
+    """Dataset 1: contributions 1 (weight 1), 2 (weight 3), 4 (pending); dataset 2: contribution 3
+    (weight 5). Adapter 1: 60 % owner, 30 % dataset 1, 10 % dataset 2. The node is staked; the payer
+    has 10^21 deposited for it."""
+    c = env.c
+    c.datasets.create_dataset(env.curator, "d1", "MIT", "")
+    c.datasets.create_dataset(env.curator, "d2", "MIT", "")
+    c.datasets.contribute(env.contributor, 1, "bafyc1", 100)
+    c.datasets.contribute(env.contributor2, 1, "bafyc2", 300)
+    c.datasets.contribute(env.contributor, 2, "bafyc3", 500)
+    c.datasets.contribute(env.contributor2, 1, "bafyc4", 10)
+    c.datasets.accept(env.curator, 1, 1)
+    c.datasets.accept(env.curator, 2, 3)
+    c.datasets.accept(env.curator, 3, 5)
+    c.adapters.register(env.owner, "m", "bafyA", 8, 10**15, 6000, [1, 2], [3000, 1000])
+    stake_node(env, env.node)
+    c.escrow.deposit(env.payer, env.node.address, 10**21)
+    return c
+
+
+def redeem(env, adapter_value: int) -> tuple[int, int]:
+    """Raise lane (payer, node, 1) by `adapter_value`; return the dataset parts (d1, d2) redeemed."""
+    c = env.c
+    col = c.escrow.collected(env.payer.address, env.node.address, 1)
+    v = Voucher(env.payer.address, env.node.address, 1, col.compute, col.adapter + adapter_value)
+    c.escrow.redeem(env.node, [v], [sign_voucher(v, env.payer.key, env.chain_id, c.escrow.address)])
+    rest = adapter_value - adapter_value * FEE // BPS
+    return rest * 3000 // BPS, rest * 1000 // BPS
+
+
+def commit(env, node=None) -> int:
+    node = node or env.node
+    seq = env.c.receipts.last_seq(node.address) + 1
+    env.c.receipts.commit_batch(node, seq, b"\x02" * 32, 1, "bafy-receipts")
+    return seq
+
+
+def events(env, receipt, cls):
+    return [e for e in env.c.events_of(receipt) if isinstance(e, cls)]
+
+
+def test_settle_pays_by_attribution_exactly_and_conserves(env, world2):
+    c = env.c
+    p1, p2 = redeem(env, 10**18 + 7)  # odd amount: shares do not divide evenly
+    assert c.pool.pool_of(env.node.address, 1).balance == p1 and c.pool.pool_of(env.node.address, 2).balance == p2
+    assert c.datasets.pending_reward(1) == 0  # nothing reaches contributors before a batch settles
+    vault_before = c.token.balance_of(c.vault.address)
+    seq = commit(env)
+    # dataset 1: unattributed 5, contribution 1: 7, contribution 2: 11 (W = 23); dataset 2: contribution 3 only
+    entries = [(1, 0, 5), (1, 1, 7), (1, 2, 11), (2, 3, 13)]
+    r = c.pool.settle(env.node, seq, entries)
+    got = {e.contribution_id: e.amount for e in events(env, r, ContributionAttributed)}
+    assert got == {1: p1 * 7 // 23, 2: p1 * 11 // 23, 3: p2}
+    (rewarded,) = events(env, r, DatasetRewarded)  # only dataset 1 has an unattributed part
+    assert rewarded.dataset_id == 1 and rewarded.amount == p1 - got[1] - got[2]  # share of 5 + rounding
+    assert sum(got.values()) + rewarded.amount == p1 + p2  # conservation to the wei
+    drained = {e.dataset_id: (e.amount, e.total_weight) for e in events(env, r, PoolDrained)}
+    assert drained == {1: (p1, 23), 2: (p2, 13)}
+    (settled,) = events(env, r, BatchSettled)
+    assert (settled.node, settled.seq, list(settled.entries)) == (env.node.address, seq, entries)
+    assert c.pool.pool_of(env.node.address, 1).balance == 0 and c.pool.settled_seq(env.node.address) == seq
+    # the unattributed part splits by accepted weight (1 : 3); attributed parts are on top
+    acc1 = rewarded.amount * 10**24 // 4 * 1 // 10**24
+    assert c.datasets.pending_attributed(1) == got[1] and c.datasets.pending_reward(1) == got[1] + acc1
+    # harvesting pays both parts; nothing left over is owed to anyone
+    c.datasets.harvest(env.stranger, [1, 2, 3])
+    assert c.vault.claimable(env.contributor.address) == got[1] + acc1 + got[3]
+    assert c.datasets.pending_reward(1) == c.datasets.pending_reward(3) == 0
+    assert c.token.balance_of(c.vault.address) == vault_before  # bookkeeping only: no tokens moved
+    dust = c.token.balance_of(c.vault.address) - c.vault.total_claimable() - c.datasets.pending_reward(2)
+    assert 0 <= dust <= 1  # accumulator flooring only
+
+
+def test_huge_weights_do_not_overflow_and_conserve(env, world2):
+    c = env.c
+    p1, _ = redeem(env, 10**20)
+    seq = commit(env)
+    top = 2**128 - 1
+    r = c.pool.settle(env.node, seq, [(1, 0, top), (1, 1, top), (1, 2, 1)])
+    got = {e.contribution_id: e.amount for e in events(env, r, ContributionAttributed)}
+    (rewarded,) = [e for e in events(env, r, DatasetRewarded) if e.dataset_id == 1]
+    assert got[1] == p1 * top // (2 * top + 1) and 2 not in got  # 1 / 2^129 of the pool floors to 0
+    assert got[1] + rewarded.amount == p1
+
+
+def test_only_accepted_contributions_of_the_dataset_are_credited(env, world2, reverts):
+    c = env.c
+    p1, p2 = redeem(env, 10**18)
+    seq = commit(env)
+    # contribution 3 belongs to dataset 2, 4 is pending, 99 does not exist: all refused into dataset 1's split
+    r = c.pool.settle(env.node, seq, [(1, 1, 1), (1, 3, 1), (1, 4, 1), (1, 99, 1)])
+    refused = {e.contribution_id: (e.dataset_id, e.amount) for e in events(env, r, AttributionRefused)}
+    share = p1 // 4
+    assert refused == {3: (1, share), 4: (1, share), 99: (1, share)}
+    assert c.datasets.pending_attributed(1) == share and c.datasets.pending_attributed(3) == 0
+    (rewarded,) = events(env, r, DatasetRewarded)
+    assert rewarded.amount == p1 - share
+    assert c.pool.pool_of(env.node.address, 2).balance == p2  # dataset 2 was not named: it waits
+
+
+def test_contribution_rejected_later_stops_earning(env, world2, reverts):
+    c = env.c
+    p1, _ = redeem(env, 10**18)
+    c.pool.settle(env.node, commit(env), [(1, 2, 1)])
+    assert c.datasets.pending_attributed(2) == p1
+    c.datasets.reject(env.curator, 2)  # the curator rejects it later: it keeps what it earned
+    assert c.vault.claimable(env.contributor2.address) == p1 and c.datasets.pending_reward(2) == 0
+    assert c.datasets.get_dataset(1).total_weight == 1
+    p1b, _ = redeem(env, 10**18)
+    r = c.pool.settle(env.node, commit(env), [(1, 1, 1), (1, 2, 1)])
+    (refused,) = events(env, r, AttributionRefused)
+    assert (refused.contribution_id, refused.amount) == (2, p1b // 2)
+    assert c.vault.claimable(env.contributor2.address) == p1  # nothing more
+    with reverts("DatasetRegistryNotAccepted", 2, 3):
+        c.datasets.harvest(env.stranger, [2])
+    # the accepted-weight split no longer counts it either: contribution 1 gets the refused half too
+    assert c.datasets.pending_reward(1) == p1b // 2 + (p1b - p1b // 2)
+
+
+def test_settle_hostile_input(env, world2, reverts, anvil):
+    c = env.c
+    redeem(env, 10**18)
+    with reverts("AttributionPoolWrongSequence", 1, 2):
+        c.pool.settle(env.node, 2, [])
+    with reverts("AttributionPoolBatchNotCommitted", env.node.address, 1):
+        c.pool.settle(env.node, 1, [(1, 1, 1)])
+    seq = commit(env)
+    # a foreign batch: the stranger never committed seq 1, the node did
+    with reverts("AttributionPoolBatchNotCommitted", env.stranger.address, 1):
+        c.pool.settle(env.stranger, 1, [(1, 1, 1)])
+    for bad, index in (([(1, 2, 1), (1, 1, 1)], 1), ([(1, 1, 1), (1, 1, 1)], 1), ([(2, 3, 1), (1, 1, 1)], 1),
+                       ([(0, 1, 1)], 0), ([(1, 1, 1), (2, 3, 1), (1, 2, 1)], 2)):
+        with reverts("AttributionPoolUnsortedEntry", index):
+            c.pool.settle(env.node, seq, bad)
+    with reverts("AttributionPoolInvalidWeight", 1, 0):
+        c.pool.settle(env.node, seq, [(1, 1, 1), (1, 2, 0)])
+    with reverts("AttributionPoolInvalidWeight", 0, 2**128):
+        c.pool.settle(env.node, seq, [(1, 1, 2**128)])
+    with reverts("AttributionPoolTooManyEntries", 4097):
+        c.pool.settle(env.node, seq, [(1, i, 1) for i in range(1, 4098)])
+    with reverts("AttributionPoolNotEscrow", env.node.address):
+        c.pool._send(env.node, "fill", env.node.address, [1], [10**30])
+    c.pool.settle(env.node, seq, [(1, 1, 1)])
+    with reverts("AttributionPoolWrongSequence", 2, 1):  # settled once only
+        c.pool.settle(env.node, seq, [(1, 1, 1)])
+    # as the escrow (impersonated: its own code never does this): mismatched lengths, overflow
+    esc = c.escrow.address
+    anvil.rpc("anvil_impersonateAccount", [esc])
+    anvil.rpc("anvil_setBalance", [esc, hex(10**18)])
+    try:
+        for args, name in (([[1], [1, 2]], "AttributionPoolLengthMismatch"), ([[1], [2**128]], "AttributionPoolOverflow")):
+            data = c.pool.contract.encode_abi("fill", args=[env.node.address, *args])
+            with pytest.raises(Exception) as ei:
+                env.w3.eth.call({"from": esc, "to": c.pool.address, "data": data})
+            assert _as_revert(ei.value).name == name
+    finally:
+        anvil.rpc("anvil_stopImpersonatingAccount", [esc])
+
+
+def test_flush_after_delay_moves_an_undrained_pool_to_the_split(env, world2, reverts, anvil):
+    c = env.c
+    with reverts("AttributionPoolNothingToFlush", env.node.address, 1):
+        c.pool.flush(env.stranger, env.node.address, 1)
+    p1, _ = redeem(env, 10**18)
+    since = c.pool.pool_of(env.node.address, 1).since
+    delay = c.pool.flush_delay()
+    with reverts("AttributionPoolTooEarly", since + delay):
+        c.pool.flush(env.stranger, env.node.address, 1)
+    env.mine_time(delay, anvil.rpc)
+    r = c.pool.flush(env.stranger, env.node.address, 1)  # anyone may
+    (ev,) = events(env, r, PoolFlushed)
+    assert (ev.dataset_id, ev.amount) == (1, p1) and c.pool.pool_of(env.node.address, 1).balance == 0
+    assert c.datasets.pending_reward(1) + c.datasets.pending_reward(2) in (p1, p1 - 1)
+
+
+def _committed_receipt(env, ids, bps):
+    c = env.c
+    r = Receipt(request_id=b"\x05" * 32, payer=env.payer.address, node=env.node.address, adapter_id=1, seq=1,
+                prompt_tokens=3, completion_tokens=4, compute_cost=0, adapter_cost=10, output_hash=output_hash("x"),
+                attribution_hash=attribution_hash(ids, bps), timestamp=1)
+    other = Receipt(**{**r.__dict__, "request_id": b"\x06" * 32})
+    tree = StandardMerkleTree.of([[receipt_digest(x, env.chain_id, c.receipts.address)] for x in (r, other)],
+                                 ["bytes32"])
+    seq = c.receipts.last_seq(env.node.address) + 1
+    c.receipts.commit_batch(env.node, seq, tree.root, 2, "bafy")
+    return r, seq, tree.proof(0)  # proofs are by input position
+
+
+def test_a_single_leaf_proves_a_contribution_outside_the_adapter(env, world2, reverts):
+    """What a later slash without arbitrator can call: adapter 1 draws on datasets 1 and 2 only."""
+    c = env.c
+    c.datasets.create_dataset(env.curator, "d3", "MIT", "")
+    c.datasets.contribute(env.contributor, 3, "bafyc5", 10)  # contribution 5 in dataset 3
+    r, seq, proof = _committed_receipt(env, [1, 5], [5000, 5000])
+    assert c.pool.attribution_outside_adapter(r, seq, proof, [1, 5], [5000, 5000]) is True
+    r, seq, proof = _committed_receipt(env, [1, 3], [5000, 5000])
+    assert c.pool.attribution_outside_adapter(r, seq, proof, [1, 3], [5000, 5000]) is False
+    r, seq, proof = _committed_receipt(env, [1, 77], [5000, 5000])  # unknown contribution
+    assert c.pool.attribution_outside_adapter(r, seq, proof, [1, 77], [5000, 5000]) is True
+    with reverts("AttributionPoolAttributionMismatch"):
+        c.pool.attribution_outside_adapter(r, seq, proof, [1, 77], [5000, 4999])
+    with reverts("AttributionPoolReceiptNotCommitted"):
+        c.pool.attribution_outside_adapter(r, seq + 1, proof, [1, 77], [5000, 5000])
+
+
+def test_constructor_refuses_zero_addresses(env, reverts):
+    from chain.artifacts import load_artifact
+    from chain.contracts import send_tx
+
+    art = load_artifact("AttributionPool")
+    zero = "0x" + "00" * 20
+    data = env.w3.eth.contract(abi=art.abi_list, bytecode=art.bytecode).constructor(
+        env.c.datasets.address, zero, env.c.receipts.address, env.c.adapters.address, 60).data_in_transaction
+    with reverts("AttributionPoolZeroAddress"):
+        send_tx(env.w3, env.deployer, {"data": data, "value": 0, "chainId": env.chain_id})
