@@ -100,7 +100,10 @@ def show(
     s = summarize(c, who)
     per = contributions_of(c, who, ipfs_store, kubo_url)
     if as_json:
-        rows = [{**asdict(r), "tokens_attributed": float(r.tokens_attributed)} for r in per.contributions]
+        # amounts are decimal strings in every --json output (docs/protocol.md); tokens_attributed is a token count
+        rows = [{**asdict(r), "tokens_attributed": float(r.tokens_attributed),
+                 **{k: str(getattr(r, k)) for k in ("earned_by_attribution", "earned", "pending", "harvested")}}
+                for r in per.contributions]
         emit({**asdict(s), "contributions": rows}, True)
         return
     emit(summary_row(s), False, title="rewards")

@@ -195,6 +195,9 @@ def test_every_documented_example_matches_the_running_node(live, tmp_path, monke
     check("cli adapter show", cli("adapter", "show", "1"))
     check("cli dataset show", cli("dataset", "show", str(live.dataset_id)))
     check("cli rewards show", cli("rewards", "show", ACCT["node"].address))
+    contributor = cli("rewards", "show", ACCT["alice"].address)  # a contributor: per-contribution rows
+    assert contributor["contributions"], "alice contributed to the live stack's dataset"
+    assert_shape(doc["cli rewards show"], contributor, "cli rewards show (contributor)")
 
     assert checked == set(doc), f"examples nobody checked: {sorted(set(doc) - checked)}"
 
