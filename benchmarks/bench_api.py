@@ -139,7 +139,7 @@ async def api_clients(url: str, wallets: dict, clients: list[int], n: int, per_l
 def _client_process(conn, url: str, payer_keys: list[str], quote_json: dict, mine: list[int]) -> None:
     """A load-generator process: owns the wallets of payers `mine` (so their cumulative voucher
     totals live in one place for the whole run) and runs their clients when told."""
-    from node.client import NodeQuote, VoucherWallet
+    from node.client.payer import NodeQuote, VoucherWallet
 
     quote = NodeQuote.from_json(quote_json)
     wallets = {p: VoucherWallet(payer_keys[p], quote) for p in mine}
@@ -288,8 +288,8 @@ def main() -> int:
     from chain.contracts import Contracts
     from chain.deploy import deploy
     from chain.devchain import DEV_PRIVATE_KEYS, Anvil
-    from node.client import NodeQuote
-    from node.devnet import fund_escrow
+    from node.client.payer import NodeQuote
+    from node.dev.devnet import fund_escrow
 
     n_payers = max(1, -(-max(levels) // N_ADAPTERS))
     payer_keys = ["0x" + os.urandom(32).hex() for _ in range(n_payers)]
@@ -338,7 +338,7 @@ def main() -> int:
             # the peer: the same engine configuration in this process, idle while the API runs
             from inference.engine import Engine
             from node.config import load_config
-            from node.engine_factory import engine_config
+            from node.daemon.engine_factory import engine_config
 
             engine = Engine(engine_config(load_config(toml, environ={}))).start()
             try:

@@ -135,8 +135,8 @@ def main() -> int:
     from chain.deploy import deploy
     from chain.devchain import DEV_PRIVATE_KEYS, Anvil
     from inference.base_model import EMBEDDED_MODEL_ID, resolve_model_folder
-    from node.client import NodeQuote, VoucherWallet
-    from node.devnet import fund_escrow
+    from node.client.payer import NodeQuote, VoucherWallet
+    from node.dev.devnet import fund_escrow
     from node.gateway.launch import VllmServer, vllm_venv_ready
 
     venv = Path(args.venv)

@@ -45,10 +45,10 @@ def main() -> int:
     from chain.eip712 import NO_ATTRIBUTION_HASH, SignedVoucher, Voucher, sign_voucher
     from node.db import make_session_factory, migrate
     from node.db.group_commit import GroupCommitter
-    from node.ledger import Ledger
+    from node.daemon.payments.ledger import Ledger
     from node.metering import Cost
-    from node.payments import Lane, encode_voucher_header, parse_voucher_header
-    from node.receipts import ReceiptIssuer, new_request_id
+    from node.daemon.payments.gate import Lane, encode_voucher_header, parse_voucher_header
+    from node.daemon.payments.receipts import ReceiptIssuer, new_request_id
 
     chain_id, escrow, receipt_log = 31337, "0x" + "11" * 20, "0x" + "22" * 20
     operator, payer = Account.create(), Account.create()

@@ -1,6 +1,6 @@
 """The node's OpenAI-compatible HTTP API (aiohttp). Build it with `init_app(config, ...)`.
 
-`init_app` is imported lazily: `node.payments` uses `node.api.errors`, and the app imports payments.
+`init_app` is imported lazily: `node.daemon.payments.gate` uses `node.api.errors`, and the app imports payments.
 """
 
 __all__ = ["init_app"]

@@ -55,7 +55,7 @@ def _limits(config: NodeConfig) -> ApiLimits:
 
 async def _db_ctx(app: web.Application):
     from node.db import make_session_factory, migrate
-    from node.ledger import Ledger
+    from node.daemon.payments.ledger import Ledger
 
     config = app[K.CONFIG]
     config.ensure_dirs()
@@ -82,7 +82,7 @@ def _chain_ctx(w3=None, operator=None) -> Callable:
     async def ctx(app: web.Application):
         from web3 import Web3
 
-        from node.chain_reads import Web3EscrowReader, check_chain
+        from node.daemon.payments.escrow_reads import Web3EscrowReader, check_chain
 
         config = app[K.CONFIG]
         web3 = w3 or Web3(Web3.HTTPProvider(config.rpc_url, request_kwargs={"timeout": config.rpc_timeout_s}))
@@ -120,7 +120,7 @@ def _engine_ctx(engine=None) -> Callable:
             app[K.METRICS].bind_engine_stats(engine.stats)
             yield
             return
-        from node.engine_factory import build_engine
+        from node.daemon.engine_factory import build_engine
 
         own = await asyncio.to_thread(build_engine, app[K.CONFIG])
         app[K.ENGINE] = own
@@ -134,8 +134,8 @@ def _engine_ctx(engine=None) -> Callable:
 
 
 async def _services_ctx(app: web.Application):
-    from node.payments import PaymentGate
-    from node.receipts import ReceiptIssuer
+    from node.daemon.payments.gate import PaymentGate
+    from node.daemon.payments.receipts import ReceiptIssuer
 
     config, chain = app[K.CONFIG], app[K.CHAIN]
     app[K.GATE] = PaymentGate(
@@ -149,7 +149,7 @@ async def _services_ctx(app: web.Application):
         attributor_for=app.get(K.ATTRIBUTOR_FOR),
     )
     # Escrow events (deposits, thaws, signer changes) reach the gate's caches within a poll.
-    from node.escrow import EscrowFollower
+    from node.daemon.payments.follower import EscrowFollower
 
     follower = EscrowFollower(chain.w3, chain.escrow, chain.node_address, app[K.GATE])
     stop = asyncio.Event()
@@ -161,7 +161,7 @@ async def _services_ctx(app: web.Application):
         await task
 
 
-ATTRIBUTION = web.AppKey("attribution", object)  # node.attribution_service.AttributionService
+ATTRIBUTION = web.AppKey("attribution", object)  # node.daemon.attribution.AttributionService
 
 
 def _attribution_ctx(enabled: bool) -> Callable:
@@ -172,8 +172,8 @@ def _attribution_ctx(enabled: bool) -> Callable:
         if not enabled or K.ATTRIBUTOR_FOR in app:  # tests without loops, or a caller-given lookup
             yield
             return
-        from node.attribution_service import AttributionService
-        from node.background import ipfs_backends
+        from node.daemon.attribution import AttributionService
+        from node.daemon.supervisor import ipfs_backends
         from node.ipfs import ContentCache
 
         config = app[K.CONFIG]
@@ -217,7 +217,7 @@ def _background_ctx(enabled: bool) -> Callable:
         if not enabled:
             yield
             return
-        from node.background import COMPONENTS, start_background
+        from node.daemon.supervisor import COMPONENTS, start_background
 
         bg = await start_background(app)
         app[K.BACKGROUND].update(bg.tasks)
@@ -268,7 +268,7 @@ def init_app(
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics)
     if config.dashboard_enabled:
-        from node.dashboard import add_dashboard
+        from node.api.dashboard import add_dashboard
 
         add_dashboard(app)
     return app

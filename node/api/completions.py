@@ -30,7 +30,7 @@ from node.api.schemas import (
     read_json,
 )
 from node.metering import Cost, Price, cost_for
-from node.receipts import Issued, new_request_id
+from node.daemon.payments.receipts import Issued, new_request_id
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from sqlalchemy.orm import sessionmaker
 from node.api.catalog import Catalog
 from node.api.schemas import ApiLimits
 from node.config import NodeConfig
-from node.ledger import Ledger
+from node.daemon.payments.ledger import Ledger
 from node.metrics import NodeMetrics
-from node.payments import PaymentGate
-from node.receipts import ReceiptIssuer
+from node.daemon.payments.gate import PaymentGate
+from node.daemon.payments.receipts import ReceiptIssuer
 
 
 @dataclass

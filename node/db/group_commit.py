@@ -9,7 +9,7 @@ whatever the caller sends afterwards (the HTTP response carrying the receipt) fo
 write; a crash before the commit loses the group and every response that would have carried it.
 
 `write_group(jobs)` returns one result or one exception per job, in order (it isolates a bad job
-itself, see `node.ledger.Ledger.append_receipts`); groups are written one at a time, in order.
+itself, see `node.daemon.payments.ledger.Ledger.append_receipts`); groups are written one at a time, in order.
 """
 
 from __future__ import annotations

@@ -248,7 +248,7 @@ class Voucher(Base):
 class OutboxIntent(Base):
     """Transaction outbox intent (chain.outbox_store.Intent): queued → signed → sent → mined | failed.
 
-    Written through `node.outbox_store.SqlOutboxStore`; the nonce is unique per sender so the
+    Written through `node.db.outbox_store.SqlOutboxStore`; the nonce is unique per sender so the
     outbox can never hand one nonce to two intents, even across crashes.
     """
 

@@ -44,7 +44,7 @@ from node.gateway.usage import meter
 log = logging.getLogger(__name__)
 
 PROBE_ADAPTER = "loranode-cache-probe"
-_NODE_ADAPTER = re.compile(r"^adapter-[0-9]+$")  # names this node gives adapters (node.lifecycle.model_name)
+_NODE_ADAPTER = re.compile(r"^adapter-[0-9]+$")  # names this node gives adapters (node.daemon.lifecycle.model_name)
 _ADMIN_TIMEOUT_S = 120.0  # loading an adapter on a busy server can take a while
 
 
@@ -558,7 +558,7 @@ class VllmEngine:
 def build_vllm_engine(config) -> VllmEngine:
     """The gateway for a node config with engine_backend = "vllm" (started: servers probed)."""
     from inference.base_model import resolve_model_folder
-    from node.engine_factory import engine_config
+    from node.daemon.engine_factory import engine_config
 
     ec = engine_config(config)
     folder = resolve_model_folder(config.base_model_path)

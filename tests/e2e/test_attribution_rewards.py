@@ -69,11 +69,11 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
     from inference.adapter_factory import make_random_adapter
     from inference.base_model import EMBEDDED_MODEL_ID, resolve_model_folder
     from node.api import init_app
-    from node.client import NodeQuote, VoucherWallet
+    from node.client.payer import NodeQuote, VoucherWallet
     from node.config import load_config
-    from node.devnet import fund_escrow, stake_node
+    from node.dev.devnet import fund_escrow, stake_node
     from node.ipfs import ContentCache, EmbeddedStore, fetch_verified
-    from node.settlement import settlement_from_config
+    from node.daemon.settlement.settler import settlement_from_config
 
     w3 = Web3(Web3.HTTPProvider(fresh_anvil.url))
     dep = deploy(fresh_anvil.url, tan.KEYS["deployer"], out_dir=None, w3=w3, protocol_fee_bps=FEE_BPS)
@@ -164,7 +164,7 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
     # the same through the CLI (exit 0, JSON report)
     from typer.testing import CliRunner
 
-    from node.cli import app as cli_app
+    from node.cli.app import app as cli_app
 
     res = await asyncio.to_thread(CliRunner().invoke, cli_app, [
         "attribution", "audit", "--batch", "1", "--node", node, "--rpc-url", fresh_anvil.url,

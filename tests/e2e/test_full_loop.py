@@ -2,9 +2,9 @@
 embedded model, with nothing stubbed:
 
 publish a dataset (two accepted contributions) and two adapters on chain (their folders added to
-the node's embedded IPFS store) → `loranode`'s daemon (`node.daemon.serve`) discovers them,
+the node's embedded IPFS store) → `loranode`'s daemon (`node.daemon.root.serve`) discovers them,
 fetches and CID-verifies them, loads them → the official `openai` client (through
-`node.client.LoraNodeClient`, which signs cumulative vouchers) gets answers, streaming and not, for
+`node.client.payer.LoraNodeClient`, which signs cumulative vouchers) gets answers, streaming and not, for
 both adapters and the base model → the settlement loop commits the receipts and redeems the
 vouchers and settles each batch's dataset parts in AttributionPool → every receipt verifies on chain with `verifyReceipt`, and the RewardVault credits of
 the node, the protocol, the adapter owners and the dataset contributors match, to the wei, the
@@ -25,7 +25,7 @@ from chain.contracts import Contracts
 from chain.deploy import deploy
 from chain.devchain import DEV_PRIVATE_KEYS
 from inference.base_model import EMBEDDED_MODEL_ID
-from node.devup import NodeThread, get_json as _get, wait_for as _wait
+from node.dev.stack import NodeThread, get_json as _get, wait_for as _wait
 
 pytestmark = pytest.mark.slow
 
@@ -70,9 +70,9 @@ def _publish(c: Contracts, store_dir, work):
 
 
 def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
-    from node.client import LoraNodeClient
+    from node.client.payer import LoraNodeClient
     from node.config import load_config
-    from node.devnet import fund_escrow, stake_node
+    from node.dev.devnet import fund_escrow, stake_node
 
     w3 = Web3(Web3.HTTPProvider(fresh_anvil.url))
     dep = deploy(fresh_anvil.url, KEYS["deployer"], out_dir=None, w3=w3)

@@ -14,7 +14,7 @@ from pathlib import Path
 from eth_account import Account
 
 from chain.devchain import DEV_PRIVATE_KEYS, free_port
-from node.devup import DEV_ROLES, NodeThread, get_json, start_dev_stack, wait_for
+from node.dev.stack import DEV_ROLES, NodeThread, get_json, start_dev_stack, wait_for
 
 KEY = dict(zip(DEV_ROLES, DEV_PRIVATE_KEYS))
 ACCT = {r: Account.from_key(k) for r, k in KEY.items()}
@@ -25,7 +25,7 @@ ESCROW = 100 * 10**18
 
 @dataclass
 class LiveStack:
-    stack: object  # node.devup.DevStack
+    stack: object  # node.dev.stack.DevStack
     node: NodeThread
     dataset_id: int
     adapter_id: int

@@ -20,12 +20,12 @@ from chain.eip712 import SignedVoucher, Voucher, sign_voucher
 from inference.engine import Engine, EngineConfig
 from node.api import init_app
 from node.api import keys as K
-from node.client import NodeQuote, VoucherWallet
+from node.client.payer import NodeQuote, VoucherWallet
 from node.config import load_config
 from node.db import make_session_factory
 from node.db.models import Adapter, AdapterState
-from node.devnet import fund_escrow, make_random_adapters, seed_loaded_adapters
-from node.payments import Lane, encode_voucher_header
+from node.dev.devnet import fund_escrow, make_random_adapters, seed_loaded_adapters
+from node.daemon.payments.gate import Lane, encode_voucher_header
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(config: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "node.cli", "node", "run", "--config", str(config)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "node.cli.app", "node", "run", "--config", str(config)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -18,13 +18,13 @@ from chain.deploy import deploy
 from chain.devchain import DEV_PRIVATE_KEYS
 from chain.eip712 import SignedVoucher, Voucher, recover_voucher_signer, sign_voucher
 from node.api.errors import PaymentRequired, Unauthorized
-from node.chain_reads import Web3EscrowReader
+from node.daemon.payments.escrow_reads import Web3EscrowReader
 from node.db import make_session_factory, migrate
-from node.devnet import authorize_signer, fund_escrow, stake_node
-from node.escrow import EscrowFollower
-from node.ledger import Ledger
+from node.dev.devnet import authorize_signer, fund_escrow, stake_node
+from node.daemon.payments.follower import EscrowFollower
+from node.daemon.payments.ledger import Ledger
 from node.metering import Cost, Price
-from node.payments import (
+from node.daemon.payments.gate import (
     VOUCHER_HEADER,
     Lane,
     PaymentGate,

@@ -22,9 +22,9 @@ from chain.devchain import DEV_PRIVATE_KEYS
 from chain.eip712 import output_hash
 from inference.engine import Engine, EngineConfig
 from node.api import init_app
-from node.client import NodeQuote, VoucherWallet
+from node.client.payer import NodeQuote, VoucherWallet
 from node.config import load_config
-from node.devnet import fund_escrow, make_random_adapters, seed_loaded_adapters
+from node.dev.devnet import fund_escrow, make_random_adapters, seed_loaded_adapters
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -191,7 +191,7 @@ async def test_settle_up_voucher_pays_the_last_request(client, wallet):
     wallet.record(2, body, body["choices"][0]["text"])
     c, a = wallet.totals(2)
     from chain.eip712 import SignedVoucher, Voucher, sign_voucher
-    from node.payments import encode_voucher_header
+    from node.daemon.payments.gate import encode_voucher_header
 
     def hdr(cv, av):
         v = Voucher(wallet.payer.address, wallet.quote.node, 2, cv, av)

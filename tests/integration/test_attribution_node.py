@@ -86,10 +86,10 @@ async def test_receipts_attribute_answers_to_contributions(fresh_anvil, engine, 
     from inference.base_model import EMBEDDED_MODEL_ID, resolve_model_folder
     from node.api import init_app
     from node.api.app import ATTRIBUTION
-    from node.cli_attribution import parse_receipt
-    from node.client import NodeQuote, VoucherWallet
+    from node.cli.attribution import parse_receipt
+    from node.client.payer import NodeQuote, VoucherWallet
     from node.config import load_config
-    from node.devnet import fund_escrow
+    from node.dev.devnet import fund_escrow
     from node.ipfs import ContentCache, EmbeddedStore, fetch_verified
 
     w3 = Web3(Web3.HTTPProvider(fresh_anvil.url))
@@ -216,7 +216,7 @@ async def test_receipts_attribute_answers_to_contributions(fresh_anvil, engine, 
 
 
 async def _restart_checks(cfg, store, tokenizer, tmp_path, answer_ids, weights, planted, unrelated):
-    from node.attribution_service import AttributionService
+    from node.daemon.attribution import AttributionService
     from node.db import make_session_factory
     from node.ipfs import ContentCache
 
@@ -259,7 +259,7 @@ async def test_service_shares_withdraws_and_retries(engine, tmp_path):
     chain-to-DB path is covered above) and the embedded IPFS store: adapters on the same datasets
     share one index; a folder CID is refused; a contribution no backend has is retried later; a
     contribution that leaves the accepted set withdraws the attributor at once, until rebuilt."""
-    from node.attribution_service import AttributionService
+    from node.daemon.attribution import AttributionService
     from node.db import make_session_factory, migrate
     from node.db.models import Adapter, Contribution
     from node.ipfs import ContentCache, EmbeddedStore, cid_of_bytes

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from chain.devchain import free_port
 from live_stack import ACCT, KEY
-from node.cli import app
+from node.cli.app import app
 
 PASSWORD = "pw for tests"
 runner = CliRunner()
@@ -127,13 +127,13 @@ def test_overcharging_node_is_refused_and_reported(env):
 def test_an_interrupted_stream_is_paid_from_its_receipt_next_time(env):
     """Ctrl-C mid-answer: the node still metered and signed it; the next session fetches the
     receipt by the stream's id and adds its cost, so its voucher is not refused as too low."""
-    from node.chat.discovery import discover
-    from node.chat.session import ChatSession
-    from node.chat.state import ChatState
+    from node.client.chat.discovery import discover
+    from node.client.chat.session import ChatSession
+    from node.client.chat.state import ChatState
 
     live = env["live"]
     model = f"adapter-{live.adapter_id}"
-    from node.cli_chat import state_path
+    from node.cli.chat import state_path
 
     state = ChatState(state_path(None, live.contracts.chain_id, ACCT["payer"].address))
     cand = discover(live.contracts, model, node_url=live.url).chosen[0]

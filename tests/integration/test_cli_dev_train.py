@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from node.cli import app
+from node.cli.app import app
 
 LORANODE = str(Path(sys.executable).parent / "loranode")
 

@@ -18,7 +18,7 @@ from chain.contracts import Contracts
 from chain.deploy import deploy
 from chain.devchain import DEV_PRIVATE_KEYS
 from inference.base_model import EMBEDDED_MODEL_ID
-from node.cli import app
+from node.cli.app import app
 
 ROLES = ["deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob"]
 KEY = dict(zip(ROLES, DEV_PRIVATE_KEYS))

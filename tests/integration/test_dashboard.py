@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from live_stack import ACCT, HOSTILE_NAME, KEY, fund_escrow
-from node.devup import get_json, wait_for
+from node.dev.stack import get_json, wait_for
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -21,7 +21,7 @@ BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 def answered(live):
     """Three answers paid by this module's own payer (owner2), then one committed batch holding them;
     returns what the dashboard showed before them and their request ids."""
-    from node.client import LoraNodeClient
+    from node.client.payer import LoraNodeClient
 
     fund_escrow(live, "owner2")
     before = get_json(live.url + "/dashboard/api/state")
@@ -142,7 +142,7 @@ def test_live_updates_show_a_new_receipt(live, answered, browser):
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from node.client import LoraNodeClient
+    from node.client.payer import LoraNodeClient
 
     browser.get(live.url + "/dashboard")
     WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#receipts a")) >= 3)

@@ -130,7 +130,7 @@ def test_downgrade_and_upgrade_again(db_url):
 def test_outbox_store_on_the_node_db(db_url):
     """The SQLAlchemy OutboxStore keeps chain.outbox's rules: idempotent keys, one nonce per intent."""
     from chain.outbox_store import Attempt, IntentStatus, OutboxError
-    from node.outbox_store import SqlOutboxStore
+    from node.db.outbox_store import SqlOutboxStore
 
     migrate(db_url)
     factory = make_session_factory(db_url)

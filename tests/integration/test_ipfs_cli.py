@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from node.cli import app
+from node.cli.app import app
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from live_stack import ACCT, KEY, fund_escrow
-from node.devup import get_json, wait_for
+from node.dev.stack import get_json, wait_for
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 _EXAMPLE = re.compile(r"^<!-- example: ([^\n>]+?) -->\n```json\n(.*?)^```", re.S | re.M)
@@ -88,8 +88,8 @@ def _sse(raw: str) -> list:
 
 
 def test_every_documented_example_matches_the_running_node(live, tmp_path, monkeypatch):
-    from node.cli import app
-    from node.client import NodeQuote, VoucherWallet
+    from node.cli.app import app
+    from node.client.payer import NodeQuote, VoucherWallet
     from node.keystore import create_keystore
 
     doc = examples()

@@ -52,7 +52,7 @@ BUILDER = textwrap.dedent('''
     from eth_account import Account
     from node.db import make_session_factory
     from node.ipfs import EmbeddedStore
-    from node.settlement import Settlement
+    from node.daemon.settlement.settler import Settlement
 
     def build(db_url, rpc_url, dep_path, data_dir, on_step=None, **kw):
         w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 5}))
@@ -285,7 +285,7 @@ async def test_reconcile_refuses_a_db_that_contradicts_the_chain(world):
     await settlement(world).flush()
     with world["sessions"].begin() as s:
         s.get(ReceiptBatch, 1).root = "0x" + "ab" * 32
-    from node.settlement import SettlementError
+    from node.daemon.settlement.settler import SettlementError
 
     with pytest.raises(SettlementError, match="does not belong"):
         await settlement(world).run_once()

@@ -93,7 +93,7 @@ class World:
     def _start(self, tmp):
         from inference.adapter_factory import make_random_adapter
         from node.config import load_config
-        from node.devup import DEV_ROLES, NodeThread, start_dev_stack
+        from node.dev.stack import DEV_ROLES, NodeThread, start_dev_stack
         from node.ipfs import EmbeddedStore
 
         self.server.start()
@@ -153,7 +153,7 @@ def world(vllm_venv, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(world):
-    from node.client import LoraNodeClient
+    from node.client.payer import LoraNodeClient
 
     return LoraNodeClient(world.url, world.payer.key)
 

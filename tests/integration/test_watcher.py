@@ -21,7 +21,7 @@ from node.db import (
     make_session_factory,
     migrate,
 )
-from node.watcher import registry_watcher
+from node.daemon.sync.watcher import registry_watcher
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 

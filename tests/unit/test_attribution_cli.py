@@ -1,5 +1,5 @@
 """`loranode attribution explain`: a real signed receipt (chain.eip712) carrying a real
-`Attribution`'s JSON, as node.receipts builds it."""
+`Attribution`'s JSON, as node.daemon.payments.receipts builds it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from chain.devchain import DEV_PRIVATE_KEYS
 from chain.eip712 import Receipt, SignedReceipt, address_of, attribution_hash, output_hash, sign_receipt
 from inference.attribution import Attribution, Span
-from node.cli import app
+from node.cli.app import app
 
 runner = CliRunner()
 RECEIPT_LOG = "0x" + "11" * 20
@@ -26,7 +26,7 @@ def receipt_json(att: Attribution, *, hash_of: Attribution | None = None) -> dic
         output_hash=output_hash("an answer"), attribution_hash=attribution_hash(ids, weights), timestamp=1_700_000_000,
     )
     signed = SignedReceipt(r, sign_receipt(r, key, 31337, RECEIPT_LOG))
-    return {**signed.to_json(), **att.to_json()}  # what node.receipts serves
+    return {**signed.to_json(), **att.to_json()}  # what node.daemon.payments.receipts serves
 
 
 ATT = Attribution(

@@ -51,7 +51,7 @@ def test_malformed_receipts_are_refused_with_the_field(bad):
 
 
 def test_verify_cli_refuses_bad_files_before_touching_the_chain(tmp_path):
-    from node.cli import app
+    from node.cli.app import app
 
     runner = CliRunner()
     receipt = tmp_path / "r.json"
@@ -74,7 +74,7 @@ def test_verify_cli_refuses_bad_files_before_touching_the_chain(tmp_path):
 
 
 def test_audit_cli_refuses_bad_arguments():
-    from node.cli import app
+    from node.cli.app import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["attribution", "audit", "--batch", "0"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.chat.endpoints import BadEndpoint, clean_output, shown, validate_endpoint
+from node.client.chat.endpoints import BadEndpoint, clean_output, shown, validate_endpoint
 
 
 @pytest.mark.parametrize("good", ["http://127.0.0.1:8080", "https://node.example/", "https://node.example/lora/v2"])
@@ -46,7 +46,7 @@ def test_untrusted_text_cannot_drive_the_terminal():
 def test_a_broken_chat_state_is_a_clear_error(tmp_path):
     import sqlite3
 
-    from node.chat.state import ChatState, ChatStateError
+    from node.client.chat.state import ChatState, ChatStateError
 
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"not a database at all" * 100)

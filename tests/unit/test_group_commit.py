@@ -15,10 +15,10 @@ from sqlalchemy import select
 from chain.eip712 import NO_ATTRIBUTION_HASH, SignedVoucher, Voucher, sign_voucher
 from node.db import Receipt, make_session_factory, migrate
 from node.db.group_commit import GroupCommitter
-from node.ledger import Ledger
+from node.daemon.payments.ledger import Ledger
 from node.metering import Cost
-from node.payments import Lane
-from node.receipts import ReceiptIssuer, new_request_id
+from node.daemon.payments.gate import Lane
+from node.daemon.payments.receipts import ReceiptIssuer, new_request_id
 
 CHAIN_ID, RECEIPT_LOG, ESCROW = 31337, "0x" + "22" * 20, "0x" + "11" * 20
 OPERATOR, PAYER = Account.from_key("0x" + "a1" * 32), Account.from_key("0x" + "b2" * 32)

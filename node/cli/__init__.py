@@ -1,0 +1,1 @@
+"""The `loranode` command: one module per command group, registered in `app.py`."""

@@ -1,0 +1,1 @@
+"""The payer side: the OpenAI client with automatic vouchers (`payer.py`) and `loranode chat` (`chat/`)."""

@@ -1,0 +1,488 @@
+"""Payment gate: the voucher protocol (docs/ARCHITECTURE.md, "A paid request"), node side.
+
+A request on lane (payer, node, adapter) must carry a voucher, signed by a key the payer
+authorized in UsageEscrow, whose cumulative values cover everything the lane already owes and
+exceed it by at most this request's worst-case cost (`owed <= value <= owed + max_cost`, each
+component, and < 2^128): the current request is the only unpaid one (the loss cap), and an
+over-valued voucher can neither poison the lane nor overcharge the payer. A voucher above what the
+lane owes (a prepayment) is only kept once the request's receipt makes the lane owe it.
+
+Availability: the payer's account earmarked for this node (balance - thawing), minus what this
+node served but has not redeemed yet, minus the worst-case cost of every request of that payer in
+flight on any of its lanes here (reserved at admission, released when the request ends). Requests
+on one lane are serialized so two concurrent requests cannot both ride on the same voucher; lane
+locks are dropped when idle, and chain reads for keys not in the caches are rate-limited, so
+unauthenticated traffic cannot grow memory or RPC load without bound. `node.daemon.payments.follower.EscrowFollower`
+invalidates the caches when Deposited/ThawStarted/Withdrawn/signer events arrive.
+
+In `operator-funded` mode clients present an API key instead and the operator signs the
+cumulative voucher as payer after each request: the same protocol, one trusted payer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from eth_utils import to_checksum_address
+
+from chain.eip712 import SignedVoucher, TypedDataError, Voucher, sign_voucher
+from node.api.errors import PaymentRequired, Unauthorized, Unavailable
+from node.metering import Cost, Price
+
+log = logging.getLogger(__name__)
+
+VOUCHER_HEADER = "X-Payment-Voucher"
+MAX_HEADER_BYTES = 4096
+MAX_VALUE = 2**128 - 1  # UsageEscrow skips vouchers with a larger component
+CHAIN_READS_PER_S = 50.0  # chain reads on cache misses (unauthenticated work), refilled per second
+CHAIN_READ_BURST = 200
+
+
+# ---- value types --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lane:
+    payer: str
+    node: str
+    adapter_id: int
+
+
+def lane_of(v: Voucher) -> Lane:
+    return Lane(v.payer, v.node, v.adapter_id)
+
+
+@dataclass
+class LaneState:
+    """What the node has served on a lane (owed) and the best voucher it holds for it."""
+
+    owed_compute: int = 0
+    owed_adapter: int = 0
+    voucher: SignedVoucher | None = None
+
+
+# ---- what the gate needs from the chain and from storage -----------------------------------
+
+
+class EscrowReader(Protocol):
+    """UsageEscrow reads (blocking web3 calls; the gate caches them and runs them off-loop)."""
+
+    def is_authorized(self, payer: str, signer: str) -> bool: ...
+
+    def available(self, payer: str, node: str) -> int:
+        """Balance minus thawing of the payer's account earmarked for `node`."""
+        ...
+
+    def collected(self, lane: Lane) -> tuple[int, int]: ...
+
+
+class LaneBook(Protocol):
+    """Persistent lane ledger (the node's DB)."""
+
+    def get(self, lane: Lane) -> LaneState: ...
+
+    def lanes_of(self, payer: str, node: str) -> list[tuple[Lane, LaneState]]: ...
+
+    def store_voucher(self, voucher: SignedVoucher) -> None: ...
+
+
+class _TTLCache:
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._d: dict = {}
+
+    def get(self, key):
+        hit = self._d.get(key)
+        if hit and self._clock() - hit[0] < self.ttl_s:
+            return hit[1]
+        return None
+
+    def stale(self, key):
+        """The last value even if expired (used while the chain is unreachable)."""
+        hit = self._d.get(key)
+        return None if hit is None else hit[1]
+
+    def put(self, key, value) -> None:
+        if len(self._d) > 100_000:  # bounded: a flood of random payers must not grow memory forever
+            self._d.clear()
+        self._d[key] = (self._clock(), value)
+
+    def drop(self, key) -> None:
+        self._d.pop(key, None)
+
+
+class _TokenBucket:
+    """At most `rate` takes per second on average, `burst` at once."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens, self._at = burst, clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+# ---- parsing ---------------------------------------------------------------------------------
+
+
+def _reject(message: str, code: str, **extra) -> PaymentRequired:
+    return PaymentRequired(message, code=code, param=VOUCHER_HEADER, extra=extra)
+
+
+def _uint_str(v: object) -> object:
+    """Accept JSON numbers too (the strict eip712 JSON wants decimal strings)."""
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+def parse_voucher_header(raw: str) -> SignedVoucher:
+    """`X-Payment-Voucher`: JSON `{"voucher": {...}, "signature": "0x…"}` (or the flat
+    `SignedVoucher.to_json()` form), optionally base64-encoded. Amounts: decimal strings or ints."""
+    if len(raw) > MAX_HEADER_BYTES:
+        raise _reject("voucher header too long", "voucher_malformed")
+    text = raw.strip()
+    if not text.startswith("{"):
+        try:
+            alt = b"-_" if ("-" in text or "_" in text) else None
+            text = base64.b64decode(text + "=" * (-len(text) % 4), altchars=alt, validate=True).decode()
+        except (binascii.Error, ValueError, UnicodeDecodeError) as e:
+            raise _reject("voucher header is neither JSON nor base64 of JSON", "voucher_malformed") from e
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise _reject(f"voucher header is not valid JSON: {e}", "voucher_malformed") from e
+    if isinstance(obj, dict) and isinstance(obj.get("voucher"), dict):
+        obj = {**obj["voucher"], "signature": obj.get("signature")}
+    if not isinstance(obj, dict):
+        raise _reject('voucher header must be {"voucher": {...}, "signature": "0x…"}', "voucher_malformed")
+    obj = {k: _uint_str(v) for k, v in obj.items()}
+    try:
+        return SignedVoucher.from_json(obj)
+    except TypedDataError as e:
+        raise _reject(f"malformed voucher: {e}", "voucher_malformed") from e
+
+
+def voucher_header_json(v: SignedVoucher) -> dict:
+    return {"voucher": v.voucher.to_json(), "signature": "0x" + v.signature.hex()}
+
+
+def encode_voucher_header(v: SignedVoucher) -> str:
+    """Base64 of the JSON form (header-safe)."""
+    return base64.b64encode(json.dumps(voucher_header_json(v), separators=(",", ":")).encode()).decode()
+
+
+# ---- the gate -------------------------------------------------------------------------------
+
+
+@dataclass
+class Authorization:
+    """A request admitted on a lane; holds the lane lock and its reservation until `release()`
+    (called after the request's receipt was recorded, or after it failed)."""
+
+    lane: Lane
+    price: Price
+    voucher: SignedVoucher | None
+    _on_release: Callable[[], None] | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        done, self._on_release = self._on_release, None
+        if done is not None:
+            done()
+
+
+class PaymentGate:
+    def __init__(
+        self,
+        *,
+        node_address: str,
+        mode: str,
+        escrow: EscrowReader,
+        book: LaneBook,
+        chain_id: int,
+        escrow_address: str,
+        api_keys: list[str] = (),
+        operator_account=None,
+        cache_ttl_s: float = 10.0,
+        chain_reads_per_s: float = CHAIN_READS_PER_S,
+        chain_read_burst: int = CHAIN_READ_BURST,
+    ) -> None:
+        if mode not in ("voucher", "operator-funded"):
+            raise ValueError(f"unknown payment mode {mode!r}")
+        if mode == "operator-funded" and operator_account is None:
+            raise ValueError("operator-funded mode needs the operator account")
+        self.node = to_checksum_address(node_address)
+        self.mode = mode
+        self.escrow = escrow
+        self.book = book
+        self.chain_id = chain_id
+        self.escrow_address = to_checksum_address(escrow_address)
+        self.operator = operator_account
+        self._key_hashes = [hashlib.sha256(k.encode()).digest() for k in api_keys]
+        self._auth_cache = _TTLCache(cache_ttl_s)
+        self._balance_cache = _TTLCache(cache_ttl_s)
+        self._locks: dict[Lane, asyncio.Lock] = {}
+        self._lock_users: dict[Lane, int] = {}
+        self._reserved: dict[str, int] = {}  # payer -> worst-case cost of its requests in flight here
+        self._reads = _TokenBucket(chain_reads_per_s, chain_read_burst)
+
+    # -- chain reads, cached and off the event loop --
+    async def _authorized(self, payer: str, signer: str) -> bool:
+        if signer == payer:
+            return True
+        hit = self._auth_cache.get((payer, signer))
+        if hit is None:
+            hit = await self._read(self._auth_cache, (payer, signer), self.escrow.is_authorized, payer, signer)
+        return hit
+
+    async def _available(self, payer: str) -> int:
+        """Escrow available to this node (balance - thawing) minus what this node served to the
+        payer but has not redeemed yet, minus the payer's requests in flight here."""
+        hit = self._balance_cache.get(payer)
+        if hit is None:
+            lanes = self.book.lanes_of(payer, self.node)
+
+            def read() -> tuple[int, int]:
+                avail = self.escrow.available(payer, self.node)
+                collected = sum(sum(self.escrow.collected(ln)) for ln, _ in lanes)
+                return avail, collected
+
+            hit = await self._read(self._balance_cache, payer, read)
+        avail, collected = hit
+        owed = sum(s.owed_compute + s.owed_adapter for _, s in self.book.lanes_of(payer, self.node))
+        return avail - max(0, owed - collected) - self._reserved.get(payer, 0)
+
+    async def _read(self, cache: _TTLCache, key, fn, *args):
+        """A chain read, cached; while the RPC is down the last known value keeps serving going,
+        and with none known the request gets a 503 (retry) instead of an error. Reads are
+        rate-limited: a flood of fresh keys gets 503s instead of one RPC call each."""
+        if not self._reads.take():
+            raise Unavailable("too many payment checks at once; retry shortly", code="rate_limited",
+                              headers={"Retry-After": "1"})
+        try:
+            value = await asyncio.to_thread(fn, *args)
+        except Exception as e:  # noqa: BLE001 - any provider failure
+            stale = cache.stale(key)
+            if stale is not None:
+                log.warning("chain read failed (%s); using the last known value", type(e).__name__)
+                return stale
+            raise Unavailable("cannot check the payment: the chain is unreachable; retry shortly",
+                              code="chain_unavailable", headers={"Retry-After": "5"}) from e
+        cache.put(key, value)
+        return value
+
+    def invalidate(self, payer: str | None = None) -> None:
+        """Forget cached balances (after a redeem, a deposit, a thaw, a withdrawal, or on a reorg)."""
+        if payer is None:
+            self._balance_cache = _TTLCache(self._balance_cache.ttl_s)
+        else:
+            self._balance_cache.drop(to_checksum_address(payer))
+
+    def invalidate_signer(self, payer: str, signer: str) -> None:
+        """Forget a cached signer authorization (SignerAuthorized / SignerRevoked)."""
+        self._auth_cache.drop((to_checksum_address(payer), to_checksum_address(signer)))
+
+    async def _acquire(self, lane: Lane) -> asyncio.Lock:
+        """The lane's lock, held; the entry is dropped when its last user releases it (no leak)."""
+        lock = self._locks.get(lane)
+        if lock is None:
+            lock = self._locks[lane] = asyncio.Lock()
+        self._lock_users[lane] = self._lock_users.get(lane, 0) + 1
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._drop_user(lane)
+            raise
+        return lock
+
+    def _drop_user(self, lane: Lane) -> None:
+        n = self._lock_users.get(lane, 1) - 1
+        if n <= 0:
+            self._lock_users.pop(lane, None)
+            self._locks.pop(lane, None)
+        else:
+            self._lock_users[lane] = n
+
+    def _release_lane(self, lane: Lane, lock: asyncio.Lock) -> None:
+        if lock.locked():
+            lock.release()
+        self._drop_user(lane)
+
+    def _reserve(self, payer: str, amount: int) -> None:
+        self._reserved[payer] = self._reserved.get(payer, 0) + amount
+
+    def _unreserve(self, payer: str, amount: int) -> None:
+        left = self._reserved.get(payer, 0) - amount
+        if left > 0:
+            self._reserved[payer] = left
+        else:
+            self._reserved.pop(payer, None)
+
+    def lock_count(self) -> int:
+        """Lane locks currently held or waited for (tests, metrics)."""
+        return len(self._locks)
+
+    def reserved(self, payer: str) -> int:
+        """Worst-case cost of `payer`'s requests in flight on this node."""
+        return self._reserved.get(to_checksum_address(payer), 0)
+
+    # -- admission --
+    async def admit(self, headers, adapter_id: int, price: Price, max_cost: Cost) -> Authorization:
+        """Check the request's payment; raises 402/401 with the reason and the amount needed."""
+        if self.mode == "operator-funded":
+            return await self._admit_api_key(headers, adapter_id, price, max_cost)
+        raw = headers.get(VOUCHER_HEADER)
+        if not raw:
+            raise _reject(
+                f"payment required: send a signed voucher in the {VOUCHER_HEADER} header",
+                "payment_missing",
+                node=self.node,
+                price_per_1k={"compute": str(price.compute_per_1k), "adapter": str(price.adapter_per_1k)},
+                max_cost=str(max_cost.total),
+            )
+        sv = parse_voucher_header(raw)
+        v = sv.voucher
+        if v.node != self.node:
+            raise _reject(f"voucher is for node {v.node}, this node is {self.node}", "voucher_wrong_node")
+        if v.adapter_id != adapter_id:
+            raise _reject(f"voucher is for adapter {v.adapter_id}, the request is for adapter {adapter_id}",
+                          "voucher_wrong_adapter")
+        if adapter_id == 0 and v.adapter_value != 0:
+            raise _reject("a base-model voucher (adapterId 0) must have adapterValue 0", "voucher_malformed")
+        if v.compute_value > MAX_VALUE or v.adapter_value > MAX_VALUE:
+            raise _reject("voucher values must be below 2^128", "voucher_overvalued")
+        try:
+            signer = sv.signer(self.chain_id, self.escrow_address)
+        except Exception as e:  # an unrecoverable signature is a forged one
+            raise _reject("voucher signature does not recover to an address", "voucher_bad_signature") from e
+        if not await self._authorized(v.payer, signer):
+            raise _reject(f"voucher signer {signer} is not authorized by payer {v.payer} in UsageEscrow",
+                          "voucher_signer_unauthorized")
+        lane = lane_of(v)
+        lock = await self._acquire(lane)
+        try:
+            state = self.book.get(lane)
+            if v.compute_value < state.owed_compute or v.adapter_value < state.owed_adapter:
+                raise _reject(
+                    "voucher does not cover what this lane already owes (replayed or under-valued): "
+                    f"needs computeValue >= {state.owed_compute} and adapterValue >= {state.owed_adapter}",
+                    "voucher_undervalued",
+                    needed={"computeValue": str(state.owed_compute), "adapterValue": str(state.owed_adapter)},
+                )
+            cap_c, cap_a = state.owed_compute + max_cost.compute, state.owed_adapter + max_cost.adapter
+            if v.compute_value > cap_c or v.adapter_value > cap_a:
+                raise _reject(
+                    "voucher exceeds what this lane owes plus this request's worst-case cost: "
+                    f"needs computeValue <= {cap_c} and adapterValue <= {cap_a}",
+                    "voucher_overvalued",
+                    allowed={"computeValue": str(cap_c), "adapterValue": str(cap_a)},
+                )
+            await self._check_escrow(v.payer, max_cost)
+        except BaseException:
+            self._release_lane(lane, lock)
+            raise
+        self._reserve(v.payer, max_cost.total)
+        prepaid = v.compute_value > state.owed_compute or v.adapter_value > state.owed_adapter
+        if not prepaid:
+            try:
+                # kept only if it dominates the lane's stored voucher; a DB commit: off the event loop
+                await asyncio.to_thread(self.book.store_voucher, sv)
+            except BaseException:
+                self._unreserve(v.payer, max_cost.total)
+                self._release_lane(lane, lock)
+                raise
+
+        def done() -> None:
+            self._unreserve(v.payer, max_cost.total)
+            if prepaid:  # a prepayment counts once the receipt makes the lane owe it, never above
+                now = self.book.get(lane)
+                if v.compute_value <= now.owed_compute and v.adapter_value <= now.owed_adapter:
+                    self.book.store_voucher(sv)
+            self._release_lane(lane, lock)
+
+        return Authorization(lane=lane, price=price, voucher=sv, _on_release=done)
+
+    async def accept_settle_up(self, headers) -> SignedVoucher:
+        """A voucher sent without a request (`POST /v1/vouchers`): the payer pays the last request
+        of a lane, which no later request's voucher would cover. It must cover exactly what the
+        lane owes (more would be a client bug paying for nothing)."""
+        raw = headers.get(VOUCHER_HEADER)
+        if not raw:
+            raise _reject(f"send the voucher in the {VOUCHER_HEADER} header", "payment_missing")
+        sv = parse_voucher_header(raw)
+        v = sv.voucher
+        if v.node != self.node:
+            raise _reject(f"voucher is for node {v.node}, this node is {self.node}", "voucher_wrong_node")
+        try:
+            signer = sv.signer(self.chain_id, self.escrow_address)
+        except Exception as e:
+            raise _reject("voucher signature does not recover to an address", "voucher_bad_signature") from e
+        if not await self._authorized(v.payer, signer):
+            raise _reject(f"voucher signer {signer} is not authorized by payer {v.payer} in UsageEscrow",
+                          "voucher_signer_unauthorized")
+        if v.compute_value > MAX_VALUE or v.adapter_value > MAX_VALUE:
+            raise _reject("voucher values must be below 2^128", "voucher_overvalued")
+        lane = lane_of(v)
+        lock = await self._acquire(lane)
+        try:
+            state = self.book.get(lane)
+            owed = {"computeValue": str(state.owed_compute), "adapterValue": str(state.owed_adapter)}
+            if (v.compute_value, v.adapter_value) != (state.owed_compute, state.owed_adapter):
+                code = ("voucher_undervalued" if v.compute_value < state.owed_compute
+                        or v.adapter_value < state.owed_adapter else "voucher_overvalued")
+                raise _reject(f"a settle-up voucher must equal what the lane owes: {owed}", code, needed=owed)
+            self.book.store_voucher(sv)
+        finally:
+            self._release_lane(lane, lock)
+        return sv
+
+    async def _check_escrow(self, payer: str, max_cost: Cost) -> None:
+        available = await self._available(payer)
+        if available < max_cost.total:
+            raise _reject(
+                f"escrow of payer {payer} cannot cover this request: available {max(available, 0)}, "
+                f"needed up to {max_cost.total}; deposit more or lower max_tokens",
+                "escrow_insufficient",
+                needed=str(max_cost.total),
+                available=str(max(available, 0)),
+            )
+
+    async def _admit_api_key(self, headers, adapter_id: int, price: Price, max_cost: Cost) -> Authorization:
+        auth = headers.get("Authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        digest = hashlib.sha256(token.encode()).digest()
+        if not token or not any(hmac.compare_digest(digest, h) for h in self._key_hashes):
+            raise Unauthorized("missing or unknown API key (Authorization: Bearer <key>)")
+        lane = Lane(to_checksum_address(self.operator.address), self.node, adapter_id)
+        lock = await self._acquire(lane)
+        try:
+            await self._check_escrow(lane.payer, max_cost)
+        except BaseException:
+            self._release_lane(lane, lock)
+            raise
+        self._reserve(lane.payer, max_cost.total)
+
+        def done() -> None:
+            self._unreserve(lane.payer, max_cost.total)
+            self._release_lane(lane, lock)
+
+        return Authorization(lane=lane, price=price, voucher=None, _on_release=done)
+
+    def operator_voucher(self, lane: Lane, owed_compute: int, owed_adapter: int) -> SignedVoucher:
+        """operator-funded mode: the operator signs the lane's new cumulative total as payer."""
+        v = Voucher(lane.payer, lane.node, lane.adapter_id, owed_compute, owed_adapter)
+        return SignedVoucher(v, sign_voucher(v, self.operator, self.chain_id, self.escrow_address))

@@ -1,0 +1,1 @@
+"""Chain sync: confirmed registry events into the DB and its projections, reorgs undone."""

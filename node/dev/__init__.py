@@ -1,0 +1,1 @@
+"""Dev tools: `loranode dev up`, the demo and dev-chain helpers. Never imported by the daemon."""
