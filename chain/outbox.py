@@ -42,12 +42,11 @@ from chain.outbox_store import (
     IntentStatus,
     OutboxError,
     OutboxStore,
-    SqliteOutboxStore,
 )
 
 __all__ = [
     "Attempt", "InMemoryOutboxStore", "Intent", "IntentStatus", "Outbox", "OutboxError", "OutboxStore",
-    "ProcessReport", "SqliteOutboxStore", "decode_revert_data",
+    "ProcessReport", "decode_revert_data",
 ]
 
 log = logging.getLogger(__name__)

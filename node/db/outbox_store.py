@@ -1,4 +1,7 @@
-"""`chain.outbox.OutboxStore` on the node's DB (SQLAlchemy; SQLite or Postgres).
+"""`chain.outbox.OutboxStore` on the node's DB (SQLAlchemy; SQLite or Postgres): the one durable store.
+
+The nonce and state rules (and their messages) are `chain.outbox_store`'s; this module only maps
+them onto rows.
 
 Each method is one DB transaction, so a crash leaves an intent either before or after a step:
 that is what lets the outbox rebroadcast exactly the bytes it signed and never reuse a nonce
@@ -17,10 +20,19 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from chain.outbox_store import Attempt, Intent, IntentStatus, OutboxError
+from chain.outbox_store import (
+    Attempt,
+    Intent,
+    IntentStatus,
+    check_open,
+    check_signing,
+    finished_status,
+    no_intent,
+    nonce_taken,
+)
 from node.db.models import OutboxAttempt, OutboxIntent
 
-OPEN = (IntentStatus.QUEUED.value, IntentStatus.SIGNED.value, IntentStatus.SENT.value)
+OPEN = tuple(status.value for status in IntentStatus if status.is_open)
 
 
 def _intent(s: Session, row: OutboxIntent) -> Intent:
@@ -84,16 +96,15 @@ class SqlOutboxStore:
             return [_intent(s, r) for r in rows]
 
     def record_signed(self, intent_id: int, nonce: int, attempt: Attempt) -> None:
+        sender = None  # kept outside the session: a rolled-back row cannot be read
         try:
             with self.sessions.begin() as s:
-                row = s.get(OutboxIntent, intent_id, with_for_update=True)
-                if row is None:
-                    raise OutboxError(f"no intent {intent_id}")
-                status = IntentStatus(row.status)
-                if not status.is_open:
-                    raise OutboxError(f"intent {intent_id} is {status.value}; it cannot be signed again")
-                if row.nonce is not None and row.nonce != nonce:
-                    raise OutboxError(f"intent {intent_id} holds nonce {row.nonce}; a replacement must reuse it")
+                row = self._require(s, intent_id, lock=True)
+                sender = row.sender
+                check_signing(intent_id, IntentStatus(row.status), row.nonce, nonce)
+                if row.nonce is None and s.scalar(select(OutboxIntent.id).where(
+                        OutboxIntent.sender == row.sender, OutboxIntent.nonce == nonce)) is not None:
+                    raise nonce_taken(row.sender, nonce)
                 n = s.scalar(select(func.count()).where(OutboxAttempt.intent_id == intent_id)) or 0
                 row.nonce, row.status, row.sent_at = nonce, IntentStatus.SIGNED.value, None
                 s.flush()
@@ -102,15 +113,15 @@ class SqlOutboxStore:
                                     max_priority_fee_per_gas=attempt.max_priority_fee_per_gas,
                                     signed_at=attempt.signed_at))
         except IntegrityError as e:
-            raise OutboxError(f"nonce {nonce} is already assigned to another intent") from e
+            # the unique (sender, nonce) constraint: another writer took the nonce between the check and the flush
+            raise nonce_taken(sender, nonce) from e
         self._step("signed", intent_id)
 
     def mark_sent(self, intent_id: int, now: float) -> None:
         self._step("broadcast", intent_id)
         with self.sessions.begin() as s:
-            row = s.get(OutboxIntent, intent_id)
-            if row is None:
-                raise OutboxError(f"no intent {intent_id}")
+            row = self._require(s, intent_id)
+            check_open(intent_id, IntentStatus(row.status), "marked sent")
             row.status = IntentStatus.SENT.value
             if row.sent_at is None:
                 row.sent_at = now
@@ -118,18 +129,22 @@ class SqlOutboxStore:
 
     def note_error(self, intent_id: int, error: str) -> None:
         with self.sessions.begin() as s:
-            row = s.get(OutboxIntent, intent_id)
-            if row is not None:
-                row.error = error
+            self._require(s, intent_id).error = error
 
     def finish(self, intent_id, status, *, tx_hash=None, block_number=None, gas_used=None, error=None) -> None:
-        status = IntentStatus(status)
-        if status == IntentStatus.MINED:
+        final = finished_status(status)
+        if final == IntentStatus.MINED:
             self._step("mined", intent_id)
         with self.sessions.begin() as s:
-            row = s.get(OutboxIntent, intent_id)
-            if row is None:
-                raise OutboxError(f"no intent {intent_id}")
-            row.status = status.value
+            row = self._require(s, intent_id)
+            check_open(intent_id, IntentStatus(row.status), "finished again")
+            row.status = final.value
             row.tx_hash = bytes(tx_hash) if tx_hash is not None else None
             row.block_number, row.gas_used, row.error = block_number, gas_used, error
+
+    @staticmethod
+    def _require(s: Session, intent_id: int, lock: bool = False) -> OutboxIntent:
+        row = s.get(OutboxIntent, intent_id, with_for_update=lock)
+        if row is None:
+            raise no_intent(intent_id)
+        return row

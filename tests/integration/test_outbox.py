@@ -1,8 +1,10 @@
 """chain.outbox against a real anvil: exactly-once sending through crashes, stuck fees and reverts.
 
-Crashes are simulated by raising a BaseException from inside the outbox at the named point (as a
-killed process would stop there) and then building a new Outbox on the same SQLite file; mempool
-loss is real (`anvil_dropTransaction`), stuck transactions are real (automine off).
+The durable store is the node's `SqlOutboxStore`, tested on SQLite and on the machine's Postgres;
+the store rules also run against `InMemoryOutboxStore`. Crashes are simulated by raising a
+BaseException from inside the outbox at the named point (as a killed process would stop there) and
+then building a new Outbox on a new DB engine (a new process); mempool loss is real
+(`anvil_dropTransaction`), stuck transactions are real (automine off).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from chain.outbox import (
     IntentStatus,
     Outbox,
     OutboxError,
-    SqliteOutboxStore,
     decode_revert_data,
 )
+from node.db import make_engine, make_session_factory, migrate
+from node.db.outbox_store import SqlOutboxStore
 
 KEY = DEV_PRIVATE_KEYS[3]
 ACCOUNT = Account.from_key(KEY)
@@ -50,6 +53,31 @@ class CrashBeforeSend(Outbox):
 
 def w3_of(chain) -> Web3:
     return Web3(Web3.HTTPProvider(chain.url))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_url(request, tmp_path):
+    """A migrated node DB: SQLite in tmp_path, or a private schema of the machine's Postgres."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else f"sqlite:///{tmp_path / 'node.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+def open_sql_store(sql_url):
+    """Opens a SqlOutboxStore on the test's DB with an engine of its own, as a restarted process
+    would; opening one closes the connections of those opened before (their process is gone)."""
+    engines = []
+
+    def open_store(**kw) -> SqlOutboxStore:
+        for e in engines:
+            e.dispose()
+        engines.append(make_engine(sql_url))
+        return SqlOutboxStore(make_session_factory(engines[-1]), **kw)
+
+    yield open_store
+    for e in engines:
+        e.dispose()
 
 
 def transfer(i: int) -> dict:
@@ -198,10 +226,9 @@ def test_decode_revert_data_fallbacks():
 # --- crashes, stuck transactions, mempool loss ----------------------------------------------
 
 
-def test_crash_between_signing_and_broadcast_rebroadcasts_same_bytes(anvil, tmp_path):
+def test_crash_between_signing_and_broadcast_rebroadcasts_same_bytes(anvil, open_sql_store):
     w3 = w3_of(anvil)
-    db = tmp_path / "outbox.sqlite"
-    crashing = CrashBeforeSend(w3, ACCOUNT, SqliteOutboxStore(db))
+    crashing = CrashBeforeSend(w3, ACCOUNT, open_sql_store())
     ids = [crashing.enqueue(f"pay-{i}", transfer(i)) for i in range(3)]
     with pytest.raises(SimulatedCrash):
         crashing.process()
@@ -209,18 +236,17 @@ def test_crash_between_signing_and_broadcast_rebroadcasts_same_bytes(anvil, tmp_
     assert signed.status == IntentStatus.SIGNED and signed.nonce == 0
     assert w3.eth.get_transaction_count(ACCOUNT.address, "pending") == 0  # nothing left the process
 
-    restarted = Outbox(w3, ACCOUNT, SqliteOutboxStore(db))  # a new process on the same file
+    restarted = Outbox(w3, ACCOUNT, open_sql_store())  # a new process on the same DB
     restarted.run_until_idle(timeout=30)
     assert_sent_exactly_once(w3, restarted, ids)
     assert restarted.get(ids[0]).tx_hash == signed.attempts[0].tx_hash  # the very bytes signed before
     assert recipient_balances(w3, 3) == [1_000, 1_001, 1_002]
 
 
-def test_crash_between_broadcast_and_mining(fresh_anvil, tmp_path):
+def test_crash_between_broadcast_and_mining(fresh_anvil, open_sql_store):
     w3 = w3_of(fresh_anvil)
     fresh_anvil.rpc("evm_setAutomine", [False])
-    db = tmp_path / "outbox.sqlite"
-    first = Outbox(w3, ACCOUNT, SqliteOutboxStore(db))
+    first = Outbox(w3, ACCOUNT, open_sql_store())
     ids = [first.enqueue(f"pay-{i}", transfer(i)) for i in range(4)]
     first.process()
     sent = [first.get(i) for i in ids]
@@ -230,7 +256,7 @@ def test_crash_between_broadcast_and_mining(fresh_anvil, tmp_path):
         fresh_anvil.rpc("anvil_dropTransaction", ["0x" + r.attempts[-1].tx_hash.hex()])
     del first
 
-    second = Outbox(w3, ACCOUNT, SqliteOutboxStore(db))
+    second = Outbox(w3, ACCOUNT, open_sql_store())
     report = second.process()
     assert sorted(report.broadcast) == ids  # every open tx rebroadcast once after the restart
     fresh_anvil.rpc("evm_mine")
@@ -333,10 +359,9 @@ def test_confirmations_hold_a_mined_tx_without_bumping(anvil):
     assert_sent_exactly_once(w3, ob, [i])
 
 
-def test_nonce_taken_outside_the_outbox_fails_the_intent_and_is_never_reused(anvil, tmp_path):
+def test_nonce_taken_outside_the_outbox_fails_the_intent_and_is_never_reused(anvil, open_sql_store):
     w3 = w3_of(anvil)
-    db = tmp_path / "outbox.sqlite"
-    crashing = CrashBeforeSend(w3, ACCOUNT, SqliteOutboxStore(db))
+    crashing = CrashBeforeSend(w3, ACCOUNT, open_sql_store())
     a = crashing.enqueue("a", transfer(0))
     with pytest.raises(SimulatedCrash):
         crashing.process()
@@ -345,7 +370,7 @@ def test_nonce_taken_outside_the_outbox_fails_the_intent_and_is_never_reused(anv
     stray = ACCOUNT.sign_transaction({"to": ACCOUNT.address, "value": 1, "gas": 21000, "nonce": 0,
                                       "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9, "chainId": 31337})
     w3.eth.send_raw_transaction(stray.raw_transaction)
-    restarted = Outbox(w3, ACCOUNT, SqliteOutboxStore(db))
+    restarted = Outbox(w3, ACCOUNT, open_sql_store())
     b = restarted.enqueue("b", transfer(1))
     restarted.run_until_idle(timeout=30)
     assert restarted.get(a).status == IntentStatus.FAILED and "consumed" in restarted.get(a).error
@@ -372,16 +397,15 @@ def test_dependent_intent_waits_for_its_predecessor(fresh_anvil):
     assert token.functions.balanceOf(dest).call() == 7
 
 
-def test_random_crashes_drops_and_stalls_still_send_each_intent_once(fresh_anvil, tmp_path):
+def test_random_crashes_drops_and_stalls_still_send_each_intent_once(fresh_anvil, open_sql_store):
     """A seeded random schedule of process / crash+restart / pool loss / mining / time passing."""
     w3 = w3_of(fresh_anvil)
     fresh_anvil.rpc("evm_setAutomine", [False])
     rng = random.Random(7)
-    db = tmp_path / "outbox.sqlite"
     clock = Clock()
 
     def open_outbox(cls=Outbox):
-        return cls(w3, ACCOUNT, SqliteOutboxStore(db), stuck_after=20, clock=clock)
+        return cls(w3, ACCOUNT, open_sql_store(), stuck_after=20, clock=clock)
 
     ob = open_outbox()
     n, ids = 12, []
@@ -426,13 +450,23 @@ def test_random_crashes_drops_and_stalls_still_send_each_intent_once(fresh_anvil
 # --- the stores ----------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sql-sqlite", "sql-postgres"])
 def store(request, tmp_path):
-    return InMemoryOutboxStore() if request.param == "memory" else SqliteOutboxStore(tmp_path / "s.sqlite")
+    """Each store the outbox runs on: the in-memory reference and the node's SQL store on both DBs."""
+    if request.param == "memory":
+        return InMemoryOutboxStore()
+    url = request.getfixturevalue("pg_url") if request.param == "sql-postgres" else f"sqlite:///{tmp_path / 'node.db'}"
+    migrate(url)
+    engine = make_engine(url)
+    request.addfinalizer(engine.dispose)
+    return SqlOutboxStore(make_session_factory(engine))
 
 
 def att(n: int) -> Attempt:
     return Attempt(bytes([n]) * 32, b"\x02raw" + bytes([n]), 10 + n, 1 + n, 0.0)
+
+
+PARAMS = {"to": None, "data": "0x00", "value": 0, "gas": None}
 
 
 def test_store_rules(store):
@@ -441,10 +475,10 @@ def test_store_rules(store):
     b, _ = store.add("b", "0xS", {"to": None, "data": "0x01", "value": 0, "gas": None}, 1.0)
     c, _ = store.add("c", "0xOther", {"to": None, "data": "0x01", "value": 0, "gas": None}, 1.0)
     store.record_signed(a, 0, att(1))
-    with pytest.raises(OutboxError, match="already assigned"):
+    with pytest.raises(OutboxError, match="^nonce 0 of 0xS is already assigned$"):
         store.record_signed(b, 0, att(2))  # a nonce is never handed out twice
     store.record_signed(c, 0, att(3))  # another sender has its own nonces
-    with pytest.raises(OutboxError, match="must reuse it"):
+    with pytest.raises(OutboxError, match=f"^intent {a} holds nonce 0; a replacement must reuse it, not 1$"):
         store.record_signed(a, 1, att(4))
     store.record_signed(a, 0, att(5))  # replacement: same nonce
     store.mark_sent(a, 5.0)
@@ -454,29 +488,57 @@ def test_store_rules(store):
     assert store.highest_nonce("0xS") == 0 and store.highest_nonce("nobody") is None
     assert [r.id for r in store.open_intents("0xS")] == [a, b]
     store.finish(a, IntentStatus.MINED, tx_hash=att(5).tx_hash, block_number=3, gas_used=21000)
-    with pytest.raises(OutboxError, match="cannot be signed again"):
+    with pytest.raises(OutboxError, match=f"^intent {a} is mined; it cannot be signed again$"):
         store.record_signed(a, 0, att(6))
     assert [r.id for r in store.open_intents("0xS")] == [b]
     assert store.get_by_key("a").tx_hash == att(5).tx_hash and store.get(999) is None
+    assert [r.id for r in store.finished_from_nonce("0xS", 0)] == [a] and store.finished_from_nonce("0xS", 1) == []
 
 
-def test_sqlite_store_survives_reopen(tmp_path):
-    path = tmp_path / "s.sqlite"
-    s1 = SqliteOutboxStore(path)
+def test_store_finished_intents_are_final(store):
+    a, _ = store.add("a", "0xS", PARAMS, 1.0)
+    store.record_signed(a, 0, att(1))
+    with pytest.raises(OutboxError, match="^an intent finishes as mined or failed, not 'sent'$"):
+        store.finish(a, "sent")
+    store.finish(a, IntentStatus.FAILED, tx_hash=att(1).tx_hash, block_number=2, gas_used=30000, error="Reverted")
+    with pytest.raises(OutboxError, match=f"^intent {a} is failed; it cannot be finished again$"):
+        store.finish(a, IntentStatus.MINED, tx_hash=att(1).tx_hash, block_number=2, gas_used=30000)
+    with pytest.raises(OutboxError, match=f"^intent {a} is failed; it cannot be marked sent$"):
+        store.mark_sent(a, 3.0)
+    store.note_error(a, "noted")  # a note never changes the status
+    row = store.get(a)
+    assert (row.status, row.tx_hash, row.block_number, row.gas_used, row.error) == (
+        IntentStatus.FAILED, att(1).tx_hash, 2, 30000, "noted")
+
+
+def test_store_refuses_unknown_intents(store):
+    calls = [
+        lambda: store.record_signed(7, 0, att(1)),
+        lambda: store.mark_sent(7, 1.0),
+        lambda: store.note_error(7, "x"),
+        lambda: store.finish(7, IntentStatus.MINED),
+    ]
+    for call in calls:
+        with pytest.raises(OutboxError, match="^no intent 7$"):
+            call()
+    assert store.get(7) is None and store.highest_nonce("0xS") is None
+
+
+def test_sql_store_survives_reopen(open_sql_store):
+    signed = Attempt(b"\x01" * 32, b"raw", 2**200, 2**199, 3.0)
+    s1 = open_sql_store()
     i, _ = s1.add("k", "0xS", {"to": None, "data": "0x00", "value": 2**200, "gas": None}, 1.0)
-    s1.record_signed(i, 7, att(1))
-    s1.close()
-    row = SqliteOutboxStore(path).get(i)
-    assert row.nonce == 7 and row.attempts == (att(1),) and row.params["value"] == 2**200
+    s1.record_signed(i, 7, signed)
+    row = open_sql_store().get(i)
+    assert row.nonce == 7 and row.attempts == (signed,) and row.status == IntentStatus.SIGNED
+    assert row.params["value"] == 2**200
 
 
-@pytest.mark.parametrize("store", ["memory", "sqlite"])
-def test_reorg_deeper_than_confirmations_replays_dropped_transactions(fresh_anvil, tmp_path, store):
+def test_reorg_deeper_than_confirmations_replays_dropped_transactions(fresh_anvil, store):
     """Intents marked mined (confirmations = 1) whose blocks a 4-block reorg replaces: the chain nonce
     falls back, the outbox rebroadcasts the dropped bytes, and a new intent is not stuck behind a gap."""
     w3 = w3_of(fresh_anvil)
-    st = InMemoryOutboxStore() if store == "memory" else SqliteOutboxStore(tmp_path / "ob.sqlite")
-    ob = Outbox(w3, ACCOUNT, st, 31337, confirmations=1)
+    ob = Outbox(w3, ACCOUNT, store, 31337, confirmations=1)
     ids = [ob.enqueue(f"pay-{i}", transfer(i)) for i in range(3)]
     for _ in range(20):
         ob.process()
