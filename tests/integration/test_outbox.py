@@ -1,18 +1,21 @@
 """chain.outbox against a real anvil: exactly-once sending through crashes, stuck fees and reverts.
 
 The durable store is the node's `SqlOutboxStore`, tested on SQLite and on the machine's Postgres;
-the store rules also run against `InMemoryOutboxStore`. Crashes are simulated by raising a
-BaseException from inside the outbox at the named point (as a killed process would stop there) and
-then building a new Outbox on a new DB engine (a new process); mempool loss is real
-(`anvil_dropTransaction`), stuck transactions are real (automine off).
+the store rules also run against `InMemoryOutboxStore`. Crashes are real (a forked child using the
+SQL store SIGKILLs itself mid-send) or simulated by raising a BaseException from inside the outbox
+at the named point; either way a new Outbox on a new DB engine (a new process) takes over. Mempool
+loss is real (`anvil_dropTransaction`), stuck transactions are real (automine off).
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import random
+import signal
 
 import pytest
+import requests
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from web3 import Web3
@@ -532,6 +535,63 @@ def test_sql_store_survives_reopen(open_sql_store):
     row = open_sql_store().get(i)
     assert row.nonce == 7 and row.attempts == (signed,) and row.status == IntentStatus.SIGNED
     assert row.params["value"] == 2**200
+
+
+KILL_POINTS = ["signed", "broadcast", "mined"]  # SqlOutboxStore's on_step names
+SENT_BY_DEAD = {"signed": 0, "broadcast": 1, "mined": 2}  # transactions out when the process dies there
+
+
+def _send_until_killed(db_url: str, rpc_url: str, keys: list[tuple[str, int]], point: str) -> None:
+    """The body of the forked node process: enqueue, send, and SIGKILL itself at `point`."""
+
+    def die_at(name: str, _intent_id: int) -> None:
+        if name == point:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # its own HTTP session and DB engine: no socket shared with the parent
+    w3 = Web3(Web3.HTTPProvider(rpc_url, session=requests.Session()))
+    ob = Outbox(w3, ACCOUNT, SqlOutboxStore(make_session_factory(db_url), on_step=die_at))
+    for key, i in keys:
+        ob.enqueue(key, transfer(i))
+    ob.run_until_idle(timeout=30)
+
+
+def test_sigkill_mid_send_then_restart_sends_each_intent_once(anvil, sql_url, open_sql_store):
+    """A real node process on the SQL store dies by SIGKILL after signing, after broadcasting and
+    after mining (each before the store records the next step); a restarted outbox replays from the
+    DB: every intent the dead process enqueued is there, and each is mined once, from the bytes
+    signed before the crash."""
+    w3 = w3_of(anvil)
+    ids: list[int] = []
+    for rnd, point in enumerate(KILL_POINTS):
+        keys = [(f"r{rnd}-{j}", 2 * rnd + j) for j in range(2)]
+        pid = os.fork()
+        if pid == 0:  # the node process
+            try:
+                _send_until_killed(sql_url, anvil.url, keys, point)
+            finally:
+                os._exit(3)  # reached only if the kill point never came
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"{point}: status {status}"
+
+        store = open_sql_store()
+        before = [store.get_by_key(key) for key, _ in keys]
+        assert all(r is not None for r in before), f"{point}: an enqueued intent was lost"
+        assert before[0].attempts, f"{point}: died before signing"
+        # where it died: signed and stored but unsent / sent but not recorded / both mined, one recorded
+        assert w3.eth.get_transaction_count(ACCOUNT.address, "pending") - before[0].nonce == SENT_BY_DEAD[point]
+        assert before[0].status == (IntentStatus.SIGNED if point != "mined" else IntentStatus.SENT)
+        restarted = Outbox(w3, ACCOUNT, store)
+        restarted.run_until_idle(timeout=30)
+        for old in before:
+            new = restarted.get(old.id)
+            assert new.status == IntentStatus.MINED, (point, new)
+            if old.attempts:  # the very bytes signed before the crash, not a second signature
+                assert new.tx_hash == old.attempts[-1].tx_hash and new.attempts == old.attempts
+        ids += [r.id for r in before]
+    assert_sent_exactly_once(w3, restarted, ids)  # contiguous nonces from 0, no stray transaction
+    n = 2 * len(KILL_POINTS)
+    assert recipient_balances(w3, n) == [1_000 + i for i in range(n)]
 
 
 def test_reorg_deeper_than_confirmations_replays_dropped_transactions(fresh_anvil, store):
