@@ -125,33 +125,3 @@ def test_downgrade_and_upgrade_again(db_url):
     migrate(db_url)
     assert current_revision(engine) == head_revision()
     engine.dispose()
-
-
-def test_outbox_store_on_the_node_db(db_url):
-    """The SQLAlchemy OutboxStore keeps chain.outbox's rules: idempotent keys, one nonce per intent."""
-    from chain.outbox_store import Attempt, IntentStatus, OutboxError
-    from node.db.outbox_store import SqlOutboxStore
-
-    migrate(db_url)
-    factory = make_session_factory(db_url)
-    steps = []
-    store = SqlOutboxStore(factory, on_step=lambda name, i: steps.append((name, i)))
-    a, created = store.add("k1", "0xS", {"to": "0x1", "data": "0x", "value": 0, "gas": None}, 1.0)
-    assert created and store.add("k1", "0xS", {}, 2.0) == (a, False)
-    b, _ = store.add("k2", "0xS", {"to": "0x1", "data": "0x", "value": 0, "gas": None}, 1.0)
-    att = Attempt(b"\x01" * 32, b"raw-bytes", 2**200, 1, 3.0)
-    store.record_signed(a, 0, att)
-    with pytest.raises(OutboxError, match="already assigned"):
-        store.record_signed(b, 0, Attempt(b"\x02" * 32, b"x", 1, 1, 3.0))
-    with pytest.raises(OutboxError, match="must reuse"):
-        store.record_signed(a, 5, Attempt(b"\x03" * 32, b"x", 1, 1, 3.0))
-    got = store.get(a)
-    assert (got.status, got.nonce, got.attempts[0].raw, got.attempts[0].max_fee_per_gas) == (
-        IntentStatus.SIGNED, 0, b"raw-bytes", 2**200)
-    assert store.highest_nonce("0xS") == 0 and [i.id for i in store.open_intents("0xS")] == [a, b]
-    store.mark_sent(a, 4.0)
-    store.finish(a, IntentStatus.MINED, tx_hash=b"\x01" * 32, block_number=7, gas_used=21000)
-    assert store.get_by_key("k1").status == IntentStatus.MINED and store.get(a).block_number == 7
-    assert [i.id for i in store.open_intents("0xS")] == [b]
-    assert steps == [("signed", a), ("broadcast", a), ("mined", a)]
-    factory.kw["bind"].dispose()

@@ -537,6 +537,18 @@ def test_sql_store_survives_reopen(open_sql_store):
     assert row.params["value"] == 2**200
 
 
+def test_sql_store_reports_its_crash_points_after_each_write(open_sql_store):
+    steps = []
+    store = open_sql_store(on_step=lambda name, i: steps.append((name, i, store.get(i).status)))
+    a, _ = store.add("a", "0xS", PARAMS, 1.0)
+    store.record_signed(a, 0, att(1))
+    store.mark_sent(a, 2.0)
+    store.finish(a, IntentStatus.MINED, tx_hash=att(1).tx_hash, block_number=3, gas_used=21000)
+    # each hook runs where a crash loses the most: the step before it durable, its own not yet
+    assert steps == [("signed", a, IntentStatus.SIGNED), ("broadcast", a, IntentStatus.SIGNED),
+                     ("mined", a, IntentStatus.SENT)]
+
+
 KILL_POINTS = ["signed", "broadcast", "mined"]  # SqlOutboxStore's on_step names
 SENT_BY_DEAD = {"signed": 0, "broadcast": 1, "mined": 2}  # transactions out when the process dies there
 
