@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import struct
 
 import pytest
@@ -108,13 +109,32 @@ def test_register_writes_once_and_release_removes(folders, store, model):
     spec = spec_of(model, folders["big"])
     ref = store.register(folders["big"], spec)
     assert ref.path.parent == store.root and ref.path.stat().st_size == ref.size
-    store.register(folders["big"], spec)  # a second registration of the same content: a new file
-    files = list(store.root.glob("*.safetensors"))
-    assert len(files) == 1 and not ref.path.exists()
+    written = ref.path.stat().st_ctime_ns
+    again = store.register(folders["big"], spec)  # the same unchanged content: the file is shared
+    assert again == ref and ref.path.stat().st_ctime_ns == written
+    assert list(store.root.glob("*.safetensors")) == [ref.path]
     store.release(folders["big"], spec)
-    assert len(list(store.root.glob("*.safetensors"))) == 1  # still one user
+    assert list(store.root.glob("*.safetensors")) == [ref.path]  # still one user
     store.release(folders["big"], spec)
     assert not list(store.root.glob("*.safetensors"))
+
+
+def test_a_folder_changed_in_place_is_packed_again_on_registration(folders, store, model, tmp_path):
+    """Sharing is by the weights file's identity: rewriting it in place (other weights, same
+    shapes, so the same spec) makes the next registration pack the new content."""
+    folder = tmp_path / "inplace"
+    shutil.copytree(folders["big"], folder)
+    spec = spec_of(model, folder)
+    ref = store.register(folder, spec)
+    weights = folder / WEIGHTS_NAME
+    tensors = load_file(str(weights))
+    save_file({k: v * 2 for k, v in tensors.items()}, str(weights), metadata={"format": "pt"})
+    new = store.register(folder, spec)
+    assert new.path != ref.path and not ref.path.exists()
+    packed = store.load(folder, spec)
+    reference = load_adapter_weights(folder, spec)
+    for (layer, kind), pair in reference.pairs.items():
+        assert torch.equal(packed.kinds[kind].bt[layer], pair.b.T)
 
 
 def _file(store):
