@@ -83,8 +83,8 @@ from chain.contract_types import (  # noqa: F401  (re-exported: callers import t
 )
 from chain.deploy import PROTOCOL_CONTRACTS, Deployment
 from chain.eip712 import Receipt, Voucher, address_of, sign_signer_proof
-from chain.events import EventDecoder
 from chain.errors import ChainError, ContractRevert
+from chain.events import EventDecoder
 
 RECEIPT_TIMEOUT_S = 120
 SIGNER_PROOF_TTL_S = 3600
