@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
-from eth_utils import function_abi_to_4byte_selector, keccak, to_checksum_address
+from eth_utils import function_abi_to_4byte_selector, to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import ContractLogicError, Web3RPCError
@@ -84,6 +84,7 @@ from chain.contract_types import (  # noqa: F401  (re-exported: callers import t
 from chain.deploy import PROTOCOL_CONTRACTS, Deployment
 from chain.eip712 import Receipt, Voucher, address_of, sign_signer_proof
 from chain.errors import ChainError, ContractRevert
+from chain.events import EventDecoder
 
 RECEIPT_TIMEOUT_S = 120
 SIGNER_PROOF_TTL_S = 3600
@@ -178,11 +179,7 @@ class _Wrapper:
         self.abi = art.abi_list
         self.contract = w3.eth.contract(address=self.address, abi=self.abi)
         self._chain_id: int | None = None
-        self._events_by_topic = {}
-        for entry in self.abi:
-            if entry["type"] == "event" and entry["name"] in EVENT_CLASSES and not entry.get("anonymous"):
-                sig = f"{entry['name']}({','.join(_abi_type(i) for i in entry['inputs'])})"
-                self._events_by_topic[keccak(text=sig)] = entry["name"]
+        self._events = EventDecoder({self.address: self.abi})
 
     # -- calls
     def _call(self, fn: str, *args: Any) -> Any:
@@ -205,26 +202,11 @@ class _Wrapper:
 
     # -- events
     def event_topics(self) -> list[bytes]:
-        return list(self._events_by_topic)
+        return [bytes(HexBytes(t)) for t in self._events.topics()]
 
     def decode_log(self, log: dict) -> Event | None:
-        topics = log.get("topics") or []
-        if not topics:
-            return None
-        name = self._events_by_topic.get(bytes(HexBytes(topics[0])))
-        if name is None:
-            return None
-        ev = getattr(self.contract.events, name)().process_log(log)
-        cls = EVENT_CLASSES[name]
-        values = {snake(k): _norm(v) for k, v in ev["args"].items()}
-        return cls(
-            address=to_checksum_address(log["address"]),
-            block_number=int(log["blockNumber"]),
-            block_hash=bytes(HexBytes(log["blockHash"])),
-            tx_hash=bytes(HexBytes(log["transactionHash"])),
-            log_index=int(log["logIndex"]),
-            **{f: values[f] for f in event_fields(cls)},
-        )
+        """This contract's event in `log` (chain.events.EventDecoder), None for other logs."""
+        return self._events.decode(log)
 
 
 def send_tx(w3: Web3, account: LocalAccount, tx: dict) -> TxReceipt:

@@ -203,15 +203,6 @@ def _attribution_ctx(enabled: bool) -> Callable:
     return ctx
 
 
-def _chain_notify(first: Callable | None, second: Callable) -> Callable:
-    def notify(res) -> None:
-        if first is not None:
-            first(res)
-        second(res)
-
-    return notify
-
-
 def _background_ctx(enabled: bool) -> Callable:
     async def ctx(app: web.Application):
         if not enabled:
@@ -223,7 +214,7 @@ def _background_ctx(enabled: bool) -> Callable:
         app[K.BACKGROUND].update(bg.tasks)
         watcher = app[COMPONENTS].get("watcher")
         if ATTRIBUTION in app and watcher is not None:  # contribution accepted/rejected: re-check at once
-            watcher.on_change = _chain_notify(watcher.on_change, app[ATTRIBUTION].notify)
+            watcher.add_listener(app[ATTRIBUTION].notify)
         try:
             yield
         finally:

@@ -56,7 +56,7 @@ def ipfs_backends(config) -> list[Any]:
 async def start_background(app: web.Application) -> Background:
     from node.ipfs import ContentCache
     from node.daemon.lifecycle import AdapterLifecycle
-    from node.daemon.sync.watcher import registry_watcher
+    from node.daemon.sync import registry_watcher
 
     config, chain, engine = app[K.CONFIG], app[K.CHAIN], app[K.ENGINE]
     sessions = app[K.SESSIONS]
@@ -74,8 +74,8 @@ async def start_background(app: web.Application) -> Background:
     watcher = registry_watcher(
         chain.w3, sessions, chain.deployment, confirmations=config.confirmations,
         max_window=config.getlogs_max_blocks, ring_size=config.block_ring_size, poll_s=config.watcher_poll_s,
-        on_change=lifecycle.notify,
     )
+    watcher.add_listener(lifecycle.notify)
     components["watcher"], components["lifecycle"] = watcher, lifecycle
     app[K.METRICS].bind_stats("adapters", lambda: {
         "loads": lifecycle.loads, "unloads": lifecycle.unloads, "failures": lifecycle.failures})

@@ -21,7 +21,7 @@ from inference.requests import GenerationRequest, SamplingParams
 from node.db import Adapter, AdapterState, make_session_factory, migrate
 from node.ipfs import ContentCache, EmbeddedStore
 from node.daemon.lifecycle import AdapterLifecycle
-from node.daemon.sync.watcher import registry_watcher
+from node.daemon.sync import registry_watcher
 
 BASE = EMBEDDED_MODEL_ID
 

@@ -21,7 +21,7 @@ from node.db import (
     make_session_factory,
     migrate,
 )
-from node.daemon.sync.watcher import registry_watcher
+from node.daemon.sync import registry_watcher
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -108,7 +108,7 @@ async def test_restart_resumes_without_gaps_or_duplicates(registries, db):
     # A crash in the middle of a window: the whole window rolls back with its cursor.
     w2 = registry_watcher(r.w3, db, r, confirmations=0, max_window=3)
     before = w2.cursor()
-    boom = w2.projector.apply
+    boom = w2.store.projector.apply
 
     def crash_on_third(s, ev, _n=[0]):
         _n[0] += 1
@@ -116,7 +116,7 @@ async def test_restart_resumes_without_gaps_or_duplicates(registries, db):
             raise RuntimeError("killed mid-window")
         boom(s, ev)
 
-    w2.projector.apply = crash_on_third
+    w2.store.projector.apply = crash_on_third
     with pytest.raises(RuntimeError):
         for _ in range(10):
             await w2.sync_once()
@@ -253,3 +253,20 @@ async def test_chain_that_got_shorter_is_rolled_back(registries, db):
     r.send("AdapterRegistry", "register", BASE, "bafyC", 8, 1, 10_000, [], [], key_index=3)
     await w.sync_until_caught_up()
     assert snapshot(db)[2] == chain_adapters(r) and snapshot(db)[2][1][1] == "bafyC"
+
+
+async def test_listeners_hear_of_steps_that_changed_something(registries, db):
+    r = registries
+    w = registry_watcher(r.w3, db, r, confirmations=0, max_window=4)
+    heard, also = [], []
+    w.add_listener(heard.append)
+    w.add_listener(also.append)
+    await w.sync_until_caught_up()
+    assert heard == []  # the deployment emitted no registry events
+    publish_all(r)
+    await w.sync_until_caught_up()
+    assert sum(res.events for res in heard) == 10 and all(res.events for res in heard)
+    assert also == heard
+    r.w3.provider.make_request("anvil_mine", ["0x3"])
+    await w.sync_until_caught_up()
+    assert sum(res.events for res in heard) == 10  # empty windows are not news

@@ -1,4 +1,5 @@
-"""docs/ARCHITECTURE.md: `chain` and `inference` never import each other or `node`."""
+"""docs/ARCHITECTURE.md: `chain` and `inference` never import each other or `node`; the chain sync
+projections and the chain watcher never import each other."""
 
 from __future__ import annotations
 
@@ -46,3 +47,41 @@ def test_checker_catches_violation(tmp_path):
     f = tmp_path / "x.py"
     f.write_text("import node.config\nfrom inference.engine import Engine\n")
     assert imported_top_levels(f) == {"node", "inference"}
+
+
+# -- module boundaries inside the packages ---------------------------------------------------------
+# The chain watcher is generic; the node's sync package wires it to the projections, so neither
+# imports the other (`chain` never importing `node` covers the watcher's side).
+FORBIDDEN_MODULES = {
+    "node/daemon/sync/projections.py": {"chain.watcher", "node.daemon.sync", "node.daemon.sync.store"},
+    "node/daemon/sync/store.py": {"node.daemon.sync", "node.daemon.sync.projections"},
+}
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """Every module `path` (a module of `package`) imports, dotted; `from a import b` counts as `a` and `a.b`."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            names.update(a.name for a in n.names)
+        elif isinstance(n, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - (n.level - 1)] if n.level else []
+            module = ".".join([*base, *(n.module.split(".") if n.module else [])])
+            names.add(module)
+            names.update(f"{module}.{a.name}" for a in n.names)
+    return names
+
+
+@pytest.mark.parametrize("module", sorted(FORBIDDEN_MODULES))
+def test_module_boundaries(module):
+    package = ".".join(Path(module).parts[:-1])
+    bad = imported_modules(ROOT / module, package) & FORBIDDEN_MODULES[module]
+    assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_module_checker_catches_violation(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("from . import store\nfrom ..payments import gate\nfrom chain.watcher import ChainWatcher\n")
+    assert {"node.daemon.sync.store", "node.daemon.payments.gate", "chain.watcher"} <= imported_modules(
+        f, "node.daemon.sync")

@@ -13,13 +13,17 @@ import asyncio
 import logging
 from typing import Callable
 
-from eth_utils import event_abi_to_log_topic, to_checksum_address
+from eth_utils import to_checksum_address
 
 from chain.artifacts import load_artifact
+from chain.contract_types import Deposited, Event, SignerAuthorized, SignerRevoked, ThawStarted, Withdrawn
+from chain.events import EventDecoder
 
 log = logging.getLogger(__name__)
 
-FOLLOWED = ("Deposited", "ThawStarted", "Withdrawn", "SignerAuthorized", "SignerRevoked")
+ACCOUNT_EVENTS = (Deposited, ThawStarted, Withdrawn)
+SIGNER_EVENTS = (SignerAuthorized, SignerRevoked)
+FOLLOWED = tuple(cls.__name__ for cls in (*ACCOUNT_EVENTS, *SIGNER_EVENTS))
 MAX_WINDOW = 2_000  # blocks per eth_getLogs call
 
 
@@ -29,9 +33,7 @@ class EscrowFollower:
         self.w3, self.gate, self.poll_s, self.on_deposit = w3, gate, poll_s, on_deposit
         self.escrow = to_checksum_address(escrow_address)
         self.node = to_checksum_address(node)
-        abi = [e for e in load_artifact("UsageEscrow").abi_list if e.get("type") == "event" and e["name"] in FOLLOWED]
-        self._contract = w3.eth.contract(address=self.escrow, abi=abi)
-        self._topics = {"0x" + event_abi_to_log_topic(e).hex(): e["name"] for e in abi}
+        self._decoder = EventDecoder({self.escrow: load_artifact("UsageEscrow").abi_list}, FOLLOWED)
         self.next_block = start_block
         self.seen = 0  # events applied (metrics, tests)
 
@@ -45,26 +47,22 @@ class EscrowFollower:
         while self.next_block <= head:
             to = min(head, self.next_block + MAX_WINDOW - 1)
             logs = self.w3.eth.get_logs({"address": self.escrow, "fromBlock": self.next_block, "toBlock": to,
-                                         "topics": [list(self._topics)]})
-            for raw in logs:
-                applied += self._apply(raw)
+                                         "topics": [self._decoder.topics()]})
+            for ev in self._decoder.decode_all(logs):
+                applied += self._apply(ev)
             self.next_block = to + 1
         self.seen += applied
         return applied
 
-    def _apply(self, raw) -> int:
-        name = self._topics.get("0x" + bytes(raw["topics"][0]).hex())
-        if name is None:
-            return 0
-        args = getattr(self._contract.events, name)().process_log(raw)["args"]
-        if name in ("SignerAuthorized", "SignerRevoked"):
-            self.gate.invalidate_signer(args["payer"], args["signer"])
+    def _apply(self, ev: Event) -> int:
+        if isinstance(ev, SIGNER_EVENTS):
+            self.gate.invalidate_signer(ev.payer, ev.signer)
             return 1
-        if to_checksum_address(args["node"]) != self.node:
+        if not isinstance(ev, ACCOUNT_EVENTS) or ev.node != self.node:
             return 0  # another node's account: nothing this gate relies on
-        self.gate.invalidate(args["payer"])
-        if name == "Deposited" and self.on_deposit is not None:
-            self.on_deposit(to_checksum_address(args["payer"]))
+        self.gate.invalidate(ev.payer)
+        if isinstance(ev, Deposited) and self.on_deposit is not None:
+            self.on_deposit(ev.payer)
         return 1
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -1,4 +1,5 @@
-"""Projection of DatasetRegistry / AdapterRegistry / NodeRegistry events into DB rows.
+"""Projection of DatasetRegistry / AdapterRegistry / NodeRegistry events (the typed dataclasses of
+`chain.contract_types`) into DB rows; `node.daemon.sync.store.SqlWatcherStore` calls it.
 
 Each event belongs to one entity ("dataset:1", "contribution:4", "adapter:3", "node:0xabc…").
 `apply` folds one new event into its row; `rebuild` recomputes a row from the entity's remaining
@@ -10,6 +11,20 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from chain.contract_types import (
+    AdapterDeprecated,
+    AdapterPublished,
+    BondAdded,
+    BondWithdrawn,
+    ContributionAccepted,
+    ContributionRejected,
+    ContributionSubmitted,
+    DatasetCreated,
+    Event,
+    NodeDeregistered,
+    NodeRegistered,
+    NodeUpdated,
+)
 from node.db.models import (
     Adapter,
     AdapterState,
@@ -18,100 +33,95 @@ from node.db.models import (
     Dataset,
     NodeInfo,
 )
-from node.daemon.sync.watcher import DecodedEvent
 
-DATASET_EVENTS = ("DatasetCreated", "ContributionSubmitted", "ContributionAccepted", "ContributionRejected")
-ADAPTER_EVENTS = ("AdapterPublished", "AdapterDeprecated")
-NODE_EVENTS = ("NodeRegistered", "NodeUpdated", "NodeDeregistered", "BondAdded", "BondWithdrawn")
+CONTRIBUTION_EVENTS = (ContributionSubmitted, ContributionAccepted, ContributionRejected)
+DATASET_EVENTS = (DatasetCreated, *CONTRIBUTION_EVENTS)
+ADAPTER_EVENTS = (AdapterPublished, AdapterDeprecated)
+NODE_EVENTS = (NodeRegistered, NodeUpdated, NodeDeregistered, BondAdded, BondWithdrawn)
 WATCHED_EVENTS = {"DatasetRegistry": DATASET_EVENTS, "AdapterRegistry": ADAPTER_EVENTS, "NodeRegistry": NODE_EVENTS}
 
 
 class RegistryProjector:
-    def entity(self, ev: DecodedEvent) -> str | None:
-        a = ev.args
-        if ev.name == "DatasetCreated":
-            return f"dataset:{a['datasetId']}"
-        if ev.name.startswith("Contribution") and ev.name in DATASET_EVENTS:
-            return f"contribution:{a['contributionId']}"
-        if ev.name in ADAPTER_EVENTS:
-            return f"adapter:{a['adapterId']}"
-        if ev.name in NODE_EVENTS:
-            return f"node:{a['node'].lower()}"
+    def entity(self, ev: Event) -> str | None:
+        if isinstance(ev, DatasetCreated):
+            return f"dataset:{ev.dataset_id}"
+        if isinstance(ev, CONTRIBUTION_EVENTS):
+            return f"contribution:{ev.contribution_id}"
+        if isinstance(ev, ADAPTER_EVENTS):
+            return f"adapter:{ev.adapter_id}"
+        if isinstance(ev, NODE_EVENTS):
+            return f"node:{ev.node.lower()}"
         return None
 
     # -- apply ------------------------------------------------------------------------------------
-    def apply(self, s: Session, ev: DecodedEvent) -> None:
-        getattr(self, f"_on_{ev.name}")(s, ev)
+    def apply(self, s: Session, ev: Event) -> None:
+        getattr(self, f"_on_{type(ev).__name__}")(s, ev)
 
-    def _on_DatasetCreated(self, s: Session, ev: DecodedEvent) -> None:
-        a = ev.args
-        s.merge(Dataset(id=a["datasetId"], curator=a["curator"], name=a["name"], license=a["license"],
-                        metadata_cid=a["metadataCid"], block_number=ev.block_number))
+    def _on_DatasetCreated(self, s: Session, ev: DatasetCreated) -> None:
+        s.merge(Dataset(id=ev.dataset_id, curator=ev.curator, name=ev.name, license=ev.license,
+                        metadata_cid=ev.metadata_cid, block_number=ev.block_number))
 
-    def _on_ContributionSubmitted(self, s: Session, ev: DecodedEvent) -> None:
-        a = ev.args
-        s.merge(Contribution(id=a["contributionId"], dataset_id=a["datasetId"], contributor=a["contributor"],
-                             content_cid=a["cid"], size_tokens=a["sizeTokens"],
+    def _on_ContributionSubmitted(self, s: Session, ev: ContributionSubmitted) -> None:
+        s.merge(Contribution(id=ev.contribution_id, dataset_id=ev.dataset_id, contributor=ev.contributor,
+                             content_cid=ev.cid, size_tokens=ev.size_tokens,
                              status=ContributionStatus.PENDING.value, weight=0, block_number=ev.block_number))
 
-    def _on_ContributionAccepted(self, s: Session, ev: DecodedEvent) -> None:
-        c = s.get(Contribution, ev.args["contributionId"])
+    def _on_ContributionAccepted(self, s: Session, ev: ContributionAccepted) -> None:
+        c = s.get(Contribution, ev.contribution_id)
         if c is not None:
-            c.status, c.weight = ContributionStatus.ACCEPTED.value, ev.args["weight"]
+            c.status, c.weight = ContributionStatus.ACCEPTED.value, ev.weight
 
-    def _on_ContributionRejected(self, s: Session, ev: DecodedEvent) -> None:
-        c = s.get(Contribution, ev.args["contributionId"])
+    def _on_ContributionRejected(self, s: Session, ev: ContributionRejected) -> None:
+        c = s.get(Contribution, ev.contribution_id)
         if c is not None:
             c.status, c.weight = ContributionStatus.REJECTED.value, 0
 
-    def _on_AdapterPublished(self, s: Session, ev: DecodedEvent) -> None:
-        a = ev.args
-        row = s.get(Adapter, a["adapterId"])
+    def _on_AdapterPublished(self, s: Session, ev: AdapterPublished) -> None:
+        row = s.get(Adapter, ev.adapter_id)
         if row is None:
-            row = Adapter(id=a["adapterId"], state=AdapterState.REGISTERED.value, attempts=0, deprecated=False)
+            row = Adapter(id=ev.adapter_id, state=AdapterState.REGISTERED.value, attempts=0, deprecated=False)
             s.add(row)
-        elif row.cid != a["cid"]:
+        elif row.cid != ev.cid:
             _reset_lifecycle(row)  # a new version: new weights to fetch and verify
-        row.owner = a["owner"]
-        row.base_model = a["baseModelId"]
-        row.cid = a["cid"]
-        row.rank = a["rank"]
-        row.price_per_1k = a["pricePer1k"]
-        row.owner_bps = a["ownerBps"]
-        row.dataset_splits = [[int(i), int(b)] for i, b in zip(a["datasetIds"], a["datasetBps"])]
+        row.owner = ev.owner
+        row.base_model = ev.base_model_id
+        row.cid = ev.cid
+        row.rank = ev.rank
+        row.price_per_1k = ev.price_per_1k
+        row.owner_bps = ev.owner_bps
+        row.dataset_splits = [[int(i), int(b)] for i, b in zip(ev.dataset_ids, ev.dataset_bps)]
         row.block_number = ev.block_number
 
-    def _on_AdapterDeprecated(self, s: Session, ev: DecodedEvent) -> None:
-        row = s.get(Adapter, ev.args["adapterId"])
+    def _on_AdapterDeprecated(self, s: Session, ev: AdapterDeprecated) -> None:
+        row = s.get(Adapter, ev.adapter_id)
         if row is not None:
             row.deprecated = True  # the lifecycle unloads it and sets state `deprecated`
 
-    def _on_NodeRegistered(self, s: Session, ev: DecodedEvent) -> None:
-        a = ev.args
-        row = s.get(NodeInfo, a["node"]) or NodeInfo(operator=a["node"], bond=0)
-        row.endpoint, row.base_models, row.price_per_1k = a["endpoint"], list(a["baseModelIds"]), a["computePricePer1k"]
+    def _on_NodeRegistered(self, s: Session, ev: NodeRegistered | NodeUpdated) -> None:
+        row = s.get(NodeInfo, ev.node) or NodeInfo(operator=ev.node, bond=0)
+        row.endpoint, row.base_models, row.price_per_1k = ev.endpoint, list(ev.base_model_ids), ev.compute_price_per_1k
         row.active, row.block_number = True, ev.block_number
         s.merge(row)
 
     _on_NodeUpdated = _on_NodeRegistered
 
-    def _on_NodeDeregistered(self, s: Session, ev: DecodedEvent) -> None:
-        row = s.get(NodeInfo, ev.args["node"])
+    def _on_NodeDeregistered(self, s: Session, ev: NodeDeregistered) -> None:
+        row = s.get(NodeInfo, ev.node)
         if row is not None:
             row.active = False
 
-    def _on_BondAdded(self, s: Session, ev: DecodedEvent) -> None:
-        row = s.get(NodeInfo, ev.args["node"])
+    def _on_BondAdded(self, s: Session, ev: BondAdded) -> None:
+        row = s.get(NodeInfo, ev.node)
         if row is not None:
-            row.bond = ev.args["total"]
+            row.bond = ev.total
 
-    def _on_BondWithdrawn(self, s: Session, ev: DecodedEvent) -> None:
-        row = s.get(NodeInfo, ev.args["node"])
+    def _on_BondWithdrawn(self, s: Session, ev: BondWithdrawn) -> None:
+        row = s.get(NodeInfo, ev.node)
         if row is not None:
             row.bond = 0
 
     # -- rebuild after a reorg ----------------------------------------------------------------------
-    def rebuild(self, s: Session, entity: str, events: list[DecodedEvent]) -> None:
+    def rebuild(self, s: Session, entity: str, events: list[Event]) -> None:
         kind, _, key = entity.partition(":")
         if kind == "adapter":
             self._rebuild_adapter(s, int(key), events)
@@ -125,7 +135,7 @@ class RegistryProjector:
         for ev in events:
             self.apply(s, ev)
 
-    def _rebuild_adapter(self, s: Session, adapter_id: int, events: list[DecodedEvent]) -> None:
+    def _rebuild_adapter(self, s: Session, adapter_id: int, events: list[Event]) -> None:
         row = s.get(Adapter, adapter_id)
         if not events:
             if row is not None:
