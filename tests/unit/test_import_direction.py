@@ -1,4 +1,5 @@
-"""docs/ARCHITECTURE.md: `chain` and `inference` never import each other or `node`."""
+"""docs/ARCHITECTURE.md: `chain` and `inference` never import each other or `node`; inside `node`,
+the dev tools and the shared services never import the CLI, and the services never import the dev tools."""
 
 from __future__ import annotations
 
@@ -26,6 +27,30 @@ def imported_top_levels(path: Path) -> set[str]:
     return names
 
 
+# Inside `node`: package -> packages it must not import (the CLI sits on top of both).
+FORBIDDEN_INSIDE_NODE = {
+    "node.dev": {"node.cli"},
+    "node.services": {"node.cli", "node.dev"},
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every absolute module an `import` or `from ... import` names (lazy imports in functions too)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            names.update(a.name for a in n.names)
+        elif isinstance(n, ast.ImportFrom) and n.level == 0 and n.module:
+            names.add(n.module)
+            names.update(f"{n.module}.{a.name}" for a in n.names)  # `from node import cli`
+    return names
+
+
+def _under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
 def test_packages_exist():
     for pkg in FORBIDDEN:
         assert (ROOT / pkg / "__init__.py").is_file(), pkg
@@ -39,6 +64,26 @@ def test_no_forbidden_imports(pkg):
         if bad:
             offenders.append(f"{f.relative_to(ROOT)} imports {sorted(bad)}")
     assert not offenders, "import direction violated:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("pkg", sorted(FORBIDDEN_INSIDE_NODE))
+def test_no_forbidden_imports_inside_node(pkg):
+    folder = ROOT / pkg.replace(".", "/")
+    assert (folder / "__init__.py").is_file(), pkg
+    offenders = []
+    for f in sorted(folder.rglob("*.py")):
+        bad = sorted(m for m in imported_modules(f) for p in FORBIDDEN_INSIDE_NODE[pkg] if _under(m, p))
+        if bad:
+            offenders.append(f"{f.relative_to(ROOT)} imports {bad}")
+    assert not offenders, "import direction violated:\n" + "\n".join(offenders)
+
+
+def test_inside_node_checker_catches_violation(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("def f():\n    from node.cli.common import connect\nfrom node import dev\n")
+    found = imported_modules(f)
+    assert any(_under(m, "node.cli") for m in found) and any(_under(m, "node.dev") for m in found)
+    assert not _under("node.client", "node.cli") and not _under("node.cli_x", "node.cli")
 
 
 def test_checker_catches_violation(tmp_path):
