@@ -1,11 +1,12 @@
 """`loranode attribution explain|audit|verify`: which contributions an answer drew on, checked.
 
-`explain RECEIPT.json` reads a receipt JSON as the node serves it (`/v1/receipts/{id}`, the committed receipts file):
-the signed receipt's fields plus `attribution`, `datasetAttribution` and `spans` (shape in
-docs/interfaces.md, "attribution"), checks it, and prints the matched spans with their source
-contribution. When the receipt carries `attributionHash`, the weights are checked against it.
-`audit --batch SEQ [--node ADDR]` checks a committed batch from public data, and `verify RECEIPT.json
---output FILE` a receipt completely with its answer (`node.attribution_rewards.audit`).
+`explain RECEIPT.json` reads a receipt JSON as the node serves it (`/v1/receipts/{id}`, the
+committed receipts file): the signed receipt's fields plus `attribution`, `datasetAttribution` and
+`spans` (shape in docs/interfaces.md, "attribution"), checks it, and prints the matched spans with
+their source contribution. When the receipt carries `attributionHash`, the weights are checked
+against it. `audit --batch SEQ [--node ADDR]` checks a committed batch from public data, and
+`verify RECEIPT.json --output FILE` a receipt completely with its answer
+(`node.attribution_rewards.audit`).
 """
 
 from __future__ import annotations
