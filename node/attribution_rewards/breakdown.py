@@ -42,7 +42,7 @@ def _events(c, contract, start: int, *names: str) -> list:
 async def breakdown(c, who: str, backends: Sequence, cache, *, max_batches: int = 1000,
                     max_bytes: int = MAX_RECEIPTS_FILE_BYTES) -> Breakdown:
     """Per-contribution rewards of contributor `who` (newest `max_batches` committed batches scanned)."""
-    from node.cli.common import all_contributions
+    from node.services.contributions import all_contributions
 
     out = Breakdown(who)
     mine = {i.contribution_id: ContributionRewards(i.contribution_id, i.dataset_id, i.status)

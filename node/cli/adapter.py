@@ -11,11 +11,12 @@ from typing import Iterator
 
 import typer
 
-from node.cli.common import (
-    CliError, DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt, connect, emit, event_of,
-    handle_errors, load_account, parse_amount, tx_done,
-)
-from node.services.uploads import IpfsStoreOpt, KuboOpt, upload
+from node.cli.common import connect, emit, event_of, load_account, tx_done
+from node.cli.errors import CliError, handle_errors
+from node.cli.options import DeploymentOpt, IpfsStoreOpt, JsonOpt, KeystoreOpt, KuboOpt, PasswordFileOpt, RpcOpt
+from node.services.amounts import parse_amount
+from node.services.errors import InputError
+from node.services.uploads import upload
 
 adapter_app = typer.Typer(name="adapter", help="Publish and manage LoRA adapters.", no_args_is_help=True)
 
@@ -34,13 +35,13 @@ def parse_dataset_splits(text: str | None) -> tuple[list[int], list[int]]:
             ids.append(int(a))
             bps.append(int(b))
         except ValueError:
-            raise CliError(f"--datasets wants ID:BPS pairs separated by commas, got {part!r}") from None
+            raise InputError(f"--datasets wants ID:BPS pairs separated by commas, got {part!r}") from None
     if len(set(ids)) != len(ids):
-        raise CliError("--datasets names a dataset twice")
+        raise InputError("--datasets names a dataset twice")
     if any(i <= 0 for i in ids) or any(b <= 0 for b in bps):
-        raise CliError("dataset ids and bps must be positive")
+        raise InputError("dataset ids and bps must be positive")
     if sum(bps) > BPS_TOTAL:
-        raise CliError(f"dataset bps sum to {sum(bps)}, more than {BPS_TOTAL}")
+        raise InputError(f"dataset bps sum to {sum(bps)}, more than {BPS_TOTAL}")
     pairs = sorted(zip(ids, bps))  # the registry wants dataset ids ascending
     return [i for i, _ in pairs], [b for _, b in pairs]
 
@@ -53,12 +54,12 @@ def check_adapter_folder(folder: Path, base_model_id: str):
     from inference.base_model import EMBEDDED_MODEL_ID, resolve_model_folder
 
     if base_model_id != EMBEDDED_MODEL_ID:
-        raise CliError(f"only the embedded base model {EMBEDDED_MODEL_ID} can be validated locally, got {base_model_id!r}")
+        raise InputError(f"only the embedded base model {EMBEDDED_MODEL_ID} can be validated locally, got {base_model_id!r}")
     config = AutoConfig.from_pretrained(str(resolve_model_folder(None)))
     try:
         return validate_adapter(folder, config, base_model_id=base_model_id, max_rank=MAX_RANK)
     except AdapterValidationError as e:
-        raise CliError(f"adapter folder refused: {e}") from None
+        raise InputError(f"adapter folder refused: {e}") from None
 
 
 @contextlib.contextmanager
@@ -75,7 +76,7 @@ def prepared_adapter(folder: Path, base_model_id: str) -> Iterator[tuple[object,
     try:
         config = _read_config(folder, DEFAULT_MAX_CONFIG_BYTES)
     except AdapterValidationError as e:
-        raise CliError(f"adapter folder refused: {e}") from None
+        raise InputError(f"adapter folder refused: {e}") from None
     declared = config.get("base_model_name_or_path")
     local = _local_base_path(declared, base_model_id)
     if local is None:
@@ -87,7 +88,7 @@ def prepared_adapter(folder: Path, base_model_id: str) -> Iterator[tuple[object,
         try:
             check_same_base(local, resolve_model_folder(None))
         except BaseMismatch as e:
-            raise CliError(f"adapter was trained on the local folder {declared[:200]!r}, which is not the served base "
+            raise InputError(f"adapter was trained on the local folder {declared[:200]!r}, which is not the served base "
                            f"model {base_model_id}: {e.reason}; {fix}") from None
     with tempfile.TemporaryDirectory(prefix="loranode-publish-") as tmp:
         staged = Path(tmp) / folder.name
@@ -99,7 +100,7 @@ def prepared_adapter(folder: Path, base_model_id: str) -> Iterator[tuple[object,
 
 def check_adapter_folder_exists(folder: Path) -> None:
     if not folder.is_dir():
-        raise CliError(f"adapter folder {folder} does not exist or is not a folder")
+        raise InputError(f"adapter folder {folder} does not exist or is not a folder")
 
 
 def _local_base_path(declared: object, base_model_id: str) -> Path | None:

@@ -1,10 +1,24 @@
-"""`loranode` command line. Sub-command groups live in their own modules and are added here."""
+"""`loranode` command line: every command group and top-level command is registered here, once.
+
+Each group lives in its own module; exit codes are those of `node.cli.errors`.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+
+from node.cli.adapter import adapter_app
+from node.cli.attribution import attribution_app
+from node.cli.chat import chat
+from node.cli.dataset import dataset_app
+from node.cli.dev import demo, dev_app
+from node.cli.escrow import escrow_app
+from node.cli.ipfs import ipfs_app
+from node.cli.node import node_app
+from node.cli.receipts import receipts_app
+from node.cli.rewards import rewards_app
+from node.cli.train import train
+from node.cli.wallet import wallet_app
 
 app = typer.Typer(
     name="loranode",
@@ -14,7 +28,6 @@ app = typer.Typer(
 )
 
 
-@app.command()
 def version() -> None:
     """Print the installed LoRA Node version."""
     from importlib.metadata import version as dist_version
@@ -22,54 +35,20 @@ def version() -> None:
     typer.echo(dist_version("loranode"))
 
 
-@app.command()
-def demo(
-    data_dir: Path = typer.Option(Path(".loranode/demo"), "--data-dir", help="Scratch folder (wiped at start)."),
-    train_steps: int = typer.Option(30, "--train-steps", min=1, max=10_000, help="Training steps per adapter."),
-    quick: bool = typer.Option(False, "--quick", help="One question instead of two."),
-) -> None:
-    """Run the whole mission on embedded defaults: dev chain, datasets, training, publishing, serving, settlement, rewards."""
-    from node.dev.demo import run_demo
-
-    raise typer.Exit(run_demo(data_dir=data_dir, train_steps=train_steps, quick=quick))
-
-
-from node.cli.ipfs import ipfs_app  # noqa: E402  (sub-command group: loranode ipfs ...)
-
+app.command("version")(version)
+app.command("demo")(demo)
 app.add_typer(ipfs_app, name="ipfs")
-
-from node.cli.attribution import attribution_app  # noqa: E402  (loranode attribution ...)
-
 app.add_typer(attribution_app, name="attribution")
-
-from node.cli.node import node_app  # noqa: E402  (loranode node run ...)
-
 app.add_typer(node_app, name="node")
-
-from node.cli.wallet import wallet_app  # noqa: E402
-from node.cli.dataset import dataset_app  # noqa: E402
-from node.cli.adapter import adapter_app  # noqa: E402
-from node.cli.escrow import escrow_app  # noqa: E402
-from node.cli.rewards import rewards_app  # noqa: E402
-from node.cli.receipts import receipts_app  # noqa: E402
-from node.cli.train import train  # noqa: E402
-
-for _group in (wallet_app, dataset_app, adapter_app, escrow_app, rewards_app, receipts_app):
-    app.add_typer(_group)
+app.add_typer(wallet_app, name="wallet")
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(adapter_app, name="adapter")
+app.add_typer(escrow_app, name="escrow")
+app.add_typer(rewards_app, name="rewards")
+app.add_typer(receipts_app, name="receipts")
 app.command("train")(train)
-
-from node.cli.dev import dev_app  # noqa: E402
-from node.cli.node_register import register as _node_register  # noqa: E402
-
-app.add_typer(dev_app)
-node_app.command("register")(_node_register)
-from node.cli.node_dispute import dispute as _node_dispute  # noqa: E402
-
-node_app.command("dispute")(_node_dispute)
-
-from node.cli.chat import chat as _chat  # noqa: E402
-
-app.command("chat")(_chat)
+app.add_typer(dev_app, name="dev")
+app.command("chat")(chat)
 
 
 def main() -> None:

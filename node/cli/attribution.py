@@ -1,9 +1,12 @@
-"""`loranode attribution explain RECEIPT.json`: which contributions a receipt's answer drew on.
+"""`loranode attribution explain|audit|verify`: which contributions an answer drew on, checked.
 
-Reads a receipt JSON as the node serves it (`/v1/receipts/{id}`, the committed receipts file):
-the signed receipt's fields plus `attribution`, `datasetAttribution` and `spans` (shape in
-docs/interfaces.md, "attribution"), checks it, and prints the matched spans with their source
-contribution. When the receipt carries `attributionHash`, the weights are checked against it.
+`explain RECEIPT.json` reads a receipt JSON as the node serves it (`/v1/receipts/{id}`, the
+committed receipts file): the signed receipt's fields plus `attribution`, `datasetAttribution` and
+`spans` (shape in docs/interfaces.md, "attribution"), checks it, and prints the matched spans with
+their source contribution. When the receipt carries `attributionHash`, the weights are checked
+against it. `audit --batch SEQ [--node ADDR]` checks a committed batch from public data, and
+`verify RECEIPT.json --output FILE` a receipt completely with its answer
+(`node.attribution_rewards.audit`).
 """
 
 from __future__ import annotations
@@ -15,17 +18,24 @@ from typing import Any
 
 import typer
 
+from node.cli.common import checksum, connect, console, run_async
+from node.cli.errors import FAILED, CliError, handle_errors
+from node.cli.options import DeploymentOpt, GatewayOpt, IpfsStoreOpt, JsonOpt, KuboOpt, RpcOpt
+from node.services.content import fetch_cache, read_backends
+from node.services.errors import InputError
+from node.services.receipt_files import load_receipt_file, read_receipt_bytes
+
 attribution_app = typer.Typer(
     name="attribution",
     help="Per-inference data attribution: which dataset contributions an answer drew on.",
     no_args_is_help=True,
 )
 
-MAX_RECEIPT_FILE_BYTES = 16 * 1024 * 1024
 TOTAL_BPS = 10_000
+MAX_OUTPUT_BYTES = 4 << 20
 
 
-class ReceiptFormatError(ValueError):
+class ReceiptFormatError(InputError, ValueError):
     """The receipt JSON does not have the documented attribution shape."""
 
 
@@ -132,14 +142,6 @@ def parse_receipt(raw: bytes) -> ExplainedReceipt:
     )
 
 
-def _read(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        raw = f.read(MAX_RECEIPT_FILE_BYTES + 1)
-    if len(raw) > MAX_RECEIPT_FILE_BYTES:
-        raise ReceiptFormatError(f"over {MAX_RECEIPT_FILE_BYTES} bytes: not a receipt")
-    return raw
-
-
 def _print_table(r: ExplainedReceipt) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -172,24 +174,101 @@ def _print_table(r: ExplainedReceipt) -> None:
 
 
 @attribution_app.command("explain")
+@handle_errors
 def explain_cmd(
     receipt: Path = typer.Argument(..., help="Receipt JSON (as served by /v1/receipts/{id})."),
     as_json: bool = typer.Option(False, "--json", help="Print the checked attribution as JSON."),
 ) -> None:
     """Show which contributions a receipt's answer drew on: weights and matched spans."""
+    raw = read_receipt_bytes(receipt)
     try:
-        r = parse_receipt(_read(receipt))
-    except (OSError, ReceiptFormatError) as e:
-        typer.echo(f"error: {receipt}: {e}", err=True)
-        raise typer.Exit(2) from None
+        r = parse_receipt(raw)
+    except ReceiptFormatError as e:
+        raise ReceiptFormatError(f"{receipt}: {e}") from None
     if as_json:
         typer.echo(json.dumps(r.to_json(), indent=2))
     else:
         _print_table(r)
     if r.hash_ok is False:
-        typer.echo("error: attributionHash does not match the attribution weights", err=True)
-        raise typer.Exit(1)
+        raise CliError("attributionHash does not match the attribution weights")
 
 
-# `attribution audit` and `attribution verify` live with the rewards they check.
-from node.cli import attribution_audit as _audit_cli  # noqa: E402,F401  (registers the commands)
+def _print(report, as_json: bool, title: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        return
+    from rich.markup import escape
+
+    console.print(f"{title}: {report.receipts} receipt(s), node {report.node}"
+                  + (f", batch {report.seq}" if report.seq else "") + (f", file {report.receipts_cid}" if report.receipts_cid else ""))
+    for n in report.notes:
+        console.print(f"  note: {escape(n)}")
+    if report.expected_amounts:
+        for cid, amount in sorted(report.expected_amounts.items()):
+            console.print(f"  contribution {cid}: {amount} (wei) by attribution")
+    if report.ok:
+        console.print("[green]✓ every check passed[/]")
+    for d in report.discrepancies:
+        where = f"leaf {d.leaf_index}" if d.leaf_index is not None else "receipt"
+        rid = f" {d.request_id}" if d.request_id else ""
+        console.print(f"[red]✗[/] {where}{escape(rid)} [{d.rule}] {escape(d.detail)}")
+
+
+@attribution_app.command("audit")
+@handle_errors
+def audit_cmd(
+    batch: int = typer.Option(..., "--batch", min=1, help="Batch sequence number in ReceiptLog."),
+    node: str = typer.Option(None, "--node", help="Node address (default: the only node with such a batch)."),
+    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, ipfs_store: Path = IpfsStoreOpt,
+    kubo_url: str = KuboOpt, gateway: list[str] = GatewayOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Audit a committed batch from public data: leaves, spans, weights, settled amounts. Exit 1 on any discrepancy."""
+    from node.attribution_rewards.audit import audit_batch
+
+    who = checksum(node, "node address") if node else None
+    c = connect(rpc_url, deployment)
+    report = run_async(audit_batch(c, read_backends(ipfs_store, kubo_url, gateway), fetch_cache(), batch, who))
+    _print(report, as_json, "audit")
+    if not report.ok:
+        raise typer.Exit(FAILED)
+
+
+@attribution_app.command("verify")
+@handle_errors
+def verify_cmd(
+    receipt: Path = typer.Argument(..., help="Receipt JSON (as served by /v1/receipts/{id}, with its proof once committed)."),
+    output: Path = typer.Option(..., "--output", help="File holding the answer's text exactly as received."),
+    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, ipfs_store: Path = IpfsStoreOpt,
+    kubo_url: str = KuboOpt, gateway: list[str] = GatewayOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Verify a receipt completely with its answer: signature, output hash, attribution, spans, Merkle proof."""
+    from node.attribution_rewards.audit import verify_with_output
+
+    body = load_receipt_file(receipt)
+    try:
+        raw = output.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read {output}: {e.strerror or e}") from None
+    if len(raw) > MAX_OUTPUT_BYTES:
+        raise InputError(f"{output} is over {MAX_OUTPUT_BYTES} bytes: not an answer")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{output} is not UTF-8 text") from None
+    c = connect(rpc_url, deployment)
+    report = run_async(verify_with_output(c, read_backends(ipfs_store, kubo_url, gateway), fetch_cache(), body, text, _tokenizer()))
+    _print(report, as_json, "verify")
+    if not report.ok:
+        raise typer.Exit(FAILED)
+
+
+def _tokenizer():
+    """The base model's tokenizer (span positions are output token offsets); None if unavailable."""
+    try:
+        from transformers import AutoTokenizer
+
+        from inference.base_model import resolve_model_folder
+
+        return AutoTokenizer.from_pretrained(str(resolve_model_folder(None)), local_files_only=True)
+    except Exception:  # noqa: BLE001 - positions then fall back to a text check, said in a note
+        return None

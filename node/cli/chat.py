@@ -9,16 +9,13 @@ from pathlib import Path
 
 import typer
 
-from node.cli.common import (
-    CliError, DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt, checksum, connect, err_console,
-    format_amount, handle_errors, load_account, loranode_home,
+from node.cli.common import checksum, connect, load_account, loranode_home
+from node.cli.errors import CliError, err_console, handle_errors
+from node.cli.options import (
+    DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, PayerOpt, RpcOpt, SignerKeystoreOpt, StateOpt,
 )
-
-StateOpt = typer.Option(None, "--state", envvar="LORANODE_CHAT_STATE",
-                        help="Chat state (lane totals, receipts) (default: ~/.loranode/chat/<chainId>-<payer>.sqlite).")
-SignerKeystoreOpt = typer.Option(None, "--signer-keystore",
-                                 help="Sign vouchers with this keystore's key (a signer the payer authorized); needs --payer.")
-PayerOpt = typer.Option(None, "--payer", help="The paying address, when signing with --signer-keystore.")
+from node.services.amounts import format_amount
+from node.services.errors import InputError
 
 EXIT_COMMANDS = {"/exit", "/quit"}
 
@@ -31,10 +28,10 @@ def payer_and_signer(keystore, password_file, signer_keystore, payer):
     """(payer: account or address, signer account or None)."""
     if signer_keystore is not None:
         if not payer:
-            raise CliError("--payer is required with --signer-keystore (the address whose escrow pays)")
+            raise InputError("--payer is required with --signer-keystore (the address whose escrow pays)")
         return checksum(payer, "payer address"), load_account(signer_keystore, password_file)
     if payer:
-        raise CliError("--payer is only for --signer-keystore; the keystore's own address pays otherwise")
+        raise InputError("--payer is only for --signer-keystore; the keystore's own address pays otherwise")
     return load_account(keystore, password_file), None
 
 

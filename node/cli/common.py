@@ -1,4 +1,4 @@
-"""Shared plumbing of the user-facing CLI groups: chain connection, wallets, amounts, output, errors.
+"""Shared plumbing of the user-facing CLI groups: chain connection, wallets, output.
 
 Every command that sends a transaction estimates it first (`chain.contracts.send_tx`), so a call
 that would revert fails with the contract's custom error and nothing is sent.
@@ -6,42 +6,22 @@ that would revert fails with the contract's custom error and nothing is sent.
 
 from __future__ import annotations
 
-import functools
 import getpass
 import json
 import os
 import sys
 from dataclasses import asdict, is_dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from node.cli.errors import CliError, Unreachable
+from node.services.errors import InputError
+
 console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # one line per error: greppable
-
-TOKEN_DECIMALS = 18
-DEFAULT_RPC = "http://127.0.0.1:8545"
-
-# Options shared by every command (each reads its LORANODE_* variable when not given).
-RpcOpt = typer.Option(DEFAULT_RPC, "--rpc-url", envvar="LORANODE_RPC_URL", help="JSON-RPC URL of the chain.")
-DeploymentOpt = typer.Option(
-    None, "--deployment", envvar="LORANODE_DEPLOYMENT", help="Deployment JSON (default: deployments/<chainId>.json)."
-)
-KeystoreOpt = typer.Option(
-    None, "--keystore", envvar="LORANODE_WALLET", help="Encrypted wallet keystore (default: ~/.loranode/wallets/default.json)."
-)
-PasswordFileOpt = typer.Option(
-    None, "--password-file", envvar="LORANODE_WALLET_PASSWORD_FILE", help="File holding the wallet password (else prompted)."
-)
-JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as `error: ...`, exit code 1, no traceback."""
 
 
 def loranode_home() -> Path:
@@ -52,55 +32,6 @@ def default_keystore() -> Path:
     return loranode_home() / "wallets" / "default.json"
 
 
-def handle_errors(fn: Callable) -> Callable:
-    """Turn the project's exceptions into one clear line on stderr and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from chain.errors import ChainError
-        from inference.errors import InferenceError
-        from node.errors import NodeError
-
-        try:
-            return fn(*args, **kwargs)
-        except (CliError, ChainError, NodeError, InferenceError) as e:
-            err_console.print(f"[red]error:[/] {e}", markup=True, highlight=False)
-            raise typer.Exit(1) from None
-        except ConnectionError as e:
-            err_console.print(f"[red]error:[/] cannot reach the chain: {e}")
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-# ------------------------------------------------------------------------------ amounts
-
-
-def parse_amount(text: str, decimals: int = TOKEN_DECIMALS) -> int:
-    """'1.5' tokens -> 1.5e18 base units; refuses negatives, NaN and excess precision."""
-    try:
-        d = Decimal(text.strip())
-    except (InvalidOperation, AttributeError):
-        raise CliError(f"not an amount: {text!r}") from None
-    if not d.is_finite() or d < 0:
-        raise CliError(f"amount must be a non-negative number, got {text!r}")
-    units = d * (Decimal(10) ** decimals)
-    if units != units.to_integral_value():
-        raise CliError(f"amount {text!r} has more than {decimals} decimals")
-    value = int(units)
-    if value >= 2**256:
-        raise CliError(f"amount {text!r} is too large")
-    return value
-
-
-def format_amount(units: int, decimals: int = TOKEN_DECIMALS, places: int | None = None) -> str:
-    """Base units as a decimal token amount; `places` rounds (down) for display only."""
-    q = Decimal(units) / (Decimal(10) ** decimals)
-    if places is not None:
-        q = q.quantize(Decimal(1).scaleb(-places), rounding="ROUND_DOWN")
-    return f"{q.normalize():f}"
-
-
 # ------------------------------------------------------------------------------ wallet + chain
 
 
@@ -109,15 +40,15 @@ def read_password(password_file: Path | None, *, confirm: bool = False) -> str:
         try:
             pw = password_file.read_text().rstrip("\r\n")
         except OSError as e:
-            raise CliError(f"cannot read password file {password_file}: {e.strerror or e}") from None
+            raise InputError(f"cannot read password file {password_file}: {e.strerror or e}") from None
     elif sys.stdin.isatty():
         pw = getpass.getpass("Keystore password: ")
         if confirm and getpass.getpass("Repeat password: ") != pw:
-            raise CliError("passwords do not match")
+            raise InputError("passwords do not match")
     else:
-        raise CliError("no password: pass --password-file (or LORANODE_WALLET_PASSWORD_FILE) or run on a terminal")
+        raise InputError("no password: pass --password-file (or LORANODE_WALLET_PASSWORD_FILE) or run on a terminal")
     if not pw:
-        raise CliError("empty password")
+        raise InputError("empty password")
     return pw
 
 
@@ -129,7 +60,7 @@ def load_account(keystore: Path | None, password_file: Path | None):
 
     path = keystore or default_keystore()
     if not path.exists():
-        raise CliError(f"no wallet at {path}: create one with `loranode wallet new` or pass --keystore")
+        raise InputError(f"no wallet at {path}: create one with `loranode wallet new` or pass --keystore")
     return Account.from_key(load_keystore(path, read_password(password_file)))
 
 
@@ -142,9 +73,9 @@ def keystore_address(keystore: Path | None) -> str:
         blob = json.loads(path.read_text())
         return to_checksum_address("0x" + blob["address"].removeprefix("0x"))
     except FileNotFoundError:
-        raise CliError(f"no wallet at {path}") from None
+        raise InputError(f"no wallet at {path}") from None
     except (OSError, ValueError, KeyError, TypeError):
-        raise CliError(f"{path} is not a keystore with an address") from None
+        raise InputError(f"{path} is not a keystore with an address") from None
 
 
 def connect(rpc_url: str, deployment: Path | None):
@@ -154,35 +85,29 @@ def connect(rpc_url: str, deployment: Path | None):
     from chain.contracts import Contracts
     from chain.deploy import Deployment
 
-    from node.cli.progress import show_tx_waits
+    from node.services.progress import show_tx_waits
 
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
     show_tx_waits(w3)
     try:
         chain_id = w3.eth.chain_id
     except Exception as e:  # requests/aiohttp raise many types for a dead endpoint
-        raise CliError(f"cannot reach the chain at {rpc_url}: {type(e).__name__}") from None
+        raise Unreachable(f"cannot reach the chain at {rpc_url}: {type(e).__name__}") from None
     path = deployment or Path("deployments") / f"{chain_id}.json"
     if not path.exists():
-        raise CliError(f"no deployment file {path}: pass --deployment (see `loranode dev up`)")
+        raise InputError(f"no deployment file {path}: pass --deployment (see `loranode dev up`)")
     try:
         dep = Deployment.load(path)
     except Exception as e:
-        raise CliError(f"unreadable deployment file {path}: {e}") from None
+        raise InputError(f"unreadable deployment file {path}: {e}") from None
     return Contracts(w3, dep)
-
-
-def all_contributions(c):
-    """Every contribution on chain, in id order (the registry has no per-dataset or per-address index)."""
-    for i in range(1, c.datasets.contribution_count() + 1):
-        yield c.datasets.get_contribution(i)
 
 
 def checksum(address: str, what: str = "address") -> str:
     from eth_utils import is_address, to_checksum_address
 
     if not isinstance(address, str) or not is_address(address):
-        raise CliError(f"not a valid {what}: {address!r}")
+        raise InputError(f"not a valid {what}: {address!r}")
     return to_checksum_address(address)
 
 

@@ -6,36 +6,14 @@ from pathlib import Path
 
 import typer
 
-from node.cli.common import (
-    CliError, DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt, all_contributions, connect, emit, event_of,
-    handle_errors, load_account, tx_done,
-)
-from node.services.uploads import IpfsStoreOpt, KuboOpt, upload
+from node.cli.common import connect, emit, event_of, load_account, tx_done
+from node.cli.errors import CliError, handle_errors
+from node.cli.options import DeploymentOpt, IpfsStoreOpt, JsonOpt, KeystoreOpt, KuboOpt, PasswordFileOpt, RpcOpt
+from node.services.contributions import all_contributions, count_tokens
+from node.services.errors import InputError
+from node.services.uploads import upload
 
 dataset_app = typer.Typer(name="dataset", help="Community datasets and their contributions.", no_args_is_help=True)
-
-MAX_CONTRIBUTION_BYTES = 64 << 20
-
-
-def count_tokens(path: Path) -> int:
-    """Validate a JSONL/text contribution and count its tokens with the base model's tokenizer."""
-    from transformers import AutoTokenizer
-
-    from inference.base_model import resolve_model_folder
-    from inference.training import TrainingDataError, read_records
-
-    if not path.is_file():
-        raise CliError(f"{path} is not a file")
-    size = path.stat().st_size
-    if size > MAX_CONTRIBUTION_BYTES:
-        raise CliError(f"{path} is {size} bytes, above the {MAX_CONTRIBUTION_BYTES}-byte cap")
-    try:
-        records = read_records(path)
-    except TrainingDataError as e:
-        raise CliError(str(e)) from None
-    tok = AutoTokenizer.from_pretrained(str(resolve_model_folder(None)))
-    text = "\n".join(" ".join(r.values()) for r in records)
-    return len(tok(text, add_special_tokens=False)["input_ids"])
 
 
 @dataset_app.command("create")
@@ -50,7 +28,7 @@ def create(
 ) -> None:
     """Create a dataset; you become its curator."""
     if not name.strip() or len(name) > 200:
-        raise CliError("dataset name must be 1-200 characters")
+        raise InputError("dataset name must be 1-200 characters")
     c = connect(rpc_url, deployment)
     account = load_account(keystore, password_file)
     meta_cid = upload(metadata, ipfs_store, kubo_url) if metadata else ""

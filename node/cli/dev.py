@@ -1,4 +1,5 @@
-"""`loranode dev up`: a whole local setup in one command; Ctrl-C stops all of it."""
+"""The dev tools: `loranode dev up`, a whole local setup in one command (Ctrl-C stops all of it),
+and `loranode demo`, the whole mission on embedded defaults."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from node.cli.common import console, handle_errors
+from node.cli.common import console
+from node.cli.errors import FAILED, handle_errors
 
 dev_app = typer.Typer(name="dev", help="Local development chain and node.", no_args_is_help=True)
 
@@ -50,9 +52,20 @@ def up(
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         while not stop.wait(0.5):
             if node is not None and not node.thread.is_alive():
-                raise typer.Exit(1)
+                raise typer.Exit(FAILED)
     finally:
         if node is not None:
             node.stop()
         stack.anvil.stop()
         console.print("stopped")
+
+
+def demo(
+    data_dir: Path = typer.Option(Path(".loranode/demo"), "--data-dir", help="Scratch folder (wiped at start)."),
+    train_steps: int = typer.Option(30, "--train-steps", min=1, max=10_000, help="Training steps per adapter."),
+    quick: bool = typer.Option(False, "--quick", help="One question instead of two."),
+) -> None:
+    """Run the whole mission on embedded defaults: dev chain, datasets, training, publishing, serving, settlement, rewards."""
+    from node.dev.demo import run_demo
+
+    raise typer.Exit(run_demo(data_dir=data_dir, train_steps=train_steps, quick=quick))

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import typer
 
-from node.cli.common import (
-    CliError, DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt, checksum, connect, emit,
-    format_amount, handle_errors, keystore_address, load_account, parse_amount, tx_done,
-)
+from node.cli.common import checksum, connect, emit, keystore_address, load_account, tx_done
+from node.cli.errors import CliError, handle_errors
+from node.cli.options import DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt
+from node.services.amounts import format_amount, parse_amount
+from node.services.errors import InputError
 
 escrow_app = typer.Typer(name="escrow", help="Fund inference: deposits per node, signer keys, withdrawals.",
                          no_args_is_help=True)
@@ -37,7 +38,7 @@ def deposit(
     """Approve and deposit tokens into your escrow account for one node."""
     units = parse_amount(amount)
     if units == 0:
-        raise CliError("amount must be greater than zero")
+        raise InputError("amount must be greater than zero")
     node_addr = _node(node)
     c = connect(rpc_url, deployment)
     account = load_account(keystore, password_file)
@@ -63,7 +64,7 @@ def signer_proof(
     """Run with the SIGNER's wallet: print its proof (JSON) that the payer passes to `escrow authorize --proof`."""
     payer_addr = checksum(payer, "payer address")
     if not 0 < ttl <= MAX_PROOF_TTL_S:
-        raise CliError(f"--ttl must be in 1..{MAX_PROOF_TTL_S} seconds")
+        raise InputError(f"--ttl must be in 1..{MAX_PROOF_TTL_S} seconds")
     c = connect(rpc_url, deployment)
     account = load_account(keystore, password_file)
     deadline = int(c.w3.eth.get_block("latest")["timestamp"]) + ttl
@@ -74,18 +75,18 @@ def signer_proof(
 def _load_proof(path: Path, signer: str) -> tuple[int, bytes]:
     try:
         if path.stat().st_size > 4096:
-            raise CliError(f"{path} is too large to be a signer proof")
+            raise InputError(f"{path} is too large to be a signer proof")
         obj = json.loads(path.read_text())
         deadline, proof = int(obj["deadline"]), bytes.fromhex(str(obj["proof"]).removeprefix("0x"))
         named = checksum(str(obj.get("signer", signer)), "signer address in the proof")
     except OSError as e:
-        raise CliError(f"cannot read {path}: {e.strerror or e}") from None
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise CliError(f"{path} is not a signer proof (`loranode escrow signer-proof` writes one)") from None
+        raise InputError(f"{path} is not a signer proof (`loranode escrow signer-proof` writes one)") from None
     if named != signer:
-        raise CliError(f"the proof is for signer {named}, not {signer}")
+        raise InputError(f"the proof is for signer {named}, not {signer}")
     if len(proof) != 65 or not 0 < deadline < 2**64:
-        raise CliError("the proof must hold a 65-byte signature and a deadline")
+        raise InputError("the proof must hold a 65-byte signature and a deadline")
     return deadline, proof
 
 
@@ -104,7 +105,7 @@ def authorize(
     """Authorize a voucher-signing key with its proof, or start revoking it."""
     addr = checksum(signer, "signer address")
     if not revoke and (proof is None) == (signer_keystore is None):
-        raise CliError("authorizing needs the signer's consent: give --proof FILE or --signer-keystore FILE")
+        raise InputError("authorizing needs the signer's consent: give --proof FILE or --signer-keystore FILE")
     deadline_proof = _load_proof(proof, addr) if proof is not None and not revoke else None
     c = connect(rpc_url, deployment)
     account = load_account(keystore, password_file)
@@ -119,13 +120,13 @@ def authorize(
     if deadline_proof is None:
         key = load_account(signer_keystore, password_file)
         if key.address != addr:
-            raise CliError(f"{signer_keystore} holds {key.address}, not {addr}")
+            raise InputError(f"{signer_keystore} holds {key.address}, not {addr}")
         _, deadline, sig = c.escrow.signer_proof(account.address, key)
     else:
         deadline, sig = deadline_proof
     now = int(c.w3.eth.get_block("latest")["timestamp"])
     if deadline < now:
-        raise CliError(f"the proof expired {now - deadline} s ago: ask the signer for a new one")
+        raise InputError(f"the proof expired {now - deadline} s ago: ask the signer for a new one")
     from chain.eip712 import TypedDataError, recover_digest_signer
 
     try:
@@ -133,7 +134,7 @@ def authorize(
     except TypedDataError:
         ok = False
     if not ok:
-        raise CliError(f"the proof was not signed by {addr} for payer {account.address}")
+        raise InputError(f"the proof was not signed by {addr} for payer {account.address}")
     current = c.escrow.signer_of(addr)
     if current.payer != "0x" + "00" * 20 and (current.revoke_at == 0 or current.revoke_at > now):
         raise CliError(f"{addr} already signs for {current.payer}")

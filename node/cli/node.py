@@ -1,10 +1,24 @@
-"""`loranode node ...`: run the node operator daemon."""
+"""`loranode node ...`: the node operator's commands.
+
+`run` runs the daemon. `register` publishes the node in NodeRegistry (endpoint, base models, price)
+with its bond: only a node holding at least the registry's minimum bond can redeem vouchers.
+`dispute` lets a fisherman hold a node to its signed receipts: with one receipt it opens a dispute
+(the dispute deposit is approved and locked; the arbitrator set at deployment rules before the
+deadline); with `--equivocation OTHER` it proves that the node signed two different receipts with
+the same `seq`: the node's bond is slashed at once and half of it is paid to the caller."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+
+from node.cli.common import connect, load_account, tx_done
+from node.cli.errors import CliError, handle_errors, report
+from node.cli.options import DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt
+from node.services.amounts import format_amount, parse_amount
+from node.services.errors import InputError
+from node.services.receipt_files import load_receipt_file, signed_receipt
 
 node_app = typer.Typer(name="node", help="The node operator daemon.", no_args_is_help=True)
 
@@ -22,9 +36,8 @@ def run_cmd(
     try:
         cfg = load_config(config)
         code = run(cfg)
-    except NodeError as e:  # configuration, deployment or chain mismatch: a clear message, no traceback
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    except NodeError as e:  # configuration, deployment or chain mismatch: bad input, a clear message, no traceback
+        raise report(InputError(str(e))) from e
     raise typer.Exit(code)
 
 
@@ -34,3 +47,99 @@ def config_options() -> None:
     from node.config import options_table
 
     typer.echo(options_table())
+
+
+@node_app.command("register")
+@handle_errors
+def register(
+    endpoint: str = typer.Option(..., "--endpoint", help="Public URL of the node's API."),
+    base_model: list[str] = typer.Option(None, "--base-model", help="Base model ids served (repeatable; default: the embedded one)."),
+    price: str = typer.Option("0", "--price", help="Compute price per 1K tokens, in tokens."),
+    bond: str = typer.Option("min", "--bond", help="Bond to hold, in tokens (approved and locked): 'min' tops it "
+                                                  "up to the registry's minimum; more answers for more."),
+    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Register (or update) the operator's node in NodeRegistry."""
+    from inference.base_model import EMBEDDED_MODEL_ID
+
+    if not endpoint.startswith(("http://", "https://")) or len(endpoint) > 512:
+        raise InputError("--endpoint must be an http(s) URL of at most 512 characters")
+    models = base_model or [EMBEDDED_MODEL_ID]
+    price_units = parse_amount(price)
+    target = None if bond == "min" else parse_amount(bond)
+    c = connect(rpc_url, deployment)
+    account = load_account(keystore, password_file)
+    min_bond = c.nodes.dispute_terms().min_bond
+    held = c.nodes.get_node(account.address).bond
+    target = min_bond if target is None else target
+    if target < min_bond:
+        typer.echo(f"warning: a bond below the minimum ({format_amount(min_bond)}) cannot redeem vouchers", err=True)
+    add = max(0, target - held)
+    if add and c.token.balance_of(account.address) < add:
+        raise CliError(f"insufficient token balance for the bond: it needs {format_amount(add)} more")
+    if add and c.token.allowance(account.address, c.nodes.address) < add:
+        c.token.approve(account, c.nodes.address, add)
+    if c.nodes.is_active(account.address):
+        receipt = c.nodes.update(account, endpoint, models, price_units)
+        if add:
+            c.nodes.add_bond(account, add)
+        tx_done(receipt, "node updated", as_json, node=account.address, bond=format_amount(held + add))
+        return
+    receipt = c.nodes.register(account, endpoint, models, price_units, add)
+    tx_done(receipt, "node registered", as_json, node=account.address, bond=format_amount(held + add))
+
+
+def _signed_receipt(path: Path, chain_id: int, receipt_log: str):
+    from chain.eip712 import TypedDataError
+
+    raw = load_receipt_file(path)["receipt"]
+    try:
+        signed = signed_receipt(raw)
+        signer = signed.signer(chain_id, receipt_log)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    except TypedDataError as e:
+        raise InputError(f"{path}: malformed receipt: {e}") from None
+    if signer != signed.receipt.node:
+        raise InputError(f"{path}: the receipt is not signed by its node {signed.receipt.node} (signer {signer})")
+    return signed
+
+
+@node_app.command("dispute")
+@handle_errors
+def dispute(
+    receipt: Path = typer.Argument(..., help="The disputed receipt (JSON as returned by GET /v1/receipts/{id})."),
+    equivocation: Path = typer.Option(None, "--equivocation",
+                                      help="Another receipt of the same node with the same seq: slash at once."),
+    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Dispute a node's receipt (deposit, arbitrated), or slash a node that equivocated."""
+    c = connect(rpc_url, deployment)
+    a = _signed_receipt(receipt, c.chain_id, c.receipts.address)
+    node = a.receipt.node
+    if c.nodes.get_node(node).bond == 0:
+        raise CliError(f"node {node} holds no bond: nothing to dispute")
+    if equivocation is not None:
+        b = _signed_receipt(equivocation, c.chain_id, c.receipts.address)
+        if b.receipt.node != node or b.receipt.seq != a.receipt.seq:
+            raise InputError("an equivocation needs two receipts of the same node with the same seq")
+        if c.receipts.hash_receipt(a.receipt) == c.receipts.hash_receipt(b.receipt):
+            raise InputError("the two receipts are the same: not an equivocation")
+        account = load_account(keystore, password_file)
+        bond = c.nodes.get_node(node).bond
+        rcpt = c.nodes.slash_equivocation(account, a.receipt, a.signature, b.receipt, b.signature)
+        tx_done(rcpt, "node slashed", as_json, node=node, slashed=format_amount(bond))
+        return
+    terms = c.nodes.dispute_terms()
+    account = load_account(keystore, password_file)
+    if terms.dispute_deposit:
+        if c.token.balance_of(account.address) < terms.dispute_deposit:
+            raise CliError(f"the dispute deposit is {format_amount(terms.dispute_deposit)}: insufficient balance")
+        if c.token.allowance(account.address, c.nodes.address) < terms.dispute_deposit:
+            c.token.approve(account, c.nodes.address, terms.dispute_deposit)
+    rcpt = c.nodes.open_dispute(account, a.receipt, a.signature)
+    dispute_id = c.nodes.dispute_count()
+    tx_done(rcpt, "dispute opened", as_json, dispute_id=dispute_id, node=node,
+            deposit=format_amount(terms.dispute_deposit), deadline=c.nodes.get_dispute(dispute_id).deadline)

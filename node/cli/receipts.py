@@ -3,59 +3,31 @@ of one receipt file or of every receipt `loranode chat` stored; `loranode receip
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from node.cli.chat import PayerOpt, StateOpt
-from node.cli.common import (
-    CliError, DeploymentOpt, JsonOpt, KeystoreOpt, RpcOpt, checksum, connect, emit, handle_errors, keystore_address,
-)
+from node.cli.common import checksum, connect, emit, keystore_address
+from node.cli.errors import FAILED, handle_errors
+from node.cli.options import DeploymentOpt, JsonOpt, KeystoreOpt, PayerOpt, RpcOpt, StateOpt
+from node.services.errors import InputError
+from node.services.receipt_files import SIGNED_RECEIPT_FIELDS, load_receipt_file, signed_receipt
 
 receipts_app = typer.Typer(name="receipts", help="List and verify inference receipts.", no_args_is_help=True)
 
-MAX_RECEIPT_FILE = 1 << 20
-# The fields of the signed EIP-712 receipt; the node's JSON adds attribution details beside them.
-_SIGNED_FIELDS = {"requestId", "payer", "node", "adapterId", "seq", "promptTokens", "completionTokens",
-                  "computeCost", "adapterCost", "outputHash", "attributionHash", "timestamp", "signature"}
-
-
-def load_receipt_file(path: Path) -> dict:
-    """Accept either the node's `/v1/receipts/{id}` body ({receipt, batch, proof}) or a bare signed receipt."""
-    try:
-        if path.stat().st_size > MAX_RECEIPT_FILE:
-            raise CliError(f"{path} is larger than {MAX_RECEIPT_FILE} bytes: not a receipt")
-        body = json.loads(path.read_text())
-    except OSError as e:
-        raise CliError(f"cannot read {path}: {e.strerror or e}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise CliError(f"{path} is not JSON") from None
-    if not isinstance(body, dict):
-        raise CliError(f"{path}: expected a JSON object")
-    return body if "receipt" in body else {"receipt": body}
-
-
 def _verify_one(c, raw: dict, batch: dict | None, proof) -> dict:
     """Signature check, and the Merkle proof against ReceiptLog when the batch is committed."""
-    from chain.eip712 import SignedReceipt, TypedDataError
-
-    if not isinstance(raw, dict):
-        raise CliError("'receipt' must be an object")
-    try:
-        signed = SignedReceipt.from_json({k: v for k, v in raw.items() if k in _SIGNED_FIELDS})
-    except TypedDataError as e:
-        raise CliError(f"malformed receipt: {e}") from None
+    signed = signed_receipt(raw)
     signer = signed.signer(c.chain_id, c.receipts.address)
     batch = batch if isinstance(batch, dict) else {}
     committed = None
     if proof is not None and "seq" in batch:
         if not isinstance(proof, list) or not all(isinstance(p, str) for p in proof) or len(proof) > 64:
-            raise CliError("'proof' must be a list of at most 64 hex strings")
+            raise InputError("'proof' must be a list of at most 64 hex strings")
         try:
             committed = c.receipts.verify_receipt(signed.receipt, int(batch["seq"]), [bytes.fromhex(p.removeprefix("0x")) for p in proof])
         except ValueError:
-            raise CliError("'proof' holds a value that is not hex") from None
+            raise InputError("'proof' holds a value that is not hex") from None
     return {"request_id": "0x" + signed.receipt.request_id.hex(), "node": signed.receipt.node,
             "signer": signer, "signature_valid": signer == signed.receipt.node,
             "committed_on_chain": committed if committed is not None else "no proof yet (batch not committed)"}
@@ -76,13 +48,13 @@ def verify(
         result = _verify_one(c, body["receipt"], body.get("batch"), body.get("proof"))
         emit(result, as_json, title="receipt")
         if not result["signature_valid"] or result["committed_on_chain"] is False:
-            raise typer.Exit(1)
+            raise typer.Exit(FAILED)
         return
     results = [_verify_stored(c, r) for r in _stored(c, keystore, payer, state) if r.receipt is not None]
     emit(results, as_json, title="receipts")
     if any(not r["signature_valid"] or r["committed_on_chain"] is False or r.get("node_copy") == "differs"
            for r in results):
-        raise typer.Exit(1)
+        raise typer.Exit(FAILED)
 
 
 def _verify_stored(c, stored) -> dict:
@@ -96,7 +68,7 @@ def _verify_stored(c, stored) -> dict:
         result["node_copy"] = f"not checked: {e}"
         return result
     theirs = body.get("receipt") if isinstance(body.get("receipt"), dict) else {}
-    same = all(str(theirs.get(k, "")).lower() == str(v).lower() for k, v in stored.receipt.items() if k in _SIGNED_FIELDS)
+    same = all(str(theirs.get(k, "")).lower() == str(v).lower() for k, v in stored.receipt.items() if k in SIGNED_RECEIPT_FIELDS)
     result["node_copy"] = "matches" if same else "differs"
     if same and body.get("status") == "committed":
         result["committed_on_chain"] = _verify_one(c, stored.receipt, body.get("batch"), body.get("proof"))["committed_on_chain"]

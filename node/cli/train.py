@@ -6,14 +6,18 @@ from pathlib import Path
 
 import typer
 
-from node.cli.common import CliError, JsonOpt, console, emit, handle_errors
+from node.cli.common import connect, console, emit, run_async
+from node.cli.errors import CliError, handle_errors
+from node.cli.options import DeploymentOpt, IpfsStoreOpt, JsonOpt, RpcOpt
+from node.services.contributions import all_contributions
+from node.services.errors import InputError
+
 
 def fetch_dataset_file(dataset_id: int, rpc_url: str, deployment: Path | None, store: Path | None, dest: Path) -> list[Path]:
     """Accepted contributions of an on-chain dataset, fetched from the embedded store and CID-verified."""
-    from node.cli.common import all_contributions, connect, run_async
-    from node.cli.progress import transfer_bar
-    from node.cli.ipfs import store_root
     from node.ipfs import EmbeddedStore
+    from node.services.content import store_root
+    from node.services.progress import transfer_bar
 
     c = connect(rpc_url, deployment)
     if not c.datasets.dataset_exists(dataset_id):
@@ -43,9 +47,7 @@ def train(
     max_length: int = typer.Option(96, "--max-length", min=8, max=4096),
     seed: int = typer.Option(0, "--seed"),
     last_layers: int = typer.Option(None, "--last-layers", min=1, help="Adapt only the last N layers (faster on CPU)."),
-    rpc_url: str = typer.Option("http://127.0.0.1:8545", "--rpc-url", envvar="LORANODE_RPC_URL"),
-    deployment: Path = typer.Option(None, "--deployment", envvar="LORANODE_DEPLOYMENT"),
-    ipfs_store: Path = typer.Option(None, "--ipfs-store", envvar="LORANODE_IPFS_STORE"),
+    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, ipfs_store: Path = IpfsStoreOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Fine-tune a LoRA with PEFT on CPU; writes a folder ready for `loranode adapter publish`."""
@@ -55,11 +57,11 @@ def train(
     from inference.training import TrainConfig, TrainingDataError, read_records, train_lora
 
     if (data is None) == (dataset is None):
-        raise CliError("give exactly one of --data FILE or --dataset ID")
+        raise InputError("give exactly one of --data FILE or --dataset ID")
     if data is not None and not data.exists():
-        raise CliError(f"cannot read {data}: no such file or folder")
+        raise InputError(f"cannot read {data}: no such file or folder")
     if out.exists() and any(out.iterdir()):
-        raise CliError(f"{out} exists and is not empty")
+        raise InputError(f"{out} exists and is not empty")
     with tempfile.TemporaryDirectory() as tmp:
         files = [data] if data else fetch_dataset_file(dataset, rpc_url, deployment, ipfs_store, Path(tmp))
         records = []
@@ -68,9 +70,9 @@ def train(
                 for p in ([f] if f.is_file() else sorted(x for x in f.rglob("*") if x.is_file())):
                     records += read_records(p)
         except TrainingDataError as e:
-            raise CliError(str(e)) from None
+            raise InputError(str(e)) from None
     if not records:
-        raise CliError("no training records found")  # checked before the model is loaded
+        raise InputError("no training records found")  # checked before the model is loaded
     base = load_base_model()
     cfg = TrainConfig(rank=rank, alpha=alpha, steps=steps, batch_size=batch_size, learning_rate=lr,
                       max_length=max_length, seed=seed, last_layers=last_layers)

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import typer
 
-from node.cli.common import CliError, JsonOpt, KeystoreOpt, PasswordFileOpt, default_keystore, emit, handle_errors, keystore_address, read_password
+from node.cli.common import default_keystore, emit, keystore_address, read_password
+from node.cli.errors import handle_errors
+from node.cli.options import JsonOpt, KeystoreOpt, PasswordFileOpt
+from node.services.errors import InputError
 
 wallet_app = typer.Typer(name="wallet", help="Encrypted wallet keystores.", no_args_is_help=True)
 
@@ -53,20 +56,20 @@ def import_(
         try:
             raw = key_file.read_text().strip()
         except OSError as e:
-            raise CliError(f"cannot read key file {key_file}: {e.strerror or e}") from None
+            raise InputError(f"cannot read key file {key_file}: {e.strerror or e}") from None
     elif sys.stdin.isatty():
         raw = getpass.getpass("Private key (hex): ").strip()
     else:
-        raise CliError("no key: pass --key-file or run on a terminal")
+        raise InputError("no key: pass --key-file or run on a terminal")
     hexkey = raw.removeprefix("0x")
     if len(hexkey) != 64 or any(c not in "0123456789abcdefABCDEF" for c in hexkey):
-        raise CliError("the private key must be 32 bytes of hex (64 hex digits)")  # never echo it
+        raise InputError("the private key must be 32 bytes of hex (64 hex digits)")  # never echo it
     path = keystore or default_keystore()
     pw = read_password(password_file, confirm=True)
     try:
         address = create_keystore(path, pw, private_key="0x" + hexkey, overwrite=force, scrypt_n=_scrypt_n())
     except ValueError:
-        raise CliError("the private key is not a valid secp256k1 key") from None
+        raise InputError("the private key is not a valid secp256k1 key") from None
     emit({"address": address, "keystore": str(path)}, as_json, title="imported wallet")
 
 

@@ -51,8 +51,8 @@ def _attribution_report(c, store, data_dir: Path, node_addr: str, contributors: 
 
     from node.attribution_rewards.audit import audit_batch
     from node.attribution_rewards.breakdown import breakdown
-    from node.cli.attribution_audit import contribution_rows
     from node.ipfs import ContentCache
+    from node.services.contribution_rewards import contribution_rows
 
     cache = ContentCache(data_dir / "audit-cache", 1 << 30)
     t = Table(title="dataset rewards by contribution (LND): attribution settled per batch in AttributionPool")
@@ -77,12 +77,12 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
     from eth_account import Account
 
     from chain.devchain import DEV_PRIVATE_KEYS
-    from node.cli.common import format_amount
-    from node.cli.dataset import count_tokens
-    from node.cli.rewards import summarize, summary_row
     from node.config import load_config
     from node.dev.stack import DEV_ROLES, NodeThread, get_json as _get, start_dev_stack, wait_for as _wait
     from node.ipfs import EmbeddedStore
+    from node.services.amounts import format_amount
+    from node.services.contributions import count_tokens
+    from node.services.rewards import summarize, summary_row
 
     acct = {role: Account.from_key(k) for role, k in zip(DEV_ROLES, DEV_PRIVATE_KEYS)}
     shutil.rmtree(data_dir, ignore_errors=True)  # each demo starts from a fresh chain

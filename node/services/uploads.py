@@ -1,20 +1,12 @@
-"""The content store the user-facing CLI uploads to: the embedded store (default), or Kubo."""
+"""The IPFS upload service of the CLI: the embedded store (default), or Kubo."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-import typer
-
-from node.cli.common import run_async
-from node.cli.ipfs import store_root  # the same default store as `loranode ipfs` and the daemon
-
-IpfsStoreOpt = typer.Option(
-    None, "--ipfs-store", envvar="LORANODE_IPFS_STORE", help="Embedded IPFS store folder (default: <data dir>/ipfs, as the node)."
-)
-KuboOpt = typer.Option(
-    None, "--kubo-url", envvar="LORANODE_KUBO_URL", help="Upload through a Kubo RPC API instead of the embedded store."
-)
+from node.services import progress
+from node.services.content import store_root  # the same default store as `loranode ipfs` and the daemon
 
 
 def upload(path: Path, store: Path | None, kubo_url: str | None) -> str:
@@ -22,18 +14,15 @@ def upload(path: Path, store: Path | None, kubo_url: str | None) -> str:
     from node.ipfs import EmbeddedStore, KuboClient
 
     if kubo_url:
-        from node.cli.progress import spinner
-
         async def _kubo() -> str:
             async with KuboClient(kubo_url) as client:
                 return await client.add_path(path)
 
-        with spinner(f"adding {path.name} to Kubo"):  # Kubo's add API reports no progress we could show
-            return run_async(_kubo())
+        with progress.spinner(f"adding {path.name} to Kubo"):  # Kubo's add API reports no progress we could show
+            return asyncio.run(_kubo())
     from rich.progress import Progress
 
-    from node.cli.common import console
-
+    console = progress.progress_console
     total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
     # A progress bar on a terminal only (rich disables it otherwise); advanced per imported entry.
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:

@@ -93,7 +93,7 @@ def test_train_cli_writes_a_publishable_adapter(tmp_path):
     assert spec.rank == 2
     # the output folder is never overwritten
     r = runner.invoke(app, ["train", "--data", str(data), "--out", str(out)])
-    assert r.exit_code == 1 and "not empty" in r.output
+    assert r.exit_code == 2 and "not empty" in r.output  # bad input (node.cli.errors)
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -19,6 +19,7 @@ from chain.deploy import deploy
 from chain.devchain import DEV_PRIVATE_KEYS
 from inference.base_model import EMBEDDED_MODEL_ID
 from node.cli.app import app
+from node.services.receipt_files import MAX_RECEIPT_FILE_BYTES
 
 ROLES = ["deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob"]
 KEY = dict(zip(ROLES, DEV_PRIVATE_KEYS))
@@ -453,7 +454,7 @@ def test_receipts_verify(env, tmp_path):
     (b"[1, 2]", "JSON object"),
     (b'{"receipt": {"seq": "1"}}', "malformed receipt"),
     (b'{"receipt": 5}', "must be an object"),
-    (b"x" * (2 << 20), "larger than"),
+    (b"x" * (MAX_RECEIPT_FILE_BYTES + 1), "larger than"),
 ])
 def test_receipts_verify_rejects_bad_files(env, tmp_path, content, msg):
     f = tmp_path / "bad.json"

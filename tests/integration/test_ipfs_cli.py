@@ -52,13 +52,13 @@ def test_add_then_get_round_trips_a_folder(tmp_path):
     assert r.exit_code == 0, r.output
     assert (dest / "sub" / "w.bin").read_bytes() == (src / "sub" / "w.bin").read_bytes()
     again = runner.invoke(app, ["ipfs", "get", cid, str(dest)])
-    assert again.exit_code == 1 and "already exists" in again.output
+    assert again.exit_code == 2 and "already exists" in again.output  # bad input (node.cli.errors)
 
 
 def test_errors_are_one_clear_line(tmp_path):
     r = runner.invoke(app, ["ipfs", "get", "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o", str(tmp_path / "o")])
     assert r.exit_code == 1 and "not in the store" in r.output
     r = runner.invoke(app, ["ipfs", "get", "not-a-cid", str(tmp_path / "o")])
-    assert r.exit_code == 1 and "multibase" in r.output
+    assert r.exit_code == 2 and "multibase" in r.output
     r = runner.invoke(app, ["ipfs", "cid", str(tmp_path / "missing")])
-    assert r.exit_code == 1 and "no such file" in r.output
+    assert r.exit_code == 2 and "no such file" in r.output

@@ -70,7 +70,7 @@ def test_verify_cli_refuses_bad_files_before_touching_the_chain(tmp_path):
     out.write_text("hello")
     for args, msg in cases:
         res = runner.invoke(app, ["attribution", "verify", *args, "--rpc-url", "http://127.0.0.1:9"])
-        assert res.exit_code == 1 and msg in res.output, (args, res.output)
+        assert res.exit_code == 2 and msg in res.output, (args, res.output)  # bad input (node.cli.errors)
 
 
 def test_audit_cli_refuses_bad_arguments():
@@ -80,6 +80,6 @@ def test_audit_cli_refuses_bad_arguments():
     res = runner.invoke(app, ["attribution", "audit", "--batch", "0"])
     assert res.exit_code == 2  # usage error: batches start at 1
     res = runner.invoke(app, ["attribution", "audit", "--batch", "1", "--node", "0xnot-an-address"])
-    assert res.exit_code == 1 and "not a valid node address" in res.output
+    assert res.exit_code == 2 and "not a valid node address" in res.output
     res = runner.invoke(app, ["attribution", "audit", "--batch", "1", "--rpc-url", "http://127.0.0.1:9"])
-    assert res.exit_code == 1 and "cannot reach the chain" in res.output
+    assert res.exit_code == 3 and "cannot reach the chain" in res.output

@@ -9,7 +9,7 @@ import io
 import pytest
 from rich.console import Console
 
-import node.cli.progress as cp
+import node.services.progress as cp
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """docs/ARCHITECTURE.md: `chain` and `inference` never import each other or `node`; the chain sync
-projections and the chain watcher never import each other."""
+projections and the chain watcher never import each other; inside `node`, the dev tools and the
+shared services never import the CLI, and the services never import the dev tools."""
 
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ def imported_top_levels(path: Path) -> set[str]:
     return names
 
 
+# Inside `node`: package -> packages it must not import (the CLI sits on top of both).
+FORBIDDEN_INSIDE_NODE = {
+    "node.dev": {"node.cli"},
+    "node.services": {"node.cli", "node.dev"},
+}
+
+
+def _under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
 def test_packages_exist():
     for pkg in FORBIDDEN:
         assert (ROOT / pkg / "__init__.py").is_file(), pkg
@@ -40,6 +52,27 @@ def test_no_forbidden_imports(pkg):
         if bad:
             offenders.append(f"{f.relative_to(ROOT)} imports {sorted(bad)}")
     assert not offenders, "import direction violated:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("pkg", sorted(FORBIDDEN_INSIDE_NODE))
+def test_no_forbidden_imports_inside_node(pkg):
+    folder = ROOT / pkg.replace(".", "/")
+    assert (folder / "__init__.py").is_file(), pkg
+    offenders = []
+    for f in sorted(folder.rglob("*.py")):
+        package = ".".join(f.relative_to(ROOT).parts[:-1])
+        bad = sorted(m for m in imported_modules(f, package) for p in FORBIDDEN_INSIDE_NODE[pkg] if _under(m, p))
+        if bad:
+            offenders.append(f"{f.relative_to(ROOT)} imports {bad}")
+    assert not offenders, "import direction violated:\n" + "\n".join(offenders)
+
+
+def test_inside_node_checker_catches_violation(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("def f():\n    from node.cli.common import connect\nfrom node import dev\n")
+    found = imported_modules(f, "node.services")
+    assert any(_under(m, "node.cli") for m in found) and any(_under(m, "node.dev") for m in found)
+    assert not _under("node.client", "node.cli") and not _under("node.cli_x", "node.cli")
 
 
 def test_checker_catches_violation(tmp_path):

@@ -1,6 +1,6 @@
-"""Progress shown by long CLI work: transfers (IPFS fetches and uploads), and a spinner while a
-transaction waits to be mined. Only on a terminal (rich disables live output otherwise), and never
-on stdout, which may carry `--json`."""
+"""Progress shown by long work of the CLI and its services: transfers (IPFS fetches and uploads),
+and a spinner while a transaction waits to be mined. Only on a terminal (rich disables live output
+otherwise), and never on stdout, which may carry `--json`."""
 
 from __future__ import annotations
 
