@@ -237,7 +237,8 @@ def _main(argv: list[str] | None = None) -> int:
     import getpass
     import os
 
-    from chain.devchain import DEV_CHAIN_ID, DEV_PRIVATE_KEYS
+    from chain.devchain import DEV_PRIVATE_KEYS
+    from chain.protocol import DEV_CHAIN_ID
 
     ap = argparse.ArgumentParser(prog="python -m chain.deploy", description="Deploy the LoRA Node contract set.")
     ap.add_argument("--rpc-url", required=True)

@@ -15,6 +15,8 @@ from typing import Any
 
 import typer
 
+from chain.protocol import TOTAL_BPS
+
 attribution_app = typer.Typer(
     name="attribution",
     help="Per-inference data attribution: which dataset contributions an answer drew on.",
@@ -22,7 +24,6 @@ attribution_app = typer.Typer(
 )
 
 MAX_RECEIPT_FILE_BYTES = 16 * 1024 * 1024
-TOTAL_BPS = 10_000
 
 
 class ReceiptFormatError(ValueError):
