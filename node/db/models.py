@@ -182,7 +182,7 @@ class Adapter(Base):
         return adapter_model_name(self.id)
 
 
-class NodeInfo(Base):
+class NodeRow(Base):
     __tablename__ = "nodes"
     operator: Mapped[str] = mapped_column(String(42), primary_key=True)
     endpoint: Mapped[str] = mapped_column(Text, default="")
@@ -210,7 +210,7 @@ class ReceiptBatch(Base):
     committed_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
-class Receipt(Base):
+class ReceiptRow(Base):
     """A node-signed receipt (docs/interfaces.md "Receipt"); batched later for settlement."""
 
     __tablename__ = "receipts"
@@ -226,7 +226,7 @@ class Receipt(Base):
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
-class Voucher(Base):
+class VoucherRow(Base):
     """The newest voucher per lane (cumulative) and what the escrow has paid on that lane."""
 
     __tablename__ = "vouchers"

@@ -17,7 +17,7 @@ from node.db import (
     ChainEvent,
     Contribution,
     Dataset,
-    NodeInfo,
+    NodeRow,
     make_session_factory,
     migrate,
 )
@@ -58,7 +58,7 @@ def snapshot(f):
             [(c.id, c.status, c.weight) for c in s.scalars(select(Contribution).order_by(Contribution.id))],
             [(a.id, a.cid, a.rank, a.price_per_1k, a.deprecated, a.base_model, a.dataset_splits)
              for a in s.scalars(select(Adapter).order_by(Adapter.id))],
-            [(n.operator, n.endpoint, n.base_models, n.price_per_1k, n.active) for n in s.scalars(select(NodeInfo))],
+            [(n.operator, n.endpoint, n.base_models, n.price_per_1k, n.active) for n in s.scalars(select(NodeRow))],
         )
 
 

@@ -16,7 +16,7 @@ from node.db.models import (
     Contribution,
     ContributionStatus,
     Dataset,
-    NodeInfo,
+    NodeRow,
 )
 from node.daemon.sync.watcher import DecodedEvent
 
@@ -88,7 +88,7 @@ class RegistryProjector:
 
     def _on_NodeRegistered(self, s: Session, ev: DecodedEvent) -> None:
         a = ev.args
-        row = s.get(NodeInfo, a["node"]) or NodeInfo(operator=a["node"], bond=0)
+        row = s.get(NodeRow, a["node"]) or NodeRow(operator=a["node"], bond=0)
         row.endpoint, row.base_models, row.price_per_1k = a["endpoint"], list(a["baseModelIds"]), a["computePricePer1k"]
         row.active, row.block_number = True, ev.block_number
         s.merge(row)
@@ -96,17 +96,17 @@ class RegistryProjector:
     _on_NodeUpdated = _on_NodeRegistered
 
     def _on_NodeDeregistered(self, s: Session, ev: DecodedEvent) -> None:
-        row = s.get(NodeInfo, ev.args["node"])
+        row = s.get(NodeRow, ev.args["node"])
         if row is not None:
             row.active = False
 
     def _on_BondAdded(self, s: Session, ev: DecodedEvent) -> None:
-        row = s.get(NodeInfo, ev.args["node"])
+        row = s.get(NodeRow, ev.args["node"])
         if row is not None:
             row.bond = ev.args["total"]
 
     def _on_BondWithdrawn(self, s: Session, ev: DecodedEvent) -> None:
-        row = s.get(NodeInfo, ev.args["node"])
+        row = s.get(NodeRow, ev.args["node"])
         if row is not None:
             row.bond = 0
 
@@ -116,7 +116,7 @@ class RegistryProjector:
         if kind == "adapter":
             self._rebuild_adapter(s, int(key), events)
             return
-        model = {"dataset": Dataset, "contribution": Contribution, "node": NodeInfo}[kind]
+        model = {"dataset": Dataset, "contribution": Contribution, "node": NodeRow}[kind]
         pk = key if kind == "node" else int(key)
         row = s.get(model, pk) if kind != "node" else _node_row(s, key)
         if row is not None:
@@ -141,10 +141,10 @@ class RegistryProjector:
             _reset_lifecycle(row)  # deprecation undone: serve it again
 
 
-def _node_row(s: Session, key: str) -> NodeInfo | None:
+def _node_row(s: Session, key: str) -> NodeRow | None:
     from sqlalchemy import func, select
 
-    return s.scalars(select(NodeInfo).where(func.lower(NodeInfo.operator) == key)).first()
+    return s.scalars(select(NodeRow).where(func.lower(NodeRow.operator) == key)).first()
 
 
 def _reset_lifecycle(row: Adapter) -> None:
