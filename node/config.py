@@ -52,9 +52,10 @@ class NodeConfig(BaseModel):
 
     # -- chain ---------------------------------------------------------------------------
     rpc_url: str = Field("http://127.0.0.1:8545", description="JSON-RPC URL of the chain (HTTP).")
-    deployment: Path = Field(
-        Path("deployments/localhost.json"),
-        description="Deployment file written by `chain.deploy` (chain id, contract addresses, start blocks).",
+    deployment: Path | None = Field(
+        None,
+        description="Deployment file written by `chain.deploy` (chain id, contract addresses, start blocks). "
+        "Default: `deployments/<chainId>.json`, where `chain.deploy` writes it, for the chain `rpc_url` serves.",
     )
     confirmations: int = Field(
         2, ge=0, le=10_000, description="Blocks behind the head the watcher (and the settlement outbox) stays: reorgs shallower "
@@ -154,7 +155,6 @@ class NodeConfig(BaseModel):
     compute_price_per_1k: int = Field(
         0, ge=0, description="Compute price (token units per 1,000 tokens) this node registers/quotes."
     )
-    public_url: str | None = Field(None, description="Endpoint URL published in NodeRegistry (informational).")
 
     # -- settlement ----------------------------------------------------------------------------
     settlement_enabled: bool = Field(True, description="Run the settlement loop (commit receipts, redeem vouchers).")
@@ -268,14 +268,6 @@ class NodeConfig(BaseModel):
         if self.api_keys_file is not None:
             keys += [ln.strip() for ln in _read_text(self.api_keys_file, "api_keys_file").splitlines() if ln.strip()]
         return keys
-
-    def deployment_chain_id(self) -> int:
-        """Chain id recorded in the deployment file (checked against the RPC at start)."""
-        try:
-            data = json.loads(_read_text(self.deployment, "deployment"))
-            return int(data["chain_id"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"deployment: {self.deployment} is not a deployment file ({e})") from e
 
     def operator_account(self, chain_id: int):
         """The operator's signing account: the decrypted keystore, or a dev key on the dev chain only."""

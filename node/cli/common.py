@@ -152,7 +152,7 @@ def connect(rpc_url: str, deployment: Path | None):
     from web3 import Web3
 
     from chain.contracts import Contracts
-    from chain.deploy import Deployment
+    from chain.deploy import Deployment, deployment_file
 
     from node.cli.progress import show_tx_waits
 
@@ -162,7 +162,7 @@ def connect(rpc_url: str, deployment: Path | None):
         chain_id = w3.eth.chain_id
     except Exception as e:  # requests/aiohttp raise many types for a dead endpoint
         raise CliError(f"cannot reach the chain at {rpc_url}: {type(e).__name__}") from None
-    path = deployment or Path("deployments") / f"{chain_id}.json"
+    path = deployment or deployment_file(chain_id)
     if not path.exists():
         raise CliError(f"no deployment file {path}: pass --deployment (see `loranode dev up`)")
     try:

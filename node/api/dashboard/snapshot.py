@@ -61,8 +61,7 @@ class Snapshotter:
     def _node(self) -> dict:
         cfg = self.config
         return {"address": self.chain.node_address, "chain_id": self.chain.chain_id, "base_model": cfg.base_model_id,
-                "compute_price_per_1k": str(cfg.compute_price_per_1k), "payment_mode": cfg.payment_mode,
-                "public_url": cfg.public_url}
+                "compute_price_per_1k": str(cfg.compute_price_per_1k), "payment_mode": cfg.payment_mode}
 
     def _adapters(self, s) -> list[dict]:
         rows = s.scalars(select(m.Adapter).order_by(m.Adapter.id).limit(MAX_ADAPTERS)).all()
