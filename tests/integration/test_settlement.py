@@ -36,12 +36,13 @@ from chain.eip712 import (
     sign_digest,
     sign_voucher,
 )
+from inference.embedded_model import EMBEDDED_MODEL_ID
 from node.db import BatchStatus, OutboxIntent, ReceiptBatch, ReceiptRow, VoucherRow, make_session_factory, migrate
 from node.db import repository as repo
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYER, OPERATOR, PAYER, OWNER, CURATOR, CONTRIB = (Account.from_key(DEV_PRIVATE_KEYS[i]) for i in range(6))
-BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BASE = EMBEDDED_MODEL_ID
 
 BUILDER = textwrap.dedent('''
     import asyncio, os, signal, sys

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 from web3 import Web3
 
+from inference.embedded_model import EMBEDDED_MODEL_ID
 from node.db import (
     Adapter,
     AdapterState,
@@ -23,7 +24,7 @@ from node.db import (
 )
 from node.daemon.sync.watcher import registry_watcher
 
-BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BASE = EMBEDDED_MODEL_ID
 
 
 @pytest.fixture
