@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from chain.protocol import (
@@ -17,7 +20,10 @@ from chain.protocol import (
 def test_constants_match_the_contracts_and_the_restated_copy():
     from inference.attribution import weights
 
-    assert TOTAL_BPS == 10_000  # AdapterRegistry.BPS, UsageEscrow's BPS
+    contracts = Path(__file__).resolve().parents[2] / "contracts"
+    for source in ("AdapterRegistry.sol", "UsageEscrow.sol"):
+        found = re.findall(r"constant BPS = ([0-9_]+);", (contracts / source).read_text())
+        assert [int(v) for v in found] == [TOTAL_BPS], source
     assert weights.TOTAL_BPS == TOTAL_BPS  # inference cannot import chain, so it restates the total
     assert DEV_CHAIN_ID == 31337  # anvil's default chain id
 
@@ -79,3 +85,16 @@ def test_every_layer_uses_the_one_parser():
     for name in ("adapter-01", "adapter-0", "adapter-\u00b2"):
         with pytest.raises(ProbeError, match="is not adapter-<id>"):
             model_terms(None, name)  # refused before any chain read
+
+
+def test_the_config_names_the_default_base_model_without_importing_torch():
+    import subprocess
+    import sys
+
+    from inference.base_model import EMBEDDED_MODEL_ID
+
+    code = ("import sys; from node.config import NodeConfig; "
+            "print(NodeConfig.model_fields['base_model_id'].default, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    assert out == [EMBEDDED_MODEL_ID, "False"]
