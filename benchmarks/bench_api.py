@@ -39,6 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from chain.protocol import TOTAL_BPS, adapter_model_name  # noqa: E402 - importable once ROOT is on sys.path
+
 N_ADAPTERS = 16
 PROMPTS = ["Tell me a short fact about the sea.", "What is the capital of Italy?", "Name a primary color.",
            "Say something kind.", "What do bees make?", "Count to five."]
@@ -89,7 +91,7 @@ async def api_clients(url: str, wallets: dict, clients: list[int], n: int, per_l
     async def client(i: int, session):
         wallet = wallets[i // N_ADAPTERS]
         for aid, prompt in plan[i]:
-            body = {"model": f"adapter-{aid}", "messages": [{"role": "user", "content": prompt}],
+            body = {"model": adapter_model_name(aid), "messages": [{"role": "user", "content": prompt}],
                     "max_tokens": max_tokens, "temperature": 0, "stream": True}
             t0 = time.perf_counter()
             res = {"ok": False, "ttft": None, "gaps": [], "tokens": 0}
@@ -211,7 +213,7 @@ async def engine_level(engine, n: int, per_level: int, max_tokens: int) -> dict:
     async def client(i: int):
         for aid, prompt in plan[i]:
             counter[0] += 1
-            req = GenerationRequest(f"bench-{counter[0]}", f"adapter-{aid}", messages=[{"role": "user", "content": prompt}],
+            req = GenerationRequest(f"bench-{counter[0]}", adapter_model_name(aid), messages=[{"role": "user", "content": prompt}],
                                     params=SamplingParams(max_tokens=max_tokens, temperature=0.0))
             t0 = time.perf_counter()
             res = {"ok": False, "ttft": None, "gaps": [], "tokens": 0}
@@ -254,7 +256,7 @@ def publish(c, accounts, store_dir: Path, work: Path) -> dict[int, Path]:
     for aid in range(1, N_ADAPTERS + 1):
         folder = make_random_adapter(work / f"a{aid}", base_cfg, rank=4, seed=aid, base_model_id=EMBEDDED_MODEL_ID)
         cid = asyncio.run(store.add_path(folder))
-        c.adapters.register(accounts["owner"], EMBEDDED_MODEL_ID, cid, 4, 1000 + aid, 10_000, [], [])
+        c.adapters.register(accounts["owner"], EMBEDDED_MODEL_ID, cid, 4, 1000 + aid, TOTAL_BPS, [], [])
         folders[aid] = folder
     return folders
 
@@ -343,7 +345,7 @@ def main() -> int:
             engine = Engine(engine_config(load_config(toml, environ={}))).start()
             try:
                 for aid, folder in folders.items():
-                    engine.register_adapter(f"adapter-{aid}", folder)
+                    engine.register_adapter(adapter_model_name(aid), folder)
                 gen.level(1, 2, 2)  # warm-up (first adapter loads, allocator)
                 asyncio.run(engine_level(engine, 1, 2, 2))
                 # API and engine back to back at each level (and in alternating order over rounds),

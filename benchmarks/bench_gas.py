@@ -62,6 +62,7 @@ from chain.eip712 import (  # noqa: E402
     sign_voucher,
 )
 from chain.merkle import StandardMerkleTree  # noqa: E402
+from chain.protocol import TOTAL_BPS  # noqa: E402
 
 TARGET_GAS_PER_INFERENCE = 100
 TARGET_ATTRIBUTED_GAS_PER_INFERENCE = 100
@@ -231,9 +232,9 @@ def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dic
             cc, ac = cost(pt + ct, COMPUTE_PRICE_PER_1K), cost(pt + ct, ADAPTER_PRICES[adapter_id - 1])
             cum_c, cum_a = cum_c + cc, cum_a + ac
             named = sorted(rng.sample(pool_ids, rng.randint(0, 3)))  # 0: the answer drew on nothing
-            bps = [10_000 // len(named)] * len(named) if named else []
+            bps = [TOTAL_BPS // len(named)] * len(named) if named else []
             if named:
-                bps[0] += 10_000 - sum(bps)
+                bps[0] += TOTAL_BPS - sum(bps)
             r = Receipt(
                 request_id=keccak(text=f"attr-{seed}-{lane}-{k}"), payer=payer.address, node=node.address,
                 adapter_id=adapter_id, seq=seq, prompt_tokens=pt, completion_tokens=ct, compute_cost=cc,
@@ -254,9 +255,9 @@ def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dic
     # Independent expectation: the pools from the vouchers' splits, the weights from the receipts.
     pools: dict[int, int] = {}
     for v in vouchers:
-        rest = v.adapter_value - v.adapter_value * 500 // 10_000
+        rest = v.adapter_value - v.adapter_value * 500 // TOTAL_BPS
         for d, b in splits[v.adapter_id].items():
-            pools[d] = pools.get(d, 0) + rest * b // 10_000
+            pools[d] = pools.get(d, 0) + rest * b // TOTAL_BPS
     weight: dict[tuple[int, int], int] = {}
     for doc in docs:
         cost_ = int(doc["adapterCost"])

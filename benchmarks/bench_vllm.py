@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_api as B  # noqa: E402 - the API benchmark's load generator, plan and setup helpers
+from chain.protocol import adapter_model_name  # noqa: E402 - importable once ROOT is on sys.path
 
 N_ADAPTERS = B.N_ADAPTERS
 
@@ -58,7 +59,7 @@ async def direct_level(vllm_url: str, served: str | None, n: int, per_level: int
 
     async def client(i: int, session):
         for aid, prompt in plan[i]:
-            body = {"model": served or f"adapter-{aid}", "messages": [{"role": "user", "content": prompt}],
+            body = {"model": served or adapter_model_name(aid), "messages": [{"role": "user", "content": prompt}],
                     "max_tokens": max_tokens, "temperature": 0, "stream": True,
                     "stream_options": {"include_usage": True}}
             t0 = time.perf_counter()
@@ -209,7 +210,7 @@ def main() -> int:
         with Engine(EngineConfig(num_slots=N_ADAPTERS, max_batch_size=N_ADAPTERS, max_model_len=1024,
                                  max_new_tokens=64)) as engine:
             for aid, folder in folders.items():
-                engine.register_adapter(f"adapter-{aid}", folder)
+                engine.register_adapter(adapter_model_name(aid), folder)
             asyncio.run(B.engine_level(engine, N_ADAPTERS, N_ADAPTERS, 2))  # warm-up: adapters into slots
             hetero_builtin = asyncio.run(B.engine_level(engine, N_ADAPTERS, N_ADAPTERS, hetero_tokens))
             print(f"builtin  hetero {hetero_builtin}", flush=True)

@@ -39,6 +39,12 @@ DEFAULT_DISPUTE_DEPOSIT = 10**18
 DEFAULT_FLUSH_DELAY_SECONDS = 7 * 24 * 3600  # an undrained attribution pool waits this long before anyone may flush it
 MAX_PROTOCOL_FEE_BPS = 1_000  # mirrors UsageEscrow.MAX_PROTOCOL_FEE_BPS
 RECEIPT_TIMEOUT_S = 120
+DEPLOYMENTS_DIR = Path("deployments")
+
+
+def deployment_file(chain_id: int, out_dir: Path | str = DEPLOYMENTS_DIR) -> Path:
+    """Where `deploy` records the deployment on chain `chain_id` (and where readers look by default)."""
+    return Path(out_dir) / f"{int(chain_id)}.json"
 
 
 @dataclass
@@ -142,7 +148,7 @@ def deploy(
     dispute_deposit: int = DEFAULT_DISPUTE_DEPOSIT,
     arbitrator: str | None = None,
     flush_delay_seconds: int = DEFAULT_FLUSH_DELAY_SECONDS,
-    out_dir: Path | str | None = Path("deployments"),
+    out_dir: Path | str | None = DEPLOYMENTS_DIR,
     w3: Web3 | None = None,
 ) -> Deployment:
     """Deploy DemoToken (unless `token` is given) and the seven protocol contracts; return and save the Deployment.
@@ -227,7 +233,7 @@ def deploy(
                 "flush_delay_seconds": flush_delay_seconds},
     )
     if out_dir is not None:
-        dep.save(Path(out_dir) / f"{chain_id}.json")
+        dep.save(deployment_file(chain_id, out_dir))
     return dep
 
 
@@ -237,7 +243,8 @@ def _main(argv: list[str] | None = None) -> int:
     import getpass
     import os
 
-    from chain.devchain import DEV_CHAIN_ID, DEV_PRIVATE_KEYS
+    from chain.devchain import DEV_PRIVATE_KEYS
+    from chain.protocol import DEV_CHAIN_ID
 
     ap = argparse.ArgumentParser(prog="python -m chain.deploy", description="Deploy the LoRA Node contract set.")
     ap.add_argument("--rpc-url", required=True)
@@ -252,7 +259,7 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dispute-window", type=int, default=DEFAULT_DISPUTE_WINDOW)
     ap.add_argument("--dispute-deposit", type=int, default=DEFAULT_DISPUTE_DEPOSIT)
     ap.add_argument("--arbitrator", help="address that resolves disputes (default: the deployer)")
-    ap.add_argument("--out-dir", type=Path, default=Path("deployments"))
+    ap.add_argument("--out-dir", type=Path, default=DEPLOYMENTS_DIR)
     args = ap.parse_args(argv)
     w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 60}))
     if args.dev_key is not None:
@@ -274,7 +281,7 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"deploy failed: {e}")
         return 1
     print(json.dumps({"chain_id": dep.chain_id, "addresses": dep.addresses,
-                      "file": str(args.out_dir / f"{dep.chain_id}.json")}, indent=2))
+                      "file": str(deployment_file(dep.chain_id, args.out_dir))}, indent=2))
     return 0
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chain.errors import DevChainError
+from chain.protocol import DEV_CHAIN_ID
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +35,6 @@ DEV_PRIVATE_KEYS: tuple[str, ...] = (
     "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97",
     "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6",
 )
-DEV_CHAIN_ID = 31337
 
 
 def find_anvil() -> str:

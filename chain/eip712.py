@@ -22,6 +22,7 @@ from eth_keys.exceptions import BadSignature, ValidationError as EthKeysValidati
 from eth_utils import is_hex_address, keccak, to_checksum_address
 
 from chain.errors import ChainError
+from chain.protocol import TOTAL_BPS
 
 DOMAIN_NAME = "LoRA Node"
 DOMAIN_VERSION = "1"
@@ -47,7 +48,6 @@ RECEIPT_TYPEHASH = keccak(text=RECEIPT_TYPE)
 # ECDSA.recover rejects them, so we do too.
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SECP256K1_HALF_N = SECP256K1_N // 2
-BPS = 10_000
 MAX_JSON_BYTES = 8192  # a voucher or receipt JSON is < 1.5 KB; refuse anything far bigger
 MAX_ATTRIBUTIONS = 1024
 
@@ -429,12 +429,12 @@ def attribution_hash(ids: list[int] | tuple[int, ...], weights_bps: list[int] | 
     for i, (cid, w) in enumerate(zip(ids, weights_bps)):
         _check_uint(f"ids[{i}]", cid, 256)
         _check_uint(f"weights_bps[{i}]", w, 256)
-        if w > BPS:
-            raise TypedDataError(f"weights_bps[{i}] = {w} exceeds {BPS}")
+        if w > TOTAL_BPS:
+            raise TypedDataError(f"weights_bps[{i}] = {w} exceeds {TOTAL_BPS}")
         if i and cid <= ids[i - 1]:
             raise TypedDataError("contribution ids must be strictly ascending")
-    if sum(weights_bps) > BPS:
-        raise TypedDataError(f"weights sum to {sum(weights_bps)} bps, more than {BPS}")
+    if sum(weights_bps) > TOTAL_BPS:
+        raise TypedDataError(f"weights sum to {sum(weights_bps)} bps, more than {TOTAL_BPS}")
     return keccak(abi_encode(["uint256[]", "uint256[]"], [ids, weights_bps]))
 
 

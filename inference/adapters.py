@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from inference.embedded_model import EMBEDDED_MODEL_ID
 from inference.errors import AdapterValidationError
 
 CONFIG_NAME = "adapter_config.json"
@@ -53,8 +54,8 @@ _REFUSED_TARGETS = {"lm_head": "lm_head", "embed_tokens": "the token embedding",
 # An adapter trained on the hub checkpoint of our embedded model names the hub id; a converted
 # local copy is the same weights.
 BASE_MODEL_ALIASES: dict[str, tuple[str, ...]] = {
-    "HuggingFaceTB/SmolLM2-135M-Instruct": (
-        "HuggingFaceTB/SmolLM2-135M-Instruct",
+    EMBEDDED_MODEL_ID: (
+        EMBEDDED_MODEL_ID,
         "SmolLM2-135M-Instruct",
         "smollm2-135m-instruct.q4_1.gguf",
     ),

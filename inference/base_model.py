@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from inference.embedded_model import EMBEDDED_MODEL_ID
 from inference.errors import BaseModelError
 from inference.paths import cache_dir
 
-EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_MARKER = "loranode-converted.json"
 # Bumped whenever the converted folder's layout changes, so caches written by an older converter

@@ -17,12 +17,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from chain.protocol import DEV_CHAIN_ID
+from inference.embedded_model import EMBEDDED_MODEL_ID
 from node.errors import ConfigError
 
 ENV_PREFIX = "LORANODE_"
-DEV_CHAIN_ID = 31337  # anvil / hardhat: the only chain where a well-known dev key is accepted
 DEFAULT_DATA_DIR = Path("~/.local/share/loranode")
-DEFAULT_BASE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # = inference.base_model.EMBEDDED_MODEL_ID
 MAX_TOML_BYTES = 1 << 20
 
 
@@ -52,9 +52,10 @@ class NodeConfig(BaseModel):
 
     # -- chain ---------------------------------------------------------------------------
     rpc_url: str = Field("http://127.0.0.1:8545", description="JSON-RPC URL of the chain (HTTP).")
-    deployment: Path = Field(
-        Path("deployments/localhost.json"),
-        description="Deployment file written by `chain.deploy` (chain id, contract addresses, start blocks).",
+    deployment: Path | None = Field(
+        None,
+        description="Deployment file written by `chain.deploy` (chain id, contract addresses, start blocks). "
+        "Default: `deployments/<chainId>.json`, where `chain.deploy` writes it, for the chain `rpc_url` serves.",
     )
     confirmations: int = Field(
         2, ge=0, le=10_000, description="Blocks behind the head the watcher (and the settlement outbox) stays: reorgs shallower "
@@ -77,7 +78,7 @@ class NodeConfig(BaseModel):
         None, description="File holding the keystore password (first line). Required with `keystore`."
     )
     dev_mode: bool = Field(
-        False, description="Allow a well-known anvil dev key as operator key. Refused unless the chain id is 31337."
+        False, description=f"Allow a well-known anvil dev key as operator key. Refused unless the chain id is {DEV_CHAIN_ID}."
     )
     dev_key_index: int = Field(
         0, ge=0, le=9, description="Which anvil dev key (0-9) the operator uses in `dev_mode` without a keystore."
@@ -106,7 +107,7 @@ class NodeConfig(BaseModel):
 
     # -- engine ----------------------------------------------------------------------------
     base_model_id: str = Field(
-        DEFAULT_BASE_MODEL_ID, description="Base model id served; only adapters registered for it are fetched."
+        EMBEDDED_MODEL_ID, description="Base model id served; only adapters registered for it are fetched."
     )
     base_model_path: Path | None = Field(
         None, description="Local base model folder (safetensors). Default: the embedded SmolLM2-135M-Instruct."
@@ -154,7 +155,6 @@ class NodeConfig(BaseModel):
     compute_price_per_1k: int = Field(
         0, ge=0, description="Compute price (token units per 1,000 tokens) this node registers/quotes."
     )
-    public_url: str | None = Field(None, description="Endpoint URL published in NodeRegistry (informational).")
 
     # -- settlement ----------------------------------------------------------------------------
     settlement_enabled: bool = Field(True, description="Run the settlement loop (commit receipts, redeem vouchers).")
@@ -269,16 +269,8 @@ class NodeConfig(BaseModel):
             keys += [ln.strip() for ln in _read_text(self.api_keys_file, "api_keys_file").splitlines() if ln.strip()]
         return keys
 
-    def deployment_chain_id(self) -> int:
-        """Chain id recorded in the deployment file (checked against the RPC at start)."""
-        try:
-            data = json.loads(_read_text(self.deployment, "deployment"))
-            return int(data["chain_id"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"deployment: {self.deployment} is not a deployment file ({e})") from e
-
     def operator_account(self, chain_id: int):
-        """The operator's signing account: the decrypted keystore, or a dev key on chain 31337 only."""
+        """The operator's signing account: the decrypted keystore, or a dev key on the dev chain only."""
         from eth_account import Account
 
         if self.keystore is not None:

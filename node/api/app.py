@@ -1,12 +1,11 @@
 """The node's aiohttp application. `init_app()` builds it; `cleanup_ctx` owns every lifecycle:
 DB (migrations applied at start), chain connection, engine, payment gate and receipt issuer, and
-the background loops (chain watcher, adapter lifecycle, settlement) when their modules are present.
+the background loops (chain watcher, adapter lifecycle, settlement).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any, Callable
@@ -68,14 +67,22 @@ async def _db_ctx(app: web.Application):
     sessions.kw["bind"].dispose()
 
 
-def _load_deployment(config: NodeConfig) -> Any:
-    try:
-        from chain.deploy import Deployment
+def _load_deployment(config: NodeConfig, web3) -> Any:
+    """The configured deployment file, else the one `chain.deploy` wrote for the RPC's chain."""
+    from chain.deploy import Deployment, deployment_file
+    from chain.errors import ChainError
 
-        return Deployment.load(config.deployment)
-    except ImportError:  # pragma: no cover - chain.deploy not present
-        data = json.loads(config.deployment.read_text())
-        return type("Deployment", (), data)
+    if config.deployment is not None:
+        path = config.deployment
+    else:
+        try:
+            path = deployment_file(web3.eth.chain_id)
+        except Exception as e:  # requests/aiohttp raise many types for a dead endpoint
+            raise ConfigError(f"rpc_url: cannot reach the chain: {e}") from e
+    try:
+        return Deployment.load(path)
+    except (OSError, ValueError, KeyError, ChainError) as e:
+        raise ConfigError(f"deployment: cannot read {path}: {e}") from e
 
 
 def _chain_ctx(w3=None, operator=None) -> Callable:
@@ -86,22 +93,13 @@ def _chain_ctx(w3=None, operator=None) -> Callable:
 
         config = app[K.CONFIG]
         web3 = w3 or Web3(Web3.HTTPProvider(config.rpc_url, request_kwargs={"timeout": config.rpc_timeout_s}))
-        from chain.errors import ChainError
-
-        try:
-            deployment = await asyncio.to_thread(_load_deployment, config)
-        except (OSError, ValueError, KeyError, ChainError) as e:
-            raise ConfigError(f"deployment: cannot read {config.deployment}: {e}") from e
+        deployment = await asyncio.to_thread(_load_deployment, config, web3)
         chain_id = await asyncio.to_thread(check_chain, web3, deployment)
         account = operator or config.operator_account(chain_id)
         addresses = dict(deployment.addresses)
-        contracts = None
-        try:
-            from chain.contracts import Contracts
+        from chain.contracts import Contracts
 
-            contracts = Contracts(web3, deployment)
-        except ImportError:  # pragma: no cover - chain.contracts not present yet
-            pass
+        contracts = Contracts(web3, deployment)
         app[K.CHAIN] = K.ChainInfo(
             chain_id=chain_id, node_address=account.address, escrow=addresses["UsageEscrow"],
             receipt_log=addresses["ReceiptLog"], addresses=addresses, w3=web3, contracts=contracts,

@@ -6,23 +6,15 @@ and the adapter lifecycle; a short TTL cache keeps the DB off the per-request pa
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from chain.protocol import adapter_model_name, parse_adapter_model_name
 from node.api.errors import ModelNotFound, Unavailable
 from node.db import models as m
-
-_ADAPTER_NAME = re.compile(r"^adapter-([1-9][0-9]{0,19})$")
-
-
-def engine_adapter_name(adapter_id: int) -> str:
-    """The id under which the lifecycle registers an adapter with the engine (= its API model name)."""
-    return f"adapter-{adapter_id}"
-
 
 @dataclass(frozen=True)
 class Target:
@@ -56,14 +48,13 @@ class Catalog:
     def resolve(self, model: str) -> Target:
         if model == self.base_model_id:
             return Target(model, 0, None, 0)
-        match = _ADAPTER_NAME.match(model)
-        if not match:
+        adapter_id = parse_adapter_model_name(model)
+        if adapter_id is None:
             raise ModelNotFound(
                 f"model {model!r} is not served here: use the base model {self.base_model_id!r} "
                 "or \"adapter-<id>\" (see /v1/models)",
                 param="model",
             )
-        adapter_id = int(match.group(1))
         row = self._adapter(adapter_id)
         if row is None:
             raise ModelNotFound(f"adapter {adapter_id} is not registered", param="model")
@@ -80,7 +71,7 @@ class Catalog:
             reason = f": {row.failure_reason}" if row.failure_reason else ""
             raise ModelNotFound(f"adapter {adapter_id} is not served here (state: {row.state}{reason})",
                                 param="model", code="adapter_unavailable")
-        return Target(model, adapter_id, engine_adapter_name(adapter_id), int(row.price_per_1k),
+        return Target(model, adapter_id, adapter_model_name(adapter_id), int(row.price_per_1k),
                       created=int(row.updated_at or 0), owner=row.owner)
 
     def list_models(self) -> list[dict]:

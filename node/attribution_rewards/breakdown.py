@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Sequence
 
+from chain.protocol import TOTAL_BPS
 from node.attribution_rewards.audit import MAX_RECEIPTS_FILE_BYTES, AuditError, fetch_receipts_file
 
 
@@ -79,7 +80,7 @@ async def breakdown(c, who: str, backends: Sequence, cache, *, max_batches: int 
                     continue
                 row.answers += 1
                 try:
-                    row.tokens_attributed += Fraction(int(r.get("completionTokens", 0)) * bps, 10_000)
+                    row.tokens_attributed += Fraction(int(r.get("completionTokens", 0)) * bps, TOTAL_BPS)
                 except (TypeError, ValueError):
                     pass
     out.contributions = [mine[k] for k in sorted(mine)]

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable, Iterable, Mapping
 
+from chain.protocol import TOTAL_BPS
+
 MAX_ENTRIES = 4096  # AttributionPool.MAX_ENTRIES
 MAX_WEIGHT = 2**128 - 1  # AttributionPool.MAX_WEIGHT
 
@@ -48,8 +50,8 @@ def attribution_of(receipt: Mapping) -> dict[int, int]:
     if not isinstance(raw, Mapping):
         raise RuleError("attribution must be an object {contributionId: bps}")
     out = {_uint(k, "attribution id"): _uint(v, f"attribution[{k}]") for k, v in raw.items()}
-    if sum(out.values()) > 10_000:
-        raise RuleError(f"attribution sums to {sum(out.values())} bps, more than 10,000")
+    if sum(out.values()) > TOTAL_BPS:
+        raise RuleError(f"attribution sums to {sum(out.values())} bps, more than {TOTAL_BPS:,}")
     return out
 
 

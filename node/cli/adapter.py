@@ -11,6 +11,7 @@ from typing import Iterator
 
 import typer
 
+from chain.protocol import TOTAL_BPS, adapter_model_name
 from node.cli.common import connect, emit, event_of, load_account, tx_done
 from node.cli.errors import CliError, handle_errors
 from node.cli.options import DeploymentOpt, IpfsStoreOpt, JsonOpt, KeystoreOpt, KuboOpt, PasswordFileOpt, RpcOpt
@@ -20,7 +21,6 @@ from node.services.uploads import upload
 
 adapter_app = typer.Typer(name="adapter", help="Publish and manage LoRA adapters.", no_args_is_help=True)
 
-BPS_TOTAL = 10_000
 MAX_RANK = 256
 
 
@@ -40,8 +40,8 @@ def parse_dataset_splits(text: str | None) -> tuple[list[int], list[int]]:
         raise InputError("--datasets names a dataset twice")
     if any(i <= 0 for i in ids) or any(b <= 0 for b in bps):
         raise InputError("dataset ids and bps must be positive")
-    if sum(bps) > BPS_TOTAL:
-        raise InputError(f"dataset bps sum to {sum(bps)}, more than {BPS_TOTAL}")
+    if sum(bps) > TOTAL_BPS:
+        raise InputError(f"dataset bps sum to {sum(bps)}, more than {TOTAL_BPS}")
     pairs = sorted(zip(ids, bps))  # the registry wants dataset ids ascending
     return [i for i, _ in pairs], [b for _, b in pairs]
 
@@ -118,7 +118,7 @@ def _local_base_path(declared: object, base_model_id: str) -> Path | None:
 
 
 def _default_base() -> str:
-    from inference.base_model import EMBEDDED_MODEL_ID
+    from inference.embedded_model import EMBEDDED_MODEL_ID
 
     return EMBEDDED_MODEL_ID
 
@@ -145,9 +145,9 @@ def publish(
                 raise CliError(f"dataset {d} does not exist")
         account = load_account(keystore, password_file)
         cid = upload(upload_dir, ipfs_store, kubo_url)
-    receipt = c.adapters.register(account, base, cid, spec.rank, price_units, BPS_TOTAL - sum(bps), ids, bps)
+    receipt = c.adapters.register(account, base, cid, spec.rank, price_units, TOTAL_BPS - sum(bps), ids, bps)
     ev = event_of(c, receipt, "AdapterPublished")
-    tx_done(receipt, "adapter published", as_json, adapter_id=ev.adapter_id, model=f"adapter-{ev.adapter_id}", cid=cid)
+    tx_done(receipt, "adapter published", as_json, adapter_id=ev.adapter_id, model=adapter_model_name(ev.adapter_id), cid=cid)
 
 
 @adapter_app.command("new-version")
@@ -197,7 +197,7 @@ def show(adapter_id: int = typer.Argument(..., min=1), rpc_url: str = RpcOpt, de
          as_json: bool = JsonOpt) -> None:
     """One adapter's registration."""
     c = connect(rpc_url, deployment)
-    emit(c.adapters.get_adapter(adapter_id), as_json, title=f"adapter-{adapter_id}", columns=["base_model_id", *_COLUMNS])
+    emit(c.adapters.get_adapter(adapter_id), as_json, title=adapter_model_name(adapter_id), columns=["base_model_id", *_COLUMNS])
 
 
 @adapter_app.command("list")

@@ -18,6 +18,7 @@ from typing import Any
 
 import typer
 
+from chain.protocol import TOTAL_BPS
 from node.cli.common import checksum, connect, console, run_async
 from node.cli.errors import FAILED, CliError, handle_errors
 from node.cli.options import DeploymentOpt, GatewayOpt, IpfsStoreOpt, JsonOpt, KuboOpt, RpcOpt
@@ -31,7 +32,6 @@ attribution_app = typer.Typer(
     no_args_is_help=True,
 )
 
-TOTAL_BPS = 10_000
 MAX_OUTPUT_BYTES = 4 << 20
 
 

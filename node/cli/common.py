@@ -83,7 +83,7 @@ def connect(rpc_url: str, deployment: Path | None):
     from web3 import Web3
 
     from chain.contracts import Contracts
-    from chain.deploy import Deployment
+    from chain.deploy import Deployment, deployment_file
 
     from node.services.progress import show_tx_waits
 
@@ -93,7 +93,7 @@ def connect(rpc_url: str, deployment: Path | None):
         chain_id = w3.eth.chain_id
     except Exception as e:  # requests/aiohttp raise many types for a dead endpoint
         raise Unreachable(f"cannot reach the chain at {rpc_url}: {type(e).__name__}") from None
-    path = deployment or Path("deployments") / f"{chain_id}.json"
+    path = deployment or deployment_file(chain_id)
     if not path.exists():
         raise InputError(f"no deployment file {path}: pass --deployment (see `loranode dev up`)")
     try:

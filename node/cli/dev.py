@@ -27,13 +27,14 @@ def up(
     from eth_account import Account
 
     from chain.devchain import DEV_PRIVATE_KEYS
+    from chain.protocol import DEV_CHAIN_ID
     from node.config import load_config
     from node.dev.stack import DEV_ROLES, NodeThread, start_dev_stack
 
     stack = start_dev_stack(data_dir, chain_port=chain_port, node_port=node_port)
     node = None
     try:
-        console.print(f"[bold]chain[/]      anvil {stack.rpc_url} (chain id 31337)")
+        console.print(f"[bold]chain[/]      anvil {stack.rpc_url} (chain id {DEV_CHAIN_ID})")
         console.print(f"[bold]deployment[/] {stack.deployment_path}")
         console.print(f"[bold]config[/]     {stack.config_path}")
         console.print("dev accounts: anvil's standard accounts of the mnemonic \"test test test test test test test test "

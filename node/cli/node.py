@@ -61,7 +61,7 @@ def register(
     password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Register (or update) the operator's node in NodeRegistry."""
-    from inference.base_model import EMBEDDED_MODEL_ID
+    from inference.embedded_model import EMBEDDED_MODEL_ID
 
     if not endpoint.startswith(("http://", "https://")) or len(endpoint) > 512:
         raise InputError("--endpoint must be an http(s) URL of at most 512 characters")

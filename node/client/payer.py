@@ -14,7 +14,6 @@ the quoted prices for the usage, and the receipt must be signed by the node for 
 from __future__ import annotations
 
 import json
-import re
 import threading
 import urllib.request
 from dataclasses import dataclass
@@ -23,10 +22,9 @@ from typing import Any, Iterator
 from eth_account import Account
 
 from chain.eip712 import SignedReceipt, SignedVoucher, Voucher, output_hash, sign_voucher
+from chain.protocol import parse_adapter_model_name
 from node.metering import Price, cost_for
 from node.daemon.payments.gate import VOUCHER_HEADER, encode_voucher_header
-
-_ADAPTER = re.compile(r"^adapter-([0-9]+)$")
 
 
 class ClientError(Exception):
@@ -80,10 +78,10 @@ class VoucherWallet:
     def adapter_id(self, model: str) -> int:
         if model == self.quote.base_model:
             return 0
-        m = _ADAPTER.match(model)
-        if not m:
+        adapter_id = parse_adapter_model_name(model)
+        if adapter_id is None:
             raise ClientError(f"model {model!r} is neither the base model nor adapter-<id>")
-        return int(m.group(1))
+        return adapter_id
 
     def lane_lock(self, adapter_id: int) -> threading.Lock:
         with self._guard:

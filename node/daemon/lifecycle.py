@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from chain.protocol import adapter_model_name
 from node.db.models import Adapter, AdapterState
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,6 @@ def engine_validator(engine) -> Callable[[Path], Any]:
                                 max_rank=engine.config.max_rank, allowed_targets=engine.config.target_modules)
 
     return validate
-
-
-def model_name(adapter_id: int) -> str:
-    """The engine/API name of an adapter (docs/interfaces.md)."""
-    return f"adapter-{adapter_id}"
 
 
 @dataclass(frozen=True)
@@ -123,7 +119,7 @@ class AdapterLifecycle:
             q = select(Adapter).order_by(Adapter.id)
             if adapter_id is not None:
                 q = q.where(Adapter.id == int(adapter_id))
-            return [AdapterStatus(a.id, model_name(a.id), a.state, a.failure_reason, a.base_model, a.cid)
+            return [AdapterStatus(a.id, adapter_model_name(a.id), a.state, a.failure_reason, a.base_model, a.cid)
                     for a in s.scalars(q)]
 
     def is_loaded(self, adapter_id: int) -> bool:
@@ -223,7 +219,7 @@ class AdapterLifecycle:
                     return
                 self.cache.pin(cid)  # the engine loads weights lazily from this folder
                 try:
-                    await asyncio.to_thread(self.engine.register_adapter, model_name(aid), path)
+                    await asyncio.to_thread(self.engine.register_adapter, adapter_model_name(aid), path)
                 except Exception as e:  # noqa: BLE001
                     self.cache.unpin(cid)
                     self._fail(aid, cid, f"engine refused it: {getattr(e, 'reason', e)}", permanent=True)
@@ -241,7 +237,7 @@ class AdapterLifecycle:
     def _unload(self, aid: int) -> None:
         cid = self._loaded.pop(aid, None)
         try:
-            self.engine.unregister_adapter(model_name(aid))
+            self.engine.unregister_adapter(adapter_model_name(aid))
         except Exception as e:  # noqa: BLE001 - already gone is fine
             log.debug("unregister %d: %s", aid, e)
         if cid is not None:

@@ -12,17 +12,17 @@ from node.db.models import (
     Contribution,
     ContributionStatus,
     Dataset,
-    NodeInfo,
+    NodeRow,
     OutboxAttempt,
     OutboxIntent,
-    Receipt,
     ReceiptBatch,
-    Voucher,
+    ReceiptRow,
+    VoucherRow,
 )
 from node.db.session import make_engine, make_session_factory
 
 __all__ = [
     "Adapter", "AdapterState", "Base", "BatchStatus", "ChainBlock", "ChainCursor", "ChainEvent", "Contribution",
-    "ContributionStatus", "Dataset", "NodeInfo", "OutboxAttempt", "OutboxIntent", "Receipt", "ReceiptBatch", "Voucher",
+    "ContributionStatus", "Dataset", "NodeRow", "OutboxAttempt", "OutboxIntent", "ReceiptBatch", "ReceiptRow", "VoucherRow",
     "current_revision", "head_revision", "make_engine", "make_session_factory", "migrate",
 ]

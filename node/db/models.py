@@ -30,6 +30,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from chain.protocol import TOTAL_BPS, adapter_model_name
+
 # Deterministic constraint names so migrations are portable between SQLite and Postgres.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -162,7 +164,7 @@ class Adapter(Base):
     cid: Mapped[str] = mapped_column(Text)
     rank: Mapped[int] = mapped_column(Integer, default=0)
     price_per_1k: Mapped[int] = mapped_column(Uint256, default=0)
-    owner_bps: Mapped[int] = mapped_column(Integer, default=10_000)
+    owner_bps: Mapped[int] = mapped_column(Integer, default=TOTAL_BPS)
     dataset_splits: Mapped[list] = mapped_column(JSON, default=list)  # [[dataset_id, bps], ...]
     previous_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # older version, if any
     deprecated: Mapped[bool] = mapped_column(Boolean, default=False)  # on chain
@@ -177,10 +179,10 @@ class Adapter(Base):
     @property
     def model_name(self) -> str:
         """API model name (docs/interfaces.md)."""
-        return f"adapter-{self.id}"
+        return adapter_model_name(self.id)
 
 
-class NodeInfo(Base):
+class NodeRow(Base):
     __tablename__ = "nodes"
     operator: Mapped[str] = mapped_column(String(42), primary_key=True)
     endpoint: Mapped[str] = mapped_column(Text, default="")
@@ -208,7 +210,7 @@ class ReceiptBatch(Base):
     committed_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
-class Receipt(Base):
+class ReceiptRow(Base):
     """A node-signed receipt (docs/interfaces.md "Receipt"); batched later for settlement."""
 
     __tablename__ = "receipts"
@@ -224,7 +226,7 @@ class Receipt(Base):
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
-class Voucher(Base):
+class VoucherRow(Base):
     """The newest voucher per lane (cumulative) and what the escrow has paid on that lane."""
 
     __tablename__ = "vouchers"

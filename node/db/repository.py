@@ -16,7 +16,7 @@ from functools import lru_cache
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from node.db.models import Adapter, AdapterState, BatchStatus, Receipt, ReceiptBatch, Voucher
+from node.db.models import Adapter, AdapterState, BatchStatus, ReceiptBatch, ReceiptRow, VoucherRow
 from node.errors import NodeError
 
 RECEIPT_SEQ_LOCK = threading.Lock()
@@ -36,12 +36,12 @@ def lane_key(payer: str, node: str, adapter_id: int) -> str:
 
 def next_receipt_seq(session: Session) -> int:
     """The next receipt sequence number (1, 2, 3 ...; never reused: receipts are never deleted)."""
-    return (session.scalar(select(func.max(Receipt.seq))) or 0) + 1
+    return (session.scalar(select(func.max(ReceiptRow.seq))) or 0) + 1
 
 
-def store_receipt(session: Session, *, seq: int, request_id: str, lane: str, receipt: dict, digest: str) -> Receipt:
+def store_receipt(session: Session, *, seq: int, request_id: str, lane: str, receipt: dict, digest: str) -> ReceiptRow:
     """Insert a signed receipt (JSON-safe dict incl. signature) with its EIP-712 digest (0x hex)."""
-    row = Receipt(seq=seq, request_id=request_id, lane=lane, receipt=receipt, digest=digest)
+    row = ReceiptRow(seq=seq, request_id=request_id, lane=lane, receipt=receipt, digest=digest)
     session.add(row)
     session.flush()  # surface a duplicate seq/request id inside the caller's transaction
     return row
@@ -51,23 +51,24 @@ def store_receipts(session: Session, rows: list[dict]) -> None:
     """Insert many signed receipts with one executemany (rows: `store_receipt`'s keyword arguments).
     A duplicate seq or request id raises here, inside the caller's transaction."""
     if rows:
-        session.execute(insert(Receipt), rows)
+        session.execute(insert(ReceiptRow), rows)
 
 
-def get_receipt(session: Session, request_id: str) -> Receipt | None:
-    return session.scalar(select(Receipt).where(Receipt.request_id == request_id))
+def get_receipt(session: Session, request_id: str) -> ReceiptRow | None:
+    return session.scalar(select(ReceiptRow).where(ReceiptRow.request_id == request_id))
 
 
-def unbatched_receipts(session: Session, limit: int) -> list[Receipt]:
-    return list(session.scalars(select(Receipt).where(Receipt.batch_seq.is_(None)).order_by(Receipt.seq).limit(limit)))
+def unbatched_receipts(session: Session, limit: int) -> list[ReceiptRow]:
+    return list(session.scalars(
+        select(ReceiptRow).where(ReceiptRow.batch_seq.is_(None)).order_by(ReceiptRow.seq).limit(limit)))
 
 
 def pending_receipt_count(session: Session) -> int:
     """Receipts not yet in a committed batch (metrics: pending receipts)."""
     q = (
-        select(func.count(Receipt.seq))
-        .outerjoin(ReceiptBatch, Receipt.batch_seq == ReceiptBatch.seq)
-        .where((Receipt.batch_seq.is_(None)) | (ReceiptBatch.status != BatchStatus.COMMITTED.value))
+        select(func.count(ReceiptRow.seq))
+        .outerjoin(ReceiptBatch, ReceiptRow.batch_seq == ReceiptBatch.seq)
+        .where((ReceiptRow.batch_seq.is_(None)) | (ReceiptBatch.status != BatchStatus.COMMITTED.value))
     )
     return int(session.scalar(q) or 0)
 
@@ -75,9 +76,9 @@ def pending_receipt_count(session: Session) -> int:
 def oldest_unsettled_receipt_at(session: Session) -> float | None:
     """Creation time of the oldest receipt not yet committed (metrics: settlement lag)."""
     q = (
-        select(func.min(Receipt.created_at))
-        .outerjoin(ReceiptBatch, Receipt.batch_seq == ReceiptBatch.seq)
-        .where((Receipt.batch_seq.is_(None)) | (ReceiptBatch.status != BatchStatus.COMMITTED.value))
+        select(func.min(ReceiptRow.created_at))
+        .outerjoin(ReceiptBatch, ReceiptRow.batch_seq == ReceiptBatch.seq)
+        .where((ReceiptRow.batch_seq.is_(None)) | (ReceiptBatch.status != BatchStatus.COMMITTED.value))
     )
     return session.scalar(q)
 
@@ -113,7 +114,7 @@ def _hex(v) -> str:
 def batch_proof(session: Session, batch: ReceiptBatch, leaf_index: int) -> tuple[str, list[str]]:
     """(root, proof) of leaf `leaf_index` in `batch`, rebuilt from the stored digests (cached)."""
     digests = tuple(
-        session.scalars(select(Receipt.digest).where(Receipt.batch_seq == batch.seq).order_by(Receipt.leaf_index))
+        session.scalars(select(ReceiptRow.digest).where(ReceiptRow.batch_seq == batch.seq).order_by(ReceiptRow.leaf_index))
     )
     tree = _batch_tree(batch.seq, digests)
     if _hex(tree.root).lower() != batch.root.lower():
@@ -140,16 +141,16 @@ def receipt_with_proof(session: Session, request_id: str) -> ReceiptProof | None
 # -- vouchers -------------------------------------------------------------------------------------
 
 
-def latest_voucher(session: Session, lane: str) -> Voucher | None:
-    return session.get(Voucher, lane)
+def latest_voucher(session: Session, lane: str) -> VoucherRow | None:
+    return session.get(VoucherRow, lane)
 
 
 def store_voucher(session: Session, *, lane: str, payer: str, node: str, adapter_id: int, compute_value: int,
-                  adapter_value: int, signature: str) -> Voucher:
+                  adapter_value: int, signature: str) -> VoucherRow:
     """Keep the newest voucher of a lane. Cumulative values never go down (raises `VoucherRegression`)."""
-    row = session.get(Voucher, lane, with_for_update=True)
+    row = session.get(VoucherRow, lane, with_for_update=True)
     if row is None:
-        row = Voucher(lane=lane, payer=payer.lower(), node=node.lower(), adapter_id=int(adapter_id),
+        row = VoucherRow(lane=lane, payer=payer.lower(), node=node.lower(), adapter_id=int(adapter_id),
                       compute_value=int(compute_value), adapter_value=int(adapter_value), signature=signature,
                       redeemed_compute=0, redeemed_adapter=0)
         session.add(row)
@@ -162,9 +163,9 @@ def store_voucher(session: Session, *, lane: str, payer: str, node: str, adapter
     return row
 
 
-def unredeemed_vouchers(session: Session, limit: int) -> list[Voucher]:
+def unredeemed_vouchers(session: Session, limit: int) -> list[VoucherRow]:
     """Lanes whose newest voucher exceeds what was redeemed and that no redeem tx covers now."""
-    rows = session.scalars(select(Voucher).where(Voucher.redeem_outbox_id.is_(None)).order_by(Voucher.lane))
+    rows = session.scalars(select(VoucherRow).where(VoucherRow.redeem_outbox_id.is_(None)).order_by(VoucherRow.lane))
     out = [v for v in rows if v.compute_value > v.redeemed_compute or v.adapter_value > v.redeemed_adapter]
     return out[:limit]
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from chain.protocol import TOTAL_BPS, adapter_model_name
+
 # A wide console when piped (CI logs), the terminal's width otherwise.
 console = Console(width=None if sys.stdout.isatty() else 140)
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
@@ -131,17 +133,17 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
             rep = train_lora(base, records, out, cfg)
             cid = store.add_path_sync(out)
             ds = datasets[name]
-            c.adapters.register(acct[owner], base.model_id, cid, cfg.rank, ADAPTER_PRICE, owner_bps, [ds], [10_000 - owner_bps])
+            c.adapters.register(acct[owner], base.model_id, cid, cfg.rank, ADAPTER_PRICE, owner_bps, [ds], [TOTAL_BPS - owner_bps])
             aid = c.adapters.adapter_count()
             published[aid] = name
-            console.print(f"adapter-{aid} «{name}» by {owner}: {rep.steps} steps in {rep.seconds:.0f}s, "
+            console.print(f"{adapter_model_name(aid)} «{name}» by {owner}: {rep.steps} steps in {rep.seconds:.0f}s, "
                           f"loss {rep.first_loss:.2f}→{rep.last_loss:.2f}; owner {owner_bps} bps, dataset {ds} "
-                          f"{10_000 - owner_bps} bps; {cid[:16]}…")
+                          f"{TOTAL_BPS - owner_bps} bps; {cid[:16]}…")
         del base
 
         _step("4. the node discovers, fetches, verifies and loads the adapters")
         node = NodeThread(load_config(stack.config_path)).start()
-        want = [f"adapter-{a}" for a in published]
+        want = [adapter_model_name(a) for a in published]
         _wait(lambda: all(m in [x["id"] for x in _get(node.url + "/v1/models")["data"]] for m in want),
               240, "the adapters to load")
         console.print(f"node {node.url} serves: {', '.join(x['id'] for x in _get(node.url + '/v1/models')['data'])}")
@@ -199,7 +201,7 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
             att = p["receipt"].get("attribution")
             if att:  # which contributions this answer drew on (exact token spans, see README)
                 shares = ", ".join(f"contribution {cid}: {bps / 100:.1f}%" for cid, bps in att.items())
-                console.print(f"receipt {r.receipt.seq} (adapter-{r.receipt.adapter_id}) attribution: {shares}")
+                console.print(f"receipt {r.receipt.seq} ({adapter_model_name(r.receipt.adapter_id)}) attribution: {shares}")
         paid = sum(r.receipt.compute_cost + r.receipt.adapter_cost for r in receipts)
         console.print(f"payer charged {format_amount(paid)} LND in total, redeemed from escrow")
         _wait(lambda: c.pool.settled_seq(node_addr) == c.receipts.last_seq(node_addr), 180,

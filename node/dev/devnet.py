@@ -6,6 +6,7 @@ from __future__ import annotations
 from eth_account import Account
 
 from chain.artifacts import load_artifact
+from chain.protocol import TOTAL_BPS, adapter_model_name
 
 
 def _send(w3, account, fn) -> dict:
@@ -67,9 +68,9 @@ def make_random_adapters(engine, folder, count: int, *, rank: int = 4, first_id:
 
     out = {}
     for i in range(first_id, first_id + count):
-        path = make_random_adapter(Path(folder) / f"adapter-{i}", engine.base.model.config, rank=rank, seed=i,
+        path = make_random_adapter(Path(folder) / adapter_model_name(i), engine.base.model.config, rank=rank, seed=i,
                                    base_model_id=engine.model_id, init_scale=0.05)
-        engine.register_adapter(f"adapter-{i}", path)
+        engine.register_adapter(adapter_model_name(i), path)
         out[i] = path
     return out
 
@@ -86,7 +87,7 @@ def seed_loaded_adapters(database_url: str, adapters: dict[int, tuple[str, int]]
     with sessions.begin() as s:
         for aid, (owner, price) in adapters.items():
             s.merge(Adapter(id=aid, owner=owner, base_model=base_model_id, cid=f"test-{aid}", rank=4,
-                            price_per_1k=price, owner_bps=10_000, dataset_splits=[], block_number=0,
+                            price_per_1k=price, owner_bps=TOTAL_BPS, dataset_splits=[], block_number=0,
                             state=AdapterState.LOADED.value,
                             local_path=str(folders[aid]) if folders and aid in folders else None))
     sessions.kw["bind"].dispose()

@@ -14,7 +14,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from chain.devchain import DEV_CHAIN_ID, DEV_PRIVATE_KEYS, Anvil, port_is_free
+from chain.devchain import DEV_PRIVATE_KEYS, Anvil, port_is_free
+from chain.protocol import DEV_CHAIN_ID
 
 DEV_ROLES = ("deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob", "carol", "dave")
 DEV_FUNDING = 10_000 * 10**18  # demo tokens minted to every dev account
@@ -86,7 +87,7 @@ def start_dev_stack(data_dir: Path, *, chain_port: int = 8545, node_port: int = 
             c.token.mint(deployer, Account.from_key(key).address, DEV_FUNDING)
         node = Account.from_key(DEV_PRIVATE_KEYS[DEV_ROLES.index("node")])
         port = node_port if node_port and port_is_free("127.0.0.1", node_port) else 0
-        from inference.base_model import EMBEDDED_MODEL_ID
+        from inference.embedded_model import EMBEDDED_MODEL_ID
 
         bond = c.nodes.dispute_terms().min_bond  # staked: only a bonded node can redeem vouchers
         c.token.approve(node, c.nodes.address, bond)

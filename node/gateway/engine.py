@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 from concurrent.futures import Future
 from contextlib import aclosing
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
+from chain.protocol import parse_adapter_model_name
 from inference.adapters import SUPPORTED_MODULES, validate_adapter
 from inference.engine import encode_prompt, eos_ids_of
 from inference.errors import (
@@ -44,7 +44,6 @@ from node.gateway.usage import meter
 log = logging.getLogger(__name__)
 
 PROBE_ADAPTER = "loranode-cache-probe"
-_NODE_ADAPTER = re.compile(r"^adapter-[0-9]+$")  # names this node gives adapters (node.daemon.lifecycle.model_name)
 _ADMIN_TIMEOUT_S = 120.0  # loading an adapter on a busy server can take a while
 
 
@@ -258,7 +257,7 @@ class VllmEngine:
         wanted = dict(self._adapters)
         server.loaded = {n for n, root in held.items() if n in wanted and root == str(wanted[n])}
         for name, root in held.items():
-            if name in server.loaded or not _NODE_ADAPTER.match(name):
+            if name in server.loaded or parse_adapter_model_name(name) is None:  # not a name this node gives
                 continue
             await V.unload_lora(self._session, server.url, name, _ADMIN_TIMEOUT_S)
             self.counters["adapter_unloads"] += 1

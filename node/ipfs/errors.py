@@ -62,7 +62,7 @@ class KuboError(BackendError):
         self.status = status
 
 
-class NotFound(BackendError):
+class ContentNotFound(BackendError):
     """The backend does not have the content."""
 
 

@@ -16,9 +16,9 @@ from node.ipfs.car import CAR_MEDIA_TYPE, MAX_BLOCK_BYTES, CarReader, stream_rea
 from node.ipfs.cid import CID
 from node.ipfs.errors import (
     BackendError,
+    ContentNotFound,
     IntegrityError,
     MalformedBlock,
-    NotFound,
     OperationNotSupported,
     TruncatedContent,
 )
@@ -155,6 +155,6 @@ class GatewayClient:
         if resp.status in RETRY_STATUSES:
             raise Retryable(f"{url} answered HTTP {resp.status} for {cid}")
         if resp.status in (404, 410):
-            raise NotFound(f"{url} does not have {cid} (HTTP {resp.status})")
+            raise ContentNotFound(f"{url} does not have {cid} (HTTP {resp.status})")
         raise BackendError(f"{url} answered HTTP {resp.status} for {cid}")
 

@@ -26,7 +26,6 @@ from node.ipfs.errors import (
     ContentTooLarge,
     IntegrityError,
     KuboError,
-    NotFound,
     TruncatedContent,
     UnsupportedContent,
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from node.ipfs.cid import CID, CODEC_DAG_PB
 from node.ipfs.dagpb import decode_node
-from node.ipfs.errors import NotFound
+from node.ipfs.errors import ContentNotFound
 from node.ipfs.exporter import Progress, export_into
 from node.ipfs.importer import EntryCallback, ImportParams, dir_node, import_path
 
@@ -54,7 +54,7 @@ class EmbeddedStore:
         try:
             block = self._block_path(cid).read_bytes()
         except FileNotFoundError:
-            raise NotFound(f"block {cid} is not in the store at {self.root}") from None
+            raise ContentNotFound(f"block {cid} is not in the store at {self.root}") from None
         cid.verify(block)
         return block
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from node.ipfs.car import CAR_MEDIA_TYPE, car_section, encode_header, write_car
 from node.ipfs.cid import CID, CODEC_RAW, encode_varint
-from node.ipfs.errors import IpfsError, NotFound
+from node.ipfs.errors import ContentNotFound, IpfsError
 from node.ipfs.store import EmbeddedStore
 
 RAW_MEDIA_TYPE = "application/vnd.ipld.raw"
@@ -81,7 +81,7 @@ async def _serve(request: web.Request) -> web.Response:
             if st.tamper == "flip" and root.codec == CODEC_RAW:
                 block = bytes([block[0] ^ 1]) + block[1:]
             return web.Response(body=block, headers={"Content-Type": RAW_MEDIA_TYPE})
-    except NotFound:
+    except ContentNotFound:
         return web.Response(status=404, text="not found")
     return web.Response(status=406, text="this is a trustless gateway: ask for format=car or format=raw")
 

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from node.ipfs.cid import CID, CODEC_RAW
 from node.ipfs.dagpb import T_DIRECTORY, decode_node, decode_unixfs
-from node.ipfs.errors import IpfsError, NotFound
+from node.ipfs.errors import ContentNotFound, IpfsError
 from node.ipfs.exporter import check_entry_name, export_dag
 from node.ipfs.store import EmbeddedStore
 
@@ -182,7 +182,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         return await handler(request, st)
     except _HttpError as e:
         return _error(str(e))
-    except NotFound as e:
+    except ContentNotFound as e:
         return _error(f"block was not found locally (offline): {e}")
     except IpfsError as e:
         return _error(str(e))

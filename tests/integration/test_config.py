@@ -132,3 +132,30 @@ def test_readme_documents_every_option():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [n for n in NodeConfig.model_fields if f"| `{n}` |" not in readme]
     assert not missing, f"README 'Configuration' lacks {missing}: paste node.config.options_table()"
+
+
+def test_deployment_defaults_to_the_file_chain_deploy_writes(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from chain.deploy import PROTOCOL_CONTRACTS, Deployment, deployment_file
+    from chain.protocol import DEV_CHAIN_ID
+    from node.api.app import _load_deployment
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, environ={}, dev_mode=True)
+    assert cfg.deployment is None
+    rpc = SimpleNamespace(eth=SimpleNamespace(chain_id=DEV_CHAIN_ID))
+    with pytest.raises(ConfigError, match=r"deployment: cannot read deployments/31337\.json"):
+        _load_deployment(cfg, rpc)
+    names = ("PaymentToken", *PROTOCOL_CONTRACTS)
+    saved = Deployment(DEV_CHAIN_ID, {n: "0x" + f"{i + 1:040x}" for i, n in enumerate(names)}, {n: 3 for n in names}, {})
+    saved.save(deployment_file(DEV_CHAIN_ID))
+    assert _load_deployment(cfg, rpc) == saved
+
+    class DeadRpc:
+        @property
+        def chain_id(self):
+            raise ConnectionError("connection refused")
+
+    with pytest.raises(ConfigError, match="rpc_url: cannot reach the chain"):
+        _load_deployment(cfg, SimpleNamespace(eth=DeadRpc()))

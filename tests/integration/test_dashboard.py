@@ -11,10 +11,11 @@ import urllib.request
 
 import pytest
 
+from inference.embedded_model import EMBEDDED_MODEL_ID
 from live_stack import ACCT, HOSTILE_NAME, KEY, fund_escrow
 from node.dev.stack import get_json, wait_for
 
-BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BASE = EMBEDDED_MODEL_ID
 
 
 @pytest.fixture(scope="module")

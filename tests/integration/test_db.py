@@ -12,9 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from node.db import (
     Base,
     BatchStatus,
-    Receipt,
     ReceiptBatch,
-    Voucher,
+    ReceiptRow,
+    VoucherRow,
     current_revision,
     head_revision,
     make_engine,
@@ -60,7 +60,7 @@ def test_uint256_is_exact_and_range_checked(db_url):
         assert (v.compute_value, v.adapter_value, v.payer) == (big, 2**200 + 1, "0xab")
     with pytest.raises(Exception, match="uint256 out of range"):
         with factory.begin() as s:
-            s.add(Voucher(lane="m", payer="0x1", node="0x2", adapter_id=1, compute_value=2**256,
+            s.add(VoucherRow(lane="m", payer="0x1", node="0x2", adapter_id=1, compute_value=2**256,
                           adapter_value=0, signature="0x"))
     factory.kw["bind"].dispose()
 
@@ -105,7 +105,7 @@ def test_receipt_and_voucher_repository(db_url):
     with factory.begin() as s:
         s.add(ReceiptBatch(seq=1, root="0x" + "00" * 32, count=2, cid="bafy", status=BatchStatus.COMMITTED.value))
         s.flush()
-        for i, r in enumerate(s.query(Receipt).order_by(Receipt.seq)):
+        for i, r in enumerate(s.query(ReceiptRow).order_by(ReceiptRow.seq)):
             r.batch_seq, r.leaf_index = 1, i
     with factory() as s:
         assert repo.pending_receipt_count(s) == 0

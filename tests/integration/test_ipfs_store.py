@@ -15,10 +15,10 @@ from node.ipfs import (
     BlockHashMismatch,
     CID,
     ContentCache,
+    ContentNotFound,
     ContentTooLarge,
     EmbeddedStore,
     MalformedBlock,
-    NotFound,
     UnsafeEntry,
     cid_of_path,
     fetch_verified,
@@ -79,7 +79,7 @@ async def test_single_file_and_pin(tmp_path, store):
     assert cid in store.pinned()
     out = await store.fetch(cid, tmp_path / "o", 10**7)
     assert out.read_bytes() == f.read_bytes()
-    with pytest.raises(NotFound):
+    with pytest.raises(ContentNotFound):
         await store.pin(str(CID.of(1, CODEC_RAW, b"never added")))
 
 

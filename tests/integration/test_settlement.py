@@ -36,12 +36,13 @@ from chain.eip712 import (
     sign_digest,
     sign_voucher,
 )
-from node.db import BatchStatus, OutboxIntent, ReceiptBatch, Voucher, make_session_factory, migrate
+from inference.embedded_model import EMBEDDED_MODEL_ID
+from node.db import BatchStatus, OutboxIntent, ReceiptBatch, ReceiptRow, VoucherRow, make_session_factory, migrate
 from node.db import repository as repo
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYER, OPERATOR, PAYER, OWNER, CURATOR, CONTRIB = (Account.from_key(DEV_PRIVATE_KEYS[i]) for i in range(6))
-BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BASE = EMBEDDED_MODEL_ID
 
 BUILDER = textwrap.dedent('''
     import asyncio, os, signal, sys
@@ -145,7 +146,7 @@ def check_exactly_once(world, client: Client) -> None:
     c, sessions = world["c"], world["sessions"]
     with sessions() as s:
         batches = list(s.scalars(select(ReceiptBatch).order_by(ReceiptBatch.seq)))
-        receipts = list(s.scalars(select(repo.Receipt).order_by(repo.Receipt.seq)))
+        receipts = list(s.scalars(select(ReceiptRow).order_by(ReceiptRow.seq)))
     assert receipts and all(b.status == BatchStatus.COMMITTED.value for b in batches)
     assert c.receipts.last_seq(OPERATOR.address) == len(batches) == batches[-1].seq
     # on chain: the BatchCommitted events count every receipt exactly once
@@ -165,7 +166,7 @@ def check_exactly_once(world, client: Client) -> None:
         col = c.escrow.collected(PAYER.address, OPERATOR.address, adapter_id)
         assert (col.compute, col.adapter) == (compute, adapter)
         with sessions() as s:
-            v = s.get(Voucher, repo.lane_key(PAYER.address, OPERATOR.address, adapter_id))
+            v = s.get(VoucherRow, repo.lane_key(PAYER.address, OPERATOR.address, adapter_id))
             if compute == adapter == 0:
                 assert v is None  # lane never used
                 continue
@@ -349,11 +350,11 @@ async def test_issue9_underfunded_lane_is_parked_until_a_deposit(world):
         await st.run_once(force=True)
     assert redeems() == 1  # parked: no redeem transaction per interval
     with world["sessions"]() as s:
-        assert s.get(Voucher, repo.lane_key(PAYER.address, OPERATOR.address, 0)).redeem_error.startswith("parked:")
+        assert s.get(VoucherRow, repo.lane_key(PAYER.address, OPERATOR.address, 0)).redeem_error.startswith("parked:")
     c.escrow.deposit(PAYER, OPERATOR.address, 1000)
     await st.flush()
     assert redeems() == 2
     assert c.escrow.collected(PAYER.address, OPERATOR.address, 0).compute == 10**22 + 500
     assert c.escrow.account_of(PAYER.address, OPERATOR.address).balance == 500
     with world["sessions"]() as s:
-        assert s.get(Voucher, repo.lane_key(PAYER.address, OPERATOR.address, 0)).redeem_error is None
+        assert s.get(VoucherRow, repo.lane_key(PAYER.address, OPERATOR.address, 0)).redeem_error is None

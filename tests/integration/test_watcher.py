@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 from web3 import Web3
 
+from inference.embedded_model import EMBEDDED_MODEL_ID
 from node.db import (
     Adapter,
     AdapterState,
@@ -17,13 +18,13 @@ from node.db import (
     ChainEvent,
     Contribution,
     Dataset,
-    NodeInfo,
+    NodeRow,
     make_session_factory,
     migrate,
 )
 from node.daemon.sync import registry_watcher
 
-BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BASE = EMBEDDED_MODEL_ID
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def snapshot(f):
             [(c.id, c.status, c.weight) for c in s.scalars(select(Contribution).order_by(Contribution.id))],
             [(a.id, a.cid, a.rank, a.price_per_1k, a.deprecated, a.base_model, a.dataset_splits)
              for a in s.scalars(select(Adapter).order_by(Adapter.id))],
-            [(n.operator, n.endpoint, n.base_models, n.price_per_1k, n.active) for n in s.scalars(select(NodeInfo))],
+            [(n.operator, n.endpoint, n.base_models, n.price_per_1k, n.active) for n in s.scalars(select(NodeRow))],
         )
 
 

@@ -13,7 +13,7 @@ from eth_account import Account
 from sqlalchemy import select
 
 from chain.eip712 import NO_ATTRIBUTION_HASH, SignedVoucher, Voucher, sign_voucher
-from node.db import Receipt, make_session_factory, migrate
+from node.db import ReceiptRow, make_session_factory, migrate
 from node.db.group_commit import GroupCommitter
 from node.daemon.payments.ledger import Ledger
 from node.metering import Cost
@@ -43,9 +43,9 @@ def issue(issuer, ln, cost=Cost(3, 5), **kw):
                               text="hi", attribution=NO_ATT, **kw)
 
 
-def stored(url) -> list[Receipt]:
+def stored(url) -> list[ReceiptRow]:
     with make_session_factory(url)() as s:  # a fresh engine: only what was committed
-        return list(s.scalars(select(Receipt).order_by(Receipt.seq)))
+        return list(s.scalars(select(ReceiptRow).order_by(ReceiptRow.seq)))
 
 
 def test_concurrent_receipts_share_transactions_and_get_consecutive_seqs(world):

@@ -31,8 +31,8 @@ class Snapshotter:
         self._chain_cache: tuple[float, dict] | None = None
 
     def _fold_new_receipts(self, s) -> None:
-        rows = s.execute(select(m.Receipt.seq, m.Receipt.receipt).where(m.Receipt.seq > self._last_seq)
-                         .order_by(m.Receipt.seq)).all()
+        rows = s.execute(select(m.ReceiptRow.seq, m.ReceiptRow.receipt).where(m.ReceiptRow.seq > self._last_seq)
+                         .order_by(m.ReceiptRow.seq)).all()
         for seq, r in rows:
             t = self._traffic[int(r.get("adapterId", 0))]
             t[0] += 1
@@ -61,8 +61,7 @@ class Snapshotter:
     def _node(self) -> dict:
         cfg = self.config
         return {"address": self.chain.node_address, "chain_id": self.chain.chain_id, "base_model": cfg.base_model_id,
-                "compute_price_per_1k": str(cfg.compute_price_per_1k), "payment_mode": cfg.payment_mode,
-                "public_url": cfg.public_url}
+                "compute_price_per_1k": str(cfg.compute_price_per_1k), "payment_mode": cfg.payment_mode}
 
     def _adapters(self, s) -> list[dict]:
         rows = s.scalars(select(m.Adapter).order_by(m.Adapter.id).limit(MAX_ADAPTERS)).all()
@@ -76,8 +75,8 @@ class Snapshotter:
         return out
 
     def _receipts(self, s) -> list[dict]:
-        rows = s.execute(select(m.Receipt, m.ReceiptBatch.status).outerjoin(
-            m.ReceiptBatch, m.Receipt.batch_seq == m.ReceiptBatch.seq).order_by(m.Receipt.seq.desc())
+        rows = s.execute(select(m.ReceiptRow, m.ReceiptBatch.status).outerjoin(
+            m.ReceiptBatch, m.ReceiptRow.batch_seq == m.ReceiptBatch.seq).order_by(m.ReceiptRow.seq.desc())
             .limit(RECENT_RECEIPTS)).all()
         out = []
         for r, bstatus in rows:
@@ -101,8 +100,8 @@ class Snapshotter:
         outbox = {st: n for st, n in s.execute(select(m.OutboxIntent.status, func.count()).group_by(m.OutboxIntent.status))}
         failed = s.scalars(select(m.OutboxIntent).where(m.OutboxIntent.status == "failed")
                            .order_by(m.OutboxIntent.id.desc()).limit(1)).first()
-        redeemed = s.execute(select(m.Voucher.redeemed_compute, m.Voucher.redeemed_adapter, m.Voucher.compute_value,
-                                    m.Voucher.adapter_value)).all()
+        redeemed = s.execute(select(m.VoucherRow.redeemed_compute, m.VoucherRow.redeemed_adapter,
+                                    m.VoucherRow.compute_value, m.VoucherRow.adapter_value)).all()
         return {"pending_receipts": pending, "lag_seconds": round(lag, 1), "outbox": outbox,
                 "last_failure": (failed.key, getattr(failed, "error", None)) if failed else None,
                 "vouchers_total": str(sum(int(c) + int(a) for _, _, c, a in redeemed)),

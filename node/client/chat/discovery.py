@@ -21,6 +21,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from chain.protocol import ADAPTER_MODEL_PREFIX, parse_adapter_model_name
 from node.client.chat.endpoints import BadEndpoint, shown, validate_endpoint
 from node.client.payer import NodeQuote
 
@@ -118,8 +119,8 @@ def check_quote(body: dict, *, model: str, contracts, registrations: dict, adapt
         raise ProbeError(f"overcharges: quotes a compute price of {quote.compute_price_per_1k} per 1K tokens, "
                          f"more than the {reg.compute_price_per_1k} it registered on chain")
     if model != quote.base_model:
-        aid = int(model.removeprefix("adapter-"))
-        if aid not in quote.adapter_prices:
+        aid = parse_adapter_model_name(model)
+        if aid is None or aid not in quote.adapter_prices:
             raise ProbeError(f"does not serve {model}")
         if adapter_price is not None and quote.adapter_prices[aid] > adapter_price:
             raise ProbeError(f"overcharges: quotes {quote.adapter_prices[aid]} per 1K tokens for {model}, "
@@ -134,7 +135,7 @@ def probe(url: str, model: str, contracts, *, registrations: dict, adapter_price
         raise ProbeError(f"does not list {model} in /v1/models")
     body, t2 = get_json(url + "/v1/node")
     quote = check_quote(body, model=model, contracts=contracts, registrations=registrations, adapter_price=adapter_price)
-    aid = 0 if model == quote.base_model else int(model.removeprefix("adapter-"))
+    aid = 0 if model == quote.base_model else parse_adapter_model_name(model) or 0  # check_quote accepted it
     price = quote.compute_price_per_1k + quote.adapter_prices.get(aid, 0)
     return Candidate(url, quote.node, quote, price, min(t1, t2))
 
@@ -142,11 +143,10 @@ def probe(url: str, model: str, contracts, *, registrations: dict, adapter_price
 def model_terms(contracts, model: str) -> tuple[str | None, int | None]:
     """(base model id the model runs on, the adapter's registered price) from chain; (None, None)
     for a name that is not adapter-<id> (then it must be a base model id)."""
-    if model.startswith("adapter-"):
-        suffix = model.removeprefix("adapter-")
-        if not suffix.isdigit() or len(suffix) > 20 or int(suffix) == 0:
+    if model.startswith(ADAPTER_MODEL_PREFIX):
+        aid = parse_adapter_model_name(model)
+        if aid is None:
             raise ProbeError(f"model {shown(model)} is not adapter-<id>")
-        aid = int(suffix)
         if aid > contracts.adapters.adapter_count():
             raise ProbeError(f"adapter {aid} is not registered on chain")
         info = contracts.adapters.get_adapter(aid)

@@ -30,7 +30,7 @@ def _lane_from_key(key: str) -> Lane:
     return Lane(to_checksum_address(payer), to_checksum_address(node), int(adapter))
 
 
-def _voucher_from_row(row: m.Voucher) -> SignedVoucher:
+def _voucher_from_row(row: m.VoucherRow) -> SignedVoucher:
     v = Voucher(to_checksum_address(row.payer), to_checksum_address(row.node), int(row.adapter_id),
                 int(row.compute_value), int(row.adapter_value))
     return SignedVoucher(v, bytes.fromhex(row.signature.removeprefix("0x")))
@@ -67,11 +67,11 @@ class Ledger:
         owed: dict[Lane, list[int]] = {}
         vouchers: dict[Lane, SignedVoucher] = {}
         with self.sessions() as s:
-            for key, rec in s.execute(select(m.Receipt.lane, m.Receipt.receipt)):
+            for key, rec in s.execute(select(m.ReceiptRow.lane, m.ReceiptRow.receipt)):
                 o = owed.setdefault(_lane_from_key(key), [0, 0])
                 o[0] += int(rec["computeCost"])
                 o[1] += int(rec["adapterCost"])
-            for row in s.scalars(select(m.Voucher)):
+            for row in s.scalars(select(m.VoucherRow)):
                 vouchers[_lane_from_key(row.lane)] = _voucher_from_row(row)
         self._owed, self._vouchers, self._lanes = owed, vouchers, {}
         self._index(set(owed) | set(vouchers))

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from chain.errors import ContractRevert
 from node.attribution_rewards.rule import Entry, batch_weights, to_entries
-from node.db.models import Receipt, ReceiptBatch, Voucher
+from node.db.models import ReceiptBatch, ReceiptRow, VoucherRow
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class AttributionSettler:
 
     def receipts_of(self, seq: int) -> list[dict]:
         with self.s.sessions() as db:
-            rows = db.scalars(select(Receipt).where(Receipt.batch_seq == seq).order_by(Receipt.leaf_index))
+            rows = db.scalars(select(ReceiptRow).where(ReceiptRow.batch_seq == seq).order_by(ReceiptRow.leaf_index))
             return [r.receipt for r in rows]
 
     def entries_for(self, seq: int) -> list[Entry]:
@@ -61,8 +61,8 @@ class AttributionSettler:
         done, total = self._cumulative.get(lane, (0, 0))
         if done > seq:
             done, total = 0, 0
-        rows = db.scalars(select(Receipt.receipt).where(
-            Receipt.lane == lane, Receipt.batch_seq > done, Receipt.batch_seq <= seq))
+        rows = db.scalars(select(ReceiptRow.receipt).where(
+            ReceiptRow.lane == lane, ReceiptRow.batch_seq > done, ReceiptRow.batch_seq <= seq))
         total += sum(int(r["adapterCost"]) for r in rows)
         self._cumulative[lane] = (seq, total)
         return total
@@ -70,11 +70,11 @@ class AttributionSettler:
     def paid(self, seq: int) -> bool:
         """Whether every adapter lane of batch `seq` has collected what its receipts up to it cost."""
         with self.s.sessions() as db:
-            lanes = set(db.scalars(select(Receipt.lane).where(Receipt.batch_seq == seq)))
+            lanes = set(db.scalars(select(ReceiptRow.lane).where(ReceiptRow.batch_seq == seq)))
             for lane in sorted(lanes):
                 if lane.endswith(":0"):  # the base model pays no dataset
                     continue
-                v = db.get(Voucher, lane)
+                v = db.get(VoucherRow, lane)
                 if v is None or int(v.redeemed_adapter or 0) < self._lane_cost_upto(db, lane, seq):
                     return False
         return True

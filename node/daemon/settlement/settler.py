@@ -36,7 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.db import repository as repo
-from node.db.models import BatchStatus, Receipt, ReceiptBatch, Voucher
+from node.db.models import BatchStatus, ReceiptBatch, ReceiptRow, VoucherRow
 from node.errors import NodeError
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class Settlement:
             with self.sessions() as s:
                 busy = (repo.unbatched_receipts(s, 1)
                         or s.scalar(select(ReceiptBatch.seq).where(ReceiptBatch.status != BatchStatus.COMMITTED.value))
-                        or s.scalar(select(Voucher.lane).where(Voucher.redeem_outbox_id.is_not(None))))
+                        or s.scalar(select(VoucherRow.lane).where(VoucherRow.redeem_outbox_id.is_not(None))))
             busy = busy or await asyncio.to_thread(self.attribution.pending, self._chain_last_seq)
             if not busy:
                 return
@@ -218,7 +218,7 @@ class Settlement:
         self.settle_redeems()
         escrow = self.contracts.escrow
         with self.sessions.begin() as s:
-            for v in s.scalars(select(Voucher).where(Voucher.redeem_outbox_id.is_(None))):
+            for v in s.scalars(select(VoucherRow).where(VoucherRow.redeem_outbox_id.is_(None))):
                 c = escrow.collected(to_checksum_address(v.payer), to_checksum_address(v.node), v.adapter_id)
                 v.redeemed_compute, v.redeemed_adapter = int(c.compute), int(c.adapter)
         self._reconciled = True
@@ -258,7 +258,7 @@ class Settlement:
                                    status=BatchStatus.PENDING.value, created_at=self.clock()))
                 s.flush()
                 for i, (rseq, _, _) in enumerate(receipts):
-                    r = s.get(Receipt, rseq)
+                    r = s.get(ReceiptRow, rseq)
                     if r.batch_seq is not None:
                         raise SettlementError(f"receipt {rseq} was batched concurrently")
                     r.batch_seq, r.leaf_index = seq, i
@@ -346,7 +346,7 @@ class Settlement:
             intent_id = self.outbox.enqueue(key, params)
             with self.sessions.begin() as s:
                 for v in group:
-                    row = s.get(Voucher, v.lane)
+                    row = s.get(VoucherRow, v.lane)
                     row.redeeming_compute, row.redeeming_adapter = v.compute_value, v.adapter_value
                     row.redeem_outbox_id = intent_id
             sent += 1
@@ -373,7 +373,7 @@ class Settlement:
         escrow = self.contracts.escrow
         with self.sessions() as s:
             inflight = [(v.lane, v.payer, v.node, v.adapter_id, v.redeem_outbox_id)
-                        for v in s.scalars(select(Voucher).where(Voucher.redeem_outbox_id.is_not(None)))]
+                        for v in s.scalars(select(VoucherRow).where(VoucherRow.redeem_outbox_id.is_not(None)))]
         done = 0
         for lane, payer, node, adapter_id, intent_id in inflight:
             intent = self.outbox.store.get(intent_id)
@@ -381,7 +381,7 @@ class Settlement:
                 continue
             c = escrow.collected(to_checksum_address(payer), to_checksum_address(node), adapter_id)
             with self.sessions.begin() as s:
-                row = s.get(Voucher, lane)
+                row = s.get(VoucherRow, lane)
                 row.redeemed_compute, row.redeemed_adapter = int(c.compute), int(c.adapter)
                 row.redeeming_compute = row.redeeming_adapter = row.redeem_outbox_id = None
                 ok = intent is not None and intent.status.value == "mined"

@@ -31,7 +31,7 @@ from node.db.models import (
     Contribution,
     ContributionStatus,
     Dataset,
-    NodeInfo,
+    NodeRow,
 )
 
 CONTRIBUTION_EVENTS = (ContributionSubmitted, ContributionAccepted, ContributionRejected)
@@ -98,7 +98,7 @@ class RegistryProjector:
             row.deprecated = True  # the lifecycle unloads it and sets state `deprecated`
 
     def _on_NodeRegistered(self, s: Session, ev: NodeRegistered | NodeUpdated) -> None:
-        row = s.get(NodeInfo, ev.node) or NodeInfo(operator=ev.node, bond=0)
+        row = s.get(NodeRow, ev.node) or NodeRow(operator=ev.node, bond=0)
         row.endpoint, row.base_models, row.price_per_1k = ev.endpoint, list(ev.base_model_ids), ev.compute_price_per_1k
         row.active, row.block_number = True, ev.block_number
         s.merge(row)
@@ -106,17 +106,17 @@ class RegistryProjector:
     _on_NodeUpdated = _on_NodeRegistered
 
     def _on_NodeDeregistered(self, s: Session, ev: NodeDeregistered) -> None:
-        row = s.get(NodeInfo, ev.node)
+        row = s.get(NodeRow, ev.node)
         if row is not None:
             row.active = False
 
     def _on_BondAdded(self, s: Session, ev: BondAdded) -> None:
-        row = s.get(NodeInfo, ev.node)
+        row = s.get(NodeRow, ev.node)
         if row is not None:
             row.bond = ev.total
 
     def _on_BondWithdrawn(self, s: Session, ev: BondWithdrawn) -> None:
-        row = s.get(NodeInfo, ev.node)
+        row = s.get(NodeRow, ev.node)
         if row is not None:
             row.bond = 0
 
@@ -126,7 +126,7 @@ class RegistryProjector:
         if kind == "adapter":
             self._rebuild_adapter(s, int(key), events)
             return
-        model = {"dataset": Dataset, "contribution": Contribution, "node": NodeInfo}[kind]
+        model = {"dataset": Dataset, "contribution": Contribution, "node": NodeRow}[kind]
         pk = key if kind == "node" else int(key)
         row = s.get(model, pk) if kind != "node" else _node_row(s, key)
         if row is not None:
@@ -151,10 +151,10 @@ class RegistryProjector:
             _reset_lifecycle(row)  # deprecation undone: serve it again
 
 
-def _node_row(s: Session, key: str) -> NodeInfo | None:
+def _node_row(s: Session, key: str) -> NodeRow | None:
     from sqlalchemy import func, select
 
-    return s.scalars(select(NodeInfo).where(func.lower(NodeInfo.operator) == key)).first()
+    return s.scalars(select(NodeRow).where(func.lower(NodeRow.operator) == key)).first()
 
 
 def _reset_lifecycle(row: Adapter) -> None:
