@@ -34,7 +34,8 @@ def test_no_function_is_shadowed_by_the_binding(artifact):
 
 
 def test_wrong_argument_count_names_the_signature(escrow):
-    with pytest.raises(ChainError, match=r"UsageEscrow.deposit\(address node, uint256 amount\) takes 2 arguments, got 1"):
+    signature = r"UsageEscrow.deposit\(address node, uint256 amount\)"
+    with pytest.raises(ChainError, match=signature + " takes 2 arguments, got 1"):
         escrow.build_deposit(NODE, 5)
 
 
