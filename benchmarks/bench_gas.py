@@ -49,7 +49,8 @@ from eth_utils import keccak  # noqa: E402
 from web3 import Web3  # noqa: E402
 
 from chain.artifacts import load_artifact  # noqa: E402
-from chain.contracts import Contracts, send_tx  # noqa: E402
+from chain.contracts import Contracts  # noqa: E402
+from chain.send import send_tx  # noqa: E402
 from chain.deploy import deploy  # noqa: E402
 from chain.devchain import DEV_PRIVATE_KEYS, Anvil  # noqa: E402
 from chain.eip712 import (  # noqa: E402

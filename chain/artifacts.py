@@ -13,6 +13,17 @@ from chain.errors import ArtifactError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# The protocol set, in deployment order (DemoToken first when no token is given).
+PROTOCOL_CONTRACTS = (
+    "DatasetRegistry",
+    "AdapterRegistry",
+    "NodeRegistry",
+    "RewardVault",
+    "UsageEscrow",
+    "ReceiptLog",
+    "AttributionPool",
+)
+
 
 def artifacts_dir() -> Path:
     return Path(os.environ.get("LORANODE_ARTIFACTS", REPO_ROOT / "artifacts"))

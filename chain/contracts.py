@@ -1,512 +1,270 @@
-"""Typed web3.py bindings of the protocol contracts (ABIs from Hardhat artifacts).
+"""Access to the deployed protocol contracts, driven by their ABIs (Hardhat artifacts).
 
-One wrapper per contract. Reads return frozen dataclasses; every write `fn` comes as
-`build_fn(sender, ...) -> dict` (unsigned tx params for the outbox, which adds nonce, gas and
-fees) and `fn(account, ...) -> TxReceipt` (sign, send, wait). Reverts surface as
-`chain.errors.ContractRevert(name, args)` decoded from the custom errors of every artifact.
-Events decode into the frozen dataclasses of `chain.contract_types` (re-exported here) via `Contracts.decode_events(logs)`.
+`ContractBinding` exposes every function of a contract's ABI under its snake_case name, with
+nothing written per function:
+- a view function is a call: `c.escrow.account_of(payer, node)`;
+- a state-changing function is a transaction signed by its first argument, a LocalAccount, sent
+  by `chain.send.send_tx`; it returns the receipt: `c.escrow.deposit(account, node, amount)`;
+- `build_<name>(sender, ...)` returns the unsigned transaction for the outbox (which adds the
+  nonce, gas and fees): `c.escrow.build_redeem(node_address, vouchers, signatures)`.
+`call`, `send` and `build` take the ABI name instead (`c.pool.send(account, "fill", ...)`).
+
+Arguments are checked against the ABI: their count, and each value encodable as its type. They
+may be passed by snake_case name, and the few in `OPTIONAL_ARGS` may be left out. A struct
+argument may be a dataclass whose fields are its components in snake_case (`Voucher`,
+`Receipt`). Results come back as plain Python (checksum addresses, bytes, tuples); the reads
+listed in `STRUCT_READS` decode by ABI component names into the dataclasses of
+`chain.contract_types` (a test checks each against the ABI). Reverts surface as
+`chain.errors.ContractRevert(name, args)`. Events decode into the event dataclasses through
+`Contracts.decode_events(logs)`.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from functools import lru_cache, partial
+from typing import Any, Callable, Iterable, Mapping
 
-from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
-from eth_utils import function_abi_to_4byte_selector, to_checksum_address
+from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.types import TxReceipt
 
+from chain.abi import AbiParam, canonical_type, from_abi, to_abi
 from chain.artifacts import load_artifact
-from chain.contract_types import (  # noqa: F401  (re-exported: callers import them from here)
-    Event,
-    DatasetCreated,
-    ContributionSubmitted,
-    ContributionAccepted,
-    ContributionRejected,
-    DatasetRewarded,
-    ContributionHarvested,
-    AdapterPublished,
-    AdapterDeprecated,
-    NodeRegistered,
-    NodeUpdated,
-    BondAdded,
-    NodeDeregistered,
-    BondWithdrawn,
-    Credited,
-    Claimed,
-    Deposited,
-    SignerAuthorized,
-    SignerRevoked,
-    ThawStarted,
-    Withdrawn,
-    VoucherRedeemed,
-    VoucherUnderfunded,
-    VoucherSkipped,
-    ProtocolFeeProposed,
-    ProtocolFeeSet,
-    NodeSlashed,
-    DisputeOpened,
-    DisputeResolved,
-    DisputeExpired,
-    OwnershipTransferStarted,
-    SignerInfo,
-    DisputeInfo,
-    DisputeTerms,
-    SKIP_REASONS,
-    BatchCommitted,
-    Transfer,
-    Approval,
-    OwnershipTransferred,
-    ContributionAttributed,
-    AttributionRefused,
-    PoolFilled,
-    BatchSettled,
-    PoolDrained,
-    PoolFlushed,
-    PoolBalance,
+from chain.contract_types import (
+    CONTRIBUTION_STATUS,
     AdapterInfo,
     AdapterPayout,
-    DatasetInfo,
     ContributionInfo,
-    NodeInfo,
+    DatasetInfo,
+    DisputeInfo,
+    DisputeTerms,
     EscrowAccount,
+    Event,
     LaneCollected,
+    NodeInfo,
+    PoolBalance,
     ProtocolFee,
-    CONTRIBUTION_STATUS,
-    EVENT_CLASSES,
-    event_fields,
+    SignerInfo,
     snake,
 )
-from chain.deploy import PROTOCOL_CONTRACTS, Deployment
-from chain.eip712 import Receipt, Voucher, address_of, sign_signer_proof
-from chain.errors import ChainError, ContractRevert
-from chain.events import EventDecoder
+from chain.deploy import Deployment
+from chain.eip712 import address_of, sign_signer_proof
+from chain.errors import ChainError
+from chain.events import EventDecodeError, EventDecoder
+from chain.reverts import as_revert
+from chain.send import send_tx
 
-RECEIPT_TIMEOUT_S = 120
 SIGNER_PROOF_TTL_S = 3600
-_ERROR_SOURCES = ("DemoToken", *PROTOCOL_CONTRACTS)
-
-# ------------------------------------------------------------------------------ revert decoding
-
-
-@lru_cache(maxsize=1)
-def _error_table() -> dict[bytes, tuple[str, list[str]]]:
-    """4-byte selector -> (error name, input types), over every artifact's custom errors."""
-    table: dict[bytes, tuple[str, list[str]]] = {
-        bytes.fromhex("08c379a0"): ("Error", ["string"]),
-        bytes.fromhex("4e487b71"): ("Panic", ["uint256"]),
-    }
-    for name in _ERROR_SOURCES:
-        for entry in load_artifact(name).abi:
-            if entry["type"] == "error":
-                sel = function_abi_to_4byte_selector(entry)
-                table[sel] = (entry["name"], [_abi_type(i) for i in entry["inputs"]])
-    return table
-
-
-def _abi_type(inp: dict) -> str:
-    if inp["type"].startswith("tuple"):
-        return "(" + ",".join(_abi_type(c) for c in inp["components"]) + ")" + inp["type"][5:]
-    return inp["type"]
-
-
-def decode_revert(data: bytes | str | None) -> ContractRevert:
-    """The ContractRevert that revert `data` encodes (name "Unknown" if it matches no known error)."""
-    raw = bytes(HexBytes(data)) if data else b""
-    entry = _error_table().get(raw[:4]) if len(raw) >= 4 else None
-    if entry is None:
-        return ContractRevert("Unknown", (), raw, f"revert with unknown data 0x{raw.hex()}")
-    name, types = entry
-    try:
-        values = abi_decode(types, raw[4:]) if types else ()
-    except Exception:  # noqa: BLE001 - malformed data from a hostile contract must not crash decoding
-        return ContractRevert("Unknown", (), raw, f"malformed {name} revert data 0x{raw.hex()}")
-    values = tuple(_norm(v) for v in values)
-    return ContractRevert(name, values, raw)
-
-
-def _revert_data(e: Exception) -> bytes | None:
-    data = getattr(e, "data", None)
-    if isinstance(data, dict):  # some providers nest it
-        data = data.get("data")
-    if isinstance(data, (bytes, bytearray)):
-        return bytes(data)
-    if isinstance(data, str) and data.startswith("0x"):
-        return bytes.fromhex(data[2:])
-    return None
-
-
-def _as_revert(e: Exception) -> Exception:
-    data = _revert_data(e)
-    if data is not None:
-        return decode_revert(data)
-    if isinstance(e, ContractLogicError):
-        return ContractRevert("Unknown", (), b"", str(e))
-    return e
-
-
-def _norm(v: Any) -> Any:
-    """ABI values to plain Python: checksum addresses, bytes, tuples."""
-    if isinstance(v, str) and v.startswith("0x") and len(v) == 42:
-        return to_checksum_address(v)
-    if isinstance(v, (bytes, bytearray, HexBytes)):
-        return bytes(v)
-    if isinstance(v, (list, tuple)):
-        return tuple(_norm(x) for x in v)
-    if isinstance(v, Mapping):  # a struct decoded from an event: its fields in ABI order
-        return tuple(_norm(x) for x in v.values())
-    return v
-
-
-# ------------------------------------------------------------------------------ wrappers
 
 Sender = str | LocalAccount
 
 
-class _Wrapper:
-    """Shared plumbing: calls, tx building, sending, revert decoding, event decoding."""
+@dataclass(frozen=True)
+class StructRead:
+    """A read whose outputs decode into `cls`: each field is an output component in snake_case,
+    except leading fields named after the function's inputs (the id that was asked for);
+    `enums` maps a field to the names of its Solidity enum's values."""
 
-    ARTIFACT: str = ""
+    cls: type
+    enums: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def __init__(self, w3: Web3, address: str):
+
+STRUCT_READS: dict[tuple[str, str], StructRead] = {
+    ("DatasetRegistry", "getDataset"): StructRead(DatasetInfo),
+    ("DatasetRegistry", "getContribution"): StructRead(ContributionInfo, {"status": CONTRIBUTION_STATUS}),
+    ("AdapterRegistry", "getAdapter"): StructRead(AdapterInfo),
+    ("AdapterRegistry", "payoutOf"): StructRead(AdapterPayout),
+    ("NodeRegistry", "getNode"): StructRead(NodeInfo),
+    ("NodeRegistry", "getDispute"): StructRead(DisputeInfo),
+    ("NodeRegistry", "disputeTerms"): StructRead(DisputeTerms),
+    ("UsageEscrow", "accountOf"): StructRead(EscrowAccount),
+    ("UsageEscrow", "collected"): StructRead(LaneCollected),
+    ("UsageEscrow", "signerOf"): StructRead(SignerInfo),
+    ("UsageEscrow", "protocolFee"): StructRead(ProtocolFee),
+    ("AttributionPool", "poolOf"): StructRead(PoolBalance),
+}
+
+# Trailing arguments callers may leave out (ABI functions have no defaults): the value each takes.
+OPTIONAL_ARGS: dict[tuple[str, str], dict[str, Any]] = {
+    ("DatasetRegistry", "createDataset"): {"metadataCid": ""},
+    ("AdapterRegistry", "register"): {"datasetIds": (), "datasetBps": ()},
+    ("NodeRegistry", "register"): {"bond": 0},
+}
+
+
+def function_attr(abi_name: str) -> str:
+    """ABI function name -> binding attribute (getAdapter -> get_adapter, MAX_RANK -> max_rank)."""
+    return abi_name.lower() if abi_name.upper() == abi_name else snake(abi_name)
+
+
+def output_params(entry: Mapping[str, Any]) -> list[AbiParam]:
+    """A function's outputs, one struct output unfolded into its components."""
+    outs = list(entry["outputs"])
+    if len(outs) == 1 and outs[0]["type"] == "tuple":
+        return list(outs[0]["components"])
+    return outs
+
+
+@dataclass(frozen=True)
+class _Abi:
+    """One artifact's ABI, indexed for the binding."""
+
+    functions: dict[str, dict]  # ABI name -> entry
+    attrs: dict[str, str]  # snake_case attribute -> ABI name
+
+
+@lru_cache(maxsize=None)
+def _indexed_abi(artifact: str) -> _Abi:
+    functions: dict[str, dict] = {}
+    for entry in load_artifact(artifact).abi:
+        if entry["type"] == "function":
+            if entry["name"] in functions:  # by-name access cannot tell overloads apart
+                raise ChainError(f"{artifact}.{entry['name']} is overloaded")
+            functions[entry["name"]] = entry
+    return _Abi(functions, {function_attr(n): n for n in functions})
+
+
+def _is_view(entry: Mapping[str, Any]) -> bool:
+    return entry["stateMutability"] in ("view", "pure")
+
+
+class ContractBinding:
+    """One deployed contract, reached through its artifact's ABI (see the module docstring)."""
+
+    def __init__(self, w3: Web3, address: str, artifact: str):
         self.w3 = w3
         self.address = to_checksum_address(address)
-        art = load_artifact(self.ARTIFACT)
-        self.abi = art.abi_list
-        self.contract = w3.eth.contract(address=self.address, abi=self.abi)
+        self.artifact = artifact
+        self._abi = _indexed_abi(artifact)
+        self.contract = w3.eth.contract(address=self.address, abi=load_artifact(artifact).abi_list)
+        self._events = EventDecoder({self.address: load_artifact(artifact).abi_list})  # the one decoder
         self._chain_id: int | None = None
-        self._events = EventDecoder({self.address: self.abi})
 
-    # -- calls
-    def _call(self, fn: str, *args: Any) -> Any:
+    def __repr__(self) -> str:
+        return f"<{self.artifact} at {self.address}>"
+
+    def __getattr__(self, attr: str) -> Callable[..., Any]:
+        abi = self.__dict__.get("_abi")  # absent while unpickling or before __init__ ran
+        if abi is None:
+            raise AttributeError(attr)
+        build = attr.startswith("build_")
+        fn = abi.attrs.get(attr[len("build_"):] if build else attr)
+        if fn is None:
+            raise AttributeError(f"{self.artifact} has no function for {attr!r}")
+        if _is_view(abi.functions[fn]):
+            if build:
+                raise AttributeError(f"{self.artifact}.{fn} is a view function: there is no transaction to build")
+            return partial(self.call, fn)
+        if build:
+            return lambda sender, *args, **kwargs: self.build(sender, fn, *args, **kwargs)
+        return lambda account, *args, **kwargs: self.send(account, fn, *args, **kwargs)
+
+    # -- functions by ABI name
+    def _entry(self, fn: str) -> dict:
+        entry = self._abi.functions.get(fn)
+        if entry is None:
+            raise ChainError(f"{self.artifact} has no function {fn!r}")
+        return entry
+
+    def _args(self, entry: Mapping[str, Any], args: tuple, kwargs: Mapping[str, Any]) -> list[Any]:
+        """`args` (then `kwargs` by snake_case input name, then OPTIONAL_ARGS) checked against the
+        function's inputs and converted for web3."""
+        inputs = entry["inputs"]
+        where = f"{self.artifact}.{entry['name']}"
+        optional = OPTIONAL_ARGS.get((self.artifact, entry["name"]), {})
+        by_name = {snake(i["name"]): i["name"] for i in inputs}
+        unknown = set(kwargs) - set(by_name)
+        given = {by_name[k]: v for k, v in kwargs.items() if k in by_name}
+        values = list(args)
+        for param in inputs[len(args):]:
+            name = param["name"]
+            if name in given:
+                values.append(given.pop(name))
+            elif name in optional:
+                values.append(optional[name])
+            else:
+                break
+        if len(values) != len(inputs) or unknown or given:
+            sig = ", ".join(f"{canonical_type(i)} {snake(i['name'])}" for i in inputs)
+            extra = f" (unknown or repeated: {sorted(unknown | {snake(n) for n in given})})" if unknown or given else ""
+            raise ChainError(f"{where}({sig}) takes {len(inputs)} arguments, got {len(args) + len(kwargs)}{extra}")
+        out = []
+        for i, (value, param) in enumerate(zip(values, inputs)):
+            name = f"{where} argument {snake(param['name']) or i}"
+            value = to_abi(value, param, name)
+            if not self.w3.codec.is_encodable(canonical_type(param), value):
+                raise ChainError(f"{name}: not a {canonical_type(param)}: {value!r}")
+            out.append(value)
+        return out
+
+    def call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the view function `fn`; a struct read comes back as its dataclass (STRUCT_READS)."""
+        entry = self._entry(fn)
+        values = self._args(entry, args, kwargs)
         try:
-            return getattr(self.contract.functions, fn)(*args).call()
+            result = getattr(self.contract.functions, fn)(*values).call()
         except (ContractLogicError, Web3RPCError) as e:
-            raise _as_revert(e) from e
+            raise as_revert(e) from e
+        outs = output_params(entry)
+        one_value = len(entry["outputs"]) == 1 and entry["outputs"][0]["type"] != "tuple"
+        results = [result] if one_value else result  # web3 gives a struct or several outputs as a sequence
+        decoded = [from_abi(v, p) for v, p in zip(results, outs)]
+        read = STRUCT_READS.get((self.artifact, fn))
+        if read is not None:
+            return self._struct(read, entry, values, outs, decoded)
+        return decoded[0] if len(decoded) == 1 else tuple(decoded)
 
-    # -- transactions
-    def _build(self, sender: Sender, fn: str, *args: Any) -> dict:
+    @staticmethod
+    def _struct(read: StructRead, entry: Mapping[str, Any], args: list, outs: list, decoded: list) -> Any:
+        by_name = {snake(i["name"]): from_abi(a, i) for a, i in zip(args, entry["inputs"])}
+        by_name.update({snake(p["name"]): v for p, v in zip(outs, decoded)})
+        for f, names in read.enums.items():
+            by_name[f] = names[by_name[f]]
+        return read.cls(**{f.name: by_name[f.name] for f in fields(read.cls)})
+
+    def build(self, sender: Sender, fn: str, *args: Any, **kwargs: Any) -> dict:
+        """Unsigned transaction params of `fn(*args)` from `sender` (an address or an account)."""
+        entry = self._entry(fn)
+        if _is_view(entry):
+            raise ChainError(f"{self.artifact}.{fn} is a view function: call it instead")
         frm = sender.address if isinstance(sender, LocalAccount) else to_checksum_address(sender)
-        data = self.contract.encode_abi(fn, args=list(args))
+        data = self.contract.encode_abi(fn, args=self._args(entry, args, kwargs))
         if self._chain_id is None:
             self._chain_id = self.w3.eth.chain_id  # fixed for a Web3's lifetime; saves an RPC per tx
         return {"from": frm, "to": self.address, "data": data, "value": 0, "chainId": self._chain_id}
 
-    def _send(self, account: LocalAccount, fn: str, *args: Any) -> TxReceipt:
-        tx = self._build(account, fn, *args)
-        return send_tx(self.w3, account, tx)
+    def send(self, account: LocalAccount, fn: str, *args: Any, **kwargs: Any) -> TxReceipt:
+        """Send `fn(*args)` signed by `account` and wait for it (chain.send.send_tx)."""
+        if not isinstance(account, LocalAccount):
+            raise ChainError(f"{self.artifact}.{fn} sends a transaction: the first argument must be the "
+                             f"signing account (LocalAccount), got {type(account).__name__}")
+        return send_tx(self.w3, account, self.build(account, fn, *args, **kwargs))
 
-    # -- events
+    # -- events (chain.events.EventDecoder, the one decoder)
     def event_topics(self) -> list[bytes]:
         return [bytes(HexBytes(t)) for t in self._events.topics()]
 
+    def event_topic(self, name: str) -> str:
+        """topic0 (hex) of the event `name`, to filter eth_getLogs."""
+        try:
+            return self._events.topic(name)
+        except EventDecodeError:
+            raise ChainError(f"{self.artifact} has no decoded event {name!r}") from None
+
     def decode_log(self, log: dict) -> Event | None:
-        """This contract's event in `log` (chain.events.EventDecoder), None for other logs."""
+        """This contract's event in `log`, None for other logs."""
         return self._events.decode(log)
 
 
-def send_tx(w3: Web3, account: LocalAccount, tx: dict) -> TxReceipt:
-    """Estimate, sign, send and wait; raise ContractRevert (decoded) if it would or did revert."""
-    tx = dict(tx)
-    tx.setdefault("from", account.address)
-    try:
-        gas = w3.eth.estimate_gas(tx)
-    except (ContractLogicError, Web3RPCError) as e:
-        raise _as_revert(e) from e
-    tx["gas"] = gas + gas // 5 + 10_000  # margin: state can move between estimate and inclusion
-    tx.setdefault("nonce", w3.eth.get_transaction_count(account.address, "pending"))
-    if "maxFeePerGas" not in tx and "gasPrice" not in tx:
-        tx["gasPrice"] = w3.eth.gas_price
-    signed = account.sign_transaction(tx)
-    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
-    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
-    if receipt["status"] != 1:
-        # Replay at the block it failed in to learn why.
-        call = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
-        try:
-            w3.eth.call(call, receipt["blockNumber"] - 1)
-        except (ContractLogicError, Web3RPCError) as e:
-            raise _as_revert(e) from e
-        raise ContractRevert("Unknown", (), b"", f"transaction {tx_hash.hex()} reverted (out of gas?)")
-    return receipt
-
-
-class TokenContract(_Wrapper):
-    """The payment token (ERC20; DemoToken on dev chains adds `mint`)."""
-
-    ARTIFACT = "DemoToken"
-
-    def balance_of(self, who: str) -> int:
-        return self._call("balanceOf", who)
-
-    def allowance(self, owner: str, spender: str) -> int:
-        return self._call("allowance", owner, spender)
-
-    def total_supply(self) -> int:
-        return self._call("totalSupply")
-
-    def build_approve(self, sender: Sender, spender: str, amount: int) -> dict:
-        return self._build(sender, "approve", spender, amount)
-
-    def approve(self, account: LocalAccount, spender: str, amount: int) -> TxReceipt:
-        return self._send(account, "approve", spender, amount)
-
-    def build_transfer(self, sender: Sender, to: str, amount: int) -> dict:
-        return self._build(sender, "transfer", to, amount)
-
-    def transfer(self, account: LocalAccount, to: str, amount: int) -> TxReceipt:
-        return self._send(account, "transfer", to, amount)
-
-    def build_mint(self, sender: Sender, to: str, amount: int) -> dict:
-        return self._build(sender, "mint", to, amount)
-
-    def mint(self, account: LocalAccount, to: str, amount: int) -> TxReceipt:
-        return self._send(account, "mint", to, amount)
-
-
-class DatasetRegistryContract(_Wrapper):
-    ARTIFACT = "DatasetRegistry"
-
-    def build_create_dataset(self, sender: Sender, name: str, license: str, metadata_cid: str = "") -> dict:
-        return self._build(sender, "createDataset", name, license, metadata_cid)
-
-    def create_dataset(self, account: LocalAccount, name: str, license: str, metadata_cid: str = "") -> TxReceipt:
-        return self._send(account, "createDataset", name, license, metadata_cid)
-
-    def build_contribute(self, sender: Sender, dataset_id: int, cid: str, size_tokens: int) -> dict:
-        return self._build(sender, "contribute", dataset_id, cid, size_tokens)
-
-    def contribute(self, account: LocalAccount, dataset_id: int, cid: str, size_tokens: int) -> TxReceipt:
-        return self._send(account, "contribute", dataset_id, cid, size_tokens)
-
-    def build_accept(self, sender: Sender, contribution_id: int, weight: int) -> dict:
-        return self._build(sender, "accept", contribution_id, weight)
-
-    def accept(self, account: LocalAccount, contribution_id: int, weight: int) -> TxReceipt:
-        return self._send(account, "accept", contribution_id, weight)
-
-    def build_reject(self, sender: Sender, contribution_id: int) -> dict:
-        return self._build(sender, "reject", contribution_id)
-
-    def reject(self, account: LocalAccount, contribution_id: int) -> TxReceipt:
-        return self._send(account, "reject", contribution_id)
-
-    def build_harvest(self, sender: Sender, contribution_ids: Sequence[int]) -> dict:
-        return self._build(sender, "harvest", list(contribution_ids))
-
-    def harvest(self, account: LocalAccount, contribution_ids: Sequence[int]) -> TxReceipt:
-        return self._send(account, "harvest", list(contribution_ids))
-
-    def get_dataset(self, dataset_id: int) -> DatasetInfo:
-        d = self._call("getDataset", dataset_id)
-        return DatasetInfo(dataset_id, to_checksum_address(d[0]), d[1], d[2], d[3], d[4], d[5], d[6])
-
-    def get_contribution(self, contribution_id: int) -> ContributionInfo:
-        c = self._call("getContribution", contribution_id)
-        return ContributionInfo(
-            contribution_id, to_checksum_address(c[0]), c[1], c[2], c[3], CONTRIBUTION_STATUS[c[4]], c[5]
-        )
-
-    def dataset_exists(self, dataset_id: int) -> bool:
-        return self._call("datasetExists", dataset_id)
-
-    def pending_reward(self, contribution_id: int) -> int:
-        return self._call("pendingReward", contribution_id)
-
-    def pending_attributed(self, contribution_id: int) -> int:
-        return self._call("pendingAttributed", contribution_id)
-
-    def dataset_count(self) -> int:
-        return self._call("datasetCount")
-
-    def contribution_count(self) -> int:
-        return self._call("contributionCount")
-
-
-class AdapterRegistryContract(_Wrapper):
-    ARTIFACT = "AdapterRegistry"
-
-    def build_register(
-        self,
-        sender: Sender,
-        base_model_id: str,
-        cid: str,
-        rank: int,
-        price_per_1k: int,
-        owner_bps: int,
-        dataset_ids: Sequence[int] = (),
-        dataset_bps: Sequence[int] = (),
-    ) -> dict:
-        return self._build(
-            sender, "register", base_model_id, cid, rank, price_per_1k, owner_bps, list(dataset_ids), list(dataset_bps)
-        )
-
-    def register(
-        self,
-        account: LocalAccount,
-        base_model_id: str,
-        cid: str,
-        rank: int,
-        price_per_1k: int,
-        owner_bps: int,
-        dataset_ids: Sequence[int] = (),
-        dataset_bps: Sequence[int] = (),
-    ) -> TxReceipt:
-        return self._send(
-            account, "register", base_model_id, cid, rank, price_per_1k, owner_bps, list(dataset_ids), list(dataset_bps)
-        )
-
-    def build_publish_version(self, sender: Sender, adapter_id: int, cid: str, rank: int, price_per_1k: int) -> dict:
-        return self._build(sender, "publishVersion", adapter_id, cid, rank, price_per_1k)
-
-    def publish_version(self, account: LocalAccount, adapter_id: int, cid: str, rank: int, price_per_1k: int) -> TxReceipt:
-        return self._send(account, "publishVersion", adapter_id, cid, rank, price_per_1k)
-
-    def build_deprecate(self, sender: Sender, adapter_id: int) -> dict:
-        return self._build(sender, "deprecate", adapter_id)
-
-    def deprecate(self, account: LocalAccount, adapter_id: int) -> TxReceipt:
-        return self._send(account, "deprecate", adapter_id)
-
-    def get_adapter(self, adapter_id: int) -> AdapterInfo:
-        a = self._call("getAdapter", adapter_id)
-        return AdapterInfo(
-            adapter_id, to_checksum_address(a[0]), a[1], a[2], a[3], a[4], a[5], tuple(a[6]), tuple(a[7]), a[8], a[9]
-        )
-
-    def payout_of(self, adapter_id: int) -> AdapterPayout:
-        o, c, p0, p1 = self._call("payoutOf", adapter_id)
-        return AdapterPayout(to_checksum_address(o), c, p0, p1)
-
-    def adapter_count(self) -> int:
-        return self._call("adapterCount")
-
-
-class NodeRegistryContract(_Wrapper):
-    ARTIFACT = "NodeRegistry"
-
-    def build_register(
-        self, sender: Sender, endpoint: str, base_model_ids: Sequence[str], compute_price_per_1k: int, bond: int = 0
-    ) -> dict:
-        return self._build(sender, "register", endpoint, list(base_model_ids), compute_price_per_1k, bond)
-
-    def register(
-        self, account: LocalAccount, endpoint: str, base_model_ids: Sequence[str], compute_price_per_1k: int, bond: int = 0
-    ) -> TxReceipt:
-        return self._send(account, "register", endpoint, list(base_model_ids), compute_price_per_1k, bond)
-
-    def build_update(self, sender: Sender, endpoint: str, base_model_ids: Sequence[str], compute_price_per_1k: int) -> dict:
-        return self._build(sender, "update", endpoint, list(base_model_ids), compute_price_per_1k)
-
-    def update(
-        self, account: LocalAccount, endpoint: str, base_model_ids: Sequence[str], compute_price_per_1k: int
-    ) -> TxReceipt:
-        return self._send(account, "update", endpoint, list(base_model_ids), compute_price_per_1k)
-
-    def build_add_bond(self, sender: Sender, amount: int) -> dict:
-        return self._build(sender, "addBond", amount)
-
-    def add_bond(self, account: LocalAccount, amount: int) -> TxReceipt:
-        return self._send(account, "addBond", amount)
-
-    def build_deregister(self, sender: Sender) -> dict:
-        return self._build(sender, "deregister")
-
-    def deregister(self, account: LocalAccount) -> TxReceipt:
-        return self._send(account, "deregister")
-
-    def build_withdraw_bond(self, sender: Sender) -> dict:
-        return self._build(sender, "withdrawBond")
-
-    def withdraw_bond(self, account: LocalAccount) -> TxReceipt:
-        return self._send(account, "withdrawBond")
-
-    def get_node(self, node: str) -> NodeInfo:
-        n = self._call("getNode", node)
-        return NodeInfo(to_checksum_address(node), n[0], tuple(n[1]), n[2], n[3], n[4], n[5])
-
-    def is_active(self, node: str) -> bool:
-        return self._call("isActive", node)
-
-    def can_redeem(self, node: str) -> bool:
-        return self._call("canRedeem", node)
-
-    def open_disputes(self, node: str) -> int:
-        return self._call("openDisputes", node)
-
-    def dispute_count(self) -> int:
-        return self._call("disputeCount")
-
-    def burned(self) -> int:
-        return self._call("burned")
-
-    def dispute_terms(self) -> DisputeTerms:
-        m, a, w, d, r = self._call("disputeTerms")
-        return DisputeTerms(m, to_checksum_address(a), w, d, to_checksum_address(r))
-
-    def get_dispute(self, dispute_id: int) -> DisputeInfo:
-        f, deadline, is_open, node, deposit, digest = self._call("getDispute", dispute_id)
-        return DisputeInfo(dispute_id, to_checksum_address(f), deadline, is_open, to_checksum_address(node), deposit,
-                           bytes(digest))
-
-    def build_slash_equivocation(self, sender: Sender, a: Receipt, sig_a: bytes, b: Receipt, sig_b: bytes) -> dict:
-        return self._build(sender, "slashEquivocation", _receipt_tuple(a), bytes(sig_a), _receipt_tuple(b), bytes(sig_b))
-
-    def slash_equivocation(self, account: LocalAccount, a: Receipt, sig_a: bytes, b: Receipt, sig_b: bytes) -> TxReceipt:
-        return self._send(account, "slashEquivocation", _receipt_tuple(a), bytes(sig_a), _receipt_tuple(b), bytes(sig_b))
-
-    def build_open_dispute(self, sender: Sender, r: Receipt, sig: bytes) -> dict:
-        return self._build(sender, "openDispute", _receipt_tuple(r), bytes(sig))
-
-    def open_dispute(self, account: LocalAccount, r: Receipt, sig: bytes) -> TxReceipt:
-        return self._send(account, "openDispute", _receipt_tuple(r), bytes(sig))
-
-    def resolve_dispute(self, account: LocalAccount, dispute_id: int, slash_amount: int) -> TxReceipt:
-        return self._send(account, "resolveDispute", dispute_id, slash_amount)
-
-    def expire_dispute(self, account: LocalAccount, dispute_id: int) -> TxReceipt:
-        return self._send(account, "expireDispute", dispute_id)
-
-
-def _voucher_tuple(v: Voucher) -> tuple:
-    return (v.payer, v.node, v.adapter_id, v.compute_value, v.adapter_value)
-
-
-def _receipt_tuple(r: Receipt) -> tuple:
-    return (
-        r.request_id, r.payer, r.node, r.adapter_id, r.seq, r.prompt_tokens, r.completion_tokens,
-        r.compute_cost, r.adapter_cost, r.output_hash, r.attribution_hash, r.timestamp,
-    )
-
-
-class UsageEscrowContract(_Wrapper):
-    """Accounts are per (payer, node): every deposit, thaw and withdrawal names the node."""
-
-    ARTIFACT = "UsageEscrow"
-
-    def build_deposit(self, sender: Sender, node: str, amount: int) -> dict:
-        return self._build(sender, "deposit", node, amount)
-
-    def deposit(self, account: LocalAccount, node: str, amount: int) -> TxReceipt:
-        return self._send(account, "deposit", node, amount)
-
-    def build_deposit_for(self, sender: Sender, payer: str, node: str, amount: int) -> dict:
-        return self._build(sender, "depositFor", payer, node, amount)
-
-    def deposit_for(self, account: LocalAccount, payer: str, node: str, amount: int) -> TxReceipt:
-        return self._send(account, "depositFor", payer, node, amount)
-
-    def build_authorize_signer(self, sender: Sender, signer: str, deadline: int, proof: bytes) -> dict:
-        return self._build(sender, "authorizeSigner", signer, deadline, bytes(proof))
-
-    def authorize_signer(self, account: LocalAccount, signer: str, deadline: int, proof: bytes) -> TxReceipt:
-        return self._send(account, "authorizeSigner", signer, deadline, bytes(proof))
-
-    def signer_proof(self, payer: str, signer_key, deadline: int | None = None) -> tuple[str, int, bytes]:
+class UsageEscrowBinding(ContractBinding):
+    """UsageEscrow, plus signing a signer's proof. Accounts are per (payer, node): every deposit,
+    thaw and withdrawal names the node."""
+
+    def signer_proof(self, payer: str, signer_key: Any, deadline: int | None = None) -> tuple[str, int, bytes]:
         """(signer address, deadline, proof) for `payer` to authorize the key `signer_key`; the deadline
         defaults to an hour after the latest block."""
         if deadline is None:
@@ -516,159 +274,10 @@ class UsageEscrowContract(_Wrapper):
         proof = sign_signer_proof(payer, deadline, signer_key, self._chain_id, self.address)
         return address_of(signer_key), deadline, proof
 
-    def authorize_signer_key(self, account: LocalAccount, signer_key, deadline: int | None = None) -> TxReceipt:
+    def authorize_signer_key(self, account: LocalAccount, signer_key: Any, deadline: int | None = None) -> TxReceipt:
         """Authorize the key `signer_key` for `account` when both keys are at hand (signs the proof)."""
         signer, deadline, proof = self.signer_proof(account.address, signer_key, deadline)
-        return self.authorize_signer(account, signer, deadline, proof)
-
-    def build_revoke_signer(self, sender: Sender, signer: str) -> dict:
-        return self._build(sender, "revokeSigner", signer)
-
-    def revoke_signer(self, account: LocalAccount, signer: str) -> TxReceipt:
-        return self._send(account, "revokeSigner", signer)
-
-    def build_start_thaw(self, sender: Sender, node: str, amount: int) -> dict:
-        return self._build(sender, "startThaw", node, amount)
-
-    def start_thaw(self, account: LocalAccount, node: str, amount: int) -> TxReceipt:
-        return self._send(account, "startThaw", node, amount)
-
-    def build_withdraw(self, sender: Sender, node: str) -> dict:
-        return self._build(sender, "withdraw", node)
-
-    def withdraw(self, account: LocalAccount, node: str) -> TxReceipt:
-        return self._send(account, "withdraw", node)
-
-    def build_redeem(self, sender: Sender, vouchers: Sequence[Voucher], signatures: Sequence[bytes]) -> dict:
-        return self._build(sender, "redeem", [_voucher_tuple(v) for v in vouchers], [bytes(s) for s in signatures])
-
-    def redeem(self, account: LocalAccount, vouchers: Sequence[Voucher], signatures: Sequence[bytes]) -> TxReceipt:
-        return self._send(account, "redeem", [_voucher_tuple(v) for v in vouchers], [bytes(s) for s in signatures])
-
-    def build_propose_protocol_fee(self, sender: Sender, recipient: str, bps: int) -> dict:
-        return self._build(sender, "proposeProtocolFee", recipient, bps)
-
-    def propose_protocol_fee(self, account: LocalAccount, recipient: str, bps: int) -> TxReceipt:
-        return self._send(account, "proposeProtocolFee", recipient, bps)
-
-    def apply_protocol_fee(self, account: LocalAccount) -> TxReceipt:
-        return self._send(account, "applyProtocolFee")
-
-    def transfer_ownership(self, account: LocalAccount, new_owner: str) -> TxReceipt:
-        return self._send(account, "transferOwnership", new_owner)
-
-    def accept_ownership(self, account: LocalAccount) -> TxReceipt:
-        return self._send(account, "acceptOwnership")
-
-    def hash_voucher(self, v: Voucher) -> bytes:
-        return bytes(self._call("hashVoucher", _voucher_tuple(v)))
-
-    def hash_signer_proof(self, payer: str, deadline: int) -> bytes:
-        return bytes(self._call("hashSignerProof", payer, deadline))
-
-    def collected(self, payer: str, node: str, adapter_id: int) -> LaneCollected:
-        return LaneCollected(*self._call("collected", payer, node, adapter_id))
-
-    def account_of(self, payer: str, node: str) -> EscrowAccount:
-        return EscrowAccount(*self._call("accountOf", payer, node))
-
-    def signer_of(self, signer: str) -> SignerInfo:
-        p, at = self._call("signerOf", signer)
-        return SignerInfo(to_checksum_address(p), at)
-
-    def is_authorized(self, payer: str, signer: str) -> bool:
-        return self._call("isAuthorized", payer, signer)
-
-    def protocol_fee(self) -> ProtocolFee:
-        r, b = self._call("protocolFee")
-        return ProtocolFee(to_checksum_address(r), b)
-
-    def pending_protocol_fee(self) -> tuple[str, int, int]:
-        r, b, at = self._call("pendingProtocolFee")
-        return to_checksum_address(r), b, at
-
-    def thaw_seconds(self) -> int:
-        return self._call("thawSeconds")
-
-    def owner(self) -> str:
-        return to_checksum_address(self._call("owner"))
-
-    def pending_owner(self) -> str:
-        return to_checksum_address(self._call("pendingOwner"))
-
-
-class ReceiptLogContract(_Wrapper):
-    ARTIFACT = "ReceiptLog"
-
-    def build_commit_batch(self, sender: Sender, seq: int, root: bytes, count: int, receipts_cid: str) -> dict:
-        return self._build(sender, "commitBatch", seq, bytes(root), count, receipts_cid)
-
-    def commit_batch(self, account: LocalAccount, seq: int, root: bytes, count: int, receipts_cid: str) -> TxReceipt:
-        return self._send(account, "commitBatch", seq, bytes(root), count, receipts_cid)
-
-    def hash_receipt(self, r: Receipt) -> bytes:
-        return bytes(self._call("hashReceipt", _receipt_tuple(r)))
-
-    def verify_receipt(self, r: Receipt, batch_seq: int, proof: Iterable[bytes]) -> bool:
-        return self._call("verifyReceipt", _receipt_tuple(r), batch_seq, [bytes(HexBytes(p)) for p in proof])
-
-    def last_seq(self, node: str) -> int:
-        return self._call("lastSeq", node)
-
-    def last_commit_at(self, node: str) -> int:
-        return self._call("lastCommitAt", node)
-
-    def batch_root(self, node: str, seq: int) -> bytes:
-        return bytes(self._call("batchRoot", node, seq))
-
-
-AttributionEntry = tuple[int, int, int]  # (datasetId, contributionId, weight); contributionId 0 = unattributed
-
-
-class AttributionPoolContract(_Wrapper):
-    ARTIFACT = "AttributionPool"
-
-    def build_settle(self, sender: Sender, seq: int, entries: Sequence[AttributionEntry]) -> dict:
-        return self._build(sender, "settle", seq, [tuple(e) for e in entries])
-
-    def settle(self, account: LocalAccount, seq: int, entries: Sequence[AttributionEntry]) -> TxReceipt:
-        return self._send(account, "settle", seq, [tuple(e) for e in entries])
-
-    def build_flush(self, sender: Sender, node: str, dataset_id: int) -> dict:
-        return self._build(sender, "flush", node, dataset_id)
-
-    def flush(self, account: LocalAccount, node: str, dataset_id: int) -> TxReceipt:
-        return self._send(account, "flush", node, dataset_id)
-
-    def pool_of(self, node: str, dataset_id: int) -> PoolBalance:
-        return PoolBalance(*self._call("poolOf", node, dataset_id))
-
-    def settled_seq(self, node: str) -> int:
-        return self._call("settledSeq", node)
-
-    def flush_delay(self) -> int:
-        return self._call("flushDelay")
-
-    def attribution_outside_adapter(self, r: Receipt, batch_seq: int, proof: Iterable[bytes],
-                                    ids: Sequence[int], bps: Sequence[int]) -> bool:
-        return self._call("attributionOutsideAdapter", _receipt_tuple(r), batch_seq,
-                          [bytes(HexBytes(p)) for p in proof], list(ids), list(bps))
-
-
-class RewardVaultContract(_Wrapper):
-    ARTIFACT = "RewardVault"
-
-    def build_claim(self, sender: Sender) -> dict:
-        return self._build(sender, "claim")
-
-    def claim(self, account: LocalAccount) -> TxReceipt:
-        return self._send(account, "claim")
-
-    def claimable(self, who: str) -> int:
-        return self._call("claimable", who)
-
-    def total_claimable(self) -> int:
-        return self._call("totalClaimable")
+        return self.send(account, "authorizeSigner", signer, deadline, proof)
 
 
 class Contracts:
@@ -682,17 +291,17 @@ class Contracts:
         self.w3 = w3
         self.deployment = deployment
         self.chain_id = chain_id
-        self.token = TokenContract(w3, a["PaymentToken"])
-        self.datasets = DatasetRegistryContract(w3, a["DatasetRegistry"])
-        self.adapters = AdapterRegistryContract(w3, a["AdapterRegistry"])
-        self.nodes = NodeRegistryContract(w3, a["NodeRegistry"])
-        self.escrow = UsageEscrowContract(w3, a["UsageEscrow"])
-        self.receipts = ReceiptLogContract(w3, a["ReceiptLog"])
-        self.vault = RewardVaultContract(w3, a["RewardVault"])
-        self.pool = AttributionPoolContract(w3, a["AttributionPool"])
+        self.token = ContractBinding(w3, a["PaymentToken"], "DemoToken")  # the ERC20 part is what we use
+        self.datasets = ContractBinding(w3, a["DatasetRegistry"], "DatasetRegistry")
+        self.adapters = ContractBinding(w3, a["AdapterRegistry"], "AdapterRegistry")
+        self.nodes = ContractBinding(w3, a["NodeRegistry"], "NodeRegistry")
+        self.escrow = UsageEscrowBinding(w3, a["UsageEscrow"], "UsageEscrow")
+        self.receipts = ContractBinding(w3, a["ReceiptLog"], "ReceiptLog")
+        self.vault = ContractBinding(w3, a["RewardVault"], "RewardVault")
+        self.pool = ContractBinding(w3, a["AttributionPool"], "AttributionPool")
         self._by_address = {
-            w.address: w
-            for w in (self.token, self.datasets, self.adapters, self.nodes, self.escrow, self.receipts, self.vault,
+            b.address: b
+            for b in (self.token, self.datasets, self.adapters, self.nodes, self.escrow, self.receipts, self.vault,
                       self.pool)
         }
 
@@ -701,10 +310,10 @@ class Contracts:
         return list(self._by_address)
 
     def event_topics(self) -> list[str]:
-        """topic0 values (hex) of every event the wrappers decode, for eth_getLogs."""
+        """topic0 values (hex) of every event the bindings decode, for eth_getLogs."""
         seen: dict[bytes, None] = {}
-        for w in self._by_address.values():
-            for t in w.event_topics():
+        for b in self._by_address.values():
+            for t in b.event_topics():
                 seen[t] = None
         return ["0x" + t.hex() for t in seen]
 
@@ -712,10 +321,10 @@ class Contracts:
         """Decode logs of the deployed contracts into event dataclasses; other logs are skipped."""
         out: list[Event] = []
         for log in logs:
-            w = self._by_address.get(to_checksum_address(log["address"]))
-            if w is None:
+            b = self._by_address.get(to_checksum_address(log["address"]))
+            if b is None:
                 continue
-            ev = w.decode_log(log)
+            ev = b.decode_log(log)
             if ev is not None:
                 out.append(ev)
         return out

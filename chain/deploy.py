@@ -17,20 +17,12 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_canonical_address, to_checksum_address
 from web3 import Web3
+from web3.exceptions import Web3Exception
 
-from chain.artifacts import load_artifact
-from chain.errors import DeployError
+from chain.artifacts import PROTOCOL_CONTRACTS, load_artifact
+from chain.errors import ChainError, DeployError
+from chain.send import send_tx
 
-# The protocol set, in deployment order (DemoToken first when no token is given).
-PROTOCOL_CONTRACTS = (
-    "DatasetRegistry",
-    "AdapterRegistry",
-    "NodeRegistry",
-    "RewardVault",
-    "UsageEscrow",
-    "ReceiptLog",
-    "AttributionPool",
-)
 DEFAULT_PROTOCOL_FEE_BPS = 500  # 5 % of the adapter part
 DEFAULT_THAW_SECONDS = 7 * 24 * 3600
 DEFAULT_MIN_BOND = 10 * 10**18  # 10 tokens of an 18-decimals token: what a node must stake to redeem
@@ -38,7 +30,6 @@ DEFAULT_DISPUTE_WINDOW = 7 * 24 * 3600
 DEFAULT_DISPUTE_DEPOSIT = 10**18
 DEFAULT_FLUSH_DELAY_SECONDS = 7 * 24 * 3600  # an undrained attribution pool waits this long before anyone may flush it
 MAX_PROTOCOL_FEE_BPS = 1_000  # mirrors UsageEscrow.MAX_PROTOCOL_FEE_BPS
-RECEIPT_TIMEOUT_S = 120
 DEPLOYMENTS_DIR = Path("deployments")
 
 
@@ -104,33 +95,27 @@ def create_address(sender: str, nonce: int) -> str:
     return to_checksum_address(keccak(rlp.encode([to_canonical_address(sender), nonce]))[12:])
 
 
-class _Sender:
-    """Signs and sends the deployer's transactions with consecutive nonces."""
+class _Deployer:
+    """Deploys contracts from one account through `chain.send.send_tx`, checking each address
+    against the CREATE prediction."""
 
     def __init__(self, w3: Web3, account: LocalAccount, chain_id: int):
         self.w3, self.account, self.chain_id = w3, account, chain_id
-        self.nonce = w3.eth.get_transaction_count(account.address, "pending")
 
-    def send(self, tx: dict, what: str) -> dict:
-        tx = {**tx, "from": self.account.address, "nonce": self.nonce, "chainId": self.chain_id}
-        try:
-            tx["gas"] = int(self.w3.eth.estimate_gas(tx) * 1.2) + 10_000
-        except Exception as e:  # noqa: BLE001 - any estimate failure means this step would revert
-            raise DeployError(f"{what}: gas estimate failed (would revert?): {e}") from e
-        tx["gasPrice"] = self.w3.eth.gas_price
-        signed = self.account.sign_transaction(tx)
-        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        self.nonce += 1
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
-        if receipt["status"] != 1:
-            raise DeployError(f"{what}: transaction {tx_hash.hex()} reverted")
-        return receipt
+    @property
+    def nonce(self) -> int:
+        """The nonce of the deployer's next transaction."""
+        return self.w3.eth.get_transaction_count(self.account.address, "pending")
 
     def deploy(self, name: str, *args) -> tuple[str, int]:
         art = load_artifact(name)
         data = self.w3.eth.contract(abi=art.abi_list, bytecode=art.bytecode).constructor(*args).data_in_transaction
-        expected = create_address(self.account.address, self.nonce)
-        receipt = self.send({"data": data}, f"deploy {name}")
+        nonce = self.nonce
+        expected = create_address(self.account.address, nonce)
+        try:
+            receipt = send_tx(self.w3, self.account, {"data": data, "nonce": nonce, "chainId": self.chain_id})
+        except (ChainError, Web3Exception) as e:
+            raise DeployError(f"deploy {name}: {e}") from e
         if to_checksum_address(receipt["contractAddress"]) != expected:
             raise DeployError(f"{name} landed at {receipt['contractAddress']}, predicted {expected}")
         return expected, receipt["blockNumber"]
@@ -170,7 +155,7 @@ def deploy(
     account = deployer_key if isinstance(deployer_key, LocalAccount) else Account.from_key(deployer_key)
     arbitrator = to_checksum_address(arbitrator) if arbitrator else account.address
     chain_id = w3.eth.chain_id
-    s = _Sender(w3, account, chain_id)
+    s = _Deployer(w3, account, chain_id)
     addresses: dict[str, str] = {}
     blocks: dict[str, int] = {}
     abi_hashes: dict[str, str] = {}

@@ -117,6 +117,10 @@ class EventDecoder:
         """topic0 values (0x hex) of the decoded events, for eth_getLogs."""
         return sorted({t for _, t in self._by_topic})
 
+    def topic(self, name: str) -> str:
+        """topic0 (0x hex) of the event `name`, to filter eth_getLogs for it."""
+        return "0x" + event_abi_to_log_topic(dict(self._entry(name))).hex()
+
     def decode(self, log: Mapping[str, Any]) -> Event | None:
         """The event dataclass of one log, or None for logs of other contracts/events and removed logs."""
         topics = log.get("topics") or []

@@ -24,7 +24,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 
 from node.attribution_rewards.rule import RuleError, attribution_of, batch_weights, payouts, to_entries
 from node.errors import NodeError
@@ -81,17 +81,9 @@ def _topic_addr(a: str) -> str:
 
 
 def _event_logs(c, contract, name: str, *topics: str) -> list:
-    sig = next(e for e in contract.abi if e.get("type") == "event" and e["name"] == name)
-    topic0 = "0x" + keccak(text=f"{name}({','.join(_abi_type(i) for i in sig['inputs'])})").hex()
     logs = c.w3.eth.get_logs({"address": contract.address, "fromBlock": c.deployment.start_block,
-                              "toBlock": "latest", "topics": [topic0, *topics]})
+                              "toBlock": "latest", "topics": [contract.event_topic(name), *topics]})
     return c.decode_events(logs)
-
-
-def _abi_type(inp: dict) -> str:
-    if inp["type"].startswith("tuple"):
-        return "(" + ",".join(_abi_type(x) for x in inp["components"]) + ")" + inp["type"][5:]
-    return inp["type"]
 
 
 def find_commit(c, seq: int, node: str | None):

@@ -1,6 +1,6 @@
 """Shared plumbing of the user-facing CLI groups: chain connection, wallets, output.
 
-Every command that sends a transaction estimates it first (`chain.contracts.send_tx`), so a call
+Every command that sends a transaction estimates it first (`chain.send.send_tx`), so a call
 that would revert fails with the contract's custom error and nothing is sent.
 """
 

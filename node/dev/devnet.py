@@ -5,55 +5,33 @@ from __future__ import annotations
 
 from eth_account import Account
 
-from chain.artifacts import load_artifact
+from chain.contracts import Contracts
 from chain.protocol import TOTAL_BPS, adapter_model_name
-
-
-def _send(w3, account, fn) -> dict:
-    tx = fn.build_transaction({"from": account.address, "nonce": w3.eth.get_transaction_count(account.address),
-                               "chainId": w3.eth.chain_id})
-    signed = account.sign_transaction(tx)
-    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(signed.raw_transaction), timeout=60)
-    if receipt["status"] != 1:
-        raise RuntimeError(f"transaction {fn.fn_name} reverted")
-    return receipt
-
-
-def contract(w3, deployment, name: str, artifact: str | None = None):
-    return w3.eth.contract(address=deployment.addresses[name], abi=load_artifact(artifact or name).abi_list)
 
 
 def fund_escrow(w3, deployment, deployer_key, payer_key, amount: int, node: str) -> None:
     """Mint `amount` demo tokens to the payer and deposit them into UsageEscrow, earmarked for `node`."""
     deployer, payer = Account.from_key(deployer_key), Account.from_key(payer_key)
-    token = contract(w3, deployment, "PaymentToken", "DemoToken")
-    escrow = contract(w3, deployment, "UsageEscrow")
-    _send(w3, deployer, token.functions.mint(payer.address, amount))
-    _send(w3, payer, token.functions.approve(escrow.address, amount))
-    _send(w3, payer, escrow.functions.deposit(node, amount))
+    c = Contracts(w3, deployment)
+    c.token.mint(deployer, payer.address, amount)
+    c.token.approve(payer, c.escrow.address, amount)
+    c.escrow.deposit(payer, node, amount)
 
 
 def authorize_signer(w3, deployment, payer_key, signer_key) -> None:
     """The payer authorizes the key `signer_key`, with that key's proof (UsageEscrow.authorizeSigner)."""
-    from chain.eip712 import address_of, sign_signer_proof
-
-    payer = Account.from_key(payer_key)
-    escrow = contract(w3, deployment, "UsageEscrow")
-    deadline = int(w3.eth.get_block("latest")["timestamp"]) + 3600
-    proof = sign_signer_proof(payer.address, deadline, signer_key, w3.eth.chain_id, escrow.address)
-    _send(w3, payer, escrow.functions.authorizeSigner(address_of(signer_key), deadline, proof))
+    Contracts(w3, deployment).escrow.authorize_signer_key(Account.from_key(payer_key), signer_key)
 
 
 def stake_node(w3, deployment, deployer_key, node_key, endpoint: str = "http://127.0.0.1:8080",
                base_models: tuple[str, ...] = ("smollm2-135m",), price_per_1k: int = 0) -> None:
     """Mint the minimum bond to the node and register it with that bond: it may redeem vouchers."""
     deployer, node = Account.from_key(deployer_key), Account.from_key(node_key)
-    token = contract(w3, deployment, "PaymentToken", "DemoToken")
-    nodes = contract(w3, deployment, "NodeRegistry")
-    bond = nodes.functions.disputeTerms().call()[0]
-    _send(w3, deployer, token.functions.mint(node.address, bond))
-    _send(w3, node, token.functions.approve(nodes.address, bond))
-    _send(w3, node, nodes.functions.register(endpoint, list(base_models), price_per_1k, bond))
+    c = Contracts(w3, deployment)
+    bond = c.nodes.dispute_terms().min_bond
+    c.token.mint(deployer, node.address, bond)
+    c.token.approve(node, c.nodes.address, bond)
+    c.nodes.register(node, endpoint, list(base_models), price_per_1k, bond)
 
 
 # ---- a node whose adapters are already "loaded" (API tests, bench-api) ----------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from chain.contracts import NodeSlashed, VoucherRedeemed
+from chain.contract_types import NodeSlashed, VoucherRedeemed
 from chain.eip712 import Receipt, Voucher, sign_receipt, sign_voucher
 
 MIN_BOND = 10**18

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chain.contracts import AdapterDeprecated, AdapterPublished
+from chain.contract_types import AdapterDeprecated, AdapterPublished
 
 
 @pytest.fixture

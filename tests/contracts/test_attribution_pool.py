@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from chain.contracts import (
+from chain.contract_types import (
     AttributionRefused,
     BatchSettled,
     ContributionAttributed,
     DatasetRewarded,
     PoolDrained,
     PoolFlushed,
-    _as_revert,
 )
+from chain.reverts import as_revert
 from chain.eip712 import Receipt, Voucher, attribution_hash, output_hash, receipt_digest, sign_voucher
 from chain.merkle import StandardMerkleTree
 
@@ -163,7 +163,7 @@ def test_settle_hostile_input(env, world2, reverts, anvil):
     with reverts("AttributionPoolTooManyEntries", 4097):
         c.pool.settle(env.node, seq, [(1, i, 1) for i in range(1, 4098)])
     with reverts("AttributionPoolNotEscrow", env.node.address):
-        c.pool._send(env.node, "fill", env.node.address, [1], [10**30])
+        c.pool.fill(env.node, env.node.address, [1], [10**30])
     c.pool.settle(env.node, seq, [(1, 1, 1)])
     with reverts("AttributionPoolWrongSequence", 2, 1):  # settled once only
         c.pool.settle(env.node, seq, [(1, 1, 1)])
@@ -176,7 +176,7 @@ def test_settle_hostile_input(env, world2, reverts, anvil):
             data = c.pool.contract.encode_abi("fill", args=[env.node.address, *args])
             with pytest.raises(Exception) as ei:
                 env.w3.eth.call({"from": esc, "to": c.pool.address, "data": data})
-            assert _as_revert(ei.value).name == name
+            assert as_revert(ei.value).name == name
     finally:
         anvil.rpc("anvil_stopImpersonatingAccount", [esc])
 
@@ -229,7 +229,7 @@ def test_a_single_leaf_proves_a_contribution_outside_the_adapter(env, world2, re
 
 def test_constructor_refuses_zero_addresses(env, reverts):
     from chain.artifacts import load_artifact
-    from chain.contracts import send_tx
+    from chain.send import send_tx
 
     art = load_artifact("AttributionPool")
     zero = "0x" + "00" * 20

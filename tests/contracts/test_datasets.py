@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chain.contracts import ContributionAccepted, ContributionSubmitted, DatasetCreated
+from chain.contract_types import ContributionAccepted, ContributionSubmitted, DatasetCreated
 from chain.eip712 import Voucher, sign_voucher
 
 ZERO = "0x" + "00" * 20
@@ -86,9 +86,9 @@ def test_dataset_errors(env, reverts):
     with reverts("DatasetRegistryNotPending", 1, 3):
         c.datasets.reject(env.curator, 1)
     with reverts("DatasetRegistryNotPool", env.stranger.address):
-        env.c.datasets._send(env.stranger, "distribute", [1], [100])
+        env.c.datasets.distribute(env.stranger, [1], [100])
     with reverts("DatasetRegistryNotPool", env.stranger.address):
-        env.c.datasets._send(env.stranger, "payAttributed", 1, [1], [100], 0)
+        env.c.datasets.pay_attributed(env.stranger, 1, [1], [100], 0)
 
 
 def test_dataset_id_cap(env, anvil, reverts):

@@ -7,7 +7,8 @@ import json
 import pytest
 from web3 import Web3
 
-from chain.contracts import Contracts, decode_revert
+from chain.contracts import Contracts
+from chain.reverts import decode_revert
 from chain.deploy import Deployment, create_address, deploy
 from chain.devchain import DEV_PRIVATE_KEYS
 from chain.errors import ChainError, DeployError

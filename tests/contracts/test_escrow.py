@@ -7,7 +7,7 @@ import random
 import pytest
 from eth_account import Account
 
-from chain.contracts import SKIP_REASONS, SignerInfo, VoucherRedeemed, VoucherSkipped, VoucherUnderfunded
+from chain.contract_types import SKIP_REASONS, SignerInfo, VoucherRedeemed, VoucherSkipped, VoucherUnderfunded
 from chain.eip712 import Voucher, sign_signer_proof, sign_voucher, signer_proof_digest, voucher_digest
 
 THAW_SECONDS = 3600  # tests/contracts/conftest.py deploys with it

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chain.contracts import BondAdded, NodeRegistered
+from chain.contract_types import BondAdded, NodeRegistered
 
 
 def test_register_update_bond_lifecycle(env, anvil, reverts):

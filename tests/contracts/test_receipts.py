@@ -6,7 +6,7 @@ import random
 
 from eth_account import Account
 
-from chain.contracts import BatchCommitted
+from chain.contract_types import BatchCommitted
 from chain.eip712 import Receipt, attribution_hash, output_hash, receipt_digest
 from chain.merkle import StandardMerkleTree
 

@@ -8,7 +8,7 @@ import pytest
 from eth_utils import keccak
 
 from chain.artifacts import load_artifact
-from chain.contracts import send_tx
+from chain.send import send_tx
 from chain.eip712 import Voucher, sign_voucher
 
 REENTRANT = keccak(text="ReentrancyGuardReentrantCall()")[:4]

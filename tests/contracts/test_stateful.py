@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from chain.contracts import AttributionRefused, Claimed, ContributionAttributed, Credited, DatasetRewarded
+from chain.contract_types import AttributionRefused, Claimed, ContributionAttributed, Credited, DatasetRewarded
 from chain.eip712 import Receipt, Voucher, sign_receipt, sign_voucher
 
 FEE_BPS = 500

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from chain.artifacts import load_artifact
-from chain.contracts import Claimed, send_tx
+from chain.contract_types import Claimed
+from chain.send import send_tx
 from chain.eip712 import Voucher, sign_voucher
 
 ZERO = "0x" + "00" * 20
@@ -29,7 +30,7 @@ def test_claim_pays_credit_once(env, world, reverts):
 def test_only_creditors_credit(env, anvil, reverts):
     c = env.c
     with reverts("RewardVaultNotCreditor", env.stranger.address):
-        c.vault._send(env.stranger, "credit", [env.stranger.address], [10**18])
+        c.vault.credit(env.stranger, [env.stranger.address], [10**18])
     # As the escrow itself (impersonated), mismatched arrays are refused; this cannot happen
     # through UsageEscrow's own code, hence the impersonation.
     esc = c.escrow.address
@@ -39,14 +40,14 @@ def test_only_creditors_credit(env, anvil, reverts):
         data = c.vault.contract.encode_abi("credit", args=[[env.stranger.address], [1, 2]])
         with pytest.raises(Exception) as ei:
             env.w3.eth.call({"from": esc, "to": c.vault.address, "data": data})
-        from chain.contracts import _as_revert
+        from chain.reverts import as_revert
 
-        err = _as_revert(ei.value)
+        err = as_revert(ei.value)
         assert err.name == "RewardVaultLengthMismatch" and err.args == (1, 2)
         data = c.datasets.contract.encode_abi("distribute", args=[[1], [1, 2]])
         with pytest.raises(Exception) as ei:  # the pool is the registry's only payer
             env.w3.eth.call({"from": c.pool.address, "to": c.datasets.address, "data": data})
-        err = _as_revert(ei.value)
+        err = as_revert(ei.value)
         assert err.name == "DatasetRegistryLengthMismatch" and err.args == (1, 2)
     finally:
         anvil.rpc("anvil_stopImpersonatingAccount", [esc])

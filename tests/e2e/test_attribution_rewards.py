@@ -20,7 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from web3 import Web3
 
 import test_attribution_node as tan  # helpers: _greedy, _publish_text, _until, FILLER_*, KEYS, ACCT
-from chain.contracts import BatchCommitted, ContributionAttributed, Contracts, VoucherRedeemed
+from chain.contract_types import BatchCommitted, ContributionAttributed, VoucherRedeemed
+from chain.contracts import Contracts
 from chain.deploy import deploy
 from inference.engine import Engine, EngineConfig
 

@@ -18,7 +18,8 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from chain.contracts import AttributionRefused, Contracts
+from chain.contract_types import AttributionRefused
+from chain.contracts import Contracts
 from chain.deploy import deploy
 from chain.devchain import DEV_PRIVATE_KEYS
 from chain.eip712 import Receipt, Voucher, attribution_hash, output_hash, receipt_digest, sign_digest, sign_voucher

@@ -1,33 +1,34 @@
-"""UsageEscrow reads the payment gate needs (blocking web3 calls, ABI from the Hardhat artifact)."""
+"""The payment gate's view of UsageEscrow: its reads through the one UsageEscrow binding
+(`chain.contracts`), shaped as the gate asks (blocking web3 calls)."""
 
 from __future__ import annotations
 
 from eth_utils import to_checksum_address
 
-from chain.artifacts import load_artifact
+from chain.contracts import UsageEscrowBinding
 from node.daemon.payments.gate import Lane
 
 
 class Web3EscrowReader:
     def __init__(self, w3, escrow_address: str) -> None:
-        self._c = w3.eth.contract(address=to_checksum_address(escrow_address), abi=load_artifact("UsageEscrow").abi_list)
+        self._escrow = UsageEscrowBinding(w3, escrow_address, "UsageEscrow")
 
     def is_authorized(self, payer: str, signer: str) -> bool:
         """The signer signs for `payer` and its revocation has not started: the chain still redeems
         what it signed until the revocation thaw ends, but the node takes nothing new from it."""
         if signer == payer:
             return True
-        owner, revoke_at = self._c.functions.signerOf(signer).call()
-        return owner == payer and int(revoke_at) == 0
+        info = self._escrow.signer_of(signer)
+        return info.payer == payer and info.revoke_at == 0
 
     def available(self, payer: str, node: str) -> int:
         """Balance minus thawing of the payer's account earmarked for `node`."""
-        balance, thawing, _ = self._c.functions.accountOf(payer, node).call()
-        return max(0, int(balance) - int(thawing))
+        account = self._escrow.account_of(payer, node)
+        return max(0, account.balance - account.thawing)
 
     def collected(self, lane: Lane) -> tuple[int, int]:
-        c, a = self._c.functions.collected(lane.payer, lane.node, lane.adapter_id).call()
-        return int(c), int(a)
+        lane_collected = self._escrow.collected(lane.payer, lane.node, lane.adapter_id)
+        return lane_collected.compute, lane_collected.adapter
 
 
 def check_chain(w3, deployment) -> int:

@@ -84,7 +84,7 @@ class Settlement:
         confirmations: int = 0,
     ):
         """`contracts`: chain.contracts.Contracts; `ipfs`: a node.ipfs backend (`await add_path(path)`)."""
-        from chain.contracts import decode_revert
+        from chain.reverts import decode_revert
         from chain.outbox import Outbox
         from node.db.outbox_store import SqlOutboxStore
 
