@@ -27,7 +27,7 @@ def canonical_type(param: AbiParam) -> str:
     return t
 
 
-def _element(param: AbiParam) -> AbiParam:
+def element_param(param: AbiParam) -> AbiParam:
     """The parameter of one element of an array parameter (`uint256[]` -> `uint256`)."""
     return {**param, "type": param["type"][: param["type"].rindex("[")]}
 
@@ -36,7 +36,7 @@ def from_abi(value: Any, param: AbiParam) -> Any:
     """A decoded ABI value as plain Python: checksum addresses, bytes, tuples for arrays and structs."""
     t = param["type"]
     if t.endswith("]"):
-        return tuple(from_abi(v, _element(param)) for v in value)
+        return tuple(from_abi(v, element_param(param)) for v in value)
     if t == "tuple":
         if isinstance(value, Mapping):  # web3 decodes an event's struct as a dict in ABI order
             value = list(value.values())
@@ -56,7 +56,7 @@ def to_abi(value: Any, param: AbiParam, where: str) -> Any:
     if t.endswith("]"):
         if isinstance(value, (str, bytes, bytearray)) or not isinstance(value, Sequence):
             raise ChainError(f"{where}: expected a sequence for {canonical_type(param)}, got {value!r}")
-        return [to_abi(v, _element(param), f"{where}[{i}]") for i, v in enumerate(value)]
+        return [to_abi(v, element_param(param), f"{where}[{i}]") for i, v in enumerate(value)]
     if t == "tuple":
         comps = param["components"]
         if dataclasses.is_dataclass(value) and not isinstance(value, type):

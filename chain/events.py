@@ -17,6 +17,7 @@ from eth_abi import decode as abi_decode
 from eth_utils import event_abi_to_log_topic, to_checksum_address
 from hexbytes import HexBytes
 
+from chain.abi import canonical_type, element_param, from_abi
 from chain.contract_types import EVENT_CLASSES, Event, event_fields
 from chain.errors import ChainError
 
@@ -25,41 +26,16 @@ class EventDecodeError(ChainError):
     """A log carries a known event's topic but does not match its ABI (wrong topics or data)."""
 
 
-def abi_type(inp: Mapping[str, Any]) -> str:
-    """The canonical ABI type of one input (`tuple` expanded to its components)."""
-    if inp["type"].startswith("tuple"):
-        return "(" + ",".join(abi_type(c) for c in inp["components"]) + ")" + inp["type"][5:]
-    return inp["type"]
-
-
 def _is_dynamic_indexed(inp: Mapping[str, Any]) -> bool:
     """Indexed values of these types are stored as their keccak hash in the topic."""
     t = inp["type"]
     return t in ("string", "bytes") or t.endswith("]") or t.startswith("tuple")
 
 
-def _element(inp: Mapping[str, Any]) -> dict:
-    return {**inp, "type": inp["type"][: inp["type"].rindex("[")]}
-
-
-def _plain(inp: Mapping[str, Any], value: Any) -> Any:
-    """A decoded ABI value as plain Python, by its ABI type."""
-    t = inp["type"]
-    if t.endswith("]"):
-        return tuple(_plain(_element(inp), v) for v in value)
-    if t == "tuple":
-        return tuple(_plain(c, v) for c, v in zip(inp["components"], value))
-    if t == "address":
-        return to_checksum_address(value)
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    return value
-
-
 def _to_json(inp: Mapping[str, Any], value: Any) -> Any:
     t = inp["type"]
     if t.endswith("]"):
-        return [_to_json(_element(inp), v) for v in value]
+        return [_to_json(element_param(inp), v) for v in value]
     if t == "tuple":
         return {c["name"]: _to_json(c, v) for c, v in zip(inp["components"], value)}
     if isinstance(value, (bytes, bytearray)):
@@ -70,7 +46,7 @@ def _to_json(inp: Mapping[str, Any], value: Any) -> Any:
 def _from_json(inp: Mapping[str, Any], value: Any) -> Any:
     t = inp["type"]
     if t.endswith("]"):
-        return tuple(_from_json(_element(inp), v) for v in value)
+        return tuple(_from_json(element_param(inp), v) for v in value)
     if t == "tuple":
         items = value.values() if isinstance(value, Mapping) else value
         return tuple(_from_json(c, v) for c, v in zip(inp["components"], items))
@@ -108,7 +84,7 @@ class EventDecoder:
                 if wanted is not None and name not in wanted:
                     continue
                 known = self._by_name.setdefault(name, entry)
-                if [abi_type(i) for i in known["inputs"]] != [abi_type(i) for i in entry["inputs"]]:
+                if [canonical_type(i) for i in known["inputs"]] != [canonical_type(i) for i in entry["inputs"]]:
                     raise ValueError(f"event {name} has two different ABIs among the decoded contracts")
                 topic = "0x" + event_abi_to_log_topic(dict(entry)).hex()
                 self._by_topic[(to_checksum_address(address), topic)] = entry
@@ -143,14 +119,14 @@ class EventDecoder:
             raise EventDecodeError(f"{name} log has {len(topics)} indexed topics, its ABI {len(indexed)}")
         try:
             by_topic = {
-                i["name"]: bytes(t) if _is_dynamic_indexed(i) else abi_decode([abi_type(i)], t)[0]
+                i["name"]: bytes(t) if _is_dynamic_indexed(i) else abi_decode([canonical_type(i)], t)[0]
                 for i, t in zip(indexed, topics)
             }
             data = bytes(HexBytes(log.get("data") or b""))
-            by_data = dict(zip((i["name"] for i in rest), abi_decode([abi_type(i) for i in rest], data)))
+            by_data = dict(zip((i["name"] for i in rest), abi_decode([canonical_type(i) for i in rest], data)))
         except Exception as e:  # noqa: BLE001 - eth_abi raises several types on malformed data
             raise EventDecodeError(f"{name} log does not match its ABI: {e}") from e
-        values = {i["name"]: _plain(i, by_topic[i["name"]] if i.get("indexed") else by_data[i["name"]])
+        values = {i["name"]: from_abi(by_topic[i["name"]] if i.get("indexed") else by_data[i["name"]], i)
                   for i in entry["inputs"]}
         return self._build(name, entry, values, address=log["address"], block_number=log["blockNumber"],
                            block_hash=log["blockHash"], tx_hash=log["transactionHash"], log_index=log["logIndex"])
