@@ -9,6 +9,7 @@ from aiohttp import web
 
 from node.api import keys as K
 from node.api.errors import BadRequest, NotFound
+from node.wire import VOUCHER_HEADER
 
 _RID = re.compile(r"^(?:chatcmpl-|cmpl-|0x)?([0-9a-fA-F]{64})$")
 
@@ -29,7 +30,7 @@ async def node_info(request: web.Request) -> web.Response:
         "contracts": chain.addresses,
         "base_model": cfg.base_model_id,
         "payment_mode": cfg.payment_mode,
-        "voucher_header": "X-Payment-Voucher",
+        "voucher_header": VOUCHER_HEADER,
         "compute_price_per_1k": str(cfg.compute_price_per_1k),
         "max_tokens_limit": cfg.max_tokens_limit,
         "models": [{"id": m["id"], "adapter_id": m["adapter_id"], "price_per_1k": m["price_per_1k"]}

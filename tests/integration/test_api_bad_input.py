@@ -25,7 +25,8 @@ from node.config import load_config
 from node.db import make_session_factory
 from node.db.models import Adapter, AdapterState
 from node.dev.devnet import fund_escrow, make_random_adapters, seed_loaded_adapters
-from node.daemon.payments.gate import Lane, encode_voucher_header
+from node.daemon.payments.gate import Lane
+from node.wire import encode_voucher_header
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

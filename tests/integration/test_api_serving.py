@@ -191,7 +191,7 @@ async def test_settle_up_voucher_pays_the_last_request(client, wallet):
     wallet.record(2, body, body["choices"][0]["text"])
     c, a = wallet.totals(2)
     from chain.eip712 import SignedVoucher, Voucher, sign_voucher
-    from node.daemon.payments.gate import encode_voucher_header
+    from node.wire import encode_voucher_header
 
     def hdr(cv, av):
         v = Voucher(wallet.payer.address, wallet.quote.node, 2, cv, av)
