@@ -72,14 +72,8 @@ async def healthz(request: web.Request) -> web.Response:
         body["engine"] = engine.health()
         if not body["engine"]["servers_in_rotation"]:
             body["status"] = "degraded"
-    body["background"] = {name: _task_state(t) for name, t in app[K.BACKGROUND].items()}
+    body["background"] = {name: h.to_json() for name, h in app[K.LOOPS].health().items()}
     return web.json_response(body, status=200 if body["status"] == "ok" else 503)
-
-
-def _task_state(task) -> str:
-    if task.done():
-        return "stopped" if task.cancelled() or task.exception() is None else f"failed: {task.exception()!r}"[:200]
-    return "running"
 
 
 async def metrics(request: web.Request) -> web.Response:
