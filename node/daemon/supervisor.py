@@ -60,7 +60,8 @@ class Supervisor:
         for name, task in self._tasks.items():
             h = self._health[name]
             if task.done() and h.state not in ("stopped", "failed"):
-                h.state = "failed"  # ended outside `_supervise`'s own bookkeeping
+                # ended outside `_supervise`'s own bookkeeping: cancelled while it paused to restart
+                h.state = "stopped" if self.stop_event.is_set() else "failed"
                 if not task.cancelled() and task.exception() is not None:
                     h.last_error = _describe(task.exception())
         return dict(self._health)
