@@ -47,7 +47,8 @@ def main() -> int:
     from node.db.group_commit import GroupCommitter
     from node.daemon.payments.ledger import Ledger
     from node.metering import Cost
-    from node.daemon.payments.gate import Lane, encode_voucher_header, parse_voucher_header
+    from node.daemon.payments.gate import Lane
+    from node.wire import encode_voucher_header, parse_voucher_header
     from node.daemon.payments.receipts import ReceiptIssuer, new_request_id
 
     chain_id, escrow, receipt_log = 31337, "0x" + "11" * 20, "0x" + "22" * 20

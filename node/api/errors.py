@@ -2,16 +2,20 @@
 
 Every error leaves the node as `{"error": {"message", "type", "param", "code", ...}}`. Client
 mistakes map to 4xx with a clear message; only a genuine bug in the node becomes a 500, and its
-details stay in the log, never in the response.
+details stay in the log, never in the response. The daemon's parts raise domain errors and never
+HTTP ones: `DOMAIN_ERRORS` is the one table that turns them into responses.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
+
+from node.daemon.payments.errors import InvalidApiKey, PaymentCheckUnavailable, PaymentRejected
+from node.wire import VOUCHER_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +104,23 @@ class Unavailable(ApiError):
     code = "unavailable"
 
 
+# Each domain error the API reports, and the HTTP error it becomes (first match wins).
+DOMAIN_ERRORS: tuple[tuple[type[Exception], Callable[[Any], ApiError]], ...] = (
+    (PaymentRejected, lambda e: PaymentRequired(e.message, code=e.code, param=VOUCHER_HEADER, extra=e.details)),
+    (InvalidApiKey, lambda e: Unauthorized(e.message, code=e.code)),
+    (PaymentCheckUnavailable,
+     lambda e: Unavailable(e.message, code=e.code, headers={"Retry-After": str(e.retry_after_s)})),
+)
+
+
+def api_error_for(exc: Exception) -> ApiError | None:
+    """The HTTP error of a domain error, or None when the API has no answer for it (a bug: 500)."""
+    for kind, to_api in DOMAIN_ERRORS:
+        if isinstance(exc, kind):
+            return to_api(exc)
+    return None
+
+
 def error_response(err: ApiError) -> web.Response:
     return web.json_response(err.body(), status=err.status, headers=err.headers)
 
@@ -130,7 +151,10 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return error_response(_from_http_exception(e))
     except json.JSONDecodeError as e:  # defensive: handlers parse with parse_json_body
         return error_response(BadRequest(f"malformed JSON: {e.msg}", code="invalid_json"))
-    except Exception:
+    except Exception as e:
+        mapped = api_error_for(e)
+        if mapped is not None:
+            return error_response(mapped)
         log.exception("unhandled error in %s %s", request.method, request.path)
         err = ApiError("internal error in the node", code="internal_error")
         err.status = 500

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from node.api import keys as K
 from node.api.errors import BadRequest, NotFound
+from node.wire import VOUCHER_HEADER
 
 _RID = re.compile(r"^(?:chatcmpl-|cmpl-|0x)?([0-9a-fA-F]{64})$")
 
@@ -29,7 +30,7 @@ async def node_info(request: web.Request) -> web.Response:
         "contracts": chain.addresses,
         "base_model": cfg.base_model_id,
         "payment_mode": cfg.payment_mode,
-        "voucher_header": "X-Payment-Voucher",
+        "voucher_header": VOUCHER_HEADER,
         "compute_price_per_1k": str(cfg.compute_price_per_1k),
         "max_tokens_limit": cfg.max_tokens_limit,
         "models": [{"id": m["id"], "adapter_id": m["adapter_id"], "price_per_1k": m["price_per_1k"]}
@@ -71,14 +72,8 @@ async def healthz(request: web.Request) -> web.Response:
         body["engine"] = engine.health()
         if not body["engine"]["servers_in_rotation"]:
             body["status"] = "degraded"
-    body["background"] = {name: _task_state(t) for name, t in app[K.BACKGROUND].items()}
+    body["background"] = {name: h.to_json() for name, h in app[K.LOOPS].health().items()}
     return web.json_response(body, status=200 if body["status"] == "ok" else 503)
-
-
-def _task_state(task) -> str:
-    if task.done():
-        return "stopped" if task.cancelled() or task.exception() is None else f"failed: {task.exception()!r}"[:200]
-    return "running"
 
 
 async def metrics(request: web.Request) -> web.Response:

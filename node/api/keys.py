@@ -1,4 +1,5 @@
-"""Typed keys of everything the API app owns (aiohttp `web.AppKey`)."""
+"""Typed keys (aiohttp `web.AppKey`) of everything the API app serves from: the one home of the
+app's keys. The composition root (node.daemon.root) puts the parts there at start."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from node.daemon.payments.ledger import Ledger
 from node.metrics import NodeMetrics
 from node.daemon.payments.gate import PaymentGate
 from node.daemon.payments.receipts import ReceiptIssuer
+from node.daemon.supervisor import Supervisor
 
 
 @dataclass
@@ -42,6 +44,8 @@ ENGINE = web.AppKey("engine", object)
 CATALOG = web.AppKey("catalog", Catalog)
 GATE = web.AppKey("gate", PaymentGate)
 ISSUER = web.AppKey("issuer", ReceiptIssuer)
-BACKGROUND = web.AppKey("background", dict)  # name -> running component (watcher, lifecycle, settlement)
+LOOPS = web.AppKey("loops", Supervisor)  # every background loop, with its health (/healthz, dashboard)
 ESCROW_READER = web.AppKey("escrow_reader", object)
 ATTRIBUTOR_FOR = web.AppKey("attributor_for", object)  # adapter id -> Attributor | None
+ATTRIBUTION = web.AppKey("attribution", object)  # node.daemon.attribution.AttributionService, when it runs
+DASHBOARD_SNAPSHOTTER = web.AppKey("dashboard_snapshotter", dict)  # {"s": Snapshotter}, made at the first request

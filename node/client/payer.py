@@ -24,7 +24,7 @@ from eth_account import Account
 from chain.eip712 import SignedReceipt, SignedVoucher, Voucher, output_hash, sign_voucher
 from chain.protocol import parse_adapter_model_name
 from node.metering import Price, cost_for
-from node.daemon.payments.gate import VOUCHER_HEADER, encode_voucher_header
+from node.wire import VOUCHER_HEADER, encode_voucher_header
 
 
 class ClientError(Exception):

@@ -69,7 +69,7 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
 
     from inference.adapter_factory import make_random_adapter
     from inference.base_model import EMBEDDED_MODEL_ID, resolve_model_folder
-    from node.api import init_app
+    from node.daemon.root import build_app
     from node.client.payer import NodeQuote, VoucherWallet
     from node.config import load_config
     from node.dev.devnet import fund_escrow, stake_node
@@ -94,9 +94,9 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
     c.adapters.register(tan.ACCT["owner"], EMBEDDED_MODEL_ID, await store.add_path(folder), 4, 10**15,
                         BPS - DATASET_BPS, [ds], [DATASET_BPS])
 
-    app = init_app(cfg, engine=engine)
+    app = build_app(cfg, engine=engine)
     async with TestClient(TestServer(app)) as client:
-        from node.api.app import ATTRIBUTION
+        from node.api.keys import ATTRIBUTION
 
         svc = app[ATTRIBUTION]
         await tan._until(lambda: "adapter-1" in engine.adapters(), 60, "adapter-1 loaded")

@@ -162,7 +162,10 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
         assert loads and float(loads[0].split()[-1]) == 2  # the lifecycle loaded both adapters
         assert "loranode_settlement_lag_seconds" in metrics and "loranode_engine_adapters_slot_loads_total" in metrics
         health = _get(node.url + "/healthz")
-        assert health["background"] == {"watcher": "running", "lifecycle": "running", "settlement": "running"}
+        assert {name: loop["state"] for name, loop in health["background"].items()} == {
+            "escrow_follower": "running", "watcher": "running", "lifecycle": "running", "settlement": "running",
+            "attribution": "running"}
+        assert all(loop["restarts"] == 0 for loop in health["background"].values())
     finally:
         node.stop()
     assert not node.thread.is_alive(), "node did not stop"

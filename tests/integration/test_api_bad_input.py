@@ -18,14 +18,15 @@ from chain.deploy import deploy
 from chain.devchain import DEV_PRIVATE_KEYS
 from chain.eip712 import SignedVoucher, Voucher, sign_voucher
 from inference.engine import Engine, EngineConfig
-from node.api import init_app
+from node.daemon.root import build_app
 from node.api import keys as K
 from node.client.payer import NodeQuote, VoucherWallet
 from node.config import load_config
 from node.db import make_session_factory
 from node.db.models import Adapter, AdapterState
 from node.dev.devnet import fund_escrow, make_random_adapters, seed_loaded_adapters
-from node.daemon.payments.gate import Lane, encode_voucher_header
+from node.daemon.payments.gate import Lane
+from node.wire import encode_voucher_header
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -75,7 +76,7 @@ async def node(engine, chain, tmp_path_factory):
         s.add(Adapter(id=4, owner=OWNER, base_model=engine.model_id, cid="y", rank=4, price_per_1k=1,
                       owner_bps=10_000, dataset_splits=[], block_number=0, state=AdapterState.FAILED.value,
                       failure_reason="CID mismatch: fetched bytes hash to another CID"))
-    app = init_app(cfg, engine=engine, background=False)
+    app = build_app(cfg, engine=engine, background=False)
     async with TestClient(TestServer(app)) as c:
         info = await (await c.get("/v1/node")).json()
         yield c, VoucherWallet(PAYER_KEY, NodeQuote.from_json(info)), VoucherWallet(PAYER2_KEY, NodeQuote.from_json(info))
@@ -237,7 +238,7 @@ async def test_operator_funded_mode_with_api_keys(engine, chain, tmp_path_factor
     data = tmp_path_factory.mktemp("opnode")
     cfg = _config(chain, data, payment_mode="operator-funded", api_keys=["sk-test-1"])
     seed_loaded_adapters(cfg.database_url, {1: (OWNER, 100)}, engine.model_id)
-    app = init_app(cfg, engine=engine, background=False)
+    app = build_app(cfg, engine=engine, background=False)
     async with TestClient(TestServer(app)) as client:
         await _error(await client.post("/v1/chat/completions", json=_chat()), 401, "invalid_api_key")
         await _error(await client.post("/v1/chat/completions", json=_chat(), headers={"Authorization": "Bearer nope"}),

@@ -17,21 +17,16 @@ from web3 import Web3
 from chain.deploy import deploy
 from chain.devchain import DEV_PRIVATE_KEYS
 from chain.eip712 import SignedVoucher, Voucher, recover_voucher_signer, sign_voucher
-from node.api.errors import PaymentRequired, Unauthorized
+from node.api.errors import ApiError, api_error_for
+from node.daemon.payments.errors import ChainUnavailable, InvalidApiKey, PaymentChecksThrottled, PaymentRejected
 from node.daemon.payments.escrow_reads import Web3EscrowReader
 from node.db import make_session_factory, migrate
 from node.dev.devnet import authorize_signer, fund_escrow, stake_node
 from node.daemon.payments.follower import EscrowFollower
 from node.daemon.payments.ledger import Ledger
 from node.metering import Cost, Price
-from node.daemon.payments.gate import (
-    VOUCHER_HEADER,
-    Lane,
-    PaymentGate,
-    encode_voucher_header,
-    parse_voucher_header,
-    voucher_header_json,
-)
+from node.daemon.payments.gate import Lane, PaymentGate
+from node.wire import VOUCHER_HEADER, encode_voucher_header, parse_voucher_header, voucher_header_json
 
 DEPLOYER, NODE_KEY, PAYER_KEY, DELEGATE_KEY, STRANGER_KEY = DEV_PRIVATE_KEYS[:5]
 NODE = Account.from_key(NODE_KEY).address
@@ -70,11 +65,13 @@ def _header(dep, key=PAYER_KEY, payer=PAYER, node=NODE, adapter=7, c=0, a=0) -> 
     return {VOUCHER_HEADER: encode_voucher_header(sv)}
 
 
-async def _refused(gate, headers, adapter=7, max_cost=Cost(10, 30)) -> PaymentRequired:
-    with pytest.raises(PaymentRequired) as ei:
+async def _refused(gate, headers, adapter=7, max_cost=Cost(10, 30)) -> ApiError:
+    """The gate's refusal, as the API answers it (node.api.errors maps the domain error)."""
+    with pytest.raises(PaymentRejected) as ei:
         await gate.admit(headers, adapter, PRICE, max_cost)
-    assert ei.value.status == 402
-    return ei.value
+    err = api_error_for(ei.value)
+    assert err is not None and err.status == 402
+    return err
 
 
 async def test_header_formats_round_trip(chain):
@@ -168,7 +165,7 @@ async def test_same_lane_requests_are_serialized(chain, ledger):
     assert not second.done()  # waits for the lane
     ledger.append_receipt(first.lane, _fake_receipt_maker(dep, first.lane, Cost(1, 1)))
     first.release()
-    with pytest.raises(PaymentRequired):  # by then the same voucher no longer covers the lane
+    with pytest.raises(PaymentRejected):  # by then the same voucher no longer covers the lane
         await second
 
 
@@ -177,9 +174,10 @@ async def test_operator_funded_mode(chain, ledger):
     fund_escrow(w3, dep, DEPLOYER, NODE_KEY, 10**6, NODE)
     operator = Account.from_key(NODE_KEY)
     gate = _gate(chain, ledger, mode="operator-funded", api_keys=["k-123"], operator_account=operator)
-    with pytest.raises(Unauthorized):
+    with pytest.raises(InvalidApiKey) as ei:
         await gate.admit({}, 7, PRICE, Cost(1, 1))
-    with pytest.raises(Unauthorized):
+    assert api_error_for(ei.value).status == 401 and api_error_for(ei.value).code == "invalid_api_key"
+    with pytest.raises(InvalidApiKey):
         await gate.admit({"Authorization": "Bearer wrong"}, 7, PRICE, Cost(1, 1))
     authz = await gate.admit({"Authorization": "Bearer k-123"}, 7, PRICE, Cost(1, 1))
     assert authz.lane == Lane(operator.address, NODE, 7)
@@ -224,7 +222,7 @@ async def test_issue3_in_flight_requests_reserve_the_escrow_across_lanes(chain, 
     results = await asyncio.gather(*(gate.admit(_header(dep, adapter=a), a, PRICE, worst) for a in range(1, 9)),
                                    return_exceptions=True)
     admitted = [r for r in results if not isinstance(r, Exception)]
-    refused = [r for r in results if isinstance(r, PaymentRequired)]
+    refused = [r for r in results if isinstance(r, PaymentRejected)]
     assert len(admitted) == 1 and len(refused) == 7
     assert all(r.code == "escrow_insufficient" for r in refused)
     assert gate.reserved(PAYER) == worst.total
@@ -278,7 +276,6 @@ async def test_issue4_revoked_signer_refused_after_the_event(chain, ledger, anvi
 
 async def test_issue5_unauthenticated_work_is_bounded(chain, ledger):
     """Issue #5: 200 requests from fresh keys made 200 RPC reads and left 200 locks behind."""
-    from node.api.errors import Unavailable
 
     w3, dep = chain
     counting = _FlakyEscrow(Web3EscrowReader(w3, dep.addresses["UsageEscrow"]))
@@ -289,10 +286,11 @@ async def test_issue5_unauthenticated_work_is_bounded(chain, ledger):
         key = Account.create()
         try:
             await gate.admit(_header(dep, key=key.key, payer=key.address), 7, PRICE, Cost(1, 1))
-        except PaymentRequired:
+        except PaymentRejected:
             outcomes["402"] += 1
-        except Unavailable as e:
-            assert e.status == 503 and e.headers["Retry-After"] == "1"
+        except PaymentChecksThrottled as e:
+            err = api_error_for(e)
+            assert err.status == 503 and err.headers["Retry-After"] == "1" and err.code == "rate_limited"
             outcomes["503"] += 1
     assert gate.lock_count() == 0  # no lock left behind
     # the read budget: a burst of 50, then about one per second of the loop (a few seconds here)
@@ -334,7 +332,6 @@ class _FlakyEscrow:
 
 
 async def test_rpc_down_serves_on_last_known_values_else_503(chain, ledger):
-    from node.api.errors import Unavailable
 
     w3, dep = chain
     flaky = _FlakyEscrow(Web3EscrowReader(w3, dep.addresses["UsageEscrow"]))
@@ -343,7 +340,8 @@ async def test_rpc_down_serves_on_last_known_values_else_503(chain, ledger):
     (await gate.admit(_header(dep, key=DELEGATE_KEY), 7, PRICE, Cost(1, 1))).release()
     flaky.down = True
     (await gate.admit(_header(dep, key=DELEGATE_KEY), 7, PRICE, Cost(1, 1))).release()  # last known values
-    with pytest.raises(Unavailable) as ei:  # a payer never seen: nothing to fall back on
+    with pytest.raises(ChainUnavailable) as ei:  # a payer never seen: nothing to fall back on
         await gate.admit(_header(dep, key=STRANGER_KEY, payer=Account.from_key(STRANGER_KEY).address), 7, PRICE,
                          Cost(1, 1))
-    assert ei.value.status == 503 and ei.value.headers["Retry-After"] == "5"
+    err = api_error_for(ei.value)
+    assert err.status == 503 and err.headers["Retry-After"] == "5" and err.code == "chain_unavailable"

@@ -21,7 +21,7 @@ from chain.deploy import deploy
 from chain.devchain import DEV_PRIVATE_KEYS
 from chain.eip712 import output_hash
 from inference.engine import Engine, EngineConfig
-from node.api import init_app
+from node.daemon.root import build_app
 from node.client.payer import NodeQuote, VoucherWallet
 from node.config import load_config
 from node.dev.devnet import fund_escrow, make_random_adapters, seed_loaded_adapters
@@ -61,7 +61,7 @@ async def client(engine, chain, tmp_path_factory):
     cfg = load_config(None, environ={}, data_dir=data, deployment=path, rpc_url=url, dev_mode=True,
                       dev_key_index=1, compute_price_per_1k=1000, max_tokens_limit=32)
     seed_loaded_adapters(cfg.database_url, {i: (OWNER, PRICES[i]) for i in folders}, engine.model_id, folders)
-    app = init_app(cfg, engine=engine, background=False)
+    app = build_app(cfg, engine=engine, background=False)
     async with TestClient(TestServer(app)) as c:
         yield c
 
@@ -191,7 +191,7 @@ async def test_settle_up_voucher_pays_the_last_request(client, wallet):
     wallet.record(2, body, body["choices"][0]["text"])
     c, a = wallet.totals(2)
     from chain.eip712 import SignedVoucher, Voucher, sign_voucher
-    from node.daemon.payments.gate import encode_voucher_header
+    from node.wire import encode_voucher_header
 
     def hdr(cv, av):
         v = Voucher(wallet.payer.address, wallet.quote.node, 2, cv, av)

@@ -84,8 +84,8 @@ async def test_receipts_attribute_answers_to_contributions(fresh_anvil, engine, 
 
     from inference.adapter_factory import make_random_adapter
     from inference.base_model import EMBEDDED_MODEL_ID, resolve_model_folder
-    from node.api import init_app
-    from node.api.app import ATTRIBUTION
+    from node.daemon.root import build_app
+    from node.api.keys import ATTRIBUTION
     from node.cli.attribution import parse_receipt
     from node.client.payer import NodeQuote, VoucherWallet
     from node.config import load_config
@@ -110,10 +110,14 @@ async def test_receipts_attribute_answers_to_contributions(fresh_anvil, engine, 
                                  rank=4, seed=1, base_model_id=EMBEDDED_MODEL_ID)
     c.adapters.register(ACCT["owner"], EMBEDDED_MODEL_ID, await store.add_path(folder), 4, 2000, 6000, [ds], [4000])
 
-    app = init_app(cfg, engine=engine)
+    app = build_app(cfg, engine=engine)
     async with TestClient(TestServer(app)) as client:
         svc = app[ATTRIBUTION]
         await _until(lambda: "adapter-1" in engine.adapters(), 60, "adapter-1 loaded by the lifecycle")
+        loops = (await (await client.get("/healthz")).json())["background"]  # every loop is supervised
+        assert {name: loop["state"] for name, loop in loops.items()} == {
+            "escrow_follower": "running", "watcher": "running", "lifecycle": "running", "settlement": "running",
+            "attribution": "running"}
         answer, answer_ids = await _greedy(engine, "adapter-1", PLANTED_PROMPT)
         assert len(answer_ids) >= 8, answer  # long enough to hold a k=8 span
         assert svc.attributor_for(1) is None or svc.attributor_for(1).contribution_ids() == []

@@ -77,10 +77,10 @@ def test_root_redirects_and_the_dashboard_can_be_turned_off(live):
     with pytest.raises(urllib.error.HTTPError) as e:
         opener.open(req, timeout=10)
     assert e.value.code == 302 and e.value.headers["Location"] == "/dashboard"
-    from node.api import init_app
+    from node.daemon.root import build_app
     from node.config import load_config
 
-    off = init_app(load_config(live.stack.config_path, dashboard_enabled=False))
+    off = build_app(load_config(live.stack.config_path, dashboard_enabled=False))
     paths = {getattr(r.resource, "canonical", "") for r in off.router.routes()}
     assert "/v1/models" in paths and not any(p.startswith("/dashboard") or p == "/" for p in paths)
 

@@ -16,7 +16,6 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
                     "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
 _FILES = {"index.html": "text/html", "app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
-SNAPSHOTTER = web.AppKey("dashboard_snapshotter", dict)  # {"s": Snapshotter}, made at the first request
 
 
 def _file(name: str):
@@ -34,24 +33,17 @@ async def _redirect(request: web.Request) -> web.Response:
 
 async def _state(request: web.Request) -> web.Response:
     app = request.app
-    holder = app[SNAPSHOTTER]
+    holder = app[K.DASHBOARD_SNAPSHOTTER]
     if "s" not in holder:  # the DB and chain exist only once the app has started
         holder["s"] = Snapshotter(app[K.SESSIONS], app[K.CONFIG], app[K.CHAIN], app[K.LEDGER])
     snap = holder["s"]
-    body = await asyncio.to_thread(snap.build, {name: _task_state(t) for name, t in app[K.BACKGROUND].items()})
+    loops = {name: h.state for name, h in app[K.LOOPS].health().items()}
+    body = await asyncio.to_thread(snap.build, loops)
     return web.json_response(body, headers=SECURITY_HEADERS)
 
 
-def _task_state(task) -> str:
-    if not hasattr(task, "done"):
-        return "running"
-    if task.done():
-        return "stopped" if task.cancelled() or task.exception() is None else "failed"
-    return "running"
-
-
 def add_dashboard(app: web.Application) -> None:
-    app[SNAPSHOTTER] = {}
+    app[K.DASHBOARD_SNAPSHOTTER] = {}
     r = app.router
     r.add_get("/", _redirect)
     r.add_get("/dashboard", _file("index.html"))

@@ -22,11 +22,8 @@ cumulative voucher as payer after each request: the same protocol, one trusted p
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import hmac
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,14 +31,13 @@ from typing import Callable, Protocol
 
 from eth_utils import to_checksum_address
 
-from chain.eip712 import SignedVoucher, TypedDataError, Voucher, sign_voucher
-from node.api.errors import PaymentRequired, Unauthorized, Unavailable
+from chain.eip712 import SignedVoucher, Voucher, sign_voucher
+from node.daemon.payments.errors import ChainUnavailable, InvalidApiKey, PaymentChecksThrottled, PaymentRejected
 from node.metering import Cost, Price
+from node.wire import VOUCHER_HEADER, MalformedVoucher, parse_voucher_header
 
 log = logging.getLogger(__name__)
 
-VOUCHER_HEADER = "X-Payment-Voucher"
-MAX_HEADER_BYTES = 4096
 MAX_VALUE = 2**128 - 1  # UsageEscrow skips vouchers with a larger component
 CHAIN_READS_PER_S = 50.0  # chain reads on cache misses (unauthenticated work), refilled per second
 CHAIN_READ_BURST = 200
@@ -141,49 +137,15 @@ class _TokenBucket:
 # ---- parsing ---------------------------------------------------------------------------------
 
 
-def _reject(message: str, code: str, **extra) -> PaymentRequired:
-    return PaymentRequired(message, code=code, param=VOUCHER_HEADER, extra=extra)
+def _reject(message: str, code: str, **details) -> PaymentRejected:
+    return PaymentRejected(message, code=code, details=details)
 
 
-def _uint_str(v: object) -> object:
-    """Accept JSON numbers too (the strict eip712 JSON wants decimal strings)."""
-    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
-
-def parse_voucher_header(raw: str) -> SignedVoucher:
-    """`X-Payment-Voucher`: JSON `{"voucher": {...}, "signature": "0x…"}` (or the flat
-    `SignedVoucher.to_json()` form), optionally base64-encoded. Amounts: decimal strings or ints."""
-    if len(raw) > MAX_HEADER_BYTES:
-        raise _reject("voucher header too long", "voucher_malformed")
-    text = raw.strip()
-    if not text.startswith("{"):
-        try:
-            alt = b"-_" if ("-" in text or "_" in text) else None
-            text = base64.b64decode(text + "=" * (-len(text) % 4), altchars=alt, validate=True).decode()
-        except (binascii.Error, ValueError, UnicodeDecodeError) as e:
-            raise _reject("voucher header is neither JSON nor base64 of JSON", "voucher_malformed") from e
+def _parse_voucher(raw: str) -> SignedVoucher:
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise _reject(f"voucher header is not valid JSON: {e}", "voucher_malformed") from e
-    if isinstance(obj, dict) and isinstance(obj.get("voucher"), dict):
-        obj = {**obj["voucher"], "signature": obj.get("signature")}
-    if not isinstance(obj, dict):
-        raise _reject('voucher header must be {"voucher": {...}, "signature": "0x…"}', "voucher_malformed")
-    obj = {k: _uint_str(v) for k, v in obj.items()}
-    try:
-        return SignedVoucher.from_json(obj)
-    except TypedDataError as e:
-        raise _reject(f"malformed voucher: {e}", "voucher_malformed") from e
-
-
-def voucher_header_json(v: SignedVoucher) -> dict:
-    return {"voucher": v.voucher.to_json(), "signature": "0x" + v.signature.hex()}
-
-
-def encode_voucher_header(v: SignedVoucher) -> str:
-    """Base64 of the JSON form (header-safe)."""
-    return base64.b64encode(json.dumps(voucher_header_json(v), separators=(",", ":")).encode()).decode()
+        return parse_voucher_header(raw)
+    except MalformedVoucher as e:
+        raise _reject(str(e), "voucher_malformed") from e
 
 
 # ---- the gate -------------------------------------------------------------------------------
@@ -271,8 +233,7 @@ class PaymentGate:
         and with none known the request gets a 503 (retry) instead of an error. Reads are
         rate-limited: a flood of fresh keys gets 503s instead of one RPC call each."""
         if not self._reads.take():
-            raise Unavailable("too many payment checks at once; retry shortly", code="rate_limited",
-                              headers={"Retry-After": "1"})
+            raise PaymentChecksThrottled("too many payment checks at once; retry shortly")
         try:
             value = await asyncio.to_thread(fn, *args)
         except Exception as e:  # noqa: BLE001 - any provider failure
@@ -280,8 +241,7 @@ class PaymentGate:
             if stale is not None:
                 log.warning("chain read failed (%s); using the last known value", type(e).__name__)
                 return stale
-            raise Unavailable("cannot check the payment: the chain is unreachable; retry shortly",
-                              code="chain_unavailable", headers={"Retry-After": "5"}) from e
+            raise ChainUnavailable("cannot check the payment: the chain is unreachable; retry shortly") from e
         cache.put(key, value)
         return value
 
@@ -342,7 +302,8 @@ class PaymentGate:
 
     # -- admission --
     async def admit(self, headers, adapter_id: int, price: Price, max_cost: Cost) -> Authorization:
-        """Check the request's payment; raises 402/401 with the reason and the amount needed."""
+        """Check the request's payment; raises PaymentRejected / InvalidApiKey with the reason and
+        the amount needed, or PaymentCheckUnavailable when the chain cannot be read."""
         if self.mode == "operator-funded":
             return await self._admit_api_key(headers, adapter_id, price, max_cost)
         raw = headers.get(VOUCHER_HEADER)
@@ -354,7 +315,7 @@ class PaymentGate:
                 price_per_1k={"compute": str(price.compute_per_1k), "adapter": str(price.adapter_per_1k)},
                 max_cost=str(max_cost.total),
             )
-        sv = parse_voucher_header(raw)
+        sv = _parse_voucher(raw)
         v = sv.voucher
         if v.node != self.node:
             raise _reject(f"voucher is for node {v.node}, this node is {self.node}", "voucher_wrong_node")
@@ -423,7 +384,7 @@ class PaymentGate:
         raw = headers.get(VOUCHER_HEADER)
         if not raw:
             raise _reject(f"send the voucher in the {VOUCHER_HEADER} header", "payment_missing")
-        sv = parse_voucher_header(raw)
+        sv = _parse_voucher(raw)
         v = sv.voucher
         if v.node != self.node:
             raise _reject(f"voucher is for node {v.node}, this node is {self.node}", "voucher_wrong_node")
@@ -466,7 +427,7 @@ class PaymentGate:
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         digest = hashlib.sha256(token.encode()).digest()
         if not token or not any(hmac.compare_digest(digest, h) for h in self._key_hashes):
-            raise Unauthorized("missing or unknown API key (Authorization: Bearer <key>)")
+            raise InvalidApiKey("missing or unknown API key (Authorization: Bearer <key>)")
         lane = Lane(to_checksum_address(self.operator.address), self.node, adapter_id)
         lock = await self._acquire(lane)
         try:
