@@ -68,8 +68,9 @@ def port_is_free(host: str, port: int) -> bool:
 
 def _rpc(url: str, method: str, params: list | None = None, timeout: float = 2.0) -> object:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
-    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    # only ever Anvil.url, an http:// URL
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})  # noqa: S310 - see above
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - see above
         reply = json.load(resp)
     if "error" in reply:
         raise DevChainError(f"{method}: {reply['error']}")

@@ -426,7 +426,7 @@ def attribution_hash(ids: list[int] | tuple[int, ...], weights_bps: list[int] | 
         raise TypedDataError(f"{len(ids)} contribution ids but {len(weights_bps)} weights")
     if len(ids) > MAX_ATTRIBUTIONS:
         raise TypedDataError(f"at most {MAX_ATTRIBUTIONS} attributions, got {len(ids)}")
-    for i, (cid, w) in enumerate(zip(ids, weights_bps)):
+    for i, (cid, w) in enumerate(zip(ids, weights_bps, strict=True)):
         _check_uint(f"ids[{i}]", cid, 256)
         _check_uint(f"weights_bps[{i}]", w, 256)
         if w > BPS:

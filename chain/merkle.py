@@ -65,7 +65,7 @@ def _encode(types: Sequence[str], value: Sequence[Any]) -> bytes:
 def _normalise(types: Sequence[str], value: Sequence[Any]) -> list:
     # accept what the npm package's JSON holds: 0x-hex for bytes, decimal strings for integers
     out = []
-    for t, v in zip(types, value):
+    for t, v in zip(types, value, strict=True):  # a length mismatch is a MerkleError, not a silent cut
         if t.startswith("bytes") and isinstance(v, str) and v.startswith(("0x", "0X")):
             try:
                 v = bytes.fromhex(v[2:])
@@ -252,7 +252,7 @@ class StandardMerkleTree:
             "tree": ["0x" + h.hex() for h in self._tree],
             "values": [
                 {"value": [_json_value(x) for x in v], "treeIndex": ti}
-                for v, ti in zip(self._values, self._tree_index)
+                for v, ti in zip(self._values, self._tree_index, strict=True)
             ],
         }
 
@@ -271,7 +271,7 @@ class StandardMerkleTree:
         n = len(values)
         if n == 0 or len(tree) != 2 * n - 1 or sorted(tree_index) != list(range(n - 1, 2 * n - 1)):
             raise MerkleError("tree dump has inconsistent sizes or indices")
-        for v, ti in zip(values, tree_index):
+        for v, ti in zip(values, tree_index, strict=True):
             if standard_leaf_hash(types, v) != tree[ti]:
                 raise MerkleError(f"leaf {ti} does not match its value")
         for i in range(n - 1):

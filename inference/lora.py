@@ -96,7 +96,7 @@ def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
         offs = torch.tensor([8, 16], device=device, dtype=torch.int32)
         fn(x, w, offs=offs)
         return True
-    except Exception:  # unsupported device/dtype/arch: the feature check's whole point
+    except Exception:  # noqa: BLE001 - unsupported device/dtype/arch: the feature check's whole point
         return False
 
 
@@ -140,7 +140,7 @@ class LoraSlotBank:
         self._groupings: dict[str, _Grouping | None] = {}
         # grouped GEMM kernels need 16-byte aligned rows: ranks are rounded up to a multiple of 8
         # (zero padding), so max_rank and every feature size must be multiples of 8
-        aligned = max_rank % 8 == 0 and all(l.in_features % 8 == 0 and l.out_features % 8 == 0 for l in layers.values())
+        aligned = max_rank % 8 == 0 and all(lin.in_features % 8 == 0 and lin.out_features % 8 == 0 for lin in layers.values())
         self.use_grouped_mm = device.type == "cuda" and aligned and grouped_mm_available(device, dtype)
         # CPU bmm strategy only when padding wastes at most this share of the compute
         self.max_padding_waste = 0.5
@@ -240,7 +240,7 @@ class LoraSlotBank:
                     store_a[:, slot, r:old_r].zero_()
                     store_b[:, slot, r:old_r].zero_()
             else:  # some layers only (layers_to_transform): the others must hold zeros
-                if any(not 0 <= l < n_layers for l in layer_ids):
+                if any(not 0 <= li < n_layers for li in layer_ids):
                     raise LoraSlotError(f"packed {module} names layers outside [0, {n_layers})")
                 clear = max(r, old_r)
                 store_a[:, slot, :clear].zero_()
@@ -426,7 +426,7 @@ class MultiLoraLinear(nn.Module):
         # unbalanced: one pair of matmuls per distinct adapter, on views of its slot
         out = xs.new_empty(xs.shape[0], self.out_features)  # [Ta, out]
         start = 0
-        for slot, count in zip(g.slots, g.counts):
+        for slot, count in zip(g.slots, g.counts, strict=True):
             x_s = xs[start:start + count]  # [n, in]
             h = x_s @ self.lora_a[slot, :r].T  # [n, r]
             torch.mm(h, self.lora_b[slot, :r], out=out[start:start + count])  # [n, out]

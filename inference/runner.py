@@ -126,7 +126,7 @@ class ModelRunner:
             x = self._finish_layer(layer, x, attn)
         last = torch.tensor(lens, device=dev).cumsum(0) - 1  # [N] index of each prompt's last token
         h = self.norm(x[0, last])  # [N, H]
-        for r, n in zip(rows, lens):
+        for r, n in zip(rows, lens, strict=True):
             cache.lengths[r] = n
         del total
         return self.lm_head(h).float()  # [N, V]

@@ -300,7 +300,7 @@ class Scheduler:
                 self._tok_window.popleft()
         self.counters["generated_tokens"] += len(ids)
         done_rows: list[int] = []
-        for i, (seq, tok) in enumerate(zip(seqs, ids)):
+        for i, (seq, tok) in enumerate(zip(seqs, ids, strict=True)):
             seq.sampled += 1
             seq.last_token = tok
             reason = None

@@ -222,7 +222,7 @@ class AdapterTiers:
                     else:
                         self._copy_into(s, key, weights, t0)
         with self._lock:
-            for s, st in enumerate(self._slots):
+            for st in self._slots:
                 if st.key is not None and not st.ready and st.event is not None and st.event.query():
                     st.ready, st.event = True, None
             for entry in self._entries.values():
@@ -314,7 +314,7 @@ class AdapterTiers:
                     w = _pin_weights(w)
                 result = (key, w, None, t0)
                 _keep_recent(self.counters.read_seconds, time.perf_counter() - t_read)
-            except Exception as e:  # reported to the scheduler, which fails the waiting requests
+            except Exception as e:  # noqa: BLE001 - reported to the scheduler, which fails the waiting requests
                 log.warning("loading adapter %s failed: %s", key[0], e)
                 result = (key, None, f"{type(e).__name__}: {e}", t0)
             with self._done_cv:

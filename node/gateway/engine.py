@@ -257,7 +257,7 @@ class VllmEngine:
         _, _, held = await V.models(self._session, server.url, min(self.timeout_s, 10.0))
         wanted = dict(self._adapters)
         server.loaded = {n for n, root in held.items() if n in wanted and root == str(wanted[n])}
-        for name, root in held.items():
+        for name in held:
             if name in server.loaded or not _NODE_ADAPTER.match(name):
                 continue
             await V.unload_lora(self._session, server.url, name, _ADMIN_TIMEOUT_S)
@@ -319,7 +319,7 @@ class VllmEngine:
                 await self._reconcile_locked(server)
         except V.UpstreamError as e:
             self._server_failed(server, str(e))
-        except Exception:  # noqa: BLE001 - a bug in one probe must not end the prober
+        except Exception:  # a bug in one probe must not end the prober
             log.exception("probing vLLM server %s failed", server.url)
 
     # ------------------------------------------------------------ adapters

@@ -73,9 +73,9 @@ class ContentCache:
         dest = self.entries_dir / key
         try:
             os.rename(src, dest)
-        except OSError:
+        except OSError as e:
             if not os.path.lexists(dest):
-                raise IpfsError(f"could not move {src} into the cache at {dest}")
+                raise IpfsError(f"could not move {src} into the cache at {dest}") from e
             # Already cached by a concurrent fetch: same CID, same verified bytes.
         now = time.time()
         os.utime(dest, (now, now), follow_symlinks=False)

@@ -26,7 +26,6 @@ from node.ipfs.errors import (
     ContentTooLarge,
     IntegrityError,
     KuboError,
-    NotFound,
     TruncatedContent,
     UnsupportedContent,
 )
@@ -65,7 +64,9 @@ class KuboClient:
         await self.close()
 
     # --- plumbing -------------------------------------------------------------------------
-    async def _rpc(self, endpoint: str, params: dict | list | None = None, *, data_factory=None, read=None, limit: int | None = None):
+    async def _rpc(
+        self, endpoint: str, params: dict | list | None = None, *, data_factory=None, read=None, limit: int | None = None
+    ):
         """POST /api/v0/<endpoint>; `read(resp)` consumes a 200 body (default: whole body as bytes)."""
         url = f"{self.url}/api/v0/{endpoint}"
 
