@@ -15,6 +15,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from chain.errors import DevChainError
 
@@ -66,7 +67,7 @@ def port_is_free(host: str, port: int) -> bool:
         return True
 
 
-def _rpc(url: str, method: str, params: list | None = None, timeout: float = 2.0) -> object:
+def _rpc(url: str, method: str, params: list | None = None, timeout: float = 2.0) -> Any:  # the JSON result
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
     # only ever Anvil.url, an http:// URL
     req = urllib.request.Request(url, body, {"Content-Type": "application/json"})  # noqa: S310 - see above

@@ -25,7 +25,9 @@ try:  # pycryptodome directly: a third faster than eth_utils.keccak's dispatch, 
         return _ck.new(data=data, digest_bits=256).digest()
 
 except ImportError:  # pragma: no cover - eth-hash may run on another backend
-    _keccak = keccak
+
+    def _keccak(data: bytes) -> bytes:
+        return keccak(data)
 
 MAX_LEAVES = 1 << 22  # ~4M leaves ≈ 400 MB of nodes; refuse anything bigger
 
@@ -164,8 +166,9 @@ class StandardMerkleTree:
             raise MerkleError("a Merkle tree needs at least one leaf")
         if n > MAX_LEAVES:
             raise MerkleError(f"too many leaves: {n} > {MAX_LEAVES}")
-        values = [tuple(v) if isinstance(v, (list, tuple)) else v for v in values]
-        hashes = [standard_leaf_hash(types, v) for v in values]
+        # anything but a list or tuple is left as it is, for standard_leaf_hash to refuse
+        leaves: list[Any] = [tuple(v) if isinstance(v, (list, tuple)) else v for v in values]
+        hashes = [standard_leaf_hash(types, v) for v in leaves]
         # OZ sorts leaves by hash (stable for duplicates); order[k] = value index of k-th leaf
         order = sorted(range(n), key=hashes.__getitem__)
         size = 2 * n - 1
@@ -176,7 +179,7 @@ class StandardMerkleTree:
             tree_index[vi] = size - 1 - k
         for i in range(size - 1 - n, -1, -1):
             tree[i] = hash_pair(tree[2 * i + 1], tree[2 * i + 2])
-        return cls(tree, list(values), tree_index, types)
+        return cls(tree, leaves, tree_index, types)
 
     # --- reading ----------------------------------------------------------------------------
 

@@ -96,6 +96,7 @@ def read_records(path: Path) -> list[dict]:
 def validate_record(obj: object, where: str) -> dict:
     if not isinstance(obj, dict):
         raise TrainingDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    fields: tuple[str, ...]
     if "text" in obj:
         fields = ("text",)
     elif "prompt" in obj and "response" in obj:

@@ -84,6 +84,7 @@ class UnixFSData:
 def _fields(buf: bytes | memoryview, what: str):
     """Yield (field number, wire type, value) of a protobuf message; value is int or bytes."""
     pos, n = 0, len(buf)
+    val: int | bytes
     try:
         while pos < n:
             key, pos = decode_varint(buf, pos)

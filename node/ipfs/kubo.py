@@ -186,6 +186,7 @@ class KuboClient:
         `fetch` verifies block by block and works for any layout)."""
         root = CID.parse(cid)
         data = await self._rpc("cat", {"arg": str(root)}, limit=max_bytes)
+        flavours: list[bool | None]
         if root.codec == CODEC_RAW or root.version == 0:
             flavours = [None]
         else:
