@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: all install system-tools browser-tools build test test-fast demo clean bench-gas bench-engine bench-api bench-ipfs bench-attribution slither vllm-venv bench-vllm
+.PHONY: all install system-tools browser-tools build lint test test-fast demo clean bench-gas bench-engine bench-api bench-ipfs bench-attribution slither vllm-venv bench-vllm
 
 all: install build
 
@@ -56,8 +56,14 @@ artifacts/.stamp-build: node_modules/.stamp-install hardhat.config.js $(shell fi
 
 build: artifacts/.stamp-build
 
+# Lint and types (settings in pyproject.toml); CI runs them first, through make test.
+lint: $(VENV)/.stamp-install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m mypy
+
 # The vLLM gateway test needs .venv-vllm; where it cannot be installed that test skips with the reason.
-test: install build
+test: lint install build
 	$(MAKE) vllm-venv || echo "NOTE: .venv-vllm could not be installed; tests/integration/test_vllm_gateway.py will skip"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -125,4 +131,4 @@ bench-vllm: install build vllm-venv
 	$(PY) benchmarks/bench_vllm.py $(BENCH_VLLM_ARGS)
 
 clean:
-	rm -rf artifacts cache .pytest_cache
+	rm -rf artifacts cache .pytest_cache .ruff_cache .mypy_cache

@@ -33,8 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.attribution import AttributionConfig, Attributor, IndexStore  # noqa: E402
-from inference.attribution.suffix_array import build_suffix_array  # noqa: E402
+from inference.attribution import AttributionConfig, Attributor, IndexStore
+from inference.attribution.suffix_array import build_suffix_array
 
 PROMPTS = [
     "Explain how a suffix array works.",
@@ -184,7 +184,7 @@ def main() -> None:
     credited = correct = planted = recalled = 0
     source_bps: list[int] = []
     planted_queries = []
-    for i in range(args.planted):
+    for _ in range(args.planted):
         pieces, truth = [], []
         for _ in range(2):
             novel = tok.encode(prose(novel_words, 20, rng), add_special_tokens=False)[:20]

@@ -43,11 +43,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.adapter_factory import make_random_adapter  # noqa: E402
-from inference.adapters import load_adapter_weights  # noqa: E402
-from inference.base_model import load_base_model  # noqa: E402
-from inference.engine import Engine, EngineConfig  # noqa: E402
-from inference.requests import GenerationRequest, SamplingParams  # noqa: E402
+from inference.adapter_factory import make_random_adapter
+from inference.adapters import load_adapter_weights
+from inference.base_model import load_base_model
+from inference.engine import Engine, EngineConfig
+from inference.requests import GenerationRequest, SamplingParams
 
 QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL7 = QKVO + ("gate_proj", "up_proj", "down_proj")
@@ -99,7 +99,7 @@ def warm(engine: Engine, adapter_ids: list[str]) -> None:
 
 def reqs_for(adapters: list[str | None], texts: list[str], n_tok: int, tag: str) -> list[GenerationRequest]:
     p = SamplingParams(max_tokens=n_tok, temperature=0.0, ignore_eos=True)
-    return [GenerationRequest(f"{tag}-{i}", a, prompt=t, params=p) for i, (a, t) in enumerate(zip(adapters, texts))]
+    return [GenerationRequest(f"{tag}-{i}", a, prompt=t, params=p) for i, (a, t) in enumerate(zip(adapters, texts, strict=True))]
 
 
 def profile_decode(engine: Engine, adapters: list[str | None], texts: list[str], steps: int = 3) -> dict:

@@ -44,16 +44,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eth_account import Account  # noqa: E402
-from eth_utils import keccak  # noqa: E402
-from web3 import Web3  # noqa: E402
+from eth_account import Account
+from eth_utils import keccak
+from web3 import Web3
 
-from chain.artifacts import load_artifact  # noqa: E402
-from chain.contracts import Contracts  # noqa: E402
-from chain.send import send_tx  # noqa: E402
-from chain.deploy import deploy  # noqa: E402
-from chain.devchain import DEV_PRIVATE_KEYS, Anvil  # noqa: E402
-from chain.eip712 import (  # noqa: E402
+from chain.artifacts import load_artifact
+from chain.contracts import Contracts
+from chain.send import send_tx
+from chain.deploy import deploy
+from chain.devchain import DEV_PRIVATE_KEYS, Anvil
+from chain.eip712 import (
     Receipt,
     Voucher,
     attribution_hash,
@@ -62,8 +62,8 @@ from chain.eip712 import (  # noqa: E402
     sign_digest,
     sign_voucher,
 )
-from chain.merkle import StandardMerkleTree  # noqa: E402
-from chain.protocol import TOTAL_BPS  # noqa: E402
+from chain.merkle import StandardMerkleTree
+from chain.protocol import TOTAL_BPS
 
 TARGET_GAS_PER_INFERENCE = 100
 TARGET_ATTRIBUTED_GAS_PER_INFERENCE = 100
@@ -149,7 +149,7 @@ def settle_ours(s: Setup, lanes: int, per_lane: int, seed: int) -> dict:
             digests.append((receipt_digest(r, chain_id, log_addr),))
             last_receipt = r
         vouchers.append(Voucher(payer.address, s.node.address, adapter_id, cum_c, cum_a))
-    sigs = [sign_voucher(v, p.key, chain_id, escrow_addr) for v, p in zip(vouchers, s.payers)]
+    sigs = [sign_voucher(v, p.key, chain_id, escrow_addr) for v, p in zip(vouchers, s.payers, strict=True)]
     tree = StandardMerkleTree.of(digests, ["bytes32"])
     prep_s = time.perf_counter() - t0
     receipts_file = json.dumps([d[0].hex() for d in digests]).encode()
@@ -209,7 +209,7 @@ def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dic
     for a in range(1, N_ADAPTERS + 1):
         ds = sorted({a, a % ATTR_DATASETS + 1})
         c.adapters.register(owner, "smollm2-135m", f"bafy-adapter-{a}", 8, ADAPTER_PRICES[a - 1], 6000, ds, [2000] * len(ds))
-        splits[a] = dict(zip(ds, [2000] * len(ds)))
+        splits[a] = dict.fromkeys(ds, 2000)
     bond = c.nodes.dispute_terms().min_bond  # only a staked node redeems
     c.token.mint(deployer, node.address, bond)
     c.token.approve(node, c.nodes.address, bond)
@@ -244,9 +244,9 @@ def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dic
             )
             digests.append((receipt_digest(r, c.chain_id, c.receipts.address),))
             docs.append({"adapterId": str(adapter_id), "adapterCost": str(ac),
-                         "attribution": {str(i): b for i, b in zip(named, bps)}})
+                         "attribution": {str(i): b for i, b in zip(named, bps, strict=True)}})
         vouchers.append(Voucher(payer.address, node.address, adapter_id, cum_c, cum_a))
-    sigs = [sign_voucher(v, p.key, c.chain_id, c.escrow.address) for v, p in zip(vouchers, payers)]
+    sigs = [sign_voucher(v, p.key, c.chain_id, c.escrow.address) for v, p in zip(vouchers, payers, strict=True)]
     tree = StandardMerkleTree.of(digests, ["bytes32"])
     commit = c.receipts.commit_batch(node, 1, tree.root, len(digests), raw_cid(json.dumps(docs).encode()))
     redeem = c.escrow.redeem(node, vouchers, sigs)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.ipfs import cid_of_path  # noqa: E402
+from node.ipfs import cid_of_path
 
 MiB = 1024 * 1024
 
@@ -39,7 +39,9 @@ def timed(fn) -> tuple[float, float, str]:
     t0, c0 = time.perf_counter(), os.times()
     out = fn()
     t1, c1 = time.perf_counter(), os.times()
-    cpu = (c1.user + c1.system + c1.children_user + c1.children_system) - (c0.user + c0.system + c0.children_user + c0.children_system)
+    cpu = (c1.user + c1.system + c1.children_user + c1.children_system) - (
+        c0.user + c0.system + c0.children_user + c0.children_system
+    )
     return t1 - t0, cpu, out
 
 

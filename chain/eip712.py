@@ -270,13 +270,12 @@ def domain_separator(chain_id: int, verifying_contract: str) -> bytes:
 
 @lru_cache(maxsize=64)  # a node hashes thousands of receipts under one or two domains
 def _domain_separator(chain_id: int, verifying_contract: str) -> bytes:
-    d = {"chainId": chain_id, "verifyingContract": verifying_contract}
     return keccak(
         DOMAIN_TYPEHASH
         + keccak(text=DOMAIN_NAME)
         + keccak(text=DOMAIN_VERSION)
-        + _word(d["chainId"])
-        + _addr_word(d["verifyingContract"])
+        + _word(chain_id)
+        + _addr_word(verifying_contract)
     )
 
 
@@ -337,8 +336,8 @@ def sign_digest(digest: bytes, private_key: PrivateKeyLike) -> bytes:
     digest = _check_bytes32("digest", digest)
     try:
         # an account already holds its key object: re-deriving the public key cost as much as signing
-        key = private_key._key_obj if isinstance(getattr(private_key, "_key_obj", None), keys.PrivateKey) \
-            else keys.PrivateKey(_private_key_bytes(private_key))
+        key_obj = getattr(private_key, "_key_obj", None)
+        key = key_obj if isinstance(key_obj, keys.PrivateKey) else keys.PrivateKey(_private_key_bytes(private_key))
     except EthKeysValidationError as e:  # 0 or ≥ the curve order
         raise TypedDataError("private key is not a valid secp256k1 key") from e
     sig = key.sign_msg_hash(digest)
@@ -426,7 +425,7 @@ def attribution_hash(ids: list[int] | tuple[int, ...], weights_bps: list[int] | 
         raise TypedDataError(f"{len(ids)} contribution ids but {len(weights_bps)} weights")
     if len(ids) > MAX_ATTRIBUTIONS:
         raise TypedDataError(f"at most {MAX_ATTRIBUTIONS} attributions, got {len(ids)}")
-    for i, (cid, w) in enumerate(zip(ids, weights_bps)):
+    for i, (cid, w) in enumerate(zip(ids, weights_bps, strict=True)):
         _check_uint(f"ids[{i}]", cid, 256)
         _check_uint(f"weights_bps[{i}]", w, 256)
         if w > TOTAL_BPS:
@@ -479,7 +478,7 @@ def _from_json(obj: Mapping | str | bytes, spec: dict, what: str, extra: tuple[s
         raise TypedDataError(f"{what} has unknown fields: {sorted(map(str, unknown))[:5]}")
     if missing:
         raise TypedDataError(f"{what} is missing fields: {sorted(missing)}")
-    kwargs = {}
+    kwargs: dict[str, str | int] = {}
     for snake, (camel, kind) in spec.items():
         value = obj[camel]
         if not isinstance(value, str):

@@ -25,7 +25,9 @@ try:  # pycryptodome directly: a third faster than eth_utils.keccak's dispatch, 
         return _ck.new(data=data, digest_bits=256).digest()
 
 except ImportError:  # pragma: no cover - eth-hash may run on another backend
-    _keccak = keccak
+
+    def _keccak(data: bytes) -> bytes:
+        return keccak(data)
 
 MAX_LEAVES = 1 << 22  # ~4M leaves ≈ 400 MB of nodes; refuse anything bigger
 
@@ -65,7 +67,7 @@ def _encode(types: Sequence[str], value: Sequence[Any]) -> bytes:
 def _normalise(types: Sequence[str], value: Sequence[Any]) -> list:
     # accept what the npm package's JSON holds: 0x-hex for bytes, decimal strings for integers
     out = []
-    for t, v in zip(types, value):
+    for t, v in zip(types, value, strict=True):  # a length mismatch is a MerkleError, not a silent cut
         if t.startswith("bytes") and isinstance(v, str) and v.startswith(("0x", "0X")):
             try:
                 v = bytes.fromhex(v[2:])
@@ -164,8 +166,9 @@ class StandardMerkleTree:
             raise MerkleError("a Merkle tree needs at least one leaf")
         if n > MAX_LEAVES:
             raise MerkleError(f"too many leaves: {n} > {MAX_LEAVES}")
-        values = [tuple(v) if isinstance(v, (list, tuple)) else v for v in values]
-        hashes = [standard_leaf_hash(types, v) for v in values]
+        # anything but a list or tuple is left as it is, for standard_leaf_hash to refuse
+        leaves: list[Any] = [tuple(v) if isinstance(v, (list, tuple)) else v for v in values]
+        hashes = [standard_leaf_hash(types, v) for v in leaves]
         # OZ sorts leaves by hash (stable for duplicates); order[k] = value index of k-th leaf
         order = sorted(range(n), key=hashes.__getitem__)
         size = 2 * n - 1
@@ -176,7 +179,7 @@ class StandardMerkleTree:
             tree_index[vi] = size - 1 - k
         for i in range(size - 1 - n, -1, -1):
             tree[i] = hash_pair(tree[2 * i + 1], tree[2 * i + 2])
-        return cls(tree, list(values), tree_index, types)
+        return cls(tree, leaves, tree_index, types)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -252,7 +255,7 @@ class StandardMerkleTree:
             "tree": ["0x" + h.hex() for h in self._tree],
             "values": [
                 {"value": [_json_value(x) for x in v], "treeIndex": ti}
-                for v, ti in zip(self._values, self._tree_index)
+                for v, ti in zip(self._values, self._tree_index, strict=True)
             ],
         }
 
@@ -271,7 +274,7 @@ class StandardMerkleTree:
         n = len(values)
         if n == 0 or len(tree) != 2 * n - 1 or sorted(tree_index) != list(range(n - 1, 2 * n - 1)):
             raise MerkleError("tree dump has inconsistent sizes or indices")
-        for v, ti in zip(values, tree_index):
+        for v, ti in zip(values, tree_index, strict=True):
             if standard_leaf_hash(types, v) != tree[ti]:
                 raise MerkleError(f"leaf {ti} does not match its value")
         for i in range(n - 1):

@@ -341,15 +341,15 @@ def validate_adapter(
         raise _refuse("target_modules is empty")
     shapes = base_linear_shapes(base_config)
     n_layers = _num_layers(base_config)
-    for t in targets:
-        leaf = t.rsplit(".", 1)[-1]
+    for target in targets:
+        leaf = target.rsplit(".", 1)[-1]
         if leaf in _REFUSED_TARGETS:
-            raise _refuse(f"adapters on {_REFUSED_TARGETS[leaf]} ({t}) are not supported")
+            raise _refuse(f"adapters on {_REFUSED_TARGETS[leaf]} ({target}) are not supported")
         if leaf not in shapes:
-            raise _refuse(f"target module {t!r} does not exist in the base model "
+            raise _refuse(f"target module {target!r} does not exist in the base model "
                           f"(its linear modules are {', '.join(SUPPORTED_MODULES)})")
         if leaf not in allowed:
-            raise _refuse(f"target module {t!r} is not served by this node (allowed: {', '.join(allowed)})")
+            raise _refuse(f"target module {target!r} is not served by this node (allowed: {', '.join(allowed)})")
     target_leaves = {t.rsplit(".", 1)[-1] for t in targets}
     layers_to_transform = config.get("layers_to_transform")
     if isinstance(layers_to_transform, int) and not isinstance(layers_to_transform, bool):

@@ -90,7 +90,7 @@ def weights_fingerprint(folder: Path) -> tuple[str, int]:
             _regular(path)
             try:
                 h = safe_open(str(path), framework="pt", device="cpu")
-            except Exception as e:  # safetensors raises several types for a malformed header
+            except Exception as e:  # noqa: BLE001 - safetensors raises several types for a malformed header
                 raise BaseMismatch(f"{path.name} is not a valid safetensors file: {str(e)[:120]}") from None
             handles.append(h)
             for name in h.keys():
@@ -107,7 +107,7 @@ def weights_fingerprint(folder: Path) -> tuple[str, int]:
         return digest.hexdigest(), len(where)
     except BaseMismatch:
         raise
-    except Exception as e:  # a truncated file fails while reading a tensor
+    except Exception as e:  # noqa: BLE001 - a truncated file fails while reading a tensor
         raise BaseMismatch(f"cannot read the weights of {folder}: {str(e)[:160]}") from None
 
 

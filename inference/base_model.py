@@ -14,12 +14,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from inference.embedded_model import EMBEDDED_MODEL_ID
 from inference.errors import BaseModelError
 from inference.paths import cache_dir
+
+if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_MARKER = "loranode-converted.json"
@@ -32,8 +36,8 @@ CONVERTED_LAYOUT_VERSION = 2
 
 @dataclass(frozen=True)
 class LoadedBaseModel:
-    model: torch.nn.Module
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     model_id: str
     folder: Path
     dtype: torch.dtype
@@ -69,7 +73,7 @@ def converted_gguf_dir(gguf: Path) -> Path:
     return cache_dir() / "models" / f"{gguf.stem}-{stat.st_size}-v{CONVERTED_LAYOUT_VERSION}"
 
 
-def hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def hf_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     """The model's tensors under the names every Hugging Face-format loader expects (transformers,
     vLLM, llama.cpp's converter): with tied word embeddings the shared tensor is stored once, as
     the input embedding, and `lm_head.weight` is left out (loaders re-tie it). Tensors are
@@ -162,6 +166,7 @@ def load_base_model(
         )
     except Exception as e:
         raise BaseModelError(f"cannot load model from {folder}: {e}") from e
-    model.to(dev).eval()
+    # transformers declares .to with functools.wraps(Module.to), whose type takes the model first
+    model.to(dev).eval()  # type: ignore[arg-type]
     mid = model_id or (EMBEDDED_MODEL_ID if source is None else str(source))
     return LoadedBaseModel(model=model, tokenizer=tok, model_id=mid, folder=folder, dtype=dt, device=dev)

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from inference.adapters import SUPPORTED_MODULES, load_adapter_weights, validate_adapter
+from inference.adapters import SUPPORTED_MODULES, AdapterSpec, load_adapter_weights, validate_adapter
 from inference.base_model import LoadedBaseModel, load_base_model
 from inference.errors import EngineError, InvalidRequest, PromptTooLong, UnknownAdapter
 from inference.lora import inject_multi_lora
@@ -111,7 +111,7 @@ class Engine:
         self.runner = ModelRunner(base.model)
         # engine-native packed copies, written at registration, verified on every cold load
         self.packed = PackedStore(self.dtype, cfg.packed_dir)
-        self._registered: dict[str, tuple[Path, object]] = {}  # adapter id -> its packed store key
+        self._registered: dict[str, tuple[Path, AdapterSpec]] = {}  # adapter id -> its packed store key
         self.tiers = AdapterTiers(
             self.bank,
             host_cache_size=cfg.host_cache_size,
@@ -259,7 +259,7 @@ def encode_prompt(tokenizer, request: GenerationRequest, max_model_len: int) -> 
     """Prompt token ids of a request: raw text for `prompt`, the tokenizer's chat template for
     `messages` (shared by the builtin engine and the vLLM gateway, which sends these ids)."""
     limit = max_model_len * _MAX_CHARS_PER_TOKEN
-    chars = len(request.prompt) if request.prompt is not None else sum(len(m["content"]) for m in request.messages)
+    chars = len(request.prompt) if request.prompt is not None else sum(len(m["content"]) for m in request.messages or ())
     if chars > limit:
         raise PromptTooLong(f"prompt of {chars} characters cannot fit in max_model_len={max_model_len} tokens")
     if request.prompt is not None:

@@ -80,7 +80,6 @@ from inference.packed import PackedAdapter
 log = logging.getLogger(__name__)
 
 NO_ADAPTER = -1
-_MISSING = object()
 _PARENTS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
             "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 
@@ -96,7 +95,7 @@ def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
         offs = torch.tensor([8, 16], device=device, dtype=torch.int32)
         fn(x, w, offs=offs)
         return True
-    except Exception:  # unsupported device/dtype/arch: the feature check's whole point
+    except Exception:  # noqa: BLE001 - unsupported device/dtype/arch: the feature check's whole point
         return False
 
 
@@ -140,7 +139,7 @@ class LoraSlotBank:
         self._groupings: dict[str, _Grouping | None] = {}
         # grouped GEMM kernels need 16-byte aligned rows: ranks are rounded up to a multiple of 8
         # (zero padding), so max_rank and every feature size must be multiples of 8
-        aligned = max_rank % 8 == 0 and all(l.in_features % 8 == 0 and l.out_features % 8 == 0 for l in layers.values())
+        aligned = max_rank % 8 == 0 and all(lin.in_features % 8 == 0 and lin.out_features % 8 == 0 for lin in layers.values())
         self.use_grouped_mm = device.type == "cuda" and aligned and grouped_mm_available(device, dtype)
         # CPU bmm strategy only when padding wastes at most this share of the compute
         self.max_padding_waste = 0.5
@@ -161,7 +160,7 @@ class LoraSlotBank:
         self._check_slot(slot)
         return max(self._slot_ranks[slot].values(), default=0)
 
-    def load_slot(self, slot: int, weights: AdapterWeights, *, copy_stream: "torch.cuda.Stream | None" = None,
+    def load_slot(self, slot: int, weights: AdapterWeights | PackedAdapter, *, copy_stream: "torch.cuda.Stream | None" = None,
                   non_blocking: bool = True):
         """Copy an adapter's weights into `slot` in place (no reallocation).
 
@@ -172,8 +171,9 @@ class LoraSlotBank:
         forward.
         """
         self._check_slot(slot)
-        packed = isinstance(weights, PackedAdapter)
-        targeted = set(weights.kinds) if packed else {m for (_, m) in weights.pairs}
+        packed = weights if isinstance(weights, PackedAdapter) else None
+        pairs = {} if isinstance(weights, PackedAdapter) else weights.pairs
+        targeted = set(packed.kinds) if packed is not None else {m for (_, m) in pairs}
         unknown = targeted - set(self.target_modules)
         if unknown:
             raise LoraSlotError(f"adapter targets {sorted(unknown)}, but the bank only covers {list(self.target_modules)}")
@@ -183,10 +183,10 @@ class LoraSlotBank:
             else contextlib.nullcontext()
         nb = non_blocking and self.device.type == "cuda"
         with torch.no_grad(), ctx:
-            if packed:
-                ranks = self._load_packed(slot, weights, previous, nb)
-            for key, layer in ({} if packed else self.layers).items():
-                pair = weights.pairs.get(key)
+            if packed is not None:
+                ranks = self._load_packed(slot, packed, previous, nb)
+            for key, layer in ({} if packed is not None else self.layers).items():
+                pair = pairs.get(key)
                 module = key[1]
                 old_r = previous.get(module, 0)
                 if pair is None:
@@ -240,7 +240,7 @@ class LoraSlotBank:
                     store_a[:, slot, r:old_r].zero_()
                     store_b[:, slot, r:old_r].zero_()
             else:  # some layers only (layers_to_transform): the others must hold zeros
-                if any(not 0 <= l < n_layers for l in layer_ids):
+                if any(not 0 <= li < n_layers for li in layer_ids):
                     raise LoraSlotError(f"packed {module} names layers outside [0, {n_layers})")
                 clear = max(r, old_r)
                 store_a[:, slot, :clear].zero_()
@@ -306,12 +306,13 @@ class LoraSlotBank:
         """The current forward's grouping for one module kind (None: no token needs a delta)."""
         if self._token_slots is None:
             return None
-        # .get, not `in` then []: load_slot may clear the cache from a loader thread meanwhile
-        g = self._groupings.get(module, _MISSING)
-        if g is _MISSING:
+        # one lookup, not `in` then []: load_slot may clear the cache from a loader thread meanwhile
+        try:
+            return self._groupings[module]
+        except KeyError:
             g = self._build_grouping(module)
             self._groupings[module] = g
-        return g
+            return g
 
     def _build_grouping(self, module: str) -> _Grouping | None:
         t = self._token_slots  # [T] long, CPU
@@ -367,6 +368,9 @@ class LoraSlotBank:
 class MultiLoraLinear(nn.Module):
     """An `nn.Linear` plus a per-token LoRA delta from the bank's slot buffers."""
 
+    lora_a: torch.Tensor  # buffers (registered below), declared for the type checker
+    lora_b: torch.Tensor
+
     def __init__(self, base: nn.Linear, module: str, lora_a: torch.Tensor, lora_b: torch.Tensor):
         super().__init__()
         self.base_layer = base
@@ -409,8 +413,14 @@ class MultiLoraLinear(nn.Module):
                 h = torch._grouped_mm(xs, a_t, offs=g.offs)  # [Ta, r]
                 return torch._grouped_mm(h, b_t, offs=g.offs)  # [Ta, out]
             except RuntimeError as e:  # a layout this build's kernel refuses: same sort, other kernel
-                self.bank.disable_grouped_mm(str(e)[:200])
-                return self._delta(xs, self.bank.grouping(self.module))
+                bank = self.bank
+                if bank is None:  # only a bank's grouping routes tokens here
+                    raise
+                bank.disable_grouped_mm(str(e)[:200])
+                regrouped = bank.grouping(self.module)
+                if regrouped is None:  # the routing was cleared meanwhile
+                    raise
+                return self._delta(xs, regrouped)
         if g.strategy == "bmm":
             a, b = self._bmm_weights(g)
             n_layout = a.shape[0]
@@ -426,7 +436,7 @@ class MultiLoraLinear(nn.Module):
         # unbalanced: one pair of matmuls per distinct adapter, on views of its slot
         out = xs.new_empty(xs.shape[0], self.out_features)  # [Ta, out]
         start = 0
-        for slot, count in zip(g.slots, g.counts):
+        for slot, count in zip(g.slots, g.counts, strict=True):
             x_s = xs[start:start + count]  # [n, in]
             h = x_s @ self.lora_a[slot, :r].T  # [n, r]
             torch.mm(h, self.lora_b[slot, :r], out=out[start:start + count])  # [n, out]
@@ -439,6 +449,8 @@ class MultiLoraLinear(nn.Module):
         if g.window is not None:
             lo, hi = g.window
             return self.lora_a[lo:hi, :r], self.lora_b[lo:hi, :r]  # views, no copy
+        if g.slot_index is None:
+            raise LoraSlotError("a bmm grouping has neither a slot window nor a slot index")
         return (self.lora_a[:, :r].index_select(0, g.slot_index),  # gathered copies
                 self.lora_b[:, :r].index_select(0, g.slot_index))
 

@@ -214,7 +214,7 @@ def read_packed(ref: PackedRef, spec: AdapterSpec, verified: FileIdentity | None
             raise PackedFileError(f"{ref.path.name} is {size} bytes, expected {ref.size}")
         trusted = verified is not None and before == verified  # unchanged since its bytes hashed right
         buf = torch.empty(size, dtype=torch.uint8)  # owned: the weights never point into the file
-        view = memoryview(buf.numpy()).cast("B")
+        view = buf.numpy().data.cast("B")
         futures = []
         with open(fd, "rb", buffering=0, closefd=False) as f:
             for start in range(0, size, HASH_CHUNK):  # read chunk i+1 while chunk i hashes
@@ -241,7 +241,7 @@ def read_packed(ref: PackedRef, spec: AdapterSpec, verified: FileIdentity | None
 def _from_buffer(buf: torch.Tensor, spec: AdapterSpec) -> PackedAdapter:
     """Parse a safetensors file held in `buf` ([bytes] uint8) into views of it. Strict: every
     tensor in bounds, sizes consistent, names and shapes as the spec says."""
-    raw = memoryview(buf.numpy()).cast("B")
+    raw = buf.numpy().data.cast("B")
     if len(raw) < 8:
         raise PackedFileError("packed file too short")
     (hlen,) = struct.unpack("<Q", raw[:8])

@@ -18,6 +18,8 @@ bias lives in the Linear), Qwen3 (q_norm / k_norm).
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 
@@ -40,13 +42,13 @@ class ModelRunner:
             att = getattr(layer, "self_attn", None)
             if att is None or not all(hasattr(att, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
                 raise BaseModelError(f"layer {i}: attention without q/k/v/o projections is not supported")
-        cfg = model.config
+        cfg: Any = model.config  # a transformers config: its fields depend on the architecture
         self.model = model
         self.embed = inner.embed_tokens
         self.layers = list(layers)
         self.norm = inner.norm
         self.rotary = inner.rotary_emb
-        self.lm_head = model.lm_head
+        self.lm_head = cast(torch.nn.Module, model.lm_head)
         self.num_layers = len(self.layers)
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -126,7 +128,7 @@ class ModelRunner:
             x = self._finish_layer(layer, x, attn)
         last = torch.tensor(lens, device=dev).cumsum(0) - 1  # [N] index of each prompt's last token
         h = self.norm(x[0, last])  # [N, H]
-        for r, n in zip(rows, lens):
+        for r, n in zip(rows, lens, strict=True):
             cache.lengths[r] = n
         del total
         return self.lm_head(h).float()  # [N, V]

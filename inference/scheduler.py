@@ -27,7 +27,7 @@ import torch
 from inference.detokenize import IncrementalText
 from inference.errors import EngineError, EngineOverloaded, EngineStopped, UnknownAdapter
 from inference.kv_cache import KVCache
-from inference.requests import GenerationResult, RequestHandle, SamplingParams, TokenEvent
+from inference.requests import FinishReason, GenerationResult, RequestHandle, SamplingParams, TokenEvent
 from inference.runner import ModelRunner
 from inference.sampling import SamplingBatch, make_generator, sample_next
 from inference.tiers import AdapterTiers
@@ -88,9 +88,9 @@ class Scheduler:
         self._stop = False
         # every key exists from the start: stats() copies the dict from other threads, and a
         # dict that never grows can be copied while the scheduler updates it
-        self.counters = collections.Counter({k: 0 for k in (
+        self.counters: dict[str, float] = dict.fromkeys((
             "submitted", "rejected_overloaded", "finished_stop", "finished_length", "finished_cancelled",
-            "finished_error", "generated_tokens", "prefill_tokens", "decode_steps", "decode_tokens")})
+            "finished_error", "generated_tokens", "prefill_tokens", "decode_steps", "decode_tokens"), 0)
         self.counters["decode_seconds"] = 0.0
         self._tok_window: collections.deque[tuple[float, int]] = collections.deque()
         self._tok_lock = threading.Lock()
@@ -300,10 +300,10 @@ class Scheduler:
                 self._tok_window.popleft()
         self.counters["generated_tokens"] += len(ids)
         done_rows: list[int] = []
-        for i, (seq, tok) in enumerate(zip(seqs, ids)):
+        for i, (seq, tok) in enumerate(zip(seqs, ids, strict=True)):
             seq.sampled += 1
             seq.last_token = tok
-            reason = None
+            reason: FinishReason | None = None
             if tok in self.eos_ids and not seq.params.ignore_eos:
                 reason = "stop"
             else:
@@ -320,7 +320,7 @@ class Scheduler:
                 done_rows.append(first_row + i)
         self._remove_rows(done_rows)
 
-    def _finish(self, seq: Sequence, reason: str, error: BaseException | None = None) -> None:
+    def _finish(self, seq: Sequence, reason: FinishReason, error: BaseException | None = None) -> None:
         tail = seq.text.flush() if reason != "cancelled" and error is None else ""
         if tail:
             seq.handle._push(TokenEvent(tail, None))

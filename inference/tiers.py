@@ -23,10 +23,11 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -50,7 +51,7 @@ class _Slot:
     ready: bool = False
     refcount: int = 0  # running requests routed to this slot
     last_used: float = 0.0
-    event: object = None  # CUDA event of a pending copy
+    event: torch.cuda.Event | None = None  # CUDA event of a pending copy
 
 
 @dataclass
@@ -75,7 +76,7 @@ class AdapterTiers:
         bank,
         *,
         host_cache_size: int,
-        loader: Callable[[Path, object], object],
+        loader: Callable[[Path, Any], object],  # the spec is opaque here: whatever the loader takes
         pin_memory: bool = False,
         loader_threads: int = 1,
     ):
@@ -163,7 +164,7 @@ class AdapterTiers:
 
     # ------------------------------------------------------------ owner thread
 
-    def acquire(self, adapter_id: str, protect: set[str] = frozenset()) -> int | None:
+    def acquire(self, adapter_id: str, protect: AbstractSet[str] = frozenset()) -> int | None:
         """The slot holding `adapter_id`, ready for routing (refcount taken), or None while it is
         loading; starts the load if needed. Raises UnknownAdapter if it is not registered."""
         with self._lock:
@@ -222,7 +223,7 @@ class AdapterTiers:
                     else:
                         self._copy_into(s, key, weights, t0)
         with self._lock:
-            for s, st in enumerate(self._slots):
+            for st in self._slots:
                 if st.key is not None and not st.ready and st.event is not None and st.event.query():
                     st.ready, st.event = True, None
             for entry in self._entries.values():
@@ -294,7 +295,7 @@ class AdapterTiers:
                 continue
             entry = self._entries.get(st.key[0])
             live = entry is not None and entry.version == st.key[1]
-            if live and (entry.pinned or st.key[0] in protect):
+            if live and entry is not None and (entry.pinned or st.key[0] in protect):
                 continue
             t = st.last_used if live else -1.0  # stale slots go first
             if best_t is None or t < best_t:
@@ -314,7 +315,7 @@ class AdapterTiers:
                     w = _pin_weights(w)
                 result = (key, w, None, t0)
                 _keep_recent(self.counters.read_seconds, time.perf_counter() - t_read)
-            except Exception as e:  # reported to the scheduler, which fails the waiting requests
+            except Exception as e:  # noqa: BLE001 - reported to the scheduler, which fails the waiting requests
                 log.warning("loading adapter %s failed: %s", key[0], e)
                 result = (key, None, f"{type(e).__name__}: {e}", t0)
             with self._done_cv:

@@ -96,6 +96,7 @@ def read_records(path: Path) -> list[dict]:
 def validate_record(obj: object, where: str) -> dict:
     if not isinstance(obj, dict):
         raise TrainingDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    fields: tuple[str, ...]
     if "text" in obj:
         fields = ("text",)
     elif "prompt" in obj and "response" in obj:
@@ -153,7 +154,7 @@ def train_lora(
     tok = base.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     examples = [_encode(tok, r, config.max_length) for r in records]
-    examples = [e for e in examples if any(l != -100 for l in e[1][1:])]
+    examples = [e for e in examples if any(label != -100 for label in e[1][1:])]
     if not examples:
         raise TrainingDataError("every record is empty after tokenisation and truncation")
 
@@ -182,7 +183,8 @@ def train_lora(
     losses: list[float] = []
     t0 = time.monotonic()
     try:
-        for step, batch in zip(range(config.steps), _batches(examples, config.batch_size, rng)):
+        batches = _batches(examples, config.batch_size, rng)  # endless: the step count ends the loop
+        for step, batch in zip(range(config.steps), batches, strict=False):
             width = max(len(ids) for ids, _ in batch)
             # input_ids, labels, attention: [batch, width], right-padded
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)

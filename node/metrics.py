@@ -62,7 +62,7 @@ class _StatsCollector:
         for prefix, fn in list(self._m._sources.items()):
             try:
                 stats = fn()
-            except Exception:  # a scrape must never fail because a component is shutting down
+            except Exception:  # noqa: BLE001 - a scrape must never fail because a component is shutting down
                 continue
             yield from self._families(prefix, stats)
 

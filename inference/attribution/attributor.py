@@ -131,7 +131,7 @@ def _consolidate(members: dict[int, _Member]) -> _Corpus:
     empty = np.zeros(0, dtype=np.uint32)
     tokens = np.concatenate([ix.tokens for ix in idxs]) if idxs else empty
     sa = np.concatenate([ix.sa for ix in idxs]) if idxs else empty
-    for ix, a, b in zip(idxs, offsets[:-1], offsets[1:]):
+    for ix, a, b in zip(idxs, offsets[:-1], offsets[1:], strict=True):
         ix.tokens, ix.sa = tokens[a:b], sa[a:b]
     return _Corpus(ids, tuple(members[i].dataset_id for i in ids), tokens, sa, offsets)
 
@@ -210,7 +210,7 @@ class Attributor:
         corpus = self._snapshot()
         k = self.config.min_span_tokens
         ms = matching_statistics(corpus.tokens, corpus.sa, corpus.offsets, q, k, self.config.max_span_tokens)  # (C, m)
-        ds_of = dict(zip(corpus.ids, corpus.dataset_ids))
+        ds_of = dict(zip(corpus.ids, corpus.dataset_ids, strict=True))
         covs: dict[int, np.ndarray] = {}
         runs_of: dict[int, list[tuple[int, int]]] = {}
         for row in np.nonzero(ms.any(axis=1))[0]:

@@ -60,7 +60,7 @@ class GroupCommitter(Generic[J, R]):
             except Exception as e:  # noqa: BLE001 - every job of the group learns the failure
                 results = [e] * len(group)
             self.groups_written += 1
-            for (_, fut), res in zip(group, results):
+            for (_, fut), res in zip(group, results, strict=True):
                 _settle(fut, res)
 
     async def close(self) -> None:

@@ -35,7 +35,7 @@ from inference.errors import (
     PromptTooLong,
     UnknownAdapter,
 )
-from inference.requests import GenerationRequest, GenerationResult, RequestHandle, TokenEvent
+from inference.requests import FinishReason, GenerationRequest, GenerationResult, RequestHandle, TokenEvent
 from node.errors import ConfigError
 from node.gateway import vllm_http as V
 from node.gateway.upstream import Router, Upstream
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 PROBE_ADAPTER = "loranode-cache-probe"
 _ADMIN_TIMEOUT_S = 120.0  # loading an adapter on a busy server can take a while
+_COMPLETE_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}  # vLLM answers that completed
 
 
 class UpstreamUnavailable(EngineStopped):
@@ -173,16 +174,16 @@ class VllmEngine:
         asyncio.set_event_loop(loop)
 
         async def main():
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-            self._stop = asyncio.Event()
+            session = self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            stop = self._stop = asyncio.Event()
             ready.set_result(None)
             try:
-                await self._probe_loop()
+                await self._probe_loop(stop)
             finally:
                 for task in list(self._tasks.values()):
                     task.cancel()
                 await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-                await self._session.close()
+                await session.close()
 
         try:
             loop.run_until_complete(main())
@@ -200,10 +201,18 @@ class VllmEngine:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def _http(self) -> aiohttp.ClientSession:
+        """The gateway loop's HTTP session; it exists while that loop runs."""
+        if self._session is None:
+            raise EngineStopped("the vLLM gateway is not running")
+        return self._session
+
     def stop(self) -> None:
-        if self._loop is not None and self.running:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(30)
+        loop, thread, stop = self._loop, self._thread, self._stop
+        if loop is not None and thread is not None and stop is not None and thread.is_alive():
+            loop.call_soon_threadsafe(stop.set)
+            thread.join(30)
 
     def close(self) -> None:
         self.stop()
@@ -227,8 +236,8 @@ class VllmEngine:
         Returns a configuration error (the server stays out), None otherwise."""
         async with server.lock:
             try:
-                await V.health(self._session, server.url, min(self.timeout_s, 10.0))
-                base, max_len, _ = await V.models(self._session, server.url, min(self.timeout_s, 10.0))
+                await V.health(self._http, server.url, min(self.timeout_s, 10.0))
+                base, max_len, _ = await V.models(self._http, server.url, min(self.timeout_s, 10.0))
                 if base != self.model_id:
                     msg = (f"{server.url} serves base model {base!r}, this node serves {self.model_id!r} "
                            f"(start vLLM with --served-model-name {self.model_id})")
@@ -253,13 +262,13 @@ class VllmEngine:
         """Make the server hold exactly this node's adapters, each from its verified folder:
         load what it lacks (it restarted), replace what it holds from another path (an older
         version), unload this node's names it should no longer hold (deprecated while it was out)."""
-        _, _, held = await V.models(self._session, server.url, min(self.timeout_s, 10.0))
+        _, _, held = await V.models(self._http, server.url, min(self.timeout_s, 10.0))
         wanted = dict(self._adapters)
         server.loaded = {n for n, root in held.items() if n in wanted and root == str(wanted[n])}
-        for name, root in held.items():
+        for name in held:
             if name in server.loaded or parse_adapter_model_name(name) is None:  # not a name this node gives
                 continue
-            await V.unload_lora(self._session, server.url, name, _ADMIN_TIMEOUT_S)
+            await V.unload_lora(self._http, server.url, name, _ADMIN_TIMEOUT_S)
             self.counters["adapter_unloads"] += 1
         for name, folder in wanted.items():
             if name not in server.loaded and name in self._adapters:
@@ -270,8 +279,8 @@ class VllmEngine:
         cache by the same path (same machine or a shared filesystem mounted at the same path)."""
         folder = await asyncio.to_thread(self._probe_adapter)
         try:
-            await V.load_lora(self._session, server.url, PROBE_ADAPTER, str(folder), _ADMIN_TIMEOUT_S)
-            await V.unload_lora(self._session, server.url, PROBE_ADAPTER, _ADMIN_TIMEOUT_S)
+            await V.load_lora(self._http, server.url, PROBE_ADAPTER, str(folder), _ADMIN_TIMEOUT_S)
+            await V.unload_lora(self._http, server.url, PROBE_ADAPTER, _ADMIN_TIMEOUT_S)
         except (V.Refused, V.AdapterMissing) as e:
             return (f"{server.url} cannot load adapters from the node's adapter cache {self.cache_dir} ({e}). "
                     "The cache must be on a filesystem the vLLM server reads at the same path, and the server "
@@ -288,7 +297,7 @@ class VllmEngine:
         return folder
 
     async def _load_on(self, server: Upstream, name: str, folder: Path) -> None:
-        await V.load_lora(self._session, server.url, name, str(folder), _ADMIN_TIMEOUT_S)
+        await V.load_lora(self._http, server.url, name, str(folder), _ADMIN_TIMEOUT_S)
         server.loaded.add(name)
         self.counters["adapter_loads"] += 1
 
@@ -298,12 +307,12 @@ class VllmEngine:
             self.counters["server_failures"] += 1
         server.take_out(reason)
 
-    async def _probe_loop(self) -> None:
+    async def _probe_loop(self, stop: asyncio.Event) -> None:
         """Every probe_s: servers out of rotation are tried again; servers in rotation are checked
         for adapters they lost (a restart between two requests) and reloaded."""
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
-                await asyncio.wait_for(self._stop.wait(), self.probe_s)
+                await asyncio.wait_for(stop.wait(), self.probe_s)
                 return
             except asyncio.TimeoutError:
                 pass
@@ -318,7 +327,7 @@ class VllmEngine:
                 await self._reconcile_locked(server)
         except V.UpstreamError as e:
             self._server_failed(server, str(e))
-        except Exception:  # noqa: BLE001 - a bug in one probe must not end the prober
+        except Exception:  # a bug in one probe must not end the prober
             log.exception("probing vLLM server %s failed", server.url)
 
     # ------------------------------------------------------------ adapters
@@ -373,7 +382,7 @@ class VllmEngine:
                     continue
                 server.loaded.discard(name)
                 try:
-                    await V.unload_lora(self._session, server.url, name, _ADMIN_TIMEOUT_S)
+                    await V.unload_lora(self._http, server.url, name, _ADMIN_TIMEOUT_S)
                     self.counters["adapter_unloads"] += 1
                 except V.UpstreamError as e:  # a failed server forgets everything anyway
                     self._server_failed(server, str(e))
@@ -389,7 +398,8 @@ class VllmEngine:
         queue is full or no server in rotation can serve the adapter (retry later)."""
         if not isinstance(request, GenerationRequest):
             raise InvalidRequest("submit() takes a GenerationRequest")
-        if not self.running:
+        loop = self._loop
+        if loop is None or not self.running:
             raise EngineStopped("the vLLM gateway is not running")
         cfg = self.config
         if request.adapter_id is not None and request.adapter_id not in self._adapters:
@@ -413,7 +423,7 @@ class VllmEngine:
             self._outstanding += 1
         handle = RequestHandle(request, len(ids), canceller=self._cancel)
         try:
-            self._loop.call_soon_threadsafe(self._start_request, handle, ids, max_new)
+            loop.call_soon_threadsafe(self._start_request, handle, ids, max_new)
         except RuntimeError as e:  # the loop closed between the check and now
             self._done_counting()
             raise EngineStopped("the vLLM gateway is not running") from e
@@ -471,7 +481,7 @@ class VllmEngine:
                 server.outstanding += 1
                 server.requests += 1
                 try:
-                    async with aclosing(V.stream_completion(self._session, server.url, payload,
+                    async with aclosing(V.stream_completion(self._http, server.url, payload,
                                                             self.timeout_s)) as chunks:
                         async for chunk in chunks:
                             for event in answer.add(chunk):
@@ -496,11 +506,12 @@ class VllmEngine:
                 finally:
                     server.outstanding -= 1
                 self.counters["requests_failed_over"] += 1
-            if answer.finish not in ("stop", "length"):
+            finish = _COMPLETE_FINISH.get(answer.finish or "")
+            if finish is None:
                 self.counters["requests_failed_upstream"] += 1
                 handle._finish(None, UpstreamUnavailable(f"vLLM ended the request with {answer.finish!r}"))
                 return
-            handle._finish(self._metered(handle, ids, answer, answer.finish, max_new))
+            handle._finish(self._metered(handle, ids, answer, finish, max_new))
         except asyncio.CancelledError:  # the client left: meter what it received, as the builtin engine does
             handle._finish(self._metered(handle, ids, answer, "cancelled", max_new, check_usage=False))
         except Exception as e:  # a bug must not leave the client hanging
@@ -524,7 +535,7 @@ class VllmEngine:
         except (V.UpstreamError, KeyError) as e:
             log.warning("reloading %s on %s failed: %s", name, server.url, e)
 
-    def _metered(self, handle: RequestHandle, ids: list[int], answer: "_Answer", finish: str, max_new: int,
+    def _metered(self, handle: RequestHandle, ids: list[int], answer: "_Answer", finish: FinishReason, max_new: int,
                  check_usage: bool = True) -> GenerationResult:
         text = "".join(answer.text)
         m = meter(self.tokenizer, self.eos_ids, ids, text, answer.token_ids if answer.ids_ok else None, finish,

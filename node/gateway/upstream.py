@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 # extra outstanding requests tolerated on an adapter's affine server before spreading its load
@@ -53,11 +54,11 @@ class Router:
         self.servers = servers
         self._affine: dict[str | None, Upstream] = {}
 
-    def candidates(self, adapter: str | None, exclude: set[str] = frozenset()) -> list[Upstream]:
+    def candidates(self, adapter: str | None, exclude: AbstractSet[str] = frozenset()) -> list[Upstream]:
         return [s for s in self.servers
                 if s.in_rotation and s.url not in exclude and (adapter is None or adapter in s.loaded)]
 
-    def pick(self, adapter: str | None, exclude: set[str] = frozenset()) -> Upstream | None:
+    def pick(self, adapter: str | None, exclude: AbstractSet[str] = frozenset()) -> Upstream | None:
         """The server for one request (None: no server in rotation holds the adapter)."""
         cands = self.candidates(adapter, exclude)
         if not cands:

@@ -51,8 +51,8 @@ def meter(tokenizer, eos_ids: set[int], prompt_ids: list[int], text: str, upstre
     if ids is None or not _valid_ids(ids, vocab):
         problems.append("vLLM returned no valid completion token ids")
         ids = None
-    ends_on_eos = bool(ids) and finish_reason == "stop" and ids[-1] in eos_ids
-    body = ids[:-1] if ends_on_eos else ids
+    ends_on_eos = ids is not None and len(ids) > 0 and finish_reason == "stop" and ids[-1] in eos_ids
+    body = ids[:-1] if ids is not None and ends_on_eos else ids
     if body is not None and not _ids_spell(tokenizer, body, text, finish_reason, stop):
         problems.append("vLLM's completion token ids do not decode to the returned text")
         body, ends_on_eos = None, False

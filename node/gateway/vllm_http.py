@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import aiohttp
 
@@ -129,7 +129,7 @@ async def is_healthy(session: aiohttp.ClientSession, base: str, timeout: float) 
 
 
 async def stream_completion(session: aiohttp.ClientSession, base: str, payload: dict,
-                            timeout: float) -> AsyncIterator[dict]:
+                            timeout: float) -> AsyncGenerator[dict, None]:
     """POST /v1/completions with stream=true; yields each SSE `data:` object until [DONE].
     Silence longer than `timeout` (a queued request waits for its first token; a busy server
     pauses) is tolerated while the server's /health (which checks vLLM's engine) answers; a dead

@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,9 +74,9 @@ class ContentCache:
         dest = self.entries_dir / key
         try:
             os.rename(src, dest)
-        except OSError:
+        except OSError as e:
             if not os.path.lexists(dest):
-                raise IpfsError(f"could not move {src} into the cache at {dest}")
+                raise IpfsError(f"could not move {src} into the cache at {dest}") from e
             # Already cached by a concurrent fetch: same CID, same verified bytes.
         now = time.time()
         os.utime(dest, (now, now), follow_symlinks=False)
@@ -115,7 +116,7 @@ class ContentCache:
         elif os.path.lexists(path):
             path.unlink()
 
-    def evict(self, keep: set[str] = frozenset()) -> list[str]:
+    def evict(self, keep: AbstractSet[str] = frozenset()) -> list[str]:
         """Remove least recently used unpinned entries until the cache fits `max_bytes`."""
         entries = self.entries()
         total = sum(size for _, size, _ in entries)

@@ -2,7 +2,8 @@
 
 PBNode { repeated PBLink Links = 2; optional bytes Data = 1; }   -- Links are written first
 PBLink { optional bytes Hash = 1; optional string Name = 2; optional uint64 Tsize = 3; }
-UnixFS Data { Type = 1; Data = 2; filesize = 3; repeated blocksizes = 4 (unpacked); hashType = 5; fanout = 6; mode = 7; mtime = 8 }
+UnixFS Data { Type = 1; Data = 2; filesize = 3; repeated blocksizes = 4 (unpacked); hashType = 5; fanout = 6;
+              mode = 7; mtime = 8 }
 Kubo always writes a link's Name (empty for file chunks) and Tsize.
 """
 
@@ -83,6 +84,7 @@ class UnixFSData:
 def _fields(buf: bytes | memoryview, what: str):
     """Yield (field number, wire type, value) of a protobuf message; value is int or bytes."""
     pos, n = 0, len(buf)
+    val: int | bytes
     try:
         while pos < n:
             key, pos = decode_varint(buf, pos)

@@ -8,11 +8,13 @@ The same walk serves every backend; only `get_block` differs (store on disk, CAR
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from node.ipfs.car import MAX_BLOCK_BYTES
 from node.ipfs.cid import CID, CODEC_DAG_PB, CODEC_RAW
@@ -79,14 +81,14 @@ class _Walk:
             raise ContentTooLarge(f"more than {MAX_ENTRIES} entries")
         pb, fs = await self.node(cid)
         if fs is None:  # a raw block is a whole file
-            with open(dest, "xb") as fh:
+            async with _new_file(dest) as fh:
                 self._count(len(pb))
                 fh.write(pb)
             return
         if fs.kind in (T_FILE, T_RAW):
             if fs.filesize is not None and self.written + fs.filesize > self.max_bytes:
                 raise ContentTooLarge(f"file of {fs.filesize} bytes exceeds the cap of {self.max_bytes} bytes")
-            with open(dest, "xb") as fh:
+            async with _new_file(dest) as fh:
                 await self.file_body(cid, pb, fs, fh, 0)
         elif fs.kind == T_DIRECTORY:
             os.mkdir(dest)
@@ -146,7 +148,7 @@ class _Walk:
             fh.write(fs.data)
         if pb.links and len(fs.blocksizes) != len(pb.links):
             raise MalformedBlock(f"{cid}: {len(pb.links)} links but {len(fs.blocksizes)} block sizes")
-        for link, expected in zip(pb.links, fs.blocksizes):
+        for link, expected in zip(pb.links, fs.blocksizes, strict=False):  # lengths checked above when there are links
             cpb, cfs = await self.node(link.cid)
             got = await self.file_body(link.cid, cpb, cfs, fh, depth + 1)
             if got != expected:
@@ -167,6 +169,17 @@ async def export_dag(root: CID, get_block: GetBlock, dest: Path, max_bytes: int,
         _remove(dest)
         raise
     return dest
+
+
+@contextlib.asynccontextmanager
+async def _new_file(dest: Path) -> AsyncIterator[BinaryIO]:
+    """Create `dest` ("xb": never over an existing entry), opening and closing (flushing) it off the
+    event loop: a slow disk must not stall the other requests."""
+    fh = await asyncio.to_thread(open, dest, "xb")
+    try:
+        yield fh
+    finally:
+        await asyncio.to_thread(fh.close)
 
 
 async def export_into(dest_dir: Path, root: CID, get_block: GetBlock, max_bytes: int, progress: Progress | None = None) -> Path:

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import secrets
 import shutil
 from collections.abc import Sequence
@@ -78,20 +80,20 @@ class GatewayClient:
                         return await self._fetch_car(url, root, Path(dest_dir), max_bytes, progress)
                     except _CarUnsupported:
                         pass  # fall back to block-by-block for this gateway
-                return await export_into(Path(dest_dir), root, lambda c: self._get_raw(url, c), max_bytes, progress)
+                return await export_into(Path(dest_dir), root, functools.partial(self._get_raw, url), max_bytes, progress)
             except (BackendError, IntegrityError) as e:
                 errors.append(e)
         if len(errors) == 1:
             raise errors[0]
         integrity = [e for e in errors if isinstance(e, IntegrityError)]
-        detail = "; ".join(f"{u}: {type(e).__name__}: {e}" for u, e in zip(self.urls, errors))
+        detail = "; ".join(f"{u}: {type(e).__name__}: {e}" for u, e in zip(self.urls, errors, strict=True))
         if integrity:
             raise type(integrity[0])(f"no gateway served verified {cid}: {detail}") from integrity[0]
         raise BackendError(f"no gateway served {cid}: {detail}") from errors[-1]
 
     # --- one gateway --------------------------------------------------------------------------
     async def _fetch_car(self, url: str, root: CID, dest_dir: Path, max_bytes: int, progress) -> Path:
-        dest_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(dest_dir.mkdir, parents=True, exist_ok=True)
         spill = dest_dir / f".blocks-{secrets.token_hex(8)}"
         spill.mkdir()
         try:
@@ -109,8 +111,7 @@ class GatewayClient:
 
     async def _download_car(self, url: str, root: CID, spill: Path, max_bytes: int) -> None:
         """Stream the CAR into one verified file per block under `spill`."""
-        for stale in spill.iterdir():  # a retry starts from nothing
-            stale.unlink()
+        await asyncio.to_thread(_empty_folder, spill)  # a retry starts from nothing
         headers = {"Accept": f"{CAR_MEDIA_TYPE};version=1;order=dfs;dups=n"}
         async with self.http.session().get(f"{url}/ipfs/{root}", params={"format": "car"}, headers=headers) as resp:
             if resp.status in (400, 406, 501):
@@ -158,3 +159,7 @@ class GatewayClient:
             raise ContentNotFound(f"{url} does not have {cid} (HTTP {resp.status})")
         raise BackendError(f"{url} answered HTTP {resp.status} for {cid}")
 
+
+def _empty_folder(folder: Path) -> None:
+    for entry in folder.iterdir():
+        entry.unlink()

@@ -15,6 +15,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from node.ipfs.cid import CID, CODEC_DAG_PB, CODEC_RAW
 from node.ipfs.dagpb import T_DIRECTORY, T_FILE, encode_link, encode_node, file_leaf_frame, unixfs_data
@@ -66,7 +67,7 @@ def _open(path):
     return open(path, "rb", buffering=0)
 
 
-def import_file(path: str | os.PathLike, params: ImportParams, sink: BlockSink | None = None) -> Imported:
+def import_file(path: str | os.PathLike | BinaryIO, params: ImportParams, sink: BlockSink | None = None) -> Imported:
     version = params.version
     raw = params.leaves_raw
     leaves: list[Imported] = []

@@ -64,7 +64,9 @@ class KuboClient:
         await self.close()
 
     # --- plumbing -------------------------------------------------------------------------
-    async def _rpc(self, endpoint: str, params: dict | list | None = None, *, data_factory=None, read=None, limit: int | None = None):
+    async def _rpc(
+        self, endpoint: str, params: dict | list | None = None, *, data_factory=None, read=None, limit: int | None = None
+    ):
         """POST /api/v0/<endpoint>; `read(resp)` consumes a 200 body (default: whole body as bytes)."""
         url = f"{self.url}/api/v0/{endpoint}"
 
@@ -184,6 +186,7 @@ class KuboClient:
         `fetch` verifies block by block and works for any layout)."""
         root = CID.parse(cid)
         data = await self._rpc("cat", {"arg": str(root)}, limit=max_bytes)
+        flavours: list[bool | None]
         if root.codec == CODEC_RAW or root.version == 0:
             flavours = [None]
         else:
