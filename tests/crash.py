@@ -11,8 +11,13 @@ the deadline is killed and the test fails with a clear message instead of hangin
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
 import multiprocessing
+import os
 import signal
+import sys
 import time
 import traceback
 from multiprocessing.connection import wait
@@ -28,11 +33,23 @@ class _Failed:
         self.tb = tb
 
 
-def _child(send, target: Callable[..., Any], args: tuple) -> None:
-    import os
-
+def _load(module: str, file: str, name: str) -> Callable[..., Any]:
+    """The target, by module name as the parent knows it; pytest's importlib import mode may have
+    named a test module in a way sys.path cannot resolve (run from another directory), so fall back
+    to loading its file under that name."""
     try:
-        target(send.send, *args)
+        mod = importlib.import_module(module)
+    except ImportError:
+        spec = importlib.util.spec_from_file_location(module, file)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[module] = mod
+        spec.loader.exec_module(mod)
+    return getattr(mod, name)
+
+
+def _child(send, where: tuple[str, str, str], args: tuple) -> None:
+    try:
+        _load(*where)(send.send, *args)
     except BaseException:
         try:
             send.send(_Failed(traceback.format_exc()))
@@ -50,10 +67,13 @@ def run_until_sigkilled(target: Callable[..., Any], *args: Any, timeout: float =
     `args` picklable. Fails if the child exits any other way or is still alive after `timeout` s
     (it is then killed)."""
     label = f"{what}: " if what else ""
+    if "." in target.__qualname__:  # a nested function or a method
+        raise TypeError(f"{target.__qualname__} must be a module-level function: the child imports it by name")
+    where = (target.__module__, inspect.getfile(target), target.__name__)
     ctx = multiprocessing.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, target, args), daemon=True,
-                       name=f"crash-{getattr(target, '__name__', 'target')}")
+    proc = ctx.Process(target=_child, args=(send, where, args), daemon=True,
+                       name=f"crash-{target.__name__}")
     reports: list[Any] = []
     try:
         proc.start()
