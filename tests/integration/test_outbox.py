@@ -1,7 +1,7 @@
 """chain.outbox against a real anvil: exactly-once sending through crashes, stuck fees and reverts.
 
 The durable store is the node's `SqlOutboxStore`, tested on SQLite and on the machine's Postgres;
-the store rules also run against `InMemoryOutboxStore`. Crashes are real (a forked child using the
+the store rules also run against `InMemoryOutboxStore`. Crashes are real (a child process using the
 SQL store SIGKILLs itself mid-send) or simulated by raising a BaseException from inside the outbox
 at the named point; either way a new Outbox on a new DB engine (a new process) takes over. Mempool
 loss is real (`anvil_dropTransaction`), stuck transactions are real (automine off).
@@ -16,6 +16,7 @@ import signal
 
 import pytest
 import requests
+from crash import run_until_sigkilled
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from web3 import Web3
@@ -553,8 +554,8 @@ KILL_POINTS = ["signed", "broadcast", "mined"]  # SqlOutboxStore's on_step names
 SENT_BY_DEAD = {"signed": 0, "broadcast": 1, "mined": 2}  # transactions out when the process dies there
 
 
-def _send_until_killed(db_url: str, rpc_url: str, keys: list[tuple[str, int]], point: str) -> None:
-    """The body of the forked node process: enqueue, send, and SIGKILL itself at `point`."""
+def _send_until_killed(_report, db_url: str, rpc_url: str, keys: list[tuple[str, int]], point: str) -> None:
+    """The node process (a fresh interpreter, see crash.py): enqueue, send, and SIGKILL itself at `point`."""
 
     def die_at(name: str, _intent_id: int) -> None:
         if name == point:
@@ -577,14 +578,7 @@ def test_sigkill_mid_send_then_restart_sends_each_intent_once(anvil, sql_url, op
     ids: list[int] = []
     for rnd, point in enumerate(KILL_POINTS):
         keys = [(f"r{rnd}-{j}", 2 * rnd + j) for j in range(2)]
-        pid = os.fork()
-        if pid == 0:  # the node process
-            try:
-                _send_until_killed(sql_url, anvil.url, keys, point)
-            finally:
-                os._exit(3)  # reached only if the kill point never came
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"{point}: status {status}"
+        run_until_sigkilled(_send_until_killed, sql_url, anvil.url, keys, point, what=point)  # the node process
 
         store = open_sql_store()
         before = [store.get_by_key(key) for key, _ in keys]

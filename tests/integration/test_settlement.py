@@ -12,13 +12,12 @@ written, settlement catches up once the chain is back."""
 from __future__ import annotations
 
 import asyncio
-import os
 import runpy
-import signal
 import textwrap
 from pathlib import Path
 
 import pytest
+from crash import run_until_sigkilled
 from eth_account import Account
 from sqlalchemy import select
 from web3 import Web3
@@ -223,24 +222,22 @@ CRASH_POINTS = [
 ]
 
 
+def _settle_until_killed(_report, script: str, point: str, *args: str) -> None:
+    """The node process (a fresh interpreter, see crash.py): the builder script's `crash_at`, with
+    its own event loop, DB engine and RPC connections; it dies by SIGKILL at `point`."""
+    runpy.run_path(script)["crash_at"](point, *args)
+
+
 def test_sigkill_at_every_settlement_step_then_restart(world):
-    """Sync test on purpose: the crashing node is a forked child (a fresh interpreter would spend
-    ~5-10 s importing web3 per crash point on these machines); it runs its own event loop, DB
-    engine and RPC connections, and dies by SIGKILL at the step under test."""
+    """Sync test on purpose: the crashing node is a child process (a fresh interpreter: a fork of
+    this multi-threaded process can inherit locks held by other threads and hang); it runs its own
+    event loop, DB engine and RPC connections, and dies by SIGKILL at the step under test."""
     client = Client(world)
-    crash_at = runpy.run_path(world["script"])["crash_at"]
     args = (world["db_url"], world["anvil"].url, world["dep_path"], world["data"])
     for k, point in enumerate(CRASH_POINTS):
         for i in range(3):  # new work each round: 3 receipts, both lanes' vouchers move up
             client.serve(i % 2, 10 + k, (3 + k) if i % 2 else 0)
-        pid = os.fork()
-        if pid == 0:  # the node process
-            try:
-                crash_at(point, *args)
-            finally:
-                os._exit(3)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"{point}: status {status}"
+        run_until_sigkilled(_settle_until_killed, world["script"], point, *args, what=point)
         asyncio.run(settlement(world).flush())  # the restarted node finishes what the dead one started
     check_exactly_once(world, client)
     # the outbox never sent two transactions for one intent: nonces are contiguous and each mined once

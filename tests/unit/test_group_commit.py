@@ -9,6 +9,7 @@ import os
 import signal
 
 import pytest
+from crash import run_until_sigkilled
 from eth_account import Account
 from sqlalchemy import select
 
@@ -141,25 +142,21 @@ def test_group_committer_rejects_a_wrong_result_count_for_every_job():
         GroupCommitter(lambda jobs: jobs, max_group=0)
 
 
+def _issue_then_die(report, url: str) -> None:
+    """The node process: its own engine and loop; reports the request id, then dies by SIGKILL."""
+    led = Ledger(make_session_factory(url))
+    iss = ReceiptIssuer(operator=OPERATOR, chain_id=CHAIN_ID, receipt_log=RECEIPT_LOG, ledger=led)
+    issued = asyncio.run(issue(iss, lane(1)))
+    report(issued.signed.receipt.request_id)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def test_receipt_is_durable_once_issue_async_returned_even_if_the_process_is_killed(world):
-    """The node's promise: a receipt is never lost once its response could be sent. A forked node
-    issues a receipt, reports its request id, and dies by SIGKILL (no cleanup, no flush)."""
+    """The node's promise: a receipt is never lost once its response could be sent. A node process
+    (a fresh interpreter) issues a receipt, reports its request id, and dies by SIGKILL (no cleanup,
+    no flush)."""
     url, _, _ = world
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the node process: its own engine and loop
-        try:
-            led = Ledger(make_session_factory(url))
-            iss = ReceiptIssuer(operator=OPERATOR, chain_id=CHAIN_ID, receipt_log=RECEIPT_LOG, ledger=led)
-            issued = asyncio.run(issue(iss, lane(1)))
-            os.write(w, issued.signed.receipt.request_id)
-            os.kill(os.getpid(), signal.SIGKILL)
-        finally:
-            os._exit(3)
-    os.close(w)
-    rid = os.read(r, 32)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    [rid] = run_until_sigkilled(_issue_then_die, url)
     assert len(rid) == 32
     assert [row.request_id for row in stored(url)] == ["0x" + rid.hex()]
 
