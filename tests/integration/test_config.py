@@ -139,7 +139,7 @@ def test_deployment_defaults_to_the_file_chain_deploy_writes(tmp_path, monkeypat
 
     from chain.deploy import PROTOCOL_CONTRACTS, Deployment, deployment_file
     from chain.protocol import DEV_CHAIN_ID
-    from node.api.app import _load_deployment
+    from node.daemon.root import _load_deployment
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, environ={}, dev_mode=True)
