@@ -190,7 +190,7 @@ async def audit_batch(c, backends: Sequence, cache, seq: int, node: str | None =
     def split_of(adapter_id: int) -> dict[int, int]:
         if adapter_id not in splits:
             a = c.adapters.get_adapter(adapter_id)
-            splits[adapter_id] = dict(zip(a.dataset_ids, a.dataset_bps))
+            splits[adapter_id] = dict(zip(a.dataset_ids, a.dataset_bps, strict=True))
         return splits[adapter_id]
 
     digests: dict[int, bytes] = {}
@@ -338,7 +338,7 @@ def _split_reader(c):
     def split_of(adapter_id: int) -> dict[int, int]:
         if adapter_id not in splits:
             a = c.adapters.get_adapter(adapter_id)
-            splits[adapter_id] = dict(zip(a.dataset_ids, a.dataset_bps))
+            splits[adapter_id] = dict(zip(a.dataset_ids, a.dataset_bps, strict=True))
         return splits[adapter_id]
 
     return split_of

@@ -42,7 +42,7 @@ def parse_dataset_splits(text: str | None) -> tuple[list[int], list[int]]:
         raise InputError("dataset ids and bps must be positive")
     if sum(bps) > TOTAL_BPS:
         raise InputError(f"dataset bps sum to {sum(bps)}, more than {TOTAL_BPS}")
-    pairs = sorted(zip(ids, bps))  # the registry wants dataset ids ascending
+    pairs = sorted(zip(ids, bps, strict=True))  # the registry wants dataset ids ascending
     return [i for i, _ in pairs], [b for _, b in pairs]
 
 
@@ -188,7 +188,8 @@ def deprecate(
     tx_done(receipt, "adapter deprecated", as_json, adapter_id=adapter_id)
 
 
-_COLUMNS = ["adapter_id", "owner", "version", "rank", "price_per_1k", "owner_bps", "dataset_ids", "dataset_bps", "deprecated", "cid"]
+_COLUMNS = ["adapter_id", "owner", "version", "rank", "price_per_1k", "owner_bps", "dataset_ids", "dataset_bps", "deprecated",
+            "cid"]
 
 
 @adapter_app.command("show")

@@ -86,7 +86,7 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
     from node.services.contributions import count_tokens
     from node.services.rewards import summarize, summary_row
 
-    acct = {role: Account.from_key(k) for role, k in zip(DEV_ROLES, DEV_PRIVATE_KEYS)}
+    acct = {role: Account.from_key(k) for role, k in zip(DEV_ROLES, DEV_PRIVATE_KEYS, strict=True)}
     shutil.rmtree(data_dir, ignore_errors=True)  # each demo starts from a fresh chain
     t_start = time.monotonic()
 
@@ -133,7 +133,8 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
             rep = train_lora(base, records, out, cfg)
             cid = store.add_path_sync(out)
             ds = datasets[name]
-            c.adapters.register(acct[owner], base.model_id, cid, cfg.rank, ADAPTER_PRICE, owner_bps, [ds], [TOTAL_BPS - owner_bps])
+            c.adapters.register(acct[owner], base.model_id, cid, cfg.rank, ADAPTER_PRICE, owner_bps, [ds],
+                                [TOTAL_BPS - owner_bps])
             aid = c.adapters.adapter_count()
             published[aid] = name
             console.print(f"{adapter_model_name(aid)} «{name}» by {owner}: {rep.steps} steps in {rep.seconds:.0f}s, "
@@ -197,7 +198,7 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
         ok = c.receipts.verify_receipt(r0.receipt, p0["batch"]["seq"], [bytes.fromhex(x[2:]) for x in p0["proof"]])
         console.print(f"{len(receipts)} receipts committed in batch(es) "
                       f"{sorted({p['batch']['seq'] for p in proofs})}; receipt 1 verifyReceipt on chain: {ok}")
-        for r, p in zip(receipts, proofs):
+        for r, p in zip(receipts, proofs, strict=True):
             att = p["receipt"].get("attribution")
             if att:  # which contributions this answer drew on (exact token spans, see README)
                 shares = ", ".join(f"contribution {cid}: {bps / 100:.1f}%" for cid, bps in att.items())
