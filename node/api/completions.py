@@ -105,7 +105,7 @@ class _Served:
         op_voucher = None
         if gate.mode == "operator-funded":
             lane = self.authz.lane
-            op_voucher = lambda c, a: gate.operator_voucher(lane, c, a)  # noqa: E731
+            op_voucher = lambda c, a: gate.operator_voucher(lane, c, a)  # noqa: E731  (a one-line closure, set in one mode only)
         issuer = self.app[K.ISSUER]
         # Span matching is pure CPU: a worker thread keeps other requests' streams flowing. Signing
         # and the DB write run in the receipt writer's thread, one transaction per group of requests

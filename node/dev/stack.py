@@ -119,7 +119,7 @@ class NodeThread:
 
         try:
             asyncio.run(main())
-        except BaseException as e:  # surfaced by start()
+        except BaseException as e:  # noqa: BLE001  (anything that ends the thread, Ctrl-C too: start() re-raises it)
             self.error = e
             self._ready.set()
 
@@ -143,7 +143,7 @@ class NodeThread:
 
 def get_json(url: str, timeout: float = 30) -> dict:
     """GET a node endpoint and decode its JSON (loopback only in practice)."""
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310  (the dev node's own http URL)
         return json.loads(r.read())
 
 

@@ -75,7 +75,7 @@ class ChatSession:
         dropped stream once it notices the disconnect: a young request gets a few seconds; one the
         node still has no receipt for after LOST_AFTER_S is marked lost (the node never billed it)."""
         url = f"{self.candidate.url}/v1/receipts/{urllib.parse.quote(p.request_id)}"
-        for attempt in range(RECEIPT_RETRIES):
+        for _ in range(RECEIPT_RETRIES):
             try:
                 return get_json(url)[0]
             except ProbeError as e:

@@ -94,8 +94,8 @@ class ChatState:
 
     def add_pending(self, request_id: str, *, node: str, url: str, model: str, adapter_id: int, max_tokens: int) -> None:
         with self._tx():
-            self.db.execute("INSERT OR IGNORE INTO receipts (request_id, node, url, model, adapter_id, status, max_tokens, created)"
-                            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+            self.db.execute("INSERT OR IGNORE INTO receipts (request_id, node, url, model, adapter_id, status, max_tokens,"
+                            " created) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
                             (request_id, node, url, model, adapter_id, max_tokens, time.time()))
 
     def record_paid(self, request_id: str, *, node: str, url: str, model: str, adapter_id: int, max_tokens: int,
