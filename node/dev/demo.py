@@ -123,11 +123,11 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
 
         base = load_base_model(device="cpu")
         published = {}
-        for owner, name, files, owner_bps in (
+        for owner, name, train_files, owner_bps in (
             ("owner1", "Pirate talk", ["pirate-alice.jsonl", "pirate-bob.jsonl"], 7000),
             ("owner2", "Robot talk", ["robot-carol.jsonl"], 8000),
         ):
-            records = [r for f in files for r in read_records(DEMO_DATA / f)]
+            records = [r for f in train_files for r in read_records(DEMO_DATA / f)]
             out = stack.data_dir / "adapters" / name.replace(" ", "-").lower()
             cfg = TrainConfig(steps=train_steps, max_length=64, seed=1, last_layers=10)
             rep = train_lora(base, records, out, cfg)
@@ -216,8 +216,8 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
         for col in cols:
             rt.add_column(col, justify="right")
         for role in ("node", "deployer", "owner1", "owner2", "alice", "bob", "carol"):
-            row = summary_row(summarize(c, acct[role].address), places=6)
-            rt.add_row(f"{role} {acct[role].address[:10]}…", *[row[k] for k in cols])
+            rewards = summary_row(summarize(c, acct[role].address), places=6)
+            rt.add_row(f"{role} {acct[role].address[:10]}…", *[rewards[k] for k in cols])
         console.print(rt)
         alice = acct["alice"]
         s = summarize(c, alice.address)

@@ -13,9 +13,13 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chain.devchain import DEV_PRIVATE_KEYS, Anvil, port_is_free
 from chain.protocol import DEV_CHAIN_ID
+
+if TYPE_CHECKING:
+    from chain.contracts import Contracts
 
 DEV_ROLES = ("deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob", "carol", "dave")
 DEV_FUNDING = 10_000 * 10**18  # demo tokens minted to every dev account
@@ -25,7 +29,7 @@ DEFAULT_COMPUTE_PRICE = 10**15  # 0.001 token per 1K tokens
 @dataclass
 class DevStack:
     anvil: Anvil
-    contracts: object  # chain.contracts.Contracts
+    contracts: Contracts
     deployment_path: Path
     config_path: Path
     data_dir: Path
