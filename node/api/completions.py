@@ -136,7 +136,8 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     app = request.app
     limits = app[K.LIMITS]
     body = await read_json(request, limits)
-    req = parse_model(ChatCompletionRequest if chat else CompletionRequest, body)
+    req: ChatCompletionRequest | CompletionRequest = (
+        parse_model(ChatCompletionRequest, body) if chat else parse_model(CompletionRequest, body))
     max_tokens = check_limits(req, limits)
     target = app[K.CATALOG].resolve(req.model)
     price = Price(app[K.CONFIG].compute_price_per_1k, target.adapter_price_per_1k)

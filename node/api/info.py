@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from aiohttp import web
 
@@ -60,7 +61,7 @@ async def receipt(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     app = request.app
     engine = app[K.ENGINE]
-    body = {"status": "ok", "base_model": app[K.CONFIG].base_model_id, "node": app[K.CHAIN].node_address}
+    body: dict[str, Any] = {"status": "ok", "base_model": app[K.CONFIG].base_model_id, "node": app[K.CHAIN].node_address}
     try:
         body["adapters"] = app[K.CATALOG].states()
     except Exception as e:  # noqa: BLE001  (DB down, whatever the driver raises: report it, do not crash)

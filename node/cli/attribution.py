@@ -90,7 +90,7 @@ def _spans(obj: Any) -> list[dict[str, Any]]:
     for i, s in enumerate(obj):
         if not isinstance(s, dict):
             raise ReceiptFormatError(f"spans[{i}]: expected an object")
-        span = {
+        span: dict[str, Any] = {
             "contributionId": _uint(s.get("contributionId"), f"spans[{i}].contributionId"),
             "datasetId": _uint(s.get("datasetId"), f"spans[{i}].datasetId"),
             "start": _uint(s.get("start"), f"spans[{i}].start"),

@@ -124,7 +124,7 @@ AMOUNT_FIELDS = frozenset({
 
 
 def _plain(v: Any, key: str | None = None) -> Any:
-    if is_dataclass(v):
+    if is_dataclass(v) and not isinstance(v, type):  # an instance (asdict refuses a dataclass type)
         return {k: _plain(x, k) for k, x in asdict(v).items()}
     if isinstance(v, (bytes, bytearray)):
         return "0x" + bytes(v).hex()

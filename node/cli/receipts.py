@@ -68,7 +68,8 @@ def _verify_stored(c, stored) -> dict:
     except ProbeError as e:
         result["node_copy"] = f"not checked: {e}"
         return result
-    theirs = body.get("receipt") if isinstance(body.get("receipt"), dict) else {}
+    got = body.get("receipt")
+    theirs = got if isinstance(got, dict) else {}
     same = all(str(theirs.get(k, "")).lower() == str(v).lower() for k, v in stored.receipt.items() if k in SIGNED_RECEIPT_FIELDS)
     result["node_copy"] = "matches" if same else "differs"
     if same and body.get("status") == "committed":

@@ -87,9 +87,9 @@ class ChatSession:
             time.sleep(RECEIPT_RETRY_S)
         return None
 
-    def ask(self, model: str, messages: list[dict], on_text: Callable[[str], None] = lambda _: None) -> Answer:
+    def ask(self, model: str, messages: list[dict], on_text: Callable[[str], object] = lambda _: None) -> Answer:
         aid = self.wallet.adapter_id(model)
-        kwargs = {"max_tokens": self.max_tokens}
+        kwargs: dict[str, int | float] = {"max_tokens": self.max_tokens}
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature
         request_id = None

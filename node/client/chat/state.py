@@ -119,7 +119,8 @@ class ChatState:
                             " AND status = 'pending'", (status, json.dumps(receipt) if receipt else None, request_id))
 
     def receipts(self, *, node: str | None = None, status: str | None = None) -> list[StoredReceipt]:
-        q, args = "SELECT * FROM receipts WHERE 1=1", []
+        q = "SELECT * FROM receipts WHERE 1=1"
+        args: list[str] = []
         if node is not None:
             q, args = q + " AND node = ?", [*args, node]
         if status is not None:
