@@ -205,7 +205,7 @@ class NodeConfig(BaseModel):
             if parts.query or parts.fragment or parts.username or parts.password:
                 raise ValueError(f"vLLM server {url!r}: no credentials, query or fragment (the node adds /v1/...)")
             try:
-                parts.port
+                _ = parts.port  # raises ValueError for a port that is not a number or out of range
             except ValueError as e:
                 raise ValueError(f"vLLM server {url!r}: {e}") from None
             url = url.rstrip("/").removesuffix("/v1")

@@ -105,7 +105,7 @@ class _Served:
         op_voucher = None
         if gate.mode == "operator-funded":
             lane = self.authz.lane
-            op_voucher = lambda c, a: gate.operator_voucher(lane, c, a)  # noqa: E731
+            op_voucher = lambda c, a: gate.operator_voucher(lane, c, a)  # noqa: E731  (a one-line closure, set in one mode only)
         issuer = self.app[K.ISSUER]
         # Span matching is pure CPU: a worker thread keeps other requests' streams flowing. Signing
         # and the DB write run in the receipt writer's thread, one transaction per group of requests
@@ -136,7 +136,8 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     app = request.app
     limits = app[K.LIMITS]
     body = await read_json(request, limits)
-    req = parse_model(ChatCompletionRequest if chat else CompletionRequest, body)
+    req: ChatCompletionRequest | CompletionRequest = (
+        parse_model(ChatCompletionRequest, body) if chat else parse_model(CompletionRequest, body))
     max_tokens = check_limits(req, limits)
     target = app[K.CATALOG].resolve(req.model)
     price = Price(app[K.CONFIG].compute_price_per_1k, target.adapter_price_per_1k)

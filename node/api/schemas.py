@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from node.api.errors import BadRequest, PayloadTooLarge
 
@@ -92,11 +93,14 @@ class CompletionRequest(_Common):
         return self.max_tokens
 
 
-def _loc(err: dict) -> str:
+def _loc(err: ErrorDetails) -> str:
     return ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith(("function-", "union[")))
 
 
-def parse_model(cls: type[_Strict], data: object) -> _Strict:
+_M = TypeVar("_M", bound=_Strict)
+
+
+def parse_model(cls: type[_M], data: object) -> _M:
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object", code="invalid_json")
     try:
@@ -126,7 +130,7 @@ async def read_json(request: web.Request, limits: ApiLimits) -> object:
         raise BadRequest("JSON nested too deeply", code="invalid_json") from e
 
 
-def check_limits(req: _Common, limits: ApiLimits) -> int:
+def check_limits(req: ChatCompletionRequest | CompletionRequest, limits: ApiLimits) -> int:
     """Apply the operator's caps; returns the effective max_tokens."""
     max_tokens = req.requested_max_tokens() or limits.default_max_tokens
     if max_tokens > limits.max_tokens_cap:

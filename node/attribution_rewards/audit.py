@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from eth_utils import to_checksum_address
 
@@ -190,7 +190,7 @@ async def audit_batch(c, backends: Sequence, cache, seq: int, node: str | None =
     def split_of(adapter_id: int) -> dict[int, int]:
         if adapter_id not in splits:
             a = c.adapters.get_adapter(adapter_id)
-            splits[adapter_id] = dict(zip(a.dataset_ids, a.dataset_bps))
+            splits[adapter_id] = dict(zip(a.dataset_ids, a.dataset_bps, strict=True))
         return splits[adapter_id]
 
     digests: dict[int, bytes] = {}
@@ -332,13 +332,13 @@ async def _check_span(s: Any, weights: dict[int, int], completion_tokens: int, c
     return None
 
 
-def _split_reader(c):
+def _split_reader(c) -> Callable[[int], dict[int, int]]:
     splits: dict[int, dict[int, int]] = {}
 
     def split_of(adapter_id: int) -> dict[int, int]:
         if adapter_id not in splits:
             a = c.adapters.get_adapter(adapter_id)
-            splits[adapter_id] = dict(zip(a.dataset_ids, a.dataset_bps))
+            splits[adapter_id] = dict(zip(a.dataset_ids, a.dataset_bps, strict=True))
         return splits[adapter_id]
 
     return split_of
@@ -352,7 +352,8 @@ async def verify_with_output(c, backends: Sequence, cache, body: dict, output: s
     weights from the spans, and, when the body carries a batch and proof, the leaf against ReceiptLog."""
     from chain.eip712 import output_hash
 
-    raw = body.get("receipt") if isinstance(body.get("receipt"), dict) else body
+    receipt = body.get("receipt")
+    raw = receipt if isinstance(receipt, dict) else body
     node = raw.get("node") if isinstance(raw.get("node"), str) else None
     try:
         node = to_checksum_address(node) if node else None
@@ -360,7 +361,8 @@ async def verify_with_output(c, backends: Sequence, cache, body: dict, output: s
         node = None
     if node is None:
         raise AuditError("the receipt has no valid `node` address")
-    batch = body.get("batch") if isinstance(body.get("batch"), dict) else {}
+    got_batch = body.get("batch")
+    batch = got_batch if isinstance(got_batch, dict) else {}
     report = AuditReport(node=node, seq=int(batch.get("seq") or 0), receipts_cid=str(batch.get("cid") or ""))
     contributions = _Contributions(c, backends, cache, contribution_max_bytes)
     signed, problems, notes = await check_receipt(c, raw, node, contributions, _split_reader(c))

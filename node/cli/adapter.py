@@ -7,7 +7,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import typer
 
@@ -18,6 +18,9 @@ from node.cli.options import DeploymentOpt, IpfsStoreOpt, JsonOpt, KeystoreOpt, 
 from node.services.amounts import parse_amount
 from node.services.errors import InputError
 from node.services.uploads import upload
+
+if TYPE_CHECKING:
+    from inference.adapters import AdapterSpec
 
 adapter_app = typer.Typer(name="adapter", help="Publish and manage LoRA adapters.", no_args_is_help=True)
 
@@ -42,7 +45,7 @@ def parse_dataset_splits(text: str | None) -> tuple[list[int], list[int]]:
         raise InputError("dataset ids and bps must be positive")
     if sum(bps) > TOTAL_BPS:
         raise InputError(f"dataset bps sum to {sum(bps)}, more than {TOTAL_BPS}")
-    pairs = sorted(zip(ids, bps))  # the registry wants dataset ids ascending
+    pairs = sorted(zip(ids, bps, strict=True))  # the registry wants dataset ids ascending
     return [i for i, _ in pairs], [b for _, b in pairs]
 
 
@@ -63,7 +66,7 @@ def check_adapter_folder(folder: Path, base_model_id: str):
 
 
 @contextlib.contextmanager
-def prepared_adapter(folder: Path, base_model_id: str) -> Iterator[tuple[object, Path]]:
+def prepared_adapter(folder: Path, base_model_id: str) -> Iterator[tuple[AdapterSpec, Path]]:
     """(spec, folder to upload). An adapter trained on a local copy of the served base names that
     folder in base_model_name_or_path: it is accepted when the folder holds the same model (config
     and weights fingerprint, `inference.base_match`), and a copy naming the base model id is what
@@ -79,7 +82,7 @@ def prepared_adapter(folder: Path, base_model_id: str) -> Iterator[tuple[object,
         raise InputError(f"adapter folder refused: {e}") from None
     declared = config.get("base_model_name_or_path")
     local = _local_base_path(declared, base_model_id)
-    if local is None:
+    if local is None or not isinstance(declared, str):  # a local folder is only ever named by a string
         yield check_adapter_folder(folder, base_model_id), folder
         return
     fix = (f"set base_model_name_or_path in {folder / CONFIG_NAME} to {base_model_id!r} if it was trained on that "
@@ -188,7 +191,8 @@ def deprecate(
     tx_done(receipt, "adapter deprecated", as_json, adapter_id=adapter_id)
 
 
-_COLUMNS = ["adapter_id", "owner", "version", "rank", "price_per_1k", "owner_bps", "dataset_ids", "dataset_bps", "deprecated", "cid"]
+_COLUMNS = ["adapter_id", "owner", "version", "rank", "price_per_1k", "owner_bps", "dataset_ids", "dataset_bps", "deprecated",
+            "cid"]
 
 
 @adapter_app.command("show")

@@ -90,7 +90,7 @@ def _spans(obj: Any) -> list[dict[str, Any]]:
     for i, s in enumerate(obj):
         if not isinstance(s, dict):
             raise ReceiptFormatError(f"spans[{i}]: expected an object")
-        span = {
+        span: dict[str, Any] = {
             "contributionId": _uint(s.get("contributionId"), f"spans[{i}].contributionId"),
             "datasetId": _uint(s.get("datasetId"), f"spans[{i}].datasetId"),
             "start": _uint(s.get("start"), f"spans[{i}].start"),
@@ -149,7 +149,8 @@ def _print_table(r: ExplainedReceipt) -> None:
     console = Console()
     console.print(f"receipt {r.request_id or '?'}  adapter {r.adapter_id if r.adapter_id is not None else '?'}")
     if r.hash_ok is not None:
-        console.print("attributionHash: " + ("[green]matches the weights[/]" if r.hash_ok else "[red]DOES NOT MATCH the weights[/]"))
+        console.print("attributionHash: "
+                      + ("[green]matches the weights[/]" if r.hash_ok else "[red]DOES NOT MATCH the weights[/]"))
     if not r.attribution:
         console.print("No attribution: the answer matched no contribution; the adapter's registered dataset split applies.")
         return
@@ -200,7 +201,8 @@ def _print(report, as_json: bool, title: str) -> None:
     from rich.markup import escape
 
     console.print(f"{title}: {report.receipts} receipt(s), node {report.node}"
-                  + (f", batch {report.seq}" if report.seq else "") + (f", file {report.receipts_cid}" if report.receipts_cid else ""))
+                  + (f", batch {report.seq}" if report.seq else "")
+                  + (f", file {report.receipts_cid}" if report.receipts_cid else ""))
     for n in report.notes:
         console.print(f"  note: {escape(n)}")
     if report.expected_amounts:
@@ -256,7 +258,8 @@ def verify_cmd(
     except UnicodeDecodeError:
         raise InputError(f"{output} is not UTF-8 text") from None
     c = connect(rpc_url, deployment)
-    report = run_async(verify_with_output(c, read_backends(ipfs_store, kubo_url, gateway), fetch_cache(), body, text, _tokenizer()))
+    report = run_async(verify_with_output(c, read_backends(ipfs_store, kubo_url, gateway), fetch_cache(), body, text,
+                                          _tokenizer()))
     _print(report, as_json, "verify")
     if not report.ok:
         raise typer.Exit(FAILED)

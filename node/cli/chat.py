@@ -81,7 +81,8 @@ def chat(
     for who, why in found.refused:
         _note(f"skipped node {who}: {why}")
     if not found.chosen:
-        raise CliError(f"no node serves {shown(model)}" + (f" ({len(found.refused)} refused, see above)" if found.refused else ""))
+        raise CliError(f"no node serves {shown(model)}"
+                       + (f" ({len(found.refused)} refused, see above)" if found.refused else ""))
     best = found.chosen[0]
     _note(f"node {best.address} at {shown(best.url)}: {format_amount(best.price_per_1k)} tokens per 1K, "
           f"{best.latency_s * 1000:.0f} ms ({len(found.chosen)} serving)")

@@ -91,14 +91,14 @@ def connect(rpc_url: str, deployment: Path | None):
     show_tx_waits(w3)
     try:
         chain_id = w3.eth.chain_id
-    except Exception as e:  # requests/aiohttp raise many types for a dead endpoint
+    except Exception as e:  # noqa: BLE001  (requests/aiohttp raise many types for a dead endpoint)
         raise Unreachable(f"cannot reach the chain at {rpc_url}: {type(e).__name__}") from None
     path = deployment or deployment_file(chain_id)
     if not path.exists():
         raise InputError(f"no deployment file {path}: pass --deployment (see `loranode dev up`)")
     try:
         dep = Deployment.load(path)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (any failure to read or parse the file is bad input, said in one line)
         raise InputError(f"unreadable deployment file {path}: {e}") from None
     return Contracts(w3, dep)
 
@@ -124,7 +124,7 @@ AMOUNT_FIELDS = frozenset({
 
 
 def _plain(v: Any, key: str | None = None) -> Any:
-    if is_dataclass(v):
+    if is_dataclass(v) and not isinstance(v, type):  # an instance (asdict refuses a dataclass type)
         return {k: _plain(x, k) for k, x in asdict(v).items()}
     if isinstance(v, (bytes, bytearray)):
         return "0x" + bytes(v).hex()

@@ -116,4 +116,5 @@ def list_(rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, as_json: bool
     """Every dataset on chain."""
     c = connect(rpc_url, deployment)
     rows = [c.datasets.get_dataset(i) for i in range(1, c.datasets.dataset_count() + 1)]
-    emit(rows, as_json, title="datasets", columns=["dataset_id", "name", "curator", "license", "total_weight", "contribution_count"])
+    emit(rows, as_json, title="datasets",
+         columns=["dataset_id", "name", "curator", "license", "total_weight", "contribution_count"])

@@ -3,9 +3,12 @@
 | code | meaning |
 |---|---|
 | 0 `OK` | done |
-| 1 `FAILED` | the command ran and the answer is no: the contract would revert (nothing is sent), a check failed (signature, proof, audit), or the chain's state refuses (insufficient balance, not the owner, unknown id, content not found) |
+| 1 `FAILED` | the command ran and the answer is no (below) |
 | 2 `BAD_INPUT` | usage error (click's own code), invalid value, missing/unreadable/malformed file, invalid configuration |
 | 3 `UNREACHABLE` | the chain's JSON-RPC endpoint did not answer: retrying later may help |
+
+"The answer is no" (`FAILED`): the contract would revert (nothing is sent), a check failed (signature, proof,
+audit), or the chain's state refuses (insufficient balance, not the owner, unknown id, content not found).
 
 Every failure is one line `error: ...` on stderr, never a traceback; an unexpected exception (a bug)
 keeps its traceback.

@@ -53,7 +53,8 @@ def config_options() -> None:
 @handle_errors
 def register(
     endpoint: str = typer.Option(..., "--endpoint", help="Public URL of the node's API."),
-    base_model: list[str] = typer.Option(None, "--base-model", help="Base model ids served (repeatable; default: the embedded one)."),
+    base_model: list[str] = typer.Option(None, "--base-model",
+                                         help="Base model ids served (repeatable; default: the embedded one)."),
     price: str = typer.Option("0", "--price", help="Compute price per 1K tokens, in tokens."),
     bond: str = typer.Option("min", "--bond", help="Bond to hold, in tokens (approved and locked): 'min' tops it "
                                                   "up to the registry's minimum; more answers for more."),

@@ -25,7 +25,8 @@ def _verify_one(c, raw: dict, batch: dict | None, proof) -> dict:
         if not isinstance(proof, list) or not all(isinstance(p, str) for p in proof) or len(proof) > 64:
             raise InputError("'proof' must be a list of at most 64 hex strings")
         try:
-            committed = c.receipts.verify_receipt(signed.receipt, int(batch["seq"]), [bytes.fromhex(p.removeprefix("0x")) for p in proof])
+            committed = c.receipts.verify_receipt(signed.receipt, int(batch["seq"]),
+                                                  [bytes.fromhex(p.removeprefix("0x")) for p in proof])
         except ValueError:
             raise InputError("'proof' holds a value that is not hex") from None
     return {"request_id": "0x" + signed.receipt.request_id.hex(), "node": signed.receipt.node,
@@ -67,7 +68,8 @@ def _verify_stored(c, stored) -> dict:
     except ProbeError as e:
         result["node_copy"] = f"not checked: {e}"
         return result
-    theirs = body.get("receipt") if isinstance(body.get("receipt"), dict) else {}
+    got = body.get("receipt")
+    theirs = got if isinstance(got, dict) else {}
     same = all(str(theirs.get(k, "")).lower() == str(v).lower() for k, v in stored.receipt.items() if k in SIGNED_RECEIPT_FIELDS)
     result["node_copy"] = "matches" if same else "differs"
     if same and body.get("status") == "committed":

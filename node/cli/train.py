@@ -80,6 +80,7 @@ def train(
 
     with Progress(console=console, transient=True, disable=as_json) as bar:
         task = bar.add_task("training", total=steps)
-        report = train_lora(base, records, out, cfg, progress=lambda s, loss: bar.update(task, completed=s, description=f"loss {loss:.3f}"))
+        report = train_lora(base, records, out, cfg,
+                            progress=lambda s, loss: bar.update(task, completed=s, description=f"loss {loss:.3f}"))
     emit({"out": str(out), "steps": report.steps, "examples": report.examples, "seconds": round(report.seconds, 1),
           "first_loss": round(report.first_loss, 4), "last_loss": round(report.last_loss, 4)}, as_json, title="trained")

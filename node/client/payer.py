@@ -17,7 +17,7 @@ import json
 import threading
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Generator
 
 from eth_account import Account
 
@@ -197,20 +197,20 @@ class LoraNodeClient:
 
         for aid in list(self.wallet._totals):
             with self.wallet.lane_lock(aid):
-                req = urllib.request.Request(self.base_url + "/v1/vouchers", data=b"", method="POST",
-                                             headers=self.wallet.header(aid))
+                req = urllib.request.Request(self.base_url + "/v1/vouchers",  # noqa: S310  (the node's URL, http by design)
+                                             data=b"", method="POST", headers=self.wallet.header(aid))
                 try:
-                    urllib.request.urlopen(req, timeout=30).close()  # noqa: S310
+                    urllib.request.urlopen(req, timeout=30).close()  # noqa: S310  (the node's base URL, http by design)
                 except urllib.error.HTTPError as e:
                     raise ClientError(f"settle-up of lane {aid} refused: {e.read()[:500]!r}") from e
 
-    def chat_stream(self, model: str, messages: list[dict], **kwargs) -> Iterator:
+    def chat_stream(self, model: str, messages: list[dict], **kwargs) -> Generator[Any, None, None]:
         return self._stream("chat", model, dict(messages=messages, **kwargs))
 
-    def complete_stream(self, model: str, prompt: str, **kwargs) -> Iterator:
+    def complete_stream(self, model: str, prompt: str, **kwargs) -> Generator[Any, None, None]:
         return self._stream("completion", model, dict(prompt=prompt, **kwargs))
 
-    def _stream(self, kind: str, model: str, kwargs: dict) -> Iterator:
+    def _stream(self, kind: str, model: str, kwargs: dict) -> Generator[Any, None, None]:
         aid = self.wallet.adapter_id(model)
         with self.wallet.lane_lock(aid):
             api, headers = self._prepare(kind, aid)

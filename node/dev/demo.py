@@ -86,7 +86,7 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
     from node.services.contributions import count_tokens
     from node.services.rewards import summarize, summary_row
 
-    acct = {role: Account.from_key(k) for role, k in zip(DEV_ROLES, DEV_PRIVATE_KEYS)}
+    acct = {role: Account.from_key(k) for role, k in zip(DEV_ROLES, DEV_PRIVATE_KEYS, strict=True)}
     shutil.rmtree(data_dir, ignore_errors=True)  # each demo starts from a fresh chain
     t_start = time.monotonic()
 
@@ -123,17 +123,18 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
 
         base = load_base_model(device="cpu")
         published = {}
-        for owner, name, files, owner_bps in (
+        for owner, name, train_files, owner_bps in (
             ("owner1", "Pirate talk", ["pirate-alice.jsonl", "pirate-bob.jsonl"], 7000),
             ("owner2", "Robot talk", ["robot-carol.jsonl"], 8000),
         ):
-            records = [r for f in files for r in read_records(DEMO_DATA / f)]
+            records = [r for f in train_files for r in read_records(DEMO_DATA / f)]
             out = stack.data_dir / "adapters" / name.replace(" ", "-").lower()
             cfg = TrainConfig(steps=train_steps, max_length=64, seed=1, last_layers=10)
             rep = train_lora(base, records, out, cfg)
             cid = store.add_path_sync(out)
             ds = datasets[name]
-            c.adapters.register(acct[owner], base.model_id, cid, cfg.rank, ADAPTER_PRICE, owner_bps, [ds], [TOTAL_BPS - owner_bps])
+            c.adapters.register(acct[owner], base.model_id, cid, cfg.rank, ADAPTER_PRICE, owner_bps, [ds],
+                                [TOTAL_BPS - owner_bps])
             aid = c.adapters.adapter_count()
             published[aid] = name
             console.print(f"{adapter_model_name(aid)} «{name}» by {owner}: {rep.steps} steps in {rep.seconds:.0f}s, "
@@ -197,7 +198,7 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
         ok = c.receipts.verify_receipt(r0.receipt, p0["batch"]["seq"], [bytes.fromhex(x[2:]) for x in p0["proof"]])
         console.print(f"{len(receipts)} receipts committed in batch(es) "
                       f"{sorted({p['batch']['seq'] for p in proofs})}; receipt 1 verifyReceipt on chain: {ok}")
-        for r, p in zip(receipts, proofs):
+        for r, p in zip(receipts, proofs, strict=True):
             att = p["receipt"].get("attribution")
             if att:  # which contributions this answer drew on (exact token spans, see README)
                 shares = ", ".join(f"contribution {cid}: {bps / 100:.1f}%" for cid, bps in att.items())
@@ -215,8 +216,8 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
         for col in cols:
             rt.add_column(col, justify="right")
         for role in ("node", "deployer", "owner1", "owner2", "alice", "bob", "carol"):
-            row = summary_row(summarize(c, acct[role].address), places=6)
-            rt.add_row(f"{role} {acct[role].address[:10]}…", *[row[k] for k in cols])
+            rewards = summary_row(summarize(c, acct[role].address), places=6)
+            rt.add_row(f"{role} {acct[role].address[:10]}…", *[rewards[k] for k in cols])
         console.print(rt)
         alice = acct["alice"]
         s = summarize(c, alice.address)

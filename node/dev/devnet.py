@@ -3,6 +3,8 @@ tests, the end-to-end test and `make bench-api`; they send real transactions to 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from eth_account import Account
 
 from chain.contracts import Contracts
@@ -37,11 +39,9 @@ def stake_node(w3, deployment, deployer_key, node_key, endpoint: str = "http://1
 # ---- a node whose adapters are already "loaded" (API tests, bench-api) ----------------------------
 
 
-def make_random_adapters(engine, folder, count: int, *, rank: int = 4, first_id: int = 1) -> dict[int, "Path"]:
+def make_random_adapters(engine, folder, count: int, *, rank: int = 4, first_id: int = 1) -> dict[int, Path]:
     """`count` tiny random PEFT adapters for the engine's base model, registered with the engine as
     "adapter-<id>"; returns {adapter id: folder}."""
-    from pathlib import Path
-
     from inference.adapter_factory import make_random_adapter
 
     out = {}

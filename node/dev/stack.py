@@ -13,9 +13,13 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chain.devchain import DEV_PRIVATE_KEYS, Anvil, port_is_free
 from chain.protocol import DEV_CHAIN_ID
+
+if TYPE_CHECKING:
+    from chain.contracts import Contracts
 
 DEV_ROLES = ("deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob", "carol", "dave")
 DEV_FUNDING = 10_000 * 10**18  # demo tokens minted to every dev account
@@ -25,7 +29,7 @@ DEFAULT_COMPUTE_PRICE = 10**15  # 0.001 token per 1K tokens
 @dataclass
 class DevStack:
     anvil: Anvil
-    contracts: object  # chain.contracts.Contracts
+    contracts: Contracts
     deployment_path: Path
     config_path: Path
     data_dir: Path
@@ -119,7 +123,7 @@ class NodeThread:
 
         try:
             asyncio.run(main())
-        except BaseException as e:  # surfaced by start()
+        except BaseException as e:  # noqa: BLE001  (anything that ends the thread, Ctrl-C too: start() re-raises it)
             self.error = e
             self._ready.set()
 
@@ -143,7 +147,7 @@ class NodeThread:
 
 def get_json(url: str, timeout: float = 30) -> dict:
     """GET a node endpoint and decode its JSON (loopback only in practice)."""
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310  (the dev node's own http URL)
         return json.loads(r.read())
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -46,7 +47,7 @@ class Snapshotter:
     def build(self, background: dict[str, str]) -> dict:
         with self._lock, self.sessions() as s:
             self._fold_new_receipts(s)
-            out = {
+            out: dict[str, Any] = {
                 "node": self._node(),
                 "adapters": self._adapters(s),
                 "receipts": self._receipts(s),

@@ -55,7 +55,7 @@ def get_json(url: str, timeout: float = PROBE_TIMEOUT_S) -> tuple[dict, float]:
     t0 = time.monotonic()
     opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with opener.open(url, timeout=timeout) as r:  # noqa: S310 (validated http(s) URL)
+        with opener.open(url, timeout=timeout) as r:
             raw = r.read(MAX_PROBE_BYTES + 1)
     except urllib.error.HTTPError as e:
         raise ProbeError(f"HTTP {e.code}") from None
@@ -182,6 +182,9 @@ def discover(contracts, model: str, *, node_url: str | None = None) -> Discovery
     # probed in parallel: a dead endpoint costs its timeout once, not once per node after it
     with ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, max(1, len(serving)))) as pool:
         for result in pool.map(check, serving):
-            (out.chosen if isinstance(result, Candidate) else out.refused).append(result)
+            if isinstance(result, Candidate):
+                out.chosen.append(result)
+            else:
+                out.refused.append(result)
     out.chosen.sort(key=lambda c: (c.price_per_1k, c.latency_s))
     return out

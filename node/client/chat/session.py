@@ -75,7 +75,7 @@ class ChatSession:
         dropped stream once it notices the disconnect: a young request gets a few seconds; one the
         node still has no receipt for after LOST_AFTER_S is marked lost (the node never billed it)."""
         url = f"{self.candidate.url}/v1/receipts/{urllib.parse.quote(p.request_id)}"
-        for attempt in range(RECEIPT_RETRIES):
+        for _ in range(RECEIPT_RETRIES):
             try:
                 return get_json(url)[0]
             except ProbeError as e:
@@ -87,9 +87,9 @@ class ChatSession:
             time.sleep(RECEIPT_RETRY_S)
         return None
 
-    def ask(self, model: str, messages: list[dict], on_text: Callable[[str], None] = lambda _: None) -> Answer:
+    def ask(self, model: str, messages: list[dict], on_text: Callable[[str], object] = lambda _: None) -> Answer:
         aid = self.wallet.adapter_id(model)
-        kwargs = {"max_tokens": self.max_tokens}
+        kwargs: dict[str, int | float] = {"max_tokens": self.max_tokens}
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature
         request_id = None

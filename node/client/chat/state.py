@@ -94,8 +94,8 @@ class ChatState:
 
     def add_pending(self, request_id: str, *, node: str, url: str, model: str, adapter_id: int, max_tokens: int) -> None:
         with self._tx():
-            self.db.execute("INSERT OR IGNORE INTO receipts (request_id, node, url, model, adapter_id, status, max_tokens, created)"
-                            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+            self.db.execute("INSERT OR IGNORE INTO receipts (request_id, node, url, model, adapter_id, status, max_tokens,"
+                            " created) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
                             (request_id, node, url, model, adapter_id, max_tokens, time.time()))
 
     def record_paid(self, request_id: str, *, node: str, url: str, model: str, adapter_id: int, max_tokens: int,
@@ -119,7 +119,8 @@ class ChatState:
                             " AND status = 'pending'", (status, json.dumps(receipt) if receipt else None, request_id))
 
     def receipts(self, *, node: str | None = None, status: str | None = None) -> list[StoredReceipt]:
-        q, args = "SELECT * FROM receipts WHERE 1=1", []
+        q = "SELECT * FROM receipts WHERE 1=1"
+        args: list[str] = []
         if node is not None:
             q, args = q + " AND node = ?", [*args, node]
         if status is not None:
