@@ -61,7 +61,6 @@ from chain.contract_types import (  # noqa: F401  (re-exported: callers import t
     Transfer,
     Approval,
     OwnershipTransferred,
-    ContributionAttributed,
     AttributionRefused,
     PoolFilled,
     BatchSettled,

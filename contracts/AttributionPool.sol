@@ -58,8 +58,10 @@ contract AttributionPool is IAttributionPool {
 
     /// @notice The pool of (`node`, `datasetId`) received `amount`; `balance` after it.
     event PoolFilled(address indexed node, uint256 indexed datasetId, uint256 amount, uint256 balance);
-    /// @notice `node` settled batch `seq` with these weights (what an audit recomputes from the receipts file).
-    event BatchSettled(address indexed node, uint64 indexed seq, Entry[] entries);
+    /// @notice `node` settled batch `seq` with `entryCount` weights hashing to `entriesHash`
+    ///         (`entriesHash(entries)`). The entries themselves are public in the settle call's calldata,
+    ///         and an audit recomputes them from the receipts file; logging them again would cost gas.
+    event BatchSettled(address indexed node, uint64 indexed seq, bytes32 entriesHash, uint256 entryCount);
     /// @notice Settling batch `seq` drained `amount` from the pool of (`node`, `datasetId`) over `totalWeight`.
     event PoolDrained(
         address indexed node, uint64 indexed seq, uint256 indexed datasetId, uint256 amount, uint256 totalWeight
@@ -134,25 +136,36 @@ contract AttributionPool is IAttributionPool {
         if (n > MAX_ENTRIES) revert AttributionPoolTooManyEntries(n);
         _settledSeq[msg.sender] = seq;
         uint256 i;
+        uint256 lastDataset; // dataset ids strictly ascending from 1
         while (i < n) {
             uint256 datasetId = entries[i].datasetId;
-            if (datasetId == 0 || (i != 0 && datasetId <= entries[i - 1].datasetId)) revert AttributionPoolUnsortedEntry(i);
+            if (datasetId <= lastDataset) revert AttributionPoolUnsortedEntry(i);
+            lastDataset = datasetId;
             // The group of this dataset: entries[i:j], contribution ids strictly ascending.
             uint256 j = i;
             uint256 total;
+            uint256 lastContribution;
             do {
-                uint256 w = entries[j].weight;
+                Entry calldata e = entries[j];
+                uint256 w = e.weight;
                 if (w == 0 || w > MAX_WEIGHT) revert AttributionPoolInvalidWeight(j, w);
-                if (j != i && entries[j].contributionId <= entries[j - 1].contributionId) {
-                    revert AttributionPoolUnsortedEntry(j);
+                uint256 contributionId = e.contributionId;
+                if (j != i && contributionId <= lastContribution) revert AttributionPoolUnsortedEntry(j);
+                lastContribution = contributionId;
+                unchecked {
+                    total += w; // <= 4,096 * 2^128: no overflow
+                    ++j; // j < n <= MAX_ENTRIES
                 }
-                total += w; // <= 4,096 * 2^128: no overflow
-                ++j;
             } while (j < n && entries[j].datasetId == datasetId);
             _drain(seq, datasetId, entries[i:j], total);
             i = j;
         }
-        emit BatchSettled(msg.sender, seq, entries);
+        emit BatchSettled(msg.sender, seq, entriesHash(entries), n);
+    }
+
+    /// @notice What BatchSettled logs of `entries`: keccak256 of their ABI encoding.
+    function entriesHash(Entry[] calldata entries) public pure returns (bytes32) {
+        return keccak256(abi.encode(entries));
     }
 
     /// @notice Move the pool of (`node`, `datasetId`) to the accepted-weight split once it has waited
@@ -238,11 +251,16 @@ contract AttributionPool is IAttributionPool {
         uint256[] memory ids = new uint256[](m - skip);
         uint256[] memory amounts = new uint256[](m - skip);
         uint256 given;
-        for (uint256 k = skip; k < m; ++k) {
-            uint256 share = amount * group[k].weight / total; // amount < 2^128, weight <= 2^128 - 1
-            ids[k - skip] = group[k].contributionId;
-            amounts[k - skip] = share;
-            given += share;
+        for (uint256 k = skip; k < m;) {
+            Entry calldata e = group[k];
+            unchecked {
+                // amount < 2^128 and weight < 2^128: no overflow; given <= amount (weights sum to total)
+                uint256 share = amount * e.weight / total;
+                ids[k - skip] = e.contributionId;
+                amounts[k - skip] = share;
+                given += share;
+                ++k;
+            }
         }
         // Unattributed share and rounding (given <= amount since the weights sum to total).
         _datasets.payAttributed(datasetId, ids, amounts, amount - given);
