@@ -269,12 +269,24 @@ contract DatasetRegistry is IDatasetRegistry {
             if (amount == 0) continue;
             uint256 id = contributionIds[i];
             Contribution storage c = _contributions[id];
+            // The hot loop of a settle: the contribution's slot 0 is read once and written once
+            // (field by field, the compiler reads it three times). Layout, low bits first:
+            // datasetId (0-31) | status (32-39) | weight (40-103) | attributed (104-231).
+            uint256 word;
+            assembly ("memory-safe") {
+                word := sload(c.slot)
+            }
             // Only a contribution accepted into this very dataset is credited (checked at payment
             // time, so a contribution rejected since the answer was served earns nothing more).
             // No event per credit (gas): AttributionPool's BatchSettled and PoolDrained determine
             // every credit, and only refusals (below) depart from them.
-            if (c.status == Status.Accepted && c.datasetId == datasetId) {
-                c.attributed += uint128(amount); // amounts come from a pool whose balance fits 128 bits
+            if (uint8(word >> 32) == uint8(Status.Accepted) && uint32(word) == datasetId) {
+                // checked: amounts come from a pool whose balance fits 128 bits
+                uint128 attributed = uint128(word >> 104) + uint128(amount);
+                word = (word & ~(uint256(type(uint128).max) << 104)) | (uint256(attributed) << 104);
+                assembly ("memory-safe") {
+                    sstore(c.slot, word)
+                }
             } else {
                 rest += amount;
                 emit AttributionRefused(id, datasetId, amount);
