@@ -27,6 +27,9 @@ contract AttributionPool is IAttributionPool {
     struct Pool {
         uint128 balance; // one slot per (node, dataset)
         uint64 since; // when the pool last became non-empty (0 while empty)
+        // Set by the first fill, never cleared: a drained pool's slot stays non-zero, so each later
+        // refill writes it for 2,900 gas instead of 20,000 (at the cost of the 4,800 refund of zeroing it).
+        bool used;
     }
 
     /// @notice Only UsageEscrow fills pools.
@@ -117,7 +120,10 @@ contract AttributionPool is IAttributionPool {
             Pool storage p = _pools[node][datasetIds[i]];
             uint256 balance = uint256(p.balance) + amount;
             if (balance > type(uint128).max) revert AttributionPoolOverflow(node, datasetIds[i]);
-            if (p.balance == 0) p.since = uint64(block.timestamp);
+            if (p.balance == 0) {
+                p.since = uint64(block.timestamp);
+                p.used = true;
+            }
             p.balance = uint128(balance);
             emit PoolFilled(node, datasetIds[i], amount, balance);
         }
