@@ -20,7 +20,9 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.types import TxReceipt
 
+from chain import attribution_entries
 from chain.artifacts import load_artifact
+from chain.attribution_entries import AttributionEntry
 from chain.contract_types import (  # noqa: F401  (re-exported: callers import them from here)
     Event,
     DatasetCreated,
@@ -639,17 +641,16 @@ class ReceiptLogContract(_Wrapper):
         return bytes(self._call("batchRoot", node, seq))
 
 
-AttributionEntry = tuple[int, int, int]  # (datasetId, contributionId, weight); contributionId 0 = unattributed
 
 
 class AttributionPoolContract(_Wrapper):
     ARTIFACT = "AttributionPool"
 
     def build_settle(self, sender: Sender, seq: int, entries: Sequence[AttributionEntry]) -> dict:
-        return self._build(sender, "settle", seq, [tuple(e) for e in entries])
+        return self._build(sender, "settle", seq, attribution_entries.pack(entries))
 
     def settle(self, account: LocalAccount, seq: int, entries: Sequence[AttributionEntry]) -> TxReceipt:
-        return self._send(account, "settle", seq, [tuple(e) for e in entries])
+        return self._send(account, "settle", seq, attribution_entries.pack(entries))
 
     def build_flush(self, sender: Sender, node: str, dataset_id: int) -> dict:
         return self._build(sender, "flush", node, dataset_id)

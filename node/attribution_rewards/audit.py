@@ -29,12 +29,12 @@ from typing import Any, Sequence
 
 from eth_utils import keccak, to_checksum_address
 
+from chain.attribution_entries import entries_hash, unpack
 from node.attribution_rewards.rule import (
     Entry,
     RuleError,
     attribution_of,
     batch_weights,
-    entries_hash,
     payouts,
     to_entries,
 )
@@ -298,7 +298,7 @@ def settled_entries(c, settled) -> list[Entry] | None:
         return None
     if fn.fn_name != "settle" or args.get("seq") != settled.seq:
         return None
-    entries = [(int(e["datasetId"]), int(e["contributionId"]), int(e["weight"])) for e in args["entries"]]
+    entries = [unpack(int(word)) for word in args["entries"]]
     return entries if entries_hash(entries) == settled.entries_hash else None
 
 

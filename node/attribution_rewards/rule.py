@@ -15,10 +15,7 @@ pool P_d of (node, d): c gets floor(P_d * W_{d,c} / W_d), the rest goes to the a
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Iterable, Mapping, Sequence
-
-from eth_abi import encode as abi_encode
-from eth_utils import keccak
+from typing import Callable, Iterable, Mapping
 
 MAX_ENTRIES = 4096  # AttributionPool.MAX_ENTRIES
 MAX_WEIGHT = 2**128 - 1  # AttributionPool.MAX_WEIGHT
@@ -108,11 +105,6 @@ def to_entries(weights: Mapping[tuple[int, int], int]) -> list[Entry]:
         if v > MAX_WEIGHT:
             raise RuleError(f"weight of {k} is {v}, over 2^128 - 1")
     return [(d, c, v) for (d, c), v in sorted(w.items())]
-
-
-def entries_hash(entries: Sequence[Entry]) -> bytes:
-    """AttributionPool.entriesHash: keccak256(abi.encode(entries)), what BatchSettled logs of a settle."""
-    return keccak(abi_encode(["(uint256,uint256,uint256)[]"], [[tuple(e) for e in entries]]))
 
 
 def payouts(entries: Iterable[Entry], drained: Mapping[int, int]) -> tuple[dict[int, int], dict[int, int]]:

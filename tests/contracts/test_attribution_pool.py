@@ -15,7 +15,7 @@ from chain.contracts import (
 )
 from chain.eip712 import Receipt, Voucher, attribution_hash, output_hash, receipt_digest, sign_voucher
 from chain.merkle import StandardMerkleTree
-from node.attribution_rewards.rule import entries_hash
+from chain.attribution_entries import EntryOutOfRange, entries_hash, pack
 
 BPS = 10_000
 FEE = 500
@@ -90,7 +90,7 @@ def test_settle_pays_by_attribution_exactly_and_conserves(env, world2):
     (settled,) = events(env, r, BatchSettled)  # a hash of the entries, which the calldata holds
     assert (settled.node, settled.seq, settled.entries_hash, settled.entry_count) == (
         env.node.address, seq, entries_hash(entries), 4)
-    assert bytes(c.pool._call("entriesHash", entries)) == entries_hash(entries)  # the rule's hash is the contract's
+    assert bytes(c.pool._call("entriesHash", pack(entries))) == entries_hash(entries)  # ours is the contract's
     assert c.pool.pool_of(env.node.address, 1).balance == 0 and c.pool.settled_seq(env.node.address) == seq
     # the unattributed part splits by accepted weight (1 : 3); attributed parts are on top
     acc1 = rewarded.amount * 10**24 // 4 * 1 // 10**24
@@ -167,8 +167,9 @@ def test_settle_hostile_input(env, world2, reverts, anvil):
             c.pool.settle(env.node, seq, bad)
     with reverts("AttributionPoolInvalidWeight", 1, 0):
         c.pool.settle(env.node, seq, [(1, 1, 1), (1, 2, 0)])
-    with reverts("AttributionPoolInvalidWeight", 0, 2**128):
-        c.pool.settle(env.node, seq, [(1, 1, 2**128)])
+    for out_of_range in ((1, 1, 2**128), (2**32, 1, 1), (1, 2**96, 1), (1, -1, 1)):  # do not fit the packed word
+        with pytest.raises(EntryOutOfRange):
+            c.pool.settle(env.node, seq, [out_of_range])
     with reverts("AttributionPoolTooManyEntries", 4097):
         c.pool.settle(env.node, seq, [(1, i, 1) for i in range(1, 4098)])
     with reverts("AttributionPoolNotEscrow", env.node.address):
