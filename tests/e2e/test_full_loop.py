@@ -226,7 +226,7 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
             acc += ev.amount * ACC_PRECISION // total_weight
     for who, w in weights.items():
         expect[who] = max(0, w * acc // ACC_PRECISION - debt[who])
-        expect[who] += sum(ev.amount for ev in attributed if by_id.get(ev.contribution_id) == who)
+        expect[who] += sum(amount for cid_id, amount in attributed.items() if by_id.get(cid_id) == who)
     c.datasets.harvest(ACCT["deployer"], [cid_id for cid_id, _ in contributions.values()])
     for who, amount in expect.items():
         assert c.vault.claimable(ADDR[who]) == amount, who
