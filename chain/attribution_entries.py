@@ -4,7 +4,7 @@ of them. Contribution 0 is a dataset's unattributed weight."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from eth_utils import keccak
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from chain.attribution_entries import EntryOutOfRange, entries_hash, pack
 from chain.contracts import (
     AttributionRefused,
     BatchSettled,
@@ -15,7 +16,6 @@ from chain.contracts import (
 )
 from chain.eip712 import Receipt, Voucher, attribution_hash, output_hash, receipt_digest, sign_voucher
 from chain.merkle import StandardMerkleTree
-from chain.attribution_entries import EntryOutOfRange, entries_hash, pack
 
 BPS = 10_000
 FEE = 500

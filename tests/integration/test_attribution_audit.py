@@ -134,7 +134,7 @@ async def test_inflated_contribution_is_caught(world):
 async def test_inflated_weights_are_caught_by_hash_when_the_calldata_is_unreadable(world, monkeypatch):
     """BatchSettled logs a hash of the entries: a settle sent through a contract wallet has calldata
     the audit cannot decode, yet the mismatch with the receipts' entries is still reported."""
-    import node.attribution_rewards.audit as audit
+    from node.attribution_rewards import audit
 
     def inflate(entries):
         return [(d, c, w + 1 if c == 1 else w) for d, c, w in entries]
