@@ -25,6 +25,9 @@ figure (what attribution adds: the settle transaction and the pool bookkeeping i
 `attributed_vs_plain` is their ratio.
 `attribution_reward_error_wei` = sum over contributions of |credited - expected|, the expected
 amounts recomputed here independently from the receipts and the redeemed vouchers.
+That first batch creates every storage slot it touches (lanes, pools, dataset accumulators, the
+node's settled sequence) at 20,000 gas each; `attributed_next_batch_gas_per_inference` is a second
+batch of the same size on the same lanes and contributions: what each later batch costs.
 
 Ends with one line `RESULT {json}`. Targets: gas_per_inference <= 100, vs_event_per_inference <= 0.02,
 attributed_gas_per_inference <= 100, attribution_reward_error_wei == 0.
@@ -221,37 +224,46 @@ def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dic
         c.token.mint(deployer, p.address, 10**24)
         c.token.approve(p, c.escrow.address, 2**256 - 1)
         c.escrow.deposit(p, node.address, 10**23)
-    digests, docs, vouchers = [], [], []
-    seq = 0
-    for lane in range(lanes):
-        payer, adapter_id = payers[lane], lane % N_ADAPTERS + 1
-        pool_ids = [cid for d in splits[adapter_id] for cid in by_dataset[d]]
-        cum_c = cum_a = 0
-        for k in range(per_lane):
-            seq += 1
-            pt, ct = rng.randint(20, 400), rng.randint(10, 300)
-            cc, ac = cost(pt + ct, COMPUTE_PRICE_PER_1K), cost(pt + ct, ADAPTER_PRICES[adapter_id - 1])
-            cum_c, cum_a = cum_c + cc, cum_a + ac
-            named = sorted(rng.sample(pool_ids, rng.randint(0, 3)))  # 0: the answer drew on nothing
-            bps = [TOTAL_BPS // len(named)] * len(named) if named else []
-            if named:
-                bps[0] += TOTAL_BPS - sum(bps)
-            r = Receipt(
-                request_id=keccak(text=f"attr-{seed}-{lane}-{k}"), payer=payer.address, node=node.address,
-                adapter_id=adapter_id, seq=seq, prompt_tokens=pt, completion_tokens=ct, compute_cost=cc,
-                adapter_cost=ac, output_hash=output_hash(f"completion {lane} {k}"),
-                attribution_hash=attribution_hash(named, bps), timestamp=1_700_000_000 + seq,
-            )
-            digests.append((receipt_digest(r, c.chain_id, c.receipts.address),))
-            docs.append({"adapterId": str(adapter_id), "adapterCost": str(ac),
-                         "attribution": {str(i): b for i, b in zip(named, bps, strict=True)}})
-        vouchers.append(Voucher(payer.address, node.address, adapter_id, cum_c, cum_a))
-    sigs = [sign_voucher(v, p.key, c.chain_id, c.escrow.address) for v, p in zip(vouchers, payers, strict=True)]
-    tree = StandardMerkleTree.of(digests, ["bytes32"])
-    commit = c.receipts.commit_batch(node, 1, tree.root, len(digests), raw_cid(json.dumps(docs).encode()))
-    redeem = c.escrow.redeem(node, vouchers, sigs)
-    entries = to_entries(batch_weights(docs, splits.__getitem__, dataset_of.get))
-    settle = c.pool.settle(node, 1, entries)
+    cum = {lane: (0, 0) for lane in range(lanes)}  # cumulative (compute, adapter) per lane, over both batches
+
+    def serve_and_settle(batch: int):
+        """Serve lanes x per_lane requests, then commit batch `batch`, redeem its vouchers and settle it."""
+        digests, docs, vouchers = [], [], []
+        seq = (batch - 1) * lanes * per_lane
+        tag = f"{seed}" if batch == 1 else f"{seed}-{batch}"  # batch 1's receipts as before the second batch existed
+        for lane in range(lanes):
+            payer, adapter_id = payers[lane], lane % N_ADAPTERS + 1
+            pool_ids = [cid for d in splits[adapter_id] for cid in by_dataset[d]]
+            cum_c, cum_a = cum[lane]
+            for k in range(per_lane):
+                seq += 1
+                pt, ct = rng.randint(20, 400), rng.randint(10, 300)
+                cc, ac = cost(pt + ct, COMPUTE_PRICE_PER_1K), cost(pt + ct, ADAPTER_PRICES[adapter_id - 1])
+                cum_c, cum_a = cum_c + cc, cum_a + ac
+                named = sorted(rng.sample(pool_ids, rng.randint(0, 3)))  # 0: the answer drew on nothing
+                bps = [TOTAL_BPS // len(named)] * len(named) if named else []
+                if named:
+                    bps[0] += TOTAL_BPS - sum(bps)
+                r = Receipt(
+                    request_id=keccak(text=f"attr-{tag}-{lane}-{k}"), payer=payer.address, node=node.address,
+                    adapter_id=adapter_id, seq=seq, prompt_tokens=pt, completion_tokens=ct, compute_cost=cc,
+                    adapter_cost=ac, output_hash=output_hash(f"completion {tag} {lane} {k}"),
+                    attribution_hash=attribution_hash(named, bps), timestamp=1_700_000_000 + seq,
+                )
+                digests.append((receipt_digest(r, c.chain_id, c.receipts.address),))
+                docs.append({"adapterId": str(adapter_id), "adapterCost": str(ac),
+                             "attribution": {str(i): b for i, b in zip(named, bps, strict=True)}})
+            vouchers.append(Voucher(payer.address, node.address, adapter_id, cum_c, cum_a))
+            cum[lane] = (cum_c, cum_a)
+        sigs = [sign_voucher(v, p.key, c.chain_id, c.escrow.address) for v, p in zip(vouchers, payers, strict=True)]
+        tree = StandardMerkleTree.of(digests, ["bytes32"])
+        commit = c.receipts.commit_batch(node, batch, tree.root, len(digests), raw_cid(json.dumps(docs).encode()))
+        redeem = c.escrow.redeem(node, vouchers, sigs)
+        entries = to_entries(batch_weights(docs, splits.__getitem__, dataset_of.get))
+        settle = c.pool.settle(node, batch, entries)
+        return docs, vouchers, entries, commit, redeem, settle
+
+    docs, vouchers, entries, commit, redeem, settle = serve_and_settle(1)
 
     # Independent expectation: the pools from the vouchers' splits, the weights from the receipts.
     pools: dict[int, int] = {}
@@ -279,10 +291,16 @@ def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dic
             error += abs(c.datasets.pending_attributed(cid) - expected)
     n = lanes * per_lane
     total_gas = commit["gasUsed"] + redeem["gasUsed"] + settle["gasUsed"]
+    # A second batch on the same lanes, pools and contributions: what every later batch costs (no
+    # storage slot is created any more, unlike the first batch's lanes, pools and accumulators).
+    _, _, entries2, commit2, redeem2, settle2 = serve_and_settle(2)
+    steady_gas = commit2["gasUsed"] + redeem2["gasUsed"] + settle2["gasUsed"]
     return {
         "inferences": n, "contributions": len(dataset_of), "datasets": len(by_dataset), "entries": len(entries),
         "commit_gas": commit["gasUsed"], "redeem_gas": redeem["gasUsed"], "settle_gas": settle["gasUsed"],
         "gas_per_inference": total_gas / n, "reward_error_wei": error,
+        "next_batch": {"entries": len(entries2), "commit_gas": commit2["gasUsed"], "redeem_gas": redeem2["gasUsed"],
+                       "settle_gas": settle2["gasUsed"], "gas_per_inference": steady_gas / n},
     }
 
 
@@ -372,6 +390,7 @@ def main() -> None:
         "attributed_vs_plain": round(attributed["gas_per_inference"] / ours, 3),
         "attribution_overhead_gas_per_inference": round(attributed["gas_per_inference"] - ours, 2),
         "attribution_reward_error_wei": attributed["reward_error_wei"],
+        "attributed_next_batch_gas_per_inference": round(attributed["next_batch"]["gas_per_inference"], 2),
         "attributed": attributed,
         "targets": {"gas_per_inference": TARGET_GAS_PER_INFERENCE, "vs_event_per_inference": TARGET_VS_EVENT,
                     "attributed_gas_per_inference": TARGET_ATTRIBUTED_GAS_PER_INFERENCE,
@@ -384,6 +403,8 @@ def main() -> None:
     print(f"peers: tx/inference {tx_peer:.0f} gas, event/inference {ev_peer:.0f} gas")
     print(f"attributed: commit {attributed['commit_gas']} + redeem {attributed['redeem_gas']} + settle "
           f"{attributed['settle_gas']} gas for {attributed['inferences']} inferences ({attributed['entries']} entries)")
+    nb = attributed["next_batch"]
+    print(f"attributed, next batch: commit {nb['commit_gas']} + redeem {nb['redeem_gas']} + settle {nb['settle_gas']} gas")
     print("RESULT " + json.dumps(result, sort_keys=True))
 
 

@@ -273,13 +273,6 @@ class OwnershipTransferred(Event):
 
 
 @dataclass(frozen=True)
-class ContributionAttributed(Event):
-    contribution_id: int
-    dataset_id: int
-    amount: int
-
-
-@dataclass(frozen=True)
 class AttributionRefused(Event):
     contribution_id: int
     dataset_id: int
@@ -298,7 +291,8 @@ class PoolFilled(Event):
 class BatchSettled(Event):
     node: str
     seq: int
-    entries: tuple  # ((datasetId, contributionId, weight), ...); contributionId 0 = unattributed
+    entries_hash: bytes  # AttributionPool.entriesHash of the settle call's entries
+    entry_count: int
 
 
 @dataclass(frozen=True)
@@ -326,7 +320,7 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         ThawStarted, Withdrawn, VoucherRedeemed, VoucherUnderfunded, VoucherSkipped, ProtocolFeeProposed,
         ProtocolFeeSet, NodeSlashed, DisputeOpened, DisputeResolved, DisputeExpired, BatchCommitted,
         Transfer, Approval, OwnershipTransferred, OwnershipTransferStarted,
-        ContributionAttributed, AttributionRefused, PoolFilled, BatchSettled, PoolDrained, PoolFlushed,
+        AttributionRefused, PoolFilled, BatchSettled, PoolDrained, PoolFlushed,
     )
 }
 _RENAMES = {"from": "from_", "pricePer1k": "price_per_1k", "computePricePer1k": "compute_price_per_1k"}

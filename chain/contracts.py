@@ -33,7 +33,9 @@ from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.types import TxReceipt
 
 from chain.abi import AbiParam, canonical_type, from_abi, to_abi
+from chain import attribution_entries
 from chain.artifacts import load_artifact
+from chain.attribution_entries import AttributionEntry
 from chain.contract_types import (
     CONTRIBUTION_STATUS,
     AdapterInfo,
@@ -280,6 +282,17 @@ class UsageEscrowBinding(ContractBinding):
         return self.send(account, "authorizeSigner", signer, deadline, proof)
 
 
+class AttributionPoolBinding(ContractBinding):
+    """AttributionPool, with `settle` taking (datasetId, contributionId, weight) entries: they are
+    packed into the contract's one-word-per-entry format (chain.attribution_entries) here."""
+
+    def settle(self, account: LocalAccount, seq: int, entries: Iterable[AttributionEntry]) -> TxReceipt:
+        return self.send(account, "settle", seq, attribution_entries.pack(entries))
+
+    def build_settle(self, sender: Sender, seq: int, entries: Iterable[AttributionEntry]) -> dict:
+        return self.build(sender, "settle", seq, attribution_entries.pack(entries))
+
+
 class Contracts:
     """The deployed set, bound to one Web3: `.token .datasets .adapters .nodes .escrow .receipts .vault .pool`."""
 
@@ -298,7 +311,7 @@ class Contracts:
         self.escrow = UsageEscrowBinding(w3, a["UsageEscrow"], "UsageEscrow")
         self.receipts = ContractBinding(w3, a["ReceiptLog"], "ReceiptLog")
         self.vault = ContractBinding(w3, a["RewardVault"], "RewardVault")
-        self.pool = ContractBinding(w3, a["AttributionPool"], "AttributionPool")
+        self.pool = AttributionPoolBinding(w3, a["AttributionPool"], "AttributionPool")
         self._by_address = {
             b.address: b
             for b in (self.token, self.datasets, self.adapters, self.nodes, self.escrow, self.receipts, self.vault,

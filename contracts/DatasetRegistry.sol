@@ -82,8 +82,6 @@ contract DatasetRegistry is IDatasetRegistry {
     event ContributionRejected(uint256 indexed contributionId, uint256 indexed datasetId);
     /// @notice `amount` was paid to a dataset; `accRewardPerWeight` is the accumulator after it.
     event DatasetRewarded(uint256 indexed datasetId, uint256 amount, uint256 accRewardPerWeight);
-    /// @notice `amount` of a dataset payment was credited to a contribution an answer drew on.
-    event ContributionAttributed(uint256 indexed contributionId, uint256 indexed datasetId, uint256 amount);
     /// @notice A batch named a contribution that is not accepted in `datasetId`; its `amount` went to the accumulator.
     event AttributionRefused(uint256 indexed contributionId, uint256 indexed datasetId, uint256 amount);
     /// @notice `amount` of a contribution's accrued reward was credited in RewardVault.
@@ -107,12 +105,13 @@ contract DatasetRegistry is IDatasetRegistry {
     }
 
     struct Contribution {
-        address contributor; // slot 0: contributor (160) | datasetId (32) | status (8)
+        // slot 0: all a credit by payAttributed reads and writes, so one storage slot per credit
         uint32 datasetId;
         Status status;
-        uint64 weight; // slot 1: weight (64) | sizeTokens (64)
+        uint64 weight;
+        uint128 attributed; // credited by payAttributed, not yet harvested
+        address contributor; // slot 1: contributor (160) | sizeTokens (64)
         uint64 sizeTokens;
-        uint128 attributed; // credited by payAttributed, not yet harvested (shares slot 1: no fresh slot to write)
         uint256 rewardDebt; // weight * acc / PRECISION already accounted for
         string cid;
     }
@@ -270,11 +269,24 @@ contract DatasetRegistry is IDatasetRegistry {
             if (amount == 0) continue;
             uint256 id = contributionIds[i];
             Contribution storage c = _contributions[id];
+            // The hot loop of a settle: the contribution's slot 0 is read once and written once
+            // (field by field, the compiler reads it three times). Layout, low bits first:
+            // datasetId (0-31) | status (32-39) | weight (40-103) | attributed (104-231).
+            uint256 word;
+            assembly ("memory-safe") {
+                word := sload(c.slot)
+            }
             // Only a contribution accepted into this very dataset is credited (checked at payment
             // time, so a contribution rejected since the answer was served earns nothing more).
-            if (c.status == Status.Accepted && c.datasetId == datasetId) {
-                c.attributed += uint128(amount); // amounts come from a pool whose balance fits 128 bits
-                emit ContributionAttributed(id, datasetId, amount);
+            // No event per credit (gas): AttributionPool's BatchSettled and PoolDrained determine
+            // every credit, and only refusals (below) depart from them.
+            if (uint8(word >> 32) == uint8(Status.Accepted) && uint32(word) == datasetId) {
+                // checked: amounts come from a pool whose balance fits 128 bits
+                uint128 attributed = uint128(word >> 104) + uint128(amount);
+                word = (word & ~(uint256(type(uint128).max) << 104)) | (uint256(attributed) << 104);
+                assembly ("memory-safe") {
+                    sstore(c.slot, word)
+                }
             } else {
                 rest += amount;
                 emit AttributionRefused(id, datasetId, amount);

@@ -15,7 +15,10 @@ the rule it breaks:
 - weights: the weights follow from the spans by inference/attribution/weights.py (checked
   when the receipt lists every span, i.e. fewer than the attributor's max_spans);
 - settled-weights / settled-amounts: the weights the node settled in AttributionPool, and the
-  amounts they paid, equal what node.attribution_rewards.rule gives from the receipts.
+  amounts they paid, equal what node.attribution_rewards.rule gives from the receipts. BatchSettled
+  logs only a hash of the settled entries: the expected entries are compared with it, and on a
+  mismatch the settled entries are read from the settle transaction's calldata (`settled_entries`)
+  to name each entry that differs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from typing import Any, Callable, Sequence
 
 from eth_utils import to_checksum_address
 
-from node.attribution_rewards.rule import RuleError, attribution_of, batch_weights, payouts, to_entries
+from chain.attribution_entries import entries_hash, unpack
+from node.attribution_rewards.rule import (
+    Entry,
+    RuleError,
+    attribution_of,
+    batch_weights,
+    payouts,
+    to_entries,
+)
 from node.errors import NodeError
 
 MAX_RECEIPTS_FILE_BYTES = 64 * 1024 * 1024
@@ -233,8 +244,17 @@ async def audit_batch(c, backends: Sequence, cache, seq: int, node: str | None =
         report.notes.append("not settled in AttributionPool yet")
         return report
     report.settled = True
-    stated = [tuple(e) for e in settled[-1].entries]
     drained = {e.dataset_id: e.amount for e in _event_logs(c, c.pool, "PoolDrained", _topic_addr(node), _topic_uint(seq))}
+    report.expected_amounts = payouts(expected, drained)[0]
+    if entries_hash(expected) == settled[-1].entries_hash:
+        return report  # the node settled exactly the receipts' entries, so it paid exactly their amounts
+    stated = settled_entries(c, settled[-1])
+    if stated is None:
+        report.discrepancies.append(Discrepancy(
+            "settled-weights", f"the {settled[-1].entry_count} settled entries (hash 0x{settled[-1].entries_hash.hex()}) "
+            f"are not the {len(expected)} entries the receipts give (hash 0x{entries_hash(expected).hex()}); the settle "
+            "transaction's input is not a direct AttributionPool.settle call, so the entries that differ are not listed"))
+        return report
     want, have = {(d, cid): w for d, cid, w in expected}, {(d, cid): w for d, cid, w in stated}
     for key in sorted(set(want) | set(have)):
         d, cid = key
@@ -247,15 +267,31 @@ async def audit_batch(c, backends: Sequence, cache, seq: int, node: str | None =
             report.discrepancies.append(Discrepancy(
                 "settled-weights", f"dataset {d}, {who}: settled weight {have.get(key, 0)}, the receipts give "
                 f"{want.get(key, 0)}"))
-    paid_expected, _ = payouts(expected, drained)
+    paid_expected = report.expected_amounts
     paid_stated, _ = payouts(stated, drained)
-    report.expected_amounts = paid_expected
     for cid in sorted(set(paid_expected) | set(paid_stated)):
         if paid_expected.get(cid, 0) != paid_stated.get(cid, 0):
             report.discrepancies.append(Discrepancy(
                 "settled-amounts", f"contribution {cid}: paid {paid_stated.get(cid, 0)}, the receipts give "
                 f"{paid_expected.get(cid, 0)}"))
     return report
+
+
+def settled_entries(c, settled) -> list[Entry] | None:
+    """The entries of a BatchSettled event, read from its transaction's calldata and checked against
+    the logged hash; None when the transaction is not a direct AttributionPool.settle call (e.g. one
+    sent through a contract wallet) or does not match."""
+    tx = c.w3.eth.get_transaction(settled.tx_hash)
+    if tx.get("to") is None or tx["to"].lower() != c.pool.address.lower():
+        return None
+    try:
+        fn, args = c.pool.contract.decode_function_input(tx["input"])
+    except ValueError:
+        return None
+    if fn.fn_name != "settle" or args.get("seq") != settled.seq:
+        return None
+    entries = [unpack(int(word)) for word in args["entries"]]
+    return entries if entries_hash(entries) == settled.entries_hash else None
 
 
 async def check_receipt(c, raw: Any, node: str, contributions: _Contributions, split_of):

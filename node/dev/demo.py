@@ -54,6 +54,7 @@ def _attribution_report(c, store, data_dir: Path, node_addr: str, contributors: 
     from node.attribution_rewards.audit import audit_batch
     from node.attribution_rewards.breakdown import breakdown
     from node.ipfs import ContentCache
+    from node.services.amounts import format_amount
     from node.services.contribution_rewards import contribution_rows
 
     cache = ContentCache(data_dir / "audit-cache", 1 << 30)
@@ -62,10 +63,17 @@ def _attribution_report(c, store, data_dir: Path, node_addr: str, contributors: 
     t.add_column("who")
     for col in cols:
         t.add_column(col, justify="right")
+    by_attribution = {}
     for who, addr in contributors.items():
-        for row in contribution_rows(asyncio.run(breakdown(c, addr, [store], cache)), places=6):
+        b = asyncio.run(breakdown(c, addr, [store], cache))
+        by_attribution[who] = sum(r.earned_by_attribution for r in b.contributions)
+        for row in contribution_rows(b, places=6):
             t.add_row(who, *[str(row[k]) for k in cols])
     console.print(t)
+    # alice's and bob's «Pirate talk» data each carry a phrase the adapter learns (alice's opens every
+    # answer, bob's closes some): the answers quote them unequally, so they earn unequally
+    console.print("earned by attribution: " + ", ".join(
+        f"{who} {format_amount(amount, places=6)} LND" for who, amount in by_attribution.items()))
     report = asyncio.run(audit_batch(c, [store], cache, 1, node_addr))
     verdict = "[green]passed[/]" if report.ok else f"[red]{len(report.discrepancies)} discrepancies[/]"
     console.print(f"loranode attribution audit --batch 1 --node {node_addr}: {report.receipts} receipts, "

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from chain.attribution_entries import EntryOutOfRange, entries_hash, pack
 from chain.contract_types import (
     AttributionRefused,
     BatchSettled,
-    ContributionAttributed,
     DatasetRewarded,
     PoolDrained,
     PoolFlushed,
@@ -63,6 +63,13 @@ def events(env, receipt, cls):
     return [e for e in env.c.events_of(receipt) if isinstance(e, cls)]
 
 
+def credited(env, ids, before=None) -> dict[int, int]:
+    """{contribution: attributed amount credited since `before`} for those credited (no event per credit)."""
+    before = before or {}
+    now = {i: env.c.datasets.pending_attributed(i) - before.get(i, 0) for i in ids}
+    return {i: a for i, a in now.items() if a}
+
+
 def test_settle_pays_by_attribution_exactly_and_conserves(env, world2):
     c = env.c
     p1, p2 = redeem(env, 10**18 + 7)  # odd amount: shares do not divide evenly
@@ -73,15 +80,17 @@ def test_settle_pays_by_attribution_exactly_and_conserves(env, world2):
     # dataset 1: unattributed 5, contribution 1: 7, contribution 2: 11 (W = 23); dataset 2: contribution 3 only
     entries = [(1, 0, 5), (1, 1, 7), (1, 2, 11), (2, 3, 13)]
     r = c.pool.settle(env.node, seq, entries)
-    got = {e.contribution_id: e.amount for e in events(env, r, ContributionAttributed)}
+    got = credited(env, (1, 2, 3, 4))
     assert got == {1: p1 * 7 // 23, 2: p1 * 11 // 23, 3: p2}
     (rewarded,) = events(env, r, DatasetRewarded)  # only dataset 1 has an unattributed part
     assert rewarded.dataset_id == 1 and rewarded.amount == p1 - got[1] - got[2]  # share of 5 + rounding
     assert sum(got.values()) + rewarded.amount == p1 + p2  # conservation to the wei
     drained = {e.dataset_id: (e.amount, e.total_weight) for e in events(env, r, PoolDrained)}
     assert drained == {1: (p1, 23), 2: (p2, 13)}
-    (settled,) = events(env, r, BatchSettled)
-    assert (settled.node, settled.seq, list(settled.entries)) == (env.node.address, seq, entries)
+    (settled,) = events(env, r, BatchSettled)  # a hash of the entries, which the calldata holds
+    assert (settled.node, settled.seq, settled.entries_hash, settled.entry_count) == (
+        env.node.address, seq, entries_hash(entries), 4)
+    assert bytes(c.pool._call("entriesHash", pack(entries))) == entries_hash(entries)  # ours is the contract's
     assert c.pool.pool_of(env.node.address, 1).balance == 0 and c.pool.settled_seq(env.node.address) == seq
     # the unattributed part splits by accepted weight (1 : 3); attributed parts are on top
     acc1 = rewarded.amount * 10**24 // 4 * 1 // 10**24
@@ -101,7 +110,7 @@ def test_huge_weights_do_not_overflow_and_conserve(env, world2):
     seq = commit(env)
     top = 2**128 - 1
     r = c.pool.settle(env.node, seq, [(1, 0, top), (1, 1, top), (1, 2, 1)])
-    got = {e.contribution_id: e.amount for e in events(env, r, ContributionAttributed)}
+    got = credited(env, (1, 2))
     (rewarded,) = [e for e in events(env, r, DatasetRewarded) if e.dataset_id == 1]
     assert got[1] == p1 * top // (2 * top + 1) and 2 not in got  # 1 / 2^129 of the pool floors to 0
     assert got[1] + rewarded.amount == p1
@@ -158,8 +167,9 @@ def test_settle_hostile_input(env, world2, reverts, anvil):
             c.pool.settle(env.node, seq, bad)
     with reverts("AttributionPoolInvalidWeight", 1, 0):
         c.pool.settle(env.node, seq, [(1, 1, 1), (1, 2, 0)])
-    with reverts("AttributionPoolInvalidWeight", 0, 2**128):
-        c.pool.settle(env.node, seq, [(1, 1, 2**128)])
+    for out_of_range in ((1, 1, 2**128), (2**32, 1, 1), (1, 2**96, 1), (1, -1, 1)):  # do not fit the packed word
+        with pytest.raises(EntryOutOfRange):
+            c.pool.settle(env.node, seq, [out_of_range])
     with reverts("AttributionPoolTooManyEntries", 4097):
         c.pool.settle(env.node, seq, [(1, i, 1) for i in range(1, 4098)])
     with reverts("AttributionPoolNotEscrow", env.node.address):

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from chain.contract_types import AttributionRefused, Claimed, ContributionAttributed, Credited, DatasetRewarded
+from chain.contract_types import AttributionRefused, Claimed, Credited, DatasetRewarded
 from chain.eip712 import Receipt, Voucher, sign_receipt, sign_voucher
 
 FEE_BPS = 500
@@ -200,14 +200,17 @@ class Protocol(RuleBasedStateMachine):
         seq = c.receipts.last_seq(env.node.address) + 1
         c.receipts.commit_batch(env.node, seq, seq.to_bytes(32, "big"), 1, "bafy-receipts")
         pool = c.pool.pool_of(env.node.address, 1).balance
+        before = {cid: c.datasets.pending_attributed(cid) for cid in self.contributions}
         r = c.pool.settle(env.node, seq, entries)
         self._track(r)
         events = c.events_of(r)
-        paid = sum(e.amount for e in events if isinstance(e, (ContributionAttributed, DatasetRewarded)))
+        attributed = {cid: c.datasets.pending_attributed(cid) - before[cid] for cid in self.contributions}
+        paid = sum(attributed.values()) + sum(e.amount for e in events if isinstance(e, DatasetRewarded))
         assert paid == (pool if entries else 0)  # exactly the drained pool, to the wei
+        for cid, amount in attributed.items():
+            if amount:
+                assert cid in self.accepted  # only accepted contributions of dataset 1
         for e in events:
-            if isinstance(e, ContributionAttributed):
-                assert e.contribution_id in self.accepted  # only accepted contributions of dataset 1
             if isinstance(e, AttributionRefused):
                 assert e.contribution_id not in self.accepted
         if entries:

@@ -132,6 +132,21 @@ async def test_inflated_contribution_is_caught(world):
     assert all(d.rule.startswith("settled") for d in report.discrepancies)
 
 
+async def test_inflated_weights_are_caught_by_hash_when_the_calldata_is_unreadable(world, monkeypatch):
+    """BatchSettled logs a hash of the entries: a settle sent through a contract wallet has calldata
+    the audit cannot decode, yet the mismatch with the receipts' entries is still reported."""
+    from node.attribution_rewards import audit
+
+    def inflate(entries):
+        return [(d, c, w + 1 if c == 1 else w) for d, c, w in entries]
+
+    seq, _ = await _batch(world, "inflater", lie=inflate)
+    monkeypatch.setattr(audit, "settled_entries", lambda c, settled: None)
+    report = await _audit(world, seq, "inflater")
+    (d,) = report.discrepancies
+    assert d.rule == "settled-weights" and "are not the 3 entries the receipts give" in d.detail
+
+
 async def test_contribution_of_another_dataset_is_caught_and_not_paid(world):
     c = world["c"]
 
