@@ -90,7 +90,7 @@ def test_settle_pays_by_attribution_exactly_and_conserves(env, world2):
     (settled,) = events(env, r, BatchSettled)  # a hash of the entries, which the calldata holds
     assert (settled.node, settled.seq, settled.entries_hash, settled.entry_count) == (
         env.node.address, seq, entries_hash(entries), 4)
-    assert bytes(c.pool._call("entriesHash", pack(entries))) == entries_hash(entries)  # ours is the contract's
+    assert bytes(c.pool.entries_hash(pack(entries))) == entries_hash(entries)  # ours is the contract's
     assert c.pool.pool_of(env.node.address, 1).balance == 0 and c.pool.settled_seq(env.node.address) == seq
     # the unattributed part splits by accepted weight (1 : 3); attributed parts are on top
     acc1 = rewarded.amount * 10**24 // 4 * 1 // 10**24
