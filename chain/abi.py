@@ -40,7 +40,7 @@ def from_abi(value: Any, param: AbiParam) -> Any:
     if t == "tuple":
         if isinstance(value, Mapping):  # web3 decodes an event's struct as a dict in ABI order
             value = list(value.values())
-        return tuple(from_abi(v, c) for v, c in zip(value, param["components"]))
+        return tuple(from_abi(v, c) for v, c in zip(value, param["components"], strict=True))
     if t == "address":
         return to_checksum_address(value)
     if t.startswith("bytes"):
@@ -66,7 +66,7 @@ def to_abi(value: Any, param: AbiParam, where: str) -> Any:
                 raise ChainError(f"{where}: {type(value).__name__} is not a {canonical_type(param)}: {e}") from e
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != len(comps):
             raise ChainError(f"{where}: expected {len(comps)} fields for {canonical_type(param)}, got {value!r}")
-        return tuple(to_abi(v, c, f"{where}.{c['name']}") for v, c in zip(value, comps))
+        return tuple(to_abi(v, c, f"{where}.{c['name']}") for v, c in zip(value, comps, strict=True))
     if t.startswith("bytes") and isinstance(value, (str, bytes, bytearray)):
         try:
             return bytes(HexBytes(value))

@@ -195,7 +195,7 @@ class ContractBinding:
             extra = f" (unknown or repeated: {sorted(unknown | {snake(n) for n in given})})" if unknown or given else ""
             raise ChainError(f"{where}({sig}) takes {len(inputs)} arguments, got {len(args) + len(kwargs)}{extra}")
         out = []
-        for i, (value, param) in enumerate(zip(values, inputs)):
+        for i, (value, param) in enumerate(zip(values, inputs, strict=True)):
             name = f"{where} argument {snake(param['name']) or i}"
             value = to_abi(value, param, name)
             if not self.w3.codec.is_encodable(canonical_type(param), value):
@@ -214,7 +214,7 @@ class ContractBinding:
         outs = output_params(entry)
         one_value = len(entry["outputs"]) == 1 and entry["outputs"][0]["type"] != "tuple"
         results = [result] if one_value else result  # web3 gives a struct or several outputs as a sequence
-        decoded = [from_abi(v, p) for v, p in zip(results, outs)]
+        decoded = [from_abi(v, p) for v, p in zip(results, outs, strict=True)]
         read = STRUCT_READS.get((self.artifact, fn))
         if read is not None:
             return self._struct(read, entry, values, outs, decoded)
@@ -222,8 +222,8 @@ class ContractBinding:
 
     @staticmethod
     def _struct(read: StructRead, entry: Mapping[str, Any], args: list, outs: list, decoded: list) -> Any:
-        by_name = {snake(i["name"]): from_abi(a, i) for a, i in zip(args, entry["inputs"])}
-        by_name.update({snake(p["name"]): v for p, v in zip(outs, decoded)})
+        by_name = {snake(i["name"]): from_abi(a, i) for a, i in zip(args, entry["inputs"], strict=True)}
+        by_name.update({snake(p["name"]): v for p, v in zip(outs, decoded, strict=True)})
         for f, names in read.enums.items():
             by_name[f] = names[by_name[f]]
         return read.cls(**{f.name: by_name[f.name] for f in fields(read.cls)})
@@ -257,7 +257,7 @@ class ContractBinding:
         except EventDecodeError:
             raise ChainError(f"{self.artifact} has no decoded event {name!r}") from None
 
-    def decode_log(self, log: dict) -> Event | None:
+    def decode_log(self, log: Mapping[str, Any]) -> Event | None:
         """This contract's event in `log`, None for other logs."""
         return self._events.decode(log)
 
@@ -296,6 +296,15 @@ class AttributionPoolBinding(ContractBinding):
 class Contracts:
     """The deployed set, bound to one Web3: `.token .datasets .adapters .nodes .escrow .receipts .vault .pool`."""
 
+    token: ContractBinding
+    datasets: ContractBinding
+    adapters: ContractBinding
+    nodes: ContractBinding
+    escrow: UsageEscrowBinding
+    receipts: ContractBinding
+    vault: ContractBinding
+    pool: ContractBinding
+
     def __init__(self, w3: Web3, deployment: Deployment):
         chain_id = w3.eth.chain_id
         if chain_id != deployment.chain_id:
@@ -330,7 +339,7 @@ class Contracts:
                 seen[t] = None
         return ["0x" + t.hex() for t in seen]
 
-    def decode_events(self, logs: Iterable[dict]) -> list[Event]:
+    def decode_events(self, logs: Iterable[Mapping[str, Any]]) -> list[Event]:
         """Decode logs of the deployed contracts into event dataclasses; other logs are skipped."""
         out: list[Event] = []
         for log in logs:

@@ -116,6 +116,8 @@ class _Deployer:
             receipt = send_tx(self.w3, self.account, {"data": data, "nonce": nonce, "chainId": self.chain_id})
         except (ChainError, Web3Exception) as e:
             raise DeployError(f"deploy {name}: {e}") from e
+        if receipt["contractAddress"] is None:
+            raise DeployError(f"deploy {name}: the receipt has no contract address")
         if to_checksum_address(receipt["contractAddress"]) != expected:
             raise DeployError(f"{name} landed at {receipt['contractAddress']}, predicted {expected}")
         return expected, receipt["blockNumber"]

@@ -11,9 +11,10 @@ keccak hash on chain, so they decode as 32 `bytes`, as web3 does.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, cast
 
 from eth_abi import decode as abi_decode
+from eth_typing import ABIEvent
 from eth_utils import event_abi_to_log_topic, to_checksum_address
 from hexbytes import HexBytes
 
@@ -37,7 +38,7 @@ def _to_json(inp: Mapping[str, Any], value: Any) -> Any:
     if t.endswith("]"):
         return [_to_json(element_param(inp), v) for v in value]
     if t == "tuple":
-        return {c["name"]: _to_json(c, v) for c, v in zip(inp["components"], value)}
+        return {c["name"]: _to_json(c, v) for c, v in zip(inp["components"], value, strict=True)}
     if isinstance(value, (bytes, bytearray)):
         return "0x" + bytes(value).hex()
     return value
@@ -49,12 +50,18 @@ def _from_json(inp: Mapping[str, Any], value: Any) -> Any:
         return tuple(_from_json(element_param(inp), v) for v in value)
     if t == "tuple":
         items = value.values() if isinstance(value, Mapping) else value
-        return tuple(_from_json(c, v) for c, v in zip(inp["components"], items))
+        return tuple(_from_json(c, v) for c, v in zip(inp["components"], items, strict=True))
     if t == "address":
         return to_checksum_address(value)
     if t.startswith("bytes"):
         return bytes(HexBytes(value))
     return value
+
+
+def _log_topic(entry: Mapping[str, Any]) -> str:
+    """topic0 (0x hex) of an event's ABI entry."""
+    # the entry is a JSON ABI item whose "type" is "event": the shape of eth_typing's ABIEvent TypedDict
+    return "0x" + event_abi_to_log_topic(cast(ABIEvent, dict(entry))).hex()
 
 
 def _topic_hex(v: Any) -> str:
@@ -86,7 +93,7 @@ class EventDecoder:
                 known = self._by_name.setdefault(name, entry)
                 if [canonical_type(i) for i in known["inputs"]] != [canonical_type(i) for i in entry["inputs"]]:
                     raise ValueError(f"event {name} has two different ABIs among the decoded contracts")
-                topic = "0x" + event_abi_to_log_topic(dict(entry)).hex()
+                topic = _log_topic(entry)
                 self._by_topic[(to_checksum_address(address), topic)] = entry
 
     def topics(self) -> list[str]:
@@ -95,7 +102,7 @@ class EventDecoder:
 
     def topic(self, name: str) -> str:
         """topic0 (0x hex) of the event `name`, to filter eth_getLogs for it."""
-        return "0x" + event_abi_to_log_topic(dict(self._entry(name))).hex()
+        return _log_topic(self._entry(name))
 
     def decode(self, log: Mapping[str, Any]) -> Event | None:
         """The event dataclass of one log, or None for logs of other contracts/events and removed logs."""
@@ -120,11 +127,11 @@ class EventDecoder:
         try:
             by_topic = {
                 i["name"]: bytes(t) if _is_dynamic_indexed(i) else abi_decode([canonical_type(i)], t)[0]
-                for i, t in zip(indexed, topics)
+                for i, t in zip(indexed, topics, strict=True)
             }
             data = bytes(HexBytes(log.get("data") or b""))
-            by_data = dict(zip((i["name"] for i in rest), abi_decode([canonical_type(i) for i in rest], data)))
-        except Exception as e:  # noqa: BLE001 - eth_abi raises several types on malformed data
+            by_data = dict(zip((i["name"] for i in rest), abi_decode([canonical_type(i) for i in rest], data), strict=True))
+        except Exception as e:  # eth_abi raises several types on malformed data
             raise EventDecodeError(f"{name} log does not match its ABI: {e}") from e
         values = {i["name"]: from_abi(by_topic[i["name"]] if i.get("indexed") else by_data[i["name"]], i)
                   for i in entry["inputs"]}
@@ -135,7 +142,7 @@ class EventDecoder:
     def to_json(self, ev: Event) -> dict[str, Any]:
         """The event's arguments as JSON, keyed by the ABI's argument names."""
         entry = self._entry(type(ev).__name__)
-        return {i["name"]: _to_json(i, getattr(ev, f)) for i, f in zip(entry["inputs"], event_fields(type(ev)))}
+        return {i["name"]: _to_json(i, getattr(ev, f)) for i, f in zip(entry["inputs"], event_fields(type(ev)), strict=True)}
 
     def from_json(self, name: str, args: Mapping[str, Any], *, address: str, block_number: int,
                   block_hash: bytes | str, tx_hash: bytes | str, log_index: int) -> Event:
@@ -165,5 +172,5 @@ class EventDecoder:
             tx_hash=bytes(HexBytes(tx_hash)),
             log_index=int(log_index),
             # dataclass fields follow the ABI's inputs in order (tests/contracts/test_contract_types.py)
-            **{f: values[i["name"]] for i, f in zip(entry["inputs"], event_fields(cls))},
+            **{f: values[i["name"]] for i, f in zip(entry["inputs"], event_fields(cls), strict=True)},
         )

@@ -30,10 +30,12 @@ from typing import Any, Callable, Mapping
 import rlp
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress, Hash32
 from eth_utils import is_hex_address, to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.types import TxParams, Wei
 
 from chain.outbox_store import (
     Attempt,
@@ -67,14 +69,14 @@ def decode_revert_data(data: bytes, custom: ErrorDecoder | None = None) -> str:
     if custom is not None and data:
         try:
             name = custom(data)
-        except Exception:  # a decoder bug must not hide the revert itself
+        except Exception:  # noqa: BLE001 - a decoder bug must not hide the revert itself
             name = None
         if name:
             return name
     if data[:4] == bytes.fromhex("08c379a0"):
         try:
             return f"Error({abi_decode(['string'], data[4:])[0]!r})"
-        except Exception:
+        except Exception:  # noqa: BLE001 - malformed Error(string) data (eth_abi raises several types): fall back to hex
             pass
     if data[:4] == bytes.fromhex("4e487b71") and len(data) == 36:
         return f"Panic(0x{int.from_bytes(data[4:], 'big'):02x})"
@@ -139,7 +141,7 @@ class Outbox:
         self._rebroadcast_due = True
 
     @property
-    def sender(self) -> str:
+    def sender(self) -> ChecksumAddress:
         return self.account.address
 
     # --- enqueue --------------------------------------------------------------------------------
@@ -247,7 +249,7 @@ class Outbox:
         """
         for att in reversed(row.attempts):
             try:
-                rcpt = self.w3.eth.get_transaction_receipt(att.tx_hash)
+                rcpt = self.w3.eth.get_transaction_receipt(Hash32(att.tx_hash))
             except TransactionNotFound:
                 continue
             if rcpt is None or rcpt.get("blockNumber") is None:
@@ -269,7 +271,7 @@ class Outbox:
 
     def _known_to_node(self, tx_hash: bytes) -> bool:
         try:
-            return self.w3.eth.get_transaction(tx_hash) is not None
+            return self.w3.eth.get_transaction(Hash32(tx_hash)) is not None
         except TransactionNotFound:
             return False
 
@@ -302,6 +304,8 @@ class Outbox:
         return True
 
     def _bump(self, row: Intent, report: ProcessReport) -> None:
+        if row.nonce is None:
+            raise OutboxError(f"intent {row.id} is {row.status.value} without a nonce: nothing to replace")
         last = row.attempts[-1]
         base_fee, market_tip = self._market()
         tip = max(math.ceil(last.max_priority_fee_per_gas * self.bump_factor), market_tip)
@@ -395,9 +399,9 @@ class Outbox:
         """The gas limit a replacement reuses: exactly what the newest attempt was signed with."""
         return _decode_gas(row.attempts[-1].raw)
 
-    def _call_params(self, row: Intent) -> dict:
+    def _call_params(self, row: Intent) -> TxParams:
         p = row.params
-        call = {"from": self.sender, "data": p["data"], "value": p.get("value") or 0}
+        call: TxParams = {"from": self.sender, "data": p["data"], "value": p.get("value") or Wei(0)}
         if p.get("to"):
             call["to"] = p["to"]
         return call
@@ -422,7 +426,7 @@ class Outbox:
     def _revert_reason(self, row: Intent, rcpt: Mapping) -> str:
         """Replay the call to read the revert data (receipts don't carry it)."""
         att_gas = _decode_gas(row.attempts[-1].raw)
-        call = {**self._call_params(row), "gas": att_gas}  # the same gas it had on chain
+        call: TxParams = {**self._call_params(row), "gas": att_gas}  # the same gas it had on chain
         # the parent's state is what the tx saw unless an earlier tx in its block changed it
         for block in (rcpt["blockNumber"] - 1, rcpt["blockNumber"]):
             try:

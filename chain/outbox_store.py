@@ -174,9 +174,9 @@ class InMemoryOutboxStore:
         return max(nonces) if nonces else None
 
     def finished_from_nonce(self, sender: str, nonce: int) -> list[Intent]:
-        rows = [r for r in self._rows.values() if r.sender == sender and r.nonce is not None and r.nonce >= nonce
+        rows = [(r.nonce, r) for r in self._rows.values() if r.sender == sender and r.nonce is not None and r.nonce >= nonce
                 and not r.status.is_open]
-        return sorted(rows, key=lambda r: r.nonce)
+        return [r for _, r in sorted(rows, key=lambda nr: nr[0])]
 
     def record_signed(self, intent_id: int, nonce: int, attempt: Attempt) -> None:
         with self._lock:

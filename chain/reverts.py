@@ -42,7 +42,7 @@ def decode_revert(data: bytes | str | None) -> ContractRevert:
         values = abi_decode([canonical_type(i) for i in inputs], raw[4:]) if inputs else ()
     except Exception:  # noqa: BLE001 - malformed data from a hostile contract must not crash decoding
         return ContractRevert("Unknown", (), raw, f"malformed {name} revert data 0x{raw.hex()}")
-    return ContractRevert(name, tuple(from_abi(v, i) for v, i in zip(values, inputs)), raw)
+    return ContractRevert(name, tuple(from_abi(v, i) for v, i in zip(values, inputs, strict=True)), raw)
 
 
 def _revert_data(e: Exception) -> bytes | None:

@@ -3,12 +3,12 @@ send, wait. The daemon sends through the crash-safe outbox (`chain.outbox`) inst
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.exceptions import ContractLogicError, Web3RPCError
-from web3.types import TxReceipt
+from web3.types import TxParams, TxReceipt
 
 from chain.errors import ContractRevert
 from chain.reverts import as_revert
@@ -22,10 +22,11 @@ def send_tx(w3: Web3, account: LocalAccount, tx: dict[str, Any]) -> TxReceipt:
     `tx` holds at least `data` (and `to` unless it deploys); the nonce defaults to the account's
     pending count, the gas price to the node's.
     """
+    # `tx` is a plain dict (ContractBinding.build, deploy); TxParams is web3's TypedDict of the same keys
     tx = dict(tx)
     tx.setdefault("from", account.address)
     try:
-        gas = w3.eth.estimate_gas(tx)
+        gas = w3.eth.estimate_gas(cast(TxParams, tx))
     except (ContractLogicError, Web3RPCError) as e:
         raise as_revert(e) from e
     tx["gas"] = gas + gas // 5 + 10_000  # margin: state can move between estimate and inclusion
@@ -39,7 +40,7 @@ def send_tx(w3: Web3, account: LocalAccount, tx: dict[str, Any]) -> TxReceipt:
         # Replay at the block it failed in to learn why.
         call = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
         try:
-            w3.eth.call(call, receipt["blockNumber"] - 1)
+            w3.eth.call(cast(TxParams, call), receipt["blockNumber"] - 1)
         except (ContractLogicError, Web3RPCError) as e:
             raise as_revert(e) from e
         raise ContractRevert("Unknown", (), b"", f"transaction {tx_hash.hex()} reverted (out of gas?)")

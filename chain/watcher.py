@@ -159,7 +159,7 @@ class ChainWatcher:
                 to_hash_before = self._block(to)[0]
                 logs = self._get_logs(frm, to)
                 to_hash, to_parent = self._block(to)
-            except Exception as e:  # noqa: BLE001 - providers raise anything: HTTP, RPC, timeouts
+            except Exception as e:  # providers raise anything: HTTP, RPC, timeouts
                 if self.window == 1 or _is_connection_error(e):
                     raise WatcherError(f"getLogs {frm}..{to} failed: {e}") from e
                 self.window, self._successes = max(1, self.window // 2), 0

@@ -195,7 +195,7 @@ class AttributionService:
             self._wake.clear()  # before the pass: a notify() during it triggers another pass
             try:
                 await self.refresh()
-            except Exception:  # noqa: BLE001 - a DB hiccup must not end the loop
+            except Exception:  # a DB hiccup must not end the loop
                 log.exception("attribution refresh failed")
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stop_event.wait())
@@ -241,7 +241,7 @@ class AttributionService:
                          att.corpus_tokens if ready.attributor else 0, time.monotonic() - t0)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a bug here must not go unseen; the next pass retries
+        except Exception:  # a bug here must not go unseen; the next pass retries
             log.exception("building the attribution index of adapter %d failed", aid)
         finally:
             current = self._building.get(aid)
@@ -267,7 +267,7 @@ class AttributionService:
             self.stats.skipped[contribution_id] = reason
             log.warning("contribution %d (%s): %s", contribution_id, cid, reason)
             return None if _transient(e) else self._mark_bad(contribution_id, cid, reason)
-        if Path(path).is_dir():
+        if await asyncio.to_thread(Path(path).is_dir):
             return self._mark_bad(contribution_id, cid, "a folder, not a text file")
         try:
             await asyncio.to_thread(att.add_file, contribution_id, dataset_id, cid, Path(path))

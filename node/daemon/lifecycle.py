@@ -138,7 +138,7 @@ class AdapterLifecycle:
     async def run_once(self) -> None:
         """One reconciliation pass: unload what must go, start fetches for what should load."""
         with self.sessions() as s:
-            rows = {a.id: (a.state, a.cid, a.base_model, a.deprecated, a.attempts, a.updated_at, a.local_path)
+            rows = {a.id: (a.state, a.cid, a.base_model, a.deprecated, a.attempts, a.updated_at)
                     for a in s.scalars(select(Adapter))}
         # 1. engine registrations the DB no longer backs (row gone, deprecated, new CID)
         for aid, cid in list(self._loaded.items()):
@@ -148,7 +148,7 @@ class AdapterLifecycle:
                     self._unload(aid)
         # 2. rows to move along
         now = time.time()
-        for aid, (state, cid, base, deprecated, attempts, updated, local_path) in rows.items():
+        for aid, (state, cid, base, deprecated, attempts, updated) in rows.items():
             if aid in self._inflight:
                 continue
             if deprecated:
@@ -175,7 +175,7 @@ class AdapterLifecycle:
         while not stop_event.is_set():
             try:
                 await self.run_once()
-            except Exception:  # noqa: BLE001 - a DB hiccup must not end the loop
+            except Exception:  # a DB hiccup must not end the loop
                 log.exception("adapter lifecycle pass failed")
             self._wake.clear()
             waiter = asyncio.ensure_future(self._wake.wait())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
 
@@ -24,6 +24,11 @@ from node.config import NodeConfig
 from node.daemon.supervisor import Supervisor
 from node.errors import ConfigError
 from node.metrics import NodeMetrics
+
+if TYPE_CHECKING:
+    from node.daemon.attribution import AttributionService
+    from node.daemon.payments.escrow_reads import Web3EscrowReader
+    from node.daemon.payments.receipts import AttributorLookup
 
 log = logging.getLogger("loranode.daemon")
 
@@ -35,14 +40,14 @@ def build_app(
     w3=None,
     operator=None,
     background: bool = True,
-    attributor_for: Callable[[int], Any] | None = None,
+    attributor_for: AttributorLookup | None = None,
 ) -> web.Application:
     """The node's aiohttp app with every part wired. `engine`: a started `inference.engine.Engine`
     owned by the caller (else one is built from `config` and stopped at cleanup); `w3`/`operator`:
     override the RPC connection and operator account (tests); `background`: run the watcher,
     lifecycle, settlement and attribution loops (the escrow follower always runs);
     `attributor_for`: a caller-given attribution lookup instead of the attribution service."""
-    wiring = _Wiring(config, engine=engine, w3=w3, operator=operator, background=background)
+    wiring = _Wiring(config, engine=engine, w3=w3, operator=operator, background=background, attributor_for=attributor_for)
     app = create_http_app(config, node_metrics=NodeMetrics(), loops=wiring.loops, startup=wiring.steps())
     if attributor_for is not None:
         app[K.ATTRIBUTOR_FOR] = attributor_for
@@ -63,14 +68,18 @@ def ipfs_backends(config: NodeConfig) -> list[Any]:
 
 class _Wiring:
     """The startup steps; each builds its parts once, puts what the API serves from under its
-    key, and undoes its work at cleanup."""
+    key, and undoes its work at cleanup. The parts later steps use are kept typed on `self` too."""
 
-    def __init__(self, config: NodeConfig, *, engine, w3, operator, background: bool) -> None:
+    def __init__(self, config: NodeConfig, *, engine, w3, operator, background: bool,
+                 attributor_for: AttributorLookup | None = None) -> None:
         self.config, self.given_engine, self.given_w3, self.given_operator = config, engine, w3, operator
         self.background = background
         self.loops = Supervisor()
         self.backends: list[Any] = []
-        self.attribution = None  # node.daemon.attribution.AttributionService when it runs
+        self.attribution: AttributionService | None = None  # when it runs
+        self.served_engine: Any = None  # app[K.ENGINE]: the given engine or the one built from the config
+        self.escrow_reader: Web3EscrowReader | None = None  # app[K.ESCROW_READER]
+        self.attributor_for = attributor_for  # app[K.ATTRIBUTOR_FOR]: caller-given, else the attribution service's
 
     def steps(self) -> list[Callable]:
         return [self.database, self.chain, self.engine, self.content, self.payments, self.supervised_loops]
@@ -107,20 +116,20 @@ class _Wiring:
             receipt_log=addresses["ReceiptLog"], addresses=addresses, w3=web3, contracts=Contracts(web3, deployment),
             deployment=deployment, operator=account,
         )
-        app[K.ESCROW_READER] = Web3EscrowReader(web3, addresses["UsageEscrow"])
+        self.escrow_reader = app[K.ESCROW_READER] = Web3EscrowReader(web3, addresses["UsageEscrow"])
         yield
 
     async def engine(self, app: web.Application):
         metrics = app[K.METRICS]
         if self.given_engine is not None:  # the caller owns it (tests share one engine across apps)
-            app[K.ENGINE] = self.given_engine
+            self.served_engine = app[K.ENGINE] = self.given_engine
             metrics.bind_engine_stats(self.given_engine.stats)
             yield
             return
         from node.daemon.engine_factory import build_engine
 
         own = await asyncio.to_thread(build_engine, self.config)
-        app[K.ENGINE] = own
+        self.served_engine = app[K.ENGINE] = own
         metrics.bind_engine_stats(own.stats)
         try:
             yield
@@ -144,10 +153,10 @@ class _Wiring:
                 svc = AttributionService(
                     app[K.SESSIONS], self.backends,
                     ContentCache(config.data_dir / "attribution" / "content", config.cache_max_bytes),
-                    app[K.ENGINE].tokenizer, config.data_dir, fetch_timeout_s=config.ipfs_fetch_timeout_s,
+                    self.served_engine.tokenizer, config.data_dir, fetch_timeout_s=config.ipfs_fetch_timeout_s,
                 )
                 self.attribution = app[K.ATTRIBUTION] = svc
-                app[K.ATTRIBUTOR_FOR] = svc.attributor_for
+                self.attributor_for = app[K.ATTRIBUTOR_FOR] = svc.attributor_for
                 app[K.METRICS].bind_stats("attribution", svc.metrics)
             yield
         finally:
@@ -160,15 +169,17 @@ class _Wiring:
         from node.daemon.payments.receipts import ReceiptIssuer
 
         config, chain = self.config, app[K.CHAIN]
+        if self.escrow_reader is None:
+            raise RuntimeError("the payments step needs the chain step's escrow reader")
         app[K.GATE] = PaymentGate(
-            node_address=chain.node_address, mode=config.payment_mode, escrow=app[K.ESCROW_READER],
+            node_address=chain.node_address, mode=config.payment_mode, escrow=self.escrow_reader,
             book=app[K.LEDGER], chain_id=chain.chain_id, escrow_address=chain.escrow,
             api_keys=config.all_api_keys() if config.payment_mode == "operator-funded" else [],
             operator_account=chain.operator,
         )
         app[K.ISSUER] = ReceiptIssuer(
             operator=chain.operator, chain_id=chain.chain_id, receipt_log=chain.receipt_log, ledger=app[K.LEDGER],
-            attributor_for=app.get(K.ATTRIBUTOR_FOR),
+            attributor_for=self.attributor_for,
         )
         yield
 
@@ -193,7 +204,7 @@ class _Wiring:
 
         config, chain = self.config, app[K.CHAIN]
         lifecycle = AdapterLifecycle(
-            app[K.SESSIONS], app[K.ENGINE], self.backends, ContentCache(config.adapter_cache_dir, config.cache_max_bytes),
+            app[K.SESSIONS], self.served_engine, self.backends, ContentCache(config.adapter_cache_dir, config.cache_max_bytes),
             base_model_id=config.base_model_id, max_adapter_bytes=config.adapter_max_bytes,
             prefetch=config.prefetch, fetch_timeout_s=config.ipfs_fetch_timeout_s,
         )

@@ -62,8 +62,9 @@ class Supervisor:
             if task.done() and h.state not in ("stopped", "failed"):
                 # ended outside `_supervise`'s own bookkeeping: cancelled while it paused to restart
                 h.state = "stopped" if self.stop_event.is_set() else "failed"
-                if not task.cancelled() and task.exception() is not None:
-                    h.last_error = _describe(task.exception())
+                exc = None if task.cancelled() else task.exception()
+                if exc is not None:
+                    h.last_error = _describe(exc)
         return dict(self._health)
 
     async def _supervise(self, name: str, loop: Loop) -> None:
@@ -77,7 +78,7 @@ class Supervisor:
             except asyncio.CancelledError:
                 health.state = "stopped" if self.stop_event.is_set() else "failed"
                 raise
-            except Exception as e:  # noqa: BLE001 - any crash of a loop is a bug: log it, restart it
+            except Exception as e:  # any crash of a loop is a bug: log it, restart it
                 health.state, health.last_error = "restarting", _describe(e)
                 log.exception("%s loop crashed; restarting in %.0f s", name, self.restart_delay_s)
                 try:

@@ -113,6 +113,8 @@ class SqlOutboxStore:
                                     max_priority_fee_per_gas=attempt.max_priority_fee_per_gas,
                                     signed_at=attempt.signed_at))
         except IntegrityError as e:
+            if sender is None:  # not the nonce: nothing was written before the row was read
+                raise
             # the unique (sender, nonce) constraint: another writer took the nonce between the check and the flush
             raise nonce_taken(sender, nonce) from e
         self._step("signed", intent_id)

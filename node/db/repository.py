@@ -130,7 +130,9 @@ def receipt_with_proof(session: Session, request_id: str) -> ReceiptProof | None
     batch = session.get(ReceiptBatch, r.batch_seq) if r.batch_seq is not None else None
     committed = batch is not None and batch.status == BatchStatus.COMMITTED.value
     root = proof = None
-    if committed:
+    if batch is not None and committed:
+        if r.leaf_index is None:
+            raise NodeError(f"receipt {request_id} is in committed batch {batch.seq} without a leaf index")
         root, proof = batch_proof(session, batch, r.leaf_index)
     return ReceiptProof(
         receipt=r.receipt, digest=r.digest, seq=r.seq, batch_seq=r.batch_seq, leaf_index=r.leaf_index,

@@ -27,7 +27,7 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from eth_utils import to_checksum_address
 
@@ -177,7 +177,7 @@ class PaymentGate:
         book: LaneBook,
         chain_id: int,
         escrow_address: str,
-        api_keys: list[str] = (),
+        api_keys: Sequence[str] = (),
         operator_account=None,
         cache_ttl_s: float = 10.0,
         chain_reads_per_s: float = CHAIN_READS_PER_S,
@@ -236,7 +236,7 @@ class PaymentGate:
             raise PaymentChecksThrottled("too many payment checks at once; retry shortly")
         try:
             value = await asyncio.to_thread(fn, *args)
-        except Exception as e:  # noqa: BLE001 - any provider failure
+        except Exception as e:  # any provider failure
             stale = cache.stale(key)
             if stale is not None:
                 log.warning("chain read failed (%s); using the last known value", type(e).__name__)

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from chain.eip712 import (
     NO_ATTRIBUTION_HASH,
@@ -30,9 +30,12 @@ from node.daemon.payments.ledger import Ledger, ReceiptJob
 from node.metering import Cost
 from node.daemon.payments.gate import Lane, SignedVoucher
 
+if TYPE_CHECKING:
+    from inference.attribution import Attributor
+
 log = logging.getLogger(__name__)
 
-AttributorLookup = Callable[[int], object | None]  # adapter id -> inference.attribution.Attributor
+AttributorLookup = Callable[[int], "Attributor | None"]  # adapter id -> its attributor, None when none is ready
 
 
 def _no_attribution() -> dict:

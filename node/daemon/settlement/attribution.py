@@ -4,9 +4,10 @@ the batch's receipts. Settling drains the whole pool, so the node waits until ev
 batch has collected at least its cumulative adapter cost up to the batch's last receipt on it: the
 batch's money is then in the pool. A payer who never pays its last request would hold the batch
 forever, so after `max_wait_s` from the batch's creation it settles anyway (what arrives later is
-drained by the next batch, or flushed to the accepted-weight split). Batches are settled in order, each once (the contract enforces both); the
-chain's `settledSeq` is the truth after a restart, and every transaction goes through the
-settlement's outbox under a deterministic key, so a crash never sends a batch twice."""
+drained by the next batch, or flushed to the accepted-weight split). Batches are settled in order,
+each once (the contract enforces both); the chain's `settledSeq` is the truth after a restart, and
+every transaction goes through the settlement's outbox under a deterministic key, so a crash never
+sends a batch twice."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class AttributionSettler:
 
     def _split_of(self, adapter_id: int) -> dict[int, int]:
         a = self.s.contracts.adapters.get_adapter(adapter_id)
-        return dict(zip(a.dataset_ids, a.dataset_bps))
+        return dict(zip(a.dataset_ids, a.dataset_bps, strict=True))
 
     def _dataset_of(self, contribution_id: int) -> int | None:
         try:

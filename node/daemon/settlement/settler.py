@@ -29,7 +29,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from eth_utils import to_checksum_address
 from sqlalchemy import select
@@ -44,6 +44,17 @@ log = logging.getLogger(__name__)
 
 class SettlementError(NodeError):
     """Local settlement state contradicts the chain; needs an operator (settlement stops)."""
+
+
+_Row = TypeVar("_Row")
+
+
+def _row(s: Session, model: type[_Row], key: Any) -> _Row:
+    """The row `key` of `model`, which settlement wrote earlier and never deletes."""
+    row = s.get(model, key)
+    if row is None:
+        raise SettlementError(f"{model.__name__} {key!r} is missing from the DB")
+    return row
 
 
 StepHook = Callable[[str], None]
@@ -258,7 +269,7 @@ class Settlement:
                                    status=BatchStatus.PENDING.value, created_at=self.clock()))
                 s.flush()
                 for i, (rseq, _, _) in enumerate(receipts):
-                    r = s.get(ReceiptRow, rseq)
+                    r = _row(s, ReceiptRow, rseq)
                     if r.batch_seq is not None:
                         raise SettlementError(f"receipt {rseq} was batched concurrently")
                     r.batch_seq, r.leaf_index = seq, i
@@ -289,7 +300,7 @@ class Settlement:
             params = rl.build_commit_batch(self.node, seq, bytes.fromhex(root[2:]), count, cid)
             intent_id = self.outbox.enqueue(self._commit_key(seq, attempt), params)
             with self.sessions.begin() as s:
-                s.get(ReceiptBatch, seq).outbox_id = intent_id
+                _row(s, ReceiptBatch, seq).outbox_id = intent_id
             self._step("commit_enqueued")
 
     def settle_commits(self) -> int:
@@ -300,12 +311,14 @@ class Settlement:
                 select(ReceiptBatch).where(ReceiptBatch.status == BatchStatus.PENDING.value,
                                            ReceiptBatch.outbox_id.is_not(None)).order_by(ReceiptBatch.seq))]
         for seq, root, intent_id in pending:
+            if intent_id is None:  # the query selects batches with an intent
+                raise SettlementError(f"batch {seq} has no outbox intent to settle")
             intent = self.outbox.get(intent_id)
             if intent.status.is_open:
                 continue
             committed = intent.status.value == "mined" or _hex(rl.batch_root(self.node, seq)).lower() == root.lower()
             with self.sessions.begin() as s:
-                b = s.get(ReceiptBatch, seq)
+                b = _row(s, ReceiptBatch, seq)
                 if committed:
                     b.status, b.committed_block = BatchStatus.COMMITTED.value, intent.block_number
                     self._chain_last_seq = max(self._chain_last_seq, seq)
@@ -346,7 +359,7 @@ class Settlement:
             intent_id = self.outbox.enqueue(key, params)
             with self.sessions.begin() as s:
                 for v in group:
-                    row = s.get(VoucherRow, v.lane)
+                    row = _row(s, VoucherRow, v.lane)
                     row.redeeming_compute, row.redeeming_adapter = v.compute_value, v.adapter_value
                     row.redeem_outbox_id = intent_id
             sent += 1
@@ -376,12 +389,14 @@ class Settlement:
                         for v in s.scalars(select(VoucherRow).where(VoucherRow.redeem_outbox_id.is_not(None)))]
         done = 0
         for lane, payer, node, adapter_id, intent_id in inflight:
+            if intent_id is None:  # the query selects lanes with a redeem intent
+                raise SettlementError(f"lane {lane} has no redeem intent to settle")
             intent = self.outbox.store.get(intent_id)
             if intent is not None and intent.status.is_open:
                 continue
             c = escrow.collected(to_checksum_address(payer), to_checksum_address(node), adapter_id)
             with self.sessions.begin() as s:
-                row = s.get(VoucherRow, lane)
+                row = _row(s, VoucherRow, lane)
                 row.redeemed_compute, row.redeemed_adapter = int(c.compute), int(c.adapter)
                 row.redeeming_compute = row.redeeming_adapter = row.redeem_outbox_id = None
                 ok = intent is not None and intent.status.value == "mined"

@@ -89,7 +89,7 @@ class RegistryProjector:
         row.rank = ev.rank
         row.price_per_1k = ev.price_per_1k
         row.owner_bps = ev.owner_bps
-        row.dataset_splits = [[int(i), int(b)] for i, b in zip(ev.dataset_ids, ev.dataset_bps)]
+        row.dataset_splits = [[int(i), int(b)] for i, b in zip(ev.dataset_ids, ev.dataset_bps, strict=True)]
         row.block_number = ev.block_number
 
     def _on_AdapterDeprecated(self, s: Session, ev: AdapterDeprecated) -> None:
@@ -147,8 +147,11 @@ class RegistryProjector:
         for ev in events:
             self.apply(s, ev)  # AdapterPublished resets the lifecycle when the CID differs
         row = s.get(Adapter, adapter_id)
-        if before is not None and before[1] and not row.deprecated:
-            _reset_lifecycle(row)  # deprecation undone: serve it again
+        if before is not None and before[1]:
+            if row is None:  # the events only update or insert the row
+                raise RuntimeError(f"adapter {adapter_id} vanished while its events were re-applied")
+            if not row.deprecated:
+                _reset_lifecycle(row)  # deprecation undone: serve it again
 
 
 def _node_row(s: Session, key: str) -> NodeRow | None:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from chain.contract_types import Event
 from chain.events import EventDecoder
-from chain.watcher import BlockRef
+from chain.watcher import BlockRef, WatcherError
 from node.db.models import ChainBlock, ChainCursor, ChainEvent
 
 
@@ -95,6 +95,9 @@ class SqlWatcherStore:
                     s.delete(c)
             else:
                 anc = s.get(ChainBlock, ancestor)
+                if c is None or anc is None:
+                    raise WatcherError(f"cannot roll back to block {ancestor}: "
+                                       + ("no cursor" if c is None else "the block is not in the ring"))
                 c.block_number, c.block_hash = ancestor, anc.hash
 
     def _event(self, row: ChainEvent) -> Event:
