@@ -220,7 +220,7 @@ class AdapterLifecycle:
                 self.cache.pin(cid)  # the engine loads weights lazily from this folder
                 try:
                     await asyncio.to_thread(self.engine.register_adapter, adapter_model_name(aid), path)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:  # noqa: BLE001 - any engine refusal fails this adapter alone, never the loop
                     self.cache.unpin(cid)
                     self._fail(aid, cid, f"engine refused it: {getattr(e, 'reason', e)}", permanent=True)
                     return
@@ -243,7 +243,7 @@ class AdapterLifecycle:
         if cid is not None:
             try:
                 self.cache.unpin(cid)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - unpinning is best effort: the cache evicts unpinned folders anyway
                 pass
         self.unloads += 1
         log.info("adapter %d unloaded", aid)
