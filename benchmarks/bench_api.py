@@ -213,7 +213,8 @@ async def engine_level(engine, n: int, per_level: int, max_tokens: int) -> dict:
     async def client(i: int):
         for aid, prompt in plan[i]:
             counter[0] += 1
-            req = GenerationRequest(f"bench-{counter[0]}", adapter_model_name(aid), messages=[{"role": "user", "content": prompt}],
+            req = GenerationRequest(f"bench-{counter[0]}", adapter_model_name(aid),
+                                    messages=[{"role": "user", "content": prompt}],
                                     params=SamplingParams(max_tokens=max_tokens, temperature=0.0))
             t0 = time.perf_counter()
             res = {"ok": False, "ttft": None, "gaps": [], "tokens": 0}

@@ -159,7 +159,8 @@ def test_redeem_splits_exactly(env, world):
         c.datasets.pending_reward(2) - 3 * c.datasets.pending_reward(1)
     ) <= 3
     assert c.escrow.account_of(env.payer.address, env.node.address).balance == 10**21 - compute - adapter
-    assert c.escrow.collected(env.payer.address, env.node.address, 1) == type(c.escrow.collected(env.payer.address, env.node.address, 1))(compute, adapter)
+    assert c.escrow.collected(env.payer.address, env.node.address, 1) == type(
+        c.escrow.collected(env.payer.address, env.node.address, 1))(compute, adapter)
     redeemed = [e for e in c.events_of(r) if isinstance(e, VoucherRedeemed)]
     assert [(e.compute_paid, e.adapter_paid) for e in redeemed] == [(compute, adapter)]
     assert c.token.balance_of(c.vault.address) == compute + adapter

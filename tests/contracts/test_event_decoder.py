@@ -59,7 +59,7 @@ def test_struct_arrays_decode_as_tuples_and_store_as_objects():
     assert isinstance(ev, BatchSettled) and ev.seq == 9 and ev.entries == ((1, 4, 30), (2, 0, 70))
     stored = dec.to_json(ev)
     assert stored["entries"][0] == dict(zip([c["name"] for c in _event_abi("AttributionPool", "BatchSettled")
-                                             ["inputs"][2]["components"]], (1, 4, 30)))
+                                             ["inputs"][2]["components"]], (1, 4, 30), strict=True))
     assert dec.from_json("BatchSettled", stored, address=POOL, block_number=7, block_hash=BLOCK["blockHash"],
                          tx_hash=BLOCK["transactionHash"], log_index=3) == ev
 

@@ -6,7 +6,8 @@ the node's embedded IPFS store) → `loranode`'s daemon (`node.daemon.root.serve
 fetches and CID-verifies them, loads them → the official `openai` client (through
 `node.client.payer.LoraNodeClient`, which signs cumulative vouchers) gets answers, streaming and not, for
 both adapters and the base model → the settlement loop commits the receipts and redeems the
-vouchers and settles each batch's dataset parts in AttributionPool → every receipt verifies on chain with `verifyReceipt`, and the RewardVault credits of
+vouchers and settles each batch's dataset parts in AttributionPool → every receipt verifies on chain
+with `verifyReceipt`, and the RewardVault credits of
 the node, the protocol, the adapter owners and the dataset contributors match, to the wei, the
 splits registered on chain applied to the costs the node signed.
 """
@@ -29,7 +30,9 @@ from node.dev.stack import NodeThread, get_json as _get, wait_for as _wait
 
 pytestmark = pytest.mark.slow
 
-KEYS = dict(zip(["deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob", "carol"], DEV_PRIVATE_KEYS))
+# the first nine of anvil's ten dev keys
+KEYS = dict(zip(["deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob", "carol"], DEV_PRIVATE_KEYS,
+                strict=False))
 ACCT = {k: Account.from_key(v) for k, v in KEYS.items()}
 ADDR = {k: a.address for k, a in ACCT.items()}
 BPS = 10_000
@@ -156,7 +159,7 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
         # the dataset parts wait in the node's attribution pools until each batch is settled there
         _wait(lambda: c.pool.settled_seq(ADDR["node"]) == c.receipts.last_seq(ADDR["node"]), 120,
               "batches settled in AttributionPool")
-        with urllib.request.urlopen(node.url + "/metrics", timeout=30) as r:
+        with urllib.request.urlopen(node.url + "/metrics", timeout=30) as r:  # noqa: S310 - the test's own loopback node
             metrics = r.read().decode()
         loads = [ln for ln in metrics.splitlines() if ln.startswith("loranode_adapters_loads_total ")]
         assert loads and float(loads[0].split()[-1]) == 2  # the lifecycle loaded both adapters
@@ -171,7 +174,7 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
     assert not node.thread.is_alive(), "node did not stop"
 
     # every receipt verifies on chain; a tampered one does not
-    for r, p in zip(receipts, proofs):
+    for r, p in zip(receipts, proofs, strict=True):
         proof = [bytes.fromhex(x[2:]) for x in p["proof"]]
         assert c.receipts.verify_receipt(r.receipt, p["batch"]["seq"], proof)
     forged = replace(receipts[0].receipt, completion_tokens=receipts[0].receipt.completion_tokens + 1)

@@ -16,7 +16,7 @@ from eth_account import Account
 from chain.devchain import DEV_PRIVATE_KEYS, free_port
 from node.dev.stack import DEV_ROLES, NodeThread, get_json, start_dev_stack, wait_for
 
-KEY = dict(zip(DEV_ROLES, DEV_PRIVATE_KEYS))
+KEY = dict(zip(DEV_ROLES, DEV_PRIVATE_KEYS, strict=True))
 ACCT = {r: Account.from_key(k) for r, k in KEY.items()}
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 ADAPTER_PRICE = 2 * 10**15  # per 1K tokens

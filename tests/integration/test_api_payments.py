@@ -21,7 +21,7 @@ from node.api.errors import ApiError, api_error_for
 from node.daemon.payments.errors import ChainUnavailable, InvalidApiKey, PaymentChecksThrottled, PaymentRejected
 from node.daemon.payments.escrow_reads import Web3EscrowReader
 from node.db import make_session_factory, migrate
-from node.dev.devnet import authorize_signer, fund_escrow, stake_node
+from node.dev.devnet import authorize_signer, fund_escrow
 from node.daemon.payments.follower import EscrowFollower
 from node.daemon.payments.ledger import Ledger
 from node.metering import Cost, Price
@@ -32,6 +32,7 @@ DEPLOYER, NODE_KEY, PAYER_KEY, DELEGATE_KEY, STRANGER_KEY = DEV_PRIVATE_KEYS[:5]
 NODE = Account.from_key(NODE_KEY).address
 PAYER = Account.from_key(PAYER_KEY).address
 PRICE = Price(compute_per_1k=1000, adapter_per_1k=3000)
+MAX_COST = Cost(10, 30)  # a request's worst case, unless a test says otherwise
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def _header(dep, key=PAYER_KEY, payer=PAYER, node=NODE, adapter=7, c=0, a=0) -> 
     return {VOUCHER_HEADER: encode_voucher_header(sv)}
 
 
-async def _refused(gate, headers, adapter=7, max_cost=Cost(10, 30)) -> ApiError:
+async def _refused(gate, headers, adapter=7, max_cost=MAX_COST) -> ApiError:
     """The gate's refusal, as the API answers it (node.api.errors maps the domain error)."""
     with pytest.raises(PaymentRejected) as ei:
         await gate.admit(headers, adapter, PRICE, max_cost)

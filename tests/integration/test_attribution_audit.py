@@ -29,7 +29,7 @@ from node.attribution_rewards.rule import batch_weights, payouts, to_entries
 from node.ipfs import ContentCache, EmbeddedStore
 
 KEYS = dict(zip(["deployer", "curator", "alice", "bob", "payer", "honest", "inflater", "crosser", "inventor",
-                 "hostile"], DEV_PRIVATE_KEYS))
+                 "hostile"], DEV_PRIVATE_KEYS, strict=True))
 ACCT = {k: Account.from_key(v) for k, v in KEYS.items()}
 TEXT = {1: "The harbour was quiet that morning and the gulls were loud over the boats.",
         2: "To bake rye bread, mix flour, water, salt and a sourdough starter.",
@@ -185,7 +185,7 @@ async def test_weights_not_following_from_spans_are_caught(world):
 
 
 async def test_hostile_receipts_files(world, tmp_path):
-    c, store = world["c"], world["store"]
+    store = world["store"]
     with pytest.raises(AuditError, match="not committed"):
         await _audit(world, 99, "hostile")
     # a CID no backend has

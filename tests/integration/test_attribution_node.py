@@ -31,7 +31,8 @@ from chain.eip712 import NO_ATTRIBUTION_HASH, SignedReceipt, attribution_hash
 from inference.engine import Engine, EngineConfig
 from inference.requests import GenerationRequest, SamplingParams
 
-KEYS = dict(zip(["deployer", "node", "payer", "owner", "curator", "alice", "bob"], DEV_PRIVATE_KEYS))
+KEYS = dict(zip(["deployer", "node", "payer", "owner", "curator", "alice", "bob"], DEV_PRIVATE_KEYS,
+                strict=False))  # the first seven of anvil's ten dev keys
 ACCT = {k: Account.from_key(v) for k, v in KEYS.items()}
 PLANTED_PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 OTHER_PROMPT = [{"role": "user", "content": "List three prime numbers."}]

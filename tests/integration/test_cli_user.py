@@ -22,7 +22,7 @@ from node.cli.app import app
 from node.services.receipt_files import MAX_RECEIPT_FILE_BYTES
 
 ROLES = ["deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob"]
-KEY = dict(zip(ROLES, DEV_PRIVATE_KEYS))
+KEY = dict(zip(ROLES, DEV_PRIVATE_KEYS, strict=False))  # the first eight of anvil's ten dev keys
 ADDR = {r: Account.from_key(k).address for r, k in KEY.items()}
 PASSWORD = "correct horse battery staple"
 TOKEN = 10**18
@@ -234,7 +234,8 @@ def test_adapter_publish_refuses_bad_folders_and_splits_before_gas(env, adapter_
     assert "non-negative" in out
     _, out = cli(env, "adapter", "publish", str(adapter_folder), "--price", "1", "--datasets", "77:100", role="owner1", ok=False)
     assert "dataset 77 does not exist" in out
-    _, out = cli(env, "adapter", "publish", str(adapter_folder), "--price", "1", "--base-model", "other/model", role="owner1", ok=False)
+    _, out = cli(env, "adapter", "publish", str(adapter_folder), "--price", "1", "--base-model", "other/model", role="owner1",
+                 ok=False)
     assert "only the embedded base model" in out
     assert nonce(env, "owner1") == n
 

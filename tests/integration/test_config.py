@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from chain.devchain import DEV_PRIVATE_KEYS
 from node.config import NodeConfig, load_config, normalise_db_url, options_table
@@ -41,8 +42,8 @@ ipfs_gateways = ["http://127.0.0.1:1"]
     assert cfg.database_url == f"sqlite:///{tmp_path / 'state' / 'node.db'}"
     assert cfg.ipfs_store_dir == tmp_path / "state" / "ipfs"
     assert cfg.adapter_cache_dir == tmp_path / "state" / "cache"  # LORANODE_CACHE_DIR is the model cache, not ours
-    with pytest.raises(Exception):
-        cfg.confirmations = 1  # frozen
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.confirmations = 1
 
 
 def test_postgres_url_is_normalised():

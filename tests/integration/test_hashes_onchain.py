@@ -144,7 +144,7 @@ def test_merkle_proofs_verify_after_commit_batch(chain):
         assert bytes(log.functions.batchRoot(NODE.address, k).call()) == tree.root
         trees.append((k, tree))
 
-    for (k, tree), batch in zip(trees, batches):
+    for (k, tree), batch in zip(trees, batches, strict=True):
         for i, r in enumerate(batch):
             assert log.functions.verifyReceipt(tuple(r.message().values()), k, tree.proof(i)).call()
 

@@ -27,7 +27,7 @@ from node.ipfs import (
 )
 
 
-import ipfs_gateway_server as gw  # noqa: E402  (tests/integration is on pytest's pythonpath)
+import ipfs_gateway_server as gw  # tests/integration is on pytest's pythonpath
 
 
 async def _start(store: EmbeddedStore):

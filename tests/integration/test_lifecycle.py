@@ -87,8 +87,9 @@ async def test_lifecycle_end_to_end(registries, db, engine, tmp_path):
     assert small_bytes < big_bytes
     max_bytes = (small_bytes + big_bytes) // 2
 
-    reg = lambda base_id, cid: r.send("AdapterRegistry", "register", base_id, cid, 4, 10, 10_000, [], [],
-                                      key_index=3)  # noqa: E731
+    def reg(base_id, cid):
+        return r.send("AdapterRegistry", "register", base_id, cid, 4, 10, 10_000, [], [], key_index=3)
+
     reg(BASE, cid_good1)  # 1
     reg(BASE, cid_good2)  # 2
     reg(BASE, cid_wrong_cfg)  # 3: PEFT config names another base model

@@ -20,6 +20,7 @@ from crash import run_until_sigkilled
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from web3 import Web3
+from web3.exceptions import TransactionNotFound
 
 from chain.artifacts import load_artifact
 from chain.devchain import DEV_PRIVATE_KEYS, Anvil
@@ -294,7 +295,7 @@ def test_stuck_transaction_is_replaced_with_higher_fees(fresh_anvil):
     for i in ids:
         row = ob.get(i)
         assert row.tx_hash == row.attempts[1].tx_hash  # the replacement was mined, not the original
-        with pytest.raises(Exception):
+        with pytest.raises(TransactionNotFound):
             w3.eth.get_transaction_receipt(row.attempts[0].tx_hash)
     assert recipient_balances(w3, 2) == [1_000, 1_001]
 
@@ -414,7 +415,7 @@ def test_random_crashes_drops_and_stalls_still_send_each_intent_once(fresh_anvil
     ob = open_outbox()
     n, ids = 12, []
     seen = collections.Counter()
-    for step in range(60):
+    for _ in range(60):
         if len(ids) < n and rng.random() < 0.5:
             ids.append(ob.enqueue(f"pay-{len(ids)}", transfer(len(ids))))
         action = rng.choice(["process", "process", "crash", "crash-before-send", "drop", "mine", "wait"])
@@ -488,7 +489,8 @@ def test_store_rules(store):
     store.mark_sent(a, 5.0)
     store.mark_sent(a, 9.0)
     row = store.get(a)
-    assert row.status == IntentStatus.SENT and row.sent_at == 5.0 and [x.tx_hash for x in row.attempts] == [att(1).tx_hash, att(5).tx_hash]
+    assert row.status == IntentStatus.SENT and row.sent_at == 5.0
+    assert [x.tx_hash for x in row.attempts] == [att(1).tx_hash, att(5).tx_hash]
     assert store.highest_nonce("0xS") == 0 and store.highest_nonce("nobody") is None
     assert [r.id for r in store.open_intents("0xS")] == [a, b]
     store.finish(a, IntentStatus.MINED, tx_hash=att(5).tx_hash, block_number=3, gas_used=21000)

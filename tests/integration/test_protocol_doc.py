@@ -73,7 +73,9 @@ def test_shape_checker_catches_what_it_must():
 
 def _post(url, body, headers=None):
     data = b"" if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json", **(headers or {})})
+    # url: the test's own loopback node
+    req = urllib.request.Request(url, data=data, method="POST",  # noqa: S310
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310
             return r.status, r.read().decode()
@@ -130,8 +132,8 @@ def test_every_documented_example_matches_the_running_node(live, tmp_path, monke
     check("stream last chunk", events[-1])
     wallet.record(1, events[-1], "".join(e["choices"][0]["delta"].get("content", "") for e in events))
 
-    # a stream the client drops: its cost is at /v1/receipts/{the chunks' id}
-    req = urllib.request.Request(u + "/v1/chat/completions", method="POST",
+    # a stream the client drops: its cost is at /v1/receipts/{the chunks' id} (u: the test's own loopback node)
+    req = urllib.request.Request(u + "/v1/chat/completions", method="POST",  # noqa: S310
                                  data=json.dumps({**chat_req, "stream": True, "max_tokens": 64}).encode(),
                                  headers={"Content-Type": "application/json", **wallet.header(1)})
     with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310
@@ -163,7 +165,7 @@ def test_every_documented_example_matches_the_running_node(live, tmp_path, monke
     error("error 400 invalid_field", 400, _post(u + "/v1/chat/completions", {**chat_req, "messages": "x"}))
     error("error 404 model_not_found", 404, _post(u + "/v1/chat/completions", {**chat_req, "model": "adapter-9"}))
     try:
-        urllib.request.urlopen(u + "/v1/receipts/0x" + "ab" * 32, timeout=10)  # noqa: S310
+        urllib.request.urlopen(u + "/v1/receipts/0x" + "ab" * 32, timeout=10)  # noqa: S310 - the test's own loopback node
         raise AssertionError("an unknown receipt was found")
     except urllib.error.HTTPError as e:
         assert e.code == 404

@@ -278,7 +278,7 @@ async def test_rpc_down_for_a_while_then_settlement_catches_up(world, rpc_proxy)
 
 async def test_reconcile_refuses_a_db_that_contradicts_the_chain(world):
     client = Client(world)
-    for i in range(4):
+    for _ in range(4):
         client.serve(0, 1, 0)
     await settlement(world).flush()
     with world["sessions"].begin() as s:
@@ -304,7 +304,8 @@ async def test_reorg_shallower_than_confirmations_rebroadcasts_the_commit(world)
         block = s.scalar(select(OutboxIntent.block_number).where(OutboxIntent.key.like("commit:%")))
     assert block is None
     # replace the commit's block (and the redeem after it): depth 1-2 < confirmations + 1
-    w3.provider.make_request("anvil_reorg", [w3.eth.block_number - _commit_block(w3, OPERATOR.address, c.receipts.address) + 1, []])
+    w3.provider.make_request("anvil_reorg",
+                             [w3.eth.block_number - _commit_block(w3, OPERATOR.address, c.receipts.address) + 1, []])
     assert c.receipts.last_seq(OPERATOR.address) == 0
     await st.run_once()  # the tx is unknown to the node now: same bytes again
     assert c.receipts.last_seq(OPERATOR.address) == 1
@@ -331,7 +332,7 @@ async def test_issue9_underfunded_lane_is_parked_until_a_deposit(world):
     """Issue #9: an underfunded lane was retried with a redeem transaction at every interval forever.
     Now the escrow pays what it has, the lane is parked (no more redeem transactions), and a deposit
     wakes it: the same voucher then collects the rest."""
-    c, w3 = world["c"], world["w3"]
+    c = world["c"]
     client = Client(world)
     client.serve(0, 10**22 + 500, 0)  # more than the payer deposited for this node
     st = settlement(world)

@@ -209,12 +209,13 @@ def test_adapter_published_while_serving(world, client):
     world.wait_loaded([f"adapter-{aid}"])
     r = client.chat(f"adapter-{aid}", QUESTION, max_tokens=8, temperature=0)
     assert r.choices[0].message.content
-    loras = {m["id"] for m in json.loads(urllib.request.urlopen(world.server.url + "/v1/models").read())["data"]}  # noqa: S310
+    loras = {m["id"] for m in json.loads(urllib.request.urlopen(world.server.url + "/v1/models").read())["data"]}  # noqa: S310 - loopback vLLM
     assert {"adapter-1", "adapter-2", f"adapter-{aid}"} <= loras  # loaded on the vLLM server itself
 
 
 def _stream_raw(url: str, headers: dict, body: dict, on_first_chunk) -> list:
-    req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
+    # url: the test's own loopback node
+    req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST",  # noqa: S310
                                  headers={**headers, "Content-Type": "application/json"})
     events, fired = [], False
     with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310 - loopback
@@ -250,11 +251,11 @@ def test_server_killed_mid_stream_then_recovers(world, client):
     status, health, _ = _get(world.url + "/healthz")
     srv = health["engine"]["servers"][0]
     assert status == 503 and health["status"] == "degraded" and not srv["in_rotation"] and srv["last_error"]
-    req = urllib.request.Request(world.url + "/v1/chat/completions", method="POST", headers={
+    req = urllib.request.Request(world.url + "/v1/chat/completions", method="POST", headers={  # noqa: S310 - loopback node
         **w.header(1), "Content-Type": "application/json"},
         data=json.dumps({"model": "adapter-1", "messages": QUESTION, "max_tokens": 4}).encode())
     with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(req, timeout=60)  # noqa: S310
+        urllib.request.urlopen(req, timeout=60)  # noqa: S310 - loopback node
     assert e.value.code == 503 and e.value.headers["Retry-After"]
     assert w.totals(1) == before
 
@@ -264,7 +265,7 @@ def test_server_killed_mid_stream_then_recovers(world, client):
     _wait(lambda: _get(world.url + "/healthz")[0] == 200, 120, "the node to put the server back in rotation")
     r = client.chat("adapter-1", QUESTION, max_tokens=24, temperature=0)
     assert r.choices[0].message.content == world.answers["adapter-1"]
-    loras = {m["id"] for m in json.loads(urllib.request.urlopen(world.server.url + "/v1/models").read())["data"]}  # noqa: S310
+    loras = {m["id"] for m in json.loads(urllib.request.urlopen(world.server.url + "/v1/models").read())["data"]}  # noqa: S310 - loopback vLLM
     assert {"adapter-1", "adapter-2", "adapter-3"} <= loras
 
 

@@ -69,7 +69,7 @@ def chain_adapters(r):
     out = []
     for i in range(1, ad.adapterCount().call() + 1):
         owner, base, cid, rank, price, owner_bps, ids, bps, version, deprecated = ad.getAdapter(i).call()
-        out.append((i, cid, rank, price, deprecated, base, [[a, b] for a, b in zip(ids, bps)]))
+        out.append((i, cid, rank, price, deprecated, base, [[a, b] for a, b in zip(ids, bps, strict=True)]))
     return out
 
 
@@ -110,10 +110,11 @@ async def test_restart_resumes_without_gaps_or_duplicates(registries, db):
     w2 = registry_watcher(r.w3, db, r, confirmations=0, max_window=3)
     before = w2.cursor()
     boom = w2.store.projector.apply
+    calls = [0]
 
-    def crash_on_third(s, ev, _n=[0]):
-        _n[0] += 1
-        if _n[0] == 2:
+    def crash_on_third(s, ev):
+        calls[0] += 1
+        if calls[0] == 2:
             raise RuntimeError("killed mid-window")
         boom(s, ev)
 

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from inference.attribution.errors import ContributionTooLargeError, EmptyContributionError, NotUtf8Error
-from inference.attribution.text import _CHUNK_CHARS, _chunks, decode_contribution, read_contribution, tokenize, tokenizer_fingerprint
+from inference.attribution.text import (
+    _CHUNK_CHARS,
+    _chunks,
+    decode_contribution,
+    read_contribution,
+    tokenize,
+    tokenizer_fingerprint,
+)
 
 
 class WordTokenizer:

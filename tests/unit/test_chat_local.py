@@ -1,4 +1,5 @@
-"""loranode chat, the parts without a node: endpoints from chain are untrusted (validated before any request, cleaned before shown), and the chat state file is checked before use."""
+"""loranode chat, the parts without a node: endpoints from chain are untrusted (validated before any request,
+cleaned before shown), and the chat state file is checked before use."""
 
 from __future__ import annotations
 

@@ -139,7 +139,7 @@ def test_mixed_batch_logits_match_peft(engine, peft_ref, base_model):
     with sched.paused():
         slots = [-1 if a is None else _resident_slot(engine, a) for a in rows]
         try:
-            engine.bank.set_routing([s for s, p in zip(slots, ids) for _ in p])
+            engine.bank.set_routing([s for s, p in zip(slots, ids, strict=True) for _ in p])
             pre = engine.runner.prefill(sched.cache, ids, list(range(len(rows))))  # [N, V]
             nxt = pre.argmax(-1)
             engine.bank.set_routing(slots)
@@ -151,7 +151,7 @@ def test_mixed_batch_logits_match_peft(engine, peft_ref, base_model):
             for s in slots:
                 if s >= 0:
                     engine.tiers.release(s)
-    for i, (a, p) in enumerate(zip(rows, ids)):
+    for i, (a, p) in enumerate(zip(rows, ids, strict=True)):
         full = torch.tensor([p + [int(nxt[i])]])
         with torch.inference_mode():
             if a is None:
@@ -183,14 +183,14 @@ def test_mixed_batch_greedy_matches_peft_token_for_token(engine, peft_ref, base_
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(rows))]
     # all requests enter the queue before the scheduler runs again: one heterogeneous batch
     with engine.scheduler.paused():
-        handles = [engine.submit(_req(f"m{i}", a, p)) for i, (a, p) in enumerate(zip(rows, prompts))]
+        handles = [engine.submit(_req(f"m{i}", a, p)) for i, (a, p) in enumerate(zip(rows, prompts, strict=True))]
     results = [h.result_sync(300) for h in handles]
-    expected = [ref(peft_ref, tok, a, p) for a, p in zip(rows, prompts)]
-    for a, got, exp in zip(rows, results, expected):
+    expected = [ref(peft_ref, tok, a, p) for a, p in zip(rows, prompts, strict=True)]
+    for a, got, exp in zip(rows, results, expected, strict=True):
         assert got.token_ids == exp, f"adapter {a}"
     # the adapters really change the output (otherwise the comparison proves nothing)
     base_out = {p: ref(peft_ref, tok, None, p) for p in PROMPTS}
-    assert sum(e != base_out[p] for a, p, e in zip(rows, prompts, expected) if a) >= 6
+    assert sum(e != base_out[p] for a, p, e in zip(rows, prompts, expected, strict=True) if a) >= 6
 
 
 def test_request_joining_mid_flight_gets_same_tokens(engine, peft_ref, base_model):
@@ -205,7 +205,7 @@ def test_request_joining_mid_flight_gets_same_tokens(engine, peft_ref, base_mode
         time.sleep(0.01)
     late = [engine.submit(_req(f"late{i}", a, PROMPTS[i])) for i, a in enumerate(["a3", None, "a1"])]
     assert not long.done
-    for h, a, p in zip(late, ["a3", None, "a1"], PROMPTS):
+    for h, a, p in zip(late, ["a3", None, "a1"], PROMPTS, strict=False):  # the first three of the four prompts
         assert h.result_sync(120).token_ids == ref(peft_ref, tok, a, p)
     long_res = long.result_sync(120)
     assert long_res.token_ids == _ref_tokens(peft_ref, tok, "a5", PROMPTS[1], n=24)[: len(long_res.token_ids)]
@@ -219,7 +219,7 @@ def test_more_adapters_than_slots_all_complete_and_reload_is_identical(engine, p
     ids = [*ADAPTERS, *EXTRA]
     handles = [engine.submit(_req(f"e{i}", a, PROMPTS[0])) for i, a in enumerate(ids)]
     results = [h.result_sync(300) for h in handles]
-    for a, r in zip(ids, results):
+    for a, r in zip(ids, results, strict=True):
         assert r.token_ids == ref(peft_ref, tok, a, PROMPTS[0]), a
     _wait_idle(engine)
     after = engine.stats()["adapters"]

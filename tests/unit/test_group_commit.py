@@ -24,6 +24,7 @@ from node.daemon.payments.receipts import ReceiptIssuer, new_request_id
 CHAIN_ID, RECEIPT_LOG, ESCROW = 31337, "0x" + "22" * 20, "0x" + "11" * 20
 OPERATOR, PAYER = Account.from_key("0x" + "a1" * 32), Account.from_key("0x" + "b2" * 32)
 NO_ATT = (NO_ATTRIBUTION_HASH, {})
+COST = Cost(3, 5)  # a request's cost, unless a test says otherwise
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def lane(adapter: int) -> Lane:
     return Lane(PAYER.address, OPERATOR.address, adapter)
 
 
-def issue(issuer, ln, cost=Cost(3, 5), **kw):
+def issue(issuer, ln, cost=COST, **kw):
     return issuer.issue_async(request_id=new_request_id(), lane=ln, prompt_tokens=4, completion_tokens=2, cost=cost,
                               text="hi", attribution=NO_ATT, **kw)
 

@@ -87,11 +87,10 @@ def bank_setup(tiny):
 def test_layers_match_per_token_reference(bank_setup, token_slots, strategy):
     model, bank, loaded = bank_setup
     torch.manual_seed(1)
-    x = torch.randn(len(token_slots), 32)  # [T, hidden]
     bank.set_routing(token_slots)
     g = bank.grouping("q_proj")
     assert (g.strategy + ("-in-order" if g.in_order and g.pad_pos is None else "")) == strategy
-    for key, layer in bank.layers.items():
+    for layer in bank.layers.values():
         xin = torch.randn(len(token_slots), layer.in_features)
         with torch.no_grad():
             got = layer(xin)

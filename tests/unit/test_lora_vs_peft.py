@@ -57,7 +57,7 @@ def setup(base_model, tmp_path_factory):
 
     ours = copy.deepcopy(base_model.model).eval()
     bank = inject_multi_lora(ours, ALL, num_slots=10, max_rank=32)
-    weights = [load_adapter_weights(f, s) for f, s in zip(folders, specs)]
+    weights = [load_adapter_weights(f, s) for f, s in zip(folders, specs, strict=True)]
     for i, w in enumerate(weights):
         bank.load_slot(SLOT_OF[i], w)
     gen = torch.Generator().manual_seed(7)
@@ -122,7 +122,7 @@ def test_mixed_batch_matches_peft_per_row(setup):
     for row, adapter in enumerate(ROW_ADAPTERS):
         ref_logits, ref_tokens, ref_last = peft_greedy(peft, adapter, ids[row:row + 1])
         torch.testing.assert_close(logits[row], ref_logits, atol=ATOL, rtol=RTOL,
-                                   msg=lambda m: f"row {row} (adapter {adapter}) prefill: {m}")
+                                   msg=lambda m, row=row, adapter=adapter: f"row {row} (adapter {adapter}) prefill: {m}")
         assert tokens[row] == ref_tokens, f"row {row} (adapter {adapter}) greedy tokens differ"
         torch.testing.assert_close(last[row], ref_last, atol=ATOL, rtol=RTOL)
         if adapter is not None:  # not vacuous: every adapter really changes the outputs

@@ -80,7 +80,7 @@ def make_case(n: int, kind: str):
 def oz_reference() -> dict:
     cases = [make_case(n, k) for n, k in CASES]
     refs = oz([{"types": t, "values": js, "multi": m, "proofIdx": pi} for t, _, js, m, pi in cases])
-    return dict(zip(CASES, refs))
+    return dict(zip(CASES, refs, strict=True))
 
 
 @pytest.mark.parametrize("n, kind", CASES)

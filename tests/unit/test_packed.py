@@ -74,7 +74,7 @@ def store(tmp_path):
 
 def stores_equal(bank_a, bank_b):
     for kind in bank_a.stores:
-        for x, y in zip(bank_a.stores[kind], bank_b.stores[kind]):
+        for x, y in zip(bank_a.stores[kind], bank_b.stores[kind], strict=True):
             assert torch.equal(x, y), kind
 
 

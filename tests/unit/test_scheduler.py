@@ -93,15 +93,15 @@ def test_ragged_rows_and_compaction_match_transformers(tokenizer):
     cache = runner.new_cache(max_rows=4, max_len=64)
     prompts = [tokenizer(p).input_ids for p in ["a b c d e f g", "hello", "the quick brown fox"]]
     logits = runner.prefill(cache, prompts, [0, 1, 2])  # packed, three lengths
-    seqs = [list(p) + [int(t)] for p, t in zip(prompts, logits.argmax(-1))]
+    seqs = [list(p) + [int(t)] for p, t in zip(prompts, logits.argmax(-1), strict=True)]
     # row 1 leaves after prefill: row 2 moves into its place
     cache.move_row(2, 1)
     seqs = [seqs[0], seqs[2]]
     for _ in range(4):
         out = runner.decode(cache, torch.tensor([s[-1] for s in seqs]))
-        for s, t in zip(seqs, out.argmax(-1).tolist()):
+        for s, t in zip(seqs, out.argmax(-1).tolist(), strict=True):
             s.append(t)
-    for s, p in zip(seqs, [prompts[0], prompts[2]]):
+    for s, p in zip(seqs, [prompts[0], prompts[2]], strict=True):
         with torch.inference_mode():
             ref = model.generate(torch.tensor([p]), max_new_tokens=5, do_sample=False, eos_token_id=None)[0].tolist()
         assert s == ref
