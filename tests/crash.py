@@ -50,10 +50,10 @@ def _load(module: str, file: str, name: str) -> Callable[..., Any]:
 def _child(send, where: tuple[str, str, str], args: tuple) -> None:
     try:
         _load(*where)(send.send, *args)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - whatever ends the child early is reported to the test, as a traceback
         try:
             send.send(_Failed(traceback.format_exc()))
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the parent may be gone; the exit code below still tells
             pass
     finally:
         os._exit(3)  # reached only if the kill point never came
