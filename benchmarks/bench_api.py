@@ -42,8 +42,14 @@ sys.path.insert(0, str(ROOT))
 from chain.protocol import TOTAL_BPS, adapter_model_name  # noqa: E402 - importable once ROOT is on sys.path
 
 N_ADAPTERS = 16
-PROMPTS = ["Tell me a short fact about the sea.", "What is the capital of Italy?", "Name a primary color.",
-           "Say something kind.", "What do bees make?", "Count to five."]
+PROMPTS = [
+    "Tell me a short fact about the sea.",
+    "What is the capital of Italy?",
+    "Name a primary color.",
+    "Say something kind.",
+    "What do bees make?",
+    "Count to five.",
+]
 
 
 def pct(xs: list[float], q: float) -> float | None:
@@ -59,10 +65,16 @@ def summarize(n: int, wall: float, results: list[dict]) -> dict:
     itl = [g for r in ok for g in r["gaps"]]
     tokens = sum(r["tokens"] for r in ok)
     return {
-        "clients": n, "requests": len(results), "errors": len(results) - len(ok), "wall_s": round(wall, 3),
-        "req_per_s": round(len(ok) / wall, 3), "tok_per_s": round(tokens / wall, 2),
-        "ttft_p50_ms": _ms(pct(ttft, 0.5)), "ttft_p99_ms": _ms(pct(ttft, 0.99)),
-        "itl_p50_ms": _ms(pct(itl, 0.5)), "itl_p99_ms": _ms(pct(itl, 0.99)),
+        "clients": n,
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "wall_s": round(wall, 3),
+        "req_per_s": round(len(ok) / wall, 3),
+        "tok_per_s": round(tokens / wall, 2),
+        "ttft_p50_ms": _ms(pct(ttft, 0.5)),
+        "ttft_p99_ms": _ms(pct(ttft, 0.99)),
+        "itl_p50_ms": _ms(pct(itl, 0.5)),
+        "itl_p99_ms": _ms(pct(itl, 0.99)),
     }
 
 
@@ -79,8 +91,9 @@ def _plan(n: int, per_level: int) -> list[list[tuple[int, str]]]:
 # ---- load through the API -------------------------------------------------------------------------
 
 
-async def api_clients(url: str, wallets: dict, clients: list[int], n: int, per_level: int, max_tokens: int,
-                      start_at: float | None = None) -> tuple[list[dict], float, float]:
+async def api_clients(
+    url: str, wallets: dict, clients: list[int], n: int, per_level: int, max_tokens: int, start_at: float | None = None
+) -> tuple[list[dict], float, float]:
     """Run the given clients (indices into the level's plan) to completion; returns their results
     and the monotonic start/end times. `wallets[payer index]` must hold every payer they use."""
     import aiohttp
@@ -91,8 +104,13 @@ async def api_clients(url: str, wallets: dict, clients: list[int], n: int, per_l
     async def client(i: int, session):
         wallet = wallets[i // N_ADAPTERS]
         for aid, prompt in plan[i]:
-            body = {"model": adapter_model_name(aid), "messages": [{"role": "user", "content": prompt}],
-                    "max_tokens": max_tokens, "temperature": 0, "stream": True}
+            body = {
+                "model": adapter_model_name(aid),
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "stream": True,
+            }
             t0 = time.perf_counter()
             res = {"ok": False, "ttft": None, "gaps": [], "tokens": 0}
             try:
@@ -213,9 +231,12 @@ async def engine_level(engine, n: int, per_level: int, max_tokens: int) -> dict:
     async def client(i: int):
         for aid, prompt in plan[i]:
             counter[0] += 1
-            req = GenerationRequest(f"bench-{counter[0]}", adapter_model_name(aid),
-                                    messages=[{"role": "user", "content": prompt}],
-                                    params=SamplingParams(max_tokens=max_tokens, temperature=0.0))
+            req = GenerationRequest(
+                f"bench-{counter[0]}",
+                adapter_model_name(aid),
+                messages=[{"role": "user", "content": prompt}],
+                params=SamplingParams(max_tokens=max_tokens, temperature=0.0),
+            )
             t0 = time.perf_counter()
             res = {"ok": False, "ttft": None, "gaps": [], "tokens": 0}
             try:
@@ -277,8 +298,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer requests, fewer tokens, N up to 64")
     ap.add_argument("--levels", default=None, help="comma-separated client counts (default 1,8,64,256)")
     ap.add_argument("--rounds", type=int, default=None, help="API/engine rounds per level (default 1; best round counts)")
-    ap.add_argument("--client-procs", type=int, default=2,
-                    help="processes running the API's clients (default 2; payers are split between them)")
+    ap.add_argument(
+        "--client-procs",
+        type=int,
+        default=2,
+        help="processes running the API's clients (default 2; payers are split between them)",
+    )
     args = ap.parse_args()
     levels = [int(x) for x in (args.levels or ("1,8,64" if args.quick else "1,8,64,256")).split(",")]
     args.rounds = args.rounds or 1
@@ -308,18 +333,25 @@ def main() -> int:
         store_dir = data / "ipfs"
         folders = publish(c, {"owner": owner}, store_dir, tmp / "adapters")
         for key in payer_keys:  # fresh payers, gas money from a dev account
-            w3.eth.send_transaction({"from": Account.from_key(DEV_PRIVATE_KEYS[3]).address,
-                                     "to": Account.from_key(key).address, "value": 10**18})
+            w3.eth.send_transaction(
+                {"from": Account.from_key(DEV_PRIVATE_KEYS[3]).address, "to": Account.from_key(key).address, "value": 10**18}
+            )
             fund_escrow(w3, dep, DEV_PRIVATE_KEYS[0], key, 10**15, Account.from_key(DEV_PRIVATE_KEYS[1]).address)
         toml = tmp / "node.toml"
         toml.write_text(
             f'data_dir = "{data}"\ndeployment = "{dep_path}"\nrpc_url = "{anvil.url}"\ndev_mode = true\n'
             f'dev_key_index = 1\nlisten_port = 0\nconfirmations = 0\nwatcher_poll_s = 0.5\n'
             f'compute_price_per_1k = 1000\nmax_tokens_limit = 64\nengine_gpu_slots = {N_ADAPTERS}\n'
-            f'engine_max_batch = 32\nengine_max_queue = 1024\nlog_level = "WARNING"\n')
+            f'engine_max_batch = 32\nengine_max_queue = 1024\nlog_level = "WARNING"\n'
+        )
         print(f"bench-api: starting the node daemon ({len(folders)} adapters on chain)", flush=True)
-        proc = subprocess.Popen([str(ROOT / ".venv/bin/loranode"), "node", "run", "--config", str(toml)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        proc = subprocess.Popen(
+            [str(ROOT / ".venv/bin/loranode"), "node", "run", "--config", str(toml)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+        )
         url = None
         try:
             for line in proc.stdout:
@@ -362,8 +394,10 @@ def main() -> int:
                                 res = asyncio.run(engine_level(engine, n, max(per_level, n), max_tokens))
                             runs[side].append(res)
                             print(f"{side:6s} N={n:4d} {res}", flush=True)
-                    result["levels"][str(n)] = {side: max(rs, key=lambda r: r["tok_per_s"]) | {
-                        "errors": sum(r["errors"] for r in rs)} for side, rs in runs.items()}
+                    result["levels"][str(n)] = {
+                        side: max(rs, key=lambda r: r["tok_per_s"]) | {"errors": sum(r["errors"] for r in rs)}
+                        for side, rs in runs.items()
+                    }
             finally:
                 gen.close()
                 engine.close()

@@ -71,12 +71,14 @@ def naive_scan(corpus: list[np.ndarray], query: np.ndarray, k: int) -> list[np.n
     """Peer: per contribution, hash all k-grams (no index), mark the query's k-grams found.
     Returns per contribution a (m,) bool coverage mask."""
     mult = np.uint64(1_000_003)
+
     def kgram_hashes(a: np.ndarray) -> np.ndarray:
         a = a.astype(np.uint64)
         h = np.zeros(a.shape[0] - k + 1, dtype=np.uint64)
         for j in range(k):  # polynomial hash, wrapping uint64 arithmetic
             h = h * mult + a[j : a.shape[0] - k + 1 + j]
         return h
+
     m = query.shape[0]
     qh = kgram_hashes(query)
     out = []
@@ -150,8 +152,11 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     assert reloaded.store.stats.loaded == args.contributions
     del reloaded
-    print(f"corpus {n_tok} tokens in {args.contributions} contributions; SA build {build_s:.1f}s, "
-          f"ingest {ingest_s:.1f}s, verified reload {load_s:.1f}s", flush=True)
+    print(
+        f"corpus {n_tok} tokens in {args.contributions} contributions; SA build {build_s:.1f}s, "
+        f"ingest {ingest_s:.1f}s, verified reload {load_s:.1f}s",
+        flush=True,
+    )
 
     # --- generation vs attribution on the same answers ----------------------------------------
     # One batched generate call (left padding), as the engine batches requests: a shorter
@@ -167,8 +172,11 @@ def main() -> None:
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = base.model.generate(
-            **enc, max_new_tokens=args.answer_tokens, min_new_tokens=args.answer_tokens,
-            do_sample=False, pad_token_id=tok.pad_token_id,
+            **enc,
+            max_new_tokens=args.answer_tokens,
+            min_new_tokens=args.answer_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
         )  # (answers, prompt_len + answer_tokens)
     gen_s = time.perf_counter() - t0
     answers = [row[enc["input_ids"].shape[1] :].tolist() for row in out]

@@ -51,8 +51,24 @@ from inference.requests import GenerationRequest, SamplingParams
 
 QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL7 = QKVO + ("gate_proj", "up_proj", "down_proj")
-TOPICS = ["the sea", "a city at night", "mountains", "a robot", "bread", "rain", "chess", "a violin",
-          "the moon", "a library", "trains", "winter", "a garden", "coffee", "bees", "an old map"]
+TOPICS = [
+    "the sea",
+    "a city at night",
+    "mountains",
+    "a robot",
+    "bread",
+    "rain",
+    "chess",
+    "a violin",
+    "the moon",
+    "a library",
+    "trains",
+    "winter",
+    "a garden",
+    "coffee",
+    "bees",
+    "an old map",
+]
 
 
 def log(*a):
@@ -91,8 +107,7 @@ def run_engine(engine: Engine, reqs: list[GenerationRequest]) -> dict:
 
 def warm(engine: Engine, adapter_ids: list[str]) -> None:
     """Make adapters resident (one 1-token request each) so loads are not timed as decode."""
-    hs = [engine.submit(GenerationRequest(f"warm-{a}", a, prompt="hi", params=SamplingParams(max_tokens=1)))
-          for a in adapter_ids]
+    hs = [engine.submit(GenerationRequest(f"warm-{a}", a, prompt="hi", params=SamplingParams(max_tokens=1))) for a in adapter_ids]
     for h in hs:
         h.result_sync(3600)
 
@@ -120,8 +135,11 @@ def profile_decode(engine: Engine, adapters: list[str | None], texts: list[str],
         h.result_sync(600)
     ev = prof.key_averages()
     top = sorted(ev, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
-    return {"ms_per_step": round(1000 * wall / steps, 2), "ops_per_step": sum(e.count for e in ev) // steps,
-            "top_self_ms_per_step": {e.key: round(e.self_cpu_time_total / 1000 / steps, 2) for e in top}}
+    return {
+        "ms_per_step": round(1000 * wall / steps, 2),
+        "ops_per_step": sum(e.count for e in ev) // steps,
+        "top_self_ms_per_step": {e.key: round(e.self_cpu_time_total / 1000 / steps, 2) for e in top},
+    }
 
 
 def hf_generate_tps(model, tok, texts: list[str], n_tok: int, peft_names: list[str] | None = None) -> float:
@@ -143,9 +161,13 @@ def hf_generate_tps(model, tok, texts: list[str], n_tok: int, peft_names: list[s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer tokens, adapters and requests")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's, one per core); on a machine whose cores are busy "
-                         "with other work, 1 avoids parallel ops waiting for descheduled threads")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's, one per core); on a machine whose cores are busy "
+        "with other work, 1 avoids parallel ops waiting for descheduled threads",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -164,11 +186,20 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     log(f"writing {n_adapters} adapters of shape A and {n_adapters} of shape B under {root}")
     folders_a = [make_random_adapter(root / f"A{i}", base, rank=16, target_modules=QKVO, seed=i) for i in range(n_adapters)]
-    folders_b = [make_random_adapter(root / f"B{i}", base, rank=16, target_modules=ALL7, seed=10_000 + i)
-                 for i in range(n_adapters)]
+    folders_b = [
+        make_random_adapter(root / f"B{i}", base, rank=16, target_modules=ALL7, seed=10_000 + i) for i in range(n_adapters)
+    ]
 
-    cfg = EngineConfig(num_slots=32, host_cache_size=256, max_rank=16, max_batch_size=concurrent,
-                       max_model_len=128, max_new_tokens=n_tok, max_queue=4096, target_modules=ALL7)
+    cfg = EngineConfig(
+        num_slots=32,
+        host_cache_size=256,
+        max_rank=16,
+        max_batch_size=concurrent,
+        max_model_len=128,
+        max_new_tokens=n_tok,
+        max_queue=4096,
+        target_modules=ALL7,
+    )
     own = dataclasses.replace(base, model=copy.deepcopy(pristine))
     engine = Engine(cfg, base=own).start()
     for i, f in enumerate(folders_a):
@@ -181,8 +212,14 @@ def main() -> None:
     bytes_a = load_adapter_weights(folders_a[0], spec_a, dtype=dtype).nbytes
     bytes_b = load_adapter_weights(folders_b[0], spec_b, dtype=dtype).nbytes
     texts = prompts(concurrent)
-    res: dict = {"quick": quick, "device": str(engine.device), "dtype": str(dtype), "new_tokens": n_tok,
-                 "concurrent": concurrent, "torch_threads": torch.get_num_threads()}
+    res: dict = {
+        "quick": quick,
+        "device": str(engine.device),
+        "dtype": str(dtype),
+        "new_tokens": n_tok,
+        "concurrent": concurrent,
+        "torch_threads": torch.get_num_threads(),
+    }
 
     # --- hetero vs base (A and B) ---------------------------------------------------------
     ids_a = [f"A{i}" for i in range(concurrent)]
@@ -209,18 +246,25 @@ def main() -> None:
     ratio_b = het_b["decode_tps"] / base_tps
     bound_a = bytes_base / (bytes_base + concurrent * bytes_a)
     bound_b = bytes_base / (bytes_base + concurrent * bytes_b)
-    res.update({
-        "hetero_vs_base": ratio_a,
-        "hetero_vs_base_B": ratio_b,
-        "hetero_vs_bound_A": ratio_a / bound_a,
-        "hetero_vs_bound_B": ratio_b / bound_b,
-        "hetero_vs_bound": min(ratio_a / bound_a, ratio_b / bound_b),
-        "bound_A": bound_a, "bound_B": bound_b,
-        "base_bytes": bytes_base, "adapter_bytes_A": bytes_a, "adapter_bytes_B": bytes_b,
-        "decode_tps_base": base_tps, "decode_tps_hetero_A": het_a["decode_tps"],
-        "decode_tps_hetero_B": het_b["decode_tps"],
-        "e2e_tps_base": base_run["e2e_tps"], "e2e_tps_hetero_A": het_a["e2e_tps"],
-    })
+    res.update(
+        {
+            "hetero_vs_base": ratio_a,
+            "hetero_vs_base_B": ratio_b,
+            "hetero_vs_bound_A": ratio_a / bound_a,
+            "hetero_vs_bound_B": ratio_b / bound_b,
+            "hetero_vs_bound": min(ratio_a / bound_a, ratio_b / bound_b),
+            "bound_A": bound_a,
+            "bound_B": bound_b,
+            "base_bytes": bytes_base,
+            "adapter_bytes_A": bytes_a,
+            "adapter_bytes_B": bytes_b,
+            "decode_tps_base": base_tps,
+            "decode_tps_hetero_A": het_a["decode_tps"],
+            "decode_tps_hetero_B": het_b["decode_tps"],
+            "e2e_tps_base": base_run["e2e_tps"],
+            "e2e_tps_hetero_A": het_a["e2e_tps"],
+        }
+    )
 
     res["decode_profile"] = {kind: profile_decode(engine, adapters, texts) for kind, adapters in kinds.items()}
     log("decode profile", json.dumps(res["decode_profile"]))
@@ -272,7 +316,7 @@ def main() -> None:
     for i in range(1000):  # same folder -> same validation result: reuse it instead of re-reading 7 GB
         engine.tiers.register(f"Z{i}", folders_a[i % n_adapters], engine.tiers.spec(f"A{i % n_adapters}"))
     gen = torch.Generator().manual_seed(1)
-    weights = torch.tensor([1.0 / (k ** 1.1) for k in range(1, 1001)])
+    weights = torch.tensor([1.0 / (k**1.1) for k in range(1, 1001)])
     picks = torch.multinomial(weights, zipf_requests, replacement=True, generator=gen).tolist()
     ztexts = prompts(zipf_requests)
     s0 = engine.stats()["adapters"]
@@ -282,12 +326,17 @@ def main() -> None:
     warm(engine, ["A0"])
     single = run_engine(engine, reqs_for(["A0"] * zipf_requests, ztexts, n_tok, "single"))
     log("single", single)
-    res.update({
-        "zipf_1000_vs_single": zipf["e2e_tps"] / single["e2e_tps"],
-        "zipf_tps": zipf["e2e_tps"], "single_tps": single["e2e_tps"],
-        "zipf_requests": zipf_requests, "zipf_distinct_adapters": len(set(picks)),
-        "zipf_slot_loads": s1["slot_loads"] - s0["slot_loads"], "zipf_disk_loads": s1["disk_loads"] - s0["disk_loads"],
-    })
+    res.update(
+        {
+            "zipf_1000_vs_single": zipf["e2e_tps"] / single["e2e_tps"],
+            "zipf_tps": zipf["e2e_tps"],
+            "single_tps": single["e2e_tps"],
+            "zipf_requests": zipf_requests,
+            "zipf_distinct_adapters": len(set(picks)),
+            "zipf_slot_loads": s1["slot_loads"] - s0["slot_loads"],
+            "zipf_disk_loads": s1["disk_loads"] - s0["disk_loads"],
+        }
+    )
     engine.close()
     print("RESULT " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}))
 

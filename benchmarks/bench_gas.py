@@ -111,8 +111,16 @@ class Setup:
         self.adapter_datasets: dict[int, list[int]] = {}
         for k in range(N_ADAPTERS):
             ds = sorted({k % N_DATASETS + 1, (k + 1) % N_DATASETS + 1})
-            c.adapters.register(self.owner if k % 2 == 0 else self.curator, "smollm2-135m", f"bafy-adapter-{k}", 8,
-                                ADAPTER_PRICES[k], 6000, ds, [2000] * len(ds))
+            c.adapters.register(
+                self.owner if k % 2 == 0 else self.curator,
+                "smollm2-135m",
+                f"bafy-adapter-{k}",
+                8,
+                ADAPTER_PRICES[k],
+                6000,
+                ds,
+                [2000] * len(ds),
+            )
             self.adapter_datasets[k + 1] = ds
         bond = c.nodes.dispute_terms().min_bond  # only a staked node redeems
         c.token.mint(self.deployer, self.node.address, bond)
@@ -144,9 +152,17 @@ def settle_ours(s: Setup, lanes: int, per_lane: int, seed: int) -> dict:
             cc, ac = cost(pt + ct, COMPUTE_PRICE_PER_1K), cost(pt + ct, ADAPTER_PRICES[adapter_id - 1])
             cum_c, cum_a = cum_c + cc, cum_a + ac
             r = Receipt(
-                request_id=keccak(text=f"req-{seed}-{lane}-{k}"), payer=payer.address, node=s.node.address,
-                adapter_id=adapter_id, seq=seq, prompt_tokens=pt, completion_tokens=ct, compute_cost=cc,
-                adapter_cost=ac, output_hash=output_hash(f"completion {lane} {k}"), attribution_hash=attr,
+                request_id=keccak(text=f"req-{seed}-{lane}-{k}"),
+                payer=payer.address,
+                node=s.node.address,
+                adapter_id=adapter_id,
+                seq=seq,
+                prompt_tokens=pt,
+                completion_tokens=ct,
+                compute_cost=cc,
+                adapter_cost=ac,
+                output_hash=output_hash(f"completion {lane} {k}"),
+                attribution_hash=attr,
                 timestamp=1_700_000_000 + seq,
             )
             digests.append((receipt_digest(r, chain_id, log_addr),))
@@ -245,14 +261,27 @@ def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dic
                 if named:
                     bps[0] += TOTAL_BPS - sum(bps)
                 r = Receipt(
-                    request_id=keccak(text=f"attr-{tag}-{lane}-{k}"), payer=payer.address, node=node.address,
-                    adapter_id=adapter_id, seq=seq, prompt_tokens=pt, completion_tokens=ct, compute_cost=cc,
-                    adapter_cost=ac, output_hash=output_hash(f"completion {tag} {lane} {k}"),
-                    attribution_hash=attribution_hash(named, bps), timestamp=1_700_000_000 + seq,
+                    request_id=keccak(text=f"attr-{tag}-{lane}-{k}"),
+                    payer=payer.address,
+                    node=node.address,
+                    adapter_id=adapter_id,
+                    seq=seq,
+                    prompt_tokens=pt,
+                    completion_tokens=ct,
+                    compute_cost=cc,
+                    adapter_cost=ac,
+                    output_hash=output_hash(f"completion {tag} {lane} {k}"),
+                    attribution_hash=attribution_hash(named, bps),
+                    timestamp=1_700_000_000 + seq,
                 )
                 digests.append((receipt_digest(r, c.chain_id, c.receipts.address),))
-                docs.append({"adapterId": str(adapter_id), "adapterCost": str(ac),
-                             "attribution": {str(i): b for i, b in zip(named, bps, strict=True)}})
+                docs.append(
+                    {
+                        "adapterId": str(adapter_id),
+                        "adapterCost": str(ac),
+                        "attribution": {str(i): b for i, b in zip(named, bps, strict=True)},
+                    }
+                )
             vouchers.append(Voucher(payer.address, node.address, adapter_id, cum_c, cum_a))
             cum[lane] = (cum_c, cum_a)
         sigs = [sign_voucher(v, p.key, c.chain_id, c.escrow.address) for v, p in zip(vouchers, payers, strict=True)]
@@ -296,11 +325,22 @@ def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dic
     _, _, entries2, commit2, redeem2, settle2 = serve_and_settle(2)
     steady_gas = commit2["gasUsed"] + redeem2["gasUsed"] + settle2["gasUsed"]
     return {
-        "inferences": n, "contributions": len(dataset_of), "datasets": len(by_dataset), "entries": len(entries),
-        "commit_gas": commit["gasUsed"], "redeem_gas": redeem["gasUsed"], "settle_gas": settle["gasUsed"],
-        "gas_per_inference": total_gas / n, "reward_error_wei": error,
-        "next_batch": {"entries": len(entries2), "commit_gas": commit2["gasUsed"], "redeem_gas": redeem2["gasUsed"],
-                       "settle_gas": settle2["gasUsed"], "gas_per_inference": steady_gas / n},
+        "inferences": n,
+        "contributions": len(dataset_of),
+        "datasets": len(by_dataset),
+        "entries": len(entries),
+        "commit_gas": commit["gasUsed"],
+        "redeem_gas": redeem["gasUsed"],
+        "settle_gas": settle["gasUsed"],
+        "gas_per_inference": total_gas / n,
+        "reward_error_wei": error,
+        "next_batch": {
+            "entries": len(entries2),
+            "commit_gas": commit2["gasUsed"],
+            "redeem_gas": redeem2["gasUsed"],
+            "settle_gas": settle2["gasUsed"],
+            "gas_per_inference": steady_gas / n,
+        },
     }
 
 
@@ -320,8 +360,18 @@ def peer_tx_per_inference(s: Setup, n: int) -> float:
     hashes = []
     for i in range(n):
         pt, ct = rng.randint(20, 400), rng.randint(10, 300)
-        inf = (keccak(text=f"peer-{i}"), payer.address, s.node.address, s.owner.address, 1, pt, ct,
-               cost(pt + ct, COMPUTE_PRICE_PER_1K), cost(pt + ct, ADAPTER_PRICES[0]), output_hash(f"out {i}"))
+        inf = (
+            keccak(text=f"peer-{i}"),
+            payer.address,
+            s.node.address,
+            s.owner.address,
+            1,
+            pt,
+            ct,
+            cost(pt + ct, COMPUTE_PRICE_PER_1K),
+            cost(pt + ct, ADAPTER_PRICES[0]),
+            output_hash(f"out {i}"),
+        )
         sig = sign_digest(peer.functions.hashInference(inf).call(), payer.key)
         tx = peer.functions.settle(inf, sig).build_transaction(
             {"from": s.node.address, "nonce": nonce + i, "gas": 200_000, "gasPrice": s.w3.eth.gas_price}
@@ -342,9 +392,18 @@ def peer_event_per_inference(s: Setup, n: int) -> float:
         recs = []
         for i in range(start, min(n, start + PEER_BATCH)):
             pt, ct = rng.randint(20, 400), rng.randint(10, 300)
-            recs.append((keccak(text=f"ev-{i}"), s.payers[i % len(s.payers)].address, i % N_ADAPTERS + 1, pt, ct,
-                         cost(pt + ct, COMPUTE_PRICE_PER_1K + ADAPTER_PRICES[0]), output_hash(f"out {i}"),
-                         attribution_hash([1, 2], [5000, 5000])))
+            recs.append(
+                (
+                    keccak(text=f"ev-{i}"),
+                    s.payers[i % len(s.payers)].address,
+                    i % N_ADAPTERS + 1,
+                    pt,
+                    ct,
+                    cost(pt + ct, COMPUTE_PRICE_PER_1K + ADAPTER_PRICES[0]),
+                    output_hash(f"out {i}"),
+                    attribution_hash([1, 2], [5000, 5000]),
+                )
+            )
         tx = peer.functions.logBatch(recs).build_transaction({"from": s.node.address})
         gas += send_tx(s.w3, s.node, tx)["gasUsed"]
     return gas / n
@@ -392,17 +451,24 @@ def main() -> None:
         "attribution_reward_error_wei": attributed["reward_error_wei"],
         "attributed_next_batch_gas_per_inference": round(attributed["next_batch"]["gas_per_inference"], 2),
         "attributed": attributed,
-        "targets": {"gas_per_inference": TARGET_GAS_PER_INFERENCE, "vs_event_per_inference": TARGET_VS_EVENT,
-                    "attributed_gas_per_inference": TARGET_ATTRIBUTED_GAS_PER_INFERENCE,
-                    "attribution_reward_error_wei": 0},
-        "targets_met": ours <= TARGET_GAS_PER_INFERENCE and ours / ev_peer <= TARGET_VS_EVENT
-        and attributed["gas_per_inference"] <= TARGET_ATTRIBUTED_GAS_PER_INFERENCE and attributed["reward_error_wei"] == 0,
+        "targets": {
+            "gas_per_inference": TARGET_GAS_PER_INFERENCE,
+            "vs_event_per_inference": TARGET_VS_EVENT,
+            "attributed_gas_per_inference": TARGET_ATTRIBUTED_GAS_PER_INFERENCE,
+            "attribution_reward_error_wei": 0,
+        },
+        "targets_met": ours <= TARGET_GAS_PER_INFERENCE
+        and ours / ev_peer <= TARGET_VS_EVENT
+        and attributed["gas_per_inference"] <= TARGET_ATTRIBUTED_GAS_PER_INFERENCE
+        and attributed["reward_error_wei"] == 0,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     print(f"ours: commit {large['commit_gas']} + redeem {large['redeem_gas']} gas for {large['inferences']} inferences")
     print(f"peers: tx/inference {tx_peer:.0f} gas, event/inference {ev_peer:.0f} gas")
-    print(f"attributed: commit {attributed['commit_gas']} + redeem {attributed['redeem_gas']} + settle "
-          f"{attributed['settle_gas']} gas for {attributed['inferences']} inferences ({attributed['entries']} entries)")
+    print(
+        f"attributed: commit {attributed['commit_gas']} + redeem {attributed['redeem_gas']} + settle "
+        f"{attributed['settle_gas']} gas for {attributed['inferences']} inferences ({attributed['entries']} entries)"
+    )
     nb = attributed["next_batch"]
     print(f"attributed, next batch: commit {nb['commit_gas']} + redeem {nb['redeem_gas']} + settle {nb['settle_gas']} gas")
     print("RESULT " + json.dumps(result, sort_keys=True))

@@ -59,9 +59,14 @@ async def direct_level(vllm_url: str, served: str | None, n: int, per_level: int
 
     async def client(i: int, session):
         for aid, prompt in plan[i]:
-            body = {"model": served or adapter_model_name(aid), "messages": [{"role": "user", "content": prompt}],
-                    "max_tokens": max_tokens, "temperature": 0, "stream": True,
-                    "stream_options": {"include_usage": True}}
+            body = {
+                "model": served or adapter_model_name(aid),
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
             t0 = time.perf_counter()
             res = {"ok": False, "ttft": None, "gaps": [], "tokens": 0}
             try:
@@ -93,8 +98,9 @@ async def direct_level(vllm_url: str, served: str | None, n: int, per_level: int
                 res["error"] = repr(e)
             results.append(res)
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     timeout=aiohttp.ClientTimeout(total=900)) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=900)
+    ) as session:
         t0 = time.perf_counter()
         await asyncio.gather(*(client(i, session) for i in range(n)))
         wall = time.perf_counter() - t0
@@ -106,8 +112,13 @@ async def direct_level(vllm_url: str, served: str | None, n: int, per_level: int
 
 
 def start_node(toml: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([str(ROOT / ".venv/bin/loranode"), "node", "run", "--config", str(toml)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv/bin/loranode"), "node", "run", "--config", str(toml)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
     for line in proc.stdout:
         if "listening on" in line:
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # keep draining
@@ -121,8 +132,9 @@ def main() -> int:
     ap.add_argument("--levels", default="1,8,64", help="comma-separated client counts")
     ap.add_argument("--vllm-dtype", default="float32", help="vLLM --dtype (auto on GPUs)")
     ap.add_argument("--venv", default=str(ROOT / ".venv-vllm"), help="virtualenv holding vLLM (make vllm-venv)")
-    ap.add_argument("--memory-fraction", type=float, default=0.1,
-                    help="vLLM --gpu-memory-utilization (of RAM on CPU; 0.9 on a dedicated GPU)")
+    ap.add_argument(
+        "--memory-fraction", type=float, default=0.1, help="vLLM --gpu-memory-utilization (of RAM on CPU; 0.9 on a dedicated GPU)"
+    )
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     per_level = 8 if args.quick else 32
@@ -146,13 +158,27 @@ def main() -> int:
     t_start = time.monotonic()
     n_payers = max(1, -(-max(levels) // N_ADAPTERS))
     payer_keys = ["0x" + os.urandom(32).hex() for _ in range(n_payers)]
-    result: dict = {"levels": {}, "max_tokens": max_tokens, "adapters": N_ADAPTERS, "quick": args.quick,
-                    "vllm_dtype": args.vllm_dtype}
+    result: dict = {
+        "levels": {},
+        "max_tokens": max_tokens,
+        "adapters": N_ADAPTERS,
+        "quick": args.quick,
+        "vllm_dtype": args.vllm_dtype,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-vllm-") as tmp, Anvil() as anvil:
         tmp = Path(tmp)
-        server = VllmServer(resolve_model_folder(None), EMBEDDED_MODEL_ID, free_port(), tmp / "vllm.log",
-                            max_loras=N_ADAPTERS, max_lora_rank=16, max_model_len=1024,
-                            memory_fraction=args.memory_fraction, dtype=args.vllm_dtype, venv=venv)
+        server = VllmServer(
+            resolve_model_folder(None),
+            EMBEDDED_MODEL_ID,
+            free_port(),
+            tmp / "vllm.log",
+            max_loras=N_ADAPTERS,
+            max_lora_rank=16,
+            max_model_len=1024,
+            memory_fraction=args.memory_fraction,
+            dtype=args.vllm_dtype,
+            venv=venv,
+        )
         print("bench-vllm: starting the vLLM server", flush=True)
         t0 = time.monotonic()
         server.start()
@@ -166,15 +192,17 @@ def main() -> int:
             data = tmp / "node"
             folders = B.publish(c, {"owner": Account.from_key(DEV_PRIVATE_KEYS[2])}, data / "ipfs", tmp / "adapters")
             for key in payer_keys:
-                w3.eth.send_transaction({"from": Account.from_key(DEV_PRIVATE_KEYS[3]).address,
-                                         "to": Account.from_key(key).address, "value": 10**18})
+                w3.eth.send_transaction(
+                    {"from": Account.from_key(DEV_PRIVATE_KEYS[3]).address, "to": Account.from_key(key).address, "value": 10**18}
+                )
                 fund_escrow(w3, dep, DEV_PRIVATE_KEYS[0], key, 10**15, Account.from_key(DEV_PRIVATE_KEYS[1]).address)
             toml = tmp / "node.toml"
             toml.write_text(
                 f'data_dir = "{data}"\ndeployment = "{dep_path}"\nrpc_url = "{anvil.url}"\ndev_mode = true\n'
                 f'dev_key_index = 1\nlisten_port = 0\nconfirmations = 0\nwatcher_poll_s = 0.5\n'
                 f'compute_price_per_1k = 1000\nmax_tokens_limit = 64\nengine_max_queue = 1024\n'
-                f'engine_backend = "vllm"\nvllm_urls = ["{server.url}"]\nlog_level = "WARNING"\n')
+                f'engine_backend = "vllm"\nvllm_urls = ["{server.url}"]\nlog_level = "WARNING"\n'
+            )
             print(f"bench-vllm: starting the node daemon in front of {server.url}", flush=True)
             proc, url = start_node(toml)
             B.wait_models(url, N_ADAPTERS, 300)
@@ -189,8 +217,11 @@ def main() -> int:
                 sides = ("gateway", "direct") if len(result["levels"]) % 2 == 0 else ("direct", "gateway")
                 lv = {}
                 for side in sides:
-                    lv[side] = (asyncio.run(B.api_level(url, wallets, n, reqs, max_tokens)) if side == "gateway"
-                                else asyncio.run(direct_level(server.url, None, n, reqs, max_tokens)))
+                    lv[side] = (
+                        asyncio.run(B.api_level(url, wallets, n, reqs, max_tokens))
+                        if side == "gateway"
+                        else asyncio.run(direct_level(server.url, None, n, reqs, max_tokens))
+                    )
                     print(f"{side:8s} N={n:3d} {lv[side]}", flush=True)
                 result["levels"][str(n)] = lv
             # heterogeneous LoRA: 16 requests over 16 distinct adapters, all at once
@@ -207,24 +238,33 @@ def main() -> int:
         # the builtin engine with the vLLM server gone (each side has the machine to itself)
         from inference.engine import Engine, EngineConfig
 
-        with Engine(EngineConfig(num_slots=N_ADAPTERS, max_batch_size=N_ADAPTERS, max_model_len=1024,
-                                 max_new_tokens=64)) as engine:
+        with Engine(
+            EngineConfig(num_slots=N_ADAPTERS, max_batch_size=N_ADAPTERS, max_model_len=1024, max_new_tokens=64)
+        ) as engine:
             for aid, folder in folders.items():
                 engine.register_adapter(adapter_model_name(aid), folder)
             asyncio.run(B.engine_level(engine, N_ADAPTERS, N_ADAPTERS, 2))  # warm-up: adapters into slots
             hetero_builtin = asyncio.run(B.engine_level(engine, N_ADAPTERS, N_ADAPTERS, hetero_tokens))
             print(f"builtin  hetero {hetero_builtin}", flush=True)
-    ratios = {n: round(lv["gateway"]["tok_per_s"] / lv["direct"]["tok_per_s"], 3)
-              for n, lv in result["levels"].items() if lv["direct"]["tok_per_s"]}
+    ratios = {
+        n: round(lv["gateway"]["tok_per_s"] / lv["direct"]["tok_per_s"], 3)
+        for n, lv in result["levels"].items()
+        if lv["direct"]["tok_per_s"]
+    }
     result["gateway_vs_vllm"] = ratios
     result["min_gateway_vs_vllm"] = min(ratios.values()) if ratios else None
     result["hetero"] = {"builtin": hetero_builtin, "vllm": hetero_vllm, "max_tokens": hetero_tokens}
-    result["builtin_vs_vllm_hetero"] = (round(hetero_builtin["tok_per_s"] / hetero_vllm["tok_per_s"], 3)
-                                        if hetero_vllm["tok_per_s"] else None)
-    result["errors"] = (sum(lv["gateway"]["errors"] + lv["direct"]["errors"] for lv in result["levels"].values())
-                        + hetero_builtin["errors"] + hetero_vllm["errors"])
-    result["target_met"] = (result["errors"] == 0 and bool(ratios) and min(ratios.values()) >= 0.9
-                            and (result["builtin_vs_vllm_hetero"] or 0) >= 1.0)
+    result["builtin_vs_vllm_hetero"] = (
+        round(hetero_builtin["tok_per_s"] / hetero_vllm["tok_per_s"], 3) if hetero_vllm["tok_per_s"] else None
+    )
+    result["errors"] = (
+        sum(lv["gateway"]["errors"] + lv["direct"]["errors"] for lv in result["levels"].values())
+        + hetero_builtin["errors"]
+        + hetero_vllm["errors"]
+    )
+    result["target_met"] = (
+        result["errors"] == 0 and bool(ratios) and min(ratios.values()) >= 0.9 and (result["builtin_vs_vllm_hetero"] or 0) >= 1.0
+    )
     result["wall_s"] = round(time.monotonic() - t_start, 1)
     print("RESULT " + json.dumps(result, separators=(",", ":")), flush=True)
     return 0 if result["errors"] == 0 else 1

@@ -71,10 +71,17 @@ def main() -> int:
             total[0] += 1
             vv = Voucher(payer.address, operator.address, 1, 10**6 + total[0], 10**6 + total[0])
             ledger.store_voucher(SignedVoucher(vv, b"\x01" * 64 + b"\x1b"))
+
         out["voucher_store_commit"] = per_call_us(store_voucher, n)
 
-        kw = dict(lane=lane, prompt_tokens=20, completion_tokens=8, cost=Cost(5, 7), text="hello world",
-                  attribution=(NO_ATTRIBUTION_HASH, {}))
+        kw = dict(
+            lane=lane,
+            prompt_tokens=20,
+            completion_tokens=8,
+            cost=Cost(5, 7),
+            text="hello world",
+            attribution=(NO_ATTRIBUTION_HASH, {}),
+        )
         out["receipt_sign_only"] = per_call_us(lambda: issuer.receipt_maker(request_id=new_request_id(), **kw)(1), n)
         out["receipt_one_commit_each"] = per_call_us(lambda: issuer.issue(request_id=new_request_id(), **kw), n)
 
@@ -82,21 +89,25 @@ def main() -> int:
             # 16 lanes finishing together (one request per lane at a time, as the gate enforces)
             issuer.committer = GroupCommitter(ledger.append_receipts, max_group=16)
             lanes = [Lane(payer.address, operator.address, a) for a in range(2, 18)]
-            await asyncio.gather(*(issuer.issue_async(request_id=new_request_id(), **{**kw, "lane": ln})
-                                   for ln in lanes))  # warm
+            await asyncio.gather(*(issuer.issue_async(request_id=new_request_id(), **{**kw, "lane": ln}) for ln in lanes))  # warm
             t0 = time.perf_counter()
             rounds = max(1, n // 16)
             for _ in range(rounds):
-                await asyncio.gather(*(issuer.issue_async(request_id=new_request_id(), **{**kw, "lane": ln})
-                                       for ln in lanes))
+                await asyncio.gather(*(issuer.issue_async(request_id=new_request_id(), **{**kw, "lane": ln}) for ln in lanes))
             await issuer.committer.close()
             return round((time.perf_counter() - t0) / (rounds * 16) * 1e6, 1)
+
         out["receipt_grouped_16"] = asyncio.run(grouped())
 
-    chunk = {"id": "chatcmpl-" + os.urandom(32).hex(), "object": "chat.completion.chunk", "created": 1,
-             "model": "adapter-1", "choices": [{"index": 0, "delta": {"content": " word"}, "finish_reason": None,
-                                                "logprobs": None}]}
+    chunk = {
+        "id": "chatcmpl-" + os.urandom(32).hex(),
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "adapter-1",
+        "choices": [{"index": 0, "delta": {"content": " word"}, "finish_reason": None, "logprobs": None}],
+    }
     from node.api.completions import _sse
+
     out["sse_token_chunk"] = per_call_us(lambda: _sse(chunk), n * 10)
     out["grouped_vs_single"] = round(out["receipt_one_commit_each"] / out["receipt_grouped_16"], 2)
     print("RESULT " + json.dumps(out, separators=(",", ":")), flush=True)

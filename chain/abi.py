@@ -23,7 +23,7 @@ def canonical_type(param: AbiParam) -> str:
     """`(uint256,address)[]` for a struct array: the form selectors and eth_abi use."""
     t = param["type"]
     if t.startswith("tuple"):
-        return "(" + ",".join(canonical_type(c) for c in param["components"]) + ")" + t[len("tuple"):]
+        return "(" + ",".join(canonical_type(c) for c in param["components"]) + ")" + t[len("tuple") :]
     return t
 
 

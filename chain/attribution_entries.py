@@ -22,16 +22,21 @@ def pack(entries: Iterable[AttributionEntry]) -> list[int]:
     words = []
     for d, c, w in entries:
         if not (0 <= d < 2**_DATASET_BITS and 0 <= c < 2**_CONTRIBUTION_BITS and 0 <= w < 2**_WEIGHT_BITS):
-            raise EntryOutOfRange(f"attribution entry {(d, c, w)} out of range: datasetId < 2^32, "
-                                  "contributionId < 2^96 and weight < 2^128, none negative")
+            raise EntryOutOfRange(
+                f"attribution entry {(d, c, w)} out of range: datasetId < 2^32, "
+                "contributionId < 2^96 and weight < 2^128, none negative"
+            )
         words.append(d << (_CONTRIBUTION_BITS + _WEIGHT_BITS) | c << _WEIGHT_BITS | w)
     return words
 
 
 def unpack(word: int) -> AttributionEntry:
     """The (datasetId, contributionId, weight) of one packed word."""
-    return (word >> (_CONTRIBUTION_BITS + _WEIGHT_BITS), (word >> _WEIGHT_BITS) & (2**_CONTRIBUTION_BITS - 1),
-            word & (2**_WEIGHT_BITS - 1))
+    return (
+        word >> (_CONTRIBUTION_BITS + _WEIGHT_BITS),
+        (word >> _WEIGHT_BITS) & (2**_CONTRIBUTION_BITS - 1),
+        word & (2**_WEIGHT_BITS - 1),
+    )
 
 
 def entries_hash(entries: Iterable[AttributionEntry]) -> bytes:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 
 # ------------------------------------------------------------------------------ events
 
+
 @dataclass(frozen=True)
 class Event:
     """Where a log came from; every event dataclass starts with these fields."""
@@ -314,13 +315,45 @@ class PoolFlushed(Event):
 EVENT_CLASSES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
-        DatasetCreated, ContributionSubmitted, ContributionAccepted, ContributionRejected, DatasetRewarded,
-        ContributionHarvested, AdapterPublished, AdapterDeprecated, NodeRegistered, NodeUpdated, BondAdded,
-        NodeDeregistered, BondWithdrawn, Credited, Claimed, Deposited, SignerAuthorized, SignerRevoked,
-        ThawStarted, Withdrawn, VoucherRedeemed, VoucherUnderfunded, VoucherSkipped, ProtocolFeeProposed,
-        ProtocolFeeSet, NodeSlashed, DisputeOpened, DisputeResolved, DisputeExpired, BatchCommitted,
-        Transfer, Approval, OwnershipTransferred, OwnershipTransferStarted,
-        AttributionRefused, PoolFilled, BatchSettled, PoolDrained, PoolFlushed,
+        DatasetCreated,
+        ContributionSubmitted,
+        ContributionAccepted,
+        ContributionRejected,
+        DatasetRewarded,
+        ContributionHarvested,
+        AdapterPublished,
+        AdapterDeprecated,
+        NodeRegistered,
+        NodeUpdated,
+        BondAdded,
+        NodeDeregistered,
+        BondWithdrawn,
+        Credited,
+        Claimed,
+        Deposited,
+        SignerAuthorized,
+        SignerRevoked,
+        ThawStarted,
+        Withdrawn,
+        VoucherRedeemed,
+        VoucherUnderfunded,
+        VoucherSkipped,
+        ProtocolFeeProposed,
+        ProtocolFeeSet,
+        NodeSlashed,
+        DisputeOpened,
+        DisputeResolved,
+        DisputeExpired,
+        BatchCommitted,
+        Transfer,
+        Approval,
+        OwnershipTransferred,
+        OwnershipTransferStarted,
+        AttributionRefused,
+        PoolFilled,
+        BatchSettled,
+        PoolDrained,
+        PoolFlushed,
     )
 }
 _RENAMES = {"from": "from_", "pricePer1k": "price_per_1k", "computePricePer1k": "compute_price_per_1k"}
@@ -337,6 +370,7 @@ def event_fields(cls: type[Event]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ read results
+
 
 @dataclass(frozen=True)
 class AdapterInfo:

@@ -154,7 +154,7 @@ class ContractBinding:
         if abi is None:
             raise AttributeError(attr)
         build = attr.startswith("build_")
-        fn = abi.attrs.get(attr[len("build_"):] if build else attr)
+        fn = abi.attrs.get(attr[len("build_") :] if build else attr)
         if fn is None:
             raise AttributeError(f"{self.artifact} has no function for {attr!r}")
         if _is_view(abi.functions[fn]):
@@ -182,7 +182,7 @@ class ContractBinding:
         unknown = set(kwargs) - set(by_name)
         given = {by_name[k]: v for k, v in kwargs.items() if k in by_name}
         values = list(args)
-        for param in inputs[len(args):]:
+        for param in inputs[len(args) :]:
             name = param["name"]
             if name in given:
                 values.append(given.pop(name))
@@ -242,8 +242,10 @@ class ContractBinding:
     def send(self, account: LocalAccount, fn: str, *args: Any, **kwargs: Any) -> TxReceipt:
         """Send `fn(*args)` signed by `account` and wait for it (chain.send.send_tx)."""
         if not isinstance(account, LocalAccount):
-            raise ChainError(f"{self.artifact}.{fn} sends a transaction: the first argument must be the "
-                             f"signing account (LocalAccount), got {type(account).__name__}")
+            raise ChainError(
+                f"{self.artifact}.{fn} sends a transaction: the first argument must be the "
+                f"signing account (LocalAccount), got {type(account).__name__}"
+            )
         return send_tx(self.w3, account, self.build(account, fn, *args, **kwargs))
 
     # -- events (chain.events.EventDecoder, the one decoder)
@@ -323,8 +325,7 @@ class Contracts:
         self.pool = AttributionPoolBinding(w3, a["AttributionPool"], "AttributionPool")
         self._by_address = {
             b.address: b
-            for b in (self.token, self.datasets, self.adapters, self.nodes, self.escrow, self.receipts, self.vault,
-                      self.pool)
+            for b in (self.token, self.datasets, self.adapters, self.nodes, self.escrow, self.receipts, self.vault, self.pool)
         }
 
     def addresses(self) -> list[str]:

@@ -83,11 +83,7 @@ class Deployment:
 
     def stale_abis(self) -> list[str]:
         """Contracts whose current artifact ABI differs from the one deployed (bindings would be wrong)."""
-        return [
-            name
-            for name, h in self.abi_hashes.items()
-            if name != "PaymentToken" and load_artifact(name).abi_hash != h
-        ]
+        return [name for name, h in self.abi_hashes.items() if name != "PaymentToken" and load_artifact(name).abi_hash != h]
 
 
 def create_address(sender: str, nonce: int) -> str:
@@ -180,7 +176,13 @@ def deploy(
         "DatasetRegistry": (predicted["RewardVault"], predicted["AttributionPool"]),
         "AdapterRegistry": (predicted["DatasetRegistry"],),
         "NodeRegistry": (
-            tok, thaw_seconds, min_bond, predicted["ReceiptLog"], arbitrator, dispute_window, dispute_deposit,
+            tok,
+            thaw_seconds,
+            min_bond,
+            predicted["ReceiptLog"],
+            arbitrator,
+            dispute_window,
+            dispute_deposit,
         ),
         "RewardVault": (tok, predicted["UsageEscrow"], predicted["DatasetRegistry"]),
         "UsageEscrow": (
@@ -215,9 +217,14 @@ def deploy(
         blocks=blocks,
         abi_hashes=abi_hashes,
         deployer=account.address,
-        params={"protocol_fee_bps": protocol_fee_bps, "thaw_seconds": thaw_seconds, "min_bond": min_bond,
-                "dispute_window": dispute_window, "dispute_deposit": dispute_deposit,
-                "flush_delay_seconds": flush_delay_seconds},
+        params={
+            "protocol_fee_bps": protocol_fee_bps,
+            "thaw_seconds": thaw_seconds,
+            "min_bond": min_bond,
+            "dispute_window": dispute_window,
+            "dispute_deposit": dispute_deposit,
+            "flush_delay_seconds": flush_delay_seconds,
+        },
     )
     if out_dir is not None:
         dep.save(deployment_file(chain_id, out_dir))
@@ -236,8 +243,11 @@ def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m chain.deploy", description="Deploy the LoRA Node contract set.")
     ap.add_argument("--rpc-url", required=True)
     key = ap.add_mutually_exclusive_group(required=True)
-    key.add_argument("--keystore", type=Path, help="encrypted JSON keystore of the deployer "
-                     "(password from $LORANODE_KEYSTORE_PASSWORD or a prompt)")
+    key.add_argument(
+        "--keystore",
+        type=Path,
+        help="encrypted JSON keystore of the deployer (password from $LORANODE_KEYSTORE_PASSWORD or a prompt)",
+    )
     key.add_argument("--dev-key", type=int, metavar="N", help=f"anvil's well-known key N (chain {DEV_CHAIN_ID} only)")
     ap.add_argument("--token", help="existing ERC20 payment token (default: deploy DemoToken)")
     ap.add_argument("--protocol-fee-bps", type=int, default=DEFAULT_PROTOCOL_FEE_BPS)
@@ -260,15 +270,28 @@ def _main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             ap.error(f"cannot open keystore {args.keystore}: {e}")
     try:
-        dep = deploy(args.rpc_url, account, token=args.token, protocol_fee_bps=args.protocol_fee_bps,
-                     thaw_seconds=args.thaw_seconds, min_bond=args.min_bond,
-                     dispute_window=args.dispute_window, dispute_deposit=args.dispute_deposit,
-                     arbitrator=args.arbitrator, out_dir=args.out_dir, w3=w3)
+        dep = deploy(
+            args.rpc_url,
+            account,
+            token=args.token,
+            protocol_fee_bps=args.protocol_fee_bps,
+            thaw_seconds=args.thaw_seconds,
+            min_bond=args.min_bond,
+            dispute_window=args.dispute_window,
+            dispute_deposit=args.dispute_deposit,
+            arbitrator=args.arbitrator,
+            out_dir=args.out_dir,
+            w3=w3,
+        )
     except DeployError as e:
         print(f"deploy failed: {e}")
         return 1
-    print(json.dumps({"chain_id": dep.chain_id, "addresses": dep.addresses,
-                      "file": str(deployment_file(dep.chain_id, args.out_dir))}, indent=2))
+    print(
+        json.dumps(
+            {"chain_id": dep.chain_id, "addresses": dep.addresses, "file": str(deployment_file(dep.chain_id, args.out_dir))},
+            indent=2,
+        )
+    )
     return 0
 
 

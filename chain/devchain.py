@@ -104,18 +104,20 @@ class Anvil:
             raise DevChainError(f"port {self.host}:{self.port} is already in use")
         args = [
             find_anvil(),
-            "--host", self.host,
-            "--port", str(self.port),
-            "--chain-id", str(self.chain_id),
-            "--hardfork", "cancun",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--chain-id",
+            str(self.chain_id),
+            "--hardfork",
+            "cancun",
             "--silent",
             *self.extra_args,
         ]
         if self.block_time:
             args += ["--block-time", str(self.block_time)]
-        self._proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-        )
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

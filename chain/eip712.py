@@ -28,9 +28,7 @@ DOMAIN_NAME = "LoRA Node"
 DOMAIN_VERSION = "1"
 
 DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
-VOUCHER_TYPE = (
-    "Voucher(address payer,address node,uint256 adapterId,uint256 computeValue,uint256 adapterValue)"
-)
+VOUCHER_TYPE = "Voucher(address payer,address node,uint256 adapterId,uint256 computeValue,uint256 adapterValue)"
 RECEIPT_TYPE = (
     "Receipt(bytes32 requestId,address payer,address node,uint256 adapterId,uint64 seq,"
     "uint32 promptTokens,uint32 completionTokens,uint256 computeCost,uint256 adapterCost,"
@@ -383,8 +381,9 @@ def recover_voucher_signer(v: Voucher, sig: Any, chain_id: int, escrow: str) -> 
 
 def signer_proof_digest(payer: str, deadline: int, chain_id: int, escrow: str) -> bytes:
     """What a signer key signs to consent to sign vouchers for `payer` until `deadline` (unix seconds)."""
-    struct = keccak(SIGNER_PROOF_TYPEHASH + _addr_word(_check_address("payer", payer))
-                    + _word(_check_uint("deadline", deadline, 256)))
+    struct = keccak(
+        SIGNER_PROOF_TYPEHASH + _addr_word(_check_address("payer", payer)) + _word(_check_uint("deadline", deadline, 256))
+    )
     return typed_digest(struct, chain_id, escrow)
 
 

@@ -133,10 +133,19 @@ class EventDecoder:
             by_data = dict(zip((i["name"] for i in rest), abi_decode([canonical_type(i) for i in rest], data), strict=True))
         except Exception as e:  # eth_abi raises several types on malformed data
             raise EventDecodeError(f"{name} log does not match its ABI: {e}") from e
-        values = {i["name"]: from_abi(by_topic[i["name"]] if i.get("indexed") else by_data[i["name"]], i)
-                  for i in entry["inputs"]}
-        return self._build(name, entry, values, address=log["address"], block_number=log["blockNumber"],
-                           block_hash=log["blockHash"], tx_hash=log["transactionHash"], log_index=log["logIndex"])
+        values = {
+            i["name"]: from_abi(by_topic[i["name"]] if i.get("indexed") else by_data[i["name"]], i) for i in entry["inputs"]
+        }
+        return self._build(
+            name,
+            entry,
+            values,
+            address=log["address"],
+            block_number=log["blockNumber"],
+            block_hash=log["blockHash"],
+            tx_hash=log["transactionHash"],
+            log_index=log["logIndex"],
+        )
 
     # -- JSON form of the arguments (ABI names), for storage --------------------------------------
     def to_json(self, ev: Event) -> dict[str, Any]:
@@ -144,16 +153,33 @@ class EventDecoder:
         entry = self._entry(type(ev).__name__)
         return {i["name"]: _to_json(i, getattr(ev, f)) for i, f in zip(entry["inputs"], event_fields(type(ev)), strict=True)}
 
-    def from_json(self, name: str, args: Mapping[str, Any], *, address: str, block_number: int,
-                  block_hash: bytes | str, tx_hash: bytes | str, log_index: int) -> Event:
+    def from_json(
+        self,
+        name: str,
+        args: Mapping[str, Any],
+        *,
+        address: str,
+        block_number: int,
+        block_hash: bytes | str,
+        tx_hash: bytes | str,
+        log_index: int,
+    ) -> Event:
         """The event `to_json` gave `args` for, with its log position."""
         entry = self._entry(name)
         missing = [i["name"] for i in entry["inputs"] if i["name"] not in args]
         if missing:
             raise EventDecodeError(f"stored {name} event lacks {missing}")
         values = {i["name"]: _from_json(i, args[i["name"]]) for i in entry["inputs"]}
-        return self._build(name, entry, values, address=address, block_number=block_number, block_hash=block_hash,
-                           tx_hash=tx_hash, log_index=log_index)
+        return self._build(
+            name,
+            entry,
+            values,
+            address=address,
+            block_number=block_number,
+            block_hash=block_hash,
+            tx_hash=tx_hash,
+            log_index=log_index,
+        )
 
     def _entry(self, name: str) -> Mapping[str, Any]:
         entry = self._by_name.get(name)
@@ -162,8 +188,17 @@ class EventDecoder:
         return entry
 
     @staticmethod
-    def _build(name: str, entry: Mapping[str, Any], values: Mapping[str, Any], *, address: str, block_number: int,
-               block_hash: bytes | str, tx_hash: bytes | str, log_index: int) -> Event:
+    def _build(
+        name: str,
+        entry: Mapping[str, Any],
+        values: Mapping[str, Any],
+        *,
+        address: str,
+        block_number: int,
+        block_hash: bytes | str,
+        tx_hash: bytes | str,
+        log_index: int,
+    ) -> Event:
         cls = EVENT_CLASSES[name]
         return cls(
             address=to_checksum_address(address),

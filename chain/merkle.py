@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - eth-hash may run on another backend
     def _keccak(data: bytes) -> bytes:
         return keccak(data)
 
+
 MAX_LEAVES = 1 << 22  # ~4M leaves ≈ 400 MB of nodes; refuse anything bigger
 
 

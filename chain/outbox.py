@@ -47,8 +47,15 @@ from chain.outbox_store import (
 )
 
 __all__ = [
-    "Attempt", "InMemoryOutboxStore", "Intent", "IntentStatus", "Outbox", "OutboxError", "OutboxStore",
-    "ProcessReport", "decode_revert_data",
+    "Attempt",
+    "InMemoryOutboxStore",
+    "Intent",
+    "IntentStatus",
+    "Outbox",
+    "OutboxError",
+    "OutboxStore",
+    "ProcessReport",
+    "decode_revert_data",
 ]
 
 log = logging.getLogger(__name__)
@@ -257,13 +264,20 @@ class Outbox:
             if self.confirmations and self.w3.eth.block_number - rcpt["blockNumber"] < self.confirmations:
                 return "shallow"  # mined but not yet deep enough; don't rebroadcast or bump either
             if rcpt["status"] == 1:
-                self.store.finish(row.id, IntentStatus.MINED, tx_hash=att.tx_hash,
-                                  block_number=rcpt["blockNumber"], gas_used=rcpt["gasUsed"])
+                self.store.finish(
+                    row.id, IntentStatus.MINED, tx_hash=att.tx_hash, block_number=rcpt["blockNumber"], gas_used=rcpt["gasUsed"]
+                )
                 report.mined.append(row.id)
             else:
                 reason = self._revert_reason(row, rcpt)
-                self.store.finish(row.id, IntentStatus.FAILED, tx_hash=att.tx_hash,
-                                  block_number=rcpt["blockNumber"], gas_used=rcpt["gasUsed"], error=reason)
+                self.store.finish(
+                    row.id,
+                    IntentStatus.FAILED,
+                    tx_hash=att.tx_hash,
+                    block_number=rcpt["blockNumber"],
+                    gas_used=rcpt["gasUsed"],
+                    error=reason,
+                )
                 report.failed.append(row.id)
                 log.warning("outbox intent %s (%s) reverted: %s", row.id, row.key, reason)
             return "final"
@@ -287,8 +301,9 @@ class Outbox:
                 # our nonce is used: by one of our attempts (then it has a receipt) or by a foreign tx
                 if self._settle(self.get(row.id), report) is not None:
                     return False
-                self.store.finish(row.id, IntentStatus.FAILED,
-                                  error=f"nonce {row.nonce} was consumed by a transaction not from this outbox")
+                self.store.finish(
+                    row.id, IntentStatus.FAILED, error=f"nonce {row.nonce} was consumed by a transaction not from this outbox"
+                )
                 report.failed.append(row.id)
                 return False
             else:
@@ -368,8 +383,7 @@ class Outbox:
             try:
                 self.w3.eth.send_raw_transaction(att.raw)
                 report.broadcast.append(row.id)
-                log.warning("outbox intent %s (%s, nonce %d) was dropped by a reorg: rebroadcast", row.id, row.key,
-                            row.nonce)
+                log.warning("outbox intent %s (%s, nonce %d) was dropped by a reorg: rebroadcast", row.id, row.key, row.nonce)
             except (Web3RPCError, ValueError, OSError) as e:
                 log.warning("outbox intent %s: rebroadcast after reorg failed: %s", row.id, e)
 

@@ -96,8 +96,14 @@ class OutboxStore(Protocol):
         """Remember a transient error on an intent (status unchanged)."""
 
     def finish(
-        self, intent_id: int, status: IntentStatus, *, tx_hash: bytes | None = None,
-        block_number: int | None = None, gas_used: int | None = None, error: str | None = None,
+        self,
+        intent_id: int,
+        status: IntentStatus,
+        *,
+        tx_hash: bytes | None = None,
+        block_number: int | None = None,
+        gas_used: int | None = None,
+        error: str | None = None,
     ) -> None:
         """Status → MINED or FAILED with the outcome. Open intents only: a finished intent is final."""
 
@@ -174,17 +180,18 @@ class InMemoryOutboxStore:
         return max(nonces) if nonces else None
 
     def finished_from_nonce(self, sender: str, nonce: int) -> list[Intent]:
-        rows = [(r.nonce, r) for r in self._rows.values() if r.sender == sender and r.nonce is not None and r.nonce >= nonce
-                and not r.status.is_open]
+        rows = [
+            (r.nonce, r)
+            for r in self._rows.values()
+            if r.sender == sender and r.nonce is not None and r.nonce >= nonce and not r.status.is_open
+        ]
         return [r for _, r in sorted(rows, key=lambda nr: nr[0])]
 
     def record_signed(self, intent_id: int, nonce: int, attempt: Attempt) -> None:
         with self._lock:
             row = self._require(intent_id)
             check_signing(intent_id, row.status, row.nonce, nonce)
-            if row.nonce is None and any(
-                r.sender == row.sender and r.nonce == nonce for r in self._rows.values()
-            ):
+            if row.nonce is None and any(r.sender == row.sender and r.nonce == nonce for r in self._rows.values()):
                 raise nonce_taken(row.sender, nonce)
             self._rows[intent_id] = replace(
                 row, nonce=nonce, attempts=row.attempts + (attempt,), status=IntentStatus.SIGNED, sent_at=None
@@ -208,7 +215,12 @@ class InMemoryOutboxStore:
             row = self._require(intent_id)
             check_open(intent_id, row.status, "finished again")
             self._rows[intent_id] = replace(
-                row, status=final, tx_hash=tx_hash, block_number=block_number, gas_used=gas_used, error=error,
+                row,
+                status=final,
+                tx_hash=tx_hash,
+                block_number=block_number,
+                gas_used=gas_used,
+                error=error,
             )
 
     def _require(self, intent_id: int) -> Intent:

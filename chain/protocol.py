@@ -38,7 +38,7 @@ def parse_adapter_model_name(name: str) -> int | None:
     """
     if not isinstance(name, str) or not name.startswith(ADAPTER_MODEL_PREFIX):
         return None
-    digits = name[len(ADAPTER_MODEL_PREFIX):]
+    digits = name[len(ADAPTER_MODEL_PREFIX) :]
     if not digits or len(digits) > _MAX_ID_DIGITS or digits[0] == "0" or not set(digits) <= _ASCII_DIGITS:
         return None
     adapter_id = int(digits)

@@ -134,9 +134,16 @@ class ChainWatcher:
             return None
 
     def _get_logs(self, frm: int, to: int) -> list[dict]:
-        return list(self.w3.eth.get_logs({
-            "fromBlock": frm, "toBlock": to, "address": self.decoder.addresses, "topics": [self.decoder.topics()],
-        }))
+        return list(
+            self.w3.eth.get_logs(
+                {
+                    "fromBlock": frm,
+                    "toBlock": to,
+                    "address": self.decoder.addresses,
+                    "topics": [self.decoder.topics()],
+                }
+            )
+        )
 
     # -- cursor ---------------------------------------------------------------------------------------
     def cursor(self) -> tuple[int, str | None]:
@@ -211,8 +218,7 @@ class ChainWatcher:
             if self._hash_or_none(n) == h:
                 return n
         # Deeper than the ring: start over from the first block (correct, only slower).
-        log.error("reorg deeper than the ring of %d blocks: resyncing from block %d", self.ring_size,
-                  self.start_block)
+        log.error("reorg deeper than the ring of %d blocks: resyncing from block %d", self.ring_size, self.start_block)
         return self.start_block - 1
 
     # -- loop -------------------------------------------------------------------------------------------------

@@ -124,8 +124,13 @@ def make_random_adapter(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = peft_lora_config(
-        name, rank, targets, alpha,
-        rank_pattern=dict(rank_pattern or {}), alpha_pattern=dict(alpha_pattern or {}), use_rslora=use_rslora,
+        name,
+        rank,
+        targets,
+        alpha,
+        rank_pattern=dict(rank_pattern or {}),
+        alpha_pattern=dict(alpha_pattern or {}),
+        use_rslora=use_rslora,
     )
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})

@@ -64,9 +64,7 @@ BASE_MODEL_ALIASES: dict[str, tuple[str, ...]] = {
 DEFAULT_MAX_CONFIG_BYTES = 256 * 1024  # a real adapter_config.json is ~1-2 KB
 DEFAULT_MAX_WEIGHTS_BYTES = 1 << 30  # 1 GiB; a rank-64 adapter on all modules of an 8B model is ~0.7 GB
 _FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
-_KEY_RE = re.compile(
-    r"^base_model\.model\.model\.layers\.(\d{1,6})\.(self_attn|mlp)\.([A-Za-z0-9_]+)\.lora_([AB])\.weight$"
-)
+_KEY_RE = re.compile(r"^base_model\.model\.model\.layers\.(\d{1,6})\.(self_attn|mlp)\.([A-Za-z0-9_]+)\.lora_([AB])\.weight$")
 _PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_.]{1,200}$")
 
 ModuleKey = tuple[int, str]  # (layer index, module leaf name), e.g. (3, "q_proj")
@@ -263,9 +261,11 @@ def _check_config(config: dict, *, base_model_id: str, aliases: Iterable[str], m
     if ".." in Path(declared).parts or ".." in declared.split("/"):
         raise _refuse(f"base_model_name_or_path {declared[:120]!r} contains a '..' path component")
     if not _matches_base(declared, base_model_id, aliases):
-        raise _refuse(f"base model mismatch: adapter was trained for {declared[:120]!r}, this node serves {base_model_id!r} "
-                      f"(if it was trained on {base_model_id}, set base_model_name_or_path to {base_model_id!r} "
-                      f"in {CONFIG_NAME})")
+        raise _refuse(
+            f"base model mismatch: adapter was trained for {declared[:120]!r}, this node serves {base_model_id!r} "
+            f"(if it was trained on {base_model_id}, set base_model_name_or_path to {base_model_id!r} "
+            f"in {CONFIG_NAME})"
+        )
     if config.get("use_dora"):
         raise _refuse("DoRA adapters (use_dora) are not supported")
     if config.get("modules_to_save"):
@@ -274,8 +274,14 @@ def _check_config(config: dict, *, base_model_id: str, aliases: Iterable[str], m
         raise _refuse("LoRA bias terms are not supported (bias must be 'none')")
     if config.get("fan_in_fan_out"):
         raise _refuse("fan_in_fan_out is not supported (only for GPT-2 Conv1D layers)")
-    for unsupported in ("layer_replication", "trainable_token_indices", "alora_invocation_tokens", "target_parameters",
-                        "megatron_config", "arrow_config"):
+    for unsupported in (
+        "layer_replication",
+        "trainable_token_indices",
+        "alora_invocation_tokens",
+        "target_parameters",
+        "megatron_config",
+        "arrow_config",
+    ):
         if config.get(unsupported):
             raise _refuse(f"{unsupported} is not supported")
     if config.get("use_qalora"):
@@ -328,8 +334,7 @@ def validate_adapter(
     if weights is None:
         pickles = [n for n in PICKLE_NAMES if (folder / n).exists()]
         if pickles:
-            raise _refuse(f"only pickle weights ({', '.join(pickles)}) found; they are never loaded: "
-                          f"provide {WEIGHTS_NAME}")
+            raise _refuse(f"only pickle weights ({', '.join(pickles)}) found; they are never loaded: provide {WEIGHTS_NAME}")
         raise _refuse(f"missing {WEIGHTS_NAME}")
     size = weights.stat().st_size
     if size > max_weights_bytes:
@@ -346,8 +351,10 @@ def validate_adapter(
         if leaf in _REFUSED_TARGETS:
             raise _refuse(f"adapters on {_REFUSED_TARGETS[leaf]} ({target}) are not supported")
         if leaf not in shapes:
-            raise _refuse(f"target module {target!r} does not exist in the base model "
-                          f"(its linear modules are {', '.join(SUPPORTED_MODULES)})")
+            raise _refuse(
+                f"target module {target!r} does not exist in the base model "
+                f"(its linear modules are {', '.join(SUPPORTED_MODULES)})"
+            )
         if leaf not in allowed:
             raise _refuse(f"target module {target!r} is not served by this node (allowed: {', '.join(allowed)})")
     target_leaves = {t.rsplit(".", 1)[-1] for t in targets}
@@ -427,9 +434,7 @@ def validate_adapter(
     )
 
 
-def load_adapter_weights(
-    folder: str | os.PathLike, spec: AdapterSpec, dtype: torch.dtype = torch.float32
-) -> AdapterWeights:
+def load_adapter_weights(folder: str | os.PathLike, spec: AdapterSpec, dtype: torch.dtype = torch.float32) -> AdapterWeights:
     """Read a validated folder into CPU tensors of `dtype`, scaling folded into B.
 
     The file is re-checked against `spec` (shapes, finiteness): it may have changed on disk since

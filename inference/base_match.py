@@ -25,10 +25,19 @@ from inference.errors import BaseModelError
 
 MAX_CONFIG_BYTES = 1 << 20  # a real config.json is a few KB
 # Keys that say how a checkpoint was saved or run, not what it computes.
-IGNORED_CONFIG_KEYS = frozenset({
-    "_name_or_path", "torch_dtype", "dtype", "transformers_version", "use_cache", "quantization_config",
-    "_commit_hash", "architectures", "_attn_implementation_autoset",
-})
+IGNORED_CONFIG_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "torch_dtype",
+        "dtype",
+        "transformers_version",
+        "use_cache",
+        "quantization_config",
+        "_commit_hash",
+        "architectures",
+        "_attn_implementation_autoset",
+    }
+)
 
 
 class BaseMismatch(BaseModelError):
@@ -138,5 +147,7 @@ def check_same_base(candidate: str | os.PathLike, served: str | os.PathLike) -> 
     cand_sha, cand_n = weights_fingerprint(cand)
     serv_sha, serv_n = weights_fingerprint(serv)
     if (cand_sha, cand_n) != (serv_sha, serv_n):
-        raise BaseMismatch(f"its weights differ from the served model's (fingerprint {cand_sha[:12]}… vs {serv_sha[:12]}…, "
-                           f"{cand_n} vs {serv_n} tensors): a fine-tuned or differently quantised model")
+        raise BaseMismatch(
+            f"its weights differ from the served model's (fingerprint {cand_sha[:12]}… vs {serv_sha[:12]}…, "
+            f"{cand_n} vs {serv_n} tensors): a fine-tuned or differently quantised model"
+        )

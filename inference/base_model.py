@@ -100,9 +100,7 @@ def convert_gguf(gguf: Path, out: Path | None = None) -> Path:
     try:
         try:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-            )
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         except Exception as e:  # transformers raises many types for a bad file
             raise BaseModelError(f"cannot read GGUF {gguf}: {e}") from e
         # transformers refuses save_pretrained on a GGUF-loaded model, although its weights are
@@ -117,8 +115,9 @@ def convert_gguf(gguf: Path, out: Path | None = None) -> Path:
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / _CONVERTED_MARKER).write_text(json.dumps(
-            {"source": gguf.name, "size": gguf.stat().st_size, "layout": CONVERTED_LAYOUT_VERSION}))
+        (tmp / _CONVERTED_MARKER).write_text(
+            json.dumps({"source": gguf.name, "size": gguf.stat().st_size, "layout": CONVERTED_LAYOUT_VERSION})
+        )
         if out.exists():  # a concurrent converter won the race; keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -161,9 +160,7 @@ def load_base_model(
     dt = dtype or default_dtype(dev)
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=dt, local_files_only=True, use_safetensors=True
-        )
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dt, local_files_only=True, use_safetensors=True)
     except Exception as e:
         raise BaseModelError(f"cannot load model from {folder}: {e}") from e
     # transformers declares .to with functools.wraps(Module.to), whose type takes the model first

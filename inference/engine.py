@@ -242,9 +242,17 @@ class Engine:
             "running": len(s.running),
             "max_batch_size": self.config.max_batch_size,
             "tokens_per_second": s.tokens_per_second(),
-            "requests": {k: c.get(k, 0) for k in (
-                "submitted", "rejected_overloaded", "finished_stop", "finished_length", "finished_cancelled",
-                "finished_error")},
+            "requests": {
+                k: c.get(k, 0)
+                for k in (
+                    "submitted",
+                    "rejected_overloaded",
+                    "finished_stop",
+                    "finished_length",
+                    "finished_cancelled",
+                    "finished_error",
+                )
+            },
             "generated_tokens": c.get("generated_tokens", 0),
             "prefill_tokens": c.get("prefill_tokens", 0),
             "decode_steps": c.get("decode_steps", 0),

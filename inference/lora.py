@@ -80,8 +80,15 @@ from inference.packed import PackedAdapter
 log = logging.getLogger(__name__)
 
 NO_ADAPTER = -1
-_PARENTS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
-            "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+_PARENTS = {
+    "q_proj": "self_attn",
+    "k_proj": "self_attn",
+    "v_proj": "self_attn",
+    "o_proj": "self_attn",
+    "gate_proj": "mlp",
+    "up_proj": "mlp",
+    "down_proj": "mlp",
+}
 
 
 def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -122,9 +129,15 @@ class _Grouping:
 class LoraSlotBank:
     """The slots shared by all `MultiLoraLinear` layers of one model, and the per-forward routing."""
 
-    def __init__(self, layers: dict[ModuleKey, "MultiLoraLinear"], num_slots: int, max_rank: int,
-                 dtype: torch.dtype, device: torch.device,
-                 stores: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
+    def __init__(
+        self,
+        layers: dict[ModuleKey, "MultiLoraLinear"],
+        num_slots: int,
+        max_rank: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        stores: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ):
         self.layers = layers
         # module kind -> (A [L, S, R, in], B^T [L, S, R, out]); every layer's buffers are views
         self.stores = stores or {}
@@ -160,8 +173,14 @@ class LoraSlotBank:
         self._check_slot(slot)
         return max(self._slot_ranks[slot].values(), default=0)
 
-    def load_slot(self, slot: int, weights: AdapterWeights | PackedAdapter, *, copy_stream: "torch.cuda.Stream | None" = None,
-                  non_blocking: bool = True):
+    def load_slot(
+        self,
+        slot: int,
+        weights: AdapterWeights | PackedAdapter,
+        *,
+        copy_stream: "torch.cuda.Stream | None" = None,
+        non_blocking: bool = True,
+    ):
         """Copy an adapter's weights into `slot` in place (no reallocation).
 
         On CUDA the copies are queued on `copy_stream` (default: the current stream) and an event
@@ -179,8 +198,11 @@ class LoraSlotBank:
             raise LoraSlotError(f"adapter targets {sorted(unknown)}, but the bank only covers {list(self.target_modules)}")
         previous = self._slot_ranks[slot]
         ranks: dict[str, int] = {}
-        ctx = torch.cuda.stream(copy_stream) if (copy_stream is not None and self.device.type == "cuda") \
+        ctx = (
+            torch.cuda.stream(copy_stream)
+            if (copy_stream is not None and self.device.type == "cuda")
             else contextlib.nullcontext()
+        )
         nb = non_blocking and self.device.type == "cuda"
         with torch.no_grad(), ctx:
             if packed is not None:
@@ -198,8 +220,7 @@ class LoraSlotBank:
                 if r > self.max_rank:
                     raise LoraSlotError(f"adapter rank {r} at {key} exceeds the bank's max_rank {self.max_rank}")
                 if tuple(pair.a.shape) != (r, layer.in_features) or tuple(pair.b.shape) != (layer.out_features, r):
-                    raise LoraSlotError(f"shapes at {key} do not fit the layer: A {list(pair.a.shape)}, "
-                                        f"B {list(pair.b.shape)}")
+                    raise LoraSlotError(f"shapes at {key} do not fit the layer: A {list(pair.a.shape)}, B {list(pair.b.shape)}")
                 layer.lora_a[slot, :r].copy_(pair.a, non_blocking=nb)  # [r, in]
                 layer.lora_b[slot, :r].copy_(pair.b.T, non_blocking=nb)  # [r, out] <- [out, r]
                 if old_r > r:  # the previous occupant's larger rank left weights in the tail
@@ -230,8 +251,9 @@ class LoraSlotBank:
             if r > self.max_rank:
                 raise LoraSlotError(f"adapter rank {r} on {module} exceeds the bank's max_rank {self.max_rank}")
             if (pk.a.shape[2], pk.bt.shape[2]) != (store_a.shape[3], store_b.shape[3]) or pk.bt.shape[:2] != (n, r):
-                raise LoraSlotError(f"packed {module} tensors do not fit the layers: A {list(pk.a.shape)}, "
-                                    f"B^T {list(pk.bt.shape)}")
+                raise LoraSlotError(
+                    f"packed {module} tensors do not fit the layers: A {list(pk.a.shape)}, B^T {list(pk.bt.shape)}"
+                )
             layer_ids = pk.layers.tolist()
             if n == n_layers and layer_ids == list(range(n_layers)):
                 store_a[:, slot, :r].copy_(pk.a, non_blocking=nb)  # [L, r, in]
@@ -337,8 +359,15 @@ class LoraSlotBank:
         n_groups, max_count = len(slots), max(count_list)
         dev = self.device
         in_order = self.skip_sort and ta == t.numel() and bool(torch.equal(perm, torch.arange(ta)))
-        common = dict(num_tokens=t.numel(), perm=perm.to(dev, non_blocking=True), slots=slots,
-                      counts=count_list, rank=rank, max_count=max_count, in_order=in_order)
+        common = dict(
+            num_tokens=t.numel(),
+            perm=perm.to(dev, non_blocking=True),
+            slots=slots,
+            counts=count_list,
+            rank=rank,
+            max_count=max_count,
+            in_order=in_order,
+        )
         if self.use_grouped_mm:
             offs = torch.cumsum(counts_all, 0).to(torch.int32).to(dev, non_blocking=True)  # [S]
             common["rank"] = min(self.max_rank, -(-rank // 8) * 8)  # aligned; the padding is zero
@@ -359,9 +388,12 @@ class LoraSlotBank:
             within = torch.arange(ta) - starts[group_of]  # [Ta]
             pad_pos = (layout_group[group_of] * max_count + within).to(dev)  # [Ta]
         return _Grouping(
-            strategy="bmm", window=(lo, hi) if use_window else None,
+            strategy="bmm",
+            window=(lo, hi) if use_window else None,
             slot_index=None if use_window else slot_index.to(dev, non_blocking=True),
-            pad_pos=pad_pos, offs=None, **common,
+            pad_pos=pad_pos,
+            offs=None,
+            **common,
         )
 
 
@@ -437,9 +469,9 @@ class MultiLoraLinear(nn.Module):
         out = xs.new_empty(xs.shape[0], self.out_features)  # [Ta, out]
         start = 0
         for slot, count in zip(g.slots, g.counts, strict=True):
-            x_s = xs[start:start + count]  # [n, in]
+            x_s = xs[start : start + count]  # [n, in]
             h = x_s @ self.lora_a[slot, :r].T  # [n, r]
-            torch.mm(h, self.lora_b[slot, :r], out=out[start:start + count])  # [n, out]
+            torch.mm(h, self.lora_b[slot, :r], out=out[start : start + count])  # [n, out]
             start += count
         return out
 
@@ -451,8 +483,10 @@ class MultiLoraLinear(nn.Module):
             return self.lora_a[lo:hi, :r], self.lora_b[lo:hi, :r]  # views, no copy
         if g.slot_index is None:
             raise LoraSlotError("a bmm grouping has neither a slot window nor a slot index")
-        return (self.lora_a[:, :r].index_select(0, g.slot_index),  # gathered copies
-                self.lora_b[:, :r].index_select(0, g.slot_index))
+        return (
+            self.lora_a[:, :r].index_select(0, g.slot_index),  # gathered copies
+            self.lora_b[:, :r].index_select(0, g.slot_index),
+        )
 
     def extra_repr(self) -> str:
         s, r, _ = self.lora_a.shape

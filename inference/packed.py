@@ -151,8 +151,7 @@ def _pool() -> ThreadPoolExecutor:
     global _hash_pool
     with _hash_pool_lock:
         if _hash_pool is None:  # hashlib releases the GIL on large buffers: real parallelism
-            _hash_pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
-                                            thread_name_prefix="packed-hash")
+            _hash_pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="packed-hash")
         return _hash_pool
 
 
@@ -169,7 +168,7 @@ def _digest(chunk_digests: list[bytes], size: int) -> bytes:
 def content_digest(data) -> bytes:
     """The digest `read_packed` checks, of bytes already in memory."""
     view = memoryview(data).cast("B")
-    futures = [_pool().submit(_chunk_digest, view[i: i + HASH_CHUNK]) for i in range(0, len(view), HASH_CHUNK)]
+    futures = [_pool().submit(_chunk_digest, view[i : i + HASH_CHUNK]) for i in range(0, len(view), HASH_CHUNK)]
     return _digest([f.result() for f in futures], len(view))
 
 
@@ -197,8 +196,9 @@ def _identity(st: os.stat_result) -> FileIdentity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def read_packed(ref: PackedRef, spec: AdapterSpec, verified: FileIdentity | None = None
-                ) -> tuple[PackedAdapter, FileIdentity | None]:
+def read_packed(
+    ref: PackedRef, spec: AdapterSpec, verified: FileIdentity | None = None
+) -> tuple[PackedAdapter, FileIdentity | None]:
     """Read a packed file into owned memory, check it, then parse it. Returns the adapter and, when
     the bytes were hashed and the file's ctime has settled, the identity a later read may check
     instead of hashing (`verified`; see PackedStore). Raises PackedFileError when it is not the
@@ -218,7 +218,7 @@ def read_packed(ref: PackedRef, spec: AdapterSpec, verified: FileIdentity | None
         futures = []
         with open(fd, "rb", buffering=0, closefd=False) as f:
             for start in range(0, size, HASH_CHUNK):  # read chunk i+1 while chunk i hashes
-                chunk = view[start: start + HASH_CHUNK]
+                chunk = view[start : start + HASH_CHUNK]
                 got = 0
                 while got < len(chunk):
                     n = f.readinto(chunk[got:])
@@ -248,7 +248,7 @@ def _from_buffer(buf: torch.Tensor, spec: AdapterSpec) -> PackedAdapter:
     if hlen > MAX_HEADER_BYTES or 8 + hlen > len(raw):
         raise PackedFileError("packed file header length out of bounds")
     try:
-        header = json.loads(bytes(raw[8: 8 + hlen]))
+        header = json.loads(bytes(raw[8 : 8 + hlen]))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PackedFileError(f"packed file header is not JSON: {e}") from e
     if not isinstance(header, dict):
@@ -274,7 +274,7 @@ def _from_buffer(buf: torch.Tensor, spec: AdapterSpec) -> PackedAdapter:
         itemsize = torch.empty(0, dtype=tdtype).element_size()
         if not 0 <= start <= end <= len(raw) - base or end - start != numel * itemsize or start % itemsize:
             raise PackedFileError(f"tensor {name[:80]!r} out of bounds")
-        tensors[name] = buf[base + start: base + end].view(tdtype).view(shape)
+        tensors[name] = buf[base + start : base + end].view(tdtype).view(shape)
     by_kind: dict[str, list] = {}
     for m in spec.modules:
         by_kind.setdefault(m.module, []).append(m)
@@ -286,9 +286,15 @@ def _from_buffer(buf: torch.Tensor, spec: AdapterSpec) -> PackedAdapter:
             raise PackedFileError(f"packed file lacks {e}") from e
         r = max(m.rank for m in mods)
         n = len(mods)
-        if (layers.dtype != torch.int64 or tuple(layers.shape) != (n,) or a.dtype != dtype or bt.dtype != dtype
-                or tuple(a.shape) != (n, r, mods[0].in_features) or tuple(bt.shape) != (n, r, mods[0].out_features)
-                or layers.tolist() != [m.layer for m in mods]):
+        if (
+            layers.dtype != torch.int64
+            or tuple(layers.shape) != (n,)
+            or a.dtype != dtype
+            or bt.dtype != dtype
+            or tuple(a.shape) != (n, r, mods[0].in_features)
+            or tuple(bt.shape) != (n, r, mods[0].out_features)
+            or layers.tolist() != [m.layer for m in mods]
+        ):
             raise PackedFileError(f"packed tensors of {kind} do not match the adapter's spec")
         kinds[kind] = PackedKind(layers=layers, a=a, bt=bt)
     if tensors:
@@ -372,8 +378,9 @@ class PackedStore:
         if ref is not None:
             ref.path.unlink(missing_ok=True)
 
-    def _write(self, folder: Path, spec: AdapterSpec, weights: AdapterWeights | None,
-               source: FileIdentity | None = None) -> PackedRef:
+    def _write(
+        self, folder: Path, spec: AdapterSpec, weights: AdapterWeights | None, source: FileIdentity | None = None
+    ) -> PackedRef:
         if weights is None:
             source = _source_identity(folder)  # taken before the read: a later change re-packs
             weights = load_adapter_weights(folder, spec, dtype=self.dtype)

@@ -106,9 +106,7 @@ class GenerationRequest:
                     or m.get("role") not in ("system", "user", "assistant")
                     or not isinstance(m.get("content"), str)
                 ):
-                    raise InvalidRequest(
-                        "each message must be {'role': 'system'|'user'|'assistant', 'content': str}"
-                    )
+                    raise InvalidRequest("each message must be {'role': 'system'|'user'|'assistant', 'content': str}")
         if not isinstance(self.params, SamplingParams):
             raise InvalidRequest("params must be a SamplingParams")
 

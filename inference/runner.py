@@ -147,9 +147,7 @@ class ModelRunner:
         bidx = torch.arange(B, device=dev)
         # additive mask built once per step, shared by all layers: row b sees positions <= pos[b]
         valid = torch.arange(L, device=dev)[None, :] <= pos[:, None]  # [B, L]
-        mask = torch.zeros(B, 1, 1, L, dtype=cache.k.dtype, device=dev).masked_fill_(
-            ~valid[:, None, None, :], float("-inf")
-        )
+        mask = torch.zeros(B, 1, 1, L, dtype=cache.k.dtype, device=dev).masked_fill_(~valid[:, None, None, :], float("-inf"))
         slot_idx = self._flat_index(cache, bidx, pos)  # [B * kvh]
         x = self.embed(tokens)[:, None]  # [B, 1, H]
         cos, sin = self.rotary(x, pos[:, None])  # [B, 1, hd]

@@ -88,9 +88,21 @@ class Scheduler:
         self._stop = False
         # every key exists from the start: stats() copies the dict from other threads, and a
         # dict that never grows can be copied while the scheduler updates it
-        self.counters: dict[str, float] = dict.fromkeys((
-            "submitted", "rejected_overloaded", "finished_stop", "finished_length", "finished_cancelled",
-            "finished_error", "generated_tokens", "prefill_tokens", "decode_steps", "decode_tokens"), 0)
+        self.counters: dict[str, float] = dict.fromkeys(
+            (
+                "submitted",
+                "rejected_overloaded",
+                "finished_stop",
+                "finished_length",
+                "finished_cancelled",
+                "finished_error",
+                "generated_tokens",
+                "prefill_tokens",
+                "decode_steps",
+                "decode_tokens",
+            ),
+            0,
+        )
         self.counters["decode_seconds"] = 0.0
         self._tok_window: collections.deque[tuple[float, int]] = collections.deque()
         self._tok_lock = threading.Lock()
@@ -105,8 +117,7 @@ class Scheduler:
             if len(self._waiting) >= self.max_queue:
                 self.counters["rejected_overloaded"] += 1
                 raise EngineOverloaded(
-                    f"engine overloaded: {len(self._waiting)} requests already waiting "
-                    f"(max_queue={self.max_queue}); retry later"
+                    f"engine overloaded: {len(self._waiting)} requests already waiting (max_queue={self.max_queue}); retry later"
                 )
             seq.submitted_at = time.monotonic()
             self._waiting.append(seq)
@@ -175,12 +186,7 @@ class Scheduler:
         torch.set_grad_enabled(False)
         while True:
             with self._cv:
-                while (
-                    not self._stop
-                    and not self.running
-                    and not self._cancel
-                    and not (self._waiting and not self.tiers.pending)
-                ):
+                while not self._stop and not self.running and not self._cancel and not (self._waiting and not self.tiers.pending):
                     # nothing runnable: sleep until a submit/cancel/load completes (poll loads
                     # now and then in case a wake-up was missed)
                     self._cv.wait(timeout=0.05 if self.tiers.pending else 1.0)
@@ -366,8 +372,9 @@ class Scheduler:
         self._remove_rows(rows)
 
 
-def make_sequence(handle: RequestHandle, prompt_ids: list[int], params: SamplingParams, adapter_id, max_new: int,
-                  tokenizer, device) -> Sequence:
+def make_sequence(
+    handle: RequestHandle, prompt_ids: list[int], params: SamplingParams, adapter_id, max_new: int, tokenizer, device
+) -> Sequence:
     gen = None if params.greedy else make_generator(params.seed, device)
     return Sequence(
         handle=handle,

@@ -108,8 +108,7 @@ class AdapterTiers:
         with self._lock:
             old = self._entries.get(adapter_id)
             self._version += 1
-            self._entries[adapter_id] = _Entry(adapter_id, Path(folder), spec, self._version,
-                                               pinned=old.pinned if old else False)
+            self._entries[adapter_id] = _Entry(adapter_id, Path(folder), spec, self._version, pinned=old.pinned if old else False)
             self._failed.pop(adapter_id, None)
             if old is not None:
                 self._host.pop((adapter_id, old.version), None)

@@ -30,7 +30,7 @@ def normalise_db_url(url: str) -> str:
     """`postgresql://` / `postgres://` → the psycopg 3 driver; other URLs unchanged."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
@@ -58,8 +58,11 @@ class NodeConfig(BaseModel):
         "Default: `deployments/<chainId>.json`, where `chain.deploy` writes it, for the chain `rpc_url` serves.",
     )
     confirmations: int = Field(
-        2, ge=0, le=10_000, description="Blocks behind the head the watcher (and the settlement outbox) stays: reorgs shallower "
-        "than this never reach the DB; deeper ones are walked back and undone."
+        2,
+        ge=0,
+        le=10_000,
+        description="Blocks behind the head the watcher (and the settlement outbox) stays: reorgs shallower "
+        "than this never reach the DB; deeper ones are walked back and undone.",
     )
     watcher_poll_s: float = Field(2.0, gt=0, le=3600, description="Seconds between chain-head polls.")
     getlogs_max_blocks: int = Field(
@@ -71,9 +74,7 @@ class NodeConfig(BaseModel):
     rpc_timeout_s: float = Field(10.0, gt=0, le=600, description="Timeout of one JSON-RPC call.")
 
     # -- operator key ----------------------------------------------------------------------
-    keystore: Path | None = Field(
-        None, description="Encrypted operator keystore (eth-account JSON). Required unless `dev_mode`."
-    )
+    keystore: Path | None = Field(None, description="Encrypted operator keystore (eth-account JSON). Required unless `dev_mode`.")
     keystore_password_file: Path | None = Field(
         None, description="File holding the keystore password (first line). Required with `keystore`."
     )
@@ -85,9 +86,7 @@ class NodeConfig(BaseModel):
     )
 
     # -- IPFS and caches -------------------------------------------------------------------
-    ipfs_store: Path | None = Field(
-        None, description="Embedded content-addressed store folder. Default `<data_dir>/ipfs`."
-    )
+    ipfs_store: Path | None = Field(None, description="Embedded content-addressed store folder. Default `<data_dir>/ipfs`.")
     ipfs_kubo_url: str | None = Field(
         None, description="Kubo RPC API URL (e.g. `http://127.0.0.1:5001`); used for add/pin/cat when set."
     )
@@ -95,9 +94,7 @@ class NodeConfig(BaseModel):
         default_factory=list, description="Trustless HTTP gateways tried in order for fetches (every byte is CID-verified)."
     )
     ipfs_fetch_timeout_s: float = Field(120.0, gt=0, le=86_400, description="Timeout of one adapter fetch.")
-    verified_cache_dir: Path | None = Field(
-        None, description="Verified adapter cache folder. Default `<data_dir>/cache`."
-    )
+    verified_cache_dir: Path | None = Field(None, description="Verified adapter cache folder. Default `<data_dir>/cache`.")
     cache_max_bytes: int = Field(
         20 << 30, ge=1 << 20, description="Disk budget of the verified adapter cache; least recently used entries go first."
     )
@@ -119,20 +116,23 @@ class NodeConfig(BaseModel):
     engine_max_batch: int = Field(32, ge=1, le=4096, description="Most sequences decoded in one step.")
     engine_max_queue: int = Field(256, ge=1, le=1_000_000, description="Queued requests before answering 503.")
     engine_backend: Literal["builtin", "vllm"] = Field(
-        "builtin", description="`builtin`: the node's own multi-LoRA engine on one device. `vllm`: the node meters "
-        "and routes in front of the vLLM servers in `vllm_urls` (see docs/vllm.md)."
+        "builtin",
+        description="`builtin`: the node's own multi-LoRA engine on one device. `vllm`: the node meters "
+        "and routes in front of the vLLM servers in `vllm_urls` (see docs/vllm.md).",
     )
     vllm_urls: list[str] = Field(
-        default_factory=list, description="Base URLs of OpenAI-compatible vLLM servers (`http://host:port`), started "
-        "with `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`. Required with `engine_backend = \"vllm\"`."
+        default_factory=list,
+        description="Base URLs of OpenAI-compatible vLLM servers (`http://host:port`), started "
+        "with `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`. Required with `engine_backend = \"vllm\"`.",
     )
     vllm_timeout_s: float = Field(
-        60.0, gt=0, le=3600, description="Seconds a request may wait on a silent vLLM server before the node checks "
-        "its `/health`: a healthy (busy) server keeps the request, a failing one leaves rotation."
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request may wait on a silent vLLM server before the node checks "
+        "its `/health`: a healthy (busy) server keeps the request, a failing one leaves rotation.",
     )
-    vllm_probe_s: float = Field(
-        2.0, gt=0, le=3600, description="Seconds between health probes of vLLM servers out of rotation."
-    )
+    vllm_probe_s: float = Field(2.0, gt=0, le=3600, description="Seconds between health probes of vLLM servers out of rotation.")
 
     # -- HTTP API ----------------------------------------------------------------------------
     listen_host: str = Field("127.0.0.1", description="Listen address of the HTTP API (loopback by default).")
@@ -146,9 +146,7 @@ class NodeConfig(BaseModel):
         description="`voucher`: clients send signed vouchers (X-Payment-Voucher). `operator-funded`: clients send an "
         "API key; the operator signs vouchers as the payer and bills off chain.",
     )
-    api_keys: list[str] = Field(
-        default_factory=list, description="Accepted API keys in `operator-funded` mode (Bearer tokens)."
-    )
+    api_keys: list[str] = Field(default_factory=list, description="Accepted API keys in `operator-funded` mode (Bearer tokens).")
     api_keys_file: Path | None = Field(
         None, description="File with one API key per line (added to `api_keys`); keeps keys out of the TOML."
     )
@@ -226,8 +224,16 @@ class NodeConfig(BaseModel):
             raise ValueError("only sqlite:/// and postgresql:// URLs are supported")
         return v
 
-    @field_validator("data_dir", "deployment", "keystore", "keystore_password_file", "ipfs_store", "verified_cache_dir",
-                     "base_model_path", "api_keys_file")
+    @field_validator(
+        "data_dir",
+        "deployment",
+        "keystore",
+        "keystore_password_file",
+        "ipfs_store",
+        "verified_cache_dir",
+        "base_model_path",
+        "api_keys_file",
+    )
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return None if v is None else Path(os.path.expanduser(v))
@@ -311,7 +317,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX):
             continue
-        name = key[len(ENV_PREFIX):].lower()
+        name = key[len(ENV_PREFIX) :].lower()
         if name not in NodeConfig.model_fields:
             continue  # other LORANODE_* variables (cache dir, anvil path) belong to other parts
         if name in _LIST_FIELDS:
@@ -334,8 +340,7 @@ def _format_errors(e: ValidationError, source: str) -> str:
     return f"invalid node configuration ({source}):\n  " + "\n  ".join(lines)
 
 
-def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None,
-                **overrides: Any) -> NodeConfig:
+def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None, **overrides: Any) -> NodeConfig:
     """Read the TOML file (optional), apply `LORANODE_*` env overrides and keyword overrides, validate.
 
     Raises `ConfigError` whose message names every bad option.

@@ -20,8 +20,14 @@ class KeystoreError(ConfigError):
     """A keystore is missing, malformed or its password is wrong."""
 
 
-def create_keystore(path: str | os.PathLike, password: str, private_key: str | bytes | None = None,
-                    *, overwrite: bool = False, scrypt_n: int | None = None) -> str:
+def create_keystore(
+    path: str | os.PathLike,
+    password: str,
+    private_key: str | bytes | None = None,
+    *,
+    overwrite: bool = False,
+    scrypt_n: int | None = None,
+) -> str:
     """Encrypt `private_key` (a fresh random key when None) into `path` (mode 0600). Returns the address.
 
     `scrypt_n`: scrypt cost (default eth-account's 2**18); tests pass a small one to stay fast.

@@ -17,20 +17,23 @@ class NodeMetrics:
         )
         self.tokens = Counter("loranode_tokens", "Tokens served by kind (prompt, completion)", ["kind"], registry=r)
         self.latency = Histogram(
-            "loranode_request_latency_seconds", "Request latency by endpoint", ["endpoint"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "loranode_request_latency_seconds",
+            "Request latency by endpoint",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.ttft = Histogram(
-            "loranode_time_to_first_token_seconds", "Time to the first streamed token",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "loranode_time_to_first_token_seconds",
+            "Time to the first streamed token",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.payment_rejections = Counter(
             "loranode_payment_rejections", "Requests refused with 402 by reason", ["reason"], registry=r
         )
         self.receipts_signed = Counter("loranode_receipts_signed", "Receipts signed by this node", registry=r)
-        self.pending_receipts = Gauge(
-            "loranode_pending_receipts", "Signed receipts not yet committed on chain", registry=r
-        )
+        self.pending_receipts = Gauge("loranode_pending_receipts", "Signed receipts not yet committed on chain", registry=r)
         self.settlement_lag = Gauge(
             "loranode_settlement_lag_seconds", "Age of the oldest receipt not yet committed on chain", registry=r
         )

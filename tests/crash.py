@@ -59,8 +59,7 @@ def _child(send, where: tuple[str, str, str], args: tuple) -> None:
         os._exit(3)  # reached only if the kill point never came
 
 
-def run_until_sigkilled(target: Callable[..., Any], *args: Any, timeout: float = TIMEOUT_S,
-                        what: str = "") -> list[Any]:
+def run_until_sigkilled(target: Callable[..., Any], *args: Any, timeout: float = TIMEOUT_S, what: str = "") -> list[Any]:
     """Run `target(report, *args)` in a fresh interpreter, where `report(value)` sends a picklable
     value to this process; the child must end by SIGKILLing itself. Returns the reported values in
     order. `target` must be a module-level function (the child imports it by module name) and
@@ -72,8 +71,7 @@ def run_until_sigkilled(target: Callable[..., Any], *args: Any, timeout: float =
     where = (target.__module__, inspect.getfile(target), target.__name__)
     ctx = multiprocessing.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, where, args), daemon=True,
-                       name=f"crash-{target.__name__}")
+    proc = ctx.Process(target=_child, args=(send, where, args), daemon=True, name=f"crash-{target.__name__}")
     reports: list[Any] = []
     try:
         proc.start()
@@ -106,9 +104,11 @@ def run_until_sigkilled(target: Callable[..., Any], *args: Any, timeout: float =
     failed = [r.tb for r in reports if isinstance(r, _Failed)]
     reports = [r for r in reports if not isinstance(r, _Failed)]
     if hung:
-        raise AssertionError(f"{label}the crashing child {proc.pid} was still alive after {timeout:.0f} s "
-                             f"(killed it); it reported {reports!r}")
+        raise AssertionError(
+            f"{label}the crashing child {proc.pid} was still alive after {timeout:.0f} s (killed it); it reported {reports!r}"
+        )
     assert not failed, f"{label}the crashing child raised instead of dying by SIGKILL:\n{failed[0]}"
-    assert proc.exitcode == -signal.SIGKILL, \
+    assert proc.exitcode == -signal.SIGKILL, (
         f"{label}the crashing child ended with exit code {proc.exitcode}, not by SIGKILL; it reported {reports!r}"
+    )
     return reports

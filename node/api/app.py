@@ -44,8 +44,11 @@ async def metrics_middleware(request: web.Request, handler) -> web.StreamRespons
 
 
 def _limits(config: NodeConfig) -> ApiLimits:
-    return ApiLimits(max_body_bytes=config.max_body_bytes, max_tokens_cap=config.max_tokens_limit,
-                     default_max_tokens=min(64, config.max_tokens_limit))
+    return ApiLimits(
+        max_body_bytes=config.max_body_bytes,
+        max_tokens_cap=config.max_tokens_limit,
+        default_max_tokens=min(64, config.max_tokens_limit),
+    )
 
 
 def create_http_app(
@@ -59,8 +62,7 @@ def create_http_app(
     under node.api.keys, which the composition root's `startup` steps (aiohttp cleanup contexts,
     run in order at start and undone in reverse at cleanup) put there; `node_metrics`: what
     /metrics renders; `loops`: the supervised background loops /healthz reports."""
-    app = web.Application(client_max_size=config.max_body_bytes,
-                          middlewares=[metrics_middleware, error_middleware])
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[metrics_middleware, error_middleware])
     app[K.CONFIG] = config
     app[K.LIMITS] = _limits(config)
     app[K.METRICS] = node_metrics

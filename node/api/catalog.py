@@ -16,6 +16,7 @@ from chain.protocol import adapter_model_name, parse_adapter_model_name
 from node.api.errors import ModelNotFound, Unavailable
 from node.db import models as m
 
+
 @dataclass(frozen=True)
 class Target:
     model: str  # the API model name
@@ -64,19 +65,36 @@ class Catalog:
                 param="model",
             )
         if row.state != m.AdapterState.LOADED.value:
-            if row.state in (m.AdapterState.REGISTERED.value, m.AdapterState.FETCHING.value,
-                             m.AdapterState.VERIFIED.value):
-                raise Unavailable(f"adapter {adapter_id} is not ready yet (state: {row.state}); retry shortly",
-                                  code="adapter_loading", headers={"Retry-After": "2"})
+            if row.state in (m.AdapterState.REGISTERED.value, m.AdapterState.FETCHING.value, m.AdapterState.VERIFIED.value):
+                raise Unavailable(
+                    f"adapter {adapter_id} is not ready yet (state: {row.state}); retry shortly",
+                    code="adapter_loading",
+                    headers={"Retry-After": "2"},
+                )
             reason = f": {row.failure_reason}" if row.failure_reason else ""
-            raise ModelNotFound(f"adapter {adapter_id} is not served here (state: {row.state}{reason})",
-                                param="model", code="adapter_unavailable")
-        return Target(model, adapter_id, adapter_model_name(adapter_id), int(row.price_per_1k),
-                      created=int(row.updated_at or 0), owner=row.owner)
+            raise ModelNotFound(
+                f"adapter {adapter_id} is not served here (state: {row.state}{reason})", param="model", code="adapter_unavailable"
+            )
+        return Target(
+            model,
+            adapter_id,
+            adapter_model_name(adapter_id),
+            int(row.price_per_1k),
+            created=int(row.updated_at or 0),
+            owner=row.owner,
+        )
 
     def list_models(self) -> list[dict]:
-        data = [{"id": self.base_model_id, "object": "model", "created": 0, "owned_by": "base",
-                 "adapter_id": "0", "price_per_1k": "0"}]
+        data = [
+            {
+                "id": self.base_model_id,
+                "object": "model",
+                "created": 0,
+                "owned_by": "base",
+                "adapter_id": "0",
+                "price_per_1k": "0",
+            }
+        ]
         with self.sessions() as s:
             rows = s.scalars(
                 select(m.Adapter)
@@ -84,11 +102,19 @@ class Catalog:
                 .order_by(m.Adapter.id)
             ).all()
         for r in rows:
-            data.append({
-                "id": r.model_name, "object": "model", "created": int(r.updated_at or 0), "owned_by": r.owner,
-                "adapter_id": str(r.id), "price_per_1k": str(r.price_per_1k), "root": self.base_model_id,
-                "cid": r.cid, "rank": r.rank,
-            })
+            data.append(
+                {
+                    "id": r.model_name,
+                    "object": "model",
+                    "created": int(r.updated_at or 0),
+                    "owned_by": r.owner,
+                    "adapter_id": str(r.id),
+                    "price_per_1k": str(r.price_per_1k),
+                    "root": self.base_model_id,
+                    "cid": r.cid,
+                    "rank": r.rank,
+                }
+            )
         return data
 
     def states(self) -> dict[str, int]:

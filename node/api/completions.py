@@ -112,9 +112,15 @@ class _Served:
         # finishing together; this returns once the receipt committed (before any response is sent).
         attribution = await asyncio.to_thread(issuer.attribution, self.authz.lane.adapter_id, result.token_ids)
         issued = await issuer.issue_async(
-            request_id=request_id, lane=self.authz.lane, prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens, cost=cost, text=result.text,
-            token_ids=result.token_ids, operator_voucher=op_voucher, attribution=attribution,
+            request_id=request_id,
+            lane=self.authz.lane,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            cost=cost,
+            text=result.text,
+            token_ids=result.token_ids,
+            operator_voucher=op_voucher,
+            attribution=attribution,
         )
         metrics = self.app[K.METRICS]
         metrics.tokens.labels("prompt").inc(result.prompt_tokens)
@@ -124,8 +130,11 @@ class _Served:
 
 
 def _usage(result: GenerationResult) -> dict:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
 
 
 def _finish_reason(result: GenerationResult) -> str:
@@ -137,7 +146,8 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     limits = app[K.LIMITS]
     body = await read_json(request, limits)
     req: ChatCompletionRequest | CompletionRequest = (
-        parse_model(ChatCompletionRequest, body) if chat else parse_model(CompletionRequest, body))
+        parse_model(ChatCompletionRequest, body) if chat else parse_model(CompletionRequest, body)
+    )
     max_tokens = check_limits(req, limits)
     target = app[K.CATALOG].resolve(req.model)
     price = Price(app[K.CONFIG].compute_price_per_1k, target.adapter_price_per_1k)
@@ -157,16 +167,28 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
         cost, issued = await served.finish(rid, result)
         created = int(time.time())
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
-                      "finish_reason": _finish_reason(result), "logprobs": None}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text},
+                "finish_reason": _finish_reason(result),
+                "logprobs": None,
+            }
             obj = "chat.completion"
         else:
             choice = {"index": 0, "text": result.text, "finish_reason": _finish_reason(result), "logprobs": None}
             obj = "text_completion"
-        return web.json_response({
-            "id": api_id, "object": obj, "created": created, "model": req.model, "choices": [choice],
-            "usage": _usage(result), "cost": cost.as_dict(), "receipt": issued.to_json(),
-        })
+        return web.json_response(
+            {
+                "id": api_id,
+                "object": obj,
+                "created": created,
+                "model": req.model,
+                "choices": [choice],
+                "usage": _usage(result),
+                "cost": cost.as_dict(),
+                "receipt": issued.to_json(),
+            }
+        )
     finally:
         authz.release()
 
@@ -176,8 +198,9 @@ def _sse(obj: dict | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-async def _stream(request, handle, served: _Served, rid: bytes, api_id: str, model: str, chat: bool,
-                  t0: float) -> web.StreamResponse:
+async def _stream(
+    request, handle, served: _Served, rid: bytes, api_id: str, model: str, chat: bool, t0: float
+) -> web.StreamResponse:
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
 

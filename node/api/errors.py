@@ -108,8 +108,7 @@ class Unavailable(ApiError):
 DOMAIN_ERRORS: tuple[tuple[type[Exception], Callable[[Any], ApiError]], ...] = (
     (PaymentRejected, lambda e: PaymentRequired(e.message, code=e.code, param=VOUCHER_HEADER, extra=e.details)),
     (InvalidApiKey, lambda e: Unauthorized(e.message, code=e.code)),
-    (PaymentCheckUnavailable,
-     lambda e: Unavailable(e.message, code=e.code, headers={"Retry-After": str(e.retry_after_s)})),
+    (PaymentCheckUnavailable, lambda e: Unavailable(e.message, code=e.code, headers={"Retry-After": str(e.retry_after_s)})),
 )
 
 

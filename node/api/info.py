@@ -23,33 +23,40 @@ async def node_info(request: web.Request) -> web.Response:
     """What a client needs to sign vouchers: node address, chain id, escrow, prices."""
     app = request.app
     chain, cfg = app[K.CHAIN], app[K.CONFIG]
-    return web.json_response({
-        "node": chain.node_address,
-        "chain_id": chain.chain_id,
-        "escrow": chain.escrow,
-        "receipt_log": chain.receipt_log,
-        "contracts": chain.addresses,
-        "base_model": cfg.base_model_id,
-        "payment_mode": cfg.payment_mode,
-        "voucher_header": VOUCHER_HEADER,
-        "compute_price_per_1k": str(cfg.compute_price_per_1k),
-        "max_tokens_limit": cfg.max_tokens_limit,
-        "models": [{"id": m["id"], "adapter_id": m["adapter_id"], "price_per_1k": m["price_per_1k"]}
-                   for m in app[K.CATALOG].list_models()],
-    })
+    return web.json_response(
+        {
+            "node": chain.node_address,
+            "chain_id": chain.chain_id,
+            "escrow": chain.escrow,
+            "receipt_log": chain.receipt_log,
+            "contracts": chain.addresses,
+            "base_model": cfg.base_model_id,
+            "payment_mode": cfg.payment_mode,
+            "voucher_header": VOUCHER_HEADER,
+            "compute_price_per_1k": str(cfg.compute_price_per_1k),
+            "max_tokens_limit": cfg.max_tokens_limit,
+            "models": [
+                {"id": m["id"], "adapter_id": m["adapter_id"], "price_per_1k": m["price_per_1k"]}
+                for m in app[K.CATALOG].list_models()
+            ],
+        }
+    )
 
 
 async def receipt(request: web.Request) -> web.Response:
     raw = request.match_info["request_id"]
     match = _RID.match(raw)
     if not match:
-        raise BadRequest("request id must be 32 bytes of hex (optionally prefixed 0x, chatcmpl- or cmpl-)",
-                         param="request_id")
+        raise BadRequest("request id must be 32 bytes of hex (optionally prefixed 0x, chatcmpl- or cmpl-)", param="request_id")
     found = request.app[K.LEDGER].receipt_with_proof("0x" + match.group(1).lower())
     if found is None:
         raise NotFound(f"no receipt for request {raw}", code="receipt_not_found")
-    body = {"receipt": found.receipt, "seq": found.seq, "digest": found.digest,
-            "status": "committed" if found.committed else ("batched" if found.batch_seq is not None else "pending")}
+    body = {
+        "receipt": found.receipt,
+        "seq": found.seq,
+        "digest": found.digest,
+        "status": "committed" if found.committed else ("batched" if found.batch_seq is not None else "pending"),
+    }
     if found.batch_seq is not None:
         body["batch"] = {"seq": found.batch_seq, "cid": found.batch_cid, "root": found.root}
     if found.committed:

@@ -92,8 +92,14 @@ def _topic_addr(a: str) -> str:
 
 
 def _event_logs(c, contract, name: str, *topics: str) -> list:
-    logs = c.w3.eth.get_logs({"address": contract.address, "fromBlock": c.deployment.start_block,
-                              "toBlock": "latest", "topics": [contract.event_topic(name), *topics]})
+    logs = c.w3.eth.get_logs(
+        {
+            "address": contract.address,
+            "fromBlock": c.deployment.start_block,
+            "toBlock": "latest",
+            "topics": [contract.event_topic(name), *topics],
+        }
+    )
     return c.decode_events(logs)
 
 
@@ -180,9 +186,16 @@ def _spans_weights(spans: list[dict], m: int) -> dict[int, int]:
     return to_bps(credit({cid: coverage(r, m) for cid, r in runs.items()}))
 
 
-async def audit_batch(c, backends: Sequence, cache, seq: int, node: str | None = None, *,
-                      max_bytes: int = MAX_RECEIPTS_FILE_BYTES,
-                      contribution_max_bytes: int = MAX_CONTRIBUTION_BYTES) -> AuditReport:
+async def audit_batch(
+    c,
+    backends: Sequence,
+    cache,
+    seq: int,
+    node: str | None = None,
+    *,
+    max_bytes: int = MAX_RECEIPTS_FILE_BYTES,
+    contribution_max_bytes: int = MAX_CONTRIBUTION_BYTES,
+) -> AuditReport:
     """Audit batch `seq` (see the module docstring). Raises AuditError when it cannot be audited."""
     from chain.eip712 import receipt_digest
     from chain.merkle import StandardMerkleTree
@@ -219,8 +232,9 @@ async def audit_batch(c, backends: Sequence, cache, seq: int, node: str | None =
             if str(raw.get("digest", "")).lower() != "0x" + digest.hex():
                 problems.insert(0, ("leaf", "the stated digest is not the receipt's EIP-712 digest"))
         for rule, detail in problems:
-            report.discrepancies.append(Discrepancy(rule, detail, leaf if isinstance(leaf, int) else None,
-                                                    rid if isinstance(rid, str) else None))
+            report.discrepancies.append(
+                Discrepancy(rule, detail, leaf if isinstance(leaf, int) else None, rid if isinstance(rid, str) else None)
+            )
         report.notes += [f"leaf {leaf}: {n}" for n in notes]
         if signed is not None and not any(rule == "attribution-hash" for rule, _ in problems):
             good.append(raw)
@@ -250,30 +264,43 @@ async def audit_batch(c, backends: Sequence, cache, seq: int, node: str | None =
         return report  # the node settled exactly the receipts' entries, so it paid exactly their amounts
     stated = settled_entries(c, settled[-1])
     if stated is None:
-        report.discrepancies.append(Discrepancy(
-            "settled-weights", f"the {settled[-1].entry_count} settled entries (hash 0x{settled[-1].entries_hash.hex()}) "
-            f"are not the {len(expected)} entries the receipts give (hash 0x{entries_hash(expected).hex()}); the settle "
-            "transaction's input is not a direct AttributionPool.settle call, so the entries that differ are not listed"))
+        report.discrepancies.append(
+            Discrepancy(
+                "settled-weights",
+                f"the {settled[-1].entry_count} settled entries (hash 0x{settled[-1].entries_hash.hex()}) "
+                f"are not the {len(expected)} entries the receipts give (hash 0x{entries_hash(expected).hex()}); the settle "
+                "transaction's input is not a direct AttributionPool.settle call, so the entries that differ are not listed",
+            )
+        )
         return report
     want, have = {(d, cid): w for d, cid, w in expected}, {(d, cid): w for d, cid, w in stated}
     for key in sorted(set(want) | set(have)):
         d, cid = key
         if cid and contributions.dataset_of(cid) != d:
-            report.discrepancies.append(Discrepancy(
-                "settled-weights", f"credits contribution {cid} under dataset {d}, but it belongs to dataset "
-                f"{contributions.dataset_of(cid)}"))
+            report.discrepancies.append(
+                Discrepancy(
+                    "settled-weights",
+                    f"credits contribution {cid} under dataset {d}, but it belongs to dataset {contributions.dataset_of(cid)}",
+                )
+            )
         elif want.get(key, 0) != have.get(key, 0):
             who = f"contribution {cid}" if cid else "the unattributed part"
-            report.discrepancies.append(Discrepancy(
-                "settled-weights", f"dataset {d}, {who}: settled weight {have.get(key, 0)}, the receipts give "
-                f"{want.get(key, 0)}"))
+            report.discrepancies.append(
+                Discrepancy(
+                    "settled-weights",
+                    f"dataset {d}, {who}: settled weight {have.get(key, 0)}, the receipts give {want.get(key, 0)}",
+                )
+            )
     paid_expected = report.expected_amounts
     paid_stated, _ = payouts(stated, drained)
     for cid in sorted(set(paid_expected) | set(paid_stated)):
         if paid_expected.get(cid, 0) != paid_stated.get(cid, 0):
-            report.discrepancies.append(Discrepancy(
-                "settled-amounts", f"contribution {cid}: paid {paid_stated.get(cid, 0)}, the receipts give "
-                f"{paid_expected.get(cid, 0)}"))
+            report.discrepancies.append(
+                Discrepancy(
+                    "settled-amounts",
+                    f"contribution {cid}: paid {paid_stated.get(cid, 0)}, the receipts give {paid_expected.get(cid, 0)}",
+                )
+            )
     return report
 
 
@@ -323,8 +350,13 @@ async def check_receipt(c, raw: Any, node: str, contributions: _Contributions, s
     for cid in ids:
         d = contributions.dataset_of(cid)
         if d not in split:
-            problems.append(("adapter-datasets", f"contribution {cid} (dataset {d}) is outside adapter {r.adapter_id}'s "
-                             f"datasets {sorted(split)} (provable on chain: AttributionPool.attributionOutsideAdapter)"))
+            problems.append(
+                (
+                    "adapter-datasets",
+                    f"contribution {cid} (dataset {d}) is outside adapter {r.adapter_id}'s "
+                    f"datasets {sorted(split)} (provable on chain: AttributionPool.attributionOutsideAdapter)",
+                )
+            )
     spans = raw.get("spans") or []
     if not isinstance(spans, list):
         problems.append(("span", "spans is not a list"))
@@ -380,8 +412,9 @@ def _split_reader(c) -> Callable[[int], dict[int, int]]:
     return split_of
 
 
-async def verify_with_output(c, backends: Sequence, cache, body: dict, output: str, tokenizer=None, *,
-                             contribution_max_bytes: int = MAX_CONTRIBUTION_BYTES) -> AuditReport:
+async def verify_with_output(
+    c, backends: Sequence, cache, body: dict, output: str, tokenizer=None, *, contribution_max_bytes: int = MAX_CONTRIBUTION_BYTES
+) -> AuditReport:
     """Everything a payer holding the answer can check about its receipt: the node's signature, the
     output hash, the attribution hash, the adapter's datasets, every span (in the output at its stated
     token position when `tokenizer` re-encodes the output losslessly, and in its contribution), the

@@ -69,14 +69,18 @@ def attributed_credits(c, start: int) -> tuple[dict[int, int], int]:
     return credited, unreadable
 
 
-async def breakdown(c, who: str, backends: Sequence, cache, *, max_batches: int = 1000,
-                    max_bytes: int = MAX_RECEIPTS_FILE_BYTES) -> Breakdown:
+async def breakdown(
+    c, who: str, backends: Sequence, cache, *, max_batches: int = 1000, max_bytes: int = MAX_RECEIPTS_FILE_BYTES
+) -> Breakdown:
     """Per-contribution rewards of contributor `who` (newest `max_batches` committed batches scanned)."""
     from node.services.contributions import all_contributions
 
     out = Breakdown(who)
-    mine = {i.contribution_id: ContributionRewards(i.contribution_id, i.dataset_id, i.status)
-            for i in all_contributions(c) if i.contributor == who}
+    mine = {
+        i.contribution_id: ContributionRewards(i.contribution_id, i.dataset_id, i.status)
+        for i in all_contributions(c)
+        if i.contributor == who
+    }
     if not mine:
         return out
     start = c.deployment.start_block

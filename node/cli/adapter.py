@@ -85,14 +85,18 @@ def prepared_adapter(folder: Path, base_model_id: str) -> Iterator[tuple[Adapter
     if local is None or not isinstance(declared, str):  # a local folder is only ever named by a string
         yield check_adapter_folder(folder, base_model_id), folder
         return
-    fix = (f"set base_model_name_or_path in {folder / CONFIG_NAME} to {base_model_id!r} if it was trained on that "
-           f"model, or train it on {base_model_id}")
+    fix = (
+        f"set base_model_name_or_path in {folder / CONFIG_NAME} to {base_model_id!r} if it was trained on that "
+        f"model, or train it on {base_model_id}"
+    )
     if base_model_id == _default_base():
         try:
             check_same_base(local, resolve_model_folder(None))
         except BaseMismatch as e:
-            raise InputError(f"adapter was trained on the local folder {declared[:200]!r}, which is not the served base "
-                           f"model {base_model_id}: {e.reason}; {fix}") from None
+            raise InputError(
+                f"adapter was trained on the local folder {declared[:200]!r}, which is not the served base "
+                f"model {base_model_id}: {e.reason}; {fix}"
+            ) from None
     with tempfile.TemporaryDirectory(prefix="loranode-publish-") as tmp:
         staged = Path(tmp) / folder.name
         shutil.copytree(folder, staged, symlinks=True)  # links stay links: validation refuses them
@@ -133,8 +137,12 @@ def publish(
     base_model: str = typer.Option(None, "--base-model", help="Base model id (default: the embedded SmolLM2-135M-Instruct)."),
     price: str = typer.Option(..., "--price", help="Price per 1K tokens, in tokens (e.g. 0.01)."),
     datasets: str = typer.Option(None, "--datasets", help="Dataset splits ID:BPS,...; the owner keeps the rest of 10,000."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, ipfs_store: Path = IpfsStoreOpt, kubo_url: str = KuboOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    ipfs_store: Path = IpfsStoreOpt,
+    kubo_url: str = KuboOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Validate, upload to IPFS and register an adapter on chain."""
@@ -159,8 +167,12 @@ def new_version(
     adapter_id: int = typer.Argument(..., min=1),
     folder: Path = typer.Argument(...),
     price: str = typer.Option(None, "--price", help="New price per 1K tokens (default: unchanged)."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, ipfs_store: Path = IpfsStoreOpt, kubo_url: str = KuboOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    ipfs_store: Path = IpfsStoreOpt,
+    kubo_url: str = KuboOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Publish new weights for an adapter you own (splits stay as registered)."""
@@ -181,8 +193,11 @@ def new_version(
 @handle_errors
 def deprecate(
     adapter_id: int = typer.Argument(..., min=1),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Deprecate an adapter you own; nodes unload it."""
     c = connect(rpc_url, deployment)
@@ -191,14 +206,25 @@ def deprecate(
     tx_done(receipt, "adapter deprecated", as_json, adapter_id=adapter_id)
 
 
-_COLUMNS = ["adapter_id", "owner", "version", "rank", "price_per_1k", "owner_bps", "dataset_ids", "dataset_bps", "deprecated",
-            "cid"]
+_COLUMNS = [
+    "adapter_id",
+    "owner",
+    "version",
+    "rank",
+    "price_per_1k",
+    "owner_bps",
+    "dataset_ids",
+    "dataset_bps",
+    "deprecated",
+    "cid",
+]
 
 
 @adapter_app.command("show")
 @handle_errors
-def show(adapter_id: int = typer.Argument(..., min=1), rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt,
-         as_json: bool = JsonOpt) -> None:
+def show(
+    adapter_id: int = typer.Argument(..., min=1), rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, as_json: bool = JsonOpt
+) -> None:
     """One adapter's registration."""
     c = connect(rpc_url, deployment)
     emit(c.adapters.get_adapter(adapter_id), as_json, title=adapter_model_name(adapter_id), columns=["base_model_id", *_COLUMNS])

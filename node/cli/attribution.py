@@ -149,8 +149,9 @@ def _print_table(r: ExplainedReceipt) -> None:
     console = Console()
     console.print(f"receipt {r.request_id or '?'}  adapter {r.adapter_id if r.adapter_id is not None else '?'}")
     if r.hash_ok is not None:
-        console.print("attributionHash: "
-                      + ("[green]matches the weights[/]" if r.hash_ok else "[red]DOES NOT MATCH the weights[/]"))
+        console.print(
+            "attributionHash: " + ("[green]matches the weights[/]" if r.hash_ok else "[red]DOES NOT MATCH the weights[/]")
+        )
     if not r.attribution:
         console.print("No attribution: the answer matched no contribution; the adapter's registered dataset split applies.")
         return
@@ -168,8 +169,11 @@ def _print_table(r: ExplainedReceipt) -> None:
     spans.add_column("text", overflow="fold")
     for s in r.spans:
         spans.add_row(
-            str(s["contributionId"]), str(s["datasetId"]), f"{s['start']}-{s['end']}",
-            str(s["end"] - s["start"]), s["text"] if s["text"] is not None else "",
+            str(s["contributionId"]),
+            str(s["datasetId"]),
+            f"{s['start']}-{s['end']}",
+            str(s["end"] - s["start"]),
+            s["text"] if s["text"] is not None else "",
         )
     console.print(spans)
 
@@ -200,9 +204,11 @@ def _print(report, as_json: bool, title: str) -> None:
         return
     from rich.markup import escape
 
-    console.print(f"{title}: {report.receipts} receipt(s), node {report.node}"
-                  + (f", batch {report.seq}" if report.seq else "")
-                  + (f", file {report.receipts_cid}" if report.receipts_cid else ""))
+    console.print(
+        f"{title}: {report.receipts} receipt(s), node {report.node}"
+        + (f", batch {report.seq}" if report.seq else "")
+        + (f", file {report.receipts_cid}" if report.receipts_cid else "")
+    )
     for n in report.notes:
         console.print(f"  note: {escape(n)}")
     if report.expected_amounts:
@@ -221,8 +227,12 @@ def _print(report, as_json: bool, title: str) -> None:
 def audit_cmd(
     batch: int = typer.Option(..., "--batch", min=1, help="Batch sequence number in ReceiptLog."),
     node: str = typer.Option(None, "--node", help="Node address (default: the only node with such a batch)."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, ipfs_store: Path = IpfsStoreOpt,
-    kubo_url: str = KuboOpt, gateway: list[str] = GatewayOpt, as_json: bool = JsonOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    ipfs_store: Path = IpfsStoreOpt,
+    kubo_url: str = KuboOpt,
+    gateway: list[str] = GatewayOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Audit a committed batch from public data: leaves, spans, weights, settled amounts. Exit 1 on any discrepancy."""
     from node.attribution_rewards.audit import audit_batch
@@ -240,8 +250,12 @@ def audit_cmd(
 def verify_cmd(
     receipt: Path = typer.Argument(..., help="Receipt JSON (as served by /v1/receipts/{id}, with its proof once committed)."),
     output: Path = typer.Option(..., "--output", help="File holding the answer's text exactly as received."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, ipfs_store: Path = IpfsStoreOpt,
-    kubo_url: str = KuboOpt, gateway: list[str] = GatewayOpt, as_json: bool = JsonOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    ipfs_store: Path = IpfsStoreOpt,
+    kubo_url: str = KuboOpt,
+    gateway: list[str] = GatewayOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Verify a receipt completely with its answer: signature, output hash, attribution, spans, Merkle proof."""
     from node.attribution_rewards.audit import verify_with_output
@@ -258,8 +272,9 @@ def verify_cmd(
     except UnicodeDecodeError:
         raise InputError(f"{output} is not UTF-8 text") from None
     c = connect(rpc_url, deployment)
-    report = run_async(verify_with_output(c, read_backends(ipfs_store, kubo_url, gateway), fetch_cache(), body, text,
-                                          _tokenizer()))
+    report = run_async(
+        verify_with_output(c, read_backends(ipfs_store, kubo_url, gateway), fetch_cache(), body, text, _tokenizer())
+    )
     _print(report, as_json, "verify")
     if not report.ok:
         raise typer.Exit(FAILED)

@@ -12,7 +12,14 @@ import typer
 from node.cli.common import checksum, connect, load_account, loranode_home
 from node.cli.errors import CliError, err_console, handle_errors
 from node.cli.options import (
-    DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, PayerOpt, RpcOpt, SignerKeystoreOpt, StateOpt,
+    DeploymentOpt,
+    JsonOpt,
+    KeystoreOpt,
+    PasswordFileOpt,
+    PayerOpt,
+    RpcOpt,
+    SignerKeystoreOpt,
+    StateOpt,
 )
 from node.services.amounts import format_amount
 from node.services.errors import InputError
@@ -47,8 +54,10 @@ def _api_error(e) -> CliError:
     err = body.get("error", body) if isinstance(body, dict) else {}
     code = err.get("code") if isinstance(err, dict) else None
     msg = err.get("message") if isinstance(err, dict) else str(e)
-    return CliError(f"the node refused the request (HTTP {getattr(e, 'status_code', '?')}"
-                    f"{', ' + shown(code, 40) if code else ''}): {shown(msg, 300)}")
+    return CliError(
+        f"the node refused the request (HTTP {getattr(e, 'status_code', '?')}"
+        f"{', ' + shown(code, 40) if code else ''}): {shown(msg, 300)}"
+    )
 
 
 @handle_errors
@@ -59,9 +68,14 @@ def chat(
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, max=100_000, help="Most tokens per answer."),
     temperature: float = typer.Option(None, "--temperature", min=0.0, max=2.0, help="Sampling temperature (node default 1.0)."),
     system: str = typer.Option(None, "--system", help="A system message before the conversation."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, signer_keystore: Path = SignerKeystoreOpt, payer: str = PayerOpt,
-    state: Path = StateOpt, as_json: bool = JsonOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    signer_keystore: Path = SignerKeystoreOpt,
+    payer: str = PayerOpt,
+    state: Path = StateOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Chat with a model on the cheapest, fastest registered node serving it, paying with vouchers."""
     import openai
@@ -81,11 +95,14 @@ def chat(
     for who, why in found.refused:
         _note(f"skipped node {who}: {why}")
     if not found.chosen:
-        raise CliError(f"no node serves {shown(model)}"
-                       + (f" ({len(found.refused)} refused, see above)" if found.refused else ""))
+        raise CliError(
+            f"no node serves {shown(model)}" + (f" ({len(found.refused)} refused, see above)" if found.refused else "")
+        )
     best = found.chosen[0]
-    _note(f"node {best.address} at {shown(best.url)}: {format_amount(best.price_per_1k)} tokens per 1K, "
-          f"{best.latency_s * 1000:.0f} ms ({len(found.chosen)} serving)")
+    _note(
+        f"node {best.address} at {shown(best.url)}: {format_amount(best.price_per_1k)} tokens per 1K, "
+        f"{best.latency_s * 1000:.0f} ms ({len(found.chosen)} serving)"
+    )
 
     store = ChatState(state_path(state, c.chain_id, payer_addr))
     try:
@@ -107,8 +124,9 @@ def chat(
             except openai.APIStatusError as e:
                 raise _api_error(e) from None
             except openai.APIConnectionError:
-                raise CliError(f"lost the connection to {shown(best.url)}; an interrupted answer is paid from its "
-                               "receipt next time") from None
+                raise CliError(
+                    f"lost the connection to {shown(best.url)}; an interrupted answer is paid from its receipt next time"
+                ) from None
     finally:
         store.close()
 
@@ -132,15 +150,25 @@ def _lines():
 
 def _report(answer, node, model: str, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps({
-            "model": model, "node": node.address, "url": node.url, "text": answer.text,
-            "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
-            "cost": {"compute": str(answer.compute_cost), "adapter": str(answer.adapter_cost), "total": str(answer.cost)},
-            "receipt_id": answer.request_id, "receipt_verified": True,
-            "lane_totals": {"compute": str(answer.totals[0]), "adapter": str(answer.totals[1])},
-        }))
+        typer.echo(
+            json.dumps(
+                {
+                    "model": model,
+                    "node": node.address,
+                    "url": node.url,
+                    "text": answer.text,
+                    "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
+                    "cost": {"compute": str(answer.compute_cost), "adapter": str(answer.adapter_cost), "total": str(answer.cost)},
+                    "receipt_id": answer.request_id,
+                    "receipt_verified": True,
+                    "lane_totals": {"compute": str(answer.totals[0]), "adapter": str(answer.totals[1])},
+                }
+            )
+        )
         return
     sys.stdout.write("\n")
-    _note(f"cost {format_amount(answer.cost)} tokens (compute {format_amount(answer.compute_cost)}, adapter "
-          f"{format_amount(answer.adapter_cost)}; {answer.prompt_tokens}+{answer.completion_tokens} tokens) · receipt "
-          f"{answer.request_id} verified (node signature, lane, cost, output hash)")
+    _note(
+        f"cost {format_amount(answer.cost)} tokens (compute {format_amount(answer.compute_cost)}, adapter "
+        f"{format_amount(answer.adapter_cost)}; {answer.prompt_tokens}+{answer.completion_tokens} tokens) · receipt "
+        f"{answer.request_id} verified (node signature, lane, cost, output hash)"
+    )

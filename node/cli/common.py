@@ -116,11 +116,31 @@ def checksum(address: str, what: str = "address") -> str:
 
 # Token amounts and other uint256 quantities: always decimal strings in --json (a stable shape, and
 # JSON readers lose precision past 2**53). Ids, counts, bps, ranks and blocks stay numbers.
-AMOUNT_FIELDS = frozenset({
-    "price_per_1k", "compute_price_per_1k", "balance", "thawing", "bond", "claimable", "amount", "escrow",
-    "wallet_balance", "node_fees", "usage_shares", "dataset_harvested", "dataset_pending", "claimed",
-    "weight", "total_weight", "acc_reward_per_weight", "cost", "compute", "adapter", "total",
-})
+AMOUNT_FIELDS = frozenset(
+    {
+        "price_per_1k",
+        "compute_price_per_1k",
+        "balance",
+        "thawing",
+        "bond",
+        "claimable",
+        "amount",
+        "escrow",
+        "wallet_balance",
+        "node_fees",
+        "usage_shares",
+        "dataset_harvested",
+        "dataset_pending",
+        "claimed",
+        "weight",
+        "total_weight",
+        "acc_reward_per_weight",
+        "cost",
+        "compute",
+        "adapter",
+        "total",
+    }
+)
 
 
 def _plain(v: Any, key: str | None = None) -> Any:
@@ -154,8 +174,12 @@ def emit(data: Any, as_json: bool, *, title: str | None = None, columns: list[st
 
 
 def tx_done(receipt, what: str, as_json: bool = False, **extra) -> None:
-    info = {"tx": "0x" + bytes(receipt["transactionHash"]).hex(), "block": receipt["blockNumber"],
-            "gas_used": receipt["gasUsed"], **extra}
+    info = {
+        "tx": "0x" + bytes(receipt["transactionHash"]).hex(),
+        "block": receipt["blockNumber"],
+        "gas_used": receipt["gasUsed"],
+        **extra,
+    }
     if as_json:
         typer.echo(json.dumps(_plain(info)))
     else:

@@ -22,8 +22,12 @@ def create(
     name: str = typer.Argument(..., help="Dataset name."),
     license: str = typer.Option("CC-BY-4.0", "--license", help="SPDX license of the data."),
     metadata: Path = typer.Option(None, "--metadata", help="Optional README/metadata file uploaded to IPFS."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, ipfs_store: Path = IpfsStoreOpt, kubo_url: str = KuboOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    ipfs_store: Path = IpfsStoreOpt,
+    kubo_url: str = KuboOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Create a dataset; you become its curator."""
@@ -42,8 +46,12 @@ def create(
 def contribute(
     dataset_id: int = typer.Argument(..., min=1),
     file: Path = typer.Argument(..., help="JSONL ({prompt,response} or {text}) or plain text."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, ipfs_store: Path = IpfsStoreOpt, kubo_url: str = KuboOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    ipfs_store: Path = IpfsStoreOpt,
+    kubo_url: str = KuboOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Validate a data file, upload it to IPFS and submit it to a dataset (the curator accepts it)."""
@@ -63,8 +71,11 @@ def contribute(
 def accept(
     contribution_id: int = typer.Argument(..., min=1),
     weight: int = typer.Option(None, "--weight", min=1, help="Weight in the reward split (default: its size in tokens)."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Accept a pending contribution (curator only)."""
     c = connect(rpc_url, deployment)
@@ -79,8 +90,11 @@ def accept(
 @handle_errors
 def reject(
     contribution_id: int = typer.Argument(..., min=1),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Reject a pending contribution (curator only)."""
     c = connect(rpc_url, deployment)
@@ -93,7 +107,9 @@ def reject(
 @handle_errors
 def show(
     dataset_id: int = typer.Argument(..., min=1),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, as_json: bool = JsonOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """A dataset and its contributions."""
     c = connect(rpc_url, deployment)
@@ -104,10 +120,18 @@ def show(
     if as_json:
         emit({"dataset": info, "contributions": contribs}, True)
         return
-    emit(info, False, title=f"dataset {dataset_id}",
-         columns=["dataset_id", "name", "curator", "license", "total_weight", "contribution_count"])
-    emit(contribs, False, title="contributions",
-         columns=["contribution_id", "contributor", "status", "weight", "size_tokens", "cid"])
+    emit(
+        info,
+        False,
+        title=f"dataset {dataset_id}",
+        columns=["dataset_id", "name", "curator", "license", "total_weight", "contribution_count"],
+    )
+    emit(
+        contribs,
+        False,
+        title="contributions",
+        columns=["contribution_id", "contributor", "status", "weight", "size_tokens", "cid"],
+    )
 
 
 @dataset_app.command("list")
@@ -116,5 +140,9 @@ def list_(rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, as_json: bool
     """Every dataset on chain."""
     c = connect(rpc_url, deployment)
     rows = [c.datasets.get_dataset(i) for i in range(1, c.datasets.dataset_count() + 1)]
-    emit(rows, as_json, title="datasets",
-         columns=["dataset_id", "name", "curator", "license", "total_weight", "contribution_count"])
+    emit(
+        rows,
+        as_json,
+        title="datasets",
+        columns=["dataset_id", "name", "curator", "license", "total_weight", "contribution_count"],
+    )

@@ -18,8 +18,9 @@ dev_app = typer.Typer(name="dev", help="Local development chain and node.", no_a
 @dev_app.command("up")
 @handle_errors
 def up(
-    data_dir: Path = typer.Option(Path(".loranode/dev"), "--data-dir",
-                                  help="Where the dev chain's files and the node's data go."),
+    data_dir: Path = typer.Option(
+        Path(".loranode/dev"), "--data-dir", help="Where the dev chain's files and the node's data go."
+    ),
     chain_port: int = typer.Option(8545, "--chain-port", min=0, max=65535, help="anvil port (a free one if taken)."),
     node_port: int = typer.Option(8080, "--node-port", min=0, max=65535, help="Node API port (a free one if taken)."),
     no_node: bool = typer.Option(False, "--no-node", help="Only the chain, the deployment and node.toml."),
@@ -38,8 +39,10 @@ def up(
         console.print(f"[bold]chain[/]      anvil {stack.rpc_url} (chain id {DEV_CHAIN_ID})")
         console.print(f"[bold]deployment[/] {stack.deployment_path}")
         console.print(f"[bold]config[/]     {stack.config_path}")
-        console.print("dev accounts: anvil's standard accounts of the mnemonic \"test test test test test test test test "
-                      "test test test junk\" (public keys: use them on this dev chain only)")
+        console.print(
+            "dev accounts: anvil's standard accounts of the mnemonic \"test test test test test test test test "
+            "test test test junk\" (public keys: use them on this dev chain only)"
+        )
         for role, key in zip(DEV_ROLES, DEV_PRIVATE_KEYS, strict=True):
             console.print(f"  {role:9s} {Account.from_key(key).address} key {key}", highlight=False)
         console.print("Point the CLI at it:")

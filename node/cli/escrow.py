@@ -16,8 +16,7 @@ from node.cli.options import DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOp
 from node.services.amounts import format_amount, parse_amount
 from node.services.errors import InputError
 
-escrow_app = typer.Typer(name="escrow", help="Fund inference: deposits per node, signer keys, withdrawals.",
-                         no_args_is_help=True)
+escrow_app = typer.Typer(name="escrow", help="Fund inference: deposits per node, signer keys, withdrawals.", no_args_is_help=True)
 
 NodeOpt = typer.Option(..., "--node", help="Address of the node the funds are for (only it can redeem them).")
 MAX_PROOF_TTL_S = 30 * 24 * 3600
@@ -32,8 +31,11 @@ def _node(node: str) -> str:
 def deposit(
     amount: str = typer.Argument(..., help="Tokens to deposit (e.g. 25 or 0.5)."),
     node: str = NodeOpt,
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Approve and deposit tokens into your escrow account for one node."""
     units = parse_amount(amount)
@@ -58,7 +60,9 @@ def deposit(
 def signer_proof(
     payer: str = typer.Argument(..., help="The payer that will authorize this wallet's key as its voucher signer."),
     ttl: int = typer.Option(3600, "--ttl", help="Seconds the proof stays valid."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
     password_file: Path = PasswordFileOpt,
 ) -> None:
     """Run with the SIGNER's wallet: print its proof (JSON) that the payer passes to `escrow authorize --proof`."""
@@ -95,12 +99,17 @@ def _load_proof(path: Path, signer: str) -> tuple[int, bytes]:
 def authorize(
     signer: str = typer.Argument(..., help="Address allowed to sign vouchers for you (e.g. your client's hot key)."),
     proof: Path = typer.Option(None, "--proof", help="The signer's proof file (`loranode escrow signer-proof`)."),
-    signer_keystore: Path = typer.Option(None, "--signer-keystore",
-                                         help="Or the signer's keystore, to sign the proof here (same password file)."),
-    revoke: bool = typer.Option(False, "--revoke", help="Revoke instead (vouchers it signed stay redeemable "
-                                                        "for the thawing period)."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
+    signer_keystore: Path = typer.Option(
+        None, "--signer-keystore", help="Or the signer's keystore, to sign the proof here (same password file)."
+    ),
+    revoke: bool = typer.Option(
+        False, "--revoke", help="Revoke instead (vouchers it signed stay redeemable for the thawing period)."
+    ),
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Authorize a voucher-signing key with its proof, or start revoking it."""
     addr = checksum(signer, "signer address")
@@ -147,8 +156,11 @@ def authorize(
 def thaw(
     amount: str = typer.Argument(..., help="Tokens to start thawing for withdrawal."),
     node: str = NodeOpt,
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Start the thawing period for a withdrawal (the node can still redeem vouchers meanwhile)."""
     units = parse_amount(amount)
@@ -157,8 +169,7 @@ def thaw(
     account = load_account(keystore, password_file)
     acct = c.escrow.account_of(account.address, node_addr)
     if units == 0 or units > acct.balance:
-        raise CliError(f"can thaw between 0 and your balance {format_amount(acct.balance)} for {node_addr}, "
-                       f"asked {amount}")
+        raise CliError(f"can thaw between 0 and your balance {format_amount(acct.balance)} for {node_addr}, asked {amount}")
     receipt = c.escrow.start_thaw(account, node_addr, units)
     after = c.escrow.account_of(account.address, node_addr)
     tx_done(receipt, "thawing", as_json, amount=format_amount(units), withdrawable_at=after.thaw_end)
@@ -168,8 +179,11 @@ def thaw(
 @handle_errors
 def withdraw(
     node: str = NodeOpt,
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Withdraw what has finished thawing."""
     node_addr = _node(node)
@@ -190,7 +204,9 @@ def withdraw(
 def balance(
     address: str = typer.Argument(None, help="Payer address (default: your wallet's)."),
     node: str = NodeOpt,
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Escrow balance for one node, thawing amount and wallet token balance of a payer."""
@@ -198,6 +214,15 @@ def balance(
     who = checksum(address) if address else keystore_address(keystore)
     c = connect(rpc_url, deployment)
     acct = c.escrow.account_of(who, node_addr)
-    emit({"payer": who, "node": node_addr, "escrow": format_amount(acct.balance),
-          "thawing": format_amount(acct.thawing), "thaw_end": acct.thaw_end,
-          "wallet": format_amount(c.token.balance_of(who))}, as_json, title="escrow")
+    emit(
+        {
+            "payer": who,
+            "node": node_addr,
+            "escrow": format_amount(acct.balance),
+            "thawing": format_amount(acct.thawing),
+            "thaw_end": acct.thaw_end,
+            "wallet": format_amount(c.token.balance_of(who)),
+        },
+        as_json,
+        title="escrow",
+    )

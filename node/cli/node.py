@@ -53,13 +53,20 @@ def config_options() -> None:
 @handle_errors
 def register(
     endpoint: str = typer.Option(..., "--endpoint", help="Public URL of the node's API."),
-    base_model: list[str] = typer.Option(None, "--base-model",
-                                         help="Base model ids served (repeatable; default: the embedded one)."),
+    base_model: list[str] = typer.Option(
+        None, "--base-model", help="Base model ids served (repeatable; default: the embedded one)."
+    ),
     price: str = typer.Option("0", "--price", help="Compute price per 1K tokens, in tokens."),
-    bond: str = typer.Option("min", "--bond", help="Bond to hold, in tokens (approved and locked): 'min' tops it "
-                                                  "up to the registry's minimum; more answers for more."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
+    bond: str = typer.Option(
+        "min",
+        "--bond",
+        help="Bond to hold, in tokens (approved and locked): 'min' tops it up to the registry's minimum; more answers for more.",
+    ),
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Register (or update) the operator's node in NodeRegistry."""
     from inference.embedded_model import EMBEDDED_MODEL_ID
@@ -111,10 +118,14 @@ def _signed_receipt(path: Path, chain_id: int, receipt_log: str):
 @handle_errors
 def dispute(
     receipt: Path = typer.Argument(..., help="The disputed receipt (JSON as returned by GET /v1/receipts/{id})."),
-    equivocation: Path = typer.Option(None, "--equivocation",
-                                      help="Another receipt of the same node with the same seq: slash at once."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
+    equivocation: Path = typer.Option(
+        None, "--equivocation", help="Another receipt of the same node with the same seq: slash at once."
+    ),
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Dispute a node's receipt (deposit, arbitrated), or slash a node that equivocated."""
     c = connect(rpc_url, deployment)
@@ -142,5 +153,12 @@ def dispute(
             c.token.approve(account, c.nodes.address, terms.dispute_deposit)
     rcpt = c.nodes.open_dispute(account, a.receipt, a.signature)
     dispute_id = c.nodes.dispute_count()
-    tx_done(rcpt, "dispute opened", as_json, dispute_id=dispute_id, node=node,
-            deposit=format_amount(terms.dispute_deposit), deadline=c.nodes.get_dispute(dispute_id).deadline)
+    tx_done(
+        rcpt,
+        "dispute opened",
+        as_json,
+        dispute_id=dispute_id,
+        node=node,
+        deposit=format_amount(terms.dispute_deposit),
+        deadline=c.nodes.get_dispute(dispute_id).deadline,
+    )

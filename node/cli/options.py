@@ -24,15 +24,22 @@ IpfsStoreOpt = typer.Option(
     None, "--ipfs-store", envvar="LORANODE_IPFS_STORE", help="Embedded IPFS store folder (default: <data dir>/ipfs, as the node)."
 )
 KuboOpt = typer.Option(
-    None, "--kubo-url", envvar="LORANODE_KUBO_URL",
+    None,
+    "--kubo-url",
+    envvar="LORANODE_KUBO_URL",
     help="Kubo RPC API URL (e.g. http://127.0.0.1:5001): uploads go through it instead of the embedded store, "
-         "fetches try it after the store.",
+    "fetches try it after the store.",
 )
 GatewayOpt = typer.Option(None, "--gateway", help="Trustless IPFS gateway URL (repeatable), tried after the store and Kubo.")
 
 # the payer's chat state (`chat`, `receipts`)
-StateOpt = typer.Option(None, "--state", envvar="LORANODE_CHAT_STATE",
-                        help="Chat state (lane totals, receipts) (default: ~/.loranode/chat/<chainId>-<payer>.sqlite).")
-SignerKeystoreOpt = typer.Option(None, "--signer-keystore",
-                                 help="Sign vouchers with this keystore's key (a signer the payer authorized); needs --payer.")
+StateOpt = typer.Option(
+    None,
+    "--state",
+    envvar="LORANODE_CHAT_STATE",
+    help="Chat state (lane totals, receipts) (default: ~/.loranode/chat/<chainId>-<payer>.sqlite).",
+)
+SignerKeystoreOpt = typer.Option(
+    None, "--signer-keystore", help="Sign vouchers with this keystore's key (a signer the payer authorized); needs --payer."
+)
 PayerOpt = typer.Option(None, "--payer", help="The paying address, when signing with --signer-keystore.")

@@ -15,6 +15,7 @@ from node.services.receipt_files import SIGNED_RECEIPT_FIELDS, load_receipt_file
 
 receipts_app = typer.Typer(name="receipts", help="List and verify inference receipts.", no_args_is_help=True)
 
+
 def _verify_one(c, raw: dict, batch: dict | None, proof) -> dict:
     """Signature check, and the Merkle proof against ReceiptLog when the batch is committed."""
     signed = signed_receipt(raw)
@@ -25,22 +26,34 @@ def _verify_one(c, raw: dict, batch: dict | None, proof) -> dict:
         if not isinstance(proof, list) or not all(isinstance(p, str) for p in proof) or len(proof) > 64:
             raise InputError("'proof' must be a list of at most 64 hex strings")
         try:
-            committed = c.receipts.verify_receipt(signed.receipt, int(batch["seq"]),
-                                                  [bytes.fromhex(p.removeprefix("0x")) for p in proof])
+            committed = c.receipts.verify_receipt(
+                signed.receipt, int(batch["seq"]), [bytes.fromhex(p.removeprefix("0x")) for p in proof]
+            )
         except ValueError:
             raise InputError("'proof' holds a value that is not hex") from None
-    return {"request_id": "0x" + signed.receipt.request_id.hex(), "node": signed.receipt.node,
-            "signer": signer, "signature_valid": signer == signed.receipt.node,
-            "committed_on_chain": committed if committed is not None else "no proof yet (batch not committed)"}
+    return {
+        "request_id": "0x" + signed.receipt.request_id.hex(),
+        "node": signed.receipt.node,
+        "signer": signer,
+        "signature_valid": signer == signed.receipt.node,
+        "committed_on_chain": committed if committed is not None else "no proof yet (batch not committed)",
+    }
 
 
 @receipts_app.command("verify")
 @handle_errors
 def verify(
-    file: Path = typer.Argument(None, help="Receipt JSON as returned by the node (GET /v1/receipts/{id}); "
-                                           "without it, every receipt `loranode chat` stored for the payer."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    payer: str = PayerOpt, state: Path = StateOpt, as_json: bool = JsonOpt,
+    file: Path = typer.Argument(
+        None,
+        help="Receipt JSON as returned by the node (GET /v1/receipts/{id}); "
+        "without it, every receipt `loranode chat` stored for the payer.",
+    ),
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    payer: str = PayerOpt,
+    state: Path = StateOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Check the node's EIP-712 signature and, once committed, the Merkle proof against ReceiptLog."""
     c = connect(rpc_url, deployment)
@@ -53,8 +66,7 @@ def verify(
         return
     results = [_verify_stored(c, r) for r in _stored(c, keystore, payer, state) if r.receipt is not None]
     emit(results, as_json, title="receipts")
-    if any(not r["signature_valid"] or r["committed_on_chain"] is False or r.get("node_copy") == "differs"
-           for r in results):
+    if any(not r["signature_valid"] or r["committed_on_chain"] is False or r.get("node_copy") == "differs" for r in results):
         raise typer.Exit(FAILED)
 
 
@@ -95,17 +107,29 @@ def _stored(c, keystore, payer, state):
 @receipts_app.command("list")
 @handle_errors
 def list_(
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    payer: str = PayerOpt, state: Path = StateOpt, as_json: bool = JsonOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    payer: str = PayerOpt,
+    state: Path = StateOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """The payer's receipts recorded by `loranode chat` (oldest first)."""
     import datetime
 
     c = connect(rpc_url, deployment)
-    rows = [{"request_id": r.request_id, "status": r.status, "model": r.model, "node": r.node, "url": r.url,
-             "cost": str((r.compute or 0) + (r.adapter or 0)) if r.compute is not None else None,
-             "compute": str(r.compute) if r.compute is not None else None,
-             "adapter": str(r.adapter) if r.adapter is not None else None,
-             "time": datetime.datetime.fromtimestamp(r.created, datetime.timezone.utc).isoformat(timespec="seconds")}
-            for r in _stored(c, keystore, payer, state)]
+    rows = [
+        {
+            "request_id": r.request_id,
+            "status": r.status,
+            "model": r.model,
+            "node": r.node,
+            "url": r.url,
+            "cost": str((r.compute or 0) + (r.adapter or 0)) if r.compute is not None else None,
+            "compute": str(r.compute) if r.compute is not None else None,
+            "adapter": str(r.adapter) if r.adapter is not None else None,
+            "time": datetime.datetime.fromtimestamp(r.created, datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        for r in _stored(c, keystore, payer, state)
+    ]
     emit(rows, as_json, title="receipts", columns=["request_id", "status", "model", "node", "cost", "time"])

@@ -21,8 +21,12 @@ rewards_app = typer.Typer(name="rewards", help="See and claim rewards.", no_args
 @handle_errors
 def show(
     address: str = typer.Argument(None, help="Address to look at (default: your wallet's)."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    ipfs_store: Path = IpfsStoreOpt, kubo_url: str = KuboOpt, as_json: bool = JsonOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    ipfs_store: Path = IpfsStoreOpt,
+    kubo_url: str = KuboOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Claimable rewards per source: node fees, adapter shares, dataset contributions (per contribution:
     answers that drew on it, tokens attributed, earned, pending, harvested into the vault)."""
@@ -32,9 +36,14 @@ def show(
     per = contributions_of(c, who, ipfs_store, kubo_url)
     if as_json:
         # amounts are decimal strings in every --json output (docs/protocol.md); tokens_attributed is a token count
-        rows = [{**asdict(r), "tokens_attributed": float(r.tokens_attributed),
-                 **{k: str(getattr(r, k)) for k in ("earned_by_attribution", "earned", "pending", "harvested")}}
-                for r in per.contributions]
+        rows = [
+            {
+                **asdict(r),
+                "tokens_attributed": float(r.tokens_attributed),
+                **{k: str(getattr(r, k)) for k in ("earned_by_attribution", "earned", "pending", "harvested")},
+            }
+            for r in per.contributions
+        ]
         emit({**asdict(s), "contributions": rows}, True)
         return
     emit(summary_row(s), False, title="rewards")
@@ -45,8 +54,11 @@ def show(
 @rewards_app.command("claim")
 @handle_errors
 def claim(
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, keystore: Path = KeystoreOpt,
-    password_file: Path = PasswordFileOpt, as_json: bool = JsonOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Harvest your dataset rewards into the vault, then claim everything to your wallet."""
     c = connect(rpc_url, deployment)

@@ -47,7 +47,9 @@ def train(
     max_length: int = typer.Option(96, "--max-length", min=8, max=4096),
     seed: int = typer.Option(0, "--seed"),
     last_layers: int = typer.Option(None, "--last-layers", min=1, help="Adapt only the last N layers (faster on CPU)."),
-    rpc_url: str = RpcOpt, deployment: Path = DeploymentOpt, ipfs_store: Path = IpfsStoreOpt,
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    ipfs_store: Path = IpfsStoreOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Fine-tune a LoRA with PEFT on CPU; writes a folder ready for `loranode adapter publish`."""
@@ -67,20 +69,39 @@ def train(
         records = []
         try:
             for f in files:
-                for p in ([f] if f.is_file() else sorted(x for x in f.rglob("*") if x.is_file())):
+                for p in [f] if f.is_file() else sorted(x for x in f.rglob("*") if x.is_file()):
                     records += read_records(p)
         except TrainingDataError as e:
             raise InputError(str(e)) from None
     if not records:
         raise InputError("no training records found")  # checked before the model is loaded
     base = load_base_model()
-    cfg = TrainConfig(rank=rank, alpha=alpha, steps=steps, batch_size=batch_size, learning_rate=lr,
-                      max_length=max_length, seed=seed, last_layers=last_layers)
+    cfg = TrainConfig(
+        rank=rank,
+        alpha=alpha,
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=lr,
+        max_length=max_length,
+        seed=seed,
+        last_layers=last_layers,
+    )
     from rich.progress import Progress
 
     with Progress(console=console, transient=True, disable=as_json) as bar:
         task = bar.add_task("training", total=steps)
-        report = train_lora(base, records, out, cfg,
-                            progress=lambda s, loss: bar.update(task, completed=s, description=f"loss {loss:.3f}"))
-    emit({"out": str(out), "steps": report.steps, "examples": report.examples, "seconds": round(report.seconds, 1),
-          "first_loss": round(report.first_loss, 4), "last_loss": round(report.last_loss, 4)}, as_json, title="trained")
+        report = train_lora(
+            base, records, out, cfg, progress=lambda s, loss: bar.update(task, completed=s, description=f"loss {loss:.3f}")
+        )
+    emit(
+        {
+            "out": str(out),
+            "steps": report.steps,
+            "examples": report.examples,
+            "seconds": round(report.seconds, 1),
+            "first_loss": round(report.first_loss, 4),
+            "last_loss": round(report.last_loss, 4),
+        },
+        as_json,
+        title="trained",
+    )

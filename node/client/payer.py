@@ -49,15 +49,15 @@ class NodeQuote:
     @classmethod
     def from_json(cls, d: dict) -> "NodeQuote":
         prices = {int(m["adapter_id"]): int(m["price_per_1k"]) for m in d.get("models", [])}
-        return cls(d["node"], int(d["chain_id"]), d["escrow"], d["receipt_log"], d["base_model"],
-                   int(d["compute_price_per_1k"]), prices)
+        return cls(
+            d["node"], int(d["chain_id"]), d["escrow"], d["receipt_log"], d["base_model"], int(d["compute_price_per_1k"]), prices
+        )
 
 
 class VoucherWallet:
     """Per-lane running totals and voucher signing for one payer (thread-safe)."""
 
-    def __init__(self, payer_key, quote: NodeQuote, *, signer_key=None,
-                 totals: dict[int, tuple[int, int]] | None = None) -> None:
+    def __init__(self, payer_key, quote: NodeQuote, *, signer_key=None, totals: dict[int, tuple[int, int]] | None = None) -> None:
         """payer_key: the payer's key or account; with `signer_key` (a signer the payer authorized in
         UsageEscrow) it may be the payer's address alone. totals: lane totals carried over from an
         earlier session with this node ({adapter id: (compute, adapter)}), so its vouchers cover them."""
@@ -68,8 +68,11 @@ class VoucherWallet:
 
             payer_key = SimpleNamespace(address=to_checksum_address(payer_key))
         self.payer = Account.from_key(payer_key) if not hasattr(payer_key, "address") else payer_key
-        self.signer = self.payer if signer_key is None else (
-            Account.from_key(signer_key) if not hasattr(signer_key, "address") else signer_key)
+        self.signer = (
+            self.payer
+            if signer_key is None
+            else (Account.from_key(signer_key) if not hasattr(signer_key, "address") else signer_key)
+        )
         self.quote = quote
         self._totals: dict[int, list[int]] = {aid: [int(c), int(a)] for aid, (c, a) in (totals or {}).items()}
         self._locks: dict[int, threading.Lock] = {}
@@ -154,8 +157,16 @@ def _extra(obj: Any) -> dict:
 class LoraNodeClient:
     """The official `openai.OpenAI` client pointed at a node, with vouchers attached per request."""
 
-    def __init__(self, base_url: str, payer_key, *, signer_key=None, timeout: float = 120.0,
-                 quote: NodeQuote | None = None, totals: dict[int, tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        payer_key,
+        *,
+        signer_key=None,
+        timeout: float = 120.0,
+        quote: NodeQuote | None = None,
+        totals: dict[int, tuple[int, int]] | None = None,
+    ) -> None:
         import openai
 
         self.base_url = base_url.rstrip("/")
@@ -197,8 +208,12 @@ class LoraNodeClient:
 
         for aid in list(self.wallet._totals):
             with self.wallet.lane_lock(aid):
-                req = urllib.request.Request(self.base_url + "/v1/vouchers",  # noqa: S310  (the node's URL, http by design)
-                                             data=b"", method="POST", headers=self.wallet.header(aid))
+                req = urllib.request.Request(  # noqa: S310  (the node's URL, http by design)
+                    self.base_url + "/v1/vouchers",
+                    data=b"",
+                    method="POST",
+                    headers=self.wallet.header(aid),
+                )
                 try:
                     urllib.request.urlopen(req, timeout=30).close()  # noqa: S310  (the node's base URL, http by design)
                 except urllib.error.HTTPError as e:

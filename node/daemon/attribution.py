@@ -123,8 +123,11 @@ class AttributionService:
             "adapters_ready": sum(1 for r in ready.values() if r.attributor is not None),
             "index_bytes": sum(a.index_bytes for a in unique.values()),
             "corpus_token_count": sum(a.corpus_tokens for a in unique.values()),
-            "contributions_skipped": len(s.skipped), "builds": s.builds,
-            "indexes_built": st.built, "indexes_loaded": st.loaded, "indexes_rebuilt": st.rebuilt,
+            "contributions_skipped": len(s.skipped),
+            "builds": s.builds,
+            "indexes_built": st.built,
+            "indexes_loaded": st.loaded,
+            "indexes_rebuilt": st.rebuilt,
             "last_build_seconds": s.last_build_s,
             "last_build_tokens_per_s": s.last_build_tokens / s.last_build_s if s.last_build_s > 0 else 0.0,
         }
@@ -139,15 +142,20 @@ class AttributionService:
     def desired(self) -> dict[int, Corpus]:
         """Loaded adapter id -> its datasets' accepted contributions, from the DB (blocking)."""
         with self.sessions() as s:
-            adapters = {a.id: sorted({int(ds) for ds, _ in (a.dataset_splits or [])})
-                        for a in s.scalars(select(Adapter).where(Adapter.state == AdapterState.LOADED.value,
-                                                                 Adapter.deprecated.is_(False)))}
+            adapters = {
+                a.id: sorted({int(ds) for ds, _ in (a.dataset_splits or [])})
+                for a in s.scalars(
+                    select(Adapter).where(Adapter.state == AdapterState.LOADED.value, Adapter.deprecated.is_(False))
+                )
+            }
             wanted = sorted({ds for dss in adapters.values() for ds in dss})
             by_ds: dict[int, list[Member]] = {}
             if wanted:
-                rows = s.execute(select(Contribution.id, Contribution.dataset_id, Contribution.content_cid)
-                                 .where(Contribution.dataset_id.in_(wanted),
-                                        Contribution.status == ContributionStatus.ACCEPTED.value))
+                rows = s.execute(
+                    select(Contribution.id, Contribution.dataset_id, Contribution.content_cid).where(
+                        Contribution.dataset_id.in_(wanted), Contribution.status == ContributionStatus.ACCEPTED.value
+                    )
+                )
                 for cid_id, ds, cid in rows:
                     by_ds.setdefault(int(ds), []).append((int(cid_id), int(ds), cid))
         return {aid: tuple(sorted(m for ds in dss for m in by_ds.get(ds, ()))) for aid, dss in adapters.items()}
@@ -236,9 +244,14 @@ class AttributionService:
                 self.stats.last_build_s = time.monotonic() - t0
                 self.stats.last_build_tokens = att.corpus_tokens if ready.attributor else 0
                 self.notify()  # adapters waiting for this corpus pick it up on the next pass
-                log.info("attribution for adapter %d ready: %d/%d contributions, %d tokens, %.2fs",
-                         aid, len(att.contribution_ids()), len(corpus),
-                         att.corpus_tokens if ready.attributor else 0, time.monotonic() - t0)
+                log.info(
+                    "attribution for adapter %d ready: %d/%d contributions, %d tokens, %.2fs",
+                    aid,
+                    len(att.contribution_ids()),
+                    len(corpus),
+                    att.corpus_tokens if ready.attributor else 0,
+                    time.monotonic() - t0,
+                )
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug here must not go unseen; the next pass retries
@@ -258,7 +271,8 @@ class AttributionService:
 
         try:
             path = await asyncio.wait_for(
-                fetch_verified(self.backends, cid, self.max_contribution_bytes, self.cache), self.fetch_timeout_s)
+                fetch_verified(self.backends, cid, self.max_contribution_bytes, self.cache), self.fetch_timeout_s
+            )
         except asyncio.TimeoutError:
             self.stats.skipped[contribution_id] = f"fetch timed out after {self.fetch_timeout_s:.0f}s"
             return None

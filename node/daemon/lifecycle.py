@@ -48,8 +48,13 @@ def engine_validator(engine) -> Callable[[Path], Any]:
     from inference.adapters import validate_adapter
 
     def validate(folder: Path):
-        return validate_adapter(folder, engine.base.model.config, base_model_id=engine.model_id,
-                                max_rank=engine.config.max_rank, allowed_targets=engine.config.target_modules)
+        return validate_adapter(
+            folder,
+            engine.base.model.config,
+            base_model_id=engine.model_id,
+            max_rank=engine.config.max_rank,
+            allowed_targets=engine.config.target_modules,
+        )
 
     return validate
 
@@ -119,8 +124,10 @@ class AdapterLifecycle:
             q = select(Adapter).order_by(Adapter.id)
             if adapter_id is not None:
                 q = q.where(Adapter.id == int(adapter_id))
-            return [AdapterStatus(a.id, adapter_model_name(a.id), a.state, a.failure_reason, a.base_model, a.cid)
-                    for a in s.scalars(q)]
+            return [
+                AdapterStatus(a.id, adapter_model_name(a.id), a.state, a.failure_reason, a.base_model, a.cid)
+                for a in s.scalars(q)
+            ]
 
     def is_loaded(self, adapter_id: int) -> bool:
         return adapter_id in self._loaded
@@ -138,8 +145,9 @@ class AdapterLifecycle:
     async def run_once(self) -> None:
         """One reconciliation pass: unload what must go, start fetches for what should load."""
         with self.sessions() as s:
-            rows = {a.id: (a.state, a.cid, a.base_model, a.deprecated, a.attempts, a.updated_at)
-                    for a in s.scalars(select(Adapter))}
+            rows = {
+                a.id: (a.state, a.cid, a.base_model, a.deprecated, a.attempts, a.updated_at) for a in s.scalars(select(Adapter))
+            }
         # 1. engine registrations the DB no longer backs (row gone, deprecated, new CID)
         for aid, cid in list(self._loaded.items()):
             row = rows.get(aid)
@@ -157,8 +165,9 @@ class AdapterLifecycle:
                 continue
             if base != self.base_model_id:
                 if state != S.IGNORED.value:
-                    self._set(aid, cid, S.IGNORED, f"base model {base!r} is not served by this node "
-                                                   f"(it serves {self.base_model_id!r})")
+                    self._set(
+                        aid, cid, S.IGNORED, f"base model {base!r} is not served by this node (it serves {self.base_model_id!r})"
+                    )
                 continue
             if state == S.LOADED.value and self._loaded.get(aid) == cid:
                 continue
@@ -202,8 +211,8 @@ class AdapterLifecycle:
                     from node.ipfs import fetch_verified
 
                     path = await asyncio.wait_for(
-                        fetch_verified(self.backends, cid, self.max_adapter_bytes, self.cache),
-                        self.fetch_timeout_s)
+                        fetch_verified(self.backends, cid, self.max_adapter_bytes, self.cache), self.fetch_timeout_s
+                    )
                 except asyncio.TimeoutError:
                     self._fail(aid, cid, f"fetch timed out after {self.fetch_timeout_s:.0f}s")
                     return
@@ -253,8 +262,17 @@ class AdapterLifecycle:
         log.warning("adapter %d (%s): %s", aid, cid, reason)
         self._set(aid, cid, S.FAILED, reason[:2000], exhaust=permanent)
 
-    def _set(self, aid: int, cid: str, state: AdapterState, reason: str | None, *, attempt: bool = False,
-             exhaust: bool = False, local_path: str | None = None) -> bool:
+    def _set(
+        self,
+        aid: int,
+        cid: str,
+        state: AdapterState,
+        reason: str | None,
+        *,
+        attempt: bool = False,
+        exhaust: bool = False,
+        local_path: str | None = None,
+    ) -> bool:
         """Write a state if the row still describes the same content (else a reorg/new version won)."""
         with self.sessions.begin() as s:
             row = s.get(Adapter, aid)
@@ -271,4 +289,3 @@ class AdapterLifecycle:
                 row.local_path = local_path
             row.updated_at = time.time()
             return True
-

@@ -70,8 +70,9 @@ class _Wiring:
     """The startup steps; each builds its parts once, puts what the API serves from under its
     key, and undoes its work at cleanup. The parts later steps use are kept typed on `self` too."""
 
-    def __init__(self, config: NodeConfig, *, engine, w3, operator, background: bool,
-                 attributor_for: AttributorLookup | None = None) -> None:
+    def __init__(
+        self, config: NodeConfig, *, engine, w3, operator, background: bool, attributor_for: AttributorLookup | None = None
+    ) -> None:
         self.config, self.given_engine, self.given_w3, self.given_operator = config, engine, w3, operator
         self.background = background
         self.loops = Supervisor()
@@ -112,9 +113,15 @@ class _Wiring:
         account = self.given_operator or config.operator_account(chain_id)
         addresses = dict(deployment.addresses)
         app[K.CHAIN] = K.ChainInfo(
-            chain_id=chain_id, node_address=account.address, escrow=addresses["UsageEscrow"],
-            receipt_log=addresses["ReceiptLog"], addresses=addresses, w3=web3, contracts=Contracts(web3, deployment),
-            deployment=deployment, operator=account,
+            chain_id=chain_id,
+            node_address=account.address,
+            escrow=addresses["UsageEscrow"],
+            receipt_log=addresses["ReceiptLog"],
+            addresses=addresses,
+            w3=web3,
+            contracts=Contracts(web3, deployment),
+            deployment=deployment,
+            operator=account,
         )
         self.escrow_reader = app[K.ESCROW_READER] = Web3EscrowReader(web3, addresses["UsageEscrow"])
         yield
@@ -151,9 +158,12 @@ class _Wiring:
 
                 config = self.config
                 svc = AttributionService(
-                    app[K.SESSIONS], self.backends,
+                    app[K.SESSIONS],
+                    self.backends,
                     ContentCache(config.data_dir / "attribution" / "content", config.cache_max_bytes),
-                    self.served_engine.tokenizer, config.data_dir, fetch_timeout_s=config.ipfs_fetch_timeout_s,
+                    self.served_engine.tokenizer,
+                    config.data_dir,
+                    fetch_timeout_s=config.ipfs_fetch_timeout_s,
                 )
                 self.attribution = app[K.ATTRIBUTION] = svc
                 self.attributor_for = app[K.ATTRIBUTOR_FOR] = svc.attributor_for
@@ -172,13 +182,20 @@ class _Wiring:
         if self.escrow_reader is None:
             raise RuntimeError("the payments step needs the chain step's escrow reader")
         app[K.GATE] = PaymentGate(
-            node_address=chain.node_address, mode=config.payment_mode, escrow=self.escrow_reader,
-            book=app[K.LEDGER], chain_id=chain.chain_id, escrow_address=chain.escrow,
+            node_address=chain.node_address,
+            mode=config.payment_mode,
+            escrow=self.escrow_reader,
+            book=app[K.LEDGER],
+            chain_id=chain.chain_id,
+            escrow_address=chain.escrow,
             api_keys=config.all_api_keys() if config.payment_mode == "operator-funded" else [],
             operator_account=chain.operator,
         )
         app[K.ISSUER] = ReceiptIssuer(
-            operator=chain.operator, chain_id=chain.chain_id, receipt_log=chain.receipt_log, ledger=app[K.LEDGER],
+            operator=chain.operator,
+            chain_id=chain.chain_id,
+            receipt_log=chain.receipt_log,
+            ledger=app[K.LEDGER],
             attributor_for=self.attributor_for,
         )
         yield
@@ -204,28 +221,42 @@ class _Wiring:
 
         config, chain = self.config, app[K.CHAIN]
         lifecycle = AdapterLifecycle(
-            app[K.SESSIONS], self.served_engine, self.backends, ContentCache(config.adapter_cache_dir, config.cache_max_bytes),
-            base_model_id=config.base_model_id, max_adapter_bytes=config.adapter_max_bytes,
-            prefetch=config.prefetch, fetch_timeout_s=config.ipfs_fetch_timeout_s,
+            app[K.SESSIONS],
+            self.served_engine,
+            self.backends,
+            ContentCache(config.adapter_cache_dir, config.cache_max_bytes),
+            base_model_id=config.base_model_id,
+            max_adapter_bytes=config.adapter_max_bytes,
+            prefetch=config.prefetch,
+            fetch_timeout_s=config.ipfs_fetch_timeout_s,
         )
         watcher = registry_watcher(
-            chain.w3, app[K.SESSIONS], chain.deployment, confirmations=config.confirmations,
-            max_window=config.getlogs_max_blocks, ring_size=config.block_ring_size, poll_s=config.watcher_poll_s,
+            chain.w3,
+            app[K.SESSIONS],
+            chain.deployment,
+            confirmations=config.confirmations,
+            max_window=config.getlogs_max_blocks,
+            ring_size=config.block_ring_size,
+            poll_s=config.watcher_poll_s,
         )
         # chain rows changed: adapters to bring up; contributions accepted/rejected to re-index
         watcher.add_listener(lifecycle.notify)
         if self.attribution is not None:
             watcher.add_listener(self.attribution.notify)
-        app[K.METRICS].bind_stats("adapters", lambda: {
-            "loads": lifecycle.loads, "unloads": lifecycle.unloads, "failures": lifecycle.failures})
+        app[K.METRICS].bind_stats(
+            "adapters", lambda: {"loads": lifecycle.loads, "unloads": lifecycle.unloads, "failures": lifecycle.failures}
+        )
         self.loops.add("watcher", watcher)
         self.loops.add("lifecycle", lifecycle)
         if config.settlement_enabled:
             from node.daemon.settlement.settler import settlement_from_config
 
-            self.loops.add("settlement", await asyncio.to_thread(
-                settlement_from_config, config, app[K.SESSIONS], chain.w3, chain.operator, chain.contracts,
-                self.backends[0]))
+            self.loops.add(
+                "settlement",
+                await asyncio.to_thread(
+                    settlement_from_config, config, app[K.SESSIONS], chain.w3, chain.operator, chain.contracts, self.backends[0]
+                ),
+            )
         if self.attribution is not None:
             self.loops.add("attribution", self.attribution)
 
@@ -269,8 +300,13 @@ async def serve(
         await site.start()
         host, port = runner.addresses[0][:2]
         url = f"http://{host}:{port}"
-        log.info("serving %s on %s (node %s, payment mode %s)", config.base_model_id, url,
-                 app[K.CHAIN].node_address, config.payment_mode)
+        log.info(
+            "serving %s on %s (node %s, payment mode %s)",
+            config.base_model_id,
+            url,
+            app[K.CHAIN].node_address,
+            config.payment_mode,
+        )
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)

@@ -22,7 +22,25 @@ from node.db.models import (
 from node.db.session import make_engine, make_session_factory
 
 __all__ = [
-    "Adapter", "AdapterState", "Base", "BatchStatus", "ChainBlock", "ChainCursor", "ChainEvent", "Contribution",
-    "ContributionStatus", "Dataset", "NodeRow", "OutboxAttempt", "OutboxIntent", "ReceiptBatch", "ReceiptRow", "VoucherRow",
-    "current_revision", "head_revision", "make_engine", "make_session_factory", "migrate",
+    "Adapter",
+    "AdapterState",
+    "Base",
+    "BatchStatus",
+    "ChainBlock",
+    "ChainCursor",
+    "ChainEvent",
+    "Contribution",
+    "ContributionStatus",
+    "Dataset",
+    "NodeRow",
+    "OutboxAttempt",
+    "OutboxIntent",
+    "ReceiptBatch",
+    "ReceiptRow",
+    "VoucherRow",
+    "current_revision",
+    "head_revision",
+    "make_engine",
+    "make_session_factory",
+    "migrate",
 ]

@@ -219,9 +219,7 @@ class ReceiptRow(Base):
     lane: Mapped[str] = mapped_column(String(160), index=True)  # "payer:node:adapterId"
     receipt: Mapped[dict] = mapped_column(JSON)  # the Receipt struct + signature, JSON-safe
     digest: Mapped[str] = mapped_column(String(66))  # EIP-712 digest (the Merkle leaf value)
-    batch_seq: Mapped[int | None] = mapped_column(
-        BigInteger, ForeignKey("receipt_batches.seq"), nullable=True, index=True
-    )
+    batch_seq: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("receipt_batches.seq"), nullable=True, index=True)
     leaf_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
@@ -274,8 +272,7 @@ class OutboxAttempt(Base):
     """One signed version of an intent's transaction; the raw bytes are rebroadcast after a crash."""
 
     __tablename__ = "outbox_attempts"
-    intent_id: Mapped[int] = mapped_column(Integer, ForeignKey("outbox_intents.id"), primary_key=True,
-                                           autoincrement=False)
+    intent_id: Mapped[int] = mapped_column(Integer, ForeignKey("outbox_intents.id"), primary_key=True, autoincrement=False)
     n: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     tx_hash: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
     raw: Mapped[bytes] = mapped_column(LargeBinary)

@@ -41,10 +41,19 @@ def _intent(s: Session, row: OutboxIntent) -> Intent:
         for a in s.scalars(select(OutboxAttempt).where(OutboxAttempt.intent_id == row.id).order_by(OutboxAttempt.n))
     )
     return Intent(
-        id=row.id, key=row.key, sender=row.sender, params=dict(row.params), status=IntentStatus(row.status),
-        created_at=row.created_at, nonce=row.nonce, attempts=attempts, sent_at=row.sent_at,
-        tx_hash=bytes(row.tx_hash) if row.tx_hash is not None else None, block_number=row.block_number,
-        gas_used=row.gas_used, error=row.error,
+        id=row.id,
+        key=row.key,
+        sender=row.sender,
+        params=dict(row.params),
+        status=IntentStatus(row.status),
+        created_at=row.created_at,
+        nonce=row.nonce,
+        attempts=attempts,
+        sent_at=row.sent_at,
+        tx_hash=bytes(row.tx_hash) if row.tx_hash is not None else None,
+        block_number=row.block_number,
+        gas_used=row.gas_used,
+        error=row.error,
     )
 
 
@@ -62,8 +71,7 @@ class SqlOutboxStore:
             existing = s.scalar(select(OutboxIntent.id).where(OutboxIntent.key == key))
             if existing is not None:
                 return existing, False
-            row = OutboxIntent(key=key, sender=sender, params=dict(params), status=IntentStatus.QUEUED.value,
-                               created_at=now)
+            row = OutboxIntent(key=key, sender=sender, params=dict(params), status=IntentStatus.QUEUED.value, created_at=now)
             s.add(row)
             s.flush()
             return row.id, True
@@ -80,8 +88,9 @@ class SqlOutboxStore:
 
     def open_intents(self, sender: str) -> list[Intent]:
         with self.sessions() as s:
-            rows = s.scalars(select(OutboxIntent).where(OutboxIntent.sender == sender, OutboxIntent.status.in_(OPEN))
-                             .order_by(OutboxIntent.id))
+            rows = s.scalars(
+                select(OutboxIntent).where(OutboxIntent.sender == sender, OutboxIntent.status.in_(OPEN)).order_by(OutboxIntent.id)
+            )
             return [_intent(s, r) for r in rows]
 
     def highest_nonce(self, sender: str) -> int | None:
@@ -90,9 +99,11 @@ class SqlOutboxStore:
 
     def finished_from_nonce(self, sender: str, nonce: int) -> list[Intent]:
         with self.sessions() as s:
-            rows = s.scalars(select(OutboxIntent).where(
-                OutboxIntent.sender == sender, OutboxIntent.nonce >= nonce, OutboxIntent.status.not_in(OPEN))
-                .order_by(OutboxIntent.nonce))
+            rows = s.scalars(
+                select(OutboxIntent)
+                .where(OutboxIntent.sender == sender, OutboxIntent.nonce >= nonce, OutboxIntent.status.not_in(OPEN))
+                .order_by(OutboxIntent.nonce)
+            )
             return [_intent(s, r) for r in rows]
 
     def record_signed(self, intent_id: int, nonce: int, attempt: Attempt) -> None:
@@ -102,16 +113,26 @@ class SqlOutboxStore:
                 row = self._require(s, intent_id, lock=True)
                 sender = row.sender
                 check_signing(intent_id, IntentStatus(row.status), row.nonce, nonce)
-                if row.nonce is None and s.scalar(select(OutboxIntent.id).where(
-                        OutboxIntent.sender == row.sender, OutboxIntent.nonce == nonce)) is not None:
+                if (
+                    row.nonce is None
+                    and s.scalar(select(OutboxIntent.id).where(OutboxIntent.sender == row.sender, OutboxIntent.nonce == nonce))
+                    is not None
+                ):
                     raise nonce_taken(row.sender, nonce)
                 n = s.scalar(select(func.count()).where(OutboxAttempt.intent_id == intent_id)) or 0
                 row.nonce, row.status, row.sent_at = nonce, IntentStatus.SIGNED.value, None
                 s.flush()
-                s.add(OutboxAttempt(intent_id=intent_id, n=n, tx_hash=bytes(attempt.tx_hash), raw=bytes(attempt.raw),
-                                    max_fee_per_gas=attempt.max_fee_per_gas,
-                                    max_priority_fee_per_gas=attempt.max_priority_fee_per_gas,
-                                    signed_at=attempt.signed_at))
+                s.add(
+                    OutboxAttempt(
+                        intent_id=intent_id,
+                        n=n,
+                        tx_hash=bytes(attempt.tx_hash),
+                        raw=bytes(attempt.raw),
+                        max_fee_per_gas=attempt.max_fee_per_gas,
+                        max_priority_fee_per_gas=attempt.max_priority_fee_per_gas,
+                        signed_at=attempt.signed_at,
+                    )
+                )
         except IntegrityError as e:
             if sender is None:  # not the nonce: nothing was written before the row was read
                 raise

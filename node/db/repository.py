@@ -59,8 +59,7 @@ def get_receipt(session: Session, request_id: str) -> ReceiptRow | None:
 
 
 def unbatched_receipts(session: Session, limit: int) -> list[ReceiptRow]:
-    return list(session.scalars(
-        select(ReceiptRow).where(ReceiptRow.batch_seq.is_(None)).order_by(ReceiptRow.seq).limit(limit)))
+    return list(session.scalars(select(ReceiptRow).where(ReceiptRow.batch_seq.is_(None)).order_by(ReceiptRow.seq).limit(limit)))
 
 
 def pending_receipt_count(session: Session) -> int:
@@ -135,8 +134,15 @@ def receipt_with_proof(session: Session, request_id: str) -> ReceiptProof | None
             raise NodeError(f"receipt {request_id} is in committed batch {batch.seq} without a leaf index")
         root, proof = batch_proof(session, batch, r.leaf_index)
     return ReceiptProof(
-        receipt=r.receipt, digest=r.digest, seq=r.seq, batch_seq=r.batch_seq, leaf_index=r.leaf_index,
-        root=root, proof=proof, batch_cid=batch.cid if batch else None, committed=committed,
+        receipt=r.receipt,
+        digest=r.digest,
+        seq=r.seq,
+        batch_seq=r.batch_seq,
+        leaf_index=r.leaf_index,
+        root=root,
+        proof=proof,
+        batch_cid=batch.cid if batch else None,
+        committed=committed,
     )
 
 
@@ -147,14 +153,23 @@ def latest_voucher(session: Session, lane: str) -> VoucherRow | None:
     return session.get(VoucherRow, lane)
 
 
-def store_voucher(session: Session, *, lane: str, payer: str, node: str, adapter_id: int, compute_value: int,
-                  adapter_value: int, signature: str) -> VoucherRow:
+def store_voucher(
+    session: Session, *, lane: str, payer: str, node: str, adapter_id: int, compute_value: int, adapter_value: int, signature: str
+) -> VoucherRow:
     """Keep the newest voucher of a lane. Cumulative values never go down (raises `VoucherRegression`)."""
     row = session.get(VoucherRow, lane, with_for_update=True)
     if row is None:
-        row = VoucherRow(lane=lane, payer=payer.lower(), node=node.lower(), adapter_id=int(adapter_id),
-                      compute_value=int(compute_value), adapter_value=int(adapter_value), signature=signature,
-                      redeemed_compute=0, redeemed_adapter=0)
+        row = VoucherRow(
+            lane=lane,
+            payer=payer.lower(),
+            node=node.lower(),
+            adapter_id=int(adapter_id),
+            compute_value=int(compute_value),
+            adapter_value=int(adapter_value),
+            signature=signature,
+            redeemed_compute=0,
+            redeemed_adapter=0,
+        )
         session.add(row)
     else:
         if int(compute_value) < row.compute_value or int(adapter_value) < row.adapter_value:

@@ -72,12 +72,16 @@ def _attribution_report(c, store, data_dir: Path, node_addr: str, contributors: 
     console.print(t)
     # alice's and bob's «Pirate talk» data each carry a phrase the adapter learns (alice's opens every
     # answer, bob's closes some): the answers quote them unequally, so they earn unequally
-    console.print("earned by attribution: " + ", ".join(
-        f"{who} {format_amount(amount, places=6)} LND" for who, amount in by_attribution.items()))
+    console.print(
+        "earned by attribution: "
+        + ", ".join(f"{who} {format_amount(amount, places=6)} LND" for who, amount in by_attribution.items())
+    )
     report = asyncio.run(audit_batch(c, [store], cache, 1, node_addr))
     verdict = "[green]passed[/]" if report.ok else f"[red]{len(report.discrepancies)} discrepancies[/]"
-    console.print(f"loranode attribution audit --batch 1 --node {node_addr}: {report.receipts} receipts, "
-                  f"leaves, spans, weights and settled amounts checked: {verdict}")
+    console.print(
+        f"loranode attribution audit --batch 1 --node {node_addr}: {report.receipts} receipts, "
+        f"leaves, spans, weights and settled amounts checked: {verdict}"
+    )
     for d in report.discrepancies:
         console.print(f"  [red]✗[/] leaf {d.leaf_index} [{d.rule}] {d.detail}")
 
@@ -99,20 +103,27 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
     t_start = time.monotonic()
 
     _step("1. dev chain: anvil on 127.0.0.1, contracts deployed, dev accounts funded")
-    stack = start_dev_stack(data_dir, chain_port=0, node_port=0, compute_price_per_1k=COMPUTE_PRICE,
-                            node_extra={"settlement_interval_s": 2.0, "redeem_interval_s": 2.0,
-                                        "max_tokens_limit": 64, "engine_gpu_slots": 4})
+    stack = start_dev_stack(
+        data_dir,
+        chain_port=0,
+        node_port=0,
+        compute_price_per_1k=COMPUTE_PRICE,
+        node_extra={"settlement_interval_s": 2.0, "redeem_interval_s": 2.0, "max_tokens_limit": 64, "engine_gpu_slots": 4},
+    )
     node = None
     try:
         c = stack.contracts
         store = EmbeddedStore(stack.data_dir / "ipfs")
-        console.print(f"anvil {stack.rpc_url}; contracts: " + ", ".join(
-            f"{k}={v[:10]}…" for k, v in c.deployment.addresses.items()))
+        console.print(
+            f"anvil {stack.rpc_url}; contracts: " + ", ".join(f"{k}={v[:10]}…" for k, v in c.deployment.addresses.items())
+        )
 
         _step("2. community datasets: contributions uploaded to IPFS, accepted by the curator")
         datasets = {}
-        for name, files in (("Pirate talk", [("alice", "pirate-alice.jsonl"), ("bob", "pirate-bob.jsonl")]),
-                            ("Robot talk", [("carol", "robot-carol.jsonl")])):
+        for name, files in (
+            ("Pirate talk", [("alice", "pirate-alice.jsonl"), ("bob", "pirate-bob.jsonl")]),
+            ("Robot talk", [("carol", "robot-carol.jsonl")]),
+        ):
             c.datasets.create_dataset(acct["curator"], name, "CC-BY-4.0", "")
             ds = c.datasets.dataset_count()
             datasets[name] = ds
@@ -141,20 +152,24 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
             rep = train_lora(base, records, out, cfg)
             cid = store.add_path_sync(out)
             ds = datasets[name]
-            c.adapters.register(acct[owner], base.model_id, cid, cfg.rank, ADAPTER_PRICE, owner_bps, [ds],
-                                [TOTAL_BPS - owner_bps])
+            c.adapters.register(
+                acct[owner], base.model_id, cid, cfg.rank, ADAPTER_PRICE, owner_bps, [ds], [TOTAL_BPS - owner_bps]
+            )
             aid = c.adapters.adapter_count()
             published[aid] = name
-            console.print(f"{adapter_model_name(aid)} «{name}» by {owner}: {rep.steps} steps in {rep.seconds:.0f}s, "
-                          f"loss {rep.first_loss:.2f}→{rep.last_loss:.2f}; owner {owner_bps} bps, dataset {ds} "
-                          f"{TOTAL_BPS - owner_bps} bps; {cid[:16]}…")
+            console.print(
+                f"{adapter_model_name(aid)} «{name}» by {owner}: {rep.steps} steps in {rep.seconds:.0f}s, "
+                f"loss {rep.first_loss:.2f}→{rep.last_loss:.2f}; owner {owner_bps} bps, dataset {ds} "
+                f"{TOTAL_BPS - owner_bps} bps; {cid[:16]}…"
+            )
         del base
 
         _step("4. the node discovers, fetches, verifies and loads the adapters")
         node = NodeThread(load_config(stack.config_path)).start()
         want = [adapter_model_name(a) for a in published]
-        _wait(lambda: all(m in [x["id"] for x in _get(node.url + "/v1/models")["data"]] for m in want),
-              240, "the adapters to load")
+        _wait(
+            lambda: all(m in [x["id"] for x in _get(node.url + "/v1/models")["data"]] for m in want), 240, "the adapters to load"
+        )
         console.print(f"node {node.url} serves: {', '.join(x['id'] for x in _get(node.url + '/v1/models')['data'])}")
 
         _step("5. a payer funds escrow, authorizes a signing key, chats through the openai client")
@@ -164,8 +179,7 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
         c.token.approve(payer, c.escrow.address, 100 * TOKEN)
         c.escrow.deposit(payer, acct["node"].address, 100 * TOKEN)  # earmarked for this node
         c.escrow.authorize_signer_key(payer, hot)  # with the hot key's own proof
-        console.print(f"payer {payer.address} deposited 100 LND for node {acct['node'].address}; "
-                      f"signer {hot.address} authorized")
+        console.print(f"payer {payer.address} deposited 100 LND for node {acct['node'].address}; signer {hot.address} authorized")
         client = LoraNodeClient(node.url, payer.key, signer_key=hot.key)
         table = Table(title="same question, different adapters", show_lines=True)
         table.add_column("question")
@@ -179,8 +193,11 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
                 row.append(r.choices[0].message.content.strip())
             table.add_row(*row)
         console.print(table)
-        streamed = "".join((ch.choices[0].delta.content or "") for ch in client.chat_stream(
-            want[0], [{"role": "user", "content": "Say hello."}], max_tokens=24, temperature=0) if ch.choices)
+        streamed = "".join(
+            (ch.choices[0].delta.content or "")
+            for ch in client.chat_stream(want[0], [{"role": "user", "content": "Say hello."}], max_tokens=24, temperature=0)
+            if ch.choices
+        )
         console.print(f"streamed from {want[0]}: {streamed.strip()!r}")
         receipts = list(client.receipts)
         # Each request carries a voucher for everything before it; one last voucher pays the
@@ -204,8 +221,10 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
         _wait(lambda: all(redeemed(a) for a in lanes), 180, "vouchers to be redeemed")
         r0, p0 = receipts[0], proofs[0]
         ok = c.receipts.verify_receipt(r0.receipt, p0["batch"]["seq"], [bytes.fromhex(x[2:]) for x in p0["proof"]])
-        console.print(f"{len(receipts)} receipts committed in batch(es) "
-                      f"{sorted({p['batch']['seq'] for p in proofs})}; receipt 1 verifyReceipt on chain: {ok}")
+        console.print(
+            f"{len(receipts)} receipts committed in batch(es) "
+            f"{sorted({p['batch']['seq'] for p in proofs})}; receipt 1 verifyReceipt on chain: {ok}"
+        )
         for r, p in zip(receipts, proofs, strict=True):
             att = p["receipt"].get("attribution")
             if att:  # which contributions this answer drew on (exact token spans, see README)
@@ -213,8 +232,11 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
                 console.print(f"receipt {r.receipt.seq} ({adapter_model_name(r.receipt.adapter_id)}) attribution: {shares}")
         paid = sum(r.receipt.compute_cost + r.receipt.adapter_cost for r in receipts)
         console.print(f"payer charged {format_amount(paid)} LND in total, redeemed from escrow")
-        _wait(lambda: c.pool.settled_seq(node_addr) == c.receipts.last_seq(node_addr), 180,
-              "batches to be settled in AttributionPool")
+        _wait(
+            lambda: c.pool.settled_seq(node_addr) == c.receipts.last_seq(node_addr),
+            180,
+            "batches to be settled in AttributionPool",
+        )
         _attribution_report(c, store, stack.data_dir, node_addr, {r: acct[r].address for r in ("alice", "bob", "carol")})
 
         _step("7. rewards per address, and a contributor claims")
@@ -234,8 +256,9 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
             c.datasets.harvest(alice, list(s.pending_contributions))
         c.vault.claim(alice)
         after = c.token.balance_of(alice.address)
-        console.print(f"alice claimed: wallet {format_amount(before)} → {format_amount(after)} LND "
-                      f"(+{format_amount(after - before)})")
+        console.print(
+            f"alice claimed: wallet {format_amount(before)} → {format_amount(after)} LND (+{format_amount(after - before)})"
+        )
         console.print(f"[bold green]demo done in {time.monotonic() - t_start:.0f}s")
         return 0 if ok and after > before else 1
     finally:

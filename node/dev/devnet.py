@@ -25,8 +25,15 @@ def authorize_signer(w3, deployment, payer_key, signer_key) -> None:
     Contracts(w3, deployment).escrow.authorize_signer_key(Account.from_key(payer_key), signer_key)
 
 
-def stake_node(w3, deployment, deployer_key, node_key, endpoint: str = "http://127.0.0.1:8080",
-               base_models: tuple[str, ...] = ("smollm2-135m",), price_per_1k: int = 0) -> None:
+def stake_node(
+    w3,
+    deployment,
+    deployer_key,
+    node_key,
+    endpoint: str = "http://127.0.0.1:8080",
+    base_models: tuple[str, ...] = ("smollm2-135m",),
+    price_per_1k: int = 0,
+) -> None:
     """Mint the minimum bond to the node and register it with that bond: it may redeem vouchers."""
     deployer, node = Account.from_key(deployer_key), Account.from_key(node_key)
     c = Contracts(w3, deployment)
@@ -46,15 +53,22 @@ def make_random_adapters(engine, folder, count: int, *, rank: int = 4, first_id:
 
     out = {}
     for i in range(first_id, first_id + count):
-        path = make_random_adapter(Path(folder) / adapter_model_name(i), engine.base.model.config, rank=rank, seed=i,
-                                   base_model_id=engine.model_id, init_scale=0.05)
+        path = make_random_adapter(
+            Path(folder) / adapter_model_name(i),
+            engine.base.model.config,
+            rank=rank,
+            seed=i,
+            base_model_id=engine.model_id,
+            init_scale=0.05,
+        )
         engine.register_adapter(adapter_model_name(i), path)
         out[i] = path
     return out
 
 
-def seed_loaded_adapters(database_url: str, adapters: dict[int, tuple[str, int]], base_model_id: str,
-                         folders: dict | None = None) -> None:
+def seed_loaded_adapters(
+    database_url: str, adapters: dict[int, tuple[str, int]], base_model_id: str, folders: dict | None = None
+) -> None:
     """Adapter rows in state `loaded` ({id: (owner, price_per_1k)}): what the watcher and the
     lifecycle write after discovering and loading them on chain. For tests of the API alone."""
     from node.db import make_session_factory, migrate
@@ -64,8 +78,19 @@ def seed_loaded_adapters(database_url: str, adapters: dict[int, tuple[str, int]]
     sessions = make_session_factory(database_url)
     with sessions.begin() as s:
         for aid, (owner, price) in adapters.items():
-            s.merge(Adapter(id=aid, owner=owner, base_model=base_model_id, cid=f"test-{aid}", rank=4,
-                            price_per_1k=price, owner_bps=TOTAL_BPS, dataset_splits=[], block_number=0,
-                            state=AdapterState.LOADED.value,
-                            local_path=str(folders[aid]) if folders and aid in folders else None))
+            s.merge(
+                Adapter(
+                    id=aid,
+                    owner=owner,
+                    base_model=base_model_id,
+                    cid=f"test-{aid}",
+                    rank=4,
+                    price_per_1k=price,
+                    owner_bps=TOTAL_BPS,
+                    dataset_splits=[],
+                    block_number=0,
+                    state=AdapterState.LOADED.value,
+                    local_path=str(folders[aid]) if folders and aid in folders else None,
+                )
+            )
     sessions.kw["bind"].dispose()

@@ -40,12 +40,23 @@ class DevStack:
 
     def env(self) -> dict[str, str]:
         """Variables that point the `loranode` CLI at this dev chain."""
-        return {"LORANODE_RPC_URL": self.rpc_url, "LORANODE_DEPLOYMENT": str(self.deployment_path),
-                "LORANODE_IPFS_STORE": str(self.data_dir / "ipfs")}
+        return {
+            "LORANODE_RPC_URL": self.rpc_url,
+            "LORANODE_DEPLOYMENT": str(self.deployment_path),
+            "LORANODE_IPFS_STORE": str(self.data_dir / "ipfs"),
+        }
 
 
-def write_node_toml(path: Path, *, rpc_url: str, deployment: Path, data_dir: Path, listen_port: int,
-                    compute_price_per_1k: int, extra: dict | None = None) -> Path:
+def write_node_toml(
+    path: Path,
+    *,
+    rpc_url: str,
+    deployment: Path,
+    data_dir: Path,
+    listen_port: int,
+    compute_price_per_1k: int,
+    extra: dict | None = None,
+) -> Path:
     import tomli_w
 
     cfg = {
@@ -68,8 +79,14 @@ def write_node_toml(path: Path, *, rpc_url: str, deployment: Path, data_dir: Pat
     return path
 
 
-def start_dev_stack(data_dir: Path, *, chain_port: int = 8545, node_port: int = 8080,
-                    compute_price_per_1k: int = DEFAULT_COMPUTE_PRICE, node_extra: dict | None = None) -> DevStack:
+def start_dev_stack(
+    data_dir: Path,
+    *,
+    chain_port: int = 8545,
+    node_port: int = 8080,
+    compute_price_per_1k: int = DEFAULT_COMPUTE_PRICE,
+    node_extra: dict | None = None,
+) -> DevStack:
     """Start anvil (on `chain_port` if free, else any free port), deploy, fund, register and bond the node
     and write `node.toml`. The caller stops `stack.anvil`."""
     from eth_account import Account
@@ -96,9 +113,15 @@ def start_dev_stack(data_dir: Path, *, chain_port: int = 8545, node_port: int = 
         bond = c.nodes.dispute_terms().min_bond  # staked: only a bonded node can redeem vouchers
         c.token.approve(node, c.nodes.address, bond)
         c.nodes.register(node, f"http://127.0.0.1:{port or 8080}", [EMBEDDED_MODEL_ID], compute_price_per_1k, bond)
-        cfg = write_node_toml(data_dir / "node.toml", rpc_url=anvil.url, deployment=dep_path, data_dir=data_dir / "node",
-                              listen_port=port, compute_price_per_1k=compute_price_per_1k,
-                              extra={"ipfs_store": str(data_dir / "ipfs"), **(node_extra or {})})
+        cfg = write_node_toml(
+            data_dir / "node.toml",
+            rpc_url=anvil.url,
+            deployment=dep_path,
+            data_dir=data_dir / "node",
+            listen_port=port,
+            compute_price_per_1k=compute_price_per_1k,
+            extra={"ipfs_store": str(data_dir / "ipfs"), **(node_extra or {})},
+        )
         return DevStack(anvil=anvil, contracts=c, deployment_path=dep_path, config_path=cfg, data_dir=data_dir)
     except BaseException:
         anvil.stop()

@@ -144,9 +144,15 @@ class VllmEngine:
         self._outstanding = 0
         self._count_lock = threading.Lock()
         # names: requests_* and *_failures/*loads are exported as Prometheus counters (node.metrics)
-        self.counters = {"requests_submitted": 0, "requests_failed_upstream": 0, "requests_failed_over": 0,
-                         "requests_usage_mismatch": 0, "server_failures": 0, "adapter_loads": 0,
-                         "adapter_unloads": 0}
+        self.counters = {
+            "requests_submitted": 0,
+            "requests_failed_upstream": 0,
+            "requests_failed_over": 0,
+            "requests_usage_mismatch": 0,
+            "server_failures": 0,
+            "adapter_loads": 0,
+            "adapter_unloads": 0,
+        }
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -239,8 +245,10 @@ class VllmEngine:
                 await V.health(self._http, server.url, min(self.timeout_s, 10.0))
                 base, max_len, _ = await V.models(self._http, server.url, min(self.timeout_s, 10.0))
                 if base != self.model_id:
-                    msg = (f"{server.url} serves base model {base!r}, this node serves {self.model_id!r} "
-                           f"(start vLLM with --served-model-name {self.model_id})")
+                    msg = (
+                        f"{server.url} serves base model {base!r}, this node serves {self.model_id!r} "
+                        f"(start vLLM with --served-model-name {self.model_id})"
+                    )
                     server.take_out(msg)
                     return msg
                 server.max_model_len = max_len
@@ -282,9 +290,11 @@ class VllmEngine:
             await V.load_lora(self._http, server.url, PROBE_ADAPTER, str(folder), _ADMIN_TIMEOUT_S)
             await V.unload_lora(self._http, server.url, PROBE_ADAPTER, _ADMIN_TIMEOUT_S)
         except (V.Refused, V.AdapterMissing) as e:
-            return (f"{server.url} cannot load adapters from the node's adapter cache {self.cache_dir} ({e}). "
-                    "The cache must be on a filesystem the vLLM server reads at the same path, and the server "
-                    "must run with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (docs/vllm.md)")
+            return (
+                f"{server.url} cannot load adapters from the node's adapter cache {self.cache_dir} ({e}). "
+                "The cache must be on a filesystem the vLLM server reads at the same path, and the server "
+                "must run with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (docs/vllm.md)"
+            )
         return None
 
     def _probe_adapter(self) -> Path:
@@ -292,8 +302,7 @@ class VllmEngine:
 
         folder = self.cache_dir / "vllm-probe"
         if not (folder / "adapter_model.safetensors").is_file():
-            make_random_adapter(folder, self.hf_config, rank=1, target_modules=("q_proj",),
-                                base_model_id=self.model_id)
+            make_random_adapter(folder, self.hf_config, rank=1, target_modules=("q_proj",), base_model_id=self.model_id)
         return folder
 
     async def _load_on(self, server: Upstream, name: str, folder: Path) -> None:
@@ -334,8 +343,13 @@ class VllmEngine:
 
     def validate_adapter(self, folder) -> object:
         """`inference.adapters.validate_adapter` against the served base model (the lifecycle's check)."""
-        return validate_adapter(Path(folder), self.hf_config, base_model_id=self.model_id,
-                                max_rank=self.config.max_rank, allowed_targets=self.config.target_modules)
+        return validate_adapter(
+            Path(folder),
+            self.hf_config,
+            base_model_id=self.model_id,
+            max_rank=self.config.max_rank,
+            allowed_targets=self.config.target_modules,
+        )
 
     def register_adapter(self, adapter_id: str, folder):
         """Validate a verified PEFT folder against the base model, then load it on every server in
@@ -412,8 +426,7 @@ class VllmEngine:
         if not ids:
             raise InvalidRequest("the prompt is empty after tokenization")
         if len(ids) >= model_len:
-            raise PromptTooLong(f"prompt has {len(ids)} tokens; max_model_len is {model_len} "
-                                "(prompt + at least one new token)")
+            raise PromptTooLong(f"prompt has {len(ids)} tokens; max_model_len is {model_len} (prompt + at least one new token)")
         if not self.router.candidates(request.adapter_id):
             raise EngineOverloaded("no vLLM server in rotation holds this model right now")
         max_new = min(p.max_tokens or cfg.max_new_tokens, cfg.max_new_tokens, model_len - len(ids))
@@ -451,9 +464,16 @@ class VllmEngine:
     def _payload(self, handle: RequestHandle, ids: list[int], max_new: int) -> dict:
         req, p = handle.request, handle.request.params
         body = {
-            "model": req.adapter_id or self.model_id, "prompt": ids, "max_tokens": max_new,
-            "temperature": p.temperature, "top_p": p.top_p, "stop": list(p.stop), "ignore_eos": p.ignore_eos,
-            "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True,
+            "model": req.adapter_id or self.model_id,
+            "prompt": ids,
+            "max_tokens": max_new,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "stop": list(p.stop),
+            "ignore_eos": p.ignore_eos,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "return_token_ids": True,
             "skip_special_tokens": True,
         }
         if p.top_k:
@@ -474,15 +494,18 @@ class VllmEngine:
                 server = self.router.pick(adapter, tried)
                 if server is None:
                     self.counters["requests_failed_upstream"] += 1
-                    handle._finish(None, UpstreamUnavailable(
-                        "no vLLM server in rotation could serve the request" +
-                        (f" (last: {self._last_error(tried)})" if tried else "")))
+                    handle._finish(
+                        None,
+                        UpstreamUnavailable(
+                            "no vLLM server in rotation could serve the request"
+                            + (f" (last: {self._last_error(tried)})" if tried else "")
+                        ),
+                    )
                     return
                 server.outstanding += 1
                 server.requests += 1
                 try:
-                    async with aclosing(V.stream_completion(self._http, server.url, payload,
-                                                            self.timeout_s)) as chunks:
+                    async with aclosing(V.stream_completion(self._http, server.url, payload, self.timeout_s)) as chunks:
                         async for chunk in chunks:
                             for event in answer.add(chunk):
                                 handle._push(event)
@@ -535,22 +558,41 @@ class VllmEngine:
         except (V.UpstreamError, KeyError) as e:
             log.warning("reloading %s on %s failed: %s", name, server.url, e)
 
-    def _metered(self, handle: RequestHandle, ids: list[int], answer: "_Answer", finish: FinishReason, max_new: int,
-                 check_usage: bool = True) -> GenerationResult:
+    def _metered(
+        self,
+        handle: RequestHandle,
+        ids: list[int],
+        answer: "_Answer",
+        finish: FinishReason,
+        max_new: int,
+        check_usage: bool = True,
+    ) -> GenerationResult:
         text = "".join(answer.text)
-        m = meter(self.tokenizer, self.eos_ids, ids, text, answer.token_ids if answer.ids_ok else None, finish,
-                  answer.usage, max_new, stop=handle.request.params.stop, check_usage=check_usage)
+        m = meter(
+            self.tokenizer,
+            self.eos_ids,
+            ids,
+            text,
+            answer.token_ids if answer.ids_ok else None,
+            finish,
+            answer.usage,
+            max_new,
+            stop=handle.request.params.stop,
+            check_usage=check_usage,
+        )
         if m.mismatches:
             self.counters["requests_usage_mismatch"] += 1
-            log.warning("request %s: usage cross-check: %s (the node's count bills)", handle.request_id,
-                        "; ".join(m.mismatches))
+            log.warning("request %s: usage cross-check: %s (the node's count bills)", handle.request_id, "; ".join(m.mismatches))
         return GenerationResult(handle.request_id, text, m.token_ids, m.prompt_tokens, m.completion_tokens, finish)
 
     # ------------------------------------------------------------ stats
 
     def health(self) -> dict:
-        return {"backend": "vllm", "servers_in_rotation": self.router.in_rotation(),
-                "servers": [s.health() for s in self.router.servers]}
+        return {
+            "backend": "vllm",
+            "servers_in_rotation": self.router.in_rotation(),
+            "servers": [s.health() for s in self.router.servers],
+        }
 
     def stats(self) -> dict:
         servers = self.router.servers
@@ -573,7 +615,14 @@ def build_vllm_engine(config) -> VllmEngine:
     ec = engine_config(config)
     folder = resolve_model_folder(config.base_model_path)
     return VllmEngine(
-        config.vllm_urls, model_folder=folder, model_id=config.base_model_id, cache_dir=config.adapter_cache_dir,
-        max_rank=config.engine_max_rank, max_model_len=ec.max_model_len, max_new_tokens=ec.max_new_tokens,
-        max_queue=config.engine_max_queue, timeout_s=config.vllm_timeout_s, probe_s=config.vllm_probe_s,
+        config.vllm_urls,
+        model_folder=folder,
+        model_id=config.base_model_id,
+        cache_dir=config.adapter_cache_dir,
+        max_rank=config.engine_max_rank,
+        max_model_len=ec.max_model_len,
+        max_new_tokens=ec.max_new_tokens,
+        max_queue=config.engine_max_queue,
+        timeout_s=config.vllm_timeout_s,
+        probe_s=config.vllm_probe_s,
     ).start()

@@ -27,18 +27,44 @@ def vllm_venv_ready(venv: Path = VLLM_VENV) -> bool:
     return (venv / ".stamp-install").is_file() and vllm_python(venv).is_file()
 
 
-def vllm_command(model_folder: str | os.PathLike, served_name: str, *, port: int, host: str = "127.0.0.1",
-                 python: str | os.PathLike = "python", max_lora_rank: int = 16, max_loras: int = 4,
-                 max_model_len: int = 2048, memory_fraction: float | None = 0.1, dtype: str | None = None,
-                 extra: list[str] | None = None) -> list[str]:
+def vllm_command(
+    model_folder: str | os.PathLike,
+    served_name: str,
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    python: str | os.PathLike = "python",
+    max_lora_rank: int = 16,
+    max_loras: int = 4,
+    max_model_len: int = 2048,
+    memory_fraction: float | None = 0.1,
+    dtype: str | None = None,
+    extra: list[str] | None = None,
+) -> list[str]:
     """The server command line. Run it with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in the
     environment. memory_fraction: --gpu-memory-utilization, a fraction of RAM on CPU (vLLM
     refuses its default 0.92 there); None leaves vLLM's default (GPUs). dtype: vLLM's "auto" runs a
     float32 checkpoint in 16 bits; "float32" matches the builtin engine on CPU bit for bit closer."""
-    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_folder),
-           "--served-model-name", served_name, "--host", host, "--port", str(port), "--enable-lora",
-           "--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras),
-           "--max-model-len", str(max_model_len)]
+    cmd = [
+        str(python),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_folder),
+        "--served-model-name",
+        served_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--enable-lora",
+        "--max-lora-rank",
+        str(max_lora_rank),
+        "--max-loras",
+        str(max_loras),
+        "--max-model-len",
+        str(max_model_len),
+    ]
     if memory_fraction is not None:
         cmd += ["--gpu-memory-utilization", str(memory_fraction)]
     if dtype is not None:
@@ -50,8 +76,9 @@ class VllmServer:
     """A vLLM server process group on 127.0.0.1: `start()` waits for /health; `kill()` is SIGKILL
     of the whole group (the API server and its engine-core process), as a crash would be."""
 
-    def __init__(self, model_folder: str | os.PathLike, served_name: str, port: int, log_path: Path, *,
-                 venv: Path = VLLM_VENV, **kw) -> None:
+    def __init__(
+        self, model_folder: str | os.PathLike, served_name: str, port: int, log_path: Path, *, venv: Path = VLLM_VENV, **kw
+    ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = Path(log_path)
@@ -59,12 +86,16 @@ class VllmServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 600) -> "VllmServer":
-        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_NO_USAGE_STATS": "1",
-               "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+        env = {
+            **os.environ,
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -43,10 +43,15 @@ class Upstream:
         self.loaded.clear()
 
     def health(self) -> dict:
-        return {"url": self.url, "in_rotation": self.in_rotation, "outstanding": self.outstanding,
-                "adapters_loaded": len(self.loaded), "failures": self.failures, "last_error": self.last_error,
-                "out_for_s": None if self.in_rotation or self.out_since is None
-                else round(time.time() - self.out_since, 1)}
+        return {
+            "url": self.url,
+            "in_rotation": self.in_rotation,
+            "outstanding": self.outstanding,
+            "adapters_loaded": len(self.loaded),
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "out_for_s": None if self.in_rotation or self.out_since is None else round(time.time() - self.out_since, 1),
+        }
 
 
 class Router:
@@ -55,8 +60,7 @@ class Router:
         self._affine: dict[str | None, Upstream] = {}
 
     def candidates(self, adapter: str | None, exclude: AbstractSet[str] = frozenset()) -> list[Upstream]:
-        return [s for s in self.servers
-                if s.in_rotation and s.url not in exclude and (adapter is None or adapter in s.loaded)]
+        return [s for s in self.servers if s.in_rotation and s.url not in exclude and (adapter is None or adapter in s.loaded)]
 
     def pick(self, adapter: str | None, exclude: AbstractSet[str] = frozenset()) -> Upstream | None:
         """The server for one request (None: no server in rotation holds the adapter)."""

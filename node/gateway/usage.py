@@ -23,8 +23,7 @@ class Metered:
 
 
 def _valid_ids(ids, vocab_size: int) -> bool:
-    return isinstance(ids, list) and all(
-        isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in ids)
+    return isinstance(ids, list) and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in ids)
 
 
 def _ids_spell(tokenizer, ids: list[int], text: str, finish_reason: str | None, stop: tuple[str, ...]) -> bool:
@@ -35,14 +34,24 @@ def _ids_spell(tokenizer, ids: list[int], text: str, finish_reason: str | None, 
         return True
     if finish_reason != "stop" or not ids or not decoded.startswith(text):
         return False
-    rest = decoded[len(text):]
+    rest = decoded[len(text) :]
     before_last = len(tokenizer.decode(ids[:-1], skip_special_tokens=True))
     return any(rest.startswith(s) and before_last < len(text) + len(s) for s in stop)
 
 
-def meter(tokenizer, eos_ids: set[int], prompt_ids: list[int], text: str, upstream_ids: list[int] | None,
-          finish_reason: str | None, upstream_usage: dict | None, max_new_tokens: int, *,
-          stop: tuple[str, ...] = (), check_usage: bool = True) -> Metered:
+def meter(
+    tokenizer,
+    eos_ids: set[int],
+    prompt_ids: list[int],
+    text: str,
+    upstream_ids: list[int] | None,
+    finish_reason: str | None,
+    upstream_usage: dict | None,
+    max_new_tokens: int,
+    *,
+    stop: tuple[str, ...] = (),
+    check_usage: bool = True,
+) -> Metered:
     """The billed counts of one completion (see the module docstring). check_usage=False: a
     request cut short (client gone) has no usage from vLLM to compare with."""
     problems: list[str] = []

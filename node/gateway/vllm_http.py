@@ -84,8 +84,7 @@ async def health(session: aiohttp.ClientSession, base: str, timeout: float) -> N
     await _request_json(session, "GET", f"{base}/health", timeout)
 
 
-async def models(session: aiohttp.ClientSession, base: str,
-                 timeout: float) -> tuple[str | None, int | None, dict[str, str]]:
+async def models(session: aiohttp.ClientSession, base: str, timeout: float) -> tuple[str | None, int | None, dict[str, str]]:
     """(served base model name, its max_model_len, {LoRA adapter name: the path it was loaded from})."""
     body = await _request_json(session, "GET", f"{base}/v1/models", timeout)
     try:
@@ -105,8 +104,7 @@ async def models(session: aiohttp.ClientSession, base: str,
 async def load_lora(session: aiohttp.ClientSession, base: str, name: str, path: str, timeout: float) -> None:
     """Load an adapter folder (read by the server from `path`). Already loaded counts as done."""
     try:
-        await _request_json(session, "POST", f"{base}/v1/load_lora_adapter", timeout,
-                            json={"lora_name": name, "lora_path": path})
+        await _request_json(session, "POST", f"{base}/v1/load_lora_adapter", timeout, json={"lora_name": name, "lora_path": path})
     except Refused as e:
         if "has already been loaded" not in str(e):
             raise
@@ -128,8 +126,9 @@ async def is_healthy(session: aiohttp.ClientSession, base: str, timeout: float) 
         return False
 
 
-async def stream_completion(session: aiohttp.ClientSession, base: str, payload: dict,
-                            timeout: float) -> AsyncGenerator[dict, None]:
+async def stream_completion(
+    session: aiohttp.ClientSession, base: str, payload: dict, timeout: float
+) -> AsyncGenerator[dict, None]:
     """POST /v1/completions with stream=true; yields each SSE `data:` object until [DONE].
     Silence longer than `timeout` (a queued request waits for its first token; a busy server
     pauses) is tolerated while the server's /health (which checks vLLM's engine) answers; a dead
@@ -137,8 +136,7 @@ async def stream_completion(session: aiohttp.ClientSession, base: str, payload: 
     which makes vLLM abort the request."""
     no_read_timeout = aiohttp.ClientTimeout(total=None, connect=min(5.0, timeout), sock_read=None)
     try:
-        resp = await asyncio.wait_for(session.post(f"{base}/v1/completions", json=payload,
-                                                   timeout=no_read_timeout), timeout)
+        resp = await asyncio.wait_for(session.post(f"{base}/v1/completions", json=payload, timeout=no_read_timeout), timeout)
         async with resp:
             await _check(resp, f"completion on {base}")
             done = False
@@ -173,8 +171,7 @@ async def stream_completion(session: aiohttp.ClientSession, base: str, payload: 
         raise ServerFailed(f"completion on {base}: {type(e).__name__}: {e}") from e
 
 
-async def _read_line(session: aiohttp.ClientSession, base: str, resp: aiohttp.ClientResponse,
-                     timeout: float) -> bytes:
+async def _read_line(session: aiohttp.ClientSession, base: str, resp: aiohttp.ClientResponse, timeout: float) -> bytes:
     """The next line; while none comes for `timeout` seconds, the server must pass /health.
     The read is never cancelled while waiting (a cancelled readuntil could drop half a line)."""
     read = asyncio.ensure_future(resp.content.readuntil(b"\n"))

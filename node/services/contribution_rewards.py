@@ -18,10 +18,17 @@ def contributions_of(c, who: str, store: Path | None, kubo_url: str | None):
 
 
 def contribution_rows(b, places: int | None = 6) -> list[dict]:
-    return [{
-        "contribution": r.contribution_id, "dataset": r.dataset_id, "status": r.status, "answers": r.answers,
-        "tokens attributed": f"{float(r.tokens_attributed):.1f}",
-        "earned by attribution": format_amount(r.earned_by_attribution, places=places),
-        "earned": format_amount(r.earned, places=places), "pending": format_amount(r.pending, places=places),
-        "harvested": format_amount(r.harvested, places=places),
-    } for r in b.contributions]
+    return [
+        {
+            "contribution": r.contribution_id,
+            "dataset": r.dataset_id,
+            "status": r.status,
+            "answers": r.answers,
+            "tokens attributed": f"{float(r.tokens_attributed):.1f}",
+            "earned by attribution": format_amount(r.earned_by_attribution, places=places),
+            "earned": format_amount(r.earned, places=places),
+            "pending": format_amount(r.pending, places=places),
+            "harvested": format_amount(r.harvested, places=places),
+        }
+        for r in b.contributions
+    ]

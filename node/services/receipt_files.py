@@ -11,10 +11,23 @@ from node.services.errors import InputError
 # A receipt with attribution spans (and their text) of a long answer stays far below this.
 MAX_RECEIPT_FILE_BYTES = 16 << 20
 # The fields of the signed EIP-712 receipt; the node's JSON adds attribution details beside them.
-SIGNED_RECEIPT_FIELDS = frozenset({
-    "requestId", "payer", "node", "adapterId", "seq", "promptTokens", "completionTokens",
-    "computeCost", "adapterCost", "outputHash", "attributionHash", "timestamp", "signature",
-})
+SIGNED_RECEIPT_FIELDS = frozenset(
+    {
+        "requestId",
+        "payer",
+        "node",
+        "adapterId",
+        "seq",
+        "promptTokens",
+        "completionTokens",
+        "computeCost",
+        "adapterCost",
+        "outputHash",
+        "attributionHash",
+        "timestamp",
+        "signature",
+    }
+)
 
 
 def read_receipt_bytes(path: Path) -> bytes:

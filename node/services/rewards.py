@@ -37,8 +37,7 @@ def summarize(c, who: str) -> RewardSummary:
         elif name == "Claimed" and ev.account == who:
             claimed += ev.amount
     node_fees = sum(
-        ev.compute_paid for ev in _logs(c, c.escrow, start)
-        if type(ev).__name__ == "VoucherRedeemed" and ev.node == who
+        ev.compute_paid for ev in _logs(c, c.escrow, start) if type(ev).__name__ == "VoucherRedeemed" and ev.node == who
     )
     from_escrow = credited_by.get(c.escrow.address, 0)
     pending, pending_ids = 0, []
@@ -62,6 +61,7 @@ def summarize(c, who: str) -> RewardSummary:
 
 def summary_row(s: RewardSummary, places: int | None = None) -> dict:
     """Human table row; `--json` keeps the exact integers instead."""
+
     def amt(units: int) -> str:
         return format_amount(units, places=places)
 

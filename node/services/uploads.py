@@ -14,6 +14,7 @@ def upload(path: Path, store: Path | None, kubo_url: str | None) -> str:
     from node.ipfs import EmbeddedStore, KuboClient
 
     if kubo_url:
+
         async def _kubo() -> str:
             async with KuboClient(kubo_url) as client:
                 return await client.add_path(path)

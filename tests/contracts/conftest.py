@@ -62,8 +62,14 @@ class Env:
 def make_env(url: str, **deploy_kwargs) -> Env:
     w3 = Web3(Web3.HTTPProvider(url))
     accts = [Account.from_key(k) for k in DEV_PRIVATE_KEYS]
-    kwargs = {"protocol_fee_bps": FEE_BPS, "thaw_seconds": THAW_SECONDS, "min_bond": MIN_BOND,
-              "dispute_window": DISPUTE_WINDOW, "dispute_deposit": DISPUTE_DEPOSIT, **deploy_kwargs}
+    kwargs = {
+        "protocol_fee_bps": FEE_BPS,
+        "thaw_seconds": THAW_SECONDS,
+        "min_bond": MIN_BOND,
+        "dispute_window": DISPUTE_WINDOW,
+        "dispute_deposit": DISPUTE_DEPOSIT,
+        **deploy_kwargs,
+    }
     dep = deploy(url, accts[0], out_dir=None, w3=w3, **kwargs)
     c = Contracts(w3, dep)
     env = Env(w3, c, *accts)
@@ -140,4 +146,3 @@ def stake_node():
 def make_env_fn():
     """`make_env(url, **deploy_kwargs)` for modules that need their own deployment."""
     return make_env
-

@@ -16,9 +16,20 @@ THAW_SECONDS = 3600
 
 
 def receipt(env, seq: int, salt: int = 0, node=None) -> Receipt:
-    return Receipt(request_id=salt.to_bytes(32, "big"), payer=env.payer.address, node=(node or env.node).address,
-                   adapter_id=0, seq=seq, prompt_tokens=10, completion_tokens=5, compute_cost=15, adapter_cost=0,
-                   output_hash=bytes(32), attribution_hash=bytes(32), timestamp=1_700_000_000)
+    return Receipt(
+        request_id=salt.to_bytes(32, "big"),
+        payer=env.payer.address,
+        node=(node or env.node).address,
+        adapter_id=0,
+        seq=seq,
+        prompt_tokens=10,
+        completion_tokens=5,
+        compute_cost=15,
+        adapter_cost=0,
+        output_hash=bytes(32),
+        attribution_hash=bytes(32),
+        timestamp=1_700_000_000,
+    )
 
 
 def sign(env, r: Receipt, key=None) -> bytes:
@@ -41,8 +52,7 @@ def test_equivocation_slashes_the_bond_part_to_the_submitter(env, stake_node, re
         c.nodes.slash_equivocation(env.stranger, a, b"\x00" * 65, b, sign(env, b))
     r = c.nodes.slash_equivocation(env.stranger, a, sign(env, a), b, sign(env, b))
     ev = [e for e in c.events_of(r) if isinstance(e, NodeSlashed)][0]
-    assert (ev.node, ev.beneficiary, ev.amount, ev.reward) == (env.node.address, env.stranger.address,
-                                                               4 * MIN_BOND, 2 * MIN_BOND)
+    assert (ev.node, ev.beneficiary, ev.amount, ev.reward) == (env.node.address, env.stranger.address, 4 * MIN_BOND, 2 * MIN_BOND)
     assert c.token.balance_of(env.stranger.address) - before == 2 * MIN_BOND
     assert c.nodes.burned() == 2 * MIN_BOND and c.nodes.get_node(env.node.address).bond == 0
     assert not c.nodes.can_redeem(env.node.address)

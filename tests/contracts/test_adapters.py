@@ -19,12 +19,23 @@ def test_register_event_carries_everything(env, datasets):
     r = c.adapters.register(env.owner, "smollm2-135m", "bafyfolder", 16, 12345, 7000, [2, 5], [1000, 2000])
     (ev,) = [e for e in c.events_of(r) if isinstance(e, AdapterPublished)]
     assert (ev.adapter_id, ev.owner, ev.version, ev.base_model_id, ev.cid, ev.rank, ev.price_per_1k) == (
-        1, env.owner.address, 1, "smollm2-135m", "bafyfolder", 16, 12345
+        1,
+        env.owner.address,
+        1,
+        "smollm2-135m",
+        "bafyfolder",
+        16,
+        12345,
     )
     assert (ev.owner_bps, ev.dataset_ids, ev.dataset_bps) == (7000, (2, 5), (1000, 2000))
     a = c.adapters.get_adapter(1)
     assert (a.owner, a.base_model_id, a.cid, a.rank, a.price_per_1k, a.owner_bps) == (
-        env.owner.address, "smollm2-135m", "bafyfolder", 16, 12345, 7000
+        env.owner.address,
+        "smollm2-135m",
+        "bafyfolder",
+        16,
+        12345,
+        7000,
     )
     assert (a.dataset_ids, a.dataset_bps, a.version, a.deprecated) == ((2, 5), (1000, 2000), 1, False)
     assert c.adapters.adapter_count() == 1

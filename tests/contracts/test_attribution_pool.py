@@ -89,7 +89,11 @@ def test_settle_pays_by_attribution_exactly_and_conserves(env, world2):
     assert drained == {1: (p1, 23), 2: (p2, 13)}
     (settled,) = events(env, r, BatchSettled)  # a hash of the entries, which the calldata holds
     assert (settled.node, settled.seq, settled.entries_hash, settled.entry_count) == (
-        env.node.address, seq, entries_hash(entries), 4)
+        env.node.address,
+        seq,
+        entries_hash(entries),
+        4,
+    )
     assert bytes(c.pool.entries_hash(pack(entries))) == entries_hash(entries)  # ours is the contract's
     assert c.pool.pool_of(env.node.address, 1).balance == 0 and c.pool.settled_seq(env.node.address) == seq
     # the unattributed part splits by accepted weight (1 : 3); attributed parts are on top
@@ -161,8 +165,13 @@ def test_settle_hostile_input(env, world2, reverts, anvil):
     # a foreign batch: the stranger never committed seq 1, the node did
     with reverts("AttributionPoolBatchNotCommitted", env.stranger.address, 1):
         c.pool.settle(env.stranger, 1, [(1, 1, 1)])
-    for bad, index in (([(1, 2, 1), (1, 1, 1)], 1), ([(1, 1, 1), (1, 1, 1)], 1), ([(2, 3, 1), (1, 1, 1)], 1),
-                       ([(0, 1, 1)], 0), ([(1, 1, 1), (2, 3, 1), (1, 2, 1)], 2)):
+    for bad, index in (
+        ([(1, 2, 1), (1, 1, 1)], 1),
+        ([(1, 1, 1), (1, 1, 1)], 1),
+        ([(2, 3, 1), (1, 1, 1)], 1),
+        ([(0, 1, 1)], 0),
+        ([(1, 1, 1), (2, 3, 1), (1, 2, 1)], 2),
+    ):
         with reverts("AttributionPoolUnsortedEntry", index):
             c.pool.settle(env.node, seq, bad)
     with reverts("AttributionPoolInvalidWeight", 1, 0):
@@ -209,12 +218,22 @@ def test_flush_after_delay_moves_an_undrained_pool_to_the_split(env, world2, rev
 
 def _committed_receipt(env, ids, bps):
     c = env.c
-    r = Receipt(request_id=b"\x05" * 32, payer=env.payer.address, node=env.node.address, adapter_id=1, seq=1,
-                prompt_tokens=3, completion_tokens=4, compute_cost=0, adapter_cost=10, output_hash=output_hash("x"),
-                attribution_hash=attribution_hash(ids, bps), timestamp=1)
+    r = Receipt(
+        request_id=b"\x05" * 32,
+        payer=env.payer.address,
+        node=env.node.address,
+        adapter_id=1,
+        seq=1,
+        prompt_tokens=3,
+        completion_tokens=4,
+        compute_cost=0,
+        adapter_cost=10,
+        output_hash=output_hash("x"),
+        attribution_hash=attribution_hash(ids, bps),
+        timestamp=1,
+    )
     other = Receipt(**{**r.__dict__, "request_id": b"\x06" * 32})
-    tree = StandardMerkleTree.of([[receipt_digest(x, env.chain_id, c.receipts.address)] for x in (r, other)],
-                                 ["bytes32"])
+    tree = StandardMerkleTree.of([[receipt_digest(x, env.chain_id, c.receipts.address)] for x in (r, other)], ["bytes32"])
     seq = c.receipts.last_seq(env.node.address) + 1
     c.receipts.commit_batch(env.node, seq, tree.root, 2, "bafy")
     return r, seq, tree.proof(0)  # proofs are by input position
@@ -243,7 +262,10 @@ def test_constructor_refuses_zero_addresses(env, reverts):
 
     art = load_artifact("AttributionPool")
     zero = "0x" + "00" * 20
-    data = env.w3.eth.contract(abi=art.abi_list, bytecode=art.bytecode).constructor(
-        env.c.datasets.address, zero, env.c.receipts.address, env.c.adapters.address, 60).data_in_transaction
+    data = (
+        env.w3.eth.contract(abi=art.abi_list, bytecode=art.bytecode)
+        .constructor(env.c.datasets.address, zero, env.c.receipts.address, env.c.adapters.address, 60)
+        .data_in_transaction
+    )
     with reverts("AttributionPoolZeroAddress"):
         send_tx(env.w3, env.deployer, {"data": data, "value": 0, "chainId": env.chain_id})

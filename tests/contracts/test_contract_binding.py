@@ -52,8 +52,13 @@ def test_struct_arguments_come_from_dataclasses(escrow):
     v = Voucher(NODE, NODE, 1, 2, 3)
     escrow._chain_id = 31337  # what build would ask the RPC for
     tx = escrow.build_redeem(NODE, [v], ["0x" + "00" * 65])
-    assert tx == {"from": NODE, "to": escrow.address, "chainId": 31337, "value": 0,
-                  "data": escrow.contract.encode_abi("redeem", args=[[(NODE, NODE, 1, 2, 3)], [b"\x00" * 65]])}
+    assert tx == {
+        "from": NODE,
+        "to": escrow.address,
+        "chainId": 31337,
+        "value": 0,
+        "data": escrow.contract.encode_abi("redeem", args=[[(NODE, NODE, 1, 2, 3)], [b"\x00" * 65]]),
+    }
     with pytest.raises(ChainError, match="expected 5 fields"):
         escrow.build_redeem(NODE, [(NODE, NODE, 1)], [b""])
 

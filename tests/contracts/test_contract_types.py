@@ -14,8 +14,20 @@ from chain.contract_types import EVENT_CLASSES, event_fields, snake
 from chain.contracts import STRUCT_READS, StructRead, output_params
 
 UNDECODED = {"EIP712DomainChanged"}  # carries no data the node uses
-READ_RESULT_CLASSES = {"AdapterInfo", "AdapterPayout", "DatasetInfo", "ContributionInfo", "NodeInfo", "EscrowAccount",
-                       "LaneCollected", "SignerInfo", "DisputeInfo", "DisputeTerms", "PoolBalance", "ProtocolFee"}
+READ_RESULT_CLASSES = {
+    "AdapterInfo",
+    "AdapterPayout",
+    "DatasetInfo",
+    "ContributionInfo",
+    "NodeInfo",
+    "EscrowAccount",
+    "LaneCollected",
+    "SignerInfo",
+    "DisputeInfo",
+    "DisputeTerms",
+    "PoolBalance",
+    "ProtocolFee",
+}
 
 
 def python_type(param: dict) -> object:

@@ -22,13 +22,21 @@ def test_create_contribute_accept_reject_and_views(env):
     r = c.datasets.create_dataset(env.curator, "wiki-it", "CC-BY-SA-4.0", "bafymeta")
     (ev,) = [e for e in c.events_of(r) if isinstance(e, DatasetCreated)]
     assert (ev.dataset_id, ev.curator, ev.name, ev.license, ev.metadata_cid) == (
-        1, env.curator.address, "wiki-it", "CC-BY-SA-4.0", "bafymeta"
+        1,
+        env.curator.address,
+        "wiki-it",
+        "CC-BY-SA-4.0",
+        "bafymeta",
     )
     assert c.datasets.dataset_exists(1) and not c.datasets.dataset_exists(2)
     r = c.datasets.contribute(env.contributor, 1, "bafyc1", 1234)
     (ev,) = [e for e in c.events_of(r) if isinstance(e, ContributionSubmitted)]
     assert (ev.contribution_id, ev.dataset_id, ev.contributor, ev.cid, ev.size_tokens) == (
-        1, 1, env.contributor.address, "bafyc1", 1234
+        1,
+        1,
+        env.contributor.address,
+        "bafyc1",
+        1234,
     )
     c.datasets.contribute(env.contributor2, 1, "bafyc2", 10)
     r = c.datasets.accept(env.curator, 1, 1234)

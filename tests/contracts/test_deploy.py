@@ -20,21 +20,38 @@ def test_deploy_writes_file_and_wires_contracts(anvil, tmp_path):
     assert path.exists()
     loaded = Deployment.load(path)
     assert loaded == dep
-    assert set(dep.addresses) == {"PaymentToken", "DatasetRegistry", "AdapterRegistry", "NodeRegistry",
-                                  "RewardVault", "UsageEscrow", "ReceiptLog", "AttributionPool"}
+    assert set(dep.addresses) == {
+        "PaymentToken",
+        "DatasetRegistry",
+        "AdapterRegistry",
+        "NodeRegistry",
+        "RewardVault",
+        "UsageEscrow",
+        "ReceiptLog",
+        "AttributionPool",
+    }
     assert dep.stale_abis() == []
     assert dep.start_block == min(dep.blocks.values()) > 0
     w3 = Web3(Web3.HTTPProvider(anvil.url))
     c = Contracts(w3, dep)
     a = dep.addresses
     assert c.escrow.contract.functions.peers().call() == [
-        a["PaymentToken"], a["AdapterRegistry"], a["AttributionPool"], a["RewardVault"], a["NodeRegistry"]]
+        a["PaymentToken"],
+        a["AdapterRegistry"],
+        a["AttributionPool"],
+        a["RewardVault"],
+        a["NodeRegistry"],
+    ]
     terms = c.nodes.dispute_terms()
     assert (terms.arbitrator, terms.receipts) == (dep.deployer, a["ReceiptLog"]) and terms.min_bond == dep.params["min_bond"]
     assert c.vault.contract.functions.creditors().call() == [a["UsageEscrow"], a["DatasetRegistry"]]
     assert c.datasets.contract.functions.peers().call() == [a["RewardVault"], a["AttributionPool"]]
-    assert c.pool.contract.functions.peers().call() == [a["DatasetRegistry"], a["UsageEscrow"], a["ReceiptLog"],
-                                                        a["AdapterRegistry"]]
+    assert c.pool.contract.functions.peers().call() == [
+        a["DatasetRegistry"],
+        a["UsageEscrow"],
+        a["ReceiptLog"],
+        a["AdapterRegistry"],
+    ]
     assert c.escrow.protocol_fee().bps == 250 and c.escrow.thaw_seconds() == 60
     assert c.nodes.contract.functions.bondTerms().call()[1] == 60
     assert len(c.event_topics()) >= 20 and all(t.startswith("0x") and len(t) == 66 for t in c.event_topics())

@@ -63,7 +63,8 @@ def test_signer_authorization_needs_the_signers_proof(env, anvil, reverts):
     deadline = 2**40
     proof = sign_signer_proof(env.payer.address, deadline, env.signer.key, env.chain_id, c.escrow.address)
     assert c.escrow.hash_signer_proof(env.payer.address, deadline) == signer_proof_digest(
-        env.payer.address, deadline, env.chain_id, c.escrow.address)
+        env.payer.address, deadline, env.chain_id, c.escrow.address
+    )
     # attack (issue #6): squatting a key one does not hold, or replaying its proof for another payer
     own = sign_signer_proof(env.payer2.address, deadline, env.payer2.key, env.chain_id, c.escrow.address)
     with reverts("UsageEscrowBadSignerProof", env.signer.address):
@@ -74,8 +75,12 @@ def test_signer_authorization_needs_the_signers_proof(env, anvil, reverts):
     with reverts("UsageEscrowBadSignerProof", env.signer.address):
         c.escrow.authorize_signer(env.payer, env.signer.address, deadline, other_chain)
     with reverts("UsageEscrowBadSignerProof", env.signer.address):  # expired proof
-        c.escrow.authorize_signer(env.payer, env.signer.address, 1, sign_signer_proof(
-            env.payer.address, 1, env.signer.key, env.chain_id, c.escrow.address))
+        c.escrow.authorize_signer(
+            env.payer,
+            env.signer.address,
+            1,
+            sign_signer_proof(env.payer.address, 1, env.signer.key, env.chain_id, c.escrow.address),
+        )
     with reverts("UsageEscrowBadSignerProof", env.signer.address):  # garbage proof
         c.escrow.authorize_signer(env.payer, env.signer.address, deadline, b"\x01" * 7)
     with reverts("UsageEscrowZeroAddress"):
@@ -155,12 +160,14 @@ def test_redeem_splits_exactly(env, world):
     assert c.vault.claimable(env.owner.address) - before[env.owner.address] == rest - ds
     # the dataset share splits 1:3 over the two accepted contributions
     assert c.datasets.pending_reward(1) + c.datasets.pending_reward(2) <= ds
-    assert c.datasets.pending_reward(2) == 3 * c.datasets.pending_reward(1) or abs(
-        c.datasets.pending_reward(2) - 3 * c.datasets.pending_reward(1)
-    ) <= 3
+    assert (
+        c.datasets.pending_reward(2) == 3 * c.datasets.pending_reward(1)
+        or abs(c.datasets.pending_reward(2) - 3 * c.datasets.pending_reward(1)) <= 3
+    )
     assert c.escrow.account_of(env.payer.address, env.node.address).balance == 10**21 - compute - adapter
     assert c.escrow.collected(env.payer.address, env.node.address, 1) == type(
-        c.escrow.collected(env.payer.address, env.node.address, 1))(compute, adapter)
+        c.escrow.collected(env.payer.address, env.node.address, 1)
+    )(compute, adapter)
     redeemed = [e for e in c.events_of(r) if isinstance(e, VoucherRedeemed)]
     assert [(e.compute_paid, e.adapter_paid) for e in redeemed] == [(compute, adapter)]
     assert c.token.balance_of(c.vault.address) == compute + adapter
@@ -261,11 +268,16 @@ def test_redeem_validation(env, world, reverts):
     bad_s = sig[:32] + (2**256 - 1).to_bytes(32, "big") + sig[64:]
     good = Voucher(env.payer.address, env.node.address, 1, 7, 3)
     batch = [other, base, unknown, huge, v, v, good]
-    sigs = [signed(env, other), signed(env, base), signed(env, unknown), signed(env, huge), sig[:64], bad_s,
-            signed(env, good)]
+    sigs = [signed(env, other), signed(env, base), signed(env, unknown), signed(env, huge), sig[:64], bad_s, signed(env, good)]
     r = c.escrow.redeem(env.node, batch, sigs)
-    assert skipped(c, r) == [(0, "wrong_node"), (1, "bad_value"), (2, "unknown_adapter"), (3, "bad_value"),
-                             (4, "bad_signature"), (5, "bad_signature")]
+    assert skipped(c, r) == [
+        (0, "wrong_node"),
+        (1, "bad_value"),
+        (2, "unknown_adapter"),
+        (3, "bad_value"),
+        (4, "bad_signature"),
+        (5, "bad_signature"),
+    ]
     assert [(e.compute_paid, e.adapter_paid) for e in c.events_of(r) if isinstance(e, VoucherRedeemed)] == [(7, 3)]
     assert c.escrow.account_of(env.payer.address, env.node.address).balance == 10**21 - 10
 

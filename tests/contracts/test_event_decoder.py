@@ -29,10 +29,16 @@ def _word(value: int | str) -> bytes:
 
 
 def adapter_published_log(address: str = REGISTRY) -> dict:
-    data = abi_encode(["uint32", "string", "string", "uint16", "uint128", "uint16", "uint256[]", "uint16[]"],
-                      [2, "base/model", "bafyA", 8, 100, 7000, [1, 4], [2000, 1000]])
-    return {"address": address, "topics": [_topic("AdapterRegistry", "AdapterPublished"), _word(5), _word(OWNER)],
-            "data": data, **BLOCK}
+    data = abi_encode(
+        ["uint32", "string", "string", "uint16", "uint128", "uint16", "uint256[]", "uint16[]"],
+        [2, "base/model", "bafyA", 8, 100, 7000, [1, 4], [2000, 1000]],
+    )
+    return {
+        "address": address,
+        "topics": [_topic("AdapterRegistry", "AdapterPublished"), _word(5), _word(OWNER)],
+        "data": data,
+        **BLOCK,
+    }
 
 
 @pytest.fixture
@@ -43,41 +49,82 @@ def registry():
 def test_decodes_a_log_into_its_dataclass(registry):
     ev = registry.decode(adapter_published_log())
     assert ev == AdapterPublished(
-        address=REGISTRY, block_number=7, block_hash=b"\x01" * 32, tx_hash=b"\x02" * 32, log_index=3,
-        adapter_id=5, owner=OWNER, version=2, base_model_id="base/model", cid="bafyA", rank=8, price_per_1k=100,
-        owner_bps=7000, dataset_ids=(1, 4), dataset_bps=(2000, 1000))
-    assert registry.topics() == sorted("0x" + _topic("AdapterRegistry", n).hex()
-                                       for n in ("AdapterPublished", "AdapterDeprecated"))
+        address=REGISTRY,
+        block_number=7,
+        block_hash=b"\x01" * 32,
+        tx_hash=b"\x02" * 32,
+        log_index=3,
+        adapter_id=5,
+        owner=OWNER,
+        version=2,
+        base_model_id="base/model",
+        cid="bafyA",
+        rank=8,
+        price_per_1k=100,
+        owner_bps=7000,
+        dataset_ids=(1, 4),
+        dataset_bps=(2000, 1000),
+    )
+    assert registry.topics() == sorted(
+        "0x" + _topic("AdapterRegistry", n).hex() for n in ("AdapterPublished", "AdapterDeprecated")
+    )
 
 
 def test_struct_arrays_decode_as_tuples_and_store_as_objects():
     dec = EventDecoder({POOL: load_artifact("AttributionPool").abi_list}, ["BatchSettled"])
     data = abi_encode(["(uint256,uint256,uint256)[]"], [[(1, 4, 30), (2, 0, 70)]])
-    log = {"address": POOL, "topics": [_topic("AttributionPool", "BatchSettled"), _word(OWNER), _word(9)],
-           "data": data, **BLOCK}
+    log = {"address": POOL, "topics": [_topic("AttributionPool", "BatchSettled"), _word(OWNER), _word(9)], "data": data, **BLOCK}
     ev = dec.decode(log)
     assert isinstance(ev, BatchSettled) and ev.seq == 9 and ev.entries == ((1, 4, 30), (2, 0, 70))
     stored = dec.to_json(ev)
-    assert stored["entries"][0] == dict(zip([c["name"] for c in _event_abi("AttributionPool", "BatchSettled")
-                                             ["inputs"][2]["components"]], (1, 4, 30), strict=True))
-    assert dec.from_json("BatchSettled", stored, address=POOL, block_number=7, block_hash=BLOCK["blockHash"],
-                         tx_hash=BLOCK["transactionHash"], log_index=3) == ev
+    assert stored["entries"][0] == dict(
+        zip(
+            [c["name"] for c in _event_abi("AttributionPool", "BatchSettled")["inputs"][2]["components"]], (1, 4, 30), strict=True
+        )
+    )
+    assert (
+        dec.from_json(
+            "BatchSettled",
+            stored,
+            address=POOL,
+            block_number=7,
+            block_hash=BLOCK["blockHash"],
+            tx_hash=BLOCK["transactionHash"],
+            log_index=3,
+        )
+        == ev
+    )
 
 
 def test_rows_stored_by_earlier_versions_still_decode():
     """`chain_events.args` as the node has always written them (ABI names, JSON values)."""
     dec = EventDecoder({REGISTRY: load_artifact("NodeRegistry").abi_list})
-    stored = {"node": OWNER, "endpoint": "https://node.example", "baseModelIds": ["base/model"],
-              "computePricePer1k": 50}
-    ev = dec.from_json("NodeRegistered", stored, address=REGISTRY, block_number=7, block_hash="0x" + "01" * 32,
-                       tx_hash="0x" + "02" * 32, log_index=3)
-    assert ev == NodeRegistered(address=REGISTRY, block_number=7, block_hash=b"\x01" * 32, tx_hash=b"\x02" * 32,
-                                log_index=3, node=OWNER, endpoint="https://node.example",
-                                base_model_ids=("base/model",), compute_price_per_1k=50)
+    stored = {"node": OWNER, "endpoint": "https://node.example", "baseModelIds": ["base/model"], "computePricePer1k": 50}
+    ev = dec.from_json(
+        "NodeRegistered",
+        stored,
+        address=REGISTRY,
+        block_number=7,
+        block_hash="0x" + "01" * 32,
+        tx_hash="0x" + "02" * 32,
+        log_index=3,
+    )
+    assert ev == NodeRegistered(
+        address=REGISTRY,
+        block_number=7,
+        block_hash=b"\x01" * 32,
+        tx_hash=b"\x02" * 32,
+        log_index=3,
+        node=OWNER,
+        endpoint="https://node.example",
+        base_model_ids=("base/model",),
+        compute_price_per_1k=50,
+    )
     assert dec.to_json(ev) == stored
     with pytest.raises(EventDecodeError, match="lacks"):
-        dec.from_json("NodeRegistered", {"node": OWNER}, address=REGISTRY, block_number=7, block_hash=b"",
-                      tx_hash=b"", log_index=0)
+        dec.from_json(
+            "NodeRegistered", {"node": OWNER}, address=REGISTRY, block_number=7, block_hash=b"", tx_hash=b"", log_index=0
+        )
 
 
 def test_other_logs_are_skipped(registry):
@@ -97,5 +144,4 @@ def test_malformed_logs_and_bad_arguments_are_clear_errors(registry):
     with pytest.raises(ValueError, match="no event dataclass"):
         EventDecoder({REGISTRY: load_artifact("AdapterRegistry").abi_list}, ["NoSuchEvent"])
     with pytest.raises(EventDecodeError, match="does not know"):
-        registry.from_json("NodeRegistered", {}, address=REGISTRY, block_number=0, block_hash=b"", tx_hash=b"",
-                           log_index=0)
+        registry.from_json("NodeRegistered", {}, address=REGISTRY, block_number=0, block_hash=b"", tx_hash=b"", log_index=0)

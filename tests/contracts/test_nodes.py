@@ -12,7 +12,11 @@ def test_register_update_bond_lifecycle(env, anvil, reverts):
     assert NodeRegistered in kinds and BondAdded in kinds
     n = c.nodes.get_node(env.node.address)
     assert (n.endpoint, n.base_model_ids, n.compute_price_per_1k, n.bond, n.active) == (
-        "https://node.example", ("smollm2-135m",), 2000, 500, True
+        "https://node.example",
+        ("smollm2-135m",),
+        2000,
+        500,
+        True,
     )
     assert c.token.balance_of(c.nodes.address) == 500
     c.nodes.update(env.node, "https://n2.example", ["a", "b"], 3000)

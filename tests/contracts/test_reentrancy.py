@@ -66,8 +66,9 @@ def test_vault_claim_reentry_is_blocked(hostile_env, stake_node):
     env, attacker, hook_c = hostile_env
     c = env.c
     # the attacker contract owns an adapter and gets paid through it
-    _as_attacker(env, attacker, c.adapters.address,
-                 c.adapters.contract.encode_abi("register", args=["m", "bafy", 8, 1, 10_000, [], []]))
+    _as_attacker(
+        env, attacker, c.adapters.address, c.adapters.contract.encode_abi("register", args=["m", "bafy", 8, 1, 10_000, [], []])
+    )
     adapter_id = c.adapters.adapter_count()
     stake_node(env, env.node)
     c.escrow.deposit(env.payer, env.node.address, 10**6)

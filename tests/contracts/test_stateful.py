@@ -38,8 +38,18 @@ class Protocol(RuleBasedStateMachine):
         self.snap = self.anvil.rpc("evm_snapshot")
         c = env.c
         self.payers = [env.payer, env.payer2]
-        self.holders = [env.deployer, env.payer, env.payer2, env.node, env.owner, env.curator,
-                        env.contributor, env.contributor2, env.signer, env.stranger]
+        self.holders = [
+            env.deployer,
+            env.payer,
+            env.payer2,
+            env.node,
+            env.owner,
+            env.curator,
+            env.contributor,
+            env.contributor2,
+            env.signer,
+            env.stranger,
+        ]
         self.escrow_model = {p.address: 0 for p in self.payers}
         self.lanes: dict[tuple[str, int], tuple[int, int]] = defaultdict(lambda: (0, 0))
         self.credited: dict[str, int] = defaultdict(int)
@@ -79,8 +89,15 @@ class Protocol(RuleBasedStateMachine):
         self._track(self.env.c.escrow.deposit(p, self.env.node.address, amount))
         self.escrow_model[p.address] += amount
 
-    @rule(i=st.integers(0, 1), adapter=st.integers(0, 2), dc=st.integers(0, 5000), da=st.integers(0, 5000),
-          lower=st.booleans(), swap=st.booleans(), by_signer=st.booleans())
+    @rule(
+        i=st.integers(0, 1),
+        adapter=st.integers(0, 2),
+        dc=st.integers(0, 5000),
+        da=st.integers(0, 5000),
+        lower=st.booleans(),
+        swap=st.booleans(),
+        by_signer=st.booleans(),
+    )
     def redeem(self, i, adapter, dc, da, lower, swap, by_signer):
         env, p = self.env, self.payers[i]
         if adapter == 0:
@@ -117,9 +134,20 @@ class Protocol(RuleBasedStateMachine):
 
     def _receipt(self, seq: int, salt: int) -> tuple[Receipt, bytes]:
         env = self.env
-        r = Receipt(request_id=salt.to_bytes(32, "big"), payer=env.payer.address, node=env.node.address, adapter_id=0,
-                    seq=seq, prompt_tokens=1, completion_tokens=1, compute_cost=1, adapter_cost=0,
-                    output_hash=bytes(32), attribution_hash=bytes(32), timestamp=1)
+        r = Receipt(
+            request_id=salt.to_bytes(32, "big"),
+            payer=env.payer.address,
+            node=env.node.address,
+            adapter_id=0,
+            seq=seq,
+            prompt_tokens=1,
+            completion_tokens=1,
+            compute_cost=1,
+            adapter_cost=0,
+            output_hash=bytes(32),
+            attribution_hash=bytes(32),
+            timestamp=1,
+        )
         return r, sign_receipt(r, env.node.key, env.chain_id, env.c.receipts.address)
 
     def _rebond(self):
@@ -186,8 +214,11 @@ class Protocol(RuleBasedStateMachine):
             self._track(self.env.c.datasets.reject(self.env.curator, cid))
             self.dataset_payments += 1
 
-    @rule(picks=st.lists(st.tuples(st.integers(0, 50), st.integers(1, 2**128 - 1)), max_size=4),
-          unattributed=st.integers(0, 10**30), da=st.integers(0, 5000))
+    @rule(
+        picks=st.lists(st.tuples(st.integers(0, 50), st.integers(1, 2**128 - 1)), max_size=4),
+        unattributed=st.integers(0, 10**30),
+        da=st.integers(0, 5000),
+    )
     def settle_attributed_batch(self, picks, unattributed, da):
         """A payment for dataset 1 (when da > 0), then the node commits a batch and settles it with
         attribution weights (any contribution it names, accepted or not)."""

@@ -82,17 +82,30 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
     c = Contracts(w3, dep)
     fund_escrow(w3, dep, tan.KEYS["deployer"], tan.KEYS["payer"], 10**20, tan.ACCT["node"].address)
     stake_node(w3, dep, tan.KEYS["deployer"], tan.KEYS["node"])  # only a staked node redeems
-    cfg = load_config(None, environ={}, data_dir=tmp_path / "node", deployment=dep_path, rpc_url=fresh_anvil.url,
-                      dev_mode=True, dev_key_index=1, confirmations=0, watcher_poll_s=0.2,
-                      compute_price_per_1k=1000, max_tokens_limit=32, settlement_enabled=False)
+    cfg = load_config(
+        None,
+        environ={},
+        data_dir=tmp_path / "node",
+        deployment=dep_path,
+        rpc_url=fresh_anvil.url,
+        dev_mode=True,
+        dev_key_index=1,
+        confirmations=0,
+        watcher_poll_s=0.2,
+        compute_price_per_1k=1000,
+        max_tokens_limit=32,
+        settlement_enabled=False,
+    )
     cfg.ensure_dirs()
     store = EmbeddedStore(cfg.ipfs_store_dir)
     c.datasets.create_dataset(tan.ACCT["curator"], "harbour-notes", "CC-BY-4.0", "")
     ds = c.datasets.dataset_count()
-    folder = make_random_adapter(tmp_path / "a1", AutoConfig.from_pretrained(resolve_model_folder(None)),
-                                 rank=4, seed=1, base_model_id=EMBEDDED_MODEL_ID)
-    c.adapters.register(tan.ACCT["owner"], EMBEDDED_MODEL_ID, await store.add_path(folder), 4, 10**15,
-                        BPS - DATASET_BPS, [ds], [DATASET_BPS])
+    folder = make_random_adapter(
+        tmp_path / "a1", AutoConfig.from_pretrained(resolve_model_folder(None)), rank=4, seed=1, base_model_id=EMBEDDED_MODEL_ID
+    )
+    c.adapters.register(
+        tan.ACCT["owner"], EMBEDDED_MODEL_ID, await store.add_path(folder), 4, 10**15, BPS - DATASET_BPS, [ds], [DATASET_BPS]
+    )
 
     app = build_app(cfg, engine=engine)
     async with TestClient(TestServer(app)) as client:
@@ -103,20 +116,28 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
         answer_a, _ = await tan._greedy(engine, "adapter-1", PROMPT_A)
         answer_b, _ = await tan._greedy(engine, "adapter-1", PROMPT_B)
         ids = {}
-        for who, text in (("alice", tan.FILLER_A + answer_a + tan.FILLER_B), ("bob", tan.FILLER_B + answer_b),
-                          ("carol", tan.UNRELATED)):
-            ids[who], _ = await tan._publish_text(c, store, tmp_path, who if who != "carol" else "bob", ds,
-                                                  text.encode())
+        for who, text in (
+            ("alice", tan.FILLER_A + answer_a + tan.FILLER_B),
+            ("bob", tan.FILLER_B + answer_b),
+            ("carol", tan.UNRELATED),
+        ):
+            ids[who], _ = await tan._publish_text(c, store, tmp_path, who if who != "carol" else "bob", ds, text.encode())
             await asyncio.to_thread(c.datasets.accept, tan.ACCT["curator"], ids[who], WEIGHTS[who])
-        await tan._until(lambda: svc.attributor_for(1) is not None
-                         and svc.attributor_for(1).contribution_ids() == sorted(ids.values()), 60, "index ready")
+        await tan._until(
+            lambda: svc.attributor_for(1) is not None and svc.attributor_for(1).contribution_ids() == sorted(ids.values()),
+            60,
+            "index ready",
+        )
 
         quote = NodeQuote.from_json(await (await client.get("/v1/node")).json())
         wallet = VoucherWallet(tan.KEYS["payer"], quote)
         answers = []
         for prompt in [PROMPT_A] * 4 + [PROMPT_B, PROMPT_NONE]:
-            r = await client.post("/v1/chat/completions", headers=wallet.header(1), json={
-                "model": "adapter-1", "messages": prompt, "max_tokens": tan.MAX_TOKENS, "temperature": 0})
+            r = await client.post(
+                "/v1/chat/completions",
+                headers=wallet.header(1),
+                json={"model": "adapter-1", "messages": prompt, "max_tokens": tan.MAX_TOKENS, "temperature": 0},
+            )
             assert r.status == 200, await r.text()
             body = await r.json()
             wallet.record(1, body, body["choices"][0]["message"]["content"])
@@ -168,15 +189,44 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
 
     from node.cli.app import app as cli_app
 
-    res = await asyncio.to_thread(CliRunner().invoke, cli_app, [
-        "attribution", "audit", "--batch", "1", "--node", node, "--rpc-url", fresh_anvil.url,
-        "--deployment", str(dep_path), "--ipfs-store", str(cfg.ipfs_store_dir), "--json"])
+    res = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli_app,
+        [
+            "attribution",
+            "audit",
+            "--batch",
+            "1",
+            "--node",
+            node,
+            "--rpc-url",
+            fresh_anvil.url,
+            "--deployment",
+            str(dep_path),
+            "--ipfs-store",
+            str(cfg.ipfs_store_dir),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["ok"] is True
     # `rewards show` breaks alice's rewards down per contribution
-    res = await asyncio.to_thread(CliRunner().invoke, cli_app, [
-        "rewards", "show", tan.ACCT["alice"].address, "--rpc-url", fresh_anvil.url, "--deployment", str(dep_path),
-        "--ipfs-store", str(cfg.ipfs_store_dir), "--json"])
+    res = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli_app,
+        [
+            "rewards",
+            "show",
+            tan.ACCT["alice"].address,
+            "--rpc-url",
+            fresh_anvil.url,
+            "--deployment",
+            str(dep_path),
+            "--ipfs-store",
+            str(cfg.ipfs_store_dir),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.output)["contributions"]
     assert row["contribution_id"] == ids["alice"] and row["answers"] == 4 and row["tokens_attributed"] > 0

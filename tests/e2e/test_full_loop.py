@@ -31,8 +31,9 @@ from node.dev.stack import NodeThread, get_json as _get, wait_for as _wait
 pytestmark = pytest.mark.slow
 
 # the first nine of anvil's ten dev keys
-KEYS = dict(zip(["deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob", "carol"], DEV_PRIVATE_KEYS,
-                strict=False))
+KEYS = dict(
+    zip(["deployer", "node", "payer", "owner1", "owner2", "curator", "alice", "bob", "carol"], DEV_PRIVATE_KEYS, strict=False)
+)
 ACCT = {k: Account.from_key(v) for k, v in KEYS.items()}
 ADDR = {k: a.address for k, a in ACCT.items()}
 BPS = 10_000
@@ -82,10 +83,24 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
     dep_path = dep.save(tmp_path / "deployment.json")
     c = Contracts(w3, dep)
     data = tmp_path / "node"
-    cfg = load_config(None, environ={}, data_dir=data, deployment=dep_path, rpc_url=fresh_anvil.url,
-                      dev_mode=True, dev_key_index=1, listen_port=0, confirmations=0, watcher_poll_s=0.3,
-                      compute_price_per_1k=COMPUTE_PRICE, max_tokens_limit=16, engine_max_batch=4,
-                      engine_gpu_slots=2, settlement_interval_s=1.0, redeem_interval_s=1.0)
+    cfg = load_config(
+        None,
+        environ={},
+        data_dir=data,
+        deployment=dep_path,
+        rpc_url=fresh_anvil.url,
+        dev_mode=True,
+        dev_key_index=1,
+        listen_port=0,
+        confirmations=0,
+        watcher_poll_s=0.3,
+        compute_price_per_1k=COMPUTE_PRICE,
+        max_tokens_limit=16,
+        engine_max_batch=4,
+        engine_gpu_slots=2,
+        settlement_interval_s=1.0,
+        redeem_interval_s=1.0,
+    )
     ds, contributions = _publish(c, cfg.ipfs_store_dir, tmp_path)
     fund_escrow(w3, dep, KEYS["deployer"], KEYS["payer"], 10**12, ADDR["node"])
     stake_node(w3, dep, KEYS["deployer"], KEYS["node"])  # only a staked node redeems
@@ -93,8 +108,11 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
     node = NodeThread(cfg).start()
     try:
         # discovery → fetch → verify → load, seen through the API
-        ready = _wait(lambda: [m["id"] for m in _get(node.url + "/v1/models")["data"]][1:] == ["adapter-1", "adapter-2"],
-                      180, "both adapters loaded")
+        ready = _wait(
+            lambda: [m["id"] for m in _get(node.url + "/v1/models")["data"]][1:] == ["adapter-1", "adapter-2"],
+            180,
+            "both adapters loaded",
+        )
         assert ready
         client = LoraNodeClient(node.url, KEYS["payer"])
         assert client.quote.node == ADDR["node"]
@@ -128,8 +146,11 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
         for model in ("adapter-1", "adapter-2", EMBEDDED_MODEL_ID):
             r = client.chat(model, msgs, max_tokens=4, temperature=0)
             assert r.choices[0].message.content
-            text = "".join((ch.choices[0].delta.content or "") for ch in
-                           client.chat_stream(model, msgs, max_tokens=4, temperature=0) if ch.choices)
+            text = "".join(
+                (ch.choices[0].delta.content or "")
+                for ch in client.chat_stream(model, msgs, max_tokens=4, temperature=0)
+                if ch.choices
+            )
             assert text == r.choices[0].message.content  # greedy: streamed = unstreamed
         assert client.complete("adapter-1", "The sky is", max_tokens=3, temperature=0).choices[0].text
         # the adapter for another base model is refused with a reason, the node keeps serving
@@ -142,6 +163,7 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
 
         # the last request of each lane is the unpaid one (loss cap); the client settles up
         client.settle_up()
+
         # settlement: every receipt committed with a proof, every lane redeemed up to its total
         def committed():
             got = [_get(f"{node.url}/v1/receipts/0x{r.receipt.request_id.hex()}") for r in receipts]
@@ -151,14 +173,18 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
         lanes = {0: (0, 0), 1: (0, 0), 2: (0, 0)}
         for aid in lanes:
             lanes[aid] = client.wallet.totals(aid)
+
         def collected(aid):
             got = c.escrow.collected(ADDR["payer"], ADDR["node"], aid)
             return got.compute, got.adapter
 
         _wait(lambda: all(collected(aid) == lanes[aid] for aid in lanes), 120, "vouchers redeemed")
         # the dataset parts wait in the node's attribution pools until each batch is settled there
-        _wait(lambda: c.pool.settled_seq(ADDR["node"]) == c.receipts.last_seq(ADDR["node"]), 120,
-              "batches settled in AttributionPool")
+        _wait(
+            lambda: c.pool.settled_seq(ADDR["node"]) == c.receipts.last_seq(ADDR["node"]),
+            120,
+            "batches settled in AttributionPool",
+        )
         with urllib.request.urlopen(node.url + "/metrics", timeout=30) as r:  # noqa: S310 - the test's own loopback node
             metrics = r.read().decode()
         loads = [ln for ln in metrics.splitlines() if ln.startswith("loranode_adapters_loads_total ")]
@@ -166,8 +192,12 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
         assert "loranode_settlement_lag_seconds" in metrics and "loranode_engine_adapters_slot_loads_total" in metrics
         health = _get(node.url + "/healthz")
         assert {name: loop["state"] for name, loop in health["background"].items()} == {
-            "escrow_follower": "running", "watcher": "running", "lifecycle": "running", "settlement": "running",
-            "attribution": "running"}
+            "escrow_follower": "running",
+            "watcher": "running",
+            "lifecycle": "running",
+            "settlement": "running",
+            "attribution": "running",
+        }
         assert all(loop["restarts"] == 0 for loop in health["background"].values())
     finally:
         node.stop()
@@ -191,8 +221,9 @@ def test_publish_serve_settle_and_pay_to_the_wei(fresh_anvil, tmp_path):
         assert ac == sum(-(-t * price // 1000) for t in tokens)
 
     # RewardVault, to the wei: replay the registered splits over the redeemed increases
-    logs = w3.eth.get_logs({"fromBlock": 0, "toBlock": "latest", "address": [dep.addresses["UsageEscrow"],
-                                                                             dep.addresses["DatasetRegistry"]]})
+    logs = w3.eth.get_logs(
+        {"fromBlock": 0, "toBlock": "latest", "address": [dep.addresses["UsageEscrow"], dep.addresses["DatasetRegistry"]]}
+    )
     events = c.decode_events(logs)
     fee_bps = c.escrow.protocol_fee().bps
     expect = {k: 0 for k in ("node", "deployer", "owner1", "owner2")}

@@ -31,8 +31,10 @@ def folders(cpu_base, tmp_path_factory):
     from inference.adapter_factory import make_random_adapter
 
     root = tmp_path_factory.mktemp("gpu-adapters")
-    return {a: make_random_adapter(root / a, cpu_base, rank=r, target_modules=t, seed=i, init_scale=0.12)
-            for i, (a, (r, t)) in enumerate(ADAPTERS.items())}
+    return {
+        a: make_random_adapter(root / a, cpu_base, rank=r, target_modules=t, seed=i, init_scale=0.12)
+        for i, (a, (r, t)) in enumerate(ADAPTERS.items())
+    }
 
 
 def _engine(cpu_base, folders, dtype: str, **kw):
@@ -41,8 +43,16 @@ def _engine(cpu_base, folders, dtype: str, **kw):
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     model = copy.deepcopy(cpu_base.model).to("cuda", dt)
     base = dataclasses.replace(cpu_base, model=model, device=torch.device("cuda"), dtype=dt)
-    cfg = dict(device="cuda", dtype=dtype, num_slots=4, max_rank=16, max_batch_size=8, max_model_len=128,
-               max_new_tokens=64, host_cache_size=8)
+    cfg = dict(
+        device="cuda",
+        dtype=dtype,
+        num_slots=4,
+        max_rank=16,
+        max_batch_size=8,
+        max_model_len=128,
+        max_new_tokens=64,
+        host_cache_size=8,
+    )
     cfg.update(kw)
     eng = Engine(EngineConfig(**cfg), base=base)
     for a, f in folders.items():
@@ -79,7 +89,7 @@ def test_fp32_mixed_batch_matches_peft_on_cuda(cpu_base, folders):
             else:
                 ref.set_adapter(a)
                 out = ref.generate(input_ids=ids, max_new_tokens=8, do_sample=False)
-        exp = [t for t in out[0, ids.shape[1]:].tolist() if t != tok.eos_token_id]
+        exp = [t for t in out[0, ids.shape[1] :].tolist() if t != tok.eos_token_id]
         assert got[i] == exp[: len(got[i])] and len(got[i]) >= min(len(exp), 1), f"row {i} adapter {a}"
 
 
@@ -89,15 +99,21 @@ def test_bf16_engine_serves_with_pinned_host_tier_and_async_loads(cpu_base, fold
     eng = _engine(cpu_base, folders, "bfloat16", num_slots=2)
     try:
         assert eng.dtype == torch.bfloat16 and eng.tiers._pin
-        long = eng.submit(GenerationRequest("long", None, prompt=PROMPTS[0],
-                                            params=SamplingParams(max_tokens=60, temperature=0, ignore_eos=True)))
+        long = eng.submit(
+            GenerationRequest(
+                "long", None, prompt=PROMPTS[0], params=SamplingParams(max_tokens=60, temperature=0, ignore_eos=True)
+            )
+        )
         while eng.stats()["decode_steps"] < 2:
             time.sleep(0.005)
         steps_before = eng.stats()["decode_steps"]
         # four adapters on two slots: loads + evictions while `long` keeps decoding
-        hs = [eng.submit(GenerationRequest(f"a{i}", a, prompt=PROMPTS[i],
-                                           params=SamplingParams(max_tokens=6, temperature=0.7, seed=i)))
-              for i, a in enumerate(folders)]
+        hs = [
+            eng.submit(
+                GenerationRequest(f"a{i}", a, prompt=PROMPTS[i], params=SamplingParams(max_tokens=6, temperature=0.7, seed=i))
+            )
+            for i, a in enumerate(folders)
+        ]
         res = [h.result_sync(120) for h in hs]
         assert all(r.completion_tokens >= 1 for r in res)
         assert long.result_sync(120).completion_tokens == 60

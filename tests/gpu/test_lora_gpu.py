@@ -30,8 +30,7 @@ def folders(cpu_base, tmp_path_factory):
     from inference.adapter_factory import make_random_adapter
 
     root = tmp_path_factory.mktemp("gpu-adapters")
-    return [make_random_adapter(root / f"a{i}", cpu_base, r, t, alpha=a, seed=50 + i)
-            for i, (r, a, t) in enumerate(ADAPTERS)]
+    return [make_random_adapter(root / f"a{i}", cpu_base, r, t, alpha=a, seed=50 + i) for i, (r, a, t) in enumerate(ADAPTERS)]
 
 
 def build(cpu_base, folders, dtype):

@@ -53,8 +53,12 @@ def deploy_registries(url: str) -> Registries:
     # receipts log and arbitrator: placeholders too (no commits or disputes here); min bond 1
     nodes, nb = deploy("NodeRegistry", token.address, 3600, 1, placeholder, placeholder, 3600, 0)
     cs = {"DemoToken": token, "DatasetRegistry": datasets, "AdapterRegistry": adapters, "NodeRegistry": nodes}
-    return Registries(w3, {k: v.address for k, v in cs.items()},
-                      {"DemoToken": tb, "DatasetRegistry": db, "AdapterRegistry": ab, "NodeRegistry": nb}, cs)
+    return Registries(
+        w3,
+        {k: v.address for k, v in cs.items()},
+        {"DemoToken": tb, "DatasetRegistry": db, "AdapterRegistry": ab, "NodeRegistry": nb},
+        cs,
+    )
 
 
 @pytest.fixture

@@ -105,8 +105,9 @@ async def _add(request: web.Request, st: KuboState) -> web.StreamResponse:
             lines.append({"Name": name, "Hash": str(cid), "Size": str(tsize)})
 
         for top in tops:
-            cid = st.store.add_path_sync(base / top, version=version, raw_leaves=raw_leaves, wrap=wrap, include_hidden=True,
-                                         on_entry=on_entry)
+            cid = st.store.add_path_sync(
+                base / top, version=version, raw_leaves=raw_leaves, wrap=wrap, include_hidden=True, on_entry=on_entry
+            )
             if pin:
                 await st.store.pin(cid)
     resp = web.StreamResponse(headers={"Content-Type": "application/json", "X-Chunked-Output": "1"})

@@ -61,16 +61,24 @@ def live_stack(data_dir: Path, *, node_extra: dict | None = None):
         cid = asyncio.run(store.add_path(text))  # the node fetches it to build the attribution index
         c.datasets.contribute(ACCT["alice"], ds, cid, text.stat().st_size)
         c.datasets.accept(ACCT["curator"], c.datasets.contribution_count(), 5)
-        folder = make_random_adapter(data_dir / "adapter", AutoConfig.from_pretrained(resolve_model_folder(None)),
-                                     rank=4, seed=1, base_model_id=EMBEDDED_MODEL_ID)
+        folder = make_random_adapter(
+            data_dir / "adapter",
+            AutoConfig.from_pretrained(resolve_model_folder(None)),
+            rank=4,
+            seed=1,
+            base_model_id=EMBEDDED_MODEL_ID,
+        )
         cid = asyncio.run(store.add_path(folder))
         c.adapters.register(ACCT["owner1"], EMBEDDED_MODEL_ID, cid, 4, ADAPTER_PRICE, 7000, [ds], [3000])
         aid = c.adapters.adapter_count()
         c.token.approve(ACCT["payer"], c.escrow.address, ESCROW)
         c.escrow.deposit(ACCT["payer"], ACCT["node"].address, ESCROW)
         node = NodeThread(load_config(stack.config_path)).start()
-        wait_for(lambda: any(m["id"] == f"adapter-{aid}" for m in get_json(node.url + "/v1/models")["data"]),
-                 180, "the node to load the adapter")
+        wait_for(
+            lambda: any(m["id"] == f"adapter-{aid}" for m in get_json(node.url + "/v1/models")["data"]),
+            180,
+            "the node to load the adapter",
+        )
         yield LiveStack(stack, node, ds, aid)
     finally:
         if node is not None:

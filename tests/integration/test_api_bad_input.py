@@ -59,8 +59,19 @@ def chain(anvil_session, tmp_path_factory):
 
 def _config(chain, data, **kw):
     url, _, path = chain
-    return load_config(None, environ={}, data_dir=data, deployment=path, rpc_url=url, dev_mode=True,
-                       dev_key_index=1, compute_price_per_1k=1000, max_tokens_limit=32, max_body_bytes=MAX_BODY, **kw)
+    return load_config(
+        None,
+        environ={},
+        data_dir=data,
+        deployment=path,
+        rpc_url=url,
+        dev_mode=True,
+        dev_key_index=1,
+        compute_price_per_1k=1000,
+        max_tokens_limit=32,
+        max_body_bytes=MAX_BODY,
+        **kw,
+    )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -71,11 +82,35 @@ async def node(engine, chain, tmp_path_factory):
     seed_loaded_adapters(cfg.database_url, {1: (OWNER, 100), 2: (OWNER, 100)}, engine.model_id, folders)
     sessions = make_session_factory(cfg.database_url)
     with sessions.begin() as s:  # what the lifecycle leaves for adapters it could not serve
-        s.add(Adapter(id=3, owner=OWNER, base_model="some-org/other-base-7B", cid="x", rank=4, price_per_1k=1,
-                      owner_bps=10_000, dataset_splits=[], block_number=0, state=AdapterState.IGNORED.value))
-        s.add(Adapter(id=4, owner=OWNER, base_model=engine.model_id, cid="y", rank=4, price_per_1k=1,
-                      owner_bps=10_000, dataset_splits=[], block_number=0, state=AdapterState.FAILED.value,
-                      failure_reason="CID mismatch: fetched bytes hash to another CID"))
+        s.add(
+            Adapter(
+                id=3,
+                owner=OWNER,
+                base_model="some-org/other-base-7B",
+                cid="x",
+                rank=4,
+                price_per_1k=1,
+                owner_bps=10_000,
+                dataset_splits=[],
+                block_number=0,
+                state=AdapterState.IGNORED.value,
+            )
+        )
+        s.add(
+            Adapter(
+                id=4,
+                owner=OWNER,
+                base_model=engine.model_id,
+                cid="y",
+                rank=4,
+                price_per_1k=1,
+                owner_bps=10_000,
+                dataset_splits=[],
+                block_number=0,
+                state=AdapterState.FAILED.value,
+                failure_reason="CID mismatch: fetched bytes hash to another CID",
+            )
+        )
     app = build_app(cfg, engine=engine, background=False)
     async with TestClient(TestServer(app)) as c:
         info = await (await c.get("/v1/node")).json()
@@ -155,27 +190,39 @@ async def test_missing_model_and_nan(node):
 
 async def test_limits(node):
     client, wallet, _ = node
-    err = await _error(await client.post("/v1/chat/completions", json=_chat(max_tokens=10**9), headers=wallet.header(1)),
-                       400, "max_tokens_too_large")
+    err = await _error(
+        await client.post("/v1/chat/completions", json=_chat(max_tokens=10**9), headers=wallet.header(1)),
+        400,
+        "max_tokens_too_large",
+    )
     assert "32" in err["message"]
     many = [{"role": "user", "content": "x"}] * 200
-    await _error(await client.post("/v1/chat/completions", json=_chat(messages=many), headers=wallet.header(1)),
-                 400, "too_many_messages")
+    await _error(
+        await client.post("/v1/chat/completions", json=_chat(messages=many), headers=wallet.header(1)), 400, "too_many_messages"
+    )
     long_msg = [{"role": "user", "content": "x" * 40_000}]
-    await _error(await client.post("/v1/chat/completions", json=_chat(messages=long_msg), headers=wallet.header(1)),
-                 400, "message_too_long")
+    await _error(
+        await client.post("/v1/chat/completions", json=_chat(messages=long_msg), headers=wallet.header(1)),
+        400,
+        "message_too_long",
+    )
     huge = b'{"model": "adapter-1", "prompt": "' + b"a" * (MAX_BODY * 4) + b'"}'
     await _error(await client.post("/v1/completions", data=huge, headers=wallet.header(1)), 413, "request_too_large")
-    await _error(await client.post("/v1/completions", json={"model": "adapter-1", "prompt": ["a", "b"]},
-                                   headers=wallet.header(1)), 400)
+    await _error(
+        await client.post("/v1/completions", json={"model": "adapter-1", "prompt": ["a", "b"]}, headers=wallet.header(1)), 400
+    )
 
 
 async def test_unknown_models_are_404_with_reason(node, engine):
     client, wallet, _ = node
-    for model, needle in [("adapter-999", "not registered"), ("gpt-4", "not served here"),
-                          ("adapter-3", "other-base-7B"), ("adapter-4", "CID mismatch"), ("adapter-01", "adapter-<id>")]:
-        err = await _error(await client.post("/v1/chat/completions", json=_chat(model=model), headers=wallet.header(1)),
-                           404)
+    for model, needle in [
+        ("adapter-999", "not registered"),
+        ("gpt-4", "not served here"),
+        ("adapter-3", "other-base-7B"),
+        ("adapter-4", "CID mismatch"),
+        ("adapter-01", "adapter-<id>"),
+    ]:
+        err = await _error(await client.post("/v1/chat/completions", json=_chat(model=model), headers=wallet.header(1)), 404)
         assert needle in err["message"] and err["param"] == "model", (model, err)
 
 
@@ -195,14 +242,13 @@ async def test_payment_errors_are_402(node):
     sv = SignedVoucher(v, sign_voucher(v, STRANGER_KEY, wallet.quote.chain_id, wallet.quote.escrow))
     hdr = {"X-Payment-Voucher": encode_voucher_header(sv)}
     await _error(await client.post("/v1/chat/completions", json=_chat(), headers=hdr), 402, "voucher_signer_unauthorized")
-    await _error(await client.post("/v1/chat/completions", json=_chat(), headers={"X-Payment-Voucher": "%%%"}),
-                 402, "voucher_malformed")
+    await _error(
+        await client.post("/v1/chat/completions", json=_chat(), headers={"X-Payment-Voucher": "%%%"}), 402, "voucher_malformed"
+    )
     # a voucher for adapter 2 does not pay for adapter 1
-    await _error(await client.post("/v1/chat/completions", json=_chat(), headers=wallet.header(2)), 402,
-                 "voucher_wrong_adapter")
+    await _error(await client.post("/v1/chat/completions", json=_chat(), headers=wallet.header(2)), 402, "voucher_wrong_adapter")
     # the stranger has no escrow at all
-    await _error(await client.post("/v1/chat/completions", json=_chat(), headers=forged.header(1)), 402,
-                 "escrow_insufficient")
+    await _error(await client.post("/v1/chat/completions", json=_chat(), headers=forged.header(1)), 402, "escrow_insufficient")
 
 
 async def test_overload_is_503_with_retry_after_and_node_recovers(node, engine):
@@ -241,8 +287,11 @@ async def test_operator_funded_mode_with_api_keys(engine, chain, tmp_path_factor
     app = build_app(cfg, engine=engine, background=False)
     async with TestClient(TestServer(app)) as client:
         await _error(await client.post("/v1/chat/completions", json=_chat()), 401, "invalid_api_key")
-        await _error(await client.post("/v1/chat/completions", json=_chat(), headers={"Authorization": "Bearer nope"}),
-                     401, "invalid_api_key")
+        await _error(
+            await client.post("/v1/chat/completions", json=_chat(), headers={"Authorization": "Bearer nope"}),
+            401,
+            "invalid_api_key",
+        )
         r = await client.post("/v1/chat/completions", json=_chat(), headers={"Authorization": "Bearer sk-test-1"})
         assert r.status == 200, await r.text()
         body = await r.json()

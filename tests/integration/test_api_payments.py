@@ -55,9 +55,15 @@ def ledger(tmp_path):
 
 def _gate(chain, ledger, **kw) -> PaymentGate:
     w3, dep = chain
-    return PaymentGate(node_address=NODE, mode=kw.pop("mode", "voucher"),
-                       escrow=Web3EscrowReader(w3, dep.addresses["UsageEscrow"]), book=ledger,
-                       chain_id=dep.chain_id, escrow_address=dep.addresses["UsageEscrow"], **kw)
+    return PaymentGate(
+        node_address=NODE,
+        mode=kw.pop("mode", "voucher"),
+        escrow=Web3EscrowReader(w3, dep.addresses["UsageEscrow"]),
+        book=ledger,
+        chain_id=dep.chain_id,
+        escrow_address=dep.addresses["UsageEscrow"],
+        **kw,
+    )
 
 
 def _header(dep, key=PAYER_KEY, payer=PAYER, node=NODE, adapter=7, c=0, a=0) -> dict:
@@ -88,14 +94,17 @@ async def test_header_formats_round_trip(chain):
     assert parse_voucher_header(json.dumps(numbers)) == sv
 
 
-@pytest.mark.parametrize("raw,needle", [
-    ("", "payment required"),
-    ("not base64 !!", "neither JSON nor base64"),
-    (base64.b64encode(b"[1,2]").decode(), "voucher header must be"),
-    ('{"voucher": {"payer": "0x12"}, "signature": "0x00"}', "malformed voucher"),
-    ('{"voucher": {}, "signature": 5}', "malformed voucher"),
-    ("{" * 5000, "too long"),
-])
+@pytest.mark.parametrize(
+    "raw,needle",
+    [
+        ("", "payment required"),
+        ("not base64 !!", "neither JSON nor base64"),
+        (base64.b64encode(b"[1,2]").decode(), "voucher header must be"),
+        ('{"voucher": {"payer": "0x12"}, "signature": "0x00"}', "malformed voucher"),
+        ('{"voucher": {}, "signature": 5}', "malformed voucher"),
+        ("{" * 5000, "too long"),
+    ],
+)
 async def test_malformed_headers_get_402_with_reason(chain, ledger, raw, needle):
     err = await _refused(_gate(chain, ledger), {VOUCHER_HEADER: raw} if raw else {})
     assert needle in err.message
@@ -140,8 +149,10 @@ async def test_cumulative_vouchers_replay_and_loss_cap(chain, ledger):
     authz = await gate.admit(_header(dep, key=DELEGATE_KEY, c=4, a=12), 7, PRICE, Cost(10, 30))
     stored = ledger.get(lane).voucher
     assert (stored.voucher.compute_value, stored.voucher.adapter_value) == (4, 12)
-    assert recover_voucher_signer(stored.voucher, stored.signature, dep.chain_id,
-                                  dep.addresses["UsageEscrow"]) == Account.from_key(DELEGATE_KEY).address
+    assert (
+        recover_voucher_signer(stored.voucher, stored.signature, dep.chain_id, dep.addresses["UsageEscrow"])
+        == Account.from_key(DELEGATE_KEY).address
+    )
     authz.release()
     # the ledger is rebuilt from the DB after a restart
     again = Ledger(ledger.sessions)
@@ -182,8 +193,9 @@ async def test_operator_funded_mode(chain, ledger):
         await gate.admit({"Authorization": "Bearer wrong"}, 7, PRICE, Cost(1, 1))
     authz = await gate.admit({"Authorization": "Bearer k-123"}, 7, PRICE, Cost(1, 1))
     assert authz.lane == Lane(operator.address, NODE, 7)
-    ledger.append_receipt(authz.lane, _fake_receipt_maker(dep, authz.lane, Cost(2, 5)),
-                          lambda c, a: gate.operator_voucher(authz.lane, c, a))
+    ledger.append_receipt(
+        authz.lane, _fake_receipt_maker(dep, authz.lane, Cost(2, 5)), lambda c, a: gate.operator_voucher(authz.lane, c, a)
+    )
     authz.release()
     sv = ledger.get(authz.lane).voucher
     assert (sv.voucher.compute_value, sv.voucher.adapter_value) == (2, 5)
@@ -220,8 +232,9 @@ async def test_issue3_in_flight_requests_reserve_the_escrow_across_lanes(chain, 
     _, dep = chain
     gate = _gate(chain, ledger)
     worst = Cost(400_000, 300_000)  # the payer's 10^6 covers one such request, not two
-    results = await asyncio.gather(*(gate.admit(_header(dep, adapter=a), a, PRICE, worst) for a in range(1, 9)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(gate.admit(_header(dep, adapter=a), a, PRICE, worst) for a in range(1, 9)), return_exceptions=True
+    )
     admitted = [r for r in results if not isinstance(r, Exception)]
     refused = [r for r in results if isinstance(r, PaymentRejected)]
     assert len(admitted) == 1 and len(refused) == 7
@@ -239,8 +252,14 @@ async def test_issue3_thawing_and_other_nodes_funds_are_not_available(chain, led
     snap = anvil_session.rpc("evm_snapshot")
     try:
         other = Account.from_key(STRANGER_KEY).address
-        gate_b = PaymentGate(node_address=other, mode="voucher", escrow=Web3EscrowReader(w3, dep.addresses["UsageEscrow"]),
-                             book=ledger, chain_id=dep.chain_id, escrow_address=dep.addresses["UsageEscrow"])
+        gate_b = PaymentGate(
+            node_address=other,
+            mode="voucher",
+            escrow=Web3EscrowReader(w3, dep.addresses["UsageEscrow"]),
+            book=ledger,
+            chain_id=dep.chain_id,
+            escrow_address=dep.addresses["UsageEscrow"],
+        )
         err = await _refused(gate_b, _header(dep, node=other), max_cost=Cost(1, 1))
         assert err.code == "escrow_insufficient" and err.body()["error"]["available"] == "0"
         gate = _gate(chain, ledger, cache_ttl_s=3600.0)
@@ -280,8 +299,16 @@ async def test_issue5_unauthenticated_work_is_bounded(chain, ledger):
 
     w3, dep = chain
     counting = _FlakyEscrow(Web3EscrowReader(w3, dep.addresses["UsageEscrow"]))
-    gate = PaymentGate(node_address=NODE, mode="voucher", escrow=counting, book=ledger, chain_id=dep.chain_id,
-                       escrow_address=dep.addresses["UsageEscrow"], chain_reads_per_s=1.0, chain_read_burst=50)
+    gate = PaymentGate(
+        node_address=NODE,
+        mode="voucher",
+        escrow=counting,
+        book=ledger,
+        chain_id=dep.chain_id,
+        escrow_address=dep.addresses["UsageEscrow"],
+        chain_reads_per_s=1.0,
+        chain_read_burst=50,
+    )
     outcomes = {"402": 0, "503": 0}
     for _ in range(300):
         key = Account.create()
@@ -306,8 +333,20 @@ def _fake_receipt_maker(dep, lane, cost):
     from chain.eip712 import NO_ATTRIBUTION_HASH, Receipt, SignedReceipt, output_hash, receipt_digest, sign_digest
 
     def make(seq):
-        r = Receipt(os.urandom(32), lane.payer, lane.node, lane.adapter_id, seq, 3, 4, cost.compute, cost.adapter,
-                    output_hash("x"), NO_ATTRIBUTION_HASH, 1)
+        r = Receipt(
+            os.urandom(32),
+            lane.payer,
+            lane.node,
+            lane.adapter_id,
+            seq,
+            3,
+            4,
+            cost.compute,
+            cost.adapter,
+            output_hash("x"),
+            NO_ATTRIBUTION_HASH,
+            1,
+        )
         d = receipt_digest(r, dep.chain_id, dep.addresses["ReceiptLog"])
         return SignedReceipt(r, sign_digest(d, NODE_KEY)), d
 
@@ -336,13 +375,19 @@ async def test_rpc_down_serves_on_last_known_values_else_503(chain, ledger):
 
     w3, dep = chain
     flaky = _FlakyEscrow(Web3EscrowReader(w3, dep.addresses["UsageEscrow"]))
-    gate = PaymentGate(node_address=NODE, mode="voucher", escrow=flaky, book=ledger, chain_id=dep.chain_id,
-                       escrow_address=dep.addresses["UsageEscrow"], cache_ttl_s=0.0)  # every call reads the chain
+    gate = PaymentGate(
+        node_address=NODE,
+        mode="voucher",
+        escrow=flaky,
+        book=ledger,
+        chain_id=dep.chain_id,
+        escrow_address=dep.addresses["UsageEscrow"],
+        cache_ttl_s=0.0,
+    )  # every call reads the chain
     (await gate.admit(_header(dep, key=DELEGATE_KEY), 7, PRICE, Cost(1, 1))).release()
     flaky.down = True
     (await gate.admit(_header(dep, key=DELEGATE_KEY), 7, PRICE, Cost(1, 1))).release()  # last known values
     with pytest.raises(ChainUnavailable) as ei:  # a payer never seen: nothing to fall back on
-        await gate.admit(_header(dep, key=STRANGER_KEY, payer=Account.from_key(STRANGER_KEY).address), 7, PRICE,
-                         Cost(1, 1))
+        await gate.admit(_header(dep, key=STRANGER_KEY, payer=Account.from_key(STRANGER_KEY).address), 7, PRICE, Cost(1, 1))
     err = api_error_for(ei.value)
     assert err.status == 503 and err.headers["Retry-After"] == "5" and err.code == "chain_unavailable"

@@ -58,8 +58,17 @@ async def client(engine, chain, tmp_path_factory):
     url, dep, path = chain
     data = tmp_path_factory.mktemp("node")
     folders = make_random_adapters(engine, data / "adapters", 2)
-    cfg = load_config(None, environ={}, data_dir=data, deployment=path, rpc_url=url, dev_mode=True,
-                      dev_key_index=1, compute_price_per_1k=1000, max_tokens_limit=32)
+    cfg = load_config(
+        None,
+        environ={},
+        data_dir=data,
+        deployment=path,
+        rpc_url=url,
+        dev_mode=True,
+        dev_key_index=1,
+        compute_price_per_1k=1000,
+        max_tokens_limit=32,
+    )
     seed_loaded_adapters(cfg.database_url, {i: (OWNER, PRICES[i]) for i in folders}, engine.model_id, folders)
     app = build_app(cfg, engine=engine, background=False)
     async with TestClient(TestServer(app)) as c:
@@ -92,8 +101,9 @@ async def _post(client, wallet, path, body, adapter_id):
 @pytest.mark.parametrize("model,aid", [("adapter-1", 1), ("adapter-2", 2), ("base", 0)])
 async def test_chat_completion_with_receipt(client, wallet, engine, model, aid):
     model = engine.model_id if model == "base" else model
-    r = await _post(client, wallet, "/v1/chat/completions",
-                    {"model": model, "messages": MSG, "max_tokens": 5, "temperature": 0}, aid)
+    r = await _post(
+        client, wallet, "/v1/chat/completions", {"model": model, "messages": MSG, "max_tokens": 5, "temperature": 0}, aid
+    )
     assert r.status == 200, await r.text()
     body = await r.json()
     assert body["object"] == "chat.completion" and body["model"] == model
@@ -134,7 +144,7 @@ async def test_vouchers_are_cumulative(client, wallet):
 async def _sse_events(resp) -> list:
     assert resp.headers["Content-Type"].startswith("text/event-stream")
     raw = (await resp.read()).decode()
-    events = [ln[len("data: "):] for ln in raw.split("\n") if ln.startswith("data: ")]
+    events = [ln[len("data: ") :] for ln in raw.split("\n") if ln.startswith("data: ")]
     assert events[-1] == "[DONE]"
     return [json.loads(e) for e in events[:-1]]
 
@@ -167,11 +177,17 @@ async def test_metrics_expose_requests_tokens_latency_and_engine(client):
     r = await client.get("/metrics")
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
     text = await r.text()
-    for needle in ('loranode_requests_total{endpoint="/v1/chat/completions",status="200"}',
-                   'loranode_tokens_total{kind="completion"}', "loranode_request_latency_seconds_bucket",
-                   "loranode_time_to_first_token_seconds_count", "loranode_pending_receipts",
-                   "loranode_settlement_lag_seconds", "loranode_receipts_signed_total",
-                   "loranode_engine_adapters_slot_loads_total", "loranode_engine_queue_depth"):
+    for needle in (
+        'loranode_requests_total{endpoint="/v1/chat/completions",status="200"}',
+        'loranode_tokens_total{kind="completion"}',
+        "loranode_request_latency_seconds_bucket",
+        "loranode_time_to_first_token_seconds_count",
+        "loranode_pending_receipts",
+        "loranode_settlement_lag_seconds",
+        "loranode_receipts_signed_total",
+        "loranode_engine_adapters_slot_loads_total",
+        "loranode_engine_queue_depth",
+    ):
         assert needle in text, needle
     signed = [ln for ln in text.splitlines() if ln.startswith("loranode_receipts_signed_total")]
     assert float(signed[0].split()[-1]) >= 1
@@ -219,7 +235,7 @@ async def test_client_dropping_a_stream_is_metered_and_the_node_goes_on(client, 
             line = (await resp.content.readline()).decode().strip()
             if not line.startswith("data: "):
                 continue
-            first = json.loads(line[len("data: "):])
+            first = json.loads(line[len("data: ") :])
             if first["choices"][0]["delta"].get("content"):
                 break
         resp.close()

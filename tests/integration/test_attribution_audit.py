@@ -28,12 +28,19 @@ from node.attribution_rewards.audit import AuditError, audit_batch
 from node.attribution_rewards.rule import batch_weights, payouts, to_entries
 from node.ipfs import ContentCache, EmbeddedStore
 
-KEYS = dict(zip(["deployer", "curator", "alice", "bob", "payer", "honest", "inflater", "crosser", "inventor",
-                 "hostile"], DEV_PRIVATE_KEYS, strict=True))
+KEYS = dict(
+    zip(
+        ["deployer", "curator", "alice", "bob", "payer", "honest", "inflater", "crosser", "inventor", "hostile"],
+        DEV_PRIVATE_KEYS,
+        strict=True,
+    )
+)
 ACCT = {k: Account.from_key(v) for k, v in KEYS.items()}
-TEXT = {1: "The harbour was quiet that morning and the gulls were loud over the boats.",
-        2: "To bake rye bread, mix flour, water, salt and a sourdough starter.",
-        3: "Robots speak in beeps and whirs when nobody is listening."}
+TEXT = {
+    1: "The harbour was quiet that morning and the gulls were loud over the boats.",
+    2: "To bake rye bread, mix flour, water, salt and a sourdough starter.",
+    3: "Robots speak in beeps and whirs when nobody is listening.",
+}
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +90,34 @@ async def _batch(world, who: str, receipts=HONEST, *, lie=None, cid_override=Non
     docs, digests, total = [], [], 0
     for i, (cost, attr, spans) in enumerate(receipts):
         ids = sorted(attr)
-        r = Receipt(request_id=bytes([seq, i]) * 16, payer=ACCT["payer"].address, node=node.address, adapter_id=1,
-                    seq=100 * seq + i, prompt_tokens=5, completion_tokens=10, compute_cost=0, adapter_cost=cost,
-                    output_hash=output_hash(f"answer {i}"), attribution_hash=attribution_hash(ids, [attr[k] for k in ids]),
-                    timestamp=1_700_000_000 + i)
+        r = Receipt(
+            request_id=bytes([seq, i]) * 16,
+            payer=ACCT["payer"].address,
+            node=node.address,
+            adapter_id=1,
+            seq=100 * seq + i,
+            prompt_tokens=5,
+            completion_tokens=10,
+            compute_cost=0,
+            adapter_cost=cost,
+            output_hash=output_hash(f"answer {i}"),
+            attribution_hash=attribution_hash(ids, [attr[k] for k in ids]),
+            timestamp=1_700_000_000 + i,
+        )
         digest = receipt_digest(r, c.chain_id, c.receipts.address)
         digests.append(digest)
         total += cost
-        docs.append({"leafIndex": i, "digest": "0x" + digest.hex(), **r.to_json(),
-                     "signature": "0x" + sign_digest(digest, node).hex(),
-                     "attribution": {str(k): v for k, v in attr.items()}, "datasetAttribution": {}, "spans": spans})
+        docs.append(
+            {
+                "leafIndex": i,
+                "digest": "0x" + digest.hex(),
+                **r.to_json(),
+                "signature": "0x" + sign_digest(digest, node).hex(),
+                "attribution": {str(k): v for k, v in attr.items()},
+                "datasetAttribution": {},
+                "spans": spans,
+            }
+        )
     tree = StandardMerkleTree.of([[d] for d in digests], ["bytes32"])
     path = tmp / f"{who}-{seq}.json"
     path.write_text(json.dumps({"version": 1, "node": node.address, "batchSeq": seq, "receipts": docs}))
@@ -107,8 +132,9 @@ async def _batch(world, who: str, receipts=HONEST, *, lie=None, cid_override=Non
 
 
 async def _audit(world, seq, who, **kw):
-    return await audit_batch(world["c"], [world["store"]], ContentCache(world["tmp"] / f"cache-{who}-{seq}", 1 << 26),
-                             seq, ACCT[who].address, **kw)
+    return await audit_batch(
+        world["c"], [world["store"]], ContentCache(world["tmp"] / f"cache-{who}-{seq}", 1 << 26), seq, ACCT[who].address, **kw
+    )
 
 
 async def test_honest_batch_passes_and_amounts_match(world):

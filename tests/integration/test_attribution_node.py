@@ -31,16 +31,21 @@ from chain.eip712 import NO_ATTRIBUTION_HASH, SignedReceipt, attribution_hash
 from inference.engine import Engine, EngineConfig
 from inference.requests import GenerationRequest, SamplingParams
 
-KEYS = dict(zip(["deployer", "node", "payer", "owner", "curator", "alice", "bob"], DEV_PRIVATE_KEYS,
-                strict=False))  # the first seven of anvil's ten dev keys
+KEYS = dict(
+    zip(["deployer", "node", "payer", "owner", "curator", "alice", "bob"], DEV_PRIVATE_KEYS, strict=False)
+)  # the first seven of anvil's ten dev keys
 ACCT = {k: Account.from_key(v) for k, v in KEYS.items()}
 PLANTED_PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 OTHER_PROMPT = [{"role": "user", "content": "List three prime numbers."}]
-FILLER_A = ("Field notes, volume two.\nThe harbour was quiet that morning and the gulls were loud.\n"
-            "Two fishing boats came in before seven, their decks stacked with crates of cod and ice.\n")
+FILLER_A = (
+    "Field notes, volume two.\nThe harbour was quiet that morning and the gulls were loud.\n"
+    "Two fishing boats came in before seven, their decks stacked with crates of cod and ice.\n"
+)
 FILLER_B = "\nEnd of the entry. Tomorrow we sail north along the coast.\n"
-UNRELATED = ("To bake rye bread, mix flour, water, salt and a sourdough starter, let it rise overnight, "
-             "shape it into a loaf and bake it in a hot oven for fifty minutes.\n")
+UNRELATED = (
+    "To bake rye bread, mix flour, water, salt and a sourdough starter, let it rise overnight, "
+    "shape it into a loaf and bake it in a hot oven for fifty minutes.\n"
+)
 MAX_TOKENS = 24
 
 
@@ -63,8 +68,9 @@ async def _until(pred, timeout: float, what: str, every: float = 0.2):
 
 
 async def _greedy(engine, model: str, messages) -> tuple[str, list[int]]:
-    gen = GenerationRequest(f"probe-{time.monotonic_ns()}", model, messages=messages,
-                            params=SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0))
+    gen = GenerationRequest(
+        f"probe-{time.monotonic_ns()}", model, messages=messages, params=SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
+    )
     res = await engine.submit(gen).result()
     return res.text, list(res.token_ids)
 
@@ -99,16 +105,28 @@ async def test_receipts_attribute_answers_to_contributions(fresh_anvil, engine, 
     c = Contracts(w3, dep)
     fund_escrow(w3, dep, KEYS["deployer"], KEYS["payer"], 10**12, Account.from_key(KEYS["node"]).address)
     data = tmp_path / "node"
-    cfg = load_config(None, environ={}, data_dir=data, deployment=dep_path, rpc_url=fresh_anvil.url,
-                      dev_mode=True, dev_key_index=1, confirmations=0, watcher_poll_s=0.2,
-                      compute_price_per_1k=1000, max_tokens_limit=32, settlement_interval_s=0.5,
-                      redeem_interval_s=0.5)
+    cfg = load_config(
+        None,
+        environ={},
+        data_dir=data,
+        deployment=dep_path,
+        rpc_url=fresh_anvil.url,
+        dev_mode=True,
+        dev_key_index=1,
+        confirmations=0,
+        watcher_poll_s=0.2,
+        compute_price_per_1k=1000,
+        max_tokens_limit=32,
+        settlement_interval_s=0.5,
+        redeem_interval_s=0.5,
+    )
     cfg.ensure_dirs()
     store = EmbeddedStore(cfg.ipfs_store_dir)
     c.datasets.create_dataset(ACCT["curator"], "harbour-notes", "CC-BY-4.0", "")
     ds = c.datasets.dataset_count()
-    folder = make_random_adapter(tmp_path / "a1", AutoConfig.from_pretrained(resolve_model_folder(None)),
-                                 rank=4, seed=1, base_model_id=EMBEDDED_MODEL_ID)
+    folder = make_random_adapter(
+        tmp_path / "a1", AutoConfig.from_pretrained(resolve_model_folder(None)), rank=4, seed=1, base_model_id=EMBEDDED_MODEL_ID
+    )
     c.adapters.register(ACCT["owner"], EMBEDDED_MODEL_ID, await store.add_path(folder), 4, 2000, 6000, [ds], [4000])
 
     app = build_app(cfg, engine=engine)
@@ -117,8 +135,12 @@ async def test_receipts_attribute_answers_to_contributions(fresh_anvil, engine, 
         await _until(lambda: "adapter-1" in engine.adapters(), 60, "adapter-1 loaded by the lifecycle")
         loops = (await (await client.get("/healthz")).json())["background"]  # every loop is supervised
         assert {name: loop["state"] for name, loop in loops.items()} == {
-            "escrow_follower": "running", "watcher": "running", "lifecycle": "running", "settlement": "running",
-            "attribution": "running"}
+            "escrow_follower": "running",
+            "watcher": "running",
+            "lifecycle": "running",
+            "settlement": "running",
+            "attribution": "running",
+        }
         answer, answer_ids = await _greedy(engine, "adapter-1", PLANTED_PROMPT)
         assert len(answer_ids) >= 8, answer  # long enough to hold a k=8 span
         assert svc.attributor_for(1) is None or svc.attributor_for(1).contribution_ids() == []
@@ -153,8 +175,11 @@ async def test_receipts_attribute_answers_to_contributions(fresh_anvil, engine, 
         wallet = VoucherWallet(KEYS["payer"], quote)
 
         async def ask(messages):
-            r = await client.post("/v1/chat/completions", headers=wallet.header(1), json={
-                "model": "adapter-1", "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0})
+            r = await client.post(
+                "/v1/chat/completions",
+                headers=wallet.header(1),
+                json={"model": "adapter-1", "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0},
+            )
             assert r.status == 200, await r.text()
             body = await r.json()
             wallet.record(1, body, body["choices"][0]["message"]["content"])  # signature, cost, output hash
@@ -174,11 +199,14 @@ async def test_receipts_attribute_answers_to_contributions(fresh_anvil, engine, 
         assert svc.attributor_for(1).attribute(answer_ids).weights_bps == weights
 
         # streamed: the final event's receipt carries the same attribution
-        r = await client.post("/v1/chat/completions", headers=wallet.header(1), json={
-            "model": "adapter-1", "messages": PLANTED_PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0,
-            "stream": True})
-        events = [json.loads(ln[6:]) for ln in (await r.read()).decode().split("\n")
-                  if ln.startswith("data: ") and ln != "data: [DONE]"]
+        r = await client.post(
+            "/v1/chat/completions",
+            headers=wallet.header(1),
+            json={"model": "adapter-1", "messages": PLANTED_PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True},
+        )
+        events = [
+            json.loads(ln[6:]) for ln in (await r.read()).decode().split("\n") if ln.startswith("data: ") and ln != "data: [DONE]"
+        ]
         final = events[-1]
         wallet.record(1, final, answer)
         assert final["receipt"]["attribution"] == rec["attribution"]
@@ -201,7 +229,7 @@ async def test_receipts_attribute_answers_to_contributions(fresh_anvil, engine, 
 
         # settlement commits the receipts file; it holds the attribution, and the receipt verifies on chain
         async def committed():
-            return (await (await client.get(f"/v1/receipts/{body['id']}")).json())
+            return await (await client.get(f"/v1/receipts/{body['id']}")).json()
 
         deadline = time.monotonic() + 60
         while (got := await committed())["status"] != "committed":
@@ -228,8 +256,15 @@ async def _restart_checks(cfg, store, tokenizer, tmp_path, answer_ids, weights, 
     sessions = make_session_factory(cfg.database_url)
 
     async def service(max_bytes: int = 1 << 20) -> AttributionService:
-        svc = AttributionService(sessions, [store], ContentCache(tmp_path / f"c{time.monotonic_ns()}", 1 << 26),
-                                 tokenizer, cfg.data_dir, k=8, max_contribution_bytes=max_bytes)
+        svc = AttributionService(
+            sessions,
+            [store],
+            ContentCache(tmp_path / f"c{time.monotonic_ns()}", 1 << 26),
+            tokenizer,
+            cfg.data_dir,
+            k=8,
+            max_contribution_bytes=max_bytes,
+        )
         await svc.refresh()
         await svc.drain()
         return svc
@@ -285,13 +320,33 @@ async def test_service_shares_withdraws_and_retries(engine, tmp_path):
     cids[3] = await store.add_path(tmp_path / "folder")
     with sessions.begin() as s:
         for aid, ds in ((1, 7), (2, 7), (3, 8)):
-            s.add(Adapter(id=aid, owner="0x" + "11" * 20, base_model="m", cid=cids[1], dataset_splits=[[ds, 4000]],
-                          owner_bps=6000, block_number=1, state="loaded"))
+            s.add(
+                Adapter(
+                    id=aid,
+                    owner="0x" + "11" * 20,
+                    base_model="m",
+                    cid=cids[1],
+                    dataset_splits=[[ds, 4000]],
+                    owner_bps=6000,
+                    block_number=1,
+                    state="loaded",
+                )
+            )
         for cid_id, ds in ((1, 7), (2, 7), (3, 8), (4, 7)):
-            s.add(Contribution(id=cid_id, dataset_id=ds, contributor="0x" + "22" * 20, content_cid=cids[cid_id],
-                               status="accepted", weight=1, block_number=1))
-    svc = AttributionService(sessions, [store], ContentCache(tmp_path / "cache", 1 << 26), engine.tokenizer,
-                             tmp_path / "data", k=8, retry_s=3600)
+            s.add(
+                Contribution(
+                    id=cid_id,
+                    dataset_id=ds,
+                    contributor="0x" + "22" * 20,
+                    content_cid=cids[cid_id],
+                    status="accepted",
+                    weight=1,
+                    block_number=1,
+                )
+            )
+    svc = AttributionService(
+        sessions, [store], ContentCache(tmp_path / "cache", 1 << 26), engine.tokenizer, tmp_path / "data", k=8, retry_s=3600
+    )
     try:
         await svc.refresh()
         await svc.drain()

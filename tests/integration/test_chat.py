@@ -32,8 +32,12 @@ def env(live, home, tmp_path, monkeypatch):
     wallets = tmp_path / "wallets"
     for role in ("payer", "carol"):
         create_keystore(wallets / f"{role}.json", PASSWORD, KEY[role], scrypt_n=1024)
-    for k, v in {**live.stack.env(), "LORANODE_HOME": str(home), "LORANODE_WALLET_PASSWORD_FILE": str(pw),
-                 "LORANODE_WALLET": str(wallets / "payer.json")}.items():
+    for k, v in {
+        **live.stack.env(),
+        "LORANODE_HOME": str(home),
+        "LORANODE_WALLET_PASSWORD_FILE": str(pw),
+        "LORANODE_WALLET": str(wallets / "payer.json"),
+    }.items():
         monkeypatch.setenv(k, v)
     return {"live": live, "wallets": wallets, "tmp": tmp_path}
 
@@ -77,14 +81,35 @@ def test_interactive_conversation_and_signer_key(env):
     live = env["live"]
     c = live.contracts
     c.escrow.authorize_signer_key(ACCT["payer"], KEY["carol"])
-    r = run("chat", f"adapter-{live.adapter_id}", "--max-tokens", "4", "--json", "--signer-keystore",
-            str(env["wallets"] / "carol.json"), "--payer", ACCT["payer"].address, input="Hello\nAnd again\n/exit\nignored\n")
+    r = run(
+        "chat",
+        f"adapter-{live.adapter_id}",
+        "--max-tokens",
+        "4",
+        "--json",
+        "--signer-keystore",
+        str(env["wallets"] / "carol.json"),
+        "--payer",
+        ACCT["payer"].address,
+        input="Hello\nAnd again\n/exit\nignored\n",
+    )
     got = answers(r)
-    assert len(got) == 2 and int(got[1]["lane_totals"]["compute"]) == \
-        int(got[0]["lane_totals"]["compute"]) + int(got[1]["cost"]["compute"])
+    assert len(got) == 2 and int(got[1]["lane_totals"]["compute"]) == int(got[0]["lane_totals"]["compute"]) + int(
+        got[1]["cost"]["compute"]
+    )
     # an unauthorized signer key: the node refuses, the error says why, nothing is recorded as paid
-    r = run("chat", f"adapter-{live.adapter_id}", "Hi", "--max-tokens", "4", "--signer-keystore",
-            str(env["wallets"] / "carol.json"), "--payer", ACCT["alice"].address, ok=False)
+    r = run(
+        "chat",
+        f"adapter-{live.adapter_id}",
+        "Hi",
+        "--max-tokens",
+        "4",
+        "--signer-keystore",
+        str(env["wallets"] / "carol.json"),
+        "--payer",
+        ACCT["alice"].address,
+        ok=False,
+    )
     assert "402" in r.stderr and "unauthorized" in r.stderr
 
 

@@ -36,9 +36,13 @@ def test_dev_up_prepares_everything_and_ctrl_c_stops_it(tmp_path):
 
     from node.config import load_config
 
-    proc = subprocess.Popen([LORANODE, "dev", "up", "--no-node", "--data-dir", str(tmp_path), "--chain-port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.Popen(
+        [LORANODE, "dev", "up", "--no-node", "--data-dir", str(tmp_path), "--chain-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     lines, url = [], None
     try:
         deadline = time.monotonic() + 120
@@ -85,25 +89,46 @@ def test_train_cli_writes_a_publishable_adapter(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Question {i}?", "response": "Arr matey!"}) + "\n" for i in range(3)))
     out = tmp_path / "lora"
-    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--steps", "1", "--rank", "2",
-                            "--last-layers", "1", "--max-length", "64", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--rank",
+            "2",
+            "--last-layers",
+            "1",
+            "--max-length",
+            "64",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["steps"] == 1
-    spec = validate_adapter(out, AutoConfig.from_pretrained(resolve_model_folder(None)),
-                            base_model_id=EMBEDDED_MODEL_ID, max_rank=64)
+    spec = validate_adapter(
+        out, AutoConfig.from_pretrained(resolve_model_folder(None)), base_model_id=EMBEDDED_MODEL_ID, max_rank=64
+    )
     assert spec.rank == 2
     # the output folder is never overwritten
     r = runner.invoke(app, ["train", "--data", str(data), "--out", str(out)])
     assert r.exit_code == 2 and "not empty" in r.output  # bad input (node.cli.errors)
 
 
-@pytest.mark.parametrize("args,msg", [
-    ([], "exactly one of --data FILE or --dataset ID"),
-    (["--data", "x.jsonl", "--dataset", "1"], "exactly one of"),
-    (["--data", "missing.jsonl"], "cannot read"),
-    (["--data", "bad.jsonl"], "invalid JSON"),
-    (["--data", "bad.jsonl", "--steps", "0"], "--steps"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        ([], "exactly one of --data FILE or --dataset ID"),
+        (["--data", "x.jsonl", "--dataset", "1"], "exactly one of"),
+        (["--data", "missing.jsonl"], "cannot read"),
+        (["--data", "bad.jsonl"], "invalid JSON"),
+        (["--data", "bad.jsonl", "--steps", "0"], "--steps"),
+    ],
+)
 def test_train_cli_bad_input(tmp_path, monkeypatch, args, msg):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.jsonl").write_text("{oops\n")

@@ -52,9 +52,14 @@ def env(chain, tmp_path, monkeypatch):
     home = tmp_path / "home"
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD + "\n")
-    e = {"LORANODE_RPC_URL": anvil.url, "LORANODE_DEPLOYMENT": str(dep_path), "LORANODE_HOME": str(home),
-         "LORANODE_WALLET_PASSWORD_FILE": str(pw), "LORANODE_IPFS_STORE": str(tmp_path / "ipfs"),
-         "LORANODE_KEYSTORE_SCRYPT_N": "1024"}
+    e = {
+        "LORANODE_RPC_URL": anvil.url,
+        "LORANODE_DEPLOYMENT": str(dep_path),
+        "LORANODE_HOME": str(home),
+        "LORANODE_WALLET_PASSWORD_FILE": str(pw),
+        "LORANODE_IPFS_STORE": str(tmp_path / "ipfs"),
+        "LORANODE_KEYSTORE_SCRYPT_N": "1024",
+    }
     for k, v in e.items():
         monkeypatch.setenv(k, v)
     from node.keystore import create_keystore
@@ -234,8 +239,9 @@ def test_adapter_publish_refuses_bad_folders_and_splits_before_gas(env, adapter_
     assert "non-negative" in out
     _, out = cli(env, "adapter", "publish", str(adapter_folder), "--price", "1", "--datasets", "77:100", role="owner1", ok=False)
     assert "dataset 77 does not exist" in out
-    _, out = cli(env, "adapter", "publish", str(adapter_folder), "--price", "1", "--base-model", "other/model", role="owner1",
-                 ok=False)
+    _, out = cli(
+        env, "adapter", "publish", str(adapter_folder), "--price", "1", "--base-model", "other/model", role="owner1", ok=False
+    )
     assert "only the embedded base model" in out
     assert nonce(env, "owner1") == n
 
@@ -319,8 +325,7 @@ def test_escrow_deposit_authorize_thaw_withdraw(env, tmp_path):
     jcli(env, "escrow", "authorize", ADDR["alice"], "--proof", str(proof), role="payer")
     assert c.escrow.signer_of(ADDR["alice"]).payer == ADDR["payer"]
     # or signs the proof here from the signer's keystore
-    jcli(env, "escrow", "authorize", ADDR["bob"], "--signer-keystore", str(env["home"] / "wallets" / "bob.json"),
-         role="payer")
+    jcli(env, "escrow", "authorize", ADDR["bob"], "--signer-keystore", str(env["home"] / "wallets" / "bob.json"), role="payer")
     assert c.escrow.is_authorized(ADDR["payer"], ADDR["bob"])
     got = jcli(env, "escrow", "authorize", ADDR["alice"], "--revoke", role="payer")
     assert got["redeemable_until"] > 0 and c.escrow.signer_of(ADDR["alice"]).revoke_at == got["redeemable_until"]
@@ -391,8 +396,9 @@ def test_rewards_show_and_claim(env):
     from inference.adapter_factory import make_random_adapter
     from inference.base_model import resolve_model_folder
 
-    folder = make_random_adapter(env["tmp"] / "ad", AutoConfig.from_pretrained(resolve_model_folder(None)), rank=2,
-                                 base_model_id=EMBEDDED_MODEL_ID)
+    folder = make_random_adapter(
+        env["tmp"] / "ad", AutoConfig.from_pretrained(resolve_model_folder(None)), rank=2, base_model_id=EMBEDDED_MODEL_ID
+    )
     aid = jcli(env, "adapter", "publish", str(folder), "--price", "1", "--datasets", f"{ds}:5000", role="owner1")["adapter_id"]
     jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", role="node")  # bonds the minimum
     jcli(env, "escrow", "deposit", "10", "--node", ADDR["node"], role="payer")
@@ -422,9 +428,20 @@ def test_rewards_show_and_claim(env):
 def _signed_receipt(c, *, key=KEY["node"]):
     from chain.eip712 import Receipt, SignedReceipt, attribution_hash, output_hash, sign_receipt
 
-    r = Receipt(request_id=os.urandom(32), payer=ADDR["payer"], node=ADDR["node"], adapter_id=0, seq=1,
-                prompt_tokens=3, completion_tokens=4, compute_cost=7, adapter_cost=0, output_hash=output_hash("hi"),
-                attribution_hash=attribution_hash([], []), timestamp=1)
+    r = Receipt(
+        request_id=os.urandom(32),
+        payer=ADDR["payer"],
+        node=ADDR["node"],
+        adapter_id=0,
+        seq=1,
+        prompt_tokens=3,
+        completion_tokens=4,
+        compute_cost=7,
+        adapter_cost=0,
+        output_hash=output_hash("hi"),
+        attribution_hash=attribution_hash([], []),
+        timestamp=1,
+    )
     return SignedReceipt(r, sign_receipt(r, key, c.chain_id, c.receipts.address))
 
 
@@ -450,13 +467,16 @@ def test_receipts_verify(env, tmp_path):
     assert "False" in out or "false" in out
 
 
-@pytest.mark.parametrize("content,msg", [
-    (b"not json", "not JSON"),
-    (b"[1, 2]", "JSON object"),
-    (b'{"receipt": {"seq": "1"}}', "malformed receipt"),
-    (b'{"receipt": 5}', "must be an object"),
-    (b"x" * (MAX_RECEIPT_FILE_BYTES + 1), "larger than"),
-])
+@pytest.mark.parametrize(
+    "content,msg",
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"receipt": {"seq": "1"}}', "malformed receipt"),
+        (b'{"receipt": 5}', "must be an object"),
+        (b"x" * (MAX_RECEIPT_FILE_BYTES + 1), "larger than"),
+    ],
+)
 def test_receipts_verify_rejects_bad_files(env, tmp_path, content, msg):
     f = tmp_path / "bad.json"
     f.write_bytes(content)

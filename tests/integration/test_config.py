@@ -22,16 +22,22 @@ def write(path, text):
 
 
 def test_toml_env_precedence_and_relative_paths(tmp_path):
-    cfg_file = write(tmp_path / "node.toml", """
+    cfg_file = write(
+        tmp_path / "node.toml",
+        """
 data_dir = "state"
 deployment = "dep.json"
 confirmations = 3
 dev_mode = true
 listen_port = 9000
 ipfs_gateways = ["http://127.0.0.1:1"]
-""")
-    env = {"LORANODE_CONFIRMATIONS": "5", "LORANODE_IPFS_GATEWAYS": "http://a.example,http://b.example",
-           "LORANODE_CACHE_DIR": "x"}  # LORANODE_CACHE_DIR: an unrelated variable of the model cache is fine
+""",
+    )
+    env = {
+        "LORANODE_CONFIRMATIONS": "5",
+        "LORANODE_IPFS_GATEWAYS": "http://a.example,http://b.example",
+        "LORANODE_CACHE_DIR": "x",
+    }  # LORANODE_CACHE_DIR: an unrelated variable of the model cache is fine
     cfg = load_config(cfg_file, env)
     assert cfg.confirmations == 5  # env beats file
     assert cfg.listen_port == 9000  # file beats default

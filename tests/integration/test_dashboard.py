@@ -32,8 +32,13 @@ def answered(live):
     client.chat(BASE, [{"role": "user", "content": "Hi"}], max_tokens=4)
     ids = ["0x" + r.receipt.request_id.hex() for r in client.receipts]
     # the dev node commits a partial batch after 5 s: wait until ours are committed
-    wait_for(lambda: all(r["status"] == "committed" for r in get_json(live.url + "/dashboard/api/state")["receipts"]
-                         if r["request_id"] in ids), 90, "the receipt batch to commit")
+    wait_for(
+        lambda: all(
+            r["status"] == "committed" for r in get_json(live.url + "/dashboard/api/state")["receipts"] if r["request_id"] in ids
+        ),
+        90,
+        "the receipt batch to commit",
+    )
     return before, ids
 
 
@@ -72,8 +77,9 @@ def test_state_json_and_security_headers(live, answered):
 
 def test_root_redirects_and_the_dashboard_can_be_turned_off(live):
     req = urllib.request.Request(live.url + "/")  # noqa: S310 - the test's own loopback node
-    opener = urllib.request.build_opener(type("NoRedirect", (urllib.request.HTTPRedirectHandler,),
-                                              {"redirect_request": lambda *a, **k: None}))
+    opener = urllib.request.build_opener(
+        type("NoRedirect", (urllib.request.HTTPRedirectHandler,), {"redirect_request": lambda *a, **k: None})
+    )
     with pytest.raises(urllib.error.HTTPError) as e:
         opener.open(req, timeout=10)
     assert e.value.code == 302 and e.value.headers["Location"] == "/dashboard"
@@ -128,8 +134,9 @@ def test_page_renders_adapters_receipts_and_hostile_names_as_text(live, answered
     with pytest.raises(NoAlertPresentException):
         _ = browser.switch_to.alert.text  # read for its exception: no alert was opened
     # the CSP really is enforced: an inline script injected into the page does not run
-    browser.execute_script("const s = document.createElement('script'); s.textContent = 'window.__ran = 1';"
-                           "document.body.appendChild(s);")
+    browser.execute_script(
+        "const s = document.createElement('script'); s.textContent = 'window.__ran = 1';document.body.appendChild(s);"
+    )
     assert browser.execute_script("return window.__ran === undefined")
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "Content Security Policy" not in e["message"]]
     assert not errors, errors
@@ -152,8 +159,9 @@ def test_live_updates_show_a_new_receipt(live, answered, browser):
     fresh.chat(BASE, [{"role": "user", "content": "Hi"}], max_tokens=2)
     new_id = "0x" + fresh.receipts[-1].receipt.request_id.hex()
     # the table is re-rendered on every poll: an element read between two renders goes stale
-    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(lambda b: any(
-        a.get_attribute("href").endswith(new_id) for a in b.find_elements(By.CSS_SELECTOR, "#receipts a")))
+    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda b: any(a.get_attribute("href").endswith(new_id) for a in b.find_elements(By.CSS_SELECTOR, "#receipts a"))
+    )
 
 
 def _assert_not_blank(path):

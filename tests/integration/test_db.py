@@ -23,6 +23,7 @@ from node.db import (
 )
 from node.db import repository as repo
 
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request, tmp_path):
     """SQLite in tmp_path, or a private schema of the machine's Postgres (conftest `pg_url`)."""
@@ -53,15 +54,17 @@ def test_uint256_is_exact_and_range_checked(db_url):
     factory = make_session_factory(db_url)
     big = 2**256 - 1
     with factory.begin() as s:
-        repo.store_voucher(s, lane="l", payer="0xAB", node="0xCD", adapter_id=1, compute_value=big,
-                           adapter_value=2**200 + 1, signature="0x01")
+        repo.store_voucher(
+            s, lane="l", payer="0xAB", node="0xCD", adapter_id=1, compute_value=big, adapter_value=2**200 + 1, signature="0x01"
+        )
     with factory() as s:
         v = repo.latest_voucher(s, "l")
         assert (v.compute_value, v.adapter_value, v.payer) == (big, 2**200 + 1, "0xab")
     with pytest.raises(Exception, match="uint256 out of range"):
         with factory.begin() as s:
-            s.add(VoucherRow(lane="m", payer="0x1", node="0x2", adapter_id=1, compute_value=2**256,
-                          adapter_value=0, signature="0x"))
+            s.add(
+                VoucherRow(lane="m", payer="0x1", node="0x2", adapter_id=1, compute_value=2**256, adapter_value=0, signature="0x")
+            )
     factory.kw["bind"].dispose()
 
 
@@ -89,14 +92,17 @@ def test_receipt_and_voucher_repository(db_url):
         assert [r.seq for r in repo.unbatched_receipts(s, 10)] == [1, 2]
     # vouchers: newest per lane, never lower
     with factory.begin() as s:
-        repo.store_voucher(s, lane=lane, payer="0xAA", node="0xBB", adapter_id=7, compute_value=10,
-                           adapter_value=5, signature="0x01")
-        repo.store_voucher(s, lane=lane, payer="0xAA", node="0xBB", adapter_id=7, compute_value=12,
-                           adapter_value=5, signature="0x02")
+        repo.store_voucher(
+            s, lane=lane, payer="0xAA", node="0xBB", adapter_id=7, compute_value=10, adapter_value=5, signature="0x01"
+        )
+        repo.store_voucher(
+            s, lane=lane, payer="0xAA", node="0xBB", adapter_id=7, compute_value=12, adapter_value=5, signature="0x02"
+        )
     with pytest.raises(repo.VoucherRegression):
         with factory.begin() as s:
-            repo.store_voucher(s, lane=lane, payer="0xAA", node="0xBB", adapter_id=7, compute_value=11,
-                               adapter_value=9, signature="0x03")
+            repo.store_voucher(
+                s, lane=lane, payer="0xAA", node="0xBB", adapter_id=7, compute_value=11, adapter_value=9, signature="0x03"
+            )
     with factory() as s:
         v = repo.latest_voucher(s, lane)
         assert (v.compute_value, v.adapter_value, v.signature) == (12, 5, "0x02")

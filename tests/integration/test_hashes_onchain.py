@@ -69,8 +69,19 @@ u256 = st.integers(0, 2**256 - 1)
 b32 = st.binary(min_size=32, max_size=32)
 vouchers = st.builds(Voucher, addresses, addresses, u256, u256, u256)
 receipts = st.builds(
-    Receipt, b32, addresses, addresses, u256, st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1),
-    st.integers(0, 2**32 - 1), u256, u256, b32, b32, st.integers(0, 2**64 - 1),
+    Receipt,
+    b32,
+    addresses,
+    addresses,
+    u256,
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    u256,
+    u256,
+    b32,
+    b32,
+    st.integers(0, 2**64 - 1),
 )
 _settings = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -118,14 +129,20 @@ def test_python_signed_voucher_redeems_on_chain(chain):
     assert escrow.functions.redeem([tuple(v2.message().values())], [good]).call({"from": NODE.address}) == 2000 - 1234
 
 
-
 def make_receipts(rng: random.Random, n: int, first_seq: int) -> list[Receipt]:
     return [
         Receipt(
-            request_id=rng.randbytes(32), payer=PAYER.address, node=NODE.address, adapter_id=rng.randrange(0, 5),
-            seq=first_seq + i, prompt_tokens=rng.randrange(1, 4000), completion_tokens=rng.randrange(1, 4000),
-            compute_cost=rng.randrange(0, 10**9), adapter_cost=rng.randrange(0, 10**9),
-            output_hash=output_hash(f"completion {i}"), attribution_hash=attribution_hash([1, 2 + i], [300, 200]),
+            request_id=rng.randbytes(32),
+            payer=PAYER.address,
+            node=NODE.address,
+            adapter_id=rng.randrange(0, 5),
+            seq=first_seq + i,
+            prompt_tokens=rng.randrange(1, 4000),
+            completion_tokens=rng.randrange(1, 4000),
+            compute_cost=rng.randrange(0, 10**9),
+            adapter_cost=rng.randrange(0, 10**9),
+            output_hash=output_hash(f"completion {i}"),
+            attribution_hash=attribution_hash([1, 2 + i], [300, 200]),
             timestamp=1_700_000_000 + i,
         )
         for i in range(n)

@@ -41,8 +41,12 @@ async def kubo(tmp_path):
 
 def make_tree(root: Path) -> Path:
     rng = random.Random(11)
-    for rel, size in (("adapter_config.json", 40), ("adapter_model.safetensors", 900_000), ("docs/a b.txt", 3),
-                      ("docs/ü/deep", 1)):
+    for rel, size in (
+        ("adapter_config.json", 40),
+        ("adapter_model.safetensors", 900_000),
+        ("docs/a b.txt", 3),
+        ("docs/ü/deep", 1),
+    ):
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(rng.randbytes(size))
@@ -74,8 +78,13 @@ async def test_add_speaks_kubos_wire_format(tmp_path, kubo):
     src = make_tree(tmp_path / "adapter")
     await client.add_path(src)
     assert state.calls[-1] == "add"
-    assert state.queries[-1] == {"cid-version": "1", "raw-leaves": "true", "wrap-with-directory": "false", "pin": "true",
-                                 "progress": "false"}
+    assert state.queries[-1] == {
+        "cid-version": "1",
+        "raw-leaves": "true",
+        "wrap-with-directory": "false",
+        "pin": "true",
+        "progress": "false",
+    }
     assert state.part_names == [
         "adapter",
         "adapter%2Fadapter_config.json",

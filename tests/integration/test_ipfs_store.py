@@ -184,8 +184,9 @@ async def test_file_nodes_that_lie_about_sizes_are_refused(tmp_path, store):
         await store.fetch(str(lying), tmp_path / "o", 10**6)
     # A small declared size cannot sneak a huge body past the cap either.
     big_leaf = put(store, b"b" * 5000, CODEC_RAW)
-    sneaky = put(store, encode_node([encode_link(big_leaf.to_bytes(), b"", 10)],
-                                    unixfs_data(T_FILE, filesize=10, blocksizes=[10])))
+    sneaky = put(
+        store, encode_node([encode_link(big_leaf.to_bytes(), b"", 10)], unixfs_data(T_FILE, filesize=10, blocksizes=[10]))
+    )
     with pytest.raises((ContentTooLarge, MalformedBlock)):
         await store.fetch(str(sneaky), tmp_path / "o", max_bytes=1000)
     assert list((tmp_path / "o").iterdir()) == []

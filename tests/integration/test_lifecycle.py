@@ -30,8 +30,7 @@ BASE = EMBEDDED_MODEL_ID
 def engine():
     # Our own base model instance: the engine injects multi-LoRA layers into it in place.
     base = load_base_model(device="cpu")
-    eng = Engine(EngineConfig(num_slots=2, max_rank=16, max_batch_size=2, max_model_len=128,
-                              max_new_tokens=8), base=base).start()
+    eng = Engine(EngineConfig(num_slots=2, max_rank=16, max_batch_size=2, max_model_len=128, max_new_tokens=8), base=base).start()
     yield eng
     eng.close()
 
@@ -74,13 +73,20 @@ async def test_lifecycle_end_to_end(registries, db, engine, tmp_path):
 
     cid_good1 = await publish(make_random_adapter(tmp_path / "a1", base, rank=4, seed=1))
     cid_good2 = await publish(make_random_adapter(tmp_path / "a2", base, rank=8, seed=2))
-    cid_wrong_cfg = await publish(make_random_adapter(tmp_path / "a3", base, rank=4, seed=3,
-                                                      base_model_id="meta-llama/Llama-3-8B"))
+    cid_wrong_cfg = await publish(
+        make_random_adapter(tmp_path / "a3", base, rank=4, seed=3, base_model_id="meta-llama/Llama-3-8B")
+    )
     cid_tampered = await publish(make_random_adapter(tmp_path / "a4", base, rank=4, seed=4), hostile)
     corrupt_one_block(hostile)
-    cid_big = await publish(make_random_adapter(tmp_path / "a5", base, rank=16, seed=5,
-                                                target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                "gate_proj", "up_proj", "down_proj"]))
+    cid_big = await publish(
+        make_random_adapter(
+            tmp_path / "a5",
+            base,
+            rank=16,
+            seed=5,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        )
+    )
     cid_v2 = await publish(make_random_adapter(tmp_path / "a1v2", base, rank=4, seed=11))
     big_bytes = sum(p.stat().st_size for p in (tmp_path / "a5").iterdir())
     small_bytes = sum(p.stat().st_size for p in (tmp_path / "a2").iterdir())
@@ -99,8 +105,9 @@ async def test_lifecycle_end_to_end(registries, db, engine, tmp_path):
     reg(BASE, "../../etc/passwd")  # 7: not a CID at all (anyone can register any string)
 
     watcher = registry_watcher(r.w3, db, r, confirmations=0)
-    lc = AdapterLifecycle(db, engine, [store, hostile], cache, base_model_id=BASE, max_adapter_bytes=max_bytes,
-                          max_attempts=1, fetch_timeout_s=60)
+    lc = AdapterLifecycle(
+        db, engine, [store, hostile], cache, base_model_id=BASE, max_adapter_bytes=max_bytes, max_attempts=1, fetch_timeout_s=60
+    )
     await watcher.sync_until_caught_up()
     await lc.run_once()
     await lc.drain()
@@ -118,8 +125,9 @@ async def test_lifecycle_end_to_end(registries, db, engine, tmp_path):
     assert states(db) == st
     # the loaded adapters serve
     for name in ("adapter-1", "adapter-2"):
-        res = engine.generate(GenerationRequest(f"r-{name}", name, prompt="Hello",
-                                                params=SamplingParams(max_tokens=2, temperature=0)), timeout=60)
+        res = engine.generate(
+            GenerationRequest(f"r-{name}", name, prompt="Hello", params=SamplingParams(max_tokens=2, temperature=0)), timeout=60
+        )
         assert res.completion_tokens >= 1
 
     # deprecation unloads; a new version replaces the old weights
@@ -169,8 +177,15 @@ async def test_on_demand_loading_without_prefetch(registries, db, engine, tmp_pa
     r.send("AdapterRegistry", "register", BASE, cid, 4, 10, 10_000, [], [], key_index=3)
     watcher = registry_watcher(r.w3, db, r, confirmations=0)
     await watcher.sync_until_caught_up()
-    lc = AdapterLifecycle(db, engine, [store], ContentCache(tmp_path / "cache", 1 << 30), base_model_id=BASE,
-                          max_adapter_bytes=1 << 26, prefetch=False)
+    lc = AdapterLifecycle(
+        db,
+        engine,
+        [store],
+        ContentCache(tmp_path / "cache", 1 << 30),
+        base_model_id=BASE,
+        max_adapter_bytes=1 << 26,
+        prefetch=False,
+    )
     await lc.run_once()
     await lc.drain()
     assert states(db)[1][0] == "registered" and engine.adapters() == []

@@ -372,8 +372,17 @@ def test_nonce_taken_outside_the_outbox_fails_the_intent_and_is_never_reused(anv
         crashing.process()
     assert crashing.get(a).nonce == 0
     # someone else spends nonce 0 of the same account before the outbox comes back
-    stray = ACCOUNT.sign_transaction({"to": ACCOUNT.address, "value": 1, "gas": 21000, "nonce": 0,
-                                      "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9, "chainId": 31337})
+    stray = ACCOUNT.sign_transaction(
+        {
+            "to": ACCOUNT.address,
+            "value": 1,
+            "gas": 21000,
+            "nonce": 0,
+            "maxFeePerGas": 10**10,
+            "maxPriorityFeePerGas": 10**9,
+            "chainId": 31337,
+        }
+    )
     w3.eth.send_raw_transaction(stray.raw_transaction)
     restarted = Outbox(w3, ACCOUNT, open_sql_store())
     b = restarted.enqueue("b", transfer(1))
@@ -514,7 +523,12 @@ def test_store_finished_intents_are_final(store):
     store.note_error(a, "noted")  # a note never changes the status
     row = store.get(a)
     assert (row.status, row.tx_hash, row.block_number, row.gas_used, row.error) == (
-        IntentStatus.FAILED, att(1).tx_hash, 2, 30000, "noted")
+        IntentStatus.FAILED,
+        att(1).tx_hash,
+        2,
+        30000,
+        "noted",
+    )
 
 
 def test_store_refuses_unknown_intents(store):
@@ -548,8 +562,7 @@ def test_sql_store_reports_its_crash_points_after_each_write(open_sql_store):
     store.mark_sent(a, 2.0)
     store.finish(a, IntentStatus.MINED, tx_hash=att(1).tx_hash, block_number=3, gas_used=21000)
     # each hook runs where a crash loses the most: the step before it durable, its own not yet
-    assert steps == [("signed", a, IntentStatus.SIGNED), ("broadcast", a, IntentStatus.SIGNED),
-                     ("mined", a, IntentStatus.SENT)]
+    assert steps == [("signed", a, IntentStatus.SIGNED), ("broadcast", a, IntentStatus.SIGNED), ("mined", a, IntentStatus.SENT)]
 
 
 KILL_POINTS = ["signed", "broadcast", "mined"]  # SqlOutboxStore's on_step names

@@ -74,8 +74,12 @@ def test_shape_checker_catches_what_it_must():
 def _post(url, body, headers=None):
     data = b"" if body is None else json.dumps(body).encode()
     # url: the test's own loopback node
-    req = urllib.request.Request(url, data=data, method="POST",  # noqa: S310
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(  # noqa: S310
+        url,
+        data=data,
+        method="POST",
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310
             return r.status, r.read().decode()
@@ -84,7 +88,7 @@ def _post(url, body, headers=None):
 
 
 def _sse(raw: str) -> list:
-    events = [line[len("data: "):] for line in raw.split("\n") if line.startswith("data: ")]
+    events = [line[len("data: ") :] for line in raw.split("\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     return [json.loads(e) for e in events[:-1]]
 
@@ -133,17 +137,21 @@ def test_every_documented_example_matches_the_running_node(live, tmp_path, monke
     wallet.record(1, events[-1], "".join(e["choices"][0]["delta"].get("content", "") for e in events))
 
     # a stream the client drops: its cost is at /v1/receipts/{the chunks' id} (u: the test's own loopback node)
-    req = urllib.request.Request(u + "/v1/chat/completions", method="POST",  # noqa: S310
-                                 data=json.dumps({**chat_req, "stream": True, "max_tokens": 64}).encode(),
-                                 headers={"Content-Type": "application/json", **wallet.header(1)})
+    req = urllib.request.Request(  # noqa: S310
+        u + "/v1/chat/completions",
+        method="POST",
+        data=json.dumps({**chat_req, "stream": True, "max_tokens": 64}).encode(),
+        headers={"Content-Type": "application/json", **wallet.header(1)},
+    )
     with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310
         first = json.loads(r.readline().decode().removeprefix("data: "))
     dropped = wait_for(lambda: _receipt_or_none(u, first["id"]), 30, "the dropped stream's receipt")
     wallet.record_receipt(1, dropped["receipt"])
 
     rid = chat["receipt"]["requestId"]
-    committed = wait_for(lambda: (r := get_json(u + f"/v1/receipts/{rid}"))["status"] == "committed" and r, 90,
-                         "the receipt batch to commit")
+    committed = wait_for(
+        lambda: (r := get_json(u + f"/v1/receipts/{rid}"))["status"] == "committed" and r, 90, "the receipt batch to commit"
+    )
     check("response GET /v1/receipts/{id}", committed)
 
     status, body = _post(u + "/v1/vouchers", None, wallet.header(1))
@@ -176,8 +184,12 @@ def test_every_documented_example_matches_the_running_node(live, tmp_path, monke
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD)
     create_keystore(tmp_path / "dave.json", PASSWORD, KEY["dave"], scrypt_n=1024)
-    for k, v in {**live.stack.env(), "LORANODE_HOME": str(tmp_path / "home"), "LORANODE_WALLET": str(tmp_path / "dave.json"),
-                 "LORANODE_WALLET_PASSWORD_FILE": str(pw)}.items():
+    for k, v in {
+        **live.stack.env(),
+        "LORANODE_HOME": str(tmp_path / "home"),
+        "LORANODE_WALLET": str(tmp_path / "dave.json"),
+        "LORANODE_WALLET_PASSWORD_FILE": str(pw),
+    }.items():
         monkeypatch.setenv(k, v)
     runner = CliRunner()
 

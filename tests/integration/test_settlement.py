@@ -98,13 +98,25 @@ def world(fresh_anvil, tmp_path, request):
     c.datasets.contribute(CONTRIB, 1, "bafyc", 100)
     c.datasets.accept(CURATOR, 1, 5)
     c.adapters.register(OWNER, BASE, "bafyadapter", 8, 1000, 7000, [1], [3000])
-    url = request.getfixturevalue("pg_url") if getattr(request, "param", "sqlite") == "postgres" \
+    url = (
+        request.getfixturevalue("pg_url")
+        if getattr(request, "param", "sqlite") == "postgres"
         else f"sqlite:///{tmp_path / 'node.db'}"
+    )
     migrate(url)
     script = tmp_path / "settle.py"
     script.write_text(BUILDER)
-    return {"anvil": fresh_anvil, "w3": w3, "c": c, "dep": dep, "dep_path": str(dep_path), "db_url": url,
-            "data": str(tmp_path), "script": str(script), "sessions": make_session_factory(url)}
+    return {
+        "anvil": fresh_anvil,
+        "w3": w3,
+        "c": c,
+        "dep": dep,
+        "dep_path": str(dep_path),
+        "db_url": url,
+        "data": str(tmp_path),
+        "script": str(script),
+        "sessions": make_session_factory(url),
+    }
 
 
 class Client:
@@ -121,19 +133,38 @@ class Client:
         self.owed[adapter_id][1] += adapter
         with w["sessions"].begin() as s:
             seq = repo.next_receipt_seq(s)
-            r = R(request_id=self.n.to_bytes(32, "big"), payer=PAYER.address, node=OPERATOR.address,
-                  adapter_id=adapter_id, seq=seq, prompt_tokens=10, completion_tokens=5, compute_cost=compute,
-                  adapter_cost=adapter, output_hash=output_hash(f"answer {self.n}"),
-                  attribution_hash=NO_ATTRIBUTION_HASH, timestamp=1_700_000_000 + self.n)
+            r = R(
+                request_id=self.n.to_bytes(32, "big"),
+                payer=PAYER.address,
+                node=OPERATOR.address,
+                adapter_id=adapter_id,
+                seq=seq,
+                prompt_tokens=10,
+                completion_tokens=5,
+                compute_cost=compute,
+                adapter_cost=adapter,
+                output_hash=output_hash(f"answer {self.n}"),
+                attribution_hash=NO_ATTRIBUTION_HASH,
+                timestamp=1_700_000_000 + self.n,
+            )
             digest = receipt_digest(r, w["dep"].chain_id, c.receipts.address)
             signed = SignedReceipt(r, sign_digest(digest, OPERATOR.key))
             lane = repo.lane_key(PAYER.address, OPERATOR.address, adapter_id)
-            repo.store_receipt(s, seq=seq, request_id="0x" + r.request_id.hex(), lane=lane,
-                               receipt=signed.to_json(), digest="0x" + digest.hex())
+            repo.store_receipt(
+                s, seq=seq, request_id="0x" + r.request_id.hex(), lane=lane, receipt=signed.to_json(), digest="0x" + digest.hex()
+            )
             v = V(PAYER.address, OPERATOR.address, adapter_id, *self.owed[adapter_id])
             sig = sign_voucher(v, PAYER.key, w["dep"].chain_id, c.escrow.address)
-            repo.store_voucher(s, lane=lane, payer=PAYER.address, node=OPERATOR.address, adapter_id=adapter_id,
-                               compute_value=v.compute_value, adapter_value=v.adapter_value, signature="0x" + sig.hex())
+            repo.store_voucher(
+                s,
+                lane=lane,
+                payer=PAYER.address,
+                node=OPERATOR.address,
+                adapter_id=adapter_id,
+                compute_value=v.compute_value,
+                adapter_value=v.adapter_value,
+                signature="0x" + sig.hex(),
+            )
 
 
 def settlement(world, **kw):
@@ -158,8 +189,9 @@ def check_exactly_once(world, client: Client) -> None:
         for r in receipts:
             p = repo.receipt_with_proof(s, r.request_id)
             assert p.committed
-            assert c.receipts.verify_receipt(SignedReceipt.from_json(p.receipt).receipt, p.batch_seq,
-                                             [bytes.fromhex(x[2:]) for x in p.proof])
+            assert c.receipts.verify_receipt(
+                SignedReceipt.from_json(p.receipt).receipt, p.batch_seq, [bytes.fromhex(x[2:]) for x in p.proof]
+            )
     # vouchers: every lane collected exactly its newest voucher, and was paid once
     for adapter_id, (compute, adapter) in client.owed.items():
         col = c.escrow.collected(PAYER.address, OPERATOR.address, adapter_id)
@@ -217,8 +249,17 @@ async def test_batches_commit_and_vouchers_redeem(world):
 
 
 CRASH_POINTS = [
-    "batch_stored", "commit_enqueued", "signed:1", "broadcast:1", "mined:1", "batch_committed",
-    "redeem_enqueued", "signed:2", "broadcast:2", "mined:2", "voucher_settled",
+    "batch_stored",
+    "commit_enqueued",
+    "signed:1",
+    "broadcast:1",
+    "mined:1",
+    "batch_committed",
+    "redeem_enqueued",
+    "signed:2",
+    "broadcast:2",
+    "mined:2",
+    "voucher_settled",
 ]
 
 
@@ -304,8 +345,9 @@ async def test_reorg_shallower_than_confirmations_rebroadcasts_the_commit(world)
         block = s.scalar(select(OutboxIntent.block_number).where(OutboxIntent.key.like("commit:%")))
     assert block is None
     # replace the commit's block (and the redeem after it): depth 1-2 < confirmations + 1
-    w3.provider.make_request("anvil_reorg",
-                             [w3.eth.block_number - _commit_block(w3, OPERATOR.address, c.receipts.address) + 1, []])
+    w3.provider.make_request(
+        "anvil_reorg", [w3.eth.block_number - _commit_block(w3, OPERATOR.address, c.receipts.address) + 1, []]
+    )
     assert c.receipts.last_seq(OPERATOR.address) == 0
     await st.run_once()  # the tx is unknown to the node now: same bytes again
     assert c.receipts.last_seq(OPERATOR.address) == 1

@@ -81,8 +81,9 @@ class World:
         self.hf_config = AutoConfig.from_pretrained(self.model_folder, local_files_only=True)
         self.tmp = tmp
         self.answers: dict[str, str] = {}
-        self.server = VllmServer(self.model_folder, EMBEDDED_MODEL_ID, _free_port(), tmp / "vllm.log",
-                                 max_model_len=1024, dtype="float32")
+        self.server = VllmServer(
+            self.model_folder, EMBEDDED_MODEL_ID, _free_port(), tmp / "vllm.log", max_model_len=1024, dtype="float32"
+        )
         self.stack = self.node = None
         try:
             self._start(tmp)
@@ -97,9 +98,21 @@ class World:
         from node.ipfs import EmbeddedStore
 
         self.server.start()
-        self.stack = start_dev_stack(tmp / "dev", chain_port=0, node_port=0, compute_price_per_1k=PRICE, node_extra={
-            "engine_backend": "vllm", "vllm_urls": [self.server.url], "vllm_probe_s": 0.5, "vllm_timeout_s": 30.0,
-            "settlement_interval_s": 1.0, "redeem_interval_s": 1.0, "max_tokens_limit": 64})
+        self.stack = start_dev_stack(
+            tmp / "dev",
+            chain_port=0,
+            node_port=0,
+            compute_price_per_1k=PRICE,
+            node_extra={
+                "engine_backend": "vllm",
+                "vllm_urls": [self.server.url],
+                "vllm_probe_s": 0.5,
+                "vllm_timeout_s": 30.0,
+                "settlement_interval_s": 1.0,
+                "redeem_interval_s": 1.0,
+                "max_tokens_limit": 64,
+            },
+        )
         self.store = EmbeddedStore(self.stack.data_dir / "ipfs")
         self.owner = Account.from_key(DEV_PRIVATE_KEYS[DEV_ROLES.index("owner1")])
         self.make_adapter = make_random_adapter
@@ -117,8 +130,9 @@ class World:
 
     def publish(self) -> int:
         n = len(self.adapter_folders) + 1
-        folder = self.make_adapter(self.tmp / f"adapter-src-{n}", self.hf_config, rank=8, seed=n, init_scale=0.03,
-                                   base_model_id=EMBEDDED_MODEL_ID)
+        folder = self.make_adapter(
+            self.tmp / f"adapter-src-{n}", self.hf_config, rank=8, seed=n, init_scale=0.03, base_model_id=EMBEDDED_MODEL_ID
+        )
         cid = self.store.add_path_sync(folder)
         c = self.stack.contracts
         c.adapters.register(self.owner, EMBEDDED_MODEL_ID, cid, 8, PRICE * 2, 10_000)
@@ -127,8 +141,7 @@ class World:
         return aid
 
     def wait_loaded(self, names, timeout=240):
-        _wait(lambda: set(names) <= {m["id"] for m in _get(self.url + "/v1/models")[1]["data"]}, timeout,
-              f"{names} to load")
+        _wait(lambda: set(names) <= {m["id"] for m in _get(self.url + "/v1/models")[1]["data"]}, timeout, f"{names} to load")
 
     def close(self):
         try:
@@ -170,8 +183,10 @@ def _builtin_answers(world, models: list[str]) -> dict[str, str]:
             if m.startswith("adapter-"):
                 adapter = m
                 eng.register_adapter(m, world.adapter_folders[int(m.split("-")[1])])
-            r = eng.generate(GenerationRequest("ref-" + m, adapter, messages=QUESTION,
-                                               params=SamplingParams(max_tokens=24, temperature=0)), timeout=120)
+            r = eng.generate(
+                GenerationRequest("ref-" + m, adapter, messages=QUESTION, params=SamplingParams(max_tokens=24, temperature=0)),
+                timeout=120,
+            )
             out[m] = r.text
         return out
 
@@ -195,8 +210,11 @@ def test_answers_receipts_and_the_builtin_engines_greedy_output(world, client):
 
 
 def test_streaming_passes_tokens_through(world, client):
-    pieces = [ch.choices[0].delta.content for ch in client.chat_stream("adapter-2", QUESTION, max_tokens=24,
-                                                                         temperature=0) if ch.choices]
+    pieces = [
+        ch.choices[0].delta.content
+        for ch in client.chat_stream("adapter-2", QUESTION, max_tokens=24, temperature=0)
+        if ch.choices
+    ]
     text = "".join(p for p in pieces if p)
     assert len([p for p in pieces if p]) > 3, pieces  # token by token, not one block
     assert client.receipts[-1].receipt.output_hash == output_hash(text)  # signed over what was streamed
@@ -215,8 +233,12 @@ def test_adapter_published_while_serving(world, client):
 
 def _stream_raw(url: str, headers: dict, body: dict, on_first_chunk) -> list:
     # url: the test's own loopback node
-    req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST",  # noqa: S310
-                                 headers={**headers, "Content-Type": "application/json"})
+    req = urllib.request.Request(  # noqa: S310
+        url + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={**headers, "Content-Type": "application/json"},
+    )
     events, fired = [], False
     with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310 - loopback
         for line in r:
@@ -225,8 +247,9 @@ def _stream_raw(url: str, headers: dict, body: dict, on_first_chunk) -> list:
                 continue
             data = line[6:]
             events.append(data if data == "[DONE]" else json.loads(data))
-            content = (events[-1].get("choices") or [{}])[0].get("delta", {}).get("content") \
-                if isinstance(events[-1], dict) else None
+            content = (
+                (events[-1].get("choices") or [{}])[0].get("delta", {}).get("content") if isinstance(events[-1], dict) else None
+            )
             if content and not fired:
                 fired = True
                 on_first_chunk()
@@ -236,8 +259,13 @@ def _stream_raw(url: str, headers: dict, body: dict, on_first_chunk) -> list:
 def test_server_killed_mid_stream_then_recovers(world, client):
     w = client.wallet
     before = w.totals(1)
-    body = {"model": "adapter-1", "stream": True, "max_tokens": 64, "temperature": 0,
-            "messages": [{"role": "user", "content": "Count from 1 to 200, separated by commas."}]}
+    body = {
+        "model": "adapter-1",
+        "stream": True,
+        "max_tokens": 64,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Count from 1 to 200, separated by commas."}],
+    }
     with w.lane_lock(1):
         events = _stream_raw(world.url, w.header(1), body, world.server.kill)
     errors = [e for e in events if isinstance(e, dict) and "error" in e]
@@ -251,9 +279,15 @@ def test_server_killed_mid_stream_then_recovers(world, client):
     status, health, _ = _get(world.url + "/healthz")
     srv = health["engine"]["servers"][0]
     assert status == 503 and health["status"] == "degraded" and not srv["in_rotation"] and srv["last_error"]
-    req = urllib.request.Request(world.url + "/v1/chat/completions", method="POST", headers={  # noqa: S310 - loopback node
-        **w.header(1), "Content-Type": "application/json"},
-        data=json.dumps({"model": "adapter-1", "messages": QUESTION, "max_tokens": 4}).encode())
+    req = urllib.request.Request(  # noqa: S310 - loopback node
+        world.url + "/v1/chat/completions",
+        method="POST",
+        headers={
+            **w.header(1),
+            "Content-Type": "application/json",
+        },
+        data=json.dumps({"model": "adapter-1", "messages": QUESTION, "max_tokens": 4}).encode(),
+    )
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=60)  # noqa: S310 - loopback node
     assert e.value.code == 503 and e.value.headers["Retry-After"]

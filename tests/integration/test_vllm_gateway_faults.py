@@ -103,11 +103,16 @@ class FakeVllm:
                 await asyncio.sleep(3600)
             last = i == len(ids) - 1
             text = self.tok.decode([t]) if i < len(answer) else ""
-            chunk = {"id": "cmpl-x", "object": "text_completion", "choices": [
-                {"index": 0, "text": text, "token_ids": [t], "finish_reason": "stop" if last else None}]}
+            chunk = {
+                "id": "cmpl-x",
+                "object": "text_completion",
+                "choices": [{"index": 0, "text": text, "token_ids": [t], "finish_reason": "stop" if last else None}],
+            }
             await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        usage = {"prompt_tokens": len(body["prompt"]) + self.usage_inflation,
-                 "completion_tokens": len(ids) + self.usage_inflation}
+        usage = {
+            "prompt_tokens": len(body["prompt"]) + self.usage_inflation,
+            "completion_tokens": len(ids) + self.usage_inflation,
+        }
         await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
         return resp
@@ -163,15 +168,28 @@ def adapter_folder(tmp_path_factory):
 
 
 def _engine(urls, tmp_path, timeout_s=5.0, **kw) -> VllmEngine:
-    return VllmEngine(urls, model_folder=resolve_model_folder(None), model_id=EMBEDDED_MODEL_ID,
-                      cache_dir=tmp_path / "cache", max_new_tokens=32, timeout_s=timeout_s, probe_s=0.2, **kw)
+    return VllmEngine(
+        urls,
+        model_folder=resolve_model_folder(None),
+        model_id=EMBEDDED_MODEL_ID,
+        cache_dir=tmp_path / "cache",
+        max_new_tokens=32,
+        timeout_s=timeout_s,
+        probe_s=0.2,
+        **kw,
+    )
 
 
 def _ask(engine, adapter=None, max_tokens=32):
     async def go():
-        h = engine.submit(GenerationRequest(f"r{time.monotonic_ns()}", adapter,
-                                            messages=[{"role": "user", "content": "Capital of France?"}],
-                                            params=SamplingParams(max_tokens=max_tokens, temperature=0)))
+        h = engine.submit(
+            GenerationRequest(
+                f"r{time.monotonic_ns()}",
+                adapter,
+                messages=[{"role": "user", "content": "Capital of France?"}],
+                params=SamplingParams(max_tokens=max_tokens, temperature=0),
+            )
+        )
         return await h.result()
 
     return asyncio.run(go())
@@ -253,8 +271,9 @@ def test_refused_adapter_failover_probe_back_and_reload_after_restart(servers, t
         b.loras["adapter-2"] = "/somewhere/else"
         b.loras["adapter-77"] = "/deprecated/while/out"  # this node's name, no longer registered
         deadline = time.monotonic() + 20
-        while (b.loras.get("adapter-2") != str(adapter_folder.resolve()) or "adapter-77" in b.loras) \
-                and time.monotonic() < deadline:
+        while (
+            b.loras.get("adapter-2") != str(adapter_folder.resolve()) or "adapter-77" in b.loras
+        ) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert b.loras == {"adapter-2": str(adapter_folder.resolve())}
         # both down: no server in rotation → EngineOverloaded (503 + Retry-After at the API)

@@ -30,8 +30,11 @@ BASE = EMBEDDED_MODEL_ID
 @pytest.fixture
 def db(tmp_path, request):
     # parametrized indirectly with "postgres": the same test on the machine's Postgres
-    url = request.getfixturevalue("pg_url") if getattr(request, "param", "sqlite") == "postgres" \
+    url = (
+        request.getfixturevalue("pg_url")
+        if getattr(request, "param", "sqlite") == "postgres"
         else f"sqlite:///{tmp_path / 'node.db'}"
+    )
     migrate(url)
     f = make_session_factory(url)
     yield f
@@ -57,8 +60,10 @@ def snapshot(f):
         return (
             [(d.id, d.curator, d.name) for d in s.scalars(select(Dataset).order_by(Dataset.id))],
             [(c.id, c.status, c.weight) for c in s.scalars(select(Contribution).order_by(Contribution.id))],
-            [(a.id, a.cid, a.rank, a.price_per_1k, a.deprecated, a.base_model, a.dataset_splits)
-             for a in s.scalars(select(Adapter).order_by(Adapter.id))],
+            [
+                (a.id, a.cid, a.rank, a.price_per_1k, a.deprecated, a.base_model, a.dataset_splits)
+                for a in s.scalars(select(Adapter).order_by(Adapter.id))
+            ],
             [(n.operator, n.endpoint, n.base_models, n.price_per_1k, n.active) for n in s.scalars(select(NodeRow))],
         )
 
@@ -147,7 +152,8 @@ async def test_reorg_shallower_than_confirmations_never_reaches_the_db(registrie
     await w.sync_until_caught_up()
     ad = r.contracts["AdapterRegistry"]
     replacement = ad.functions.register(BASE, "bafyKEPT", 4, 9, 10_000, [], []).build_transaction(
-        {"from": r.w3.eth.accounts[3], "gas": 500_000})
+        {"from": r.w3.eth.accounts[3], "gas": 500_000}
+    )
     replacement = {k: (hex(v) if isinstance(v, int) else v) for k, v in replacement.items() if k != "chainId"}
     r.w3.provider.make_request("anvil_reorg", [2, [[replacement, 0]]])
     r.w3.provider.make_request("anvil_mine", ["0x4"])

@@ -103,8 +103,9 @@ def test_load_folds_scaling_and_casts(config, tmp_path):
 def test_rslora_and_patterns(config, tmp_path):
     folder = make_random_adapter(tmp_path / "rs", config, 16, ["q_proj"], alpha=8, use_rslora=True)
     assert validate(folder, config).scaling == pytest.approx(8 / math.sqrt(16))
-    folder = make_random_adapter(tmp_path / "pat", config, 8, ["q_proj", "v_proj"], alpha=16,
-                                 rank_pattern={"v_proj": 4}, alpha_pattern={"v_proj": 2})
+    folder = make_random_adapter(
+        tmp_path / "pat", config, 8, ["q_proj", "v_proj"], alpha=16, rank_pattern={"v_proj": 4}, alpha_pattern={"v_proj": 2}
+    )
     spec = validate(folder, config)
     v = next(m for m in spec.modules if m.module == "v_proj")
     q = next(m for m in spec.modules if m.module == "q_proj")
@@ -115,8 +116,9 @@ def test_rank_pattern_matches_peft(base_model, tmp_path):
     """Our per-module rank/alpha from the patterns is what PEFT applies."""
     from peft import PeftModel
 
-    folder = make_random_adapter(tmp_path / "pat", base_model, 8, ["q_proj", "v_proj"], alpha=16,
-                                 rank_pattern={"v_proj": 4}, alpha_pattern={"v_proj": 2})
+    folder = make_random_adapter(
+        tmp_path / "pat", base_model, 8, ["q_proj", "v_proj"], alpha=16, rank_pattern={"v_proj": 4}, alpha_pattern={"v_proj": 2}
+    )
     spec = validate(folder, base_model.model.config)
     model = PeftModel.from_pretrained(copy.deepcopy(base_model.model), str(folder))
     v = model.base_model.model.model.layers[0].self_attn.v_proj
@@ -332,13 +334,16 @@ sys.exit(0 if before == after else 3)
     assert done.returncode == 0, done.stderr.decode()[-500:]
 
 
-@pytest.mark.parametrize("text, depth", [
-    ('{"a": [1, {"b": "[[[["}]}', 3),  # brackets inside strings do not count
-    (r'["\\", ["x"]]', 2),  # an escaped backslash ends before the closing quote
-    (r'["\"[[[", [1]]', 2),  # an escaped quote does not end the string
-    ('"plain"', 0),
-    ("[" * 40 + "]" * 40, 40),
-])
+@pytest.mark.parametrize(
+    "text, depth",
+    [
+        ('{"a": [1, {"b": "[[[["}]}', 3),  # brackets inside strings do not count
+        (r'["\\", ["x"]]', 2),  # an escaped backslash ends before the closing quote
+        (r'["\"[[[", [1]]', 2),  # an escaped quote does not end the string
+        ('"plain"', 0),
+        ("[" * 40 + "]" * 40, 40),
+    ],
+)
 def test_json_depth_is_measured_without_parsing(text, depth):
     from inference.adapters import _json_depth
 

@@ -21,9 +21,18 @@ def receipt_json(att: Attribution, *, hash_of: Attribution | None = None) -> dic
     ids, weights = (hash_of or att).ids_and_weights()
     key = DEV_PRIVATE_KEYS[0]
     r = Receipt(
-        request_id=b"\x07" * 32, payer=address_of(DEV_PRIVATE_KEYS[1]), node=address_of(key), adapter_id=3, seq=1,
-        prompt_tokens=10, completion_tokens=30, compute_cost=5, adapter_cost=7,
-        output_hash=output_hash("an answer"), attribution_hash=attribution_hash(ids, weights), timestamp=1_700_000_000,
+        request_id=b"\x07" * 32,
+        payer=address_of(DEV_PRIVATE_KEYS[1]),
+        node=address_of(key),
+        adapter_id=3,
+        seq=1,
+        prompt_tokens=10,
+        completion_tokens=30,
+        compute_cost=5,
+        adapter_cost=7,
+        output_hash=output_hash("an answer"),
+        attribution_hash=attribution_hash(ids, weights),
+        timestamp=1_700_000_000,
     )
     signed = SignedReceipt(r, sign_receipt(r, key, 31337, RECEIPT_LOG))
     return {**signed.to_json(), **att.to_json()}  # what node.daemon.payments.receipts serves
@@ -82,8 +91,10 @@ def test_explain_flags_weights_that_do_not_match_the_signed_hash(tmp_path):
         ({"attribution": {"4": 5000}}, "sum to 5000"),
         ({"attribution": {"x": 10000}}, "unsigned integer"),
         ({"attribution": {"4": -1, "5": 10001}}, "unsigned integer"),
-        ({"attribution": {"4": 10000}, "spans": [{"contributionId": 4, "datasetId": 1, "start": 5, "end": 5}]},
-         "not after start"),
+        (
+            {"attribution": {"4": 10000}, "spans": [{"contributionId": 4, "datasetId": 1, "start": 5, "end": 5}]},
+            "not after start",
+        ),
         ({"attribution": {"4": 10000}, "spans": [{"contributionId": 8, "datasetId": 1, "start": 0, "end": 9}]}, "without weight"),
         ({"attribution": {"4": 10000}, "spans": "all"}, "expected a list"),
     ],

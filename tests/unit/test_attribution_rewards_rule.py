@@ -26,9 +26,11 @@ def test_receipt_weights_split_within_each_dataset_and_keep_the_remainder_unattr
 
 
 def test_batch_entries_sorted_and_payouts_conserve():
-    receipts = [{"adapterId": "1", "adapterCost": "3", "attribution": {"10": 10_000}},
-                {"adapterId": "1", "adapterCost": "5", "attribution": {}},
-                {"adapterId": "0", "adapterCost": "0", "attribution": {}}]
+    receipts = [
+        {"adapterId": "1", "adapterCost": "3", "attribution": {"10": 10_000}},
+        {"adapterId": "1", "adapterCost": "5", "attribution": {}},
+        {"adapterId": "0", "adapterCost": "0", "attribution": {}},
+    ]
     entries = to_entries(batch_weights(receipts, lambda a: {1: 4000}, DATASET))
     assert entries == [(1, 0, 20_000), (1, 10, 12_000)]
     paid, rest = payouts(entries, {1: 1001})
@@ -42,9 +44,17 @@ def test_entries_over_the_cap_fold_the_lightest_into_unattributed(monkeypatch):
     assert sum(x for *_, x in to_entries(w)) == sum(w.values())
 
 
-@pytest.mark.parametrize("bad", [{"adapterCost": "-1"}, {"adapterCost": "x"}, {"adapterCost": 1.5},
-                                 {"adapterCost": 1, "attribution": {"10": 10_001}}, {"adapterCost": 1, "attribution": []},
-                                 {"adapterCost": True}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"adapterCost": "-1"},
+        {"adapterCost": "x"},
+        {"adapterCost": 1.5},
+        {"adapterCost": 1, "attribution": {"10": 10_001}},
+        {"adapterCost": 1, "attribution": []},
+        {"adapterCost": True},
+    ],
+)
 def test_malformed_receipts_are_refused_with_the_field(bad):
     with pytest.raises(RuleError):
         receipt_weights(bad, {1: 100}, DATASET)

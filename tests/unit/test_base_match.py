@@ -12,8 +12,15 @@ from safetensors.torch import save_file
 
 from inference.base_match import BaseMismatch, base_identity, check_same_base
 
-CONFIG = {"model_type": "llama", "hidden_size": 8, "num_hidden_layers": 2, "vocab_size": 16,
-          "_name_or_path": "/somewhere/else", "torch_dtype": "float32", "transformers_version": "4.0"}
+CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 8,
+    "num_hidden_layers": 2,
+    "vocab_size": 16,
+    "_name_or_path": "/somewhere/else",
+    "torch_dtype": "float32",
+    "transformers_version": "4.0",
+}
 
 
 def _model(folder, tensors: dict, config=CONFIG, shards=1):

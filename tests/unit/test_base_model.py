@@ -23,7 +23,7 @@ def test_embedded_model_answers_a_factual_question(base_model):
         return_dict=True,
     )
     out = model.generate(**enc, max_new_tokens=24, do_sample=False)
-    answer = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer, answer
 
 

@@ -13,23 +13,26 @@ def test_good_endpoints(good):
     assert validate_endpoint(good) == good.rstrip("/")
 
 
-@pytest.mark.parametrize("bad, why", [
-    ("", "empty"),
-    (None, "empty"),
-    ("javascript:alert(1)", "not http"),
-    ("file:///etc/passwd", "not http"),
-    ("ftp://node.example", "not http"),
-    ("http://", "no host"),
-    ("http://user:pw@node.example", "credentials"),
-    ("http://node.example/?x=1", "query"),
-    ("http://node.example/#frag", "query"),
-    ("http://node.example:99999", "not a URL"),
-    ("http://node.example:0", "port 0"),
-    ("http://node.example/\x1b[2J", "control"),
-    ("http://nöde.example", "non-ASCII"),
-    ("http://node.example /x", "spaces"),
-    ("http://" + "a" * 300 + ".example", "longer than"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("", "empty"),
+        (None, "empty"),
+        ("javascript:alert(1)", "not http"),
+        ("file:///etc/passwd", "not http"),
+        ("ftp://node.example", "not http"),
+        ("http://", "no host"),
+        ("http://user:pw@node.example", "credentials"),
+        ("http://node.example/?x=1", "query"),
+        ("http://node.example/#frag", "query"),
+        ("http://node.example:99999", "not a URL"),
+        ("http://node.example:0", "port 0"),
+        ("http://node.example/\x1b[2J", "control"),
+        ("http://nöde.example", "non-ASCII"),
+        ("http://node.example /x", "spaces"),
+        ("http://" + "a" * 300 + ".example", "longer than"),
+    ],
+)
 def test_bad_endpoints_are_refused(bad, why):
     with pytest.raises(BadEndpoint, match=why):
         validate_endpoint(bad)
@@ -60,7 +63,16 @@ def test_a_broken_chat_state_is_a_clear_error(tmp_path):
     with pytest.raises(ChatStateError):
         ChatState(tmp_path)  # a folder
     s = ChatState(tmp_path / "ok.sqlite")  # and a good one round-trips uint256 totals exactly
-    s.record_paid("0x01", node="0xN", url="http://x", model="adapter-1", adapter_id=1, max_tokens=4,
-                  totals=(2**200 + 1, 3), cost=(2**200 + 1, 3), receipt={"a": 1})
+    s.record_paid(
+        "0x01",
+        node="0xN",
+        url="http://x",
+        model="adapter-1",
+        adapter_id=1,
+        max_tokens=4,
+        totals=(2**200 + 1, 3),
+        cost=(2**200 + 1, 3),
+        receipt={"a": 1},
+    )
     assert s.lane_totals("0xN") == {1: (2**200 + 1, 3)}
     assert s.receipts()[0].compute == 2**200 + 1

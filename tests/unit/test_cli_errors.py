@@ -39,11 +39,14 @@ def test_usage_errors_keep_click_s_code_2():
     assert r.exit_code == BAD_INPUT
 
 
-@pytest.mark.parametrize("argv", [
-    ["attribution", "explain", "{tmp}/missing.json"],
-    ["wallet", "address", "--keystore", "{tmp}/missing.json"],
-    ["ipfs", "cid", "{tmp}/missing"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["attribution", "explain", "{tmp}/missing.json"],
+        ["wallet", "address", "--keystore", "{tmp}/missing.json"],
+        ["ipfs", "cid", "{tmp}/missing"],
+    ],
+)
 def test_a_missing_file_is_bad_input_in_every_group(tmp_path, argv):
     r = runner.invoke(app, [a.format(tmp=tmp_path) for a in argv])
     assert r.exit_code == BAD_INPUT, r.output

@@ -28,8 +28,14 @@ def test_transaction_wait_shows_a_spinner_naming_the_transaction(anvil, terminal
     w3 = Web3(Web3.HTTPProvider(anvil.url))
     cp.show_tx_waits(w3)
     acct = Account.from_key(DEV_PRIVATE_KEYS[0])
-    tx = {"to": Account.from_key(DEV_PRIVATE_KEYS[1]).address, "value": 1, "gas": 21_000, "gasPrice": w3.eth.gas_price,
-          "nonce": w3.eth.get_transaction_count(acct.address), "chainId": w3.eth.chain_id}
+    tx = {
+        "to": Account.from_key(DEV_PRIVATE_KEYS[1]).address,
+        "value": 1,
+        "gas": 21_000,
+        "gasPrice": w3.eth.gas_price,
+        "nonce": w3.eth.get_transaction_count(acct.address),
+        "chainId": w3.eth.chain_id,
+    }
     h = w3.eth.send_raw_transaction(acct.sign_transaction(tx).raw_transaction)
     assert w3.eth.wait_for_transaction_receipt(h)["status"] == 1
     assert "waiting for transaction 0x" + h.hex().removeprefix("0x")[:10] in terminal.getvalue()

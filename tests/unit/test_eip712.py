@@ -63,9 +63,18 @@ def sample_voucher(**kw) -> Voucher:
 
 def sample_receipt(**kw) -> Receipt:
     base = dict(
-        request_id=b"\x01" * 32, payer=SIGNER, node=LOG, adapter_id=3, seq=1, prompt_tokens=12,
-        completion_tokens=34, compute_cost=5, adapter_cost=6, output_hash=output_hash("hi"),
-        attribution_hash=attribution_hash([1, 4], [2500, 500]), timestamp=1_700_000_000,
+        request_id=b"\x01" * 32,
+        payer=SIGNER,
+        node=LOG,
+        adapter_id=3,
+        seq=1,
+        prompt_tokens=12,
+        completion_tokens=34,
+        compute_cost=5,
+        adapter_cost=6,
+        output_hash=output_hash("hi"),
+        attribution_hash=attribution_hash([1, 4], [2500, 500]),
+        timestamp=1_700_000_000,
     )
     return Receipt(**{**base, **kw})
 
@@ -108,10 +117,18 @@ def test_tampered_voucher_recovers_another_signer(change):
 @pytest.mark.parametrize(
     "change",
     [
-        dict(request_id=b"\x02" * 32), dict(payer=ESCROW), dict(node=SIGNER), dict(adapter_id=4),
-        dict(seq=2), dict(prompt_tokens=13), dict(completion_tokens=35), dict(compute_cost=4),
-        dict(adapter_cost=7), dict(output_hash=output_hash("hj")),
-        dict(attribution_hash=NO_ATTRIBUTION_HASH), dict(timestamp=1_700_000_001),
+        dict(request_id=b"\x02" * 32),
+        dict(payer=ESCROW),
+        dict(node=SIGNER),
+        dict(adapter_id=4),
+        dict(seq=2),
+        dict(prompt_tokens=13),
+        dict(completion_tokens=35),
+        dict(compute_cost=4),
+        dict(adapter_cost=7),
+        dict(output_hash=output_hash("hj")),
+        dict(attribution_hash=NO_ATTRIBUTION_HASH),
+        dict(timestamp=1_700_000_001),
     ],
 )
 def test_tampered_receipt_recovers_another_signer(change):

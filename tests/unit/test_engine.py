@@ -31,8 +31,14 @@ QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL7 = QKVO + ("gate_proj", "up_proj", "down_proj")
 # (rank, targets): 8 adapters, ranks differ, two module sets (slots hold mixed ranks per module)
 ADAPTERS = {
-    "a0": (2, QKVO), "a1": (4, ALL7), "a2": (8, QKVO), "a3": (16, QKVO),
-    "a4": (4, ("q_proj", "v_proj")), "a5": (8, ALL7), "a6": (16, ALL7), "a7": (12, QKVO),
+    "a0": (2, QKVO),
+    "a1": (4, ALL7),
+    "a2": (8, QKVO),
+    "a3": (16, QKVO),
+    "a4": (4, ("q_proj", "v_proj")),
+    "a5": (8, ALL7),
+    "a6": (16, ALL7),
+    "a7": (12, QKVO),
 }
 EXTRA = {"x0": (8, QKVO), "x1": (4, ALL7), "x2": (16, QKVO)}  # to force evictions
 PROMPTS = ["The capital of France is", "Write a haiku about the sea:", "def fib(n):", "Once upon a time"]
@@ -45,16 +51,16 @@ def folders(base_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
     out = {}
     for i, (aid, (rank, targets)) in enumerate({**ADAPTERS, **EXTRA}.items()):
-        out[aid] = make_random_adapter(root / aid, base_model, rank=rank, target_modules=targets, seed=100 + i,
-                                       init_scale=0.12)
+        out[aid] = make_random_adapter(root / aid, base_model, rank=rank, target_modules=targets, seed=100 + i, init_scale=0.12)
     return out
 
 
 @pytest.fixture(scope="module")
 def engine(base_model, folders):
     own = dataclasses.replace(base_model, model=copy.deepcopy(base_model.model))
-    cfg = EngineConfig(num_slots=10, max_rank=16, max_batch_size=12, max_model_len=160, max_new_tokens=64,
-                       max_queue=16, host_cache_size=4)
+    cfg = EngineConfig(
+        num_slots=10, max_rank=16, max_batch_size=12, max_model_len=160, max_new_tokens=64, max_queue=16, host_cache_size=4
+    )
     eng = Engine(cfg, base=own)
     for aid, folder in folders.items():
         eng.register_adapter(aid, folder)
@@ -86,7 +92,7 @@ def _ref_tokens(peft_ref, tokenizer, adapter, prompt, n=N_TOK):
         else:
             peft_ref.set_adapter(adapter)
             out = peft_ref.generate(input_ids=ids, max_new_tokens=n, do_sample=False)
-    toks = out[0, ids.shape[1]:].tolist()
+    toks = out[0, ids.shape[1] :].tolist()
     return toks[:-1] if toks and toks[-1] == tokenizer.eos_token_id else toks
 
 
@@ -117,9 +123,10 @@ def test_no_adapter_greedy_equals_hf_generate(engine, base_model):
     enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.inference_mode():
         out = base_model.model.generate(**enc, max_new_tokens=8, do_sample=False)
-    expected = out[0, enc["input_ids"].shape[1]:].tolist()
-    res = engine.generate(GenerationRequest("chat", None, messages=msgs,
-                                            params=SamplingParams(max_tokens=8, temperature=0)), timeout=120)
+    expected = out[0, enc["input_ids"].shape[1] :].tolist()
+    res = engine.generate(
+        GenerationRequest("chat", None, messages=msgs, params=SamplingParams(max_tokens=8, temperature=0)), timeout=120
+    )
     assert res.token_ids == [t for t in expected if t != tok.eos_token_id][: len(res.token_ids)]
     assert res.completion_tokens == len(expected)
     assert res.prompt_tokens == enc["input_ids"].shape[1]
@@ -263,8 +270,7 @@ def test_stop_string_cuts_output_and_is_never_streamed(engine, base_model):
     cut = full.text.index(stop)
 
     async def run():
-        h = engine.submit(_req("stop", None, PROMPTS[0],
-                               SamplingParams(max_tokens=12, temperature=0, stop=[stop, "zzzz-never"])))
+        h = engine.submit(_req("stop", None, PROMPTS[0], SamplingParams(max_tokens=12, temperature=0, stop=[stop, "zzzz-never"])))
         streamed = "".join([ev.text async for ev in h.stream()])
         return streamed, await h.result()
 
@@ -289,19 +295,25 @@ def test_seeded_sampling_is_reproducible(engine):
     first = engine.generate(_req("s1", "a1", PROMPTS[3], p), timeout=120)
     # same seed again, this time sharing the batch with other requests
     with engine.scheduler.paused():
-        hs = [engine.submit(_req("s2", "a1", PROMPTS[3], p)),
-              engine.submit(_req("s3", "a2", PROMPTS[1], SamplingParams(max_tokens=8, temperature=1.0, seed=7)))]
+        hs = [
+            engine.submit(_req("s2", "a1", PROMPTS[3], p)),
+            engine.submit(_req("s3", "a2", PROMPTS[1], SamplingParams(max_tokens=8, temperature=1.0, seed=7))),
+        ]
     assert hs[0].result_sync(120).token_ids == first.token_ids
     hs[1].result_sync(120)
-    others = {tuple(engine.generate(_req(f"s{seed}", "a1", PROMPTS[3], dataclasses.replace(p, seed=seed))).token_ids)
-              for seed in (1, 2, 3)}
+    others = {
+        tuple(engine.generate(_req(f"s{seed}", "a1", PROMPTS[3], dataclasses.replace(p, seed=seed))).token_ids)
+        for seed in (1, 2, 3)
+    }
     assert len(others | {tuple(first.token_ids)}) > 1, "different seeds should sample differently"
 
 
 def test_full_queue_is_refused_with_overloaded(engine):
     with engine.scheduler.paused():
-        hs = [engine.submit(_req(f"q{i}", None, PROMPTS[0], SamplingParams(max_tokens=1)))
-              for i in range(engine.config.max_queue - engine.stats()["queue_depth"])]
+        hs = [
+            engine.submit(_req(f"q{i}", None, PROMPTS[0], SamplingParams(max_tokens=1)))
+            for i in range(engine.config.max_queue - engine.stats()["queue_depth"])
+        ]
         with pytest.raises(EngineOverloaded, match="overloaded.*max_queue=16"):
             engine.submit(_req("one-too-many", None, PROMPTS[0]))
         assert engine.stats()["requests"]["rejected_overloaded"] >= 1
@@ -318,8 +330,15 @@ def test_bad_requests_are_refused_clearly(engine):
         engine.submit(_req("huge", None, "x" * 10_000_000))
     with pytest.raises(InvalidRequest, match="max_tokens"):
         engine.submit(_req("cap", None, "hi", SamplingParams(max_tokens=10_000)))
-    for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(max_tokens=0), dict(seed=-5),
-                dict(stop=[""]), dict(temperature=float("nan"))):
+    for bad in (
+        dict(temperature=-1),
+        dict(top_p=0),
+        dict(top_k=-2),
+        dict(max_tokens=0),
+        dict(seed=-5),
+        dict(stop=[""]),
+        dict(temperature=float("nan")),
+    ):
         with pytest.raises(InvalidRequest):
             SamplingParams(**bad)
     with pytest.raises(InvalidRequest, match="exactly one"):

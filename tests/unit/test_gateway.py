@@ -27,11 +27,18 @@ def tok():
 def test_vllm_backend_needs_urls_and_valid_ones():
     with pytest.raises(ConfigError, match="vllm_urls"):
         load_config(None, {}, dev_mode=True, engine_backend="vllm")
-    cfg = load_config(None, {"LORANODE_VLLM_URLS": "http://127.0.0.1:8000/v1/, http://10.0.0.2:8000"},
-                      dev_mode=True, engine_backend="vllm")
+    cfg = load_config(
+        None, {"LORANODE_VLLM_URLS": "http://127.0.0.1:8000/v1/, http://10.0.0.2:8000"}, dev_mode=True, engine_backend="vllm"
+    )
     assert cfg.vllm_urls == ["http://127.0.0.1:8000", "http://10.0.0.2:8000"]  # /v1 is the node's to add
-    for bad, why in [("ftp://h:1", "http"), ("http://", "host"), ("http://u:p@h:1", "credentials"),
-                     ("http://h:1/?x=1", "query"), ("http://h:99999", "(?i)port"), ("h:8000", "http")]:
+    for bad, why in [
+        ("ftp://h:1", "http"),
+        ("http://", "host"),
+        ("http://u:p@h:1", "credentials"),
+        ("http://h:1/?x=1", "query"),
+        ("http://h:99999", "(?i)port"),
+        ("h:8000", "http"),
+    ]:
         with pytest.raises(ConfigError, match=why):
             load_config(None, {}, dev_mode=True, engine_backend="vllm", vllm_urls=[bad])
     with pytest.raises(ConfigError, match="twice"):
@@ -52,8 +59,7 @@ def test_honest_usage_bills_sampled_tokens_with_eos(tok):
     text, ids = _answer(tok)
     eos = tok.eos_token_id
     prompt = [1, 2, 3]
-    m = meter(tok, {eos}, prompt, text, ids + [eos], "stop",
-              {"prompt_tokens": 3, "completion_tokens": len(ids) + 1}, 64)
+    m = meter(tok, {eos}, prompt, text, ids + [eos], "stop", {"prompt_tokens": 3, "completion_tokens": len(ids) + 1}, 64)
     assert m.mismatches == []
     assert m.token_ids == ids and m.completion_tokens == len(ids) + 1 and m.prompt_tokens == 3
 
@@ -86,8 +92,7 @@ def test_never_more_than_max_tokens_billed(tok):
 def test_stop_string_cut_text_keeps_the_sampled_ids(tok):
     # vLLM cuts the stop string from the text but the tokens that formed it were sampled (and cost)
     full, ids = _answer(tok, "Paris. END")
-    m = meter(tok, set(), [1], "Paris.", ids, "stop", {"prompt_tokens": 1, "completion_tokens": len(ids)}, 64,
-              stop=(" END",))
+    m = meter(tok, set(), [1], "Paris.", ids, "stop", {"prompt_tokens": 1, "completion_tokens": len(ids)}, 64, stop=(" END",))
     assert m.mismatches == [] and m.completion_tokens == len(ids)
     # but tokens padded after the stop string, or a "stop" the request never asked for, are not billed
     padded = ids + tok(" more words", add_special_tokens=False).input_ids

@@ -41,8 +41,9 @@ def lane(adapter: int) -> Lane:
 
 
 def issue(issuer, ln, cost=COST, **kw):
-    return issuer.issue_async(request_id=new_request_id(), lane=ln, prompt_tokens=4, completion_tokens=2, cost=cost,
-                              text="hi", attribution=NO_ATT, **kw)
+    return issuer.issue_async(
+        request_id=new_request_id(), lane=ln, prompt_tokens=4, completion_tokens=2, cost=cost, text="hi", attribution=NO_ATT, **kw
+    )
 
 
 def stored(url) -> list[ReceiptRow]:
@@ -78,8 +79,10 @@ def test_a_bad_job_fails_alone_and_leaves_no_seq_gap(world):
     def maker(**kw):
         make = real(**kw)
         if kw["lane"].adapter_id == 3:
+
             def broken(seq):
                 raise ValueError("signer unavailable")
+
             return broken
         return make
 
@@ -108,8 +111,10 @@ def test_same_lane_twice_in_one_group_accumulates_and_operator_voucher_covers_bo
         return SignedVoucher(v, sign_voucher(v, OPERATOR, CHAIN_ID, ESCROW))
 
     async def run():
-        return await asyncio.gather(issue(issuer, ln, Cost(1, 2), operator_voucher=op_voucher),
-                                    issue(issuer, ln, Cost(10, 20), operator_voucher=op_voucher))
+        return await asyncio.gather(
+            issue(issuer, ln, Cost(1, 2), operator_voucher=op_voucher),
+            issue(issuer, ln, Cost(10, 20), operator_voucher=op_voucher),
+        )
 
     asyncio.run(run())
     state = ledger.get(ln)
@@ -167,8 +172,9 @@ def test_lanes_of_lists_a_payers_lanes_from_receipts_vouchers_and_a_restart(worl
     other = Account.from_key("0x" + "c3" * 32)
 
     async def run():
-        await asyncio.gather(issue(issuer, lane(1)), issue(issuer, lane(2)),
-                             issue(issuer, Lane(other.address, OPERATOR.address, 1)))
+        await asyncio.gather(
+            issue(issuer, lane(1)), issue(issuer, lane(2)), issue(issuer, Lane(other.address, OPERATOR.address, 1))
+        )
 
     asyncio.run(run())
     v = Voucher(PAYER.address, OPERATOR.address, 5, 7, 0)
@@ -187,10 +193,12 @@ def test_the_committer_serves_a_new_event_loop_after_the_old_one_stopped(world):
     url, _, issuer = world
     old = asyncio.new_event_loop()
     try:
+
         async def submit_and_stop():
             asyncio.ensure_future(issue(issuer, lane(1)))
             await asyncio.sleep(0)  # the drain task exists now
             old.stop()
+
         old.create_task(submit_and_stop())
         old.run_forever()
         assert issuer.committer._task is not None and not issuer.committer._task.done()

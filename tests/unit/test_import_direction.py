@@ -74,8 +74,7 @@ def forbidden_node_imports(path: Path, pkg: str) -> set[str]:
     rel = path.relative_to(ROOT)
     allowed = NODE_ALLOWED.get(rel.as_posix(), set())
     package = ".".join(rel.parts[:-1])
-    return {banned for mod in imported_modules(path, package) for banned in NODE_FORBIDDEN[pkg] - allowed
-            if _under(mod, banned)}
+    return {banned for mod in imported_modules(path, package) for banned in NODE_FORBIDDEN[pkg] - allowed if _under(mod, banned)}
 
 
 def test_packages_exist():
@@ -136,5 +135,4 @@ def test_node_checker_catches_violation(tmp_path, monkeypatch):
 def test_module_checker_catches_violation(tmp_path):
     f = tmp_path / "x.py"
     f.write_text("from . import store\nfrom ..payments import gate\nfrom chain.watcher import ChainWatcher\n")
-    assert {"node.daemon.sync.store", "node.daemon.payments.gate", "chain.watcher"} <= imported_modules(
-        f, "node.daemon.sync")
+    assert {"node.daemon.sync.store", "node.daemon.payments.gate", "chain.watcher"} <= imported_modules(f, "node.daemon.sync")

@@ -22,8 +22,15 @@ def tiny():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -41,8 +48,17 @@ def weights(cfg, rank, targets, seed, alpha=None):
         b = raw[key.replace("lora_A", "lora_B")]
         pairs[(layer, module)] = LoraPair(a, b * scaling)
         mods.append(ModuleShape(layer, module, rank, *shapes[module], alpha or 2 * rank, scaling))
-    spec = AdapterSpec(folder=None, base_model="tiny", rank=rank, alpha=alpha or 2 * rank, scaling=scaling,
-                       use_rslora=False, target_modules=tuple(targets), modules=tuple(mods), weights_bytes=0)
+    spec = AdapterSpec(
+        folder=None,
+        base_model="tiny",
+        rank=rank,
+        alpha=alpha or 2 * rank,
+        scaling=scaling,
+        use_rslora=False,
+        target_modules=tuple(targets),
+        modules=tuple(mods),
+        weights_bytes=0,
+    )
     return AdapterWeights(spec=spec, pairs=pairs, dtype=torch.float32)
 
 
@@ -61,10 +77,12 @@ def reference(layer: MultiLoraLinear, x, token_slots, loaded):
 @pytest.fixture
 def bank_setup(tiny):
     bank = inject_multi_lora(tiny, ALL, num_slots=6, max_rank=8)
-    loaded = {0: weights(tiny.config, 2, ("q_proj", "v_proj"), seed=1),
-              2: weights(tiny.config, 8, ALL, seed=2, alpha=3),
-              3: weights(tiny.config, 4, ("q_proj", "k_proj", "v_proj", "o_proj"), seed=3),
-              5: weights(tiny.config, 1, ("down_proj",), seed=4)}
+    loaded = {
+        0: weights(tiny.config, 2, ("q_proj", "v_proj"), seed=1),
+        2: weights(tiny.config, 8, ALL, seed=2, alpha=3),
+        3: weights(tiny.config, 4, ("q_proj", "k_proj", "v_proj", "o_proj"), seed=3),
+        5: weights(tiny.config, 1, ("down_proj",), seed=4),
+    }
     for slot, w in loaded.items():
         bank.load_slot(slot, w)
     return tiny, bank, loaded
@@ -120,7 +138,7 @@ def test_3d_input_and_row_routing(bank_setup):
         out = model(ids).logits  # [3, 5, V]
         for row, slot in enumerate([2, -1, 0]):
             bank.set_routing([slot] * 5)
-            alone = model(ids[row:row + 1]).logits
+            alone = model(ids[row : row + 1]).logits
             torch.testing.assert_close(out[row], alone[0], atol=1e-5, rtol=1e-5)
 
 

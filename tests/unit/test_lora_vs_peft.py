@@ -120,9 +120,14 @@ def test_mixed_batch_matches_peft_per_row(setup):
     with torch.no_grad():
         base_logits = ours(ids).logits  # no routing: the base model alone
     for row, adapter in enumerate(ROW_ADAPTERS):
-        ref_logits, ref_tokens, ref_last = peft_greedy(peft, adapter, ids[row:row + 1])
-        torch.testing.assert_close(logits[row], ref_logits, atol=ATOL, rtol=RTOL,
-                                   msg=lambda m, row=row, adapter=adapter: f"row {row} (adapter {adapter}) prefill: {m}")
+        ref_logits, ref_tokens, ref_last = peft_greedy(peft, adapter, ids[row : row + 1])
+        torch.testing.assert_close(
+            logits[row],
+            ref_logits,
+            atol=ATOL,
+            rtol=RTOL,
+            msg=lambda m, row=row, adapter=adapter: f"row {row} (adapter {adapter}) prefill: {m}",
+        )
         assert tokens[row] == ref_tokens, f"row {row} (adapter {adapter}) greedy tokens differ"
         torch.testing.assert_close(last[row], ref_last, atol=ATOL, rtol=RTOL)
         if adapter is not None:  # not vacuous: every adapter really changes the outputs

@@ -49,7 +49,12 @@ CASES = [(n, "bytes32") for n in (1, 2, 3, 7, 100, 1000)] + [(n, "mixed") for n 
 
 def oz(cases: list[dict]) -> list[dict]:
     out = subprocess.run(
-        ["node", "-e", OZ_SCRIPT], input=json.dumps(cases), capture_output=True, text=True, cwd=REPO, timeout=180,
+        ["node", "-e", OZ_SCRIPT],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=180,
     )
     assert out.returncode == 0, f"node @openzeppelin/merkle-tree failed (run `make install`): {out.stderr[-2000:]}"
     return json.loads(out.stdout)

@@ -30,8 +30,15 @@ def tiny_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -41,12 +48,18 @@ def folders(tmp_path_factory):
     model = tiny_model()
     out = {
         "big": make_random_adapter(root / "big", model, rank=8, target_modules=ALL7, seed=1, base_model_id=MODEL_ID),
-        "mixed": make_random_adapter(root / "mixed", model, rank=4, target_modules=("q_proj", "v_proj", "down_proj"),
-                                     seed=2, base_model_id=MODEL_ID, rank_pattern={"v_proj": 2}),
+        "mixed": make_random_adapter(
+            root / "mixed",
+            model,
+            rank=4,
+            target_modules=("q_proj", "v_proj", "down_proj"),
+            seed=2,
+            base_model_id=MODEL_ID,
+            rank_pattern={"v_proj": 2},
+        ),
     }
     # layers 0 and 2 only (layers_to_transform): layer 1 must hold zeros in the slot
-    part = make_random_adapter(root / "part", model, rank=3, target_modules=("k_proj", "up_proj"), seed=3,
-                               base_model_id=MODEL_ID)
+    part = make_random_adapter(root / "part", model, rank=3, target_modules=("k_proj", "up_proj"), seed=3, base_model_id=MODEL_ID)
     tensors = {k: v for k, v in load_file(str(part / WEIGHTS_NAME)).items() if ".layers.1." not in k}
     save_file(tensors, str(part / WEIGHTS_NAME), metadata={"format": "pt"})
     cfg = json.loads((part / "adapter_config.json").read_text())
@@ -229,22 +242,33 @@ def _buffer(header: dict, payload: bytes = b"") -> torch.Tensor:
 META = {"format": "loranode-packed-v1", "dtype": "F32"}
 
 
-@pytest.mark.parametrize("header,payload,match", [
-    (None, b"\x01\x02", "too short"),
-    ({"__metadata__": META}, None, "header length"),
-    ({"__metadata__": {"format": "other", "dtype": "F32"}}, b"", "not a packed adapter"),
-    ({"__metadata__": {**META, "dtype": "U8"}}, b"", "not a packed adapter"),
-    ({"__metadata__": META, "q_proj.A": {"dtype": "F32", "shape": [1, 1, 4], "data_offsets": [0, 64]}},
-     b"\0" * 16, "out of bounds"),
-    ({"__metadata__": META, "q_proj.A": {"dtype": "F32", "shape": [-1, 4], "data_offsets": [0, 16]}},
-     b"\0" * 16, "negative"),
-    ({"__metadata__": META, "q_proj.A": {"dtype": "F32", "shape": [2, 4], "data_offsets": [0, 16]}},
-     b"\0" * 16, "out of bounds"),
-    ({"__metadata__": META, "q_proj.A": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}},
-     b"\0" * 4, "bad header entry"),
-    ({"__metadata__": META, "q_proj.A": "nope"}, b"", "bad header entry"),
-    ({"__metadata__": META}, b"", "lacks"),
-])
+@pytest.mark.parametrize(
+    "header,payload,match",
+    [
+        (None, b"\x01\x02", "too short"),
+        ({"__metadata__": META}, None, "header length"),
+        ({"__metadata__": {"format": "other", "dtype": "F32"}}, b"", "not a packed adapter"),
+        ({"__metadata__": {**META, "dtype": "U8"}}, b"", "not a packed adapter"),
+        (
+            {"__metadata__": META, "q_proj.A": {"dtype": "F32", "shape": [1, 1, 4], "data_offsets": [0, 64]}},
+            b"\0" * 16,
+            "out of bounds",
+        ),
+        ({"__metadata__": META, "q_proj.A": {"dtype": "F32", "shape": [-1, 4], "data_offsets": [0, 16]}}, b"\0" * 16, "negative"),
+        (
+            {"__metadata__": META, "q_proj.A": {"dtype": "F32", "shape": [2, 4], "data_offsets": [0, 16]}},
+            b"\0" * 16,
+            "out of bounds",
+        ),
+        (
+            {"__metadata__": META, "q_proj.A": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}},
+            b"\0" * 4,
+            "bad header entry",
+        ),
+        ({"__metadata__": META, "q_proj.A": "nope"}, b"", "bad header entry"),
+        ({"__metadata__": META}, b"", "lacks"),
+    ],
+)
 def test_hostile_headers_are_refused(folders, model, header, payload, match):
     """The parser only ever sees bytes whose hash matched, but it is strict on its own too."""
     spec = spec_of(model, folders["mixed"])

@@ -35,19 +35,41 @@ def test_name_round_trips(adapter_id):
     assert parse_adapter_model_name(name) == adapter_id
 
 
-@pytest.mark.parametrize("name", [
-    "adapter-0",  # ids start at 1
-    "adapter-01", "adapter-007",  # leading zeros: one adapter has one name
-    "adapter-", "adapter", "adapter-x", "adapter-1x", "adapter-1.0", "adapter-1e3",
-    "adapter--1", "adapter-+1", "adapter- 1", "adapter-1 ", " adapter-1", "adapter-1\n", "adapter-1\x00",
-    "adapter-1_000",  # int() would accept the underscore
-    "Adapter-1", "ADAPTER-1", "adapters-1", "lora-1", "",
-    "adapter-\u0661", "adapter-1\u0662", "adapter-\uff11", "adapter-\u00b2",  # Arabic-Indic, fullwidth, superscript
-    f"adapter-{MAX_ADAPTER_ID + 1}",  # beyond the node DB's 64-bit ids
-    "adapter-99999999999999999999",  # 20 digits
-    "adapter-" + "9" * 5000,  # huge: refused before any int() conversion
-    "HuggingFaceTB/SmolLM2-135M-Instruct",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "adapter-0",  # ids start at 1
+        "adapter-01",
+        "adapter-007",  # leading zeros: one adapter has one name
+        "adapter-",
+        "adapter",
+        "adapter-x",
+        "adapter-1x",
+        "adapter-1.0",
+        "adapter-1e3",
+        "adapter--1",
+        "adapter-+1",
+        "adapter- 1",
+        "adapter-1 ",
+        " adapter-1",
+        "adapter-1\n",
+        "adapter-1\x00",
+        "adapter-1_000",  # int() would accept the underscore
+        "Adapter-1",
+        "ADAPTER-1",
+        "adapters-1",
+        "lora-1",
+        "",
+        "adapter-\u0661",
+        "adapter-1\u0662",
+        "adapter-\uff11",
+        "adapter-\u00b2",  # Arabic-Indic, fullwidth, superscript
+        f"adapter-{MAX_ADAPTER_ID + 1}",  # beyond the node DB's 64-bit ids
+        "adapter-99999999999999999999",  # 20 digits
+        "adapter-" + "9" * 5000,  # huge: refused before any int() conversion
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+    ],
+)
 def test_rejects_anything_else(name):
     assert parse_adapter_model_name(name) is None
 
@@ -93,8 +115,11 @@ def test_the_config_names_the_default_base_model_without_importing_torch():
 
     from inference.base_model import EMBEDDED_MODEL_ID
 
-    code = ("import sys; from node.config import NodeConfig; "
-            "print(NodeConfig.model_fields['base_model_id'].default, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    code = (
+        "import sys; from node.config import NodeConfig; "
+        "print(NodeConfig.model_fields['base_model_id'].default, 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2]
+    ).stdout.split()
     assert out == [EMBEDDED_MODEL_ID, "False"]

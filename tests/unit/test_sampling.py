@@ -12,8 +12,10 @@ from inference.sampling import SamplingBatch, make_generator, sample_next
 
 
 def _batch(params, seeds=None):
-    gens = [make_generator(s, torch.device("cpu")) if p.temperature > 0 else None
-            for p, s in zip(params, seeds or [0] * len(params), strict=True)]
+    gens = [
+        make_generator(s, torch.device("cpu")) if p.temperature > 0 else None
+        for p, s in zip(params, seeds or [0] * len(params), strict=True)
+    ]
     return SamplingBatch.build(params, gens, torch.device("cpu"))
 
 

@@ -34,16 +34,25 @@ def tiny_model(vocab: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, eos_token_id=2)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        max_position_embeddings=256,
+        eos_token_id=2,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture
 def tiny_base(tokenizer, tmp_path):
     model = tiny_model(len(tokenizer))
-    return LoadedBaseModel(model=model, tokenizer=tokenizer, model_id=MODEL_ID, folder=tmp_path,
-                           dtype=torch.float32, device=torch.device("cpu"))
+    return LoadedBaseModel(
+        model=model, tokenizer=tokenizer, model_id=MODEL_ID, folder=tmp_path, dtype=torch.float32, device=torch.device("cpu")
+    )
 
 
 # ---------------------------------------------------------------- incremental text
@@ -112,8 +121,7 @@ def test_ragged_rows_and_compaction_match_transformers(tokenizer):
 
 
 def _engine(base, **kw) -> Engine:
-    cfg = dict(num_slots=2, max_rank=8, max_batch_size=2, max_model_len=48, max_new_tokens=32, max_queue=32,
-               host_cache_size=2)
+    cfg = dict(num_slots=2, max_rank=8, max_batch_size=2, max_model_len=48, max_new_tokens=32, max_queue=32, host_cache_size=2)
     cfg.update(kw)
     return Engine(EngineConfig(**cfg), base=base).start()
 
@@ -139,8 +147,10 @@ def test_generation_stops_at_max_model_len(tiny_base):
         prompt = "w " * 40
         n = len(eng.encode(GenerationRequest("x", None, prompt=prompt)))
         assert n < 48
-        r = eng.generate(GenerationRequest("edge", None, prompt=prompt,
-                                           params=SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)), 60)
+        r = eng.generate(
+            GenerationRequest("edge", None, prompt=prompt, params=SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)),
+            60,
+        )
         assert r.finish_reason == "length" and r.completion_tokens == 48 - n
     finally:
         eng.close()

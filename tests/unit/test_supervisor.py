@@ -97,8 +97,7 @@ async def test_healthz_reports_every_loop_with_its_restarts(tmp_path):
     async def parts(app):  # what the composition root puts under the keys /healthz reads
         app[K.ENGINE] = _Engine()
         app[K.CATALOG] = _Catalog()
-        app[K.CHAIN] = K.ChainInfo(chain_id=31337, node_address="0x" + "11" * 20, escrow="", receipt_log="",
-                                   addresses={})
+        app[K.CHAIN] = K.ChainInfo(chain_id=31337, node_address="0x" + "11" * 20, escrow="", receipt_log="", addresses={})
         sup.start()
         yield
         await sup.stop(timeout=5)

@@ -28,16 +28,27 @@ def tiny():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture
 def setup(tiny, tmp_path):
     """(tiers, folders) with 3 slots, host LRU of 2, five registered adapters."""
-    folders = {f"ad{i}": make_random_adapter(tmp_path / f"ad{i}", tiny, rank=2 + i, target_modules=ALL7[: 2 + i],
-                                             seed=i, base_model_id=MODEL_ID) for i in range(5)}
+    folders = {
+        f"ad{i}": make_random_adapter(
+            tmp_path / f"ad{i}", tiny, rank=2 + i, target_modules=ALL7[: 2 + i], seed=i, base_model_id=MODEL_ID
+        )
+        for i in range(5)
+    }
     bank = inject_multi_lora(tiny, ALL7, num_slots=3, max_rank=8)
     tiers = AdapterTiers(bank, host_cache_size=2, loader=load_adapter_weights)
     for aid, f in folders.items():

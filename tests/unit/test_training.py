@@ -13,15 +13,18 @@ from inference.base_model import EMBEDDED_MODEL_ID
 from inference.training import TrainConfig, TrainingDataError, read_records, train_lora, validate_record
 
 
-@pytest.mark.parametrize("content,msg", [
-    (b'{"prompt": "a"}\n', "either 'text' or both"),
-    (b'[1, 2]\n', "expected a JSON object"),
-    (b'{"text": ""}\n', "non-empty string"),
-    (b'{"text": 5}\n', "non-empty string"),
-    (b'{broken\n', "invalid JSON"),
-    (b"\xff\xfe\x00", "not UTF-8"),
-    (b"\n\n", "no training records"),
-])
+@pytest.mark.parametrize(
+    "content,msg",
+    [
+        (b'{"prompt": "a"}\n', "either 'text' or both"),
+        (b'[1, 2]\n', "expected a JSON object"),
+        (b'{"text": ""}\n', "non-empty string"),
+        (b'{"text": 5}\n', "non-empty string"),
+        (b'{broken\n', "invalid JSON"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (b"\n\n", "no training records"),
+    ],
+)
 def test_bad_jsonl_is_refused_with_the_line(tmp_path, content, msg):
     p = tmp_path / "d.jsonl"
     p.write_bytes(content)

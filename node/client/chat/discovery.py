@@ -108,23 +108,30 @@ def check_quote(body: dict, *, model: str, contracts, registrations: dict, adapt
     dep = contracts.deployment
     reg = {a.lower(): n for a, n in registrations.items()}.get(str(quote.node).lower())
     if registrations and reg is None:
-        raise ProbeError(f"answers as node {shown(quote.node, 44)}, not as {', '.join(registrations)} "
-                         "that registered this endpoint")
+        raise ProbeError(
+            f"answers as node {shown(quote.node, 44)}, not as {', '.join(registrations)} that registered this endpoint"
+        )
     if quote.chain_id != dep.chain_id:
         raise ProbeError(f"is on chain {quote.chain_id}, not {dep.chain_id}")
-    if quote.escrow.lower() != dep.addresses["UsageEscrow"].lower() or \
-            quote.receipt_log.lower() != dep.addresses["ReceiptLog"].lower():
+    if (
+        quote.escrow.lower() != dep.addresses["UsageEscrow"].lower()
+        or quote.receipt_log.lower() != dep.addresses["ReceiptLog"].lower()
+    ):
         raise ProbeError("names other UsageEscrow/ReceiptLog contracts than the deployment's")
     if reg is not None and quote.compute_price_per_1k > reg.compute_price_per_1k:
-        raise ProbeError(f"overcharges: quotes a compute price of {quote.compute_price_per_1k} per 1K tokens, "
-                         f"more than the {reg.compute_price_per_1k} it registered on chain")
+        raise ProbeError(
+            f"overcharges: quotes a compute price of {quote.compute_price_per_1k} per 1K tokens, "
+            f"more than the {reg.compute_price_per_1k} it registered on chain"
+        )
     if model != quote.base_model:
         aid = parse_adapter_model_name(model)
         if aid is None or aid not in quote.adapter_prices:
             raise ProbeError(f"does not serve {model}")
         if adapter_price is not None and quote.adapter_prices[aid] > adapter_price:
-            raise ProbeError(f"overcharges: quotes {quote.adapter_prices[aid]} per 1K tokens for {model}, "
-                             f"more than the adapter's registered {adapter_price}")
+            raise ProbeError(
+                f"overcharges: quotes {quote.adapter_prices[aid]} per 1K tokens for {model}, "
+                f"more than the adapter's registered {adapter_price}"
+            )
     return quote
 
 
@@ -163,8 +170,7 @@ def discover(contracts, model: str, *, node_url: str | None = None) -> Discovery
     out = Discovery()
     if node_url is not None:
         url = validate_endpoint(node_url)
-        regs = {n.node: n for n in registered_nodes(contracts)
-                if isinstance(n.endpoint, str) and n.endpoint.rstrip("/") == url}
+        regs = {n.node: n for n in registered_nodes(contracts) if isinstance(n.endpoint, str) and n.endpoint.rstrip("/") == url}
         try:
             out.chosen.append(probe(url, model, contracts, registrations=regs, adapter_price=adapter_price))
         except ProbeError as e:

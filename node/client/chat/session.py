@@ -38,12 +38,21 @@ class Refused(Exception):
 
 
 class ChatSession:
-    def __init__(self, candidate: Candidate, payer, state: ChatState, *, signer=None, max_tokens: int = 256,
-                 temperature: float | None = None) -> None:
+    def __init__(
+        self,
+        candidate: Candidate,
+        payer,
+        state: ChatState,
+        *,
+        signer=None,
+        max_tokens: int = 256,
+        temperature: float | None = None,
+    ) -> None:
         self.candidate, self.state = candidate, state
         self.max_tokens, self.temperature = max_tokens, temperature
-        self.client = LoraNodeClient(candidate.url, payer, signer_key=signer, quote=candidate.quote,
-                                     totals=state.lane_totals(candidate.address))
+        self.client = LoraNodeClient(
+            candidate.url, payer, signer_key=signer, quote=candidate.quote, totals=state.lane_totals(candidate.address)
+        )
         self.wallet = self.client.wallet
 
     def recover_pending(self) -> list[str]:
@@ -56,17 +65,28 @@ class ChatSession:
                 continue
             raw = body.get("receipt")
             try:
-                if not isinstance(raw, dict) or int(raw.get("completionTokens", -1)) > p.max_tokens \
-                        or raw.get("requestId", "").lower() != p.request_id:
+                if (
+                    not isinstance(raw, dict)
+                    or int(raw.get("completionTokens", -1)) > p.max_tokens
+                    or raw.get("requestId", "").lower() != p.request_id
+                ):
                     raise ClientError("the node's receipt does not match the request (id or token count)")
                 receipt = self.wallet.record_receipt(p.adapter_id, raw)
             except (ClientError, ValueError, TypeError) as e:
                 self.state.mark(p.request_id, "refused", raw if isinstance(raw, dict) else None)
                 raise Refused(f"receipt of earlier request {p.request_id} refused: {e}") from None
             r = receipt.receipt
-            self.state.record_paid(p.request_id, node=p.node, url=p.url, model=p.model, adapter_id=p.adapter_id,
-                                   max_tokens=p.max_tokens, totals=self.wallet.totals(p.adapter_id),
-                                   cost=(r.compute_cost, r.adapter_cost), receipt=receipt.to_json())
+            self.state.record_paid(
+                p.request_id,
+                node=p.node,
+                url=p.url,
+                model=p.model,
+                adapter_id=p.adapter_id,
+                max_tokens=p.max_tokens,
+                totals=self.wallet.totals(p.adapter_id),
+                cost=(r.compute_cost, r.adapter_cost),
+                receipt=receipt.to_json(),
+            )
             done.append(p.request_id)
         return done
 
@@ -99,8 +119,14 @@ class ChatSession:
             for chunk in stream:
                 if request_id is None:
                     request_id = "0x" + chunk.id.rsplit("-", 1)[-1].lower()
-                    self.state.add_pending(request_id, node=self.candidate.address, url=self.candidate.url,
-                                           model=model, adapter_id=aid, max_tokens=self.max_tokens)
+                    self.state.add_pending(
+                        request_id,
+                        node=self.candidate.address,
+                        url=self.candidate.url,
+                        model=model,
+                        adapter_id=aid,
+                        max_tokens=self.max_tokens,
+                    )
                 if chunk.choices and chunk.choices[0].delta.content:
                     parts.append(chunk.choices[0].delta.content)
                     on_text(chunk.choices[0].delta.content)
@@ -115,8 +141,15 @@ class ChatSession:
         if "0x" + r.request_id.hex() != request_id:
             raise Refused("the receipt names another request than the stream's")
         totals = self.wallet.totals(aid)
-        self.state.record_paid(request_id, node=self.candidate.address, url=self.candidate.url, model=model,
-                               adapter_id=aid, max_tokens=self.max_tokens, totals=totals,
-                               cost=(r.compute_cost, r.adapter_cost), receipt=receipt.to_json())
-        return Answer("".join(parts), request_id, r.compute_cost, r.adapter_cost, r.prompt_tokens,
-                      r.completion_tokens, totals)
+        self.state.record_paid(
+            request_id,
+            node=self.candidate.address,
+            url=self.candidate.url,
+            model=model,
+            adapter_id=aid,
+            max_tokens=self.max_tokens,
+            totals=totals,
+            cost=(r.compute_cost, r.adapter_cost),
+            receipt=receipt.to_json(),
+        )
+        return Answer("".join(parts), request_id, r.compute_cost, r.adapter_cost, r.prompt_tokens, r.completion_tokens, totals)

@@ -94,29 +94,57 @@ class ChatState:
 
     def add_pending(self, request_id: str, *, node: str, url: str, model: str, adapter_id: int, max_tokens: int) -> None:
         with self._tx():
-            self.db.execute("INSERT OR IGNORE INTO receipts (request_id, node, url, model, adapter_id, status, max_tokens,"
-                            " created) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-                            (request_id, node, url, model, adapter_id, max_tokens, time.time()))
+            self.db.execute(
+                "INSERT OR IGNORE INTO receipts (request_id, node, url, model, adapter_id, status, max_tokens,"
+                " created) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (request_id, node, url, model, adapter_id, max_tokens, time.time()),
+            )
 
-    def record_paid(self, request_id: str, *, node: str, url: str, model: str, adapter_id: int, max_tokens: int,
-                    totals: tuple[int, int], cost: tuple[int, int], receipt: dict) -> None:
+    def record_paid(
+        self,
+        request_id: str,
+        *,
+        node: str,
+        url: str,
+        model: str,
+        adapter_id: int,
+        max_tokens: int,
+        totals: tuple[int, int],
+        cost: tuple[int, int],
+        receipt: dict,
+    ) -> None:
         """The receipt and the lane's new totals, in one transaction."""
         with self._tx():
-            self.db.execute("INSERT OR REPLACE INTO lanes (node, adapter_id, compute, adapter) VALUES (?, ?, ?, ?)",
-                            (node, adapter_id, str(totals[0]), str(totals[1])))
+            self.db.execute(
+                "INSERT OR REPLACE INTO lanes (node, adapter_id, compute, adapter) VALUES (?, ?, ?, ?)",
+                (node, adapter_id, str(totals[0]), str(totals[1])),
+            )
             self.db.execute(
                 "INSERT INTO receipts (request_id, node, url, model, adapter_id, status, max_tokens, compute, adapter,"
                 " receipt, created) VALUES (?, ?, ?, ?, ?, 'paid', ?, ?, ?, ?, ?) ON CONFLICT(request_id) DO UPDATE SET"
                 " status = 'paid', compute = excluded.compute, adapter = excluded.adapter, receipt = excluded.receipt",
-                (request_id, node, url, model, adapter_id, max_tokens, str(cost[0]), str(cost[1]),
-                 json.dumps(receipt), time.time()))
+                (
+                    request_id,
+                    node,
+                    url,
+                    model,
+                    adapter_id,
+                    max_tokens,
+                    str(cost[0]),
+                    str(cost[1]),
+                    json.dumps(receipt),
+                    time.time(),
+                ),
+            )
 
     def mark(self, request_id: str, status: str, receipt: dict | None = None) -> None:
         """A pending request that ended without being paid: `lost` (the node has no receipt for it)
         or `refused` (its receipt failed the client's checks; `receipt` keeps it as evidence)."""
         with self._tx():
-            self.db.execute("UPDATE receipts SET status = ?, receipt = COALESCE(?, receipt) WHERE request_id = ?"
-                            " AND status = 'pending'", (status, json.dumps(receipt) if receipt else None, request_id))
+            self.db.execute(
+                "UPDATE receipts SET status = ?, receipt = COALESCE(?, receipt) WHERE request_id = ? AND status = 'pending'",
+                (status, json.dumps(receipt) if receipt else None, request_id),
+            )
 
     def receipts(self, *, node: str | None = None, status: str | None = None) -> list[StoredReceipt]:
         q = "SELECT * FROM receipts WHERE 1=1"
@@ -126,6 +154,19 @@ class ChatState:
         if status is not None:
             q, args = q + " AND status = ?", [*args, status]
         rows = self.db.execute(q + " ORDER BY created, request_id", args).fetchall()
-        return [StoredReceipt(r[0], r[1], r[2], r[3], r[4], r[5], r[6], int(r[7]) if r[7] is not None else None,
-                              int(r[8]) if r[8] is not None else None, json.loads(r[9]) if r[9] else None, r[10])
-                for r in rows]
+        return [
+            StoredReceipt(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                int(r[7]) if r[7] is not None else None,
+                int(r[8]) if r[8] is not None else None,
+                json.loads(r[9]) if r[9] else None,
+                r[10],
+            )
+            for r in rows
+        ]

@@ -28,8 +28,17 @@ MAX_WINDOW = 2_000  # blocks per eth_getLogs call
 
 
 class EscrowFollower:
-    def __init__(self, w3, escrow_address: str, node: str, gate, *, start_block: int | None = None,
-                 on_deposit: Callable[[str], None] | None = None, poll_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        w3,
+        escrow_address: str,
+        node: str,
+        gate,
+        *,
+        start_block: int | None = None,
+        on_deposit: Callable[[str], None] | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
         self.w3, self.gate, self.poll_s, self.on_deposit = w3, gate, poll_s, on_deposit
         self.escrow = to_checksum_address(escrow_address)
         self.node = to_checksum_address(node)
@@ -46,8 +55,9 @@ class EscrowFollower:
         applied = 0
         while self.next_block <= head:
             to = min(head, self.next_block + MAX_WINDOW - 1)
-            logs = self.w3.eth.get_logs({"address": self.escrow, "fromBlock": self.next_block, "toBlock": to,
-                                         "topics": [self._decoder.topics()]})
+            logs = self.w3.eth.get_logs(
+                {"address": self.escrow, "fromBlock": self.next_block, "toBlock": to, "topics": [self._decoder.topics()]}
+            )
             for ev in self._decoder.decode_all(logs):
                 applied += self._apply(ev)
             self.next_block = to + 1

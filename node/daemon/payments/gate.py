@@ -320,8 +320,9 @@ class PaymentGate:
         if v.node != self.node:
             raise _reject(f"voucher is for node {v.node}, this node is {self.node}", "voucher_wrong_node")
         if v.adapter_id != adapter_id:
-            raise _reject(f"voucher is for adapter {v.adapter_id}, the request is for adapter {adapter_id}",
-                          "voucher_wrong_adapter")
+            raise _reject(
+                f"voucher is for adapter {v.adapter_id}, the request is for adapter {adapter_id}", "voucher_wrong_adapter"
+            )
         if adapter_id == 0 and v.adapter_value != 0:
             raise _reject("a base-model voucher (adapterId 0) must have adapterValue 0", "voucher_malformed")
         if v.compute_value > MAX_VALUE or v.adapter_value > MAX_VALUE:
@@ -331,8 +332,9 @@ class PaymentGate:
         except Exception as e:  # an unrecoverable signature is a forged one
             raise _reject("voucher signature does not recover to an address", "voucher_bad_signature") from e
         if not await self._authorized(v.payer, signer):
-            raise _reject(f"voucher signer {signer} is not authorized by payer {v.payer} in UsageEscrow",
-                          "voucher_signer_unauthorized")
+            raise _reject(
+                f"voucher signer {signer} is not authorized by payer {v.payer} in UsageEscrow", "voucher_signer_unauthorized"
+            )
         lane = lane_of(v)
         lock = await self._acquire(lane)
         try:
@@ -393,8 +395,9 @@ class PaymentGate:
         except Exception as e:
             raise _reject("voucher signature does not recover to an address", "voucher_bad_signature") from e
         if not await self._authorized(v.payer, signer):
-            raise _reject(f"voucher signer {signer} is not authorized by payer {v.payer} in UsageEscrow",
-                          "voucher_signer_unauthorized")
+            raise _reject(
+                f"voucher signer {signer} is not authorized by payer {v.payer} in UsageEscrow", "voucher_signer_unauthorized"
+            )
         if v.compute_value > MAX_VALUE or v.adapter_value > MAX_VALUE:
             raise _reject("voucher values must be below 2^128", "voucher_overvalued")
         lane = lane_of(v)
@@ -403,8 +406,11 @@ class PaymentGate:
             state = self.book.get(lane)
             owed = {"computeValue": str(state.owed_compute), "adapterValue": str(state.owed_adapter)}
             if (v.compute_value, v.adapter_value) != (state.owed_compute, state.owed_adapter):
-                code = ("voucher_undervalued" if v.compute_value < state.owed_compute
-                        or v.adapter_value < state.owed_adapter else "voucher_overvalued")
+                code = (
+                    "voucher_undervalued"
+                    if v.compute_value < state.owed_compute or v.adapter_value < state.owed_adapter
+                    else "voucher_overvalued"
+                )
                 raise _reject(f"a settle-up voucher must equal what the lane owes: {owed}", code, needed=owed)
             self.book.store_voucher(sv)
         finally:

@@ -31,14 +31,22 @@ def _lane_from_key(key: str) -> Lane:
 
 
 def _voucher_from_row(row: m.VoucherRow) -> SignedVoucher:
-    v = Voucher(to_checksum_address(row.payer), to_checksum_address(row.node), int(row.adapter_id),
-                int(row.compute_value), int(row.adapter_value))
+    v = Voucher(
+        to_checksum_address(row.payer),
+        to_checksum_address(row.node),
+        int(row.adapter_id),
+        int(row.compute_value),
+        int(row.adapter_value),
+    )
     return SignedVoucher(v, bytes.fromhex(row.signature.removeprefix("0x")))
 
 
 def _dominates(new: Voucher, old: Voucher | None) -> bool:
-    return old is None or (new.compute_value >= old.compute_value and new.adapter_value >= old.adapter_value
-                           and (new.compute_value, new.adapter_value) != (old.compute_value, old.adapter_value))
+    return old is None or (
+        new.compute_value >= old.compute_value
+        and new.adapter_value >= old.adapter_value
+        and (new.compute_value, new.adapter_value) != (old.compute_value, old.adapter_value)
+    )
 
 
 @dataclass(frozen=True)
@@ -108,9 +116,16 @@ class Ledger:
     @staticmethod
     def _store(s: Session, sv: SignedVoucher) -> None:
         v = sv.voucher
-        repo.store_voucher(s, lane=repo.lane_key(v.payer, v.node, v.adapter_id), payer=v.payer, node=v.node,
-                           adapter_id=v.adapter_id, compute_value=v.compute_value, adapter_value=v.adapter_value,
-                           signature="0x" + sv.signature.hex())
+        repo.store_voucher(
+            s,
+            lane=repo.lane_key(v.payer, v.node, v.adapter_id),
+            payer=v.payer,
+            node=v.node,
+            adapter_id=v.adapter_id,
+            compute_value=v.compute_value,
+            adapter_value=v.adapter_value,
+            signature="0x" + sv.signature.hex(),
+        )
 
     # -- receipts --
     def append_receipt(
@@ -153,9 +168,15 @@ class Ledger:
                 lane = job.lane
                 signed, digest = job.make(first + k)
                 r = signed.receipt
-                rows.append({"seq": first + k, "request_id": "0x" + r.request_id.hex(),
-                             "lane": repo.lane_key(lane.payer, lane.node, lane.adapter_id),
-                             "receipt": {**signed.to_json(), **(job.extra or {})}, "digest": "0x" + digest.hex()})
+                rows.append(
+                    {
+                        "seq": first + k,
+                        "request_id": "0x" + r.request_id.hex(),
+                        "lane": repo.lane_key(lane.payer, lane.node, lane.adapter_id),
+                        "receipt": {**signed.to_json(), **(job.extra or {})},
+                        "digest": "0x" + digest.hex(),
+                    }
+                )
                 o = owed.get(lane) or self._owed.get(lane, [0, 0])
                 owed[lane] = [o[0] + r.compute_cost, o[1] + r.adapter_cost]
                 sv = job.operator_voucher(*owed[lane]) if job.operator_voucher else None

@@ -112,21 +112,37 @@ class ReceiptIssuer:
 
         def make(seq: int) -> tuple[SignedReceipt, bytes]:
             r = Receipt(
-                request_id=request_id, payer=lane.payer, node=lane.node, adapter_id=lane.adapter_id, seq=seq,
-                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                compute_cost=cost.compute, adapter_cost=cost.adapter,
-                output_hash=out_hash, attribution_hash=att_hash, timestamp=ts,
+                request_id=request_id,
+                payer=lane.payer,
+                node=lane.node,
+                adapter_id=lane.adapter_id,
+                seq=seq,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                compute_cost=cost.compute,
+                adapter_cost=cost.adapter,
+                output_hash=out_hash,
+                attribution_hash=att_hash,
+                timestamp=ts,
             )
             digest = receipt_digest(r, self.chain_id, self.receipt_log)
             return SignedReceipt(r, sign_digest(digest, self.operator)), digest
 
         return make
 
-    def _job(self, request_id, lane, prompt_tokens, completion_tokens, cost, text, token_ids, operator_voucher,
-             attribution) -> tuple[ReceiptJob, dict]:
+    def _job(
+        self, request_id, lane, prompt_tokens, completion_tokens, cost, text, token_ids, operator_voucher, attribution
+    ) -> tuple[ReceiptJob, dict]:
         att = attribution if attribution is not None else self._attribution(lane.adapter_id, token_ids)
-        make = self.receipt_maker(request_id=request_id, lane=lane, prompt_tokens=prompt_tokens,
-                                  completion_tokens=completion_tokens, cost=cost, text=text, attribution=att)
+        make = self.receipt_maker(
+            request_id=request_id,
+            lane=lane,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost=cost,
+            text=text,
+            attribution=att,
+        )
         # the attribution is stored with the receipt: /v1/receipts and the committed receipts file show it
         return ReceiptJob(lane, make, operator_voucher, extra=att[1]), att[1]
 
@@ -144,8 +160,9 @@ class ReceiptIssuer:
         attribution: tuple[bytes, dict] | None = None,
     ) -> Issued:
         """Sign and store one receipt in its own transaction (blocking)."""
-        job, att_json = self._job(request_id, lane, prompt_tokens, completion_tokens, cost, text, token_ids,
-                                  operator_voucher, attribution)
+        job, att_json = self._job(
+            request_id, lane, prompt_tokens, completion_tokens, cost, text, token_ids, operator_voucher, attribution
+        )
         return Issued(self.ledger.append_receipt(job.lane, job.make, job.operator_voucher, job.extra), att_json)
 
     async def issue_async(
@@ -166,6 +183,7 @@ class ReceiptIssuer:
         off the loop with `attribution()`); without it, it is computed in a worker thread."""
         if attribution is None:  # span matching is pure CPU: off the loop
             attribution = await asyncio.to_thread(self._attribution, lane.adapter_id, token_ids)
-        job, att_json = self._job(request_id, lane, prompt_tokens, completion_tokens, cost, text, token_ids,
-                                  operator_voucher, attribution)
+        job, att_json = self._job(
+            request_id, lane, prompt_tokens, completion_tokens, cost, text, token_ids, operator_voucher, attribution
+        )
         return Issued(await self.committer.submit(job), att_json)

@@ -62,8 +62,9 @@ class AttributionSettler:
         done, total = self._cumulative.get(lane, (0, 0))
         if done > seq:
             done, total = 0, 0
-        rows = db.scalars(select(ReceiptRow.receipt).where(
-            ReceiptRow.lane == lane, ReceiptRow.batch_seq > done, ReceiptRow.batch_seq <= seq))
+        rows = db.scalars(
+            select(ReceiptRow.receipt).where(ReceiptRow.lane == lane, ReceiptRow.batch_seq > done, ReceiptRow.batch_seq <= seq)
+        )
         total += sum(int(r["adapterCost"]) for r in rows)
         self._cumulative[lane] = (seq, total)
         return total
@@ -116,8 +117,12 @@ class AttributionSettler:
             if prior is not None and prior.status.is_open:
                 continue
             if attempt:
-                log.warning("attribution settle of batch %d: attempt %d (last: %s)", seq, attempt,
-                            outbox.store.get_by_key(self._key(seq, attempt - 1)).error)
+                log.warning(
+                    "attribution settle of batch %d: attempt %d (last: %s)",
+                    seq,
+                    attempt,
+                    outbox.store.get_by_key(self._key(seq, attempt - 1)).error,
+                )
             entries = self.entries_for(seq)
             outbox.enqueue(self._key(seq, attempt), self.pool.build_settle(self.s.node, seq, entries))
             log.info("batch %d: attribution settle enqueued (%d entries)", seq, len(entries))

@@ -115,8 +115,11 @@ class Settlement:
         self.poll_s = poll_s
         self.chain_id = int(w3.eth.chain_id)
         self.outbox = outbox or Outbox(
-            w3, account, SqlOutboxStore(session_factory, on_step=(lambda name, _id: self._step(name))),
-            self.chain_id, error_decoder=lambda data: decode_revert(data).message,
+            w3,
+            account,
+            SqlOutboxStore(session_factory, on_step=(lambda name, _id: self._step(name))),
+            self.chain_id,
+            error_decoder=lambda data: decode_revert(data).message,
             confirmations=confirmations,  # a tx counts as mined only this deep: reorgs can't undo a settled batch
         )
         self._reconciled = False
@@ -165,9 +168,11 @@ class Settlement:
         while True:
             await self.run_once(force=True)
             with self.sessions() as s:
-                busy = (repo.unbatched_receipts(s, 1)
-                        or s.scalar(select(ReceiptBatch.seq).where(ReceiptBatch.status != BatchStatus.COMMITTED.value))
-                        or s.scalar(select(VoucherRow.lane).where(VoucherRow.redeem_outbox_id.is_not(None))))
+                busy = (
+                    repo.unbatched_receipts(s, 1)
+                    or s.scalar(select(ReceiptBatch.seq).where(ReceiptBatch.status != BatchStatus.COMMITTED.value))
+                    or s.scalar(select(VoucherRow.lane).where(VoucherRow.redeem_outbox_id.is_not(None)))
+                )
             busy = busy or await asyncio.to_thread(self.attribution.pending, self._chain_last_seq)
             if not busy:
                 return
@@ -208,11 +213,21 @@ class Settlement:
             # Check what may differ from the chain: uncommitted batches, batches above lastSeq (a reorg
             # dropped them) and the newest committed one (a DB of another history). Older committed
             # batches are not re-read: that would cost one RPC call per batch ever made at each start.
-            newest_committed = s.scalar(select(ReceiptBatch.seq).where(
-                ReceiptBatch.status == BatchStatus.COMMITTED.value).order_by(ReceiptBatch.seq.desc()).limit(1))
-            q = select(ReceiptBatch).where(
-                (ReceiptBatch.status != BatchStatus.COMMITTED.value) | (ReceiptBatch.seq > self._chain_last_seq)
-                | (ReceiptBatch.seq == (newest_committed or 0))).order_by(ReceiptBatch.seq)
+            newest_committed = s.scalar(
+                select(ReceiptBatch.seq)
+                .where(ReceiptBatch.status == BatchStatus.COMMITTED.value)
+                .order_by(ReceiptBatch.seq.desc())
+                .limit(1)
+            )
+            q = (
+                select(ReceiptBatch)
+                .where(
+                    (ReceiptBatch.status != BatchStatus.COMMITTED.value)
+                    | (ReceiptBatch.seq > self._chain_last_seq)
+                    | (ReceiptBatch.seq == (newest_committed or 0))
+                )
+                .order_by(ReceiptBatch.seq)
+            )
             for b in s.scalars(q):
                 on_chain = _hex(rl.batch_root(self.node, b.seq))
                 if on_chain.lower() == b.root.lower():
@@ -222,7 +237,8 @@ class Settlement:
                 elif int(on_chain, 16) != 0:
                     raise SettlementError(
                         f"receipt batch {b.seq} on chain has root {on_chain}, the DB has {b.root}: "
-                        "this DB does not belong to this operator's chain history")
+                        "this DB does not belong to this operator's chain history"
+                    )
                 elif b.status == BatchStatus.COMMITTED.value:
                     # the commit was reorged away: send it again
                     b.status, b.outbox_id = BatchStatus.PENDING.value, None
@@ -255,8 +271,13 @@ class Settlement:
             tree = StandardMerkleTree.of([[d] for _, d, _ in receipts], ["bytes32"])
             root = _hex(tree.root)
             doc = {
-                "version": 1, "chainId": self.chain_id, "receiptLog": self.contracts.receipts.address,
-                "node": self.node, "batchSeq": seq, "root": root, "leafEncoding": ["bytes32"],
+                "version": 1,
+                "chainId": self.chain_id,
+                "receiptLog": self.contracts.receipts.address,
+                "node": self.node,
+                "batchSeq": seq,
+                "root": root,
+                "leafEncoding": ["bytes32"],
                 "receipts": [{"leafIndex": i, "digest": d, **r} for i, (_, d, r) in enumerate(receipts)],
             }
             self.receipts_dir.mkdir(parents=True, exist_ok=True)
@@ -265,8 +286,16 @@ class Settlement:
             cid = await self.ipfs.add_path(path)
             with self.sessions.begin() as s:
                 # Receipts, batch and leaf indices in one transaction: a receipt is in at most one batch.
-                s.add(ReceiptBatch(seq=seq, root=root, count=len(receipts), cid=cid,
-                                   status=BatchStatus.PENDING.value, created_at=self.clock()))
+                s.add(
+                    ReceiptBatch(
+                        seq=seq,
+                        root=root,
+                        count=len(receipts),
+                        cid=cid,
+                        status=BatchStatus.PENDING.value,
+                        created_at=self.clock(),
+                    )
+                )
                 s.flush()
                 for i, (rseq, _, _) in enumerate(receipts):
                     r = _row(s, ReceiptRow, rseq)
@@ -284,9 +313,14 @@ class Settlement:
         """An outbox intent for every pending batch that has none (or whose last one failed)."""
         rl = self.contracts.receipts
         with self.sessions() as s:
-            todo = [(b.seq, b.root, b.count, b.cid) for b in s.scalars(
-                select(ReceiptBatch).where(ReceiptBatch.status == BatchStatus.PENDING.value,
-                                           ReceiptBatch.outbox_id.is_(None)).order_by(ReceiptBatch.seq))]
+            todo = [
+                (b.seq, b.root, b.count, b.cid)
+                for b in s.scalars(
+                    select(ReceiptBatch)
+                    .where(ReceiptBatch.status == BatchStatus.PENDING.value, ReceiptBatch.outbox_id.is_(None))
+                    .order_by(ReceiptBatch.seq)
+                )
+            ]
         for seq, root, count, cid in todo:
             attempt = 0
             while True:  # deterministic keys: after a crash the same intent is found again
@@ -307,9 +341,14 @@ class Settlement:
         done = 0
         rl = self.contracts.receipts
         with self.sessions() as s:
-            pending = [(b.seq, b.root, b.outbox_id) for b in s.scalars(
-                select(ReceiptBatch).where(ReceiptBatch.status == BatchStatus.PENDING.value,
-                                           ReceiptBatch.outbox_id.is_not(None)).order_by(ReceiptBatch.seq))]
+            pending = [
+                (b.seq, b.root, b.outbox_id)
+                for b in s.scalars(
+                    select(ReceiptBatch)
+                    .where(ReceiptBatch.status == BatchStatus.PENDING.value, ReceiptBatch.outbox_id.is_not(None))
+                    .order_by(ReceiptBatch.seq)
+                )
+            ]
         for seq, root, intent_id in pending:
             if intent_id is None:  # the query selects batches with an intent
                 raise SettlementError(f"batch {seq} has no outbox intent to settle")
@@ -344,16 +383,25 @@ class Settlement:
         failed = [v for v in cands if v.redeem_error and not v.redeem_error.startswith(PARKED)]
         groups = [[v] for v in failed]
         rest = [v for v in cands if v not in failed]
-        groups += [rest[i:i + self.redeem_batch_size] for i in range(0, len(rest), self.redeem_batch_size)]
+        groups += [rest[i : i + self.redeem_batch_size] for i in range(0, len(rest), self.redeem_batch_size)]
         sent = 0
         for group in groups:
-            vouchers = [V(to_checksum_address(v.payer), to_checksum_address(v.node), int(v.adapter_id),
-                          int(v.compute_value), int(v.adapter_value)) for v in group]
+            vouchers = [
+                V(
+                    to_checksum_address(v.payer),
+                    to_checksum_address(v.node),
+                    int(v.adapter_id),
+                    int(v.compute_value),
+                    int(v.adapter_value),
+                )
+                for v in group
+            ]
             sigs = [bytes.fromhex(v.signature.removeprefix("0x")) for v in group]
             # what each lane collected is part of the key: a voucher the escrow paid only in part
             # (then parked) is redeemed again after a deposit as a new intent
-            content = json.dumps([[v.lane, v.compute_value, v.adapter_value, v.redeemed_compute, v.redeemed_adapter]
-                                  for v in group])
+            content = json.dumps(
+                [[v.lane, v.compute_value, v.adapter_value, v.redeemed_compute, v.redeemed_adapter] for v in group]
+            )
             key = f"redeem:{self.chain_id}:{self.node}:{hashlib.sha256(content.encode()).hexdigest()[:32]}"
             params = self.contracts.escrow.build_redeem(self.node, vouchers, sigs)
             intent_id = self.outbox.enqueue(key, params)
@@ -385,8 +433,10 @@ class Settlement:
         """Lanes whose redeem tx finished: record what the escrow says they collected."""
         escrow = self.contracts.escrow
         with self.sessions() as s:
-            inflight = [(v.lane, v.payer, v.node, v.adapter_id, v.redeem_outbox_id)
-                        for v in s.scalars(select(VoucherRow).where(VoucherRow.redeem_outbox_id.is_not(None)))]
+            inflight = [
+                (v.lane, v.payer, v.node, v.adapter_id, v.redeem_outbox_id)
+                for v in s.scalars(select(VoucherRow).where(VoucherRow.redeem_outbox_id.is_not(None)))
+            ]
         done = 0
         for lane, payer, node, adapter_id, intent_id in inflight:
             if intent_id is None:  # the query selects lanes with a redeem intent
@@ -421,10 +471,21 @@ class Settlement:
         return 0.0 if t is None else max(0.0, self.clock() - t)
 
 
-def settlement_from_config(cfg, session_factory: sessionmaker[Session], w3, account, contracts, ipfs,
-                           **kwargs: Any) -> Settlement:
+def settlement_from_config(
+    cfg, session_factory: sessionmaker[Session], w3, account, contracts, ipfs, **kwargs: Any
+) -> Settlement:
     """A `Settlement` with the batch/redeem options of a `node.config.NodeConfig`."""
-    return Settlement(session_factory, w3, account, contracts, ipfs, receipts_dir=cfg.receipts_dir,
-                      batch_size=cfg.settlement_batch_size, interval_s=cfg.settlement_interval_s,
-                      redeem_batch_size=cfg.redeem_batch_size, redeem_interval_s=cfg.redeem_interval_s,
-                      confirmations=cfg.confirmations, **kwargs)
+    return Settlement(
+        session_factory,
+        w3,
+        account,
+        contracts,
+        ipfs,
+        receipts_dir=cfg.receipts_dir,
+        batch_size=cfg.settlement_batch_size,
+        interval_s=cfg.settlement_interval_s,
+        redeem_batch_size=cfg.redeem_batch_size,
+        redeem_interval_s=cfg.redeem_interval_s,
+        confirmations=cfg.confirmations,
+        **kwargs,
+    )

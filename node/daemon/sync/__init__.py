@@ -18,8 +18,16 @@ from node.daemon.sync.store import SqlWatcherStore
 REGISTRY_CURSOR = "registries"  # the cursor row's name; existing databases have it
 
 
-def registry_watcher(w3, session_factory: sessionmaker[Session], deployment, *, confirmations: int = 2,
-                     max_window: int = 2000, ring_size: int = 256, poll_s: float = 2.0) -> ChainWatcher:
+def registry_watcher(
+    w3,
+    session_factory: sessionmaker[Session],
+    deployment,
+    *,
+    confirmations: int = 2,
+    max_window: int = 2000,
+    ring_size: int = 256,
+    poll_s: float = 2.0,
+) -> ChainWatcher:
     """The node's watcher of DatasetRegistry, AdapterRegistry and NodeRegistry.
 
     `deployment`: anything with `addresses[name]` and `blocks[name]` (chain.deploy.Deployment).
@@ -30,5 +38,14 @@ def registry_watcher(w3, session_factory: sessionmaker[Session], deployment, *, 
     decoder = EventDecoder(contracts, names)
     store = SqlWatcherStore(session_factory, decoder, RegistryProjector(), name=REGISTRY_CURSOR)
     start = min(int(deployment.blocks.get(n, 0)) for n in WATCHED_EVENTS)
-    return ChainWatcher(w3, decoder, store, start_block=start, confirmations=confirmations,
-                        max_window=max_window, ring_size=ring_size, poll_s=poll_s, name=REGISTRY_CURSOR)
+    return ChainWatcher(
+        w3,
+        decoder,
+        store,
+        start_block=start,
+        confirmations=confirmations,
+        max_window=max_window,
+        ring_size=ring_size,
+        poll_s=poll_s,
+        name=REGISTRY_CURSOR,
+    )

@@ -58,13 +58,30 @@ class RegistryProjector:
         getattr(self, f"_on_{type(ev).__name__}")(s, ev)
 
     def _on_DatasetCreated(self, s: Session, ev: DatasetCreated) -> None:
-        s.merge(Dataset(id=ev.dataset_id, curator=ev.curator, name=ev.name, license=ev.license,
-                        metadata_cid=ev.metadata_cid, block_number=ev.block_number))
+        s.merge(
+            Dataset(
+                id=ev.dataset_id,
+                curator=ev.curator,
+                name=ev.name,
+                license=ev.license,
+                metadata_cid=ev.metadata_cid,
+                block_number=ev.block_number,
+            )
+        )
 
     def _on_ContributionSubmitted(self, s: Session, ev: ContributionSubmitted) -> None:
-        s.merge(Contribution(id=ev.contribution_id, dataset_id=ev.dataset_id, contributor=ev.contributor,
-                             content_cid=ev.cid, size_tokens=ev.size_tokens,
-                             status=ContributionStatus.PENDING.value, weight=0, block_number=ev.block_number))
+        s.merge(
+            Contribution(
+                id=ev.contribution_id,
+                dataset_id=ev.dataset_id,
+                contributor=ev.contributor,
+                content_cid=ev.cid,
+                size_tokens=ev.size_tokens,
+                status=ContributionStatus.PENDING.value,
+                weight=0,
+                block_number=ev.block_number,
+            )
+        )
 
     def _on_ContributionAccepted(self, s: Session, ev: ContributionAccepted) -> None:
         c = s.get(Contribution, ev.contribution_id)

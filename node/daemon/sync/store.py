@@ -37,8 +37,7 @@ def _hex(b: bytes) -> str:
 class SqlWatcherStore:
     """`chain.watcher.WatcherStore` on SQLAlchemy; `name` keys the cursor row."""
 
-    def __init__(self, sessions: sessionmaker[Session], decoder: EventDecoder, projector: Projector, *,
-                 name: str):
+    def __init__(self, sessions: sessionmaker[Session], decoder: EventDecoder, projector: Projector, *, name: str):
         self.sessions = sessions
         self.decoder = decoder  # stored args are its JSON form (ABI argument names)
         self.projector = projector
@@ -51,8 +50,7 @@ class SqlWatcherStore:
 
     def recent_blocks(self) -> list[tuple[int, str]]:
         with self.sessions() as s:
-            return [(n, h) for n, h in s.execute(
-                select(ChainBlock.number, ChainBlock.hash).order_by(ChainBlock.number.desc()))]
+            return [(n, h) for n, h in s.execute(select(ChainBlock.number, ChainBlock.hash).order_by(ChainBlock.number.desc()))]
 
     def commit(self, events: list[Event], blocks: list[BlockRef], cursor: BlockRef, ring_size: int) -> None:
         with self.sessions.begin() as s:
@@ -60,9 +58,18 @@ class SqlWatcherStore:
                 entity = self.projector.entity(ev)
                 if entity is None:
                     continue
-                s.add(ChainEvent(block_number=ev.block_number, block_hash=_hex(ev.block_hash),
-                                 tx_hash=_hex(ev.tx_hash), log_index=ev.log_index, address=ev.address,
-                                 name=type(ev).__name__, entity=entity, args=self.decoder.to_json(ev)))
+                s.add(
+                    ChainEvent(
+                        block_number=ev.block_number,
+                        block_hash=_hex(ev.block_hash),
+                        tx_hash=_hex(ev.tx_hash),
+                        log_index=ev.log_index,
+                        address=ev.address,
+                        name=type(ev).__name__,
+                        entity=entity,
+                        args=self.decoder.to_json(ev),
+                    )
+                )
                 self.projector.apply(s, ev)
             for b in blocks:
                 s.merge(ChainBlock(number=b.number, hash=b.hash, parent_hash=b.parent_hash))
@@ -72,8 +79,7 @@ class SqlWatcherStore:
             else:
                 c.block_number, c.block_hash = cursor.number, cursor.hash
             s.flush()
-            keep = s.scalars(select(ChainBlock.number).order_by(ChainBlock.number.desc()).offset(ring_size)
-                             .limit(1)).first()
+            keep = s.scalars(select(ChainBlock.number).order_by(ChainBlock.number.desc()).offset(ring_size).limit(1)).first()
             if keep is not None:
                 s.execute(delete(ChainBlock).where(ChainBlock.number <= keep))
 
@@ -86,8 +92,9 @@ class SqlWatcherStore:
             s.execute(delete(ChainEvent).where(ChainEvent.block_number > above))
             s.execute(delete(ChainBlock).where(ChainBlock.number > above))
             for entity in entities:
-                remaining = s.scalars(select(ChainEvent).where(ChainEvent.entity == entity)
-                                      .order_by(ChainEvent.block_number, ChainEvent.log_index))
+                remaining = s.scalars(
+                    select(ChainEvent).where(ChainEvent.entity == entity).order_by(ChainEvent.block_number, ChainEvent.log_index)
+                )
                 self.projector.rebuild(s, entity, [self._event(r) for r in remaining])
             c = s.get(ChainCursor, self.name)
             if ancestor is None:
@@ -96,10 +103,18 @@ class SqlWatcherStore:
             else:
                 anc = s.get(ChainBlock, ancestor)
                 if c is None or anc is None:
-                    raise WatcherError(f"cannot roll back to block {ancestor}: "
-                                       + ("no cursor" if c is None else "the block is not in the ring"))
+                    raise WatcherError(
+                        f"cannot roll back to block {ancestor}: " + ("no cursor" if c is None else "the block is not in the ring")
+                    )
                 c.block_number, c.block_hash = ancestor, anc.hash
 
     def _event(self, row: ChainEvent) -> Event:
-        return self.decoder.from_json(row.name, row.args, address=row.address, block_number=row.block_number,
-                                      block_hash=row.block_hash, tx_hash=row.tx_hash, log_index=row.log_index)
+        return self.decoder.from_json(
+            row.name,
+            row.args,
+            address=row.address,
+            block_number=row.block_number,
+            block_hash=row.block_hash,
+            tx_hash=row.tx_hash,
+            log_index=row.log_index,
+        )
