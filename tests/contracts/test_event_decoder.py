@@ -70,30 +70,28 @@ def test_decodes_a_log_into_its_dataclass(registry):
     )
 
 
-def test_struct_arrays_decode_as_tuples_and_store_as_objects():
+def test_bytes_decode_as_bytes_and_store_as_hex():
+    """BatchSettled (node, seq indexed; the entries' hash and count in data): bytes32 comes out as
+    `bytes` and is stored as 0x hex, and the stored form decodes back to the same event. (No event
+    carries a struct array any more: AttributionPool logs a hash of its packed entries.)"""
     dec = EventDecoder({POOL: load_artifact("AttributionPool").abi_list}, ["BatchSettled"])
-    data = abi_encode(["(uint256,uint256,uint256)[]"], [[(1, 4, 30), (2, 0, 70)]])
+    digest = bytes(range(32))
+    data = abi_encode(["bytes32", "uint256"], [digest, 7])
     log = {"address": POOL, "topics": [_topic("AttributionPool", "BatchSettled"), _word(OWNER), _word(9)], "data": data, **BLOCK}
     ev = dec.decode(log)
-    assert isinstance(ev, BatchSettled) and ev.seq == 9 and ev.entries == ((1, 4, 30), (2, 0, 70))
+    assert isinstance(ev, BatchSettled) and ev.seq == 9 and ev.entries_hash == digest and ev.entry_count == 7
     stored = dec.to_json(ev)
-    assert stored["entries"][0] == dict(
-        zip(
-            [c["name"] for c in _event_abi("AttributionPool", "BatchSettled")["inputs"][2]["components"]], (1, 4, 30), strict=True
-        )
+    assert stored["entriesHash"] == "0x" + digest.hex()
+    again = dec.from_json(
+        "BatchSettled",
+        stored,
+        address=POOL,
+        block_number=7,
+        block_hash=BLOCK["blockHash"],
+        tx_hash=BLOCK["transactionHash"],
+        log_index=3,
     )
-    assert (
-        dec.from_json(
-            "BatchSettled",
-            stored,
-            address=POOL,
-            block_number=7,
-            block_hash=BLOCK["blockHash"],
-            tx_hash=BLOCK["transactionHash"],
-            log_index=3,
-        )
-        == ev
-    )
+    assert again == ev
 
 
 def test_rows_stored_by_earlier_versions_still_decode():
