@@ -213,6 +213,14 @@ class NodeSlashed(Event):
 
 
 @dataclass(frozen=True)
+class AttributionSlashed(Event):
+    node: str
+    batch_seq: int
+    receipt_digest: bytes
+    fault: int  # AttributionPool.OUTSIDE_ADAPTER (1) or OVER_TOTAL (2)
+
+
+@dataclass(frozen=True)
 class DisputeOpened(Event):
     dispute_id: int
     node: str
@@ -341,6 +349,7 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         ProtocolFeeProposed,
         ProtocolFeeSet,
         NodeSlashed,
+        AttributionSlashed,
         DisputeOpened,
         DisputeResolved,
         DisputeExpired,

@@ -183,6 +183,7 @@ def deploy(
             arbitrator,
             dispute_window,
             dispute_deposit,
+            predicted["AttributionPool"],  # deployed later: the circular wiring stays immutable
         ),
         "RewardVault": (tok, predicted["UsageEscrow"], predicted["DatasetRegistry"]),
         "UsageEscrow": (

@@ -75,6 +75,12 @@ contract AttributionPool is IAttributionPool {
     ///      keys are sorted entries.
     uint256 private constant _KEY_SHIFT = 128;
     uint256 private constant _DATASET_SHIFT = 224;
+    /// @dev A receipt's attribution bps sum to at most this (docs/protocol.md).
+    uint256 private constant _TOTAL_BPS = 10_000;
+    /// @notice `attributionFault` results.
+    uint8 public constant NO_FAULT = 0;
+    uint8 public constant OUTSIDE_ADAPTER = 1;
+    uint8 public constant OVER_TOTAL = 2;
 
     IDatasetRegistry private immutable _datasets;
     address private immutable _escrow;
@@ -88,7 +94,7 @@ contract AttributionPool is IAttributionPool {
     /// @param datasets_ DatasetRegistry (credits contributions, keeps the accepted-weight split).
     /// @param escrow_ UsageEscrow, the only caller of `fill`.
     /// @param receiptLog_ ReceiptLog, where settled batches must be committed.
-    /// @param adapters_ AdapterRegistry (adapters' datasets, for `attributionOutsideAdapter`).
+    /// @param adapters_ AdapterRegistry (adapters' datasets, for `attributionFault`).
     /// @param flushDelay_ seconds after which an undrained pool may be flushed.
     constructor(
         IDatasetRegistry datasets_,
@@ -213,31 +219,41 @@ contract AttributionPool is IAttributionPool {
         return (_datasets, _escrow, _receiptLog, _adapters);
     }
 
-    /// @notice Proof from one leaf, for a slash that needs no arbitrator: whether committed receipt
-    ///         `r` attributes its answer to a contribution outside its adapter's datasets (or one
-    ///         that does not exist). Reverts unless `r` is in batch `batchSeq` (by `proof`) and
-    ///         (`ids`, `bps`) hash to `r.attributionHash`.
-    /// @return true iff some `ids[k]` is not a contribution of one of the adapter's datasets.
-    function attributionOutsideAdapter(
+    /// @notice Proof from one leaf, for NodeRegistry.slashAttribution (no arbitrator): what committed
+    ///         receipt `r` provably gets wrong in its attribution, from the leaf alone. Reverts unless
+    ///         `r` is in `r.node`'s batch `batchSeq` (by `proof`) and (`ids`, `bps`) hash to
+    ///         `r.attributionHash` (so hostile arrays cost only their hash).
+    /// @return fault OVER_TOTAL when the lists differ in length or the bps sum past 10,000 (the answer
+    ///         is attributed more than once over); OUTSIDE_ADAPTER when some `ids[k]` is not a
+    ///         contribution of one of the adapter's datasets (or does not exist); NO_FAULT otherwise.
+    function attributionFault(
         ReceiptLog.Receipt calldata r,
         uint64 batchSeq,
         bytes32[] calldata proof,
         uint256[] calldata ids,
         uint256[] calldata bps
-    ) external view returns (bool) {
+    ) external view returns (uint8 fault) {
         if (!_receiptLog.verifyReceipt(r, batchSeq, proof)) revert AttributionPoolReceiptNotCommitted();
         if (keccak256(abi.encode(ids, bps)) != r.attributionHash) revert AttributionPoolAttributionMismatch();
+        uint256 n = ids.length;
+        if (n != bps.length) return OVER_TOTAL;
+        uint256 sum;
+        for (uint256 k; k < n; ++k) {
+            if (bps[k] > _TOTAL_BPS) return OVER_TOTAL; // also keeps `sum` from overflowing
+            sum += bps[k];
+        }
+        if (sum > _TOTAL_BPS) return OVER_TOTAL;
         (, uint256 count, uint256 p0, uint256 p1) = _adapters.payoutOf(r.adapterId);
-        for (uint256 k; k < ids.length; ++k) {
+        for (uint256 k; k < n; ++k) {
             (uint256 datasetId,) = _datasets.datasetOf(ids[k]);
             bool inside;
             for (uint256 j; j < count && !inside; ++j) {
                 uint256 entry = (j < 5 ? p0 : p1) >> (48 * (j % 5));
                 inside = datasetId != 0 && uint32(entry >> 16) == datasetId;
             }
-            if (!inside) return true;
+            if (!inside) return OUTSIDE_ADAPTER;
         }
-        return false;
+        return NO_FAULT;
     }
 
     // ---------------------------------------------------------------- internal

@@ -6,7 +6,7 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
-import {INodeRegistry, IReceiptLog} from "./interfaces/IProtocol.sol";
+import {IAttributionFaults, INodeRegistry, IReceiptLog} from "./interfaces/IProtocol.sol";
 
 /// @title NodeRegistry
 /// @notice Node operators register the node's endpoint URL, the base model ids it serves and its
@@ -15,6 +15,9 @@ import {INodeRegistry, IReceiptLog} from "./interfaces/IProtocol.sol";
 ///         The bond answers for the node's receipts:
 ///         - equivocation: anyone who shows two receipts signed by the node with the same `seq` and
 ///           different digests slashes the whole bond and receives SLASH_REWARD_BPS of it;
+///         - attribution: anyone who proves from one committed leaf that the node attributed an
+///           answer outside its adapter's datasets, or more than all of it (AttributionPool's
+///           `attributionFault`), slashes the whole bond likewise, once per receipt;
 ///         - disputes: a fisherman disputes one signed receipt with a deposit; the arbitrator fixed at
 ///           deployment slashes (part to the fisherman, deposit returned) or rejects (deposit to the
 ///           node) before the dispute's deadline; past it, anyone closes it and the deposit returns.
@@ -72,6 +75,10 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     error NodeRegistryDisputeClosed(uint256 disputeId);
     /// @notice The dispute's deadline `deadline` has passed (resolve) or not yet (expire).
     error NodeRegistryDisputeDeadline(uint64 deadline);
+    /// @notice The leaf's attribution is not provably wrong from the leaf alone (dispute it instead).
+    error NodeRegistryAttributionHonest(bytes32 receiptDigest);
+    /// @notice The receipt `receiptDigest` was already slashed for its attribution.
+    error NodeRegistryAlreadySlashed(bytes32 receiptDigest);
 
     /// @notice A node registered or re-registered.
     event NodeRegistered(address indexed node, string endpoint, string[] baseModelIds, uint256 computePricePer1k);
@@ -93,6 +100,9 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     event DisputeResolved(uint256 indexed disputeId, uint256 slashed);
     /// @notice A dispute passed its deadline unresolved; the deposit went back to the fisherman.
     event DisputeExpired(uint256 indexed disputeId);
+    /// @notice Receipt `receiptDigest` of `node`, committed in batch `batchSeq`, was proven to
+    ///         misattribute (`fault`: AttributionPool's OUTSIDE_ADAPTER or OVER_TOTAL); NodeSlashed follows.
+    event AttributionSlashed(address indexed node, uint64 indexed batchSeq, bytes32 receiptDigest, uint8 fault);
 
     /// @notice Largest length of any string, in bytes.
     uint256 public constant MAX_STRING = 256;
@@ -118,11 +128,13 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     address private immutable _arbitrator;
     uint64 private immutable _disputeWindow;
     uint128 private immutable _disputeDeposit;
+    IAttributionFaults private immutable _attribution;
 
     mapping(address node => Node) private _nodes;
     mapping(uint256 disputeId => Dispute) private _disputes;
     uint256 private _disputeCount;
     uint256 private _burned;
+    mapping(bytes32 receiptDigest => bool) private _attributionSlashed;
 
     /// @param token_ the payment token (bonds and dispute deposits are held in it).
     /// @param unbondSeconds_ how long a bond stays locked after deregistration.
@@ -132,6 +144,8 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     /// @param disputeWindow_ how long after its last commit a node's bond stays locked, and how long
     ///        the arbitrator has to resolve a dispute.
     /// @param disputeDeposit_ what a fisherman deposits to open a dispute.
+    /// @param attribution_ AttributionPool (the one-leaf proof behind `slashAttribution`); deployed
+    ///        after this contract, so its address is predicted (chain/deploy.py).
     constructor(
         IERC20 token_,
         uint64 unbondSeconds_,
@@ -139,11 +153,13 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         IReceiptLog receipts_,
         address arbitrator_,
         uint64 disputeWindow_,
-        uint128 disputeDeposit_
+        uint128 disputeDeposit_,
+        IAttributionFaults attribution_
     ) {
-        if (address(token_) == address(0) || address(receipts_) == address(0) || arbitrator_ == address(0)) {
-            revert NodeRegistryZeroAddress();
-        }
+        if (
+            address(token_) == address(0) || address(receipts_) == address(0) || arbitrator_ == address(0)
+                || address(attribution_) == address(0)
+        ) revert NodeRegistryZeroAddress();
         if (minBond_ == 0) revert NodeRegistryNoBond(address(0));
         _token = token_;
         _unbondSeconds = unbondSeconds_;
@@ -152,6 +168,7 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         _arbitrator = arbitrator_;
         _disputeWindow = disputeWindow_;
         _disputeDeposit = disputeDeposit_;
+        _attribution = attribution_;
     }
 
     // ---------------------------------------------------------------- operators
@@ -249,6 +266,36 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         _slash(n, node, msg.sender, slashed);
     }
 
+    /// @notice Prove from one committed leaf that its node misattributed the answer: receipt `r` is
+    ///         in `r.node`'s batch `batchSeq` and its attribution (`ids`, `bps`, hashing to
+    ///         `r.attributionHash`) names a contribution outside the adapter's datasets (or none that
+    ///         exists), or sums past 10,000 bps. The whole bond is slashed and SLASH_REWARD_BPS of it
+    ///         goes to the caller; each receipt once. Anyone may call; other faults go to `openDispute`.
+    /// @param r the committed receipt (no signature needed: the node committed its leaf).
+    /// @param batchSeq the node's batch holding it.
+    /// @param proof the leaf's Merkle proof in that batch.
+    /// @param ids the receipt's attributed contribution ids, as hashed into `attributionHash`.
+    /// @param bps their basis points, likewise.
+    /// @return slashed tokens taken from the bond.
+    function slashAttribution(
+        IReceiptLog.Receipt calldata r,
+        uint64 batchSeq,
+        bytes32[] calldata proof,
+        uint256[] calldata ids,
+        uint256[] calldata bps
+    ) external nonReentrant returns (uint256 slashed) {
+        bytes32 digest = _receipts.hashReceipt(r);
+        if (_attributionSlashed[digest]) revert NodeRegistryAlreadySlashed(digest);
+        uint8 fault = _attribution.attributionFault(r, batchSeq, proof, ids, bps); // reverts unless committed
+        if (fault == 0) revert NodeRegistryAttributionHonest(digest);
+        Node storage n = _nodes[r.node];
+        slashed = n.bond;
+        if (slashed == 0) revert NodeRegistryNoBond(r.node);
+        _attributionSlashed[digest] = true;
+        emit AttributionSlashed(r.node, batchSeq, digest, fault);
+        _slash(n, r.node, msg.sender, slashed);
+    }
+
     /// @notice Dispute a receipt the node signed (e.g. its output or attribution is wrong), depositing
     ///         `disputeDeposit` tokens (needs an allowance). The arbitrator must resolve it before
     ///         the deadline; the node's bond stays locked until then.
@@ -338,6 +385,16 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     /// @notice Number of disputes opened (ids are 1..count).
     function disputeCount() external view returns (uint256) {
         return _disputeCount;
+    }
+
+    /// @notice Whether receipt `receiptDigest` was already slashed for its attribution.
+    function attributionSlashed(bytes32 receiptDigest) external view returns (bool) {
+        return _attributionSlashed[receiptDigest];
+    }
+
+    /// @notice AttributionPool, whose `attributionFault` `slashAttribution` relies on.
+    function attributionPool() external view returns (IAttributionFaults) {
+        return _attribution;
     }
 
     /// @notice Slashed tokens locked here for good.

@@ -82,3 +82,15 @@ interface IReceiptLog {
     /// @notice Root of `node`'s batch `seq` (zero if not committed).
     function batchRoot(address node, uint64 seq) external view returns (bytes32);
 }
+
+/// @notice What NodeRegistry needs of AttributionPool: the one-leaf proof of an attribution lie.
+interface IAttributionFaults {
+    /// @notice Non-zero when committed receipt `r` provably misattributes (see AttributionPool).
+    function attributionFault(
+        IReceiptLog.Receipt calldata r,
+        uint64 batchSeq,
+        bytes32[] calldata proof,
+        uint256[] calldata ids,
+        uint256[] calldata bps
+    ) external view returns (uint8 fault);
+}

@@ -239,21 +239,117 @@ def _committed_receipt(env, ids, bps):
     return r, seq, tree.proof(0)  # proofs are by input position
 
 
-def test_a_single_leaf_proves_a_contribution_outside_the_adapter(env, world2, reverts):
-    """What a later slash without arbitrator can call: adapter 1 draws on datasets 1 and 2 only."""
+def _raw_attribution_hash(ids, bps) -> bytes:
+    """keccak256(abi.encode(ids, bps)) without chain.eip712's checks: what a lying node could sign."""
+    from eth_abi import encode
+    from eth_utils import keccak
+
+    return keccak(encode(["uint256[]", "uint256[]"], [ids, bps]))
+
+
+def _lying_receipt(env, ids, bps):
+    """A receipt of the node whose attribution hashes (`ids`, `bps`) unchecked, committed with another leaf."""
+    c = env.c
+    r = Receipt(
+        request_id=b"\x07" * 32,
+        payer=env.payer.address,
+        node=env.node.address,
+        adapter_id=1,
+        seq=1,
+        prompt_tokens=3,
+        completion_tokens=4,
+        compute_cost=0,
+        adapter_cost=10,
+        output_hash=output_hash("x"),
+        attribution_hash=_raw_attribution_hash(ids, bps),
+        timestamp=1,
+    )
+    other = Receipt(**{**r.__dict__, "request_id": b"\x08" * 32})
+    tree = StandardMerkleTree.of([[receipt_digest(x, env.chain_id, c.receipts.address)] for x in (r, other)], ["bytes32"])
+    seq = c.receipts.last_seq(env.node.address) + 1
+    c.receipts.commit_batch(env.node, seq, tree.root, 2, "bafy")
+    return r, seq, tree.proof(0)
+
+
+OUTSIDE_ADAPTER, OVER_TOTAL = 1, 2
+
+
+def test_a_single_leaf_proves_an_attribution_fault(env, world2, reverts):
+    """What the slash without arbitrator calls: adapter 1 draws on datasets 1 and 2 only."""
     c = env.c
     c.datasets.create_dataset(env.curator, "d3", "MIT", "")
     c.datasets.contribute(env.contributor, 3, "bafyc5", 10)  # contribution 5 in dataset 3
     r, seq, proof = _committed_receipt(env, [1, 5], [5000, 5000])
-    assert c.pool.attribution_outside_adapter(r, seq, proof, [1, 5], [5000, 5000]) is True
+    assert c.pool.attribution_fault(r, seq, proof, [1, 5], [5000, 5000]) == OUTSIDE_ADAPTER
     r, seq, proof = _committed_receipt(env, [1, 3], [5000, 5000])
-    assert c.pool.attribution_outside_adapter(r, seq, proof, [1, 3], [5000, 5000]) is False
+    assert c.pool.attribution_fault(r, seq, proof, [1, 3], [5000, 5000]) == 0
     r, seq, proof = _committed_receipt(env, [1, 77], [5000, 5000])  # unknown contribution
-    assert c.pool.attribution_outside_adapter(r, seq, proof, [1, 77], [5000, 5000]) is True
+    assert c.pool.attribution_fault(r, seq, proof, [1, 77], [5000, 5000]) == OUTSIDE_ADAPTER
     with reverts("AttributionPoolAttributionMismatch"):
-        c.pool.attribution_outside_adapter(r, seq, proof, [1, 77], [5000, 4999])
+        c.pool.attribution_fault(r, seq, proof, [1, 77], [5000, 4999])
     with reverts("AttributionPoolReceiptNotCommitted"):
-        c.pool.attribution_outside_adapter(r, seq + 1, proof, [1, 77], [5000, 5000])
+        c.pool.attribution_fault(r, seq + 1, proof, [1, 77], [5000, 5000])
+    # more than the whole answer attributed, or lists of different lengths
+    for ids, bps in (([1, 3], [6000, 5000]), ([1], [2**256 - 1]), ([1, 3], [10_000]), ([1, 3], [2**255, 2**255])):
+        r, seq, proof = _lying_receipt(env, ids, bps)
+        assert c.pool.attribution_fault(r, seq, proof, ids, bps) == OVER_TOTAL, (ids, bps)
+
+
+def test_slash_attribution_outside_the_adapter_pays_the_fisherman(env, world2, reverts):
+    """Attack: the node credits contribution 5 (dataset 3) to an answer of adapter 1 (datasets 1, 2)
+    to steer dataset money. Anyone proves it from the one leaf and takes half the bond, once."""
+    from chain.contract_types import AttributionSlashed, NodeSlashed
+
+    c = env.c
+    c.datasets.create_dataset(env.curator, "d3", "MIT", "")
+    c.datasets.contribute(env.contributor, 3, "bafyc5", 10)
+    bond = c.nodes.get_node(env.node.address).bond
+    r, seq, proof = _committed_receipt(env, [1, 5], [5000, 5000])
+    before = c.token.balance_of(env.stranger.address)
+    tx = c.nodes.slash_attribution(env.stranger, r, seq, proof, [1, 5], [5000, 5000])
+    (ev,) = events(env, tx, NodeSlashed)
+    assert (ev.node, ev.beneficiary, ev.amount, ev.reward) == (env.node.address, env.stranger.address, bond, bond // 2)
+    (a,) = events(env, tx, AttributionSlashed)
+    digest = receipt_digest(r, env.chain_id, c.receipts.address)
+    assert (a.node, a.batch_seq, a.receipt_digest, a.fault) == (env.node.address, seq, digest, OUTSIDE_ADAPTER)
+    assert c.token.balance_of(env.stranger.address) - before == bond // 2
+    assert c.nodes.get_node(env.node.address).bond == 0 and c.nodes.attribution_slashed(digest)
+    # the same leaf again, even after the node bonds again: refused
+    c.nodes.add_bond(env.node, bond)
+    with reverts("NodeRegistryAlreadySlashed", digest):
+        c.nodes.slash_attribution(env.stranger, r, seq, proof, [1, 5], [5000, 5000])
+    assert c.nodes.get_node(env.node.address).bond == bond
+
+
+def test_slash_attribution_over_the_whole_answer(env, world2):
+    c = env.c
+    bond = c.nodes.get_node(env.node.address).bond
+    r, seq, proof = _lying_receipt(env, [1, 3], [9000, 9000])
+    c.nodes.slash_attribution(env.stranger, r, seq, proof, [1, 3], [9000, 9000])
+    assert c.nodes.get_node(env.node.address).bond == 0 and c.nodes.burned() == bond - bond // 2
+
+
+def test_slash_attribution_refuses_honest_uncommitted_and_hostile_leaves(env, world2, reverts):
+    c = env.c
+    bond = c.nodes.get_node(env.node.address).bond
+    r, seq, proof = _committed_receipt(env, [1, 3], [5000, 5000])
+    digest = receipt_digest(r, env.chain_id, c.receipts.address)
+    with reverts("NodeRegistryAttributionHonest", digest):  # an honest receipt: dispute it instead
+        c.nodes.slash_attribution(env.stranger, r, seq, proof, [1, 3], [5000, 5000])
+    r5, _, _ = _committed_receipt(env, [1, 5], [5000, 5000])
+    with reverts("AttributionPoolReceiptNotCommitted"):  # a lying leaf never committed in that batch
+        c.nodes.slash_attribution(env.stranger, r5, seq, proof, [1, 5], [5000, 5000])
+    with reverts("AttributionPoolReceiptNotCommitted"):  # a batch that does not exist
+        c.nodes.slash_attribution(env.stranger, r, seq + 50, proof, [1, 3], [5000, 5000])
+    with reverts("AttributionPoolReceiptNotCommitted"):  # a hostile, oversized proof
+        c.nodes.slash_attribution(env.stranger, r, seq, [b"\x01" * 32] * 300, [1, 3], [5000, 5000])
+    with reverts("AttributionPoolAttributionMismatch"):  # arrays other than the signed ones
+        c.nodes.slash_attribution(env.stranger, r, seq, proof, [1, 5], [5000, 5000])
+    with reverts("AttributionPoolAttributionMismatch"):  # hostile, oversized arrays: only hashed
+        c.nodes.slash_attribution(env.stranger, r, seq, proof, list(range(1, 3001)), [1] * 3000)
+    with reverts("AttributionPoolAttributionMismatch"):
+        c.nodes.slash_attribution(env.stranger, r, seq, proof, [1, 3], [5000])
+    assert c.nodes.get_node(env.node.address).bond == bond and not c.nodes.attribution_slashed(digest)
 
 
 def test_constructor_refuses_zero_addresses(env, reverts):
