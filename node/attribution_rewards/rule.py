@@ -43,13 +43,20 @@ def _uint(value, what: str) -> int:
     return n
 
 
-def attribution_of(receipt: Mapping) -> dict[int, int]:
-    """{contribution id: bps} of a receipt JSON (empty when it has no attribution)."""
+def leaf_attribution(receipt: Mapping) -> dict[int, int]:
+    """{contribution id: bps} of a receipt JSON as its attributionHash commits them (ids ascending
+    in the hash), without the sum check: a leaf attributing past the whole answer is still evidence
+    (AttributionPool.attributionFault)."""
     raw = receipt.get("attribution")
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         raise RuleError("attribution must be an object {contributionId: bps}")
-    out = {_uint(k, "attribution id"): _uint(v, f"attribution[{k}]") for k, v in raw.items()}
+    return {_uint(k, "attribution id"): _uint(v, f"attribution[{k}]") for k, v in raw.items()}
+
+
+def attribution_of(receipt: Mapping) -> dict[int, int]:
+    """{contribution id: bps} of a receipt JSON (empty when it has no attribution), at most 10,000 bps in all."""
+    out = leaf_attribution(receipt)
     if sum(out.values()) > TOTAL_BPS:
         raise RuleError(f"attribution sums to {sum(out.values())} bps, more than {TOTAL_BPS:,}")
     return out

@@ -5,7 +5,10 @@ with its bond: only a node holding at least the registry's minimum bond can rede
 `dispute` lets a fisherman hold a node to its signed receipts: with one receipt it opens a dispute
 (the dispute deposit is approved and locked; the arbitrator set at deployment rules before the
 deadline); with `--equivocation OTHER` it proves that the node signed two different receipts with
-the same `seq`: the node's bond is slashed at once and half of it is paid to the caller."""
+the same `seq`: the node's bond is slashed at once and half of it is paid to the caller; with
+`--attribution` it proves from the committed receipt alone (its file with the batch and Merkle proof)
+that the attribution is wrong on chain (a contribution outside the adapter's datasets, or more than
+10,000 bps): the same slash, without arbitrator (docs/attribution-rewards.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from node.cli.errors import CliError, handle_errors, report
 from node.cli.options import DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt
 from node.services.amounts import format_amount, parse_amount
 from node.services.errors import InputError
-from node.services.receipt_files import load_receipt_file, signed_receipt
+from node.services.receipt_files import batch_proof, load_receipt_file, signed_receipt
 
 node_app = typer.Typer(name="node", help="The node operator daemon.", no_args_is_help=True)
 
@@ -121,13 +124,20 @@ def dispute(
     equivocation: Path = typer.Option(
         None, "--equivocation", help="Another receipt of the same node with the same seq: slash at once."
     ),
+    attribution: bool = typer.Option(
+        False,
+        "--attribution",
+        help="Slash at once for an attribution provably wrong from this committed receipt (its file needs batch and proof).",
+    ),
     rpc_url: str = RpcOpt,
     deployment: Path = DeploymentOpt,
     keystore: Path = KeystoreOpt,
     password_file: Path = PasswordFileOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Dispute a node's receipt (deposit, arbitrated), or slash a node that equivocated."""
+    """Dispute a node's receipt (deposit, arbitrated), or slash a node that equivocated or misattributed."""
+    if attribution and equivocation is not None:
+        raise InputError("--attribution and --equivocation are two different proofs: give one")
     c = connect(rpc_url, deployment)
     a = _signed_receipt(receipt, c.chain_id, c.receipts.address)
     node = a.receipt.node
@@ -143,6 +153,9 @@ def dispute(
         bond = c.nodes.get_node(node).bond
         rcpt = c.nodes.slash_equivocation(account, a.receipt, a.signature, b.receipt, b.signature)
         tx_done(rcpt, "node slashed", as_json, node=node, slashed=format_amount(bond))
+        return
+    if attribution:
+        _slash_attribution(c, receipt, a.receipt, keystore, password_file, as_json)
         return
     terms = c.nodes.dispute_terms()
     account = load_account(keystore, password_file)
@@ -162,3 +175,38 @@ def dispute(
         deposit=format_amount(terms.dispute_deposit),
         deadline=c.nodes.get_dispute(dispute_id).deadline,
     )
+
+
+# AttributionPool.attributionFault's results
+_FAULTS = {1: "a contribution outside the adapter's datasets", 2: "more than 10,000 bps"}
+
+
+def _slash_attribution(c, path: Path, r, keystore: Path, password_file: Path, as_json: bool) -> None:
+    """Check the one-leaf proof with the view first (no gas on an honest or uncommitted leaf), then slash."""
+    from chain.eip712 import receipt_digest
+    from node.attribution_rewards.rule import RuleError, leaf_attribution
+
+    body = load_receipt_file(path)
+    found = batch_proof(body)
+    if found is None:
+        raise InputError(f"{path}: no batch and proof: the receipt is not committed yet (GET /v1/receipts/{{id}} once it is)")
+    seq, proof = found
+    try:
+        weights = leaf_attribution(body["receipt"])
+    except RuleError as e:
+        raise InputError(f"{path}: {e}") from None
+    ids = sorted(weights)
+    bps = [weights[i] for i in ids]
+    digest = receipt_digest(r, c.chain_id, c.receipts.address)
+    if c.nodes.attribution_slashed(digest):
+        raise CliError(f"receipt 0x{digest.hex()} was already slashed for its attribution")
+    fault = c.pool.attribution_fault(r, seq, proof, ids, bps)  # reverts unless committed and hashing right
+    if not fault:
+        raise InputError(
+            "the attribution is not provably wrong from this leaf alone: "
+            f"open an arbitrated dispute instead (loranode node dispute {path})"
+        )
+    account = load_account(keystore, password_file)
+    bond = c.nodes.get_node(r.node).bond
+    rcpt = c.nodes.slash_attribution(account, r, seq, proof, ids, bps)
+    tx_done(rcpt, "node slashed", as_json, node=r.node, fault=_FAULTS.get(fault, str(fault)), slashed=format_amount(bond))

@@ -10,8 +10,7 @@ import typer
 from node.cli.common import checksum, connect, emit, keystore_address
 from node.cli.errors import FAILED, handle_errors
 from node.cli.options import DeploymentOpt, JsonOpt, KeystoreOpt, PayerOpt, RpcOpt, StateOpt
-from node.services.errors import InputError
-from node.services.receipt_files import SIGNED_RECEIPT_FIELDS, load_receipt_file, signed_receipt
+from node.services.receipt_files import SIGNED_RECEIPT_FIELDS, batch_proof, load_receipt_file, signed_receipt
 
 receipts_app = typer.Typer(name="receipts", help="List and verify inference receipts.", no_args_is_help=True)
 
@@ -20,17 +19,10 @@ def _verify_one(c, raw: dict, batch: dict | None, proof) -> dict:
     """Signature check, and the Merkle proof against ReceiptLog when the batch is committed."""
     signed = signed_receipt(raw)
     signer = signed.signer(c.chain_id, c.receipts.address)
-    batch = batch if isinstance(batch, dict) else {}
     committed = None
-    if proof is not None and "seq" in batch:
-        if not isinstance(proof, list) or not all(isinstance(p, str) for p in proof) or len(proof) > 64:
-            raise InputError("'proof' must be a list of at most 64 hex strings")
-        try:
-            committed = c.receipts.verify_receipt(
-                signed.receipt, int(batch["seq"]), [bytes.fromhex(p.removeprefix("0x")) for p in proof]
-            )
-        except ValueError:
-            raise InputError("'proof' holds a value that is not hex") from None
+    found = batch_proof({"batch": batch, "proof": proof})
+    if found is not None:
+        committed = c.receipts.verify_receipt(signed.receipt, *found)
     return {
         "request_id": "0x" + signed.receipt.request_id.hex(),
         "node": signed.receipt.node,

@@ -63,3 +63,27 @@ def signed_receipt(raw: object):
         return SignedReceipt.from_json({k: v for k, v in raw.items() if k in SIGNED_RECEIPT_FIELDS})
     except TypedDataError as e:
         raise InputError(f"malformed receipt: {e}") from None
+
+
+# A Merkle proof of a batch of up to 2^64 receipts.
+MAX_PROOF_LENGTH = 64
+
+
+def batch_proof(body: dict) -> tuple[int, list[bytes]] | None:
+    """(batch seq, Merkle proof) of a receipt file once its batch is committed (`batch.seq` and
+    `proof`, as `/v1/receipts/{id}` serves them); None before."""
+    batch, proof = body.get("batch"), body.get("proof")
+    if not isinstance(batch, dict) or "seq" not in batch or proof is None:
+        return None
+    seq = batch["seq"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq < 2**64:
+        raise InputError(f"'batch.seq' must be a batch number, got {seq!r}")
+    if not isinstance(proof, list) or not all(isinstance(p, str) for p in proof) or len(proof) > MAX_PROOF_LENGTH:
+        raise InputError(f"'proof' must be a list of at most {MAX_PROOF_LENGTH} hex strings")
+    try:
+        nodes = [bytes.fromhex(p.removeprefix("0x")) for p in proof]
+    except ValueError:
+        raise InputError("'proof' holds a value that is not hex") from None
+    if any(len(n) != 32 for n in nodes):
+        raise InputError("'proof' holds a value that is not 32 bytes")
+    return seq, nodes

@@ -50,8 +50,8 @@ def deploy_registries(url: str) -> Registries:
     token, tb = deploy("DemoToken", deployer)
     datasets, db = deploy("DatasetRegistry", placeholder, placeholder)
     adapters, ab = deploy("AdapterRegistry", datasets.address)
-    # receipts log and arbitrator: placeholders too (no commits or disputes here); min bond 1
-    nodes, nb = deploy("NodeRegistry", token.address, 3600, 1, placeholder, placeholder, 3600, 0)
+    # receipts log, arbitrator and attribution pool: placeholders too (no commits, disputes or slashes here); min bond 1
+    nodes, nb = deploy("NodeRegistry", token.address, 3600, 1, placeholder, placeholder, 3600, 0, placeholder)
     cs = {"DemoToken": token, "DatasetRegistry": datasets, "AdapterRegistry": adapters, "NodeRegistry": nodes}
     return Registries(
         w3,

@@ -425,8 +425,10 @@ def test_rewards_show_and_claim(env):
 # ---------------------------------------------------------------- receipts
 
 
-def _signed_receipt(c, *, key=KEY["node"]):
+def _signed_receipt(c, *, key=KEY["node"], attribution: dict[int, int] | None = None):
     from chain.eip712 import Receipt, SignedReceipt, attribution_hash, output_hash, sign_receipt
+
+    ids = sorted(attribution or {})
 
     r = Receipt(
         request_id=os.urandom(32),
@@ -439,7 +441,7 @@ def _signed_receipt(c, *, key=KEY["node"]):
         compute_cost=7,
         adapter_cost=0,
         output_hash=output_hash("hi"),
-        attribution_hash=attribution_hash([], []),
+        attribution_hash=attribution_hash(ids, [(attribution or {})[i] for i in ids]),
         timestamp=1,
     )
     return SignedReceipt(r, sign_receipt(r, key, c.chain_id, c.receipts.address))
@@ -533,3 +535,37 @@ def test_node_dispute_and_equivocation(env, tmp_path):
     assert c.nodes.get_node(ADDR["node"]).bond == 0
     _, out = cli(env, "node", "dispute", str(fa), role="alice", ok=False)
     assert "holds no bond" in out
+
+
+def test_node_dispute_attribution_slashes_a_provable_lie_at_once(env, tmp_path):
+    """A base-model answer credited to contribution 77 (no adapter, no such contribution): provable
+    from the committed leaf alone, so a fisherman slashes without arbitrator; an honest leaf is refused."""
+    from chain.merkle import StandardMerkleTree
+
+    c = env["c"]
+    jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", role="node")
+    lie, honest = _signed_receipt(c, attribution={77: 10_000}), _signed_receipt(c)
+    tree = StandardMerkleTree.of([[c.receipts.hash_receipt(x.receipt)] for x in (lie, honest)], ["bytes32"])
+    fl, fh = tmp_path / "lie.json", tmp_path / "honest.json"
+    fl.write_text(json.dumps({"receipt": {**lie.to_json(), "attribution": {"77": 10_000}}}))
+    n = nonce(env, "alice")
+    _, out = cli(env, "node", "dispute", str(fl), "--attribution", role="alice", ok=False)
+    assert "not committed yet" in out
+    c.receipts.commit_batch(Account.from_key(KEY["node"]), 1, tree.root, 2, "bafy-test")
+    for f, r, k in ((fl, lie, 0), (fh, honest, 1)):
+        proof = ["0x" + p.hex() for p in tree.proof(k)]
+        attribution = {"77": 10_000} if r is lie else {}
+        f.write_text(json.dumps({"receipt": {**r.to_json(), "attribution": attribution}, "batch": {"seq": 1}, "proof": proof}))
+    _, out = cli(env, "node", "dispute", str(fh), "--attribution", role="alice", ok=False)
+    assert "not provably wrong" in out
+    _, out = cli(env, "node", "dispute", str(fl), "--attribution", "--equivocation", str(fh), role="alice", ok=False)
+    assert "two different proofs" in out
+    assert nonce(env, "alice") == n  # nothing sent
+    before = c.token.balance_of(ADDR["alice"])
+    got = jcli(env, "node", "dispute", str(fl), "--attribution", role="alice")
+    bond = c.nodes.dispute_terms().min_bond
+    assert got["fault"] == "a contribution outside the adapter's datasets" and got["slashed"] == "10"
+    assert c.token.balance_of(ADDR["alice"]) - before == bond // 2 and c.nodes.get_node(ADDR["node"]).bond == 0
+    jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", role="node")  # bonded again
+    _, out = cli(env, "node", "dispute", str(fl), "--attribution", role="bob", ok=False)
+    assert "already slashed" in out
