@@ -8,8 +8,11 @@ the rule it breaks:
 - leaf: each receipt's EIP-712 digest is recomputed, signed by the node, and the Merkle tree of
   all of them has the root committed on chain (so every leaf is proven against it);
 - attribution-hash: the receipt's weights hash to its signed `attributionHash`;
-- adapter-datasets: every attributed contribution belongs to one of the adapter's datasets
-  (provable on chain from one leaf: AttributionPool.attributionOutsideAdapter);
+- attribution-total: the weights sum to at most 10,000 bps;
+- adapter-datasets: every attributed contribution belongs to one of the adapter's datasets.
+  These two are provable on chain from the one leaf: each is confirmed with
+  AttributionPool.attributionFault and marked `slashable` (NodeRegistry.slashAttribution, without
+  arbitrator: `loranode node dispute FILE --attribution`, FILE from the report's `slash_files`);
 - span: every span names an attributed contribution of its stated dataset, lies inside the
   completion, and its text occurs in that contribution's (CID-verified) content;
 - weights: the weights follow from the spans by inference/attribution/weights.py (checked
@@ -35,6 +38,7 @@ from node.attribution_rewards.rule import (
     RuleError,
     attribution_of,
     batch_weights,
+    leaf_attribution,
     payouts,
     to_entries,
 )
@@ -57,6 +61,7 @@ class Discrepancy:
     detail: str
     leaf_index: int | None = None
     request_id: str | None = None
+    slashable: str | None = None  # how to slash it without arbitrator, when the leaf alone proves it
 
 
 @dataclass
@@ -70,6 +75,8 @@ class AuditReport:
     notes: list[str] = field(default_factory=list)
     expected_entries: list[tuple[int, int, int]] = field(default_factory=list)
     expected_amounts: dict[int, int] = field(default_factory=dict)
+    # leaf index -> the receipt file (receipt, batch, proof) `loranode node dispute --attribution` reads
+    slash_files: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -80,6 +87,7 @@ class AuditReport:
         d["ok"] = self.ok
         d["expected_amounts"] = {str(k): str(v) for k, v in self.expected_amounts.items()}
         d["expected_entries"] = [[a, b, str(w)] for a, b, w in self.expected_entries]
+        d["slash_files"] = {str(k): v for k, v in self.slash_files.items()}
         return d
 
 
@@ -219,6 +227,7 @@ async def audit_batch(
 
     digests: dict[int, bytes] = {}
     good: list[dict] = []
+    provable: dict[int, tuple[Any, dict, list[Discrepancy]]] = {}  # leaf -> (signed, raw, its one-leaf discrepancies)
     for pos, raw in enumerate(entries):
         leaf = raw.get("leafIndex", pos) if isinstance(raw, dict) else pos
         rid = raw.get("requestId") if isinstance(raw, dict) else None
@@ -235,14 +244,18 @@ async def audit_batch(
             report.discrepancies.append(
                 Discrepancy(rule, detail, leaf if isinstance(leaf, int) else None, rid if isinstance(rid, str) else None)
             )
+            if rule in ONE_LEAF_RULES and signed is not None and leaf in digests:
+                provable.setdefault(leaf, (signed, raw, []))[2].append(report.discrepancies[-1])
         report.notes += [f"leaf {leaf}: {n}" for n in notes]
-        if signed is not None and not any(rule == "attribution-hash" for rule, _ in problems):
+        if signed is not None and not any(rule in ("attribution-hash", "attribution-total") for rule, _ in problems):
             good.append(raw)
 
     if len(digests) == len(entries) and entries:
         tree = StandardMerkleTree.of([[digests[i]] for i in range(len(entries))], ["bytes32"])
         if tree.root != c.receipts.batch_root(node, seq):
             report.discrepancies.append(Discrepancy("leaf", "the receipts' Merkle root is not the root committed on chain"))
+        else:
+            _mark_slashable(c, report, tree, provable)
     elif entries:
         report.discrepancies.append(Discrepancy("leaf", "some receipts could not be read: the root cannot be rebuilt"))
 
@@ -304,6 +317,47 @@ async def audit_batch(
     return report
 
 
+def _raw_attribution_hash(ids: list[int], bps: list[int]) -> bytes:
+    """keccak256(abi.encode(ids, bps)) as the contracts compute it, without chain.eip712's range
+    checks: a lying node's weights must still be compared with what it signed."""
+    from eth_abi import encode
+    from eth_utils import keccak
+
+    return keccak(encode(["uint256[]", "uint256[]"], [ids, bps]))
+
+
+# Rules the chain checks from one committed leaf (AttributionPool.attributionFault).
+ONE_LEAF_RULES = ("adapter-datasets", "attribution-total")
+
+
+def _mark_slashable(c, report: AuditReport, tree, provable: dict[int, tuple[Any, dict, list[Discrepancy]]]) -> None:
+    """Confirm each one-leaf discrepancy on chain and say how to slash it (the chain decides, not this code)."""
+    from chain.eip712 import receipt_digest
+
+    for leaf, (signed, raw, found) in sorted(provable.items()):
+        weights = leaf_attribution(raw)
+        ids = sorted(weights)
+        proof = tree.proof(leaf)
+        if not c.pool.attribution_fault(signed.receipt, report.seq, proof, ids, [weights[i] for i in ids]):
+            continue
+        digest = receipt_digest(signed.receipt, c.chain_id, c.receipts.address)
+        if c.nodes.attribution_slashed(digest):
+            how = "slashed already (NodeRegistry.slashAttribution)"
+        else:
+            report.slash_files[leaf] = {
+                "receipt": {k: v for k, v in raw.items() if k not in _FILE_KEYS},
+                "batch": {"seq": report.seq},
+                "proof": ["0x" + p.hex() for p in proof],
+            }
+            how = (
+                f"slashable without arbitrator: loranode node dispute leaf-{leaf}.json --attribution "
+                "(file written by attribution audit --slash-files DIR; NodeRegistry.slashAttribution)"
+            )
+        for i, d in enumerate(report.discrepancies):
+            if any(d is f for f in found):
+                report.discrepancies[i] = Discrepancy(d.rule, d.detail, d.leaf_index, d.request_id, how)
+
+
 def settled_entries(c, settled) -> list[Entry] | None:
     """The entries of a BatchSettled event, read from its transaction's calldata and checked against
     the logged hash; None when the transaction is not a direct AttributionPool.settle call (e.g. one
@@ -324,7 +378,7 @@ def settled_entries(c, settled) -> list[Entry] | None:
 async def check_receipt(c, raw: Any, node: str, contributions: _Contributions, split_of):
     """(SignedReceipt or None, [(rule, detail)], notes) for one receipt JSON of `node`: signature,
     attribution hash, adapter datasets, spans, weights from spans (not the Merkle leaf: see callers)."""
-    from chain.eip712 import SignedReceipt, TypedDataError, attribution_hash
+    from chain.eip712 import SignedReceipt, TypedDataError
 
     if not isinstance(raw, dict):
         return None, [("leaf", "not a receipt object")], []
@@ -338,12 +392,17 @@ async def check_receipt(c, raw: Any, node: str, contributions: _Contributions, s
     if r.node != node or signed.signer(c.chain_id, c.receipts.address) != node:
         problems.append(("leaf", f"not signed by the node {node}"))
     try:
-        weights = attribution_of(raw)
+        stated = leaf_attribution(raw)
     except RuleError as e:
         return signed, problems + [("attribution-hash", str(e))], notes
-    ids = sorted(weights)
-    if attribution_hash(ids, [weights[i] for i in ids]) != r.attribution_hash:
+    ids = sorted(stated)
+    hash_ok = _raw_attribution_hash(ids, [stated[i] for i in ids]) == r.attribution_hash
+    if not hash_ok:
         problems.append(("attribution-hash", "the attribution weights do not hash to the signed attributionHash"))
+    try:
+        weights = attribution_of(raw)
+    except RuleError as e:  # past 10,000 bps in all: signed (hash right), a lie the leaf proves
+        return signed, problems + ([("attribution-total", str(e))] if hash_ok else []), notes
     if r.adapter_id == 0 and weights:
         problems.append(("adapter-datasets", "a base-model answer carries an attribution"))
     split = split_of(r.adapter_id) if r.adapter_id else {}
@@ -353,8 +412,7 @@ async def check_receipt(c, raw: Any, node: str, contributions: _Contributions, s
             problems.append(
                 (
                     "adapter-datasets",
-                    f"contribution {cid} (dataset {d}) is outside adapter {r.adapter_id}'s "
-                    f"datasets {sorted(split)} (provable on chain: AttributionPool.attributionOutsideAdapter)",
+                    f"contribution {cid} (dataset {d}) is outside adapter {r.adapter_id}'s datasets {sorted(split)}",
                 )
             )
     spans = raw.get("spans") or []

@@ -220,6 +220,8 @@ def _print(report, as_json: bool, title: str) -> None:
         where = f"leaf {d.leaf_index}" if d.leaf_index is not None else "receipt"
         rid = f" {d.request_id}" if d.request_id else ""
         console.print(f"[red]✗[/] {where}{escape(rid)} [{d.rule}] {escape(d.detail)}")
+        if getattr(d, "slashable", None):
+            console.print(f"    [yellow]{escape(d.slashable)}[/]")
 
 
 @attribution_app.command("audit")
@@ -232,6 +234,11 @@ def audit_cmd(
     ipfs_store: Path = IpfsStoreOpt,
     kubo_url: str = KuboOpt,
     gateway: list[str] = GatewayOpt,
+    slash_files: Path = typer.Option(
+        None,
+        "--slash-files",
+        help="Folder to write leaf-N.json for each leaf slashable without arbitrator (for `node dispute --attribution`).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Audit a committed batch from public data: leaves, spans, weights, settled amounts. Exit 1 on any discrepancy."""
@@ -240,6 +247,13 @@ def audit_cmd(
     who = checksum(node, "node address") if node else None
     c = connect(rpc_url, deployment)
     report = run_async(audit_batch(c, read_backends(ipfs_store, kubo_url, gateway), fetch_cache(), batch, who))
+    if slash_files is not None and report.slash_files:
+        try:
+            slash_files.mkdir(parents=True, exist_ok=True)
+            for leaf, body in report.slash_files.items():
+                (slash_files / f"leaf-{leaf}.json").write_text(json.dumps(body, indent=2))
+        except OSError as e:
+            raise InputError(f"cannot write the slash files to {slash_files}: {e.strerror or e}") from None
     _print(report, as_json, "audit")
     if not report.ok:
         raise typer.Exit(FAILED)

@@ -4,7 +4,9 @@ audit reads only public data); each lie is caught with the rule it breaks:
 
 - a node inflates one contribution's settled weight (and so its amount);
 - a node credits a contribution of another dataset (the contract refuses to pay it; the audit
-  names it; a receipt attributing it is provable on chain from one leaf);
+  names it; a receipt attributing it is provable on chain from one leaf, and the audit's slash file
+  slashes the node without arbitrator, once);
+- a node signs an attribution past 10,000 bps (likewise slashable from the leaf);
 - a node invents a span that does not occur in the contribution.
 Hostile input: an uncommitted batch, a receipts file no backend has, a CID that is not one, a file
 over the size cap, a file that is not JSON, and a file whose receipts are not the committed ones.
@@ -12,6 +14,7 @@ over the size cap, a file that is not JSON, and a file whose receipts are not th
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -50,7 +53,9 @@ def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("audit")
     with Anvil() as anvil:
         w3 = Web3(Web3.HTTPProvider(anvil.url))
-        c = Contracts(w3, deploy(anvil.url, KEYS["deployer"], out_dir=None, w3=w3, protocol_fee_bps=500))
+        dep = deploy(anvil.url, KEYS["deployer"], out_dir=None, w3=w3, protocol_fee_bps=500)
+        c = Contracts(w3, dep)
+        dep_path = dep.save(tmp / "deployment.json")
         store = EmbeddedStore(tmp / "ipfs")
         c.datasets.create_dataset(ACCT["curator"], "harbour", "MIT", "")
         c.datasets.create_dataset(ACCT["curator"], "robots", "MIT", "")
@@ -69,7 +74,7 @@ def world(tmp_path_factory):
             c.token.mint(ACCT["deployer"], ACCT[who].address, bond)
             c.token.approve(ACCT[who], c.nodes.address, bond)
             c.nodes.register(ACCT[who], "http://127.0.0.1:8080", ["m"], 0, bond)
-        yield {"c": c, "store": store, "tmp": tmp}
+        yield {"c": c, "store": store, "tmp": tmp, "url": anvil.url, "deployment": dep_path}
 
 
 def _span(cid: int, ds: int, start: int, end: int, text: str) -> dict:
@@ -101,7 +106,7 @@ async def _batch(world, who: str, receipts=HONEST, *, lie=None, cid_override=Non
             compute_cost=0,
             adapter_cost=cost,
             output_hash=output_hash(f"answer {i}"),
-            attribution_hash=attribution_hash(ids, [attr[k] for k in ids]),
+            attribution_hash=_any_attribution_hash(ids, [attr[k] for k in ids]),
             timestamp=1_700_000_000 + i,
         )
         digest = receipt_digest(r, c.chain_id, c.receipts.address)
@@ -126,9 +131,33 @@ async def _batch(world, who: str, receipts=HONEST, *, lie=None, cid_override=Non
     col = c.escrow.collected(ACCT["payer"].address, node.address, 1)
     v = Voucher(ACCT["payer"].address, node.address, 1, 0, col.adapter + total)
     c.escrow.redeem(node, [v], [sign_voucher(v, ACCT["payer"].key, c.chain_id, c.escrow.address)])
-    entries = to_entries(batch_weights(docs, lambda a: {1: 4000}, lambda k: {1: 1, 2: 1, 3: 2}.get(k)))
+    weighable = [d for d in docs if sum(d["attribution"].values()) <= 10_000]  # as the audit: a lie past it weighs nothing
+    entries = to_entries(batch_weights(weighable, lambda a: {1: 4000}, lambda k: {1: 1, 2: 1, 3: 2}.get(k)))
     settled = c.pool.settle(node, seq, lie(entries) if lie else entries)
     return seq, {"entries": entries, "settled": settled, "drained": (total - total * 500 // 10_000) * 4000 // 10_000}
+
+
+def _any_attribution_hash(ids, bps) -> bytes:
+    """What a node signs, lies included (chain.eip712.attribution_hash refuses weights past 10,000 bps)."""
+    if sum(bps) <= 10_000:
+        return attribution_hash(ids, bps)
+    from eth_abi import encode
+    from eth_utils import keccak
+
+    return keccak(encode(["uint256[]", "uint256[]"], [ids, bps]))
+
+
+def _slash_with_file(c, body: dict, fisherman):
+    """What `loranode node dispute FILE --attribution` sends, from the audit's slash file."""
+    from node.attribution_rewards.rule import leaf_attribution
+    from node.services.receipt_files import batch_proof, signed_receipt
+
+    found = batch_proof(body)
+    assert found is not None
+    weights = leaf_attribution(body["receipt"])
+    ids = sorted(weights)
+    r = signed_receipt(body["receipt"]).receipt
+    return c.nodes.slash_attribution(fisherman, r, *found, ids, [weights[i] for i in ids])
 
 
 async def _audit(world, seq, who, **kw):
@@ -191,7 +220,49 @@ async def test_contribution_of_another_dataset_is_caught_and_not_paid(world):
     # the lying leaf alone proves it on chain (what a slash without arbitrator can call)
     doc_receipt = _receipt_of(world, "crosser", seq, 3)
     tree_proof = _proof(world, "crosser", seq, 3)
-    assert c.pool.attribution_outside_adapter(doc_receipt, seq, tree_proof, [3], [10_000]) is True
+    assert c.pool.attribution_fault(doc_receipt, seq, tree_proof, [3], [10_000]) == 1  # OUTSIDE_ADAPTER
+    # the audit says it is slashable, and how; its file slashes the node at once, once
+    (d,) = [d for d in report.discrepancies if d.rule == "adapter-datasets"]
+    assert "slashable without arbitrator" in d.slashable and "--attribution" in d.slashable
+    assert all(x.slashable is None for x in report.discrepancies if x.rule != "adapter-datasets")
+    assert list(report.slash_files) == [3]
+    bond = c.nodes.get_node(ACCT["crosser"].address).bond
+    before = c.token.balance_of(ACCT["alice"].address)
+    _slash_with_file(c, json.loads(json.dumps(report.slash_files[3])), ACCT["alice"])
+    assert c.token.balance_of(ACCT["alice"].address) - before == bond // 2
+    again = await _audit(world, seq, "crosser")
+    (d,) = [d for d in again.discrepancies if d.rule == "adapter-datasets"]
+    assert "slashed already" in d.slashable and not again.slash_files
+
+
+async def test_attribution_past_the_whole_answer_is_slashable(world):
+    c, node = world["c"], ACCT["crosser"]
+    bond = c.nodes.dispute_terms().min_bond  # bonded again (the previous test may have slashed it)
+    c.token.mint(ACCT["deployer"], node.address, bond)
+    c.token.approve(node, c.nodes.address, bond)
+    c.nodes.add_bond(node, bond)
+    receipts = HONEST + [(10**15, {1: 6000, 2: 6000}, [])]
+    seq, _ = await _batch(world, "crosser", receipts)
+    report = await _audit(world, seq, "crosser")
+    (d,) = report.discrepancies
+    assert d.rule == "attribution-total" and d.leaf_index == 3 and "slashable without arbitrator" in d.slashable
+    # the CLI says so and writes the file `node dispute --attribution` reads
+    from typer.testing import CliRunner
+
+    from node.cli.app import app
+
+    out_dir = world["tmp"] / "slash"
+    args = ["attribution", "audit", "--batch", str(seq), "--node", node.address, "--rpc-url", world["url"]]
+    args += ["--deployment", str(world["deployment"]), "--ipfs-store", str(world["tmp"] / "ipfs"), "--slash-files", str(out_dir)]
+    res = await asyncio.to_thread(CliRunner().invoke, app, args)
+    text = " ".join(res.output.split())  # rich wraps long lines
+    assert res.exit_code == 1 and "slashable without arbitrator: loranode node dispute leaf-3.json --attribution" in text
+    body = json.loads((out_dir / "leaf-3.json").read_text())
+    tx = _slash_with_file(c, body, ACCT["bob"])
+    from chain.contract_types import AttributionSlashed
+
+    (ev,) = [e for e in c.events_of(tx) if isinstance(e, AttributionSlashed)]
+    assert ev.fault == 2 and ev.batch_seq == seq  # OVER_TOTAL
 
 
 async def test_invented_span_is_caught(world):
