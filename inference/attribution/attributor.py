@@ -19,7 +19,7 @@ import numpy as np
 from inference.attribution.errors import UnknownContributionError
 from inference.attribution.index import ContributionIndex
 from inference.attribution.store import IndexStore
-from inference.attribution.suffix_array import matching_statistics
+from inference.attribution.suffix_array import find_occurrence, matches_with_positions
 from inference.attribution.text import read_contribution
 from inference.attribution.weights import coverage, credit, maximal_spans, to_bps
 
@@ -49,13 +49,16 @@ class AttributionConfig:
 
 @dataclass(frozen=True)
 class Span:
-    """output_token_ids[start:end] occurs verbatim in the contribution."""
+    """output_token_ids[start:end] occurs verbatim in the contribution, at token offset
+    `contribution_start` of the contribution's token ids as `inference.attribution.text.tokenize`
+    gives them (what the index holds; an auditor re-tokenizes the CID-verified content to check it)."""
 
     contribution_id: int
     dataset_id: int
     start: int
     end: int
     text: str | None = None
+    contribution_start: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -64,6 +67,8 @@ class Span:
             "start": self.start,
             "end": self.end,
         }
+        if self.contribution_start is not None:
+            d["contributionStart"] = self.contribution_start
         if self.text is not None:
             d["text"] = self.text
         return d
@@ -209,7 +214,8 @@ class Attributor:
             raise ValueError("token ids must be in [0, 2^32 - 1)")
         corpus = self._snapshot()
         k = self.config.min_span_tokens
-        ms = matching_statistics(corpus.tokens, corpus.sa, corpus.offsets, q, k, self.config.max_span_tokens)  # (C, m)
+        cap = self.config.max_span_tokens
+        ms, at = matches_with_positions(corpus.tokens, corpus.sa, corpus.offsets, q, k, cap)  # (C, m) each
         ds_of = dict(zip(corpus.ids, corpus.dataset_ids, strict=True))
         covs: dict[int, np.ndarray] = {}
         runs_of: dict[int, list[tuple[int, int]]] = {}
@@ -222,8 +228,16 @@ class Attributor:
         weights = to_bps({i: credits[i] for i in top})
         # Spans of the weighted contributions only, longest first, then re-ordered by position.
         cand = sorted(((s, e, i) for i in weights for s, e in runs_of[i]), key=lambda r: (r[0] - r[1], r[0], r[2]))
+        row_of = {cid: row for row, cid in enumerate(corpus.ids)}
         spans = [
-            Span(i, ds_of[i], s, e, tokenizer.decode(q[s:e].tolist()) if tokenizer is not None else None)
+            Span(
+                i,
+                ds_of[i],
+                s,
+                e,
+                tokenizer.decode(q[s:e].tolist()) if tokenizer is not None else None,
+                _position(corpus, row_of[i], at, q, s, e, cap),
+            )
             for s, e, i in cand[: self.config.max_spans]
         ]
         datasets: dict[int, int] = {}
@@ -232,3 +246,16 @@ class Attributor:
         covered = int((np.stack(list(covs.values())).max(axis=0) > 0).sum()) if covs else 0
         spans.sort(key=lambda s: (s.start, s.contribution_id, s.end))
         return Attribution(weights, spans, dict(sorted(datasets.items())), covered, m)
+
+
+def _position(corpus: _Corpus, row: int, at: np.ndarray, q: np.ndarray, s: int, e: int, cap: int) -> int:
+    """Token offset in contribution `row` of the span q[s:e]: the search's own match at s, which
+    covers a span up to `cap` tokens. A longer span (a chain of capped matches) is searched for
+    whole, once; if it does not occur verbatim, the first match's offset stands (the audit will
+    flag that span, as it flags its text)."""
+    if e - s > cap:
+        a, b = int(corpus.offsets[row]), int(corpus.offsets[row + 1])
+        found = find_occurrence(corpus.tokens[a:b], corpus.sa[a:b], q[s:e])
+        if found is not None:
+            return found
+    return int(at[row, s])

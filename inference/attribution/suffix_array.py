@@ -106,12 +106,28 @@ def matching_statistics(
     Returns (C, m) int32: ms[c, i] = length of the longest prefix of query[i:] occurring in
     segment c, capped at `cap`; 0 where that length is below k.
     """
+    return matches_with_positions(tokens, sa, offsets, query, k, cap)[0]
+
+
+def matches_with_positions(
+    tokens: np.ndarray,
+    sa: np.ndarray,
+    offsets: np.ndarray,
+    query: np.ndarray,
+    k: int,
+    cap: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`matching_statistics` plus where each match is: (ms, pos), both (C, m); pos[c, i] (uint32)
+    is the segment-local token offset of an occurrence of query[i:i+ms[c, i]] in segment c (0
+    where ms is 0). The occurrence is the suffix the search lands on: read from the suffix array,
+    no extra search, and deterministic for the same segment and query."""
     offsets = np.asarray(offsets, dtype=np.int64)
     n_seg, m = offsets.shape[0] - 1, int(query.shape[0])
     out = np.zeros((n_seg, m), dtype=np.int32)
+    where = np.zeros((n_seg, m), dtype=np.uint32)
     width = min(cap, m)
     if n_seg == 0 or m < k or width < k:
-        return out
+        return out, where
     q_all = _windows(query.astype(np.int64), np.arange(m), np.full(m, m), width)  # (m, width)
     seg_all = np.repeat(np.arange(n_seg), m)  # (r,) rows = (segment, position)
     posn_all = np.tile(np.arange(m), n_seg)  # (r,)
@@ -119,16 +135,18 @@ def matching_statistics(
     block = max(1, _MAX_WINDOW_CELLS // width)
     for b in range(0, seg_all.shape[0], block):
         seg, posn = seg_all[b : b + block], posn_all[b : b + block]
-        ms = _longest(tokens, sa, offsets[seg], offsets[seg + 1], q_all, posn, k)
+        ms, at = _longest(tokens, sa, offsets[seg], offsets[seg + 1], q_all, posn, k)
         out[seg, posn] = ms
-    return out
+        where[seg, posn] = at
+    return out, where
 
 
 _MAX_WINDOW_CELLS = 1 << 21  # rows x width per block: ~16 MiB per int64 temporary
 
 
-def _longest(tokens, sa, off, end, q_all, posn, k) -> np.ndarray:
-    """Matching statistics for rows (segment bounds off/end, query position posn); 0 below k."""
+def _longest(tokens, sa, off, end, q_all, posn, k) -> tuple[np.ndarray, np.ndarray]:
+    """Matching statistics for rows (segment bounds off/end, query position posn), 0 below k, and
+    the segment-local start of the matching suffix (0 where none)."""
     m, width = q_all.shape
     # Phase 1: suffixes whose first k tokens equal query[i:i+k]; a window running past the end
     # of the query (fewer than k tokens left) cannot match k tokens.
@@ -139,18 +157,38 @@ def _longest(tokens, sa, off, end, q_all, posn, k) -> np.ndarray:
     lo_k = _bound(tokens, sa, off, end, lo0, hi0, qk, upper=False)
     hi_k = _bound(tokens, sa, off, end, lo_k, hi0, qk, upper=True)
     result = np.zeros(posn.shape[0], dtype=np.int32)
+    at = np.zeros(posn.shape[0], dtype=np.uint32)
     hit = np.nonzero(hi_k > lo_k)[0]
     if hit.size == 0:
-        return result
+        return result, at
     posn, off, end, lo_k, hi_k = posn[hit], off[hit], end[hit], lo_k[hit], hi_k[hit]
     q = q_all[posn]  # (h, width)
     # Phase 2: insertion point of the full window inside that range; best neighbour wins.
     lb = _bound(tokens, sa, off, end, lo_k, hi_k, q, upper=False)
     best = np.zeros(hit.size, dtype=np.int64)
+    best_at = np.zeros(hit.size, dtype=np.int64)
     for cand, ok in ((lb, lb < hi_k), (lb - 1, lb - 1 >= lo_k)):
-        pos = off + sa[np.clip(off + cand, 0, sa.shape[0] - 1)].astype(np.int64)
-        eq = (_windows(tokens, pos, end, width) == q) & (q != _END)
-        lcp = np.where(eq.all(axis=1), width, eq.argmin(axis=1))
-        best = np.maximum(best, np.where(ok, lcp, 0))
-    result[hit] = np.where(best >= k, best, 0)
-    return result
+        local = sa[np.clip(off + cand, 0, sa.shape[0] - 1)].astype(np.int64)
+        eq = (_windows(tokens, off + local, end, width) == q) & (q != _END)
+        lcp = np.where(ok, np.where(eq.all(axis=1), width, eq.argmin(axis=1)), 0)
+        better = lcp > best  # a tie keeps the first candidate (lb): deterministic
+        best, best_at = np.where(better, lcp, best), np.where(better, local, best_at)
+    keep = best >= k
+    result[hit] = np.where(keep, best, 0)
+    at[hit] = np.where(keep, best_at, 0)
+    return result, at
+
+
+def find_occurrence(tokens: np.ndarray, sa: np.ndarray, query: np.ndarray) -> int | None:
+    """Start of an occurrence of all of `query` (w,) in one text's tokens (n,) / sa (n,), else None:
+    the lowest-ranked suffix starting with it. One binary search of width w."""
+    w, n = int(query.shape[0]), int(tokens.shape[0])
+    if w == 0 or w > n:
+        return None
+    q = np.asarray(query, dtype=np.int64).reshape(1, w)
+    zero, size = np.zeros(1, dtype=np.int64), np.full(1, n, dtype=np.int64)
+    lo = _bound(tokens, sa, zero, size, zero, size, q, upper=False)
+    if lo[0] >= n:
+        return None
+    start = int(sa[lo[0]])
+    return start if np.array_equal(tokens[start : start + w].astype(np.int64), q[0]) else None

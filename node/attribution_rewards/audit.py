@@ -14,7 +14,10 @@ the rule it breaks:
   AttributionPool.attributionFault and marked `slashable` (NodeRegistry.slashAttribution, without
   arbitrator: `loranode node dispute FILE --attribution`, FILE from the report's `slash_files`);
 - span: every span names an attributed contribution of its stated dataset, lies inside the
-  completion, and its text occurs in that contribution's (CID-verified) content;
+  completion, its text occurs in that contribution's (CID-verified) content, and, given the base
+  model's tokenizer, its `end - start` tokens sit at its stated `contributionStart` (the
+  contribution tokenized as the index tokenizes it). A span without `contributionStart` is a
+  discrepancy in a receipts file of version >= 2 and a note (unverifiable-position) in an older one;
 - weights: the weights follow from the spans by inference/attribution/weights.py (checked
   when the receipt lists every span, i.e. fewer than the attributor's max_spans);
 - settled-weights / settled-amounts: the weights the node settled in AttributionPool, and the
@@ -47,6 +50,7 @@ from node.errors import NodeError
 MAX_RECEIPTS_FILE_BYTES = 64 * 1024 * 1024
 MAX_CONTRIBUTION_BYTES = 32 * 1024 * 1024
 MAX_SPANS = 64  # inference.attribution.AttributionConfig.max_spans: a receipt with fewer lists them all
+POSITIONS_VERSION = 2  # receipts files from this version on carry every span's contributionStart
 _ATTRIBUTION_KEYS = ("attribution", "datasetAttribution", "spans")
 _FILE_KEYS = ("leafIndex", "digest")
 
@@ -154,10 +158,12 @@ async def fetch_receipts_file(backends, cache, cid: str, max_bytes: int = MAX_RE
 class _Contributions:
     """Contribution text by id, fetched by the CID the registry holds (verified), memoised."""
 
-    def __init__(self, c, backends, cache, max_bytes: int):
+    def __init__(self, c, backends, cache, max_bytes: int, tokenizer=None):
         self.c, self.backends, self.cache, self.max_bytes = c, backends, cache, max_bytes
+        self.tokenizer = tokenizer
         self.info: dict[int, Any] = {}
         self.text: dict[int, str | Exception] = {}
+        self.tokens: dict[int, Any] = {}
 
     def dataset_of(self, cid: int) -> int | None:
         from chain.errors import ContractRevert
@@ -184,6 +190,14 @@ class _Contributions:
                     self.text[cid] = e
         return self.text[cid]
 
+    def tokens_of(self, cid: int, text: str):
+        """The contribution's token ids exactly as the attribution index tokenizes them."""
+        from inference.attribution.text import tokenize
+
+        if cid not in self.tokens:
+            self.tokens[cid] = tokenize(self.tokenizer, text)
+        return self.tokens[cid]
+
 
 def _spans_weights(spans: list[dict], m: int) -> dict[int, int]:
     from inference.attribution.weights import coverage, credit, to_bps
@@ -203,8 +217,10 @@ async def audit_batch(
     *,
     max_bytes: int = MAX_RECEIPTS_FILE_BYTES,
     contribution_max_bytes: int = MAX_CONTRIBUTION_BYTES,
+    tokenizer=None,
 ) -> AuditReport:
-    """Audit batch `seq` (see the module docstring). Raises AuditError when it cannot be audited."""
+    """Audit batch `seq` (see the module docstring). Raises AuditError when it cannot be audited.
+    `tokenizer`: the base model's, to check span positions in the contributions (else a note)."""
     from chain.eip712 import receipt_digest
     from chain.merkle import StandardMerkleTree
 
@@ -216,7 +232,11 @@ async def audit_batch(
     report.receipts = len(entries)
     if len(entries) != ev.count:
         report.discrepancies.append(Discrepancy("leaf", f"the file has {len(entries)} receipts, the batch commits {ev.count}"))
-    contributions = _Contributions(c, backends, cache, contribution_max_bytes)
+    contributions = _Contributions(c, backends, cache, contribution_max_bytes, tokenizer)
+    version = doc.get("version")
+    require_positions = isinstance(version, int) and not isinstance(version, bool) and version >= POSITIONS_VERSION
+    if tokenizer is None:
+        report.notes.append("no tokenizer: span positions in the contributions not checked")
     splits: dict[int, dict[int, int]] = {}
 
     def split_of(adapter_id: int) -> dict[int, int]:
@@ -232,7 +252,7 @@ async def audit_batch(
         leaf = raw.get("leafIndex", pos) if isinstance(raw, dict) else pos
         rid = raw.get("requestId") if isinstance(raw, dict) else None
         leaf_ok = isinstance(leaf, int) and not isinstance(leaf, bool) and leaf not in digests and 0 <= leaf < len(entries)
-        signed, problems, notes = await check_receipt(c, raw, node, contributions, split_of)
+        signed, problems, notes = await check_receipt(c, raw, node, contributions, split_of, require_positions)
         if signed is not None and not leaf_ok:
             problems.insert(0, ("leaf", f"leaf index {leaf!r} is not a unique index into the batch"))
         elif signed is not None:
@@ -375,9 +395,10 @@ def settled_entries(c, settled) -> list[Entry] | None:
     return entries if entries_hash(entries) == settled.entries_hash else None
 
 
-async def check_receipt(c, raw: Any, node: str, contributions: _Contributions, split_of):
+async def check_receipt(c, raw: Any, node: str, contributions: _Contributions, split_of, require_positions: bool = False):
     """(SignedReceipt or None, [(rule, detail)], notes) for one receipt JSON of `node`: signature,
-    attribution hash, adapter datasets, spans, weights from spans (not the Merkle leaf: see callers)."""
+    attribution hash, adapter datasets, spans, weights from spans (not the Merkle leaf: see callers).
+    `require_positions`: a span without contributionStart is a discrepancy, not a note."""
     from chain.eip712 import SignedReceipt, TypedDataError
 
     if not isinstance(raw, dict):
@@ -420,11 +441,21 @@ async def check_receipt(c, raw: Any, node: str, contributions: _Contributions, s
         problems.append(("span", "spans is not a list"))
         spans = []
     spans_ok = True
+    unplaced = 0
     for k, s in enumerate(spans):
         problem = await _check_span(s, weights, r.completion_tokens, contributions)
+        if problem is _UNPLACED:
+            if not require_positions:
+                unplaced += 1
+                continue
+            problem = "no contributionStart (required in a receipts file of this version)"
         if problem:
             spans_ok = False
             problems.append(("span", f"spans[{k}]: {problem}"))
+    if unplaced:
+        notes.append(
+            f"unverifiable-position: {unplaced} span(s) state no contributionStart (a receipt from before span positions)"
+        )
     if spans_ok and weights and len(spans) < MAX_SPANS:
         got = _spans_weights(spans, r.completion_tokens)
         if got != weights:
@@ -432,6 +463,9 @@ async def check_receipt(c, raw: Any, node: str, contributions: _Contributions, s
     elif spans_ok and len(spans) >= MAX_SPANS:
         notes.append(f"{len(spans)} spans (the attributor's cap): weights not recomputed")
     return signed, problems, notes
+
+
+_UNPLACED = "unplaced"  # _check_span: every other check passed, but the span states no position
 
 
 async def _check_span(s: Any, weights: dict[int, int], completion_tokens: int, contributions: _Contributions) -> str | None:
@@ -455,6 +489,19 @@ async def _check_span(s: Any, weights: dict[int, int], completion_tokens: int, c
         return f"contribution {cid} content unavailable: {content}"
     if text not in content:
         return f"its text {text[:60]!r} does not occur in contribution {cid}"
+    at = s.get("contributionStart")
+    if at is None:
+        return _UNPLACED
+    if not isinstance(at, int) or isinstance(at, bool) or at < 0:
+        return f"contributionStart {at!r} is not a non-negative integer"
+    if contributions.tokenizer is None:
+        return None  # audit_batch notes it once
+    tokens = contributions.tokens_of(cid, content)
+    n = end - start  # the span's output tokens equal the contribution's tokens at its position
+    if at + n > tokens.shape[0]:
+        return f"contribution {cid} tokens [{at}, {at + n}) run past its {tokens.shape[0]} tokens"
+    if contributions.tokenizer.decode(tokens[at : at + n].tolist()) != text:
+        return f"contribution {cid} tokens [{at}, {at + n}) are not its text {text[:60]!r}"
     return None
 
 
@@ -491,9 +538,11 @@ async def verify_with_output(
     got_batch = body.get("batch")
     batch = got_batch if isinstance(got_batch, dict) else {}
     report = AuditReport(node=node, seq=int(batch.get("seq") or 0), receipts_cid=str(batch.get("cid") or ""))
-    contributions = _Contributions(c, backends, cache, contribution_max_bytes)
+    contributions = _Contributions(c, backends, cache, contribution_max_bytes, tokenizer)
     signed, problems, notes = await check_receipt(c, raw, node, contributions, _split_reader(c))
     report.receipts = 1 if signed is not None else 0
+    if tokenizer is None:
+        notes.append("no tokenizer: span positions in the output and the contributions not checked")
     rid = raw.get("requestId") if isinstance(raw.get("requestId"), str) else None
     if signed is not None:
         if output_hash(output) != signed.receipt.output_hash:

@@ -98,6 +98,8 @@ def _spans(obj: Any) -> list[dict[str, Any]]:
         }
         if span["end"] <= span["start"]:
             raise ReceiptFormatError(f"spans[{i}]: end {span['end']} is not after start {span['start']}")
+        if s.get("contributionStart") is not None:  # absent in receipts from before span positions
+            span["contributionStart"] = _uint(s["contributionStart"], f"spans[{i}].contributionStart")
         text = s.get("text")
         if text is not None and not isinstance(text, str):
             raise ReceiptFormatError(f"spans[{i}].text: expected a string")
@@ -163,13 +165,13 @@ def _print_table(r: ExplainedReceipt) -> None:
     console.print(weights)
     if r.dataset_attribution:
         console.print("datasets: " + ", ".join(f"{d}: {b / 100:.2f}%" for d, b in r.dataset_attribution.items()))
-    spans = Table(title="Matched spans (output tokens [start, end))")
+    spans = Table(title="Matched spans (output tokens [start, end); contribution @ its token offset)")
     for col in ("contribution", "dataset", "tokens", "len"):
         spans.add_column(col, justify="right")
     spans.add_column("text", overflow="fold")
     for s in r.spans:
         spans.add_row(
-            str(s["contributionId"]),
+            f"{s['contributionId']} @ {s.get('contributionStart', '?')}",
             str(s["datasetId"]),
             f"{s['start']}-{s['end']}",
             str(s["end"] - s["start"]),
@@ -246,7 +248,9 @@ def audit_cmd(
 
     who = checksum(node, "node address") if node else None
     c = connect(rpc_url, deployment)
-    report = run_async(audit_batch(c, read_backends(ipfs_store, kubo_url, gateway), fetch_cache(), batch, who))
+    report = run_async(
+        audit_batch(c, read_backends(ipfs_store, kubo_url, gateway), fetch_cache(), batch, who, tokenizer=_tokenizer())
+    )
     if slash_files is not None and report.slash_files:
         try:
             slash_files.mkdir(parents=True, exist_ok=True)
@@ -295,7 +299,8 @@ def verify_cmd(
 
 
 def _tokenizer():
-    """The base model's tokenizer (span positions are output token offsets); None if unavailable."""
+    """The base model's tokenizer (span positions are token offsets in the output and in the
+    contribution); None if unavailable."""
     try:
         from transformers import AutoTokenizer
 

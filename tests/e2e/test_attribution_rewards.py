@@ -181,8 +181,11 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
     from node.attribution_rewards.audit import audit_batch, verify_with_output
 
     cache = ContentCache(tmp_path / "audit-cache", 1 << 26)
-    report = await audit_batch(c, [store], cache, 1, node)
+    report = await audit_batch(c, [store], cache, 1, node, tokenizer=engine.tokenizer)
     assert report.ok, report.discrepancies
+    # every span states where it occurs in its contribution, and the audit checked each there
+    assert batch["version"] == 2 and all(isinstance(s["contributionStart"], int) for r in batch["receipts"] for s in r["spans"])
+    assert not any("position" in n for n in report.notes), report.notes
     assert report.settled and report.expected_amounts == attributed
     # the same through the CLI (exit 0, JSON report)
     from typer.testing import CliRunner
@@ -240,6 +243,7 @@ async def test_rewards_follow_what_answers_drew_on(fresh_anvil, engine, tmp_path
     body = {"receipt": first, "batch": {"seq": 1, "cid": committed.receipts_cid}, "proof": tree.proof_hex(0)}
     got = await verify_with_output(c, [store], cache, body, answers[0], engine.tokenizer)
     assert got.ok and got.settled, got.discrepancies
+    assert not any("position" in n for n in got.notes), got.notes
     assert any(s["contributionId"] == ids["alice"] for s in first["spans"])
     wrong = await verify_with_output(c, [store], cache, body, answers[0] + " (edited)", engine.tokenizer)
     assert [d.rule for d in wrong.discrepancies] == ["output"]

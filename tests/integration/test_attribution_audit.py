@@ -7,7 +7,10 @@ audit reads only public data); each lie is caught with the rule it breaks:
   names it; a receipt attributing it is provable on chain from one leaf, and the audit's slash file
   slashes the node without arbitrator, once);
 - a node signs an attribution past 10,000 bps (likewise slashable from the leaf);
-- a node invents a span that does not occur in the contribution.
+- a node invents a span that does not occur in the contribution;
+- a node states a span at a wrong position in the contribution, or one whose text occurs there
+  but is fewer tokens than the span claims (checked with the base model's tokenizer); a span
+  without a position is a lie in a version-2 receipts file and a note in a version-1 one.
 Hostile input: an uncommitted batch, a receipts file no backend has, a CID that is not one, a file
 over the size cap, a file that is not JSON, and a file whose receipts are not the committed ones.
 """
@@ -88,7 +91,7 @@ HONEST = [  # (adapter cost, attribution, spans): spans give exactly these weigh
 ]
 
 
-async def _batch(world, who: str, receipts=HONEST, *, lie=None, cid_override=None) -> tuple[int, dict]:
+async def _batch(world, who: str, receipts=HONEST, *, lie=None, cid_override=None, version=1) -> tuple[int, dict]:
     """Sign `receipts` as node `who`, pin the file, commit, redeem, settle (with `lie(entries)` applied)."""
     c, store, tmp, node = world["c"], world["store"], world["tmp"], ACCT[who]
     seq = c.receipts.last_seq(node.address) + 1
@@ -125,7 +128,7 @@ async def _batch(world, who: str, receipts=HONEST, *, lie=None, cid_override=Non
         )
     tree = StandardMerkleTree.of([[d] for d in digests], ["bytes32"])
     path = tmp / f"{who}-{seq}.json"
-    path.write_text(json.dumps({"version": 1, "node": node.address, "batchSeq": seq, "receipts": docs}))
+    path.write_text(json.dumps({"version": version, "node": node.address, "batchSeq": seq, "receipts": docs}))
     cid = cid_override or store.add_path_sync(path)
     c.receipts.commit_batch(node, seq, tree.root, len(docs), cid)
     col = c.escrow.collected(ACCT["payer"].address, node.address, 1)
@@ -271,6 +274,66 @@ async def test_invented_span_is_caught(world):
     report = await _audit(world, seq, "inventor")
     (d,) = report.discrepancies
     assert d.rule == "span" and d.leaf_index == 0 and "does not occur in contribution 1" in d.detail
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from inference.base_model import resolve_model_folder
+
+    return AutoTokenizer.from_pretrained(str(resolve_model_folder(None)), local_files_only=True)
+
+
+def _placed(tokenizer, at: int, n: int, **override) -> dict:
+    """An honest span: contribution 1's tokens [at, at + n) (as the index tokenizes it) copied to output [0, n)."""
+    from inference.attribution.text import tokenize
+
+    tokens = tokenize(tokenizer, TEXT[1])
+    span = {**_span(1, 1, 0, n, tokenizer.decode(tokens[at : at + n].tolist())), "contributionStart": at}
+    return {**span, **override}
+
+
+async def test_span_at_its_stated_position_passes(world, tokenizer):
+    seq, _ = await _batch(world, "inventor", [(10**15, {1: 10_000}, [_placed(tokenizer, 3, 6)])], version=2)
+    report = await _audit(world, seq, "inventor", tokenizer=tokenizer)
+    assert report.ok, report.discrepancies
+    assert not any("position" in n for n in report.notes), report.notes
+
+
+@pytest.mark.parametrize(
+    "lie, expected",
+    [
+        ({"contributionStart": 4}, "tokens [4, 10) are not its text"),  # the text occurs, but not there
+        ({"contributionStart": 10**6}, "run past its"),
+        ({"contributionStart": -1}, "not a non-negative integer"),
+        ({"contributionStart": "3"}, "not a non-negative integer"),
+        ({"end": 10}, "tokens [3, 13) are not its text"),  # claims 10 output tokens for a 6-token text
+    ],
+)
+async def test_span_at_a_wrong_position_is_caught(world, tokenizer, lie, expected):
+    seq, _ = await _batch(world, "inventor", [(10**15, {1: 10_000}, [_placed(tokenizer, 3, 6, **lie)])], version=2)
+    report = await _audit(world, seq, "inventor", tokenizer=tokenizer)
+    (d,) = [d for d in report.discrepancies if d.rule == "span"]
+    assert d.leaf_index == 0 and expected in d.detail, d.detail
+
+
+async def test_span_without_position_is_a_lie_in_version_2_and_a_note_in_version_1(world, tokenizer):
+    span = _placed(tokenizer, 3, 6)
+    del span["contributionStart"]
+    seq, _ = await _batch(world, "inventor", [(10**15, {1: 10_000}, [span])], version=2)
+    (d,) = (await _audit(world, seq, "inventor", tokenizer=tokenizer)).discrepancies
+    assert d.rule == "span" and "no contributionStart" in d.detail
+    seq, _ = await _batch(world, "inventor", [(10**15, {1: 10_000}, [span])], version=1)
+    report = await _audit(world, seq, "inventor", tokenizer=tokenizer)
+    assert report.ok, report.discrepancies
+    assert any(n.startswith("leaf 0: unverifiable-position: 1 span(s)") for n in report.notes), report.notes
+
+
+async def test_positions_unchecked_without_a_tokenizer_say_so(world, tokenizer):
+    seq, _ = await _batch(world, "inventor", [(10**15, {1: 10_000}, [_placed(tokenizer, 3, 6, contributionStart=4)])], version=2)
+    report = await _audit(world, seq, "inventor")
+    assert report.ok and "no tokenizer: span positions in the contributions not checked" in report.notes
 
 
 async def test_weights_not_following_from_spans_are_caught(world):

@@ -195,6 +195,13 @@ async def test_receipts_attribute_answers_to_contributions(fresh_anvil, engine, 
         assert rec["datasetAttribution"] == {str(ds): 10_000}
         assert rec["spans"] and all(s["contributionId"] in weights for s in rec["spans"])
         assert any(s["contributionId"] == planted and s["text"] and s["text"] in answer for s in rec["spans"])
+        # each span states where its tokens are in the contribution, as an auditor re-tokenizes it
+        from inference.attribution.text import tokenize
+
+        source = tokenize(engine.tokenizer, FILLER_A + answer + FILLER_B).tolist()
+        for s in (s for s in rec["spans"] if s["contributionId"] == planted):
+            at, n = s["contributionStart"], s["end"] - s["start"]
+            assert source[at : at + n] == answer_ids[s["start"] : s["end"]], s
         # the same answer, the same weights (deterministic)
         assert svc.attributor_for(1).attribute(answer_ids).weights_bps == weights
 

@@ -242,6 +242,7 @@ async def test_batches_commit_and_vouchers_redeem(world):
 
     doc = json.loads(got.read_text())
     assert doc["batchSeq"] == 1 and len(doc["receipts"]) == 4 and doc["node"] == OPERATOR.address
+    assert doc["version"] == 2  # no span lacks its contributionStart
     # idempotent: nothing more to do, no new transaction
     nonce = world["w3"].eth.get_transaction_count(OPERATOR.address)
     await st.run_once(force=True)

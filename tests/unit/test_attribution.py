@@ -126,6 +126,27 @@ def test_copy_from_two_contributions_splits_by_tokens(tmp_path, tokenizer, corpu
     assert ids_ == [10, 12] and sum(bps) == 10_000
 
 
+def test_spans_state_where_they_occur_in_the_contribution(tmp_path, tokenizer, corpus):
+    """Each span's contributionStart is an offset into the contribution's tokens as the index (and
+    an auditor, with inference.attribution.text.tokenize) tokenizes it, where the span's output
+    tokens occur: also for a copy longer than max_span_tokens (a chain of capped matches)."""
+    from inference.attribution.text import tokenize
+
+    src = {cid: tokenize(tokenizer, text).tolist() for cid, (_, _, text) in corpus.items()}
+    answer = src[10][100:160] + src[12][300:320] + src[11][500:800]  # 60, 20 and a 300-token copy
+    res = make(tmp_path, tokenizer, corpus, max_span_tokens=64).attribute(answer, tokenizer)
+    assert max(s.end - s.start for s in res.spans) > 64  # the chained copy is among them
+    for s in res.spans:
+        at = s.contribution_start
+        assert at is not None and src[s.contribution_id][at : at + s.end - s.start] == answer[s.start : s.end]
+        assert s.to_json()["contributionStart"] == at
+    assert {(s.contribution_id, s.contribution_start) for s in res.spans if s.end - s.start >= 20} >= {
+        (10, 100),
+        (12, 300),
+        (11, 500),
+    }
+
+
 def test_identical_contributions_split_evenly(tmp_path, tokenizer, corpus):
     att = make(tmp_path, tokenizer, corpus)
     att.add(20, 3, "bafkcopyoften", corpus[10][2].encode())  # same text, another contribution

@@ -40,7 +40,7 @@ def receipt_json(att: Attribution, *, hash_of: Attribution | None = None) -> dic
 
 ATT = Attribution(
     weights_bps={4: 7500, 9: 2500},
-    spans=[Span(4, 1, 0, 24, "the planted sentence from four"), Span(9, 2, 24, 32, "tail from nine")],
+    spans=[Span(4, 1, 0, 24, "the planted sentence from four", 1200), Span(9, 2, 24, 32, "tail from nine", 7)],
     dataset_weights={1: 7500, 2: 2500},
 )
 
@@ -56,7 +56,7 @@ def test_explain_prints_spans_with_their_contributions(tmp_path):
     assert res.exit_code == 0, res.output
     assert "the planted sentence from four" in res.output and "tail from nine" in res.output
     assert "75.00%" in res.output and "matches the weights" in res.output
-    assert "0-24" in res.output and "24-32" in res.output
+    assert "0-24" in res.output and "24-32" in res.output and "4 @ 1200" in res.output
 
 
 def test_explain_json_round_trips_the_attribution(tmp_path):
@@ -67,6 +67,14 @@ def test_explain_json_round_trips_the_attribution(tmp_path):
     assert out["datasetAttribution"] == {"1": 7500, "2": 2500}
     assert out["attributionHashOk"] is True and out["adapterId"] == 3
     assert [(s["contributionId"], s["start"], s["end"]) for s in out["spans"]] == [(4, 0, 24), (9, 24, 32)]
+    assert [s["contributionStart"] for s in out["spans"]] == [1200, 7]
+
+
+def test_explain_reads_a_receipt_from_before_span_positions(tmp_path):
+    old = Attribution({4: 10_000}, [Span(4, 1, 0, 24, "the planted sentence")], {1: 10_000})  # no contributionStart
+    res = run(tmp_path, receipt_json(old), "--json")
+    assert res.exit_code == 0, res.output
+    assert "contributionStart" not in json.loads(res.output)["spans"][0]
 
 
 def test_explain_empty_attribution_says_the_registered_split_applies(tmp_path):
@@ -97,6 +105,13 @@ def test_explain_flags_weights_that_do_not_match_the_signed_hash(tmp_path):
         ),
         ({"attribution": {"4": 10000}, "spans": [{"contributionId": 8, "datasetId": 1, "start": 0, "end": 9}]}, "without weight"),
         ({"attribution": {"4": 10000}, "spans": "all"}, "expected a list"),
+        (
+            {
+                "attribution": {"4": 10000},
+                "spans": [{"contributionId": 4, "datasetId": 1, "start": 0, "end": 9, "contributionStart": -3}],
+            },
+            "spans[0].contributionStart: expected an unsigned integer",
+        ),
     ],
 )
 def test_explain_refuses_malformed_receipts_with_a_reason(tmp_path, bad, reason):

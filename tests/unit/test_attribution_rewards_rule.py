@@ -93,3 +93,14 @@ def test_audit_cli_refuses_bad_arguments():
     assert res.exit_code == 2 and "not a valid node address" in res.output
     res = runner.invoke(app, ["attribution", "audit", "--batch", "1", "--rpc-url", "http://127.0.0.1:9"])
     assert res.exit_code == 3 and "cannot reach the chain" in res.output
+
+
+def test_receipts_file_version_says_whether_every_span_is_placed():
+    """Version 2 (the audit then requires contributionStart) only when every span states one:
+    receipts signed before the upgrade may share a batch with new ones."""
+    from node.daemon.settlement.settler import _file_version
+
+    placed = {"spans": [{"contributionId": 1, "start": 0, "end": 9, "contributionStart": 4}]}
+    old = {"spans": [{"contributionId": 1, "start": 0, "end": 9}]}
+    assert _file_version([placed, {"spans": []}, {}]) == 2
+    assert _file_version([placed, old]) == 1

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.attribution.suffix_array import build_suffix_array, matching_statistics
+from inference.attribution.suffix_array import build_suffix_array, find_occurrence, matches_with_positions, matching_statistics
 from inference.attribution.weights import TOTAL_BPS, coverage, credit, maximal_spans, to_bps
 
 small_texts = st.lists(st.integers(0, 3), min_size=0, max_size=60)
@@ -54,6 +54,33 @@ def test_matching_statistics_equal_brute_force(segments, query, k, cap):
     assert ms.shape == (len(segments), len(query))
     for c, seg in enumerate(segments):
         assert list(ms[c]) == brute_ms(seg, query, k, min(cap, max(len(query), 1)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(small_texts.filter(bool), min_size=1, max_size=4), small_texts, st.integers(1, 4), st.integers(1, 12))
+def test_match_positions_point_at_the_match(segments, query, k, cap):
+    """Every reported position is a real occurrence of the match, in its own segment."""
+    tokens = np.concatenate([np.array(s, dtype=np.uint32) for s in segments])
+    sa = np.concatenate([build_suffix_array(np.array(s, dtype=np.uint32)) for s in segments])
+    offsets = np.cumsum([0] + [len(s) for s in segments])
+    q = np.array(query, dtype=np.int64)
+    ms, at = matches_with_positions(tokens, sa, offsets, q, k, cap)
+    assert at.shape == ms.shape and at.dtype == np.uint32
+    for c, seg in enumerate(segments):
+        for i in range(len(query)):
+            n, p = int(ms[c, i]), int(at[c, i])
+            assert seg[p : p + n] == query[i : i + n] if n else p == 0
+    assert np.array_equal(matches_with_positions(tokens, sa, offsets, q, k, cap)[1], at)  # deterministic
+
+
+@settings(max_examples=100, deadline=None)
+@given(small_texts.filter(bool), small_texts.filter(bool))
+def test_find_occurrence_equals_brute_force(text, query):
+    t = np.array(text, dtype=np.uint32)
+    found = find_occurrence(t, build_suffix_array(t), np.array(query, dtype=np.int64))
+    occurs = [j for j in range(len(text) - len(query) + 1) if text[j : j + len(query)] == query]
+    assert (found is None) == (not occurs)
+    assert found is None or found in occurs
 
 
 def test_maximal_spans_drop_contained_runs():

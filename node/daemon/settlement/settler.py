@@ -271,7 +271,7 @@ class Settlement:
             tree = StandardMerkleTree.of([[d] for _, d, _ in receipts], ["bytes32"])
             root = _hex(tree.root)
             doc = {
-                "version": 1,
+                "version": _file_version(r for _, _, r in receipts),
                 "chainId": self.chain_id,
                 "receiptLog": self.contracts.receipts.address,
                 "node": self.node,
@@ -489,3 +489,10 @@ def settlement_from_config(
         confirmations=cfg.confirmations,
         **kwargs,
     )
+
+
+def _file_version(receipts) -> int:
+    """2 when every span states its contributionStart (the audit then requires it), else 1: receipts
+    signed before an upgrade may still be pending, and version 1 keeps them auditable (by text)."""
+    placed = all("contributionStart" in sp for r in receipts for sp in (r.get("spans") or []) if isinstance(sp, dict))
+    return 2 if placed else 1
