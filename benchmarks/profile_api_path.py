@@ -7,6 +7,8 @@ one transaction per receipt and in groups of 16 (node.db.group_commit), SSE fram
 chunk, and the final event's JSON. SQLite file in WAL mode, as the node runs it. `admit_256_*`: 256
 concurrent admissions through the real payment gate, wall time and event-loop CPU per admission,
 with the gate's batched off-loop signer recovery and with the recovery inline on the loop (peer).
+`receipt_256_*`: 256 receipts issued together (adapters without an attribution index), wall time
+and event-loop CPU per receipt, through the issuer and with one attribution thread hop each (peer).
 
 Peer: the per-receipt commit path measured in the same run (`grouped_vs_single` = per-receipt
 time of one commit each ÷ per-receipt time in groups of 16).
@@ -177,6 +179,32 @@ def main() -> int:
             return round((time.perf_counter() - t0) / (rounds * 16) * 1e6, 1)
 
         out["receipt_grouped_16"] = asyncio.run(grouped())
+
+        async def receipts_256() -> None:
+            # 256 receipts finishing together for adapters without an attribution index: the issuer
+            # (no thread hop for the attribution) vs one hop per receipt as the API used to do (peer)
+            issuer.committer = GroupCommitter(ledger.append_receipts)
+            issuer.attributor_for = lambda adapter_id: None
+            lanes = [Lane(payer.address, operator.address, a) for a in range(100, 356)]
+            base = {k: v for k, v in kw.items() if k not in ("lane", "attribution")}
+
+            async def one(ln, hop: bool):
+                att = await asyncio.to_thread(issuer.attribution, ln.adapter_id, [1, 2, 3]) if hop else None
+                await issuer.issue_async(request_id=new_request_id(), lane=ln, token_ids=[1, 2, 3], attribution=att, **base)
+
+            samples: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+            for rnd in range(max(3, n // 100) + 1):
+                for hop in (False, True):
+                    t0, c0 = time.perf_counter(), time.thread_time()
+                    await asyncio.gather(*(one(ln, hop) for ln in lanes))
+                    if rnd:  # the first round warms
+                        samples[hop].append(((time.perf_counter() - t0) / 256 * 1e6, (time.thread_time() - c0) / 256 * 1e6))
+            await issuer.committer.close()
+            for hop, name in ((False, "issuer"), (True, "hop_each")):
+                out[f"receipt_256_{name}_wall"] = round(statistics.median(x[0] for x in samples[hop]), 1)
+                out[f"receipt_256_{name}_loop_cpu"] = round(statistics.median(x[1] for x in samples[hop]), 1)
+
+        asyncio.run(receipts_256())
 
     out.update(admit_256(operator, n))
 
