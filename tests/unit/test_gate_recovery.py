@@ -1,8 +1,9 @@
 """The payment gate recovers voucher signers off the event loop, concurrent requests' vouchers in
 one worker-thread hop, and every check still holds: in a crowd of concurrent requests a forged
 signature, a voucher signed by a stranger and a replay on a busy lane are each refused with their
-own reason while the honest ones are admitted (the gate against real contracts:
-tests/integration/test_api_payments.py)."""
+own reason while the honest ones are admitted. Escrow reads missed by many requests together are
+shared (one RPC call, one rate-limit token), and never across an invalidation (the gate against
+real contracts: tests/integration/test_api_payments.py)."""
 
 from __future__ import annotations
 
@@ -121,3 +122,75 @@ async def test_a_replay_racing_on_a_busy_lane_is_refused_after_the_recovery_wait
     first.release()
     assert await second == "admitted"  # nothing was served: owed is still 0, the prepayment is still in range
     assert gate.lock_count() == 1 and gate.reserved(p.address) == MAX_COST.total
+
+
+class _SlowEscrow(_Escrow):
+    """Escrow reads that take a while (an RPC round trip) and are counted; `balance` is what the
+    chain says now."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.balance = 10**18
+        self.release = threading.Event()
+
+    def available(self, payer: str, node: str) -> int:
+        self.reads += 1
+        balance = self.balance
+        self.release.wait(5)
+        return balance
+
+
+async def _until(cond, timeout_s: float = 5.0) -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def _slow_gate(tmp_path, escrow: _SlowEscrow, burst: int) -> PaymentGate:
+    url = f"sqlite:///{tmp_path / 'slow.db'}"
+    migrate(url)
+    return PaymentGate(
+        node_address=NODE.address,
+        mode="voucher",
+        escrow=escrow,
+        book=Ledger(make_session_factory(url)),
+        chain_id=CHAIN_ID,
+        escrow_address=ESCROW,
+        chain_read_burst=burst,
+        chain_reads_per_s=0.001,
+    )
+
+
+async def test_a_crowd_of_one_payers_requests_on_a_cold_cache_shares_one_chain_read(tmp_path):
+    """One payer streaming on many lanes when its balance entry expires: one read, not one per
+    request (which spent the read budget and answered honest requests 503)."""
+    escrow = _SlowEscrow()
+    gate = _slow_gate(tmp_path, escrow, burst=8)
+    p = PAYERS[0]
+    crowd = [asyncio.create_task(_outcome(gate, _signed(p, p.address, 10 + i), 10 + i)) for i in range(32)]
+    await asyncio.sleep(0.2)
+    escrow.release.set()
+    assert await asyncio.gather(*crowd) == ["admitted"] * 32
+    assert escrow.reads == 1
+
+
+async def test_a_request_after_an_invalidation_does_not_ride_on_an_older_read(tmp_path):
+    """A Withdrawn event lands while a balance read is in flight: requests after it read again and
+    see the new balance; the older read's value is not cached."""
+    escrow = _SlowEscrow()
+    gate = _slow_gate(tmp_path, escrow, burst=8)
+    p = PAYERS[0]
+    before = asyncio.create_task(_outcome(gate, _signed(p, p.address, 1), 1))
+    await _until(lambda: escrow.reads == 1)
+    escrow.balance = 0  # withdrawn on chain; the follower invalidates
+    gate.invalidate(p.address)
+    after = asyncio.create_task(_outcome(gate, _signed(p, p.address, 2), 2))
+    await _until(lambda: escrow.reads == 2)
+    escrow.release.set()
+    assert await before == "admitted"  # admitted on what the chain said when it asked
+    assert await after == "escrow_insufficient"
+    assert escrow.reads == 2
+    assert await _outcome(gate, _signed(p, p.address, 3), 3) == "escrow_insufficient"  # not the stale value
+    assert escrow.reads == 2

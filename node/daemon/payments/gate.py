@@ -103,10 +103,17 @@ class LaneBook(Protocol):
 
 
 class _TTLCache:
+    """Chain reads by key, each fresh for `ttl_s`, with the read in flight per key: concurrent misses
+    on one key share it (one RPC call, one rate-limit token). `drop` forgets the value and the read
+    in flight, and a read that straddles a drop is not cached: nothing asked before an escrow event
+    outlives it."""
+
     def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
         self._clock = clock
         self._d: dict = {}
+        self._flights: dict = {}  # key -> asyncio.Task of the read in flight
+        self.drops = 0  # bumped by every drop: a read started before it is not cached
 
     def get(self, key):
         hit = self._d.get(key)
@@ -126,6 +133,23 @@ class _TTLCache:
 
     def drop(self, key) -> None:
         self._d.pop(key, None)
+        self._flights.pop(key, None)
+        self.drops += 1
+
+    def flight(self, key) -> asyncio.Task | None:
+        return self._flights.get(key)
+
+    def fly(self, key, task: asyncio.Task) -> asyncio.Task:
+        self._flights[key] = task
+
+        def landed(t: asyncio.Task) -> None:
+            if self._flights.get(key) is t:
+                self._flights.pop(key)
+            if not t.cancelled():
+                t.exception()  # retrieved: every waiter may have gone
+
+        task.add_done_callback(landed)
+        return task
 
 
 class _TokenBucket:
@@ -243,9 +267,18 @@ class PaymentGate:
     async def _read(self, cache: _TTLCache, key, fn, *args):
         """A chain read, cached; while the RPC is down the last known value keeps serving going,
         and with none known the request gets a 503 (retry) instead of an error. Reads are
-        rate-limited: a flood of fresh keys gets 503s instead of one RPC call each."""
-        if not self._reads.take():
-            raise PaymentChecksThrottled("too many payment checks at once; retry shortly")
+        rate-limited: a flood of fresh keys gets 503s instead of one RPC call each; requests
+        missing the same key together share one read (a payer streaming on many lanes)."""
+        flight = cache.flight(key)
+        if flight is None:
+            if not self._reads.take():
+                raise PaymentChecksThrottled("too many payment checks at once; retry shortly")
+            flight = cache.fly(key, asyncio.ensure_future(self._read_once(cache, key, fn, *args)))
+        return await asyncio.shield(flight)  # one waiter cancelled must not cancel the others' read
+
+    @staticmethod
+    async def _read_once(cache: _TTLCache, key, fn, *args):
+        drops = cache.drops
         try:
             value = await asyncio.to_thread(fn, *args)
         except Exception as e:  # any provider failure
@@ -254,7 +287,8 @@ class PaymentGate:
                 log.warning("chain read failed (%s); using the last known value", type(e).__name__)
                 return stale
             raise ChainUnavailable("cannot check the payment: the chain is unreachable; retry shortly") from e
-        cache.put(key, value)
+        if cache.drops == drops:  # an invalidation meanwhile: this value may predate the event
+            cache.put(key, value)
         return value
 
     def _recover_group(self, vouchers: Sequence[SignedVoucher]) -> list[str | Exception]:
