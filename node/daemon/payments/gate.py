@@ -16,13 +16,13 @@ unauthenticated traffic cannot grow memory or RPC load without bound. `node.daem
 invalidates the caches when Deposited/ThawStarted/Withdrawn/signer events arrive.
 
 Event loop: recovering a voucher's signer (EIP-712 digest + secp256k1 recovery + EIP-55) costs
-~100 µs of CPU, the gate's largest step per request. The vouchers of concurrent requests are
+~85 µs of CPU, the gate's largest step per request. The vouchers of concurrent requests are
 recovered together, one worker-thread hop per group (`node.db.group_commit.GroupCommitter`), before
 any lane lock is taken; every check after it runs as before. Measured with
 `benchmarks/profile_api_path.py` (`admit_256_*`: 256 concurrent admissions, caches warm, 2 shared
-cores): the loop held ~155 µs per admission recovering inline, ~55 µs with one `asyncio.to_thread`
-per voucher (and a longer wall time: the hop cost more than it saved), ~35 µs batched, with the
-wall time per admission equal or lower than inline. The voucher write is already off the loop.
+cores): the loop held ~130-155 µs per admission recovering inline, ~55 µs with one
+`asyncio.to_thread` per voucher (and ~15% more wall time: the hop cost more than it saved), ~35 µs
+batched, with the same wall time per admission as inline (~130-155 µs). The voucher write is already off the loop.
 
 In `operator-funded` mode clients present an API key instead and the operator signs the
 cumulative voucher as payer after each request: the same protocol, one trusted payer.

@@ -7,8 +7,8 @@ written in one transaction per group, in a worker thread (node.db.group_commit);
 only after its receipt committed. On the event loop stay the output hash (keccak of the text) and
 building the job. Span matching runs in a worker thread only when the adapter has an attribution
 index: measured with `benchmarks/profile_api_path.py` (`receipt_256_*`: 256 receipts issued
-together, 2 shared cores), a hop for an adapter without one held the loop ~45-50 µs per receipt
-instead of ~27 µs and took ~260 µs of wall time per receipt instead of ~230 µs. Signing stays in
+together, 2 shared cores), a hop for an adapter without one held the loop ~41-50 µs per receipt
+instead of ~27-31 µs, for no gain in wall time (~215-265 µs per receipt either way). Signing stays in
 the writer's thread: inline it would hold the loop another ~120 µs per receipt (`receipt_sign_only`).
 """
 
