@@ -4,7 +4,11 @@ Times each step the API runs for one streamed chat completion, in isolation, wit
 voucher header parse + signer recovery (payment gate), the escrow-cache hit, the voucher write
 (one transaction), the receipt (EIP-712 digest + secp256k1 signature + insert + commit) written
 one transaction per receipt and in groups of 16 (node.db.group_commit), SSE framing of one token
-chunk, and the final event's JSON. SQLite file in WAL mode, as the node runs it.
+chunk, and the final event's JSON. SQLite file in WAL mode, as the node runs it. `admit_256_*`: 256
+concurrent admissions through the real payment gate, wall time and event-loop CPU per admission,
+with the gate's batched off-loop signer recovery and with the recovery inline on the loop (peer).
+`receipt_256_*`: 256 receipts issued together (adapters without an attribution index), wall time
+and event-loop CPU per receipt, through the issuer and with one attribution thread hop each (peer).
 
 Peer: the per-receipt commit path measured in the same run (`grouped_vs_single` = per-receipt
 time of one commit each ÷ per-receipt time in groups of 16).
@@ -17,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +37,82 @@ def per_call_us(fn, n: int) -> float:
     for _ in range(n):
         fn()
     return round((time.perf_counter() - t0) / n * 1e6, 1)
+
+
+def admit_256(operator, n: int) -> dict:
+    """256 concurrent admissions through the real PaymentGate (16 payers x 16 lanes, escrow caches
+    warm, prepaid vouchers so no voucher write): wall time and event-loop CPU (`time.thread_time` of
+    the loop's thread) per admission, with the gate's batched off-loop signer recovery and, in
+    interleaved rounds, with the recovery inline on the loop (the peer). Medians of the rounds."""
+    from eth_account import Account
+
+    from chain.eip712 import SignedVoucher, Voucher, sign_voucher
+    from node.daemon.payments import gate as g
+    from node.daemon.payments.ledger import Ledger
+    from node.db import make_session_factory, migrate
+    from node.metering import Cost, Price
+    from node.wire import VOUCHER_HEADER, encode_voucher_header
+
+    chain_id, escrow = 31337, "0x" + "11" * 20
+
+    class Escrow:
+        def is_authorized(self, payer, signer):
+            return False
+
+        def available(self, payer, node):
+            return 10**30
+
+        def collected(self, lane):
+            return (0, 0)
+
+    class InlineGate(g.PaymentGate):
+        async def _recover(self, sv):
+            try:
+                return sv.signer(self.chain_id, self.escrow_address)
+            except Exception as e:
+                raise g._reject("voucher signature does not recover to an address", "voucher_bad_signature") from e
+
+    payers = [Account.create() for _ in range(16)]
+    price, max_cost = Price(1000, 1000), Cost(10**6, 10**6)
+    jobs = []
+    for i in range(256):
+        p, adapter = payers[i % 16], i // 16 + 1
+        v = Voucher(p.address, operator.address, adapter, 1, 1)
+        jobs.append(({VOUCHER_HEADER: encode_voucher_header(SignedVoucher(v, sign_voucher(v, p, chain_id, escrow)))}, adapter))
+    rounds = max(3, n // 100)
+    samples: dict[str, list[tuple[float, float]]] = {"batched": [], "inline": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/node.db"
+        migrate(url)
+        ledger = Ledger(make_session_factory(url))
+        kw = dict(
+            node_address=operator.address, mode="voucher", escrow=Escrow(), book=ledger, chain_id=chain_id, escrow_address=escrow
+        )
+        gates = {"batched": g.PaymentGate(**kw), "inline": InlineGate(**kw)}
+
+        async def crowd(gate) -> tuple[float, float]:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            auths = await asyncio.gather(*(gate.admit(h, a, price, max_cost) for h, a in jobs))
+            wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+            for au in auths:
+                au.release()
+            return wall / len(jobs) * 1e6, cpu / len(jobs) * 1e6
+
+        async def run() -> None:
+            for gate in gates.values():
+                for h, a in jobs[:16]:  # one per payer: fills the escrow cache
+                    (await gate.admit(h, a, price, max_cost)).release()
+                await crowd(gate)
+            for _ in range(rounds):
+                for name, gate in gates.items():
+                    samples[name].append(await crowd(gate))
+
+        asyncio.run(run())
+    out = {}
+    for name, xs in samples.items():
+        out[f"admit_256_{name}_wall"] = round(statistics.median(x[0] for x in xs), 1)
+        out[f"admit_256_{name}_loop_cpu"] = round(statistics.median(x[1] for x in xs), 1)
+    return out
 
 
 def main() -> int:
@@ -98,6 +179,34 @@ def main() -> int:
             return round((time.perf_counter() - t0) / (rounds * 16) * 1e6, 1)
 
         out["receipt_grouped_16"] = asyncio.run(grouped())
+
+        async def receipts_256() -> None:
+            # 256 receipts finishing together for adapters without an attribution index: the issuer
+            # (no thread hop for the attribution) vs one hop per receipt as the API used to do (peer)
+            issuer.committer = GroupCommitter(ledger.append_receipts)
+            issuer.attributor_for = lambda adapter_id: None
+            lanes = [Lane(payer.address, operator.address, a) for a in range(100, 356)]
+            base = {k: v for k, v in kw.items() if k not in ("lane", "attribution")}
+
+            async def one(ln, hop: bool):
+                att = await asyncio.to_thread(issuer.attribution, ln.adapter_id, [1, 2, 3]) if hop else None
+                await issuer.issue_async(request_id=new_request_id(), lane=ln, token_ids=[1, 2, 3], attribution=att, **base)
+
+            samples: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+            for rnd in range(max(3, n // 100) + 1):
+                for hop in (False, True):
+                    t0, c0 = time.perf_counter(), time.thread_time()
+                    await asyncio.gather(*(one(ln, hop) for ln in lanes))
+                    if rnd:  # the first round warms
+                        samples[hop].append(((time.perf_counter() - t0) / 256 * 1e6, (time.thread_time() - c0) / 256 * 1e6))
+            await issuer.committer.close()
+            for hop, name in ((False, "issuer"), (True, "hop_each")):
+                out[f"receipt_256_{name}_wall"] = round(statistics.median(x[0] for x in samples[hop]), 1)
+                out[f"receipt_256_{name}_loop_cpu"] = round(statistics.median(x[1] for x in samples[hop]), 1)
+
+        asyncio.run(receipts_256())
+
+    out.update(admit_256(operator, n))
 
     chunk = {
         "id": "chatcmpl-" + os.urandom(32).hex(),

@@ -366,9 +366,14 @@ def recover_digest_signer(digest: bytes, sig: Any) -> str:
     sig = check_signature(sig)
     try:
         signature = keys.Signature(signature_bytes=sig[:64] + bytes([sig[64] - 27]))
-        return signature.recover_public_key_from_msg_hash(digest).to_checksum_address()
+        address = signature.recover_public_key_from_msg_hash(digest).to_canonical_address()
     except (BadSignature, EthKeysValidationError) as e:
         raise TypedDataError(f"signature does not recover: {e}") from e
+    # cached EIP-55 (a keccak): a node recovers the same few signers again and again
+    checksummed = _checksum("0x" + address.hex())
+    if checksummed is None:  # unreachable: 20 bytes always make a hex address
+        raise TypedDataError("recovered public key has no address")
+    return checksummed
 
 
 def sign_voucher(v: Voucher, private_key: PrivateKeyLike, chain_id: int, escrow: str) -> bytes:

@@ -107,10 +107,9 @@ class _Served:
             lane = self.authz.lane
             op_voucher = lambda c, a: gate.operator_voucher(lane, c, a)  # noqa: E731  (a one-line closure, set in one mode only)
         issuer = self.app[K.ISSUER]
-        # Span matching is pure CPU: a worker thread keeps other requests' streams flowing. Signing
-        # and the DB write run in the receipt writer's thread, one transaction per group of requests
-        # finishing together; this returns once the receipt committed (before any response is sent).
-        attribution = await asyncio.to_thread(issuer.attribution, self.authz.lane.adapter_id, result.token_ids)
+        # Span matching (when the adapter has an index), signing and the DB write run in worker
+        # threads, one transaction per group of requests finishing together; this returns once the
+        # receipt committed (before any response is sent).
         issued = await issuer.issue_async(
             request_id=request_id,
             lane=self.authz.lane,
@@ -120,7 +119,6 @@ class _Served:
             text=result.text,
             token_ids=result.token_ids,
             operator_voucher=op_voucher,
-            attribution=attribution,
         )
         metrics = self.app[K.METRICS]
         metrics.tokens.labels("prompt").inc(result.prompt_tokens)

@@ -4,7 +4,12 @@ The sequence number comes from the DB (node.daemon.payments.ledger), the attribu
 `inference.attribution.Attributor` when the node has one for that adapter, else it is empty.
 The API issues with `issue_async`: requests finishing together have their receipts signed and
 written in one transaction per group, in a worker thread (node.db.group_commit); each returns
-only after its receipt committed.
+only after its receipt committed. On the event loop stay the output hash (keccak of the text) and
+building the job. Span matching runs in a worker thread only when the adapter has an attribution
+index: measured with `benchmarks/profile_api_path.py` (`receipt_256_*`: 256 receipts issued
+together, 2 shared cores), a hop for an adapter without one held the loop ~41-50 µs per receipt
+instead of ~27-31 µs, for no gain in wall time (~215-265 µs per receipt either way). Signing stays in
+the writer's thread: inline it would hold the loop another ~120 µs per receipt (`receipt_sign_only`).
 """
 
 from __future__ import annotations
@@ -75,12 +80,23 @@ class ReceiptIssuer:
         self.committer: GroupCommitter[ReceiptJob, SignedReceipt] = GroupCommitter(ledger.append_receipts)
 
     def attribution(self, adapter_id: int, token_ids: Sequence[int]) -> tuple[bytes, dict]:
-        """(attributionHash, receipt JSON fields) of one answer. Pure CPU and thread-safe: callers on
-        the event loop run it in a worker thread and pass the result to `issue(attribution=...)`."""
-        return self._attribution(adapter_id, token_ids)
+        """(attributionHash, receipt JSON fields) of one answer. Pure CPU and thread-safe (blocking:
+        on the event loop use `attribution_async`)."""
+        return self._attribute(adapter_id, self._attributor(adapter_id), token_ids)
 
-    def _attribution(self, adapter_id: int, token_ids: Sequence[int]) -> tuple[bytes, dict]:
-        attributor = self.attributor_for(adapter_id) if (self.attributor_for and adapter_id) else None
+    async def attribution_async(self, adapter_id: int, token_ids: Sequence[int]) -> tuple[bytes, dict]:
+        """`attribution` for the event loop: span matching in a worker thread, and no thread hop when
+        there is nothing to match (no index ready for the adapter, the base model, no tokens): there the
+        hop cost more loop time than the lookup it moved (module docstring)."""
+        attributor = self._attributor(adapter_id)  # a dict lookup (node.daemon.attribution)
+        if attributor is None or not token_ids:
+            return self._attribute(adapter_id, None, token_ids)
+        return await asyncio.to_thread(self._attribute, adapter_id, attributor, token_ids)
+
+    def _attributor(self, adapter_id: int) -> Attributor | None:
+        return self.attributor_for(adapter_id) if (self.attributor_for and adapter_id) else None
+
+    def _attribute(self, adapter_id: int, attributor: Attributor | None, token_ids: Sequence[int]) -> tuple[bytes, dict]:
         # an adapter's receipt always says what it drew on: empty (the registered split applies) when
         # nothing matched or no index is ready yet; the base model (id 0) has no datasets
         none = _no_attribution() if (self.attributor_for and adapter_id) else {}
@@ -133,7 +149,7 @@ class ReceiptIssuer:
     def _job(
         self, request_id, lane, prompt_tokens, completion_tokens, cost, text, token_ids, operator_voucher, attribution
     ) -> tuple[ReceiptJob, dict]:
-        att = attribution if attribution is not None else self._attribution(lane.adapter_id, token_ids)
+        att = attribution if attribution is not None else self.attribution(lane.adapter_id, token_ids)
         make = self.receipt_maker(
             request_id=request_id,
             lane=lane,
@@ -179,10 +195,10 @@ class ReceiptIssuer:
         attribution: tuple[bytes, dict] | None = None,
     ) -> Issued:
         """`issue` for the event loop: signed and written with the other receipts of its group, in a
-        worker thread; returns once the group's transaction committed. Pass `attribution` (computed
-        off the loop with `attribution()`); without it, it is computed in a worker thread."""
-        if attribution is None:  # span matching is pure CPU: off the loop
-            attribution = await asyncio.to_thread(self._attribution, lane.adapter_id, token_ids)
+        worker thread; returns once the group's transaction committed. Without `attribution` it is
+        computed by `attribution_async`."""
+        if attribution is None:
+            attribution = await self.attribution_async(lane.adapter_id, token_ids)
         job, att_json = self._job(
             request_id, lane, prompt_tokens, completion_tokens, cost, text, token_ids, operator_voucher, attribution
         )
