@@ -50,6 +50,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+async def gateway_level(url: str, wallets: list, n: int, per_level: int, max_tokens: int) -> dict:
+    """N streaming clients through the node, with vouchers (bench_api's client, in this process like
+    direct_level's, so both sides carry the same client overhead)."""
+    results, t0, t1 = await B.api_clients(url, wallets, list(range(n)), n, per_level, max_tokens)
+    return B.summarize(n, t1 - t0, results)
+
+
 async def direct_level(vllm_url: str, served: str | None, n: int, per_level: int, max_tokens: int) -> dict:
     """The same plan as `bench_api.api_level`, sent straight to vLLM's /v1/chat/completions."""
     import aiohttp
@@ -209,7 +216,7 @@ def main() -> int:
             with urllib.request.urlopen(url + "/v1/node", timeout=10) as r:  # noqa: S310 - our own node, on loopback
                 quote = NodeQuote.from_json(json.loads(r.read()))
             wallets = [VoucherWallet(k, quote) for k in payer_keys]
-            asyncio.run(B.api_level(url, wallets, 1, 2, 2))  # warm-up: first LoRA activations, allocators
+            asyncio.run(gateway_level(url, wallets, 1, 2, 2))  # warm-up: first LoRA activations, allocators
             asyncio.run(direct_level(server.url, None, 1, 2, 2))
             for n in levels:
                 reqs = max(per_level, n)
@@ -218,7 +225,7 @@ def main() -> int:
                 lv = {}
                 for side in sides:
                     lv[side] = (
-                        asyncio.run(B.api_level(url, wallets, n, reqs, max_tokens))
+                        asyncio.run(gateway_level(url, wallets, n, reqs, max_tokens))
                         if side == "gateway"
                         else asyncio.run(direct_level(server.url, None, n, reqs, max_tokens))
                     )
