@@ -58,7 +58,7 @@ async def gateway_level(url: str, wallets: list, n: int, per_level: int, max_tok
 
 
 async def direct_level(vllm_url: str, served: str | None, n: int, per_level: int, max_tokens: int) -> dict:
-    """The same plan as `bench_api.api_level`, sent straight to vLLM's /v1/chat/completions."""
+    """The same plan as the gateway side (`bench_api._plan`), sent straight to vLLM's /v1/chat/completions."""
     import aiohttp
 
     plan = B._plan(n, per_level)
