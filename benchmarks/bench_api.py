@@ -293,6 +293,27 @@ def wait_models(url: str, want: int, timeout: float) -> None:
     raise SystemExit(f"the node did not load {want} adapters within {timeout}s")
 
 
+def start_node(toml: Path) -> tuple[subprocess.Popen, str]:
+    """`loranode node run --config toml` in its own process; returns it and its URL once it listens
+    (its output is drained from then on)."""
+    import threading
+
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv/bin/loranode"), "node", "run", "--config", str(toml)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "listening on" in line:
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # keep the pipe drained
+            return proc, line.split("listening on")[1].strip()
+    proc.wait()
+    raise SystemExit("the node daemon exited before listening")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests, fewer tokens, N up to 64")
@@ -345,30 +366,12 @@ def main() -> int:
             f'engine_max_batch = 32\nengine_max_queue = 1024\nlog_level = "WARNING"\n'
         )
         print(f"bench-api: starting the node daemon ({len(folders)} adapters on chain)", flush=True)
-        proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/loranode"), "node", "run", "--config", str(toml)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=ROOT,
-        )
-        url = None
+        proc, url = start_node(toml)
         try:
-            for line in proc.stdout:
-                if "listening on" in line:
-                    url = line.split("listening on")[1].strip()
-                    break
-            if url is None:
-                raise SystemExit("the node daemon exited before listening")
-            import threading
-
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # keep the pipe drained
             wait_models(url, N_ADAPTERS, 300)
             with urllib.request.urlopen(url + "/v1/node", timeout=10) as r:  # noqa: S310 - our own node, on loopback
-                quote = NodeQuote.from_json(json.loads(r.read()))
-            del quote  # parsed here to fail early; the client processes parse their own copy
-            with urllib.request.urlopen(url + "/v1/node", timeout=10) as r:  # noqa: S310 - our own node, on loopback
                 quote_json = json.loads(r.read())
+            NodeQuote.from_json(quote_json)  # parsed here to fail early; the client processes parse their own copy
             gen = LoadGenerator(url, payer_keys, quote_json, args.client_procs)
             # the peer: the same engine configuration in this process, idle while the API runs
             from inference.engine import Engine

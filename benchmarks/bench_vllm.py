@@ -29,7 +29,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -118,21 +117,6 @@ async def direct_level(vllm_url: str, served: str | None, n: int, per_level: int
     return out
 
 
-def start_node(toml: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [str(ROOT / ".venv/bin/loranode"), "node", "run", "--config", str(toml)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-    )
-    for line in proc.stdout:
-        if "listening on" in line:
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # keep draining
-            return proc, line.split("listening on")[1].strip()
-    raise SystemExit("the node daemon exited before listening")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests and tokens")
@@ -211,7 +195,7 @@ def main() -> int:
                 f'engine_backend = "vllm"\nvllm_urls = ["{server.url}"]\nlog_level = "WARNING"\n'
             )
             print(f"bench-vllm: starting the node daemon in front of {server.url}", flush=True)
-            proc, url = start_node(toml)
+            proc, url = B.start_node(toml)
             B.wait_models(url, N_ADAPTERS, 300)
             with urllib.request.urlopen(url + "/v1/node", timeout=10) as r:  # noqa: S310 - our own node, on loopback
                 quote = NodeQuote.from_json(json.loads(r.read()))
