@@ -82,6 +82,40 @@ PEER_SAMPLE_MIN = 200  # the issue asks for at least 200 inferences per peer
 PEER_BATCH = 100
 
 
+def simulated_usage(rng: random.Random, adapter_id: int) -> tuple[int, int, int, int]:
+    """One simulated request's (prompt tokens, completion tokens, compute cost, adapter cost)."""
+    pt, ct = rng.randint(20, 400), rng.randint(10, 300)
+    return pt, ct, cost(pt + ct, COMPUTE_PRICE_PER_1K), cost(pt + ct, ADAPTER_PRICES[adapter_id - 1])
+
+
+def simulated_receipt(
+    request_tag: str,
+    output: str,
+    payer: str,
+    node: str,
+    adapter_id: int,
+    seq: int,
+    usage: tuple[int, int, int, int],
+    attribution: bytes,
+) -> Receipt:
+    """The node's receipt for a simulated request (`usage` from simulated_usage)."""
+    pt, ct, cc, ac = usage
+    return Receipt(
+        request_id=keccak(text=request_tag),
+        payer=payer,
+        node=node,
+        adapter_id=adapter_id,
+        seq=seq,
+        prompt_tokens=pt,
+        completion_tokens=ct,
+        compute_cost=cc,
+        adapter_cost=ac,
+        output_hash=output_hash(output),
+        attribution_hash=attribution,
+        timestamp=1_700_000_000 + seq,
+    )
+
+
 def cost(tokens: int, price_per_1k: int) -> int:
     return math.ceil(tokens * price_per_1k / 1000)
 
@@ -148,22 +182,17 @@ def settle_ours(s: Setup, lanes: int, per_lane: int, seed: int) -> dict:
         cum_c = cum_a = 0
         for k in range(per_lane):
             seq += 1
-            pt, ct = rng.randint(20, 400), rng.randint(10, 300)
-            cc, ac = cost(pt + ct, COMPUTE_PRICE_PER_1K), cost(pt + ct, ADAPTER_PRICES[adapter_id - 1])
+            pt, ct, cc, ac = simulated_usage(rng, adapter_id)
             cum_c, cum_a = cum_c + cc, cum_a + ac
-            r = Receipt(
-                request_id=keccak(text=f"req-{seed}-{lane}-{k}"),
-                payer=payer.address,
-                node=s.node.address,
-                adapter_id=adapter_id,
-                seq=seq,
-                prompt_tokens=pt,
-                completion_tokens=ct,
-                compute_cost=cc,
-                adapter_cost=ac,
-                output_hash=output_hash(f"completion {lane} {k}"),
-                attribution_hash=attr,
-                timestamp=1_700_000_000 + seq,
+            r = simulated_receipt(
+                f"req-{seed}-{lane}-{k}",
+                f"completion {lane} {k}",
+                payer.address,
+                s.node.address,
+                adapter_id,
+                seq,
+                (pt, ct, cc, ac),
+                attr,
             )
             digests.append((receipt_digest(r, chain_id, log_addr),))
             last_receipt = r
@@ -253,26 +282,21 @@ def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dic
             cum_c, cum_a = cum[lane]
             for k in range(per_lane):
                 seq += 1
-                pt, ct = rng.randint(20, 400), rng.randint(10, 300)
-                cc, ac = cost(pt + ct, COMPUTE_PRICE_PER_1K), cost(pt + ct, ADAPTER_PRICES[adapter_id - 1])
+                pt, ct, cc, ac = simulated_usage(rng, adapter_id)
                 cum_c, cum_a = cum_c + cc, cum_a + ac
                 named = sorted(rng.sample(pool_ids, rng.randint(0, 3)))  # 0: the answer drew on nothing
                 bps = [TOTAL_BPS // len(named)] * len(named) if named else []
                 if named:
                     bps[0] += TOTAL_BPS - sum(bps)
-                r = Receipt(
-                    request_id=keccak(text=f"attr-{tag}-{lane}-{k}"),
-                    payer=payer.address,
-                    node=node.address,
-                    adapter_id=adapter_id,
-                    seq=seq,
-                    prompt_tokens=pt,
-                    completion_tokens=ct,
-                    compute_cost=cc,
-                    adapter_cost=ac,
-                    output_hash=output_hash(f"completion {tag} {lane} {k}"),
-                    attribution_hash=attribution_hash(named, bps),
-                    timestamp=1_700_000_000 + seq,
+                r = simulated_receipt(
+                    f"attr-{tag}-{lane}-{k}",
+                    f"completion {tag} {lane} {k}",
+                    payer.address,
+                    node.address,
+                    adapter_id,
+                    seq,
+                    (pt, ct, cc, ac),
+                    attribution_hash(named, bps),
                 )
                 digests.append((receipt_digest(r, c.chain_id, c.receipts.address),))
                 docs.append(
