@@ -29,8 +29,14 @@ only as fine as the file system's (a clock tick on kernels before multigrain tim
 some file systems) and a change within the same tick could otherwise keep the ctime. Out of scope,
 as for every file the node reads: a process running as the node's user (it could as well write
 the node's memory) and silent media corruption. Measured (7 MB rank-16 packed file, 1 thread,
-busy shared 2-core machine): hashed read 45.6 ms p50, identity-checked read 2.1 ms p50. The first
-load after registration always hashes (bench-engine's cold loads are all first loads). A second
+busy shared 2-core machine): hashed read 45.6 ms p50, identity-checked read 2.1 ms p50.
+
+Written, so verified: the store also keeps the identity of each file it writes (stat after the
+rename), under the same rules (private folder, ctime older than CTIME_SETTLED_NS at the load). The
+bytes are the ones it hashed as it wrote them, so a first load after registration checks the
+identity instead of hashing. What this admits beyond verify-once: a change made within the same
+timestamp tick as our write, to a randomly named file in our 0700 folder, i.e. by a process of the
+node's own user racing the write, which is out of scope above. A second
 registration of a folder whose weights file is unchanged shares the packed file, and with it the
 verified identity (bench-engine's Zipf phase registers 1,000 ids over 16 folders: its cold loads
 are identity-checked).
@@ -198,10 +204,10 @@ def _identity(st: os.stat_result) -> FileIdentity:
 
 def read_packed(
     ref: PackedRef, spec: AdapterSpec, verified: FileIdentity | None = None
-) -> tuple[PackedAdapter, FileIdentity | None]:
+) -> tuple[PackedAdapter, FileIdentity | None, bool]:
     """Read a packed file into owned memory, check it, then parse it. Returns the adapter and, when
     the bytes were hashed and the file's ctime has settled, the identity a later read may check
-    instead of hashing (`verified`; see PackedStore). Raises PackedFileError when it is not the
+    instead of hashing (`verified`; see PackedStore), and whether it hashed. Raises PackedFileError when it is not the
     file the engine wrote."""
     try:
         fd = os.open(ref.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -235,7 +241,7 @@ def read_packed(
     if not trusted and _digest([fut.result() for fut in futures], size) != ref.sha256:
         raise PackedFileError(f"{ref.path.name} does not hash to what the engine wrote")
     settled = time.time_ns() - after[4] > CTIME_SETTLED_NS
-    return _from_buffer(buf, spec), (after if trusted or settled else None)
+    return _from_buffer(buf, spec), (after if trusted or settled else None), not trusted
 
 
 def _from_buffer(buf: torch.Tensor, spec: AdapterSpec) -> PackedAdapter:
@@ -385,9 +391,17 @@ class PackedStore:
             source = _source_identity(folder)  # taken before the read: a later change re-packs
             weights = load_adapter_weights(folder, spec, dtype=self.dtype)
         ref = write_packed(weights, self.root / f"{secrets.token_hex(12)}.safetensors")
+        written = None
+        if self.trust_identity:  # what we wrote is what the hash would check: see _read
+            try:
+                written = _identity(os.stat(ref.path, follow_symlinks=False))
+            except OSError:
+                written = None
         with self._lock:
             old = self._refs.get((str(folder), spec))
             self._refs[(str(folder), spec)] = ref
+            if written is not None:
+                self._verified[ref.path] = written
             if source is not None:
                 self._sources[ref.path] = source
             if old is not None:
@@ -417,9 +431,14 @@ class PackedStore:
     def _read(self, key: tuple[str, AdapterSpec], ref: PackedRef, spec: AdapterSpec) -> PackedAdapter:
         with self._lock:
             verified = self._verified.pop(ref.path, None) if self.trust_identity else None
-        if verified is None:
-            self.hashed_loads += 1
-        packed, identity = read_packed(ref, spec, verified)  # a file that fails stays forgotten
+        if verified is not None and time.time_ns() - verified[4] <= CTIME_SETTLED_NS:
+            verified = None  # changed in the same timestamp tick as the hashed read or our write: it could hide
+        try:
+            packed, identity, hashed = read_packed(ref, spec, verified)  # a file that fails stays forgotten
+        except PackedFileError:
+            self.hashed_loads += 1  # a changed identity is hashed; unreadable files count alike
+            raise
+        self.hashed_loads += hashed
         if identity is not None and self.trust_identity:
             with self._lock:
                 if self._refs.get(key) is ref:  # not released or rewritten meanwhile

@@ -199,7 +199,8 @@ def test_loaded_weights_own_their_memory(folders, store, model):
     view would crash the process with SIGBUS here)."""
     spec = spec_of(model, folders["big"])
     ref = store.register(folders["big"], spec)
-    packed, _ = read_packed(ref, spec)
+    packed, _, hashed = read_packed(ref, spec)
+    assert hashed  # no identity given: the bytes are hashed
     before = {k: (v.a.clone(), v.bt.clone()) for k, v in packed.kinds.items()}
     os.truncate(ref.path, 0)
     ref.path.write_bytes(b"\xff" * ref.size)
@@ -299,15 +300,40 @@ def _flip_keeping_mtime(path):
 
 
 def test_verified_once_then_identity_checked_and_a_later_change_still_rebuilds(folders, store, model, monkeypatch):
-    """After one hashed load, a file whose (device, inode, size, mtime, ctime) is unchanged is
-    read without hashing; any change to it afterwards (even with its mtime put back) moves the
-    ctime, so it is hashed again, fails and is rebuilt."""
+    """The store wrote the file, so a file whose (device, inode, size, mtime, ctime) is unchanged
+    since is read without hashing, from the first load on; so is it after a hashed load. Any change
+    to it (even with its mtime put back) moves the ctime, so it is hashed, fails and is rebuilt."""
     import inference.packed as packed_mod
 
     monkeypatch.setattr(packed_mod, "CTIME_SETTLED_NS", 0)  # this kernel's ctimes are fine-grained
     spec = spec_of(model, folders["big"])
     store.register(folders["big"], spec)
     assert store.trust_identity
+    first = store.load(folders["big"], spec)
+    second = store.load(folders["big"], spec)
+    assert store.hashed_loads == 0 and store.rebuilds == 0  # both identity-checked: unchanged since written
+    for k in first.kinds:
+        assert torch.equal(first.kinds[k].a, second.kinds[k].a) and torch.equal(first.kinds[k].bt, second.kinds[k].bt)
+    _flip_keeping_mtime(_file(store))
+    packed = store.load(folders["big"], spec)
+    assert store.hashed_loads == 1 and store.rebuilds == 1  # the changed ctime: hashed, failed, rebuilt
+    reference = load_adapter_weights(folders["big"], spec)
+    for (layer, kind), pair in reference.pairs.items():
+        assert torch.equal(packed.kinds[kind].bt[layer], pair.b.T)
+    # the rebuilt file is our own write again: identity-checked; after a hashed load too
+    store.load(folders["big"], spec)
+    assert store.hashed_loads == 1
+
+
+def test_a_file_changed_after_a_hashed_load_is_rebuilt(folders, store, model, monkeypatch):
+    """After one hashed load (the write-time identity forgotten), a file whose identity is unchanged
+    is read without hashing; a change afterwards moves the ctime, so it is hashed again and rebuilt."""
+    import inference.packed as packed_mod
+
+    monkeypatch.setattr(packed_mod, "CTIME_SETTLED_NS", 0)
+    spec = spec_of(model, folders["big"])
+    store.register(folders["big"], spec)
+    store._verified.clear()  # as if written by another process: the first load must hash
     first = store.load(folders["big"], spec)
     second = store.load(folders["big"], spec)
     assert store.hashed_loads == 1 and store.rebuilds == 0
