@@ -1,4 +1,5 @@
-"""Engine-native packed adapter files: one cold load = one read, one hash, a few slot copies.
+"""Engine-native packed adapter files: one cold load = one mapping, an identity check (or a
+hash), a few slot copies.
 
 A PEFT file holds two tensors per (layer, module): 420 for a rank-16 adapter on the seven modules
 of a 30-layer model, each read, converted, scaled and copied on its own. When an adapter is
@@ -11,44 +12,44 @@ out like the slot bank (inference.lora):
 
 so a slot load is two copies per module kind (14 for seven kinds) instead of 420.
 
-The file is a safetensors file (nothing else is ever read) and it is derived data, never
-trusted: the engine keeps its SHA-256 and size in memory from the moment it wrote it, and a load
-reads the whole file into memory the weights then own (a later truncation or rewrite of the file
-cannot reach them: no mmap-backed tensors, no SIGBUS; see load_adapter_weights), hashes those
-bytes, and only then parses them. A file that is missing, resized, altered or unreadable is
-rebuilt from the verified PEFT folder (which load_adapter_weights re-checks), never used.
+The file is a safetensors file (nothing else is ever read) and it is derived data: the engine
+keeps its SHA-256 and size in memory from the moment it wrote it. A load maps the file
+copy-on-write, checks it (below), and only then parses it; the loaded tensors are views of the
+mapping, so the host tier holds page-cache pages, not a second copy. A file that is missing,
+resized, altered or unreadable is rebuilt from the verified PEFT folder (which load_adapter_weights
+re-checks), never used.
 
 Verify once (PackedStore): after a load whose bytes hashed right, the store keeps the file's
-identity (device, inode, size, mtime, ctime; fstat before and after the read on the same fd),
+identity (device, inode, size, mtime, ctime; fstat before and after the check on the same fd),
 and a later load of an unchanged identity skips the hash. Sound because the kernel sets a file's
 ctime on every change and user space cannot set it, so any write, truncation, rename-over or
 chmod after the verified read shows. Conditions: the folder is private (owned by this user, no
 group/other write: the default mkdtemp folder is 0700; otherwise every load hashes), and the
-identity is kept only once the ctime is older than CTIME_SETTLED_NS (2 s), since timestamps are
+identity is trusted only once the ctime is older than CTIME_SETTLED_NS (2 s), since timestamps are
 only as fine as the file system's (a clock tick on kernels before multigrain timestamps, 1-2 s on
-some file systems) and a change within the same tick could otherwise keep the ctime. Out of scope,
-as for every file the node reads: a process running as the node's user (it could as well write
-the node's memory) and silent media corruption. Measured (7 MB rank-16 packed file, 1 thread,
-busy shared 2-core machine): hashed read 45.6 ms p50, identity-checked read 2.1 ms p50.
+some file systems) and a change within the same tick could otherwise keep the ctime.
 
 Written, so verified: the store also keeps the identity of each file it writes (stat after the
-rename), under the same rules (private folder, ctime older than CTIME_SETTLED_NS at the load). The
-bytes are the ones it hashed as it wrote them, so a first load after registration checks the
-identity instead of hashing. What this admits beyond verify-once: a change made within the same
-timestamp tick as our write, to a randomly named file in our 0700 folder, i.e. by a process of the
-node's own user racing the write, which is out of scope above. A second
-registration of a folder whose weights file is unchanged shares the packed file, and with it the
-verified identity (bench-engine's Zipf phase registers 1,000 ids over 16 folders: its cold loads
-are identity-checked).
+rename), under the same rules. The bytes are the ones it hashed as it wrote them, so a first load
+after registration checks the identity instead of hashing. What this admits beyond verify-once: a
+change made within the same timestamp tick as our write, to a randomly named file in our 0700
+folder. A second registration of a folder whose weights file is unchanged shares the packed file,
+and with it the verified identity (bench-engine's Zipf phase registers 1,000 ids over 64 folders).
 
-Why read() and not mmap: both end with the bytes in memory the process owns (a copy out of a
-mapping, or one read() into a buffer); on this machine the two measured the same within noise
-(20 MB: 8 ms best case each), and read() leaves no mapping behind to outlive the file.
-Measured (19.5 MB shape-B adapter, SmolLM2-135M fp32, 1 thread, shared 2-core machine, bench-engine
---quick): cold load p50 54 ms, of which read + SHA-256 46 ms and slot copies 5 ms; against the
-per-tensor PEFT path in the same process, interleaved: 64 ms vs 198 ms (3.1x). SHA-256 alone is
-~25 ms for 20 MB here, so chunks hash in parallel with the read (2 MiB chunks, a digest of the
-chunk digests), which only pays where a core is free.
+Why a mapping: read() into fresh memory faults in every 4 KiB page (5,121 faults for 20 MB). In a
+process holding the model, that measured 10-14 ms per 20 MB file (quiet 2-core machine, loader
+thread), against 0.1-0.3 ms to map the same cached file and 1-2 ms for the slot copy out of it.
+What the mapping gives up: the loaded weights are not memory the process owns. The store itself
+never writes a file in place (new files get new names; release unlinks, and an unlinked file
+stays mapped), so nothing the node does reaches a mapping. A process that rewrites or truncates a
+file in place changes the weights or crashes the node with SIGBUS; in the private folder only
+the node's user (or root) can, which is out of scope as for every file the node reads (it could
+as well write the node's memory), as is silent media corruption.
+
+SHA-256 alone is ~25 ms for 20 MB here, so a hashed load hashes 2 MiB chunks of the mapping in
+parallel (a digest of the chunk digests), which pays where a core is free. Earlier measurements
+(read() path, 19.5 MB shape-B adapter, busy shared machine, bench-engine --quick): hashed cold
+load p50 54 ms against 198 ms for the per-tensor PEFT path in the same process.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import secrets
 import shutil
@@ -205,9 +207,9 @@ def _identity(st: os.stat_result) -> FileIdentity:
 def read_packed(
     ref: PackedRef, spec: AdapterSpec, verified: FileIdentity | None = None
 ) -> tuple[PackedAdapter, FileIdentity | None, bool]:
-    """Read a packed file into owned memory, check it, then parse it. Returns the adapter and, when
-    the bytes were hashed and the file's ctime has settled, the identity a later read may check
-    instead of hashing (`verified`; see PackedStore), and whether it hashed. Raises PackedFileError when it is not the
+    """Map a packed file, check it, then parse it. Returns the adapter and, when the bytes were
+    hashed and the file's ctime has settled, the identity a later read may check instead of hashing
+    (`verified`; see PackedStore), and whether it hashed. Raises PackedFileError when it is not the
     file the engine wrote."""
     try:
         fd = os.open(ref.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -218,29 +220,27 @@ def read_packed(
         size = before[2]
         if size != ref.size:
             raise PackedFileError(f"{ref.path.name} is {size} bytes, expected {ref.size}")
-        trusted = verified is not None and before == verified  # unchanged since its bytes hashed right
-        buf = torch.empty(size, dtype=torch.uint8)  # owned: the weights never point into the file
-        view = buf.numpy().data.cast("B")
-        futures = []
-        with open(fd, "rb", buffering=0, closefd=False) as f:
-            for start in range(0, size, HASH_CHUNK):  # read chunk i+1 while chunk i hashes
-                chunk = view[start : start + HASH_CHUNK]
-                got = 0
-                while got < len(chunk):
-                    n = f.readinto(chunk[got:])
-                    if not n:
-                        raise PackedFileError(f"{ref.path.name} shrank while being read")
-                    got += n
-                if not trusted:
-                    futures.append(_pool().submit(_chunk_digest, chunk))
+        if size < 8:
+            raise PackedFileError("packed file too short")
+        trusted = verified is not None and before == verified  # unchanged since written or hashed right
+        try:
+            # copy-on-write: nothing we do reaches the file, and the pages are the page cache's (no
+            # fresh memory to fault in; see the module docstring for what this admits)
+            mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+        except OSError as e:
+            raise PackedFileError(f"cannot map {ref.path.name}: {e.strerror}") from e
+        view = memoryview(mapping)
+        futures = [] if trusted else [_pool().submit(_chunk_digest, view[i : i + HASH_CHUNK]) for i in range(0, size, HASH_CHUNK)]
+        digests = [fut.result() for fut in futures]
         after = _identity(os.fstat(fd))
     finally:
         os.close(fd)
     if after != before:
         raise PackedFileError(f"{ref.path.name} changed while being read")
-    if not trusted and _digest([fut.result() for fut in futures], size) != ref.sha256:
+    if not trusted and _digest(digests, size) != ref.sha256:
         raise PackedFileError(f"{ref.path.name} does not hash to what the engine wrote")
     settled = time.time_ns() - after[4] > CTIME_SETTLED_NS
+    buf = torch.frombuffer(mapping, dtype=torch.uint8)  # [size] bytes; the tensor keeps the mapping alive
     return _from_buffer(buf, spec), (after if trusted or settled else None), not trusted
 
 
