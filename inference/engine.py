@@ -77,8 +77,9 @@ class EngineConfig(BaseModel):
     loader_threads: int = Field(1, ge=1, le=64)
     """Background threads reading adapters from disk into host memory."""
     packed_dir: str | None = None
-    """Folder for the engine-native packed copies of registered adapters (derived; SHA-256 checked
-    on load, then by file identity while unchanged if the folder is private, see inference.packed);
+    """Folder for the engine-native packed copies of registered adapters (derived; checked on load
+    by SHA-256, or by file identity while unchanged since written or hashed if the folder is
+    private, see inference.packed);
     None = a private temporary folder removed when the engine closes."""
 
     @field_validator("target_modules")
