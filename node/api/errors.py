@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from node.api import keys as K
 from node.daemon.payments.errors import InvalidApiKey, PaymentCheckUnavailable, PaymentRejected
 from node.wire import VOUCHER_HEADER
 
@@ -153,6 +154,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except Exception as e:
         mapped = api_error_for(e)
         if mapped is not None:
+            if isinstance(e, PaymentRejected):  # the operator's view of refused payments, by reason
+                request.app[K.METRICS].payment_rejections.labels(mapped.code).inc()
             return error_response(mapped)
         log.exception("unhandled error in %s %s", request.method, request.path)
         err = ApiError("internal error in the node", code="internal_error")

@@ -249,6 +249,12 @@ async def test_payment_errors_are_402(node):
     await _error(await client.post("/v1/chat/completions", json=_chat(), headers=wallet.header(2)), 402, "voucher_wrong_adapter")
     # the stranger has no escrow at all
     await _error(await client.post("/v1/chat/completions", json=_chat(), headers=forged.header(1)), 402, "escrow_insufficient")
+    # each refusal is counted by reason for the operator
+    text = await (await client.get("/metrics")).text()
+    reasons = ("payment_missing", "voucher_signer_unauthorized", "voucher_malformed")
+    reasons += ("voucher_wrong_adapter", "escrow_insufficient")
+    for reason in reasons:
+        assert f'loranode_payment_rejections_total{{reason="{reason}"}} 1.0' in text, reason
 
 
 async def test_overload_is_503_with_retry_after_and_node_recovers(node, engine):
