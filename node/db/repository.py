@@ -13,10 +13,10 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from node.db.models import Adapter, AdapterState, BatchStatus, ReceiptBatch, ReceiptRow, VoucherRow
+from node.db.models import Adapter, AdapterState, BatchStatus, ReceiptBatch, ReceiptRow, VoucherRow, now
 from node.errors import NodeError
 
 RECEIPT_SEQ_LOCK = threading.Lock()
@@ -178,6 +178,46 @@ def store_voucher(
         row.redeem_error = None  # a newer voucher deserves a new try
     session.flush()
     return row
+
+
+def store_vouchers(session: Session, vouchers: list[dict]) -> None:
+    """`store_voucher` for many lanes, one voucher each (`store_voucher`'s keyword arguments), with
+    one SELECT of their rows and one executemany per INSERT / UPDATE: the ORM's load and flush per
+    row cost several times the group's commit. Raises `VoucherRegression` if any voucher is below
+    its lane's row (nothing of the call is then written, the caller's transaction is to roll back)."""
+    if not vouchers:
+        return
+    lanes = [v["lane"] for v in vouchers]
+    if len(set(lanes)) != len(lanes):
+        raise ValueError("store_vouchers takes one voucher per lane")
+    q = select(VoucherRow.lane, VoucherRow.compute_value, VoucherRow.adapter_value).where(VoucherRow.lane.in_(lanes))
+    have = {lane: (c, a) for lane, c, a in session.execute(q.with_for_update())}
+    at = now()
+    inserts: list[dict] = []
+    updates: list[dict] = []
+    for v in vouchers:
+        lane, c, a = v["lane"], int(v["compute_value"]), int(v["adapter_value"])
+        row = {"lane": lane, "compute_value": c, "adapter_value": a, "signature": v["signature"], "updated_at": at}
+        old = have.get(lane)
+        if old is None:
+            inserts.append(
+                row
+                | {
+                    "payer": v["payer"].lower(),
+                    "node": v["node"].lower(),
+                    "adapter_id": int(v["adapter_id"]),
+                    "redeemed_compute": 0,
+                    "redeemed_adapter": 0,
+                }
+            )
+        elif c < old[0] or a < old[1]:
+            raise VoucherRegression(f"voucher for lane {lane} is below the stored cumulative values")
+        else:
+            updates.append(row | {"redeem_error": None})  # a newer voucher deserves a new try
+    if inserts:
+        session.execute(insert(VoucherRow), inserts)
+    if updates:
+        session.execute(update(VoucherRow), updates)  # bulk UPDATE by primary key (lane)
 
 
 def unredeemed_vouchers(session: Session, limit: int) -> list[VoucherRow]:

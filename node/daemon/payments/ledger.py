@@ -104,28 +104,63 @@ class Ledger:
 
     def store_voucher(self, sv: SignedVoucher) -> None:
         """Keep `sv` as the lane's newest voucher if it dominates the stored one (never go down)."""
-        lane = Lane(sv.voucher.payer, sv.voucher.node, sv.voucher.adapter_id)
-        old = self._vouchers.get(lane)
-        if not _dominates(sv.voucher, old.voucher if old else None):
+        [res] = self.store_vouchers([sv])
+        if res is not None:
+            raise res
+
+    def store_vouchers(self, vouchers: Sequence[SignedVoucher]) -> list[None | Exception]:
+        """`store_voucher` for a group, in one transaction (the gate's group commit). Blocking: run it
+        in a worker thread. Taken in order: each voucher is kept only if it dominates the lane's
+        voucher as the vouchers before it in the group left it, so two of one lane end with the
+        dominating one. If the transaction fails, each voucher is retried in its own (a bad one
+        fails alone, as in `append_receipts`); returns None or the exception per voucher."""
+        try:
+            self._store_group(vouchers)
+            return [None] * len(vouchers)
+        except Exception as e:  # noqa: BLE001 - isolated below
+            if len(vouchers) == 1:
+                return [e]
+        out: list[None | Exception] = []
+        for sv in vouchers:
+            try:
+                self._store_group([sv])
+                out.append(None)
+            except Exception as e:  # noqa: BLE001 - reported to that voucher's request
+                out.append(e)
+        return out
+
+    def _store_group(self, vouchers: Sequence[SignedVoucher]) -> None:
+        newest: dict[Lane, SignedVoucher] = {}  # the lanes' vouchers as this transaction moves them
+        for sv in vouchers:
+            lane = Lane(sv.voucher.payer, sv.voucher.node, sv.voucher.adapter_id)
+            old = newest.get(lane) or self._vouchers.get(lane)
+            if _dominates(sv.voucher, old.voucher if old else None):
+                newest[lane] = sv
+        if not newest:  # nothing moves: no transaction
             return
-        with self.sessions.begin() as s:
-            self._store(s, sv)
-        self._vouchers[lane] = sv
-        self._index((lane,))
+        with self.sessions.begin() as s:  # the lane's last voucher only: it dominates those before it
+            repo.store_vouchers(s, [self._row(sv) for sv in newest.values()])
+        # committed: only now does the gate see the new vouchers
+        self._vouchers.update(newest)
+        self._index(newest)
 
     @staticmethod
-    def _store(s: Session, sv: SignedVoucher) -> None:
+    def _row(sv: SignedVoucher) -> dict:
+        """`repo.store_voucher`'s keyword arguments for `sv`."""
         v = sv.voucher
-        repo.store_voucher(
-            s,
-            lane=repo.lane_key(v.payer, v.node, v.adapter_id),
-            payer=v.payer,
-            node=v.node,
-            adapter_id=v.adapter_id,
-            compute_value=v.compute_value,
-            adapter_value=v.adapter_value,
-            signature="0x" + sv.signature.hex(),
-        )
+        return {
+            "lane": repo.lane_key(v.payer, v.node, v.adapter_id),
+            "payer": v.payer,
+            "node": v.node,
+            "adapter_id": v.adapter_id,
+            "compute_value": v.compute_value,
+            "adapter_value": v.adapter_value,
+            "signature": "0x" + sv.signature.hex(),
+        }
+
+    @classmethod
+    def _store(cls, s: Session, sv: SignedVoucher) -> None:
+        repo.store_voucher(s, **cls._row(sv))
 
     # -- receipts --
     def append_receipt(
