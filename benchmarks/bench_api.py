@@ -11,6 +11,11 @@ The clients run in `--client-procs` processes of their own (default 2, payers sp
 them; each keeps its payers' wallets for the whole run), so the figures measure the node and not
 one Python process signing vouchers, checking receipts and parsing SSE for 256 streams.
 
+Requests per level (`level_requests`, the same plan for both sides): at least 64 (`--quick`: 16)
+and at least one per client, but at most 16 (`--quick`: 4) in a row per client, so 16, 64, 64, 256
+requests at N = 1, 8, 64, 256 (8 clients ran 2 requests each before: a ~5 s level a side). A full
+run on 2 shared CPU cores: ~3 min before, ~25-30 s more with N=8 at 64 requests (~17-20 s a side).
+
 Peer: the same engine configuration in this process, the same adapters, prompts, max_tokens and
 concurrency, submitted straight to `Engine.submit` and streamed from the handle. Both sides run
 back to back at each level (alternating order over `--rounds`; the best round of each side
@@ -42,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 from chain.protocol import TOTAL_BPS, adapter_model_name  # noqa: E402 - importable once ROOT is on sys.path
 
 N_ADAPTERS = 16
+MIN_REQUESTS = 64  # per level (full run): fewer make a level of a few seconds, dominated by its ramp and tail
+MAX_PER_CLIENT = 16
 PROMPTS = [
     "Tell me a short fact about the sea.",
     "What is the capital of Italy?",
@@ -80,6 +87,14 @@ def summarize(n: int, wall: float, results: list[dict]) -> dict:
 
 def _ms(x: float | None) -> float | None:
     return None if x is None else round(x * 1000, 2)
+
+
+def level_requests(n: int, quick: bool) -> int:
+    """Requests a level of `n` clients runs (API and engine alike): at least MIN_REQUESTS and one per
+    client, at most MAX_PER_CLIENT per client (one client's requests run one after another: 16 take
+    ~10 s on 2 CPU cores)."""
+    least, most_each = (16, 4) if quick else (MIN_REQUESTS, MAX_PER_CLIENT)
+    return max(n, min(least, most_each * n))
 
 
 def _plan(n: int, per_level: int) -> list[list[tuple[int, str]]]:
@@ -295,15 +310,19 @@ def wait_models(url: str, want: int, timeout: float) -> None:
 
 def start_node(toml: Path) -> tuple[subprocess.Popen, str]:
     """`loranode node run --config toml` in its own process; returns it and its URL once it listens
-    (its output is drained from then on)."""
+    (its output is drained from then on). ROOT leads the daemon's import path, as it does this
+    process's (the peer): a `.venv` shared between checkouts (git worktrees linking one venv) would
+    otherwise run the code of the checkout it was installed from."""
     import threading
 
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/loranode"), "node", "run", "--config", str(toml)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=ROOT,
+        env=env,
     )
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -328,7 +347,6 @@ def main() -> int:
     args = ap.parse_args()
     levels = [int(x) for x in (args.levels or ("1,8,64" if args.quick else "1,8,64,256")).split(",")]
     args.rounds = args.rounds or 1
-    per_level = 4 if args.quick else 16  # requests per level = max(per_level, N)
     max_tokens = 6 if args.quick else 8
 
     from eth_account import Account
@@ -392,9 +410,9 @@ def main() -> int:
                         order = ("api", "engine") if k % 2 == 0 else ("engine", "api")
                         for side in order:
                             if side == "api":
-                                res = gen.level(n, max(per_level, n), max_tokens)
+                                res = gen.level(n, level_requests(n, args.quick), max_tokens)
                             else:
-                                res = asyncio.run(engine_level(engine, n, max(per_level, n), max_tokens))
+                                res = asyncio.run(engine_level(engine, n, level_requests(n, args.quick), max_tokens))
                             runs[side].append(res)
                             print(f"{side:6s} N={n:4d} {res}", flush=True)
                     result["levels"][str(n)] = {

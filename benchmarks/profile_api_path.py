@@ -7,7 +7,9 @@ one transaction per receipt and in groups of 16 (node.db.group_commit), SSE fram
 chunk, and the final event's JSON. SQLite file in WAL mode, as the node runs it. `admit_256_*`: 256
 concurrent admissions through the real payment gate, wall time and event-loop CPU per admission,
 with the gate's batched off-loop signer recovery and with the recovery inline on the loop (peer).
-`receipt_256_*`: 256 receipts issued together (adapters without an attribution index), wall time
+`admit_256_write_*`: the same with every voucher written (not a prepayment), group-committed by the
+gate and with one transaction per admission in a worker thread (peer), and the grouped round's
+transaction count. `receipt_256_*`: 256 receipts issued together (adapters without an attribution index), wall time
 and event-loop CPU per receipt, through the issuer and with one attribution thread hop each (peer).
 
 Peer: the per-receipt commit path measured in the same run (`grouped_vs_single` = per-receipt
@@ -115,6 +117,104 @@ def admit_256(operator, n: int) -> dict:
     return out
 
 
+def admit_256_write(operator, n: int) -> dict:
+    """256 concurrent admissions through the real PaymentGate whose vouchers are written (each equals
+    what its fresh lane owes, so it is not a prepayment): wall time and event-loop CPU per admission
+    with the gate's group-committed voucher writes (one transaction per group) and, in interleaved
+    rounds, with one `asyncio.to_thread(store_voucher)` transaction per admission (the peer, the
+    gate's write before the group commit). Every round uses fresh lanes (a voucher already stored
+    would not be written again); `transactions` counts the commits of one grouped round."""
+    from eth_account import Account
+    from sqlalchemy import event
+
+    from chain.eip712 import SignedVoucher, Voucher, sign_voucher
+    from node.daemon.payments import gate as g
+    from node.daemon.payments.ledger import Ledger
+    from node.db import make_session_factory, migrate
+    from node.metering import Cost, Price
+    from node.wire import VOUCHER_HEADER, encode_voucher_header
+
+    chain_id, escrow = 31337, "0x" + "11" * 20
+
+    class Escrow:
+        def is_authorized(self, payer, signer):
+            return False
+
+        def available(self, payer, node):
+            return 10**30
+
+        def collected(self, lane):
+            return (0, 0)
+
+    class OneEach:
+        """The peer's voucher writer: one worker-thread transaction per voucher."""
+
+        def __init__(self, book) -> None:
+            self.book = book
+
+        async def submit(self, sv) -> None:
+            await asyncio.to_thread(self.book.store_voucher, sv)
+
+    price, max_cost = Price(1000, 1000), Cost(10**6, 10**6)
+    rounds = max(3, n // 100)
+
+    def header(p, adapter: int, value: int) -> dict:
+        v = Voucher(p.address, operator.address, adapter, value, value)
+        return {VOUCHER_HEADER: encode_voucher_header(SignedVoucher(v, sign_voucher(v, p, chain_id, escrow)))}
+
+    def crowd_jobs() -> tuple[list[dict], list[tuple[dict, int]]]:
+        """16 fresh payers x 16 fresh lanes (a payer's lane count stays that of `admit_256`): one
+        prepaid voucher per payer to warm the escrow cache (not written), then the 256."""
+        payers = [Account.create() for _ in range(16)]
+        warm = [header(p, 99, 1) for p in payers]
+        return warm, [(header(payers[i % 16], i // 16 + 1, 0), i // 16 + 1) for i in range(256)]
+
+    crowds = [crowd_jobs() for _ in range(2 * (rounds + 1))]  # signed ahead: not timed
+    samples: dict[str, list[tuple[float, float]]] = {"grouped": [], "one_each": []}
+    commits = [0]
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/node.db"
+        migrate(url)
+        ledger = Ledger(make_session_factory(url))
+        event.listen(ledger.sessions.kw["bind"], "commit", lambda conn: commits.__setitem__(0, commits[0] + 1))
+        kw = dict(
+            node_address=operator.address, mode="voucher", escrow=Escrow(), book=ledger, chain_id=chain_id, escrow_address=escrow
+        )
+        gates = {"grouped": g.PaymentGate(**kw), "one_each": g.PaymentGate(**kw)}
+        gates["one_each"]._voucher_writes = OneEach(ledger)
+        transactions: list[int] = []
+
+        async def crowd(gate, warm_jobs) -> tuple[float, float]:
+            warm, jobs = warm_jobs
+            for h in warm:
+                (await gate.admit(h, 99, price, max_cost)).release()
+            t0, c0 = time.perf_counter(), time.thread_time()
+            auths = await asyncio.gather(*(gate.admit(h, a, price, max_cost) for h, a in jobs))
+            wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+            for au in auths:
+                au.release()
+            return wall / len(jobs) * 1e6, cpu / len(jobs) * 1e6
+
+        async def run() -> None:
+            todo = iter(crowds)
+            for gate in gates.values():
+                await crowd(gate, next(todo))
+            for _ in range(rounds):
+                for name, gate in gates.items():
+                    before = commits[0]
+                    samples[name].append(await crowd(gate, next(todo)))
+                    if name == "grouped":
+                        transactions.append(commits[0] - before)
+
+        asyncio.run(run())
+    out = {}
+    for name, xs in samples.items():
+        out[f"admit_256_write_{name}_wall"] = round(statistics.median(x[0] for x in xs), 1)
+        out[f"admit_256_write_{name}_loop_cpu"] = round(statistics.median(x[1] for x in xs), 1)
+    out["admit_256_write_grouped_transactions"] = statistics.median(transactions)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -207,6 +307,7 @@ def main() -> int:
         asyncio.run(receipts_256())
 
     out.update(admit_256(operator, n))
+    out.update(admit_256_write(operator, n))
 
     chunk = {
         "id": "chatcmpl-" + os.urandom(32).hex(),

@@ -10,8 +10,9 @@ write; a crash before the commit loses the group and every response that would h
 
 `write_group(jobs)` returns one result or one exception per job, in order (it isolates a bad job
 itself, see `node.daemon.payments.ledger.Ledger.append_receipts`); groups are written one at a time, in order.
-The payment gate uses the same mechanism for CPU work, not rows: the signers of concurrent requests'
-vouchers are recovered in one thread hop per group (`node.daemon.payments.gate`).
+The payment gate writes the vouchers of concurrent admissions the same way (`Ledger.store_vouchers`),
+and uses the mechanism for CPU work too: the signers of concurrent requests' vouchers are recovered
+in one thread hop per group (`node.daemon.payments.gate`).
 """
 
 from __future__ import annotations

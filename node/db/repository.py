@@ -12,11 +12,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from node.db.models import Adapter, AdapterState, BatchStatus, ReceiptBatch, ReceiptRow, VoucherRow
+from node.db.models import Adapter, AdapterState, BatchStatus, ReceiptBatch, ReceiptRow, VoucherRow, now
 from node.errors import NodeError
 
 RECEIPT_SEQ_LOCK = threading.Lock()
@@ -178,6 +179,50 @@ def store_voucher(
         row.redeem_error = None  # a newer voucher deserves a new try
     session.flush()
     return row
+
+
+def store_vouchers(session: Session, vouchers: list[dict]) -> None:
+    """`store_voucher` for many lanes, one voucher each (`store_voucher`'s keyword arguments), in
+    Core statements on the session's connection: one SELECT of their rows and one executemany per
+    INSERT / UPDATE (the ORM's load and flush per row cost several times a group's commit). Raises
+    `VoucherRegression` if any voucher is below its lane's row (the caller's transaction is then to
+    roll back). Voucher rows the session already loaded are not refreshed: use a session of its own."""
+    if not vouchers:
+        return
+    lanes = [v["lane"] for v in vouchers]
+    if len(set(lanes)) != len(lanes):
+        raise ValueError("store_vouchers takes one voucher per lane")
+    t = cast(Table, VoucherRow.__table__)
+    conn = session.connection()
+    q = select(t.c.lane, t.c.compute_value, t.c.adapter_value).where(t.c.lane.in_(lanes)).with_for_update()
+    have = {lane: (c, a) for lane, c, a in conn.execute(q)}
+    at = now()
+    inserts: list[dict] = []
+    updates: list[dict] = []
+    for v in vouchers:
+        lane, c, a = v["lane"], int(v["compute_value"]), int(v["adapter_value"])
+        values = {"compute_value": c, "adapter_value": a, "signature": v["signature"], "updated_at": at}
+        old = have.get(lane)
+        if old is None:
+            inserts.append(
+                values
+                | {
+                    "lane": lane,
+                    "payer": v["payer"].lower(),
+                    "node": v["node"].lower(),
+                    "adapter_id": int(v["adapter_id"]),
+                    "redeemed_compute": 0,
+                    "redeemed_adapter": 0,
+                }
+            )
+        elif c < old[0] or a < old[1]:
+            raise VoucherRegression(f"voucher for lane {lane} is below the stored cumulative values")
+        else:
+            updates.append(values | {"key": lane, "redeem_error": None})  # a newer voucher deserves a new try
+    if inserts:
+        conn.execute(insert(t), inserts)
+    if updates:
+        conn.execute(update(t).where(t.c.lane == bindparam("key")), updates)
 
 
 def unredeemed_vouchers(session: Session, limit: int) -> list[VoucherRow]:

@@ -131,3 +131,38 @@ def test_downgrade_and_upgrade_again(db_url):
     migrate(db_url)
     assert current_revision(engine) == head_revision()
     engine.dispose()
+
+
+def test_store_vouchers_writes_a_group_with_one_select_and_refuses_a_regression(db_url):
+    """The gate's group write (`repo.store_vouchers`): new lanes inserted, known lanes updated
+    (what was redeemed kept, the last redeem error cleared), a voucher below its lane's row raises
+    `VoucherRegression` and the caller's transaction writes nothing."""
+    migrate(db_url)
+    factory = make_session_factory(db_url)
+
+    def voucher(adapter: int, c: int, a: int, sig: str) -> dict:
+        lane = repo.lane_key("0xAA", "0xBB", adapter)
+        return dict(lane=lane, payer="0xAA", node="0xBB", adapter_id=adapter, compute_value=c, adapter_value=a, signature=sig)
+
+    with factory.begin() as s:
+        repo.store_voucher(s, **voucher(1, 10, 5, "0x01"))
+        row = s.get(VoucherRow, repo.lane_key("0xAA", "0xBB", 1))
+        row.redeemed_compute, row.redeemed_adapter, row.redeem_error = 4, 2, "reverted"
+    with factory.begin() as s:
+        repo.store_vouchers(s, [voucher(1, 12, 5, "0x02"), voucher(2, 2**200, 0, "0x03")])
+    with factory() as s:
+        one, two = (repo.latest_voucher(s, repo.lane_key("0xAA", "0xBB", a)) for a in (1, 2))
+        assert (one.compute_value, one.adapter_value, one.signature) == (12, 5, "0x02")
+        assert (one.redeemed_compute, one.redeemed_adapter, one.redeem_error) == (4, 2, None)
+        assert (two.payer, two.node, two.adapter_id, two.compute_value, two.signature) == ("0xaa", "0xbb", 2, 2**200, "0x03")
+        assert (two.redeemed_compute, two.redeemed_adapter) == (0, 0)
+    with pytest.raises(repo.VoucherRegression):
+        with factory.begin() as s:
+            repo.store_vouchers(s, [voucher(3, 1, 1, "0x04"), voucher(1, 11, 9, "0x05")])
+    with pytest.raises(ValueError, match="one voucher per lane"):
+        with factory.begin() as s:
+            repo.store_vouchers(s, [voucher(3, 1, 1, "0x04"), voucher(3, 2, 2, "0x05")])
+    with factory() as s:
+        assert repo.latest_voucher(s, repo.lane_key("0xAA", "0xBB", 3)) is None
+        assert repo.latest_voucher(s, repo.lane_key("0xAA", "0xBB", 1)).signature == "0x02"
+    factory.kw["bind"].dispose()
