@@ -61,6 +61,14 @@ is still contiguous); it was not re-measured here (no GPU in this session).
 Threads: with 2 OpenMP threads on a machine whose cores are busy with other work, every
 parallel op waits for a descheduled thread (a 20 MB slot copy took 140-990 ms instead of
 4-16 ms at 1 thread), so figures from a shared machine are taken at 1 thread.
+On CPU a delta over at most `one_thread_max_tokens` (64) tokens runs on one thread, the base
+matmul keeps the pool (torch.set_num_threads around the delta; under OpenMP it sets the calling
+thread's pool size only). A decode delta is ~7 ops on [16, r] operands per module and layer, and
+at 2 threads each op's fork/join cost more than the split saved. Measured (SmolLM2-135M fp32, 2
+threads, quiet 2-core machine, one decode step of 16 rows, median of 12, two rounds): base
+108-115 ms; 16 distinct adapters in scattered slots 190-194 ms before, 146-164 ms after; a Zipf-like
+mix (10 adapters, up to 4 rows each) 243 ms before, 135-156 ms after. At 1 thread for the
+whole step the same mixes took 159 / 149-159 ms against a 125 ms base.
 """
 
 from __future__ import annotations
@@ -124,6 +132,7 @@ class _Grouping:
     pad_pos: torch.Tensor | None  # [Ta] long: row of each sorted token in the [NG * L] layout (None: identity)
     offs: torch.Tensor | None  # [num_slots] int32: cumulative token counts per slot (grouped GEMM)
     in_order: bool = False  # every token has an adapter and they already are sorted by slot (perm = arange)
+    delta_one_thread: bool = False  # run the delta's ops on one CPU thread (few tokens; see LoraSlotBank)
 
 
 class LoraSlotBank:
@@ -161,6 +170,9 @@ class LoraSlotBank:
         self.window_factor = 2.5
         # tokens already in slot order need no gather of x nor scatter of the delta (see forward)
         self.skip_sort = True
+        # CPU: a delta over at most this many tokens runs on one thread (decode's ops are tiny, and
+        # a fork/join of the OpenMP pool per op cost more than the split saved; see the docstring)
+        self.one_thread_max_tokens = 64 if device.type == "cpu" else 0
 
     # ----------------------------------------------------------------- slots
 
@@ -360,6 +372,7 @@ class LoraSlotBank:
         dev = self.device
         in_order = self.skip_sort and ta == t.numel() and bool(torch.equal(perm, torch.arange(ta)))
         common = dict(
+            delta_one_thread=ta <= self.one_thread_max_tokens,
             num_tokens=t.numel(),
             perm=perm.to(dev, non_blocking=True),
             slots=slots,
@@ -420,6 +433,16 @@ class MultiLoraLinear(nn.Module):
         g = self.bank.grouping(self.module) if self.bank is not None else None
         if g is None:
             return y
+        threads = torch.get_num_threads() if g.delta_one_thread else 1
+        if threads > 1:  # the delta's ops are tiny: splitting them over the pool costs more than it saves
+            torch.set_num_threads(1)  # per thread under OpenMP: other threads' ops keep the pool
+        try:
+            return self._add_delta(x, y, g)
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
+
+    def _add_delta(self, x: torch.Tensor, y: torch.Tensor, g: _Grouping) -> torch.Tensor:  # y += delta(x)
         x2 = x.reshape(-1, self.in_features)  # [T, in]
         if x2.shape[0] != g.num_tokens:
             raise LoraSlotError(f"routing has {g.num_tokens} tokens but the batch has {x2.shape[0]}")

@@ -222,3 +222,40 @@ def test_buffers_are_preallocated_and_not_in_state_dict(tiny):
     assert layer.lora_a.data_ptr() == ptr  # loaded in place
     assert {k.replace(".base_layer", "") for k in tiny.state_dict()} == keys_before
     assert math.isclose(bank.slot_rank(1), 3)
+
+
+def test_a_small_delta_runs_on_one_thread_and_the_pool_size_is_restored(bank_setup, monkeypatch):
+    """CPU: the delta of a forward with few tokens runs its ops on one thread (fork/join of the pool
+    per tiny op cost more than it saved); the caller's thread count is back afterwards, also when
+    the delta raises. A forward with more tokens keeps the pool."""
+    model, bank, loaded = bank_setup
+    layer = bank.layers[next(iter(bank.layers))]
+    seen: list[int] = []
+    real = MultiLoraLinear._add_delta
+
+    def spy(self, x, y, g):
+        seen.append(torch.get_num_threads())
+        return real(self, x, y, g)
+
+    monkeypatch.setattr(MultiLoraLinear, "_add_delta", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        bank.set_routing([0, 2, 3, 5])
+        layer(torch.randn(4, layer.in_features))
+        assert seen == [1] and torch.get_num_threads() == 2
+        many = [2] * (bank.one_thread_max_tokens + 1)
+        bank.set_routing(many)
+        layer(torch.randn(len(many), layer.in_features))
+        assert seen == [1, 2]
+
+        def boom(self, x, y, g):
+            raise RuntimeError("delta failed")
+
+        monkeypatch.setattr(MultiLoraLinear, "_add_delta", boom)
+        bank.set_routing([0, 2])
+        with pytest.raises(RuntimeError, match="delta failed"):
+            layer(torch.randn(2, layer.in_features))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
