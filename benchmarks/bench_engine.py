@@ -327,6 +327,7 @@ def main() -> None:
     )
     # --- last: the profiler and the peers, which leave process state behind (torch.profiler
     # hooks, freed model copies) that slowed the engine phases run after them in earlier versions
+    warm(engine, ids_a + ids_b)  # resident again after the Zipf phase: no loads in the profiled steps
     res["decode_profile"] = {kind: profile_decode(engine, adapters, texts) for kind, adapters in kinds.items()}
     log("decode profile", json.dumps(res["decode_profile"]))
 

@@ -34,7 +34,9 @@ adapter (never per token, and no per-token weight copies):
   token has an adapter and the tokens already are in slot order (rows admitted in the order
   their adapters were loaded), the batch is its own layout: no gather of x, no scatter of the
   delta, one bmm and one baddbmm that accumulates into the base output (2 ops a layer, not 4).
-- CPU, unbalanced groups (prefill of different lengths): a loop over the distinct adapters with
+- CPU, unbalanced groups: the same padded bmm while the padded layout is small (at most
+  `max_free_padded_rows`, e.g. decode rows sharing popular adapters) or wastes at most half its
+  rows; otherwise (prefill of very different lengths) a loop over the distinct adapters with
   views into the slot buffers (cost grows with adapters, not tokens).
 - CUDA: `torch._grouped_mm` over the whole slot buffers with per-slot offsets (no weight copy),
   where the build supports it for the dtype (checked once); else the CPU strategies.
@@ -61,14 +63,15 @@ is still contiguous); it was not re-measured here (no GPU in this session).
 Threads: with 2 OpenMP threads on a machine whose cores are busy with other work, every
 parallel op waits for a descheduled thread (a 20 MB slot copy took 140-990 ms instead of
 4-16 ms at 1 thread), so figures from a shared machine are taken at 1 thread.
-On CPU a delta over at most `one_thread_max_tokens` (64) tokens runs on one thread, the base
+On CPU a delta over at most `one_thread_max_tokens` (1,024) tokens runs on one thread, the base
 matmul keeps the pool (torch.set_num_threads around the delta; under OpenMP it sets the calling
 thread's pool size only). A decode delta is ~7 ops on [16, r] operands per module and layer, and
 at 2 threads each op's fork/join cost more than the split saved. Measured (SmolLM2-135M fp32, 2
-threads, quiet 2-core machine, one decode step of 16 rows, median of 12, two rounds): base
+threads, quiet 2-core machine, median of 12 steps, two rounds): one decode step of 16 rows, base
 108-115 ms; 16 distinct adapters in scattered slots 190-194 ms before, 146-164 ms after; a Zipf-like
-mix (10 adapters, up to 4 rows each) 243 ms before, 135-156 ms after. At 1 thread for the
-whole step the same mixes took 159 / 149-159 ms against a 125 ms base.
+mix (10 adapters, up to 4 rows each) 243 ms before, 135-156 ms after (at 1 thread for the whole
+step: 159 / 149-159 ms against a 125 ms base). The prefill of 16 short prompts on 16 adapters:
+449-478 ms with the pool, 373-420 ms on one thread.
 """
 
 from __future__ import annotations
@@ -172,7 +175,10 @@ class LoraSlotBank:
         self.skip_sort = True
         # CPU: a delta over at most this many tokens runs on one thread (decode's ops are tiny, and
         # a fork/join of the OpenMP pool per op cost more than the split saved; see the docstring)
-        self.one_thread_max_tokens = 64 if device.type == "cpu" else 0
+        self.one_thread_max_tokens = 1024 if device.type == "cpu" else 0
+        # a padded bmm layout of at most this many rows is used whatever its padding: its extra rows
+        # cost less than the loop's two ops per adapter (decode with repeated adapters)
+        self.max_free_padded_rows = 256
 
     # ----------------------------------------------------------------- slots
 
@@ -390,7 +396,7 @@ class LoraSlotBank:
         use_window = hi - lo <= self.window_factor * n_groups
         n_layout = hi - lo if use_window else n_groups
         waste = 1.0 - ta / (n_layout * max_count)
-        if waste > self.max_padding_waste:
+        if waste > self.max_padding_waste and n_layout * max_count > self.max_free_padded_rows:
             return _Grouping(strategy="loop", window=None, slot_index=None, pad_pos=None, offs=None, **common)
         pad_pos = None
         if not (use_window and hi - lo == n_groups and min(count_list) == max_count):

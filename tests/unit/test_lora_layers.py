@@ -94,7 +94,8 @@ def bank_setup(tiny):
         ([0, 2, 3, 5, -1, 1], "bmm"),  # decode: one token per row, a window of slots (view)
         ([5, 5, 0, 0, 2, 2, -1, -1], "bmm"),  # balanced groups of 2
         ([0, 2, 2, 3, 3, 3, -1, 5], "bmm"),  # unbalanced but little padding
-        ([2] * 9 + [0, 3, -1], "loop"),  # prefill of different lengths: per-adapter loop
+        ([2] * 9 + [0, 3, -1], "bmm"),  # unbalanced, but a small padded layout beats a loop
+        ([2] * 100 + [0, 3, -1], "loop"),  # prefill of very different lengths: per-adapter loop
         ([5, 0], "bmm"),  # window with a hole would be wasteful: gathered slots
         ([2, 3], "bmm-in-order"),  # decode, rows already in slot order: no gather, delta added in place
         ([2, 2, 3, 3], "bmm-in-order"),
