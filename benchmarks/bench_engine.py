@@ -26,10 +26,9 @@ Figures (ratios compare peers measured in this same run; the machines are noisy)
   host memory; tokens/s / the same load on one adapter. The 1,000 ids point at the distinct
   shape-A folders (disk space: 1,000 x 7 MB); the engine treats every id as its own adapter
   (own host entry, own slot load, own eviction).
-Order: the engine's phases (hetero, cold loads, Zipf) run first, then the decode profile and the
-two peers. A full run that profiled and ran the peers first measured the later engine phases
-slower (cold loads 59 ms p50 vs 16.5 ms for the same phase on its own), and the node never runs
-either in its process.
+Order: the throughput phase runs our base, A and B batches and the two peers (HF generate,
+PEFT) interleaved, three rounds (two with --quick), and every figure is a median over them; then
+the cold loads, the Zipf phase, and last the decode profile (torch.profiler).
 Ends with one line: RESULT {json}.
 """
 
@@ -234,11 +233,25 @@ def main() -> None:
     run_engine(engine, reqs_for([None] * concurrent, texts, 4, "warmup"))  # first-call effects
     runs: dict[str, list[dict]] = {"base": [], "A": [], "B": []}
     kinds = {"base": [None] * concurrent, "A": ids_a, "B": ids_b}
-    for rep in range(reps):  # interleaved, so machine noise hits every kind alike; medians below
+    # the peers: HF generate on the plain model, PEFT's mixed-adapter batch on a copy with A0..A15
+    from peft import PeftModel
+
+    peft = PeftModel.from_pretrained(copy.deepcopy(pristine), str(folders_a[0]), adapter_name="A0")
+    for i in range(1, concurrent):
+        peft.load_adapter(str(folders_a[i]), adapter_name=f"A{i}")
+    peft.eval()
+    hf_generate_tps(pristine, tok, texts, 2)  # the peers' first-call effects, as the engine's warm-up above
+    hf_generate_tps(peft, tok, texts, 2, peft_names=ids_a)
+    peer_runs: dict[str, list[float]] = {"hf": [], "peft": []}
+    for rep in range(reps):  # interleaved, peers too, so machine noise hits every kind alike; medians below
         for kind, adapters in kinds.items():
             r = run_engine(engine, reqs_for(adapters, texts, n_tok, f"{kind}{rep}"))
             runs[kind].append(r)
             log(f"rep {rep} {kind}: decode {r['decode_tps']:.1f} tok/s, e2e {r['e2e_tps']:.1f} tok/s")
+        peer_runs["hf"].append(hf_generate_tps(pristine, tok, texts, n_tok))
+        peer_runs["peft"].append(hf_generate_tps(peft, tok, texts, n_tok, peft_names=ids_a))
+        log(f"rep {rep} hf generate base {peer_runs['hf'][-1]:.1f} tok/s, peft mixed {peer_runs['peft'][-1]:.1f} tok/s")
+    del peft
     assert engine.stats()["adapters"]["loads_in_flight"] == 0
 
     def med(kind: str, key: str) -> float:
@@ -269,6 +282,15 @@ def main() -> None:
             "decode_tps_hetero_B": het_b["decode_tps"],
             "e2e_tps_base": base_run["e2e_tps"],
             "e2e_tps_hetero_A": het_a["e2e_tps"],
+        }
+    )
+    hf_tps, peft_tps = statistics.median(peer_runs["hf"]), statistics.median(peer_runs["peft"])
+    res.update(
+        {
+            "hf_generate_base_tps": hf_tps,
+            "vs_hf_generate_base": base_run["e2e_tps"] / hf_tps,
+            "peft_mixed_tps": peft_tps,
+            "vs_peft_mixed": het_a["e2e_tps"] / peft_tps,
         }
     )
 
@@ -325,28 +347,10 @@ def main() -> None:
             "zipf_disk_loads": s1["disk_loads"] - s0["disk_loads"],
         }
     )
-    # --- last: the profiler and the peers, which leave process state behind (torch.profiler
-    # hooks, freed model copies) that slowed the engine phases run after them in earlier versions
+    # --- last: the profiler, which leaves hooks behind
     warm(engine, ids_a + ids_b)  # resident again after the Zipf phase: no loads in the profiled steps
     res["decode_profile"] = {kind: profile_decode(engine, adapters, texts) for kind, adapters in kinds.items()}
     log("decode profile", json.dumps(res["decode_profile"]))
-
-    # --- peers: HF generate (base) and PEFT mixed-adapter batch (A) --------------------------
-    hf_tps = hf_generate_tps(pristine, tok, texts, n_tok)
-    log("hf generate base tok/s", hf_tps)
-    res["hf_generate_base_tps"] = hf_tps
-    res["vs_hf_generate_base"] = base_run["e2e_tps"] / hf_tps
-    from peft import PeftModel
-
-    peft = PeftModel.from_pretrained(copy.deepcopy(pristine), str(folders_a[0]), adapter_name="A0")
-    for i in range(1, concurrent):
-        peft.load_adapter(str(folders_a[i]), adapter_name=f"A{i}")
-    peft.eval()
-    peft_tps = hf_generate_tps(peft, tok, texts, n_tok, peft_names=ids_a)
-    log("peft mixed tok/s", peft_tps)
-    del peft
-    res["peft_mixed_tps"] = peft_tps
-    res["vs_peft_mixed"] = het_a["e2e_tps"] / peft_tps
 
     engine.close()
     print("RESULT " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}))
