@@ -147,7 +147,7 @@ contract AttributionPool is IAttributionPool {
         uint256 n = entries.length;
         if (n > MAX_ENTRIES) revert AttributionPoolTooManyEntries(n);
         _settledSeq[msg.sender] = seq;
-        uint256 i;
+        uint256 i = 0;
         uint256 lastKey; // keys strictly ascending: so are dataset ids, from group to group
         while (i < n) {
             uint256 datasetId = entries[i] >> _DATASET_SHIFT;
@@ -237,7 +237,7 @@ contract AttributionPool is IAttributionPool {
         if (keccak256(abi.encode(ids, bps)) != r.attributionHash) revert AttributionPoolAttributionMismatch();
         uint256 n = ids.length;
         if (n != bps.length) return OVER_TOTAL;
-        uint256 sum;
+        uint256 sum = 0;
         for (uint256 k; k < n; ++k) {
             if (bps[k] > _TOTAL_BPS) return OVER_TOTAL; // also keeps `sum` from overflowing
             sum += bps[k];
@@ -246,7 +246,7 @@ contract AttributionPool is IAttributionPool {
         (, uint256 count, uint256 p0, uint256 p1) = _adapters.payoutOf(r.adapterId);
         for (uint256 k; k < n; ++k) {
             (uint256 datasetId,) = _datasets.datasetOf(ids[k]);
-            bool inside;
+            bool inside = false;
             for (uint256 j; j < count && !inside; ++j) {
                 uint256 entry = (j < 5 ? p0 : p1) >> (48 * (j % 5));
                 inside = datasetId != 0 && uint32(entry >> 16) == datasetId;
@@ -271,7 +271,7 @@ contract AttributionPool is IAttributionPool {
         uint256 skip = uint96(group[0] >> _KEY_SHIFT) == 0 ? 1 : 0;
         uint256[] memory ids = new uint256[](m - skip);
         uint256[] memory amounts = new uint256[](m - skip);
-        uint256 given;
+        uint256 given = 0;
         for (uint256 k = skip; k < m;) {
             uint256 e = group[k];
             unchecked {

@@ -205,6 +205,7 @@ contract DatasetRegistry is IDatasetRegistry {
         if (status == Status.None) revert DatasetRegistryUnknownContribution(contributionId);
         if (_datasets[c.datasetId].curator != msg.sender) revert DatasetRegistryNotCurator(c.datasetId, msg.sender);
         if (status == Status.Rejected) revert DatasetRegistryNotPending(contributionId, status);
+        c.status = Status.Rejected; // before the vault call below (checks-effects-interactions)
         if (status == Status.Accepted) {
             Dataset storage d = _datasets[c.datasetId];
             uint256 accrued = uint256(c.weight) * d.accRewardPerWeight / ACC_PRECISION;
@@ -220,7 +221,6 @@ contract DatasetRegistry is IDatasetRegistry {
                 _creditOne(c.contributor, owed);
             }
         }
-        c.status = Status.Rejected;
         emit ContributionRejected(contributionId, c.datasetId);
     }
 

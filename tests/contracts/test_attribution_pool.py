@@ -352,6 +352,20 @@ def test_slash_attribution_refuses_honest_uncommitted_and_hostile_leaves(env, wo
     assert c.nodes.get_node(env.node.address).bond == bond and not c.nodes.attribution_slashed(digest)
 
 
+def test_a_contribution_rejected_after_the_answer_keeps_the_leaf_honest(env, world2, reverts):
+    """The receipt credited contribution 3 while it was accepted in one of the adapter's datasets;
+    the curator rejects it later. The leaf was right when signed: no fault, no slash (the
+    contribution stops earning at payment time instead)."""
+    c = env.c
+    r, seq, proof = _committed_receipt(env, [1, 3], [5000, 5000])
+    c.datasets.reject(env.curator, 3)
+    assert c.datasets.get_contribution(3).status == "rejected"
+    assert c.pool.attribution_fault(r, seq, proof, [1, 3], [5000, 5000]) == 0
+    digest = receipt_digest(r, env.chain_id, c.receipts.address)
+    with reverts("NodeRegistryAttributionHonest", digest):
+        c.nodes.slash_attribution(env.stranger, r, seq, proof, [1, 3], [5000, 5000])
+
+
 def test_constructor_refuses_zero_addresses(env, reverts):
     from chain.artifacts import load_artifact
     from chain.send import send_tx
