@@ -64,9 +64,11 @@ Threads: with 2 OpenMP threads on a machine whose cores are busy with other work
 parallel op waits for a descheduled thread (a 20 MB slot copy took 140-990 ms instead of
 4-16 ms at 1 thread), so figures from a shared machine are taken at 1 thread.
 On CPU a delta over at most `one_thread_max_tokens` (1,024) tokens runs on one thread, the base
-matmul keeps the pool (torch.set_num_threads around the delta; under OpenMP it sets the calling
-thread's pool size only). A decode delta is ~7 ops on [16, r] operands per module and layer, and
-at 2 threads each op's fork/join cost more than the split saved. Measured (SmolLM2-135M fp32, 2
+matmul keeps the pool (torch.set_num_threads around the delta; the setting is process-wide, and
+in the engine only the scheduler thread runs model ops: the loader thread maps and hashes files,
+other threads' torch ops would merely run on one thread meanwhile). A decode delta is ~7 ops on
+[16, r] operands per module and layer, and at 2 threads each op's fork/join cost more than the
+split saved. Measured (SmolLM2-135M fp32, 2
 threads, quiet 2-core machine, median of 12 steps, two rounds): one decode step of 16 rows, base
 108-115 ms; 16 distinct adapters in scattered slots 190-194 ms before, 146-164 ms after; a Zipf-like
 mix (10 adapters, up to 4 rows each) 243 ms before, 135-156 ms after (at 1 thread for the whole
@@ -441,7 +443,7 @@ class MultiLoraLinear(nn.Module):
             return y
         threads = torch.get_num_threads() if g.delta_one_thread else 1
         if threads > 1:  # the delta's ops are tiny: splitting them over the pool costs more than it saves
-            torch.set_num_threads(1)  # per thread under OpenMP: other threads' ops keep the pool
+            torch.set_num_threads(1)  # process-wide: only the scheduler thread runs model ops
         try:
             return self._add_delta(x, y, g)
         finally:

@@ -432,7 +432,7 @@ class PackedStore:
         with self._lock:
             verified = self._verified.pop(ref.path, None) if self.trust_identity else None
         if verified is not None and time.time_ns() - verified[4] <= CTIME_SETTLED_NS:
-            verified = None  # changed in the same timestamp tick as the hashed read or our write: it could hide
+            verified = None  # too recent: a change within the same timestamp tick could hide
         try:
             packed, identity, hashed = read_packed(ref, spec, verified)  # a file that fails stays forgotten
         except PackedFileError:
