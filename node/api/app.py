@@ -14,7 +14,7 @@ from aiohttp import web
 
 from node.api import keys as K
 from node.api.completions import chat_completions, completions
-from node.api.errors import error_middleware
+from node.api.errors import PAYMENT_REJECTION, error_middleware
 from node.api.info import healthz, metrics, models, node_info, receipt, settle_up
 from node.api.schemas import ApiLimits
 from node.config import NodeConfig
@@ -40,6 +40,9 @@ async def metrics_middleware(request: web.Request, handler) -> web.StreamRespons
     finally:
         m = request.app[K.METRICS]
         m.requests.labels(endpoint, str(status)).inc()
+        rejection = request.get(PAYMENT_REJECTION)
+        if rejection is not None:  # the operator's view of refused payments, by reason
+            m.payment_rejections.labels(rejection).inc()
         m.latency.labels(endpoint).observe(time.monotonic() - t0)
 
 

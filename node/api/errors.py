@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from node.api import keys as K
 from node.daemon.payments.errors import InvalidApiKey, PaymentCheckUnavailable, PaymentRejected
 from node.wire import VOUCHER_HEADER
 
@@ -105,6 +104,9 @@ class Unavailable(ApiError):
     code = "unavailable"
 
 
+# The request-scoped key under which error_middleware leaves a 402's reason for the metrics
+PAYMENT_REJECTION = "loranode.payment_rejection"
+
 # Each domain error the API reports, and the HTTP error it becomes (first match wins).
 DOMAIN_ERRORS: tuple[tuple[type[Exception], Callable[[Any], ApiError]], ...] = (
     (PaymentRejected, lambda e: PaymentRequired(e.message, code=e.code, param=VOUCHER_HEADER, extra=e.details)),
@@ -154,8 +156,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except Exception as e:
         mapped = api_error_for(e)
         if mapped is not None:
-            if isinstance(e, PaymentRejected):  # the operator's view of refused payments, by reason
-                request.app[K.METRICS].payment_rejections.labels(mapped.code).inc()
+            if isinstance(e, PaymentRejected):  # counted by reason in the metrics middleware
+                request[PAYMENT_REJECTION] = mapped.code
             return error_response(mapped)
         log.exception("unhandled error in %s %s", request.method, request.path)
         err = ApiError("internal error in the node", code="internal_error")
