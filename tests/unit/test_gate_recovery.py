@@ -194,3 +194,31 @@ async def test_a_request_after_an_invalidation_does_not_ride_on_an_older_read(tm
     assert escrow.reads == 2
     assert await _outcome(gate, _signed(p, p.address, 3), 3) == "escrow_insufficient"  # not the stale value
     assert escrow.reads == 2
+
+
+async def test_a_flood_of_fresh_payers_does_not_starve_a_known_payer_whose_cache_expired(tmp_path):
+    """Attack: a bystander floods the node with vouchers from fresh keys, each a cache miss, and
+    spends the chain-read budget. A payer the node already read keeps being served on its last
+    known balance when its entry expires (as while the RPC is down; escrow events still drop it),
+    and only keys with no known value get the 503."""
+    escrow = _SlowEscrow()
+    escrow.release.set()
+    gate = _slow_gate(tmp_path, escrow, burst=2)
+    gate._balance_cache.ttl_s = 0.0  # every entry has expired by the next request
+    p = PAYERS[0]
+    assert await _outcome(gate, _signed(p, p.address, 1), 1) == "admitted"  # one read: its balance is known
+    flood = [Account.create() for _ in range(8)]
+    outcomes = [await _outcome_or_503(gate, _signed(k, k.address, 2), 2) for k in flood]
+    assert outcomes.count("503") >= 7  # the budget is spent on the flood
+    assert await _outcome_or_503(gate, _signed(p, p.address, 3), 3) == "admitted"
+    gate.invalidate(p.address)  # an escrow event: the last value goes, a fresh read is needed
+    assert await _outcome_or_503(gate, _signed(p, p.address, 4), 4) == "503"
+
+
+async def _outcome_or_503(gate: PaymentGate, headers: dict, adapter: int) -> str:
+    from node.daemon.payments.errors import PaymentCheckUnavailable
+
+    try:
+        return await _outcome(gate, headers, adapter)
+    except PaymentCheckUnavailable:
+        return "503"

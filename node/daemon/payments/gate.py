@@ -287,11 +287,16 @@ class PaymentGate:
     async def _read(self, cache: _TTLCache, key, fn, *args):
         """A chain read, cached; while the RPC is down the last known value keeps serving going,
         and with none known the request gets a 503 (retry) instead of an error. Reads are
-        rate-limited: a flood of fresh keys gets 503s instead of one RPC call each; requests
-        missing the same key together share one read (a payer streaming on many lanes)."""
+        rate-limited: a flood of fresh keys gets 503s instead of one RPC call each, and while the
+        budget is spent a key with a last known value is served on it, as while the RPC is down
+        (escrow events drop a value, so a flood cannot starve payers the node already knows);
+        requests missing the same key together share one read (a payer streaming on many lanes)."""
         flight = cache.flight(key)
         if flight is None:
             if not self._reads.take():
+                stale = cache.stale(key)
+                if stale is not None:
+                    return stale
                 raise PaymentChecksThrottled("too many payment checks at once; retry shortly")
             flight = cache.fly(key, asyncio.ensure_future(self._read_once(cache, key, fn, *args)))
         return await asyncio.shield(flight)  # one waiter cancelled must not cancel the others' read
