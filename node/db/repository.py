@@ -158,26 +158,23 @@ def store_voucher(
     session: Session, *, lane: str, payer: str, node: str, adapter_id: int, compute_value: int, adapter_value: int, signature: str
 ) -> VoucherRow:
     """Keep the newest voucher of a lane. Cumulative values never go down (raises `VoucherRegression`)."""
-    row = session.get(VoucherRow, lane, with_for_update=True)
-    if row is None:
-        row = VoucherRow(
-            lane=lane,
-            payer=payer.lower(),
-            node=node.lower(),
-            adapter_id=int(adapter_id),
-            compute_value=int(compute_value),
-            adapter_value=int(adapter_value),
-            signature=signature,
-            redeemed_compute=0,
-            redeemed_adapter=0,
-        )
-        session.add(row)
-    else:
-        if int(compute_value) < row.compute_value or int(adapter_value) < row.adapter_value:
-            raise VoucherRegression(f"voucher for lane {lane} is below the stored cumulative values")
-        row.compute_value, row.adapter_value, row.signature = int(compute_value), int(adapter_value), signature
-        row.redeem_error = None  # a newer voucher deserves a new try
-    session.flush()
+    store_vouchers(
+        session,
+        [
+            {
+                "lane": lane,
+                "payer": payer,
+                "node": node,
+                "adapter_id": adapter_id,
+                "compute_value": compute_value,
+                "adapter_value": adapter_value,
+                "signature": signature,
+            }
+        ],
+    )
+    row = session.get(VoucherRow, lane, populate_existing=True)  # the row as the statement left it
+    if row is None:  # written just above in this transaction
+        raise RuntimeError(f"voucher row of lane {lane} vanished within its transaction")
     return row
 
 
@@ -189,6 +186,7 @@ def store_vouchers(session: Session, vouchers: list[dict]) -> None:
     roll back). Voucher rows the session already loaded are not refreshed: use a session of its own."""
     if not vouchers:
         return
+    session.flush()  # the statements below go around the ORM: pending changes first
     lanes = [v["lane"] for v in vouchers]
     if len(set(lanes)) != len(lanes):
         raise ValueError("store_vouchers takes one voucher per lane")

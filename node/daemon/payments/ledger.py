@@ -165,10 +165,6 @@ class Ledger:
             "signature": "0x" + sv.signature.hex(),
         }
 
-    @classmethod
-    def _store(cls, s: Session, sv: SignedVoucher) -> None:
-        repo.store_voucher(s, **cls._row(sv))
-
     # -- receipts --
     def append_receipt(
         self,
@@ -223,10 +219,11 @@ class Ledger:
                 owed[lane] = [o[0] + r.compute_cost, o[1] + r.adapter_cost]
                 sv = job.operator_voucher(*owed[lane]) if job.operator_voucher else None
                 if sv is not None:
-                    self._store(s, sv)
-                    vouchers[lane] = sv
+                    vouchers[lane] = sv  # a lane's later voucher of the group covers its earlier ones
                 signed_all.append(signed)
             repo.store_receipts(s, rows)  # one executemany: a per-row ORM flush cost more than the signing
+            if vouchers:
+                repo.store_vouchers(s, [self._row(sv) for sv in vouchers.values()])
         # committed: only now do the totals the payment gate checks move (whole lists are swapped
         # in, so a reader on the event loop sees either the old or the new total)
         self._owed.update(owed)
