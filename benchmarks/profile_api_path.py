@@ -41,6 +41,28 @@ def per_call_us(fn, n: int) -> float:
     return round((time.perf_counter() - t0) / n * 1e6, 1)
 
 
+class _FundedEscrow:
+    """The escrow reads of the admission crowds: every payer funded, signing for itself."""
+
+    def is_authorized(self, payer, signer):
+        return False
+
+    def available(self, payer, node):
+        return 10**30
+
+    def collected(self, lane):
+        return (0, 0)
+
+
+def _medians(samples: dict[str, list[tuple[float, float]]], prefix: str) -> dict:
+    """Median wall time and event-loop CPU per admission of each side's rounds."""
+    out = {}
+    for name, xs in samples.items():
+        out[f"{prefix}_{name}_wall"] = round(statistics.median(x[0] for x in xs), 1)
+        out[f"{prefix}_{name}_loop_cpu"] = round(statistics.median(x[1] for x in xs), 1)
+    return out
+
+
 def admit_256(operator, n: int) -> dict:
     """256 concurrent admissions through the real PaymentGate (16 payers x 16 lanes, escrow caches
     warm, prepaid vouchers so no voucher write): wall time and event-loop CPU (`time.thread_time` of
@@ -56,16 +78,6 @@ def admit_256(operator, n: int) -> dict:
     from node.wire import VOUCHER_HEADER, encode_voucher_header
 
     chain_id, escrow = 31337, "0x" + "11" * 20
-
-    class Escrow:
-        def is_authorized(self, payer, signer):
-            return False
-
-        def available(self, payer, node):
-            return 10**30
-
-        def collected(self, lane):
-            return (0, 0)
 
     class InlineGate(g.PaymentGate):
         async def _recover(self, sv):
@@ -88,7 +100,12 @@ def admit_256(operator, n: int) -> dict:
         migrate(url)
         ledger = Ledger(make_session_factory(url))
         kw = dict(
-            node_address=operator.address, mode="voucher", escrow=Escrow(), book=ledger, chain_id=chain_id, escrow_address=escrow
+            node_address=operator.address,
+            mode="voucher",
+            escrow=_FundedEscrow(),
+            book=ledger,
+            chain_id=chain_id,
+            escrow_address=escrow,
         )
         gates = {"batched": g.PaymentGate(**kw), "inline": InlineGate(**kw)}
 
@@ -110,11 +127,7 @@ def admit_256(operator, n: int) -> dict:
                     samples[name].append(await crowd(gate))
 
         asyncio.run(run())
-    out = {}
-    for name, xs in samples.items():
-        out[f"admit_256_{name}_wall"] = round(statistics.median(x[0] for x in xs), 1)
-        out[f"admit_256_{name}_loop_cpu"] = round(statistics.median(x[1] for x in xs), 1)
-    return out
+    return _medians(samples, "admit_256")
 
 
 def admit_256_write(operator, n: int) -> dict:
@@ -135,16 +148,6 @@ def admit_256_write(operator, n: int) -> dict:
     from node.wire import VOUCHER_HEADER, encode_voucher_header
 
     chain_id, escrow = 31337, "0x" + "11" * 20
-
-    class Escrow:
-        def is_authorized(self, payer, signer):
-            return False
-
-        def available(self, payer, node):
-            return 10**30
-
-        def collected(self, lane):
-            return (0, 0)
 
     class OneEach:
         """The peer's voucher writer: one worker-thread transaction per voucher."""
@@ -178,7 +181,12 @@ def admit_256_write(operator, n: int) -> dict:
         ledger = Ledger(make_session_factory(url))
         event.listen(ledger.sessions.kw["bind"], "commit", lambda conn: commits.__setitem__(0, commits[0] + 1))
         kw = dict(
-            node_address=operator.address, mode="voucher", escrow=Escrow(), book=ledger, chain_id=chain_id, escrow_address=escrow
+            node_address=operator.address,
+            mode="voucher",
+            escrow=_FundedEscrow(),
+            book=ledger,
+            chain_id=chain_id,
+            escrow_address=escrow,
         )
         gates = {"grouped": g.PaymentGate(**kw), "one_each": g.PaymentGate(**kw)}
         gates["one_each"]._voucher_writes = OneEach(ledger)
@@ -207,10 +215,7 @@ def admit_256_write(operator, n: int) -> dict:
                         transactions.append(commits[0] - before)
 
         asyncio.run(run())
-    out = {}
-    for name, xs in samples.items():
-        out[f"admit_256_write_{name}_wall"] = round(statistics.median(x[0] for x in xs), 1)
-        out[f"admit_256_write_{name}_loop_cpu"] = round(statistics.median(x[1] for x in xs), 1)
+    out = _medians(samples, "admit_256_write")
     out["admit_256_write_grouped_transactions"] = statistics.median(transactions)
     return out
 

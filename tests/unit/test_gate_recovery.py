@@ -20,24 +20,12 @@ from node.daemon.payments.ledger import Ledger
 from node.db import make_session_factory, migrate
 from node.metering import Cost, Price
 from node.wire import VOUCHER_HEADER, encode_voucher_header
+from payment_fakes import FundedEscrow
 
 CHAIN_ID, ESCROW = 31337, "0x" + "11" * 20
 PRICE, MAX_COST = Price(1000, 1000), Cost(100, 100)
 NODE = Account.create()
 PAYERS = [Account.create() for _ in range(4)]
-
-
-class _Escrow:
-    """Every payer is funded; only payers sign for themselves (no delegated signers)."""
-
-    def is_authorized(self, payer: str, signer: str) -> bool:
-        return False
-
-    def available(self, payer: str, node: str) -> int:
-        return 10**18
-
-    def collected(self, lane) -> tuple[int, int]:
-        return (0, 0)
 
 
 @pytest.fixture
@@ -47,7 +35,7 @@ def gate(tmp_path):
     return PaymentGate(
         node_address=NODE.address,
         mode="voucher",
-        escrow=_Escrow(),
+        escrow=FundedEscrow(),
         book=Ledger(make_session_factory(url)),
         chain_id=CHAIN_ID,
         escrow_address=ESCROW,
@@ -124,7 +112,7 @@ async def test_a_replay_racing_on_a_busy_lane_is_refused_after_the_recovery_wait
     assert gate.lock_count() == 1 and gate.reserved(p.address) == MAX_COST.total
 
 
-class _SlowEscrow(_Escrow):
+class _SlowEscrow(FundedEscrow):
     """Escrow reads that take a while (an RPC round trip) and are counted; `balance` is what the
     chain says now."""
 

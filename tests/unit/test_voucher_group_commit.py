@@ -24,25 +24,13 @@ from node.daemon.payments.gate import Lane, PaymentGate
 from node.daemon.payments.ledger import Ledger
 from node.metering import Cost, Price
 from node.wire import VOUCHER_HEADER, encode_voucher_header
+from payment_fakes import FundedEscrow
 
 CHAIN_ID, ESCROW = 31337, "0x" + "11" * 20
 PRICE, MAX_COST = Price(1000, 1000), Cost(100, 100)
 NODE = Account.from_key("0x" + "a1" * 32)
 PAYERS = [Account.from_key("0x" + f"{0xB0 + i:02x}" * 32) for i in range(8)]
 SIG = b"\x01" * 64 + b"\x1b"  # the ledger stores signatures, it does not check them
-
-
-class _Escrow:
-    """Every payer is funded and signs for itself."""
-
-    def is_authorized(self, payer: str, signer: str) -> bool:
-        return False
-
-    def available(self, payer: str, node: str) -> int:
-        return 10**18
-
-    def collected(self, lane) -> tuple[int, int]:
-        return (0, 0)
 
 
 @pytest.fixture
@@ -54,7 +42,7 @@ def url(tmp_path) -> str:
 
 def _gate(ledger: Ledger) -> PaymentGate:
     return PaymentGate(
-        node_address=NODE.address, mode="voucher", escrow=_Escrow(), book=ledger, chain_id=CHAIN_ID, escrow_address=ESCROW
+        node_address=NODE.address, mode="voucher", escrow=FundedEscrow(), book=ledger, chain_id=CHAIN_ID, escrow_address=ESCROW
     )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from eth_utils import to_checksum_address
 from sqlalchemy import select
@@ -30,6 +30,9 @@ from chain.eip712 import SignedReceipt, SignedVoucher, Voucher
 from node.db import models as m
 from node.db import repository as repo
 from node.daemon.payments.gate import Lane, LaneState
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 
 def _lane_from_key(key: str) -> Lane:
@@ -46,6 +49,23 @@ def _voucher_from_row(row: m.VoucherRow) -> SignedVoucher:
         int(row.adapter_value),
     )
     return SignedVoucher(v, bytes.fromhex(row.signature.removeprefix("0x")))
+
+
+def _each_alone_on_failure(write: Callable[[Sequence[J]], Sequence[R]], jobs: Sequence[J]) -> list[R | Exception]:
+    """`write(jobs)` in one transaction; if it fails, each job in a transaction of its own, so one bad
+    job fails alone. One result or one exception per job, in order."""
+    try:
+        return list(write(jobs))
+    except Exception as e:  # noqa: BLE001 - isolated below
+        if len(jobs) == 1:
+            return [e]
+    out: list[R | Exception] = []
+    for job in jobs:
+        try:
+            out += write([job])
+        except Exception as e:  # noqa: BLE001 - reported to that job's caller
+            out.append(e)
+    return out
 
 
 def _dominates(new: Voucher, old: Voucher | None) -> bool:
@@ -121,22 +141,9 @@ class Ledger:
         voucher as the vouchers before it in the group left it, so two of one lane end with the
         dominating one. If the transaction fails, each voucher is retried in its own (a bad one
         fails alone, as in `append_receipts`); returns None or the exception per voucher."""
-        try:
-            self._store_group(vouchers)
-            return [None] * len(vouchers)
-        except Exception as e:  # noqa: BLE001 - isolated below
-            if len(vouchers) == 1:
-                return [e]
-        out: list[None | Exception] = []
-        for sv in vouchers:
-            try:
-                self._store_group([sv])
-                out.append(None)
-            except Exception as e:  # noqa: BLE001 - reported to that voucher's request
-                out.append(e)
-        return out
+        return _each_alone_on_failure(self._store_group, vouchers)
 
-    def _store_group(self, vouchers: Sequence[SignedVoucher]) -> None:
+    def _store_group(self, vouchers: Sequence[SignedVoucher]) -> list[None]:
         newest: dict[Lane, SignedVoucher] = {}  # the lanes' vouchers as this transaction moves them
         for sv in vouchers:
             lane = Lane(sv.voucher.payer, sv.voucher.node, sv.voucher.adapter_id)
@@ -144,12 +151,13 @@ class Ledger:
             if _dominates(sv.voucher, old.voucher if old else None):
                 newest[lane] = sv
         if not newest:  # nothing moves: no transaction
-            return
+            return [None] * len(vouchers)
         with self.sessions.begin() as s:  # the lane's last voucher only: it dominates those before it
             repo.store_vouchers(s, [self._row(sv) for sv in newest.values()])
         # committed: only now does the gate see the new vouchers
         self._vouchers.update(newest)
         self._index(newest)
+        return [None] * len(vouchers)
 
     @staticmethod
     def _row(sv: SignedVoucher) -> dict:
@@ -182,18 +190,7 @@ class Ledger:
         """Write `jobs` in one transaction (consecutive seqs). Blocking: run it in a worker thread.
         If that transaction fails, each job is retried in its own, so one bad job (a signing error,
         a duplicate request id) fails alone; returns one receipt or one exception per job."""
-        try:
-            return list(self._write(jobs))
-        except Exception as e:  # noqa: BLE001 - isolated below
-            if len(jobs) == 1:
-                return [e]
-        out: list[SignedReceipt | Exception] = []
-        for job in jobs:
-            try:
-                out += self._write([job])
-            except Exception as e:  # noqa: BLE001 - reported to that job's caller
-                out.append(e)
-        return out
+        return _each_alone_on_failure(self._write, jobs)
 
     def _write(self, jobs: Sequence[ReceiptJob]) -> list[SignedReceipt]:
         owed: dict[Lane, list[int]] = {}  # the lanes' totals as this transaction moves them
