@@ -123,8 +123,9 @@ def main() -> int:
     ap.add_argument("--levels", default="1,8,64", help="comma-separated client counts")
     ap.add_argument("--vllm-dtype", default="float32", help="vLLM --dtype (auto on GPUs)")
     ap.add_argument("--venv", default=str(ROOT / ".venv-vllm"), help="virtualenv holding vLLM (make vllm-venv)")
+    ap.add_argument("--memory-fraction", type=float, default=None, help="vLLM --gpu-memory-utilization (on a GPU)")
     ap.add_argument(
-        "--memory-fraction", type=float, default=0.1, help="vLLM --gpu-memory-utilization (of RAM on CPU; 0.9 on a dedicated GPU)"
+        "--kv-cache-bytes", type=int, default=None, help="vLLM --kv-cache-memory-bytes (default: 1 GiB unless --memory-fraction)"
     )
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -141,7 +142,7 @@ def main() -> int:
     from inference.base_model import EMBEDDED_MODEL_ID, resolve_model_folder
     from node.client.payer import NodeQuote, VoucherWallet
     from node.dev.devnet import fund_escrow
-    from node.gateway.launch import VllmServer, vllm_venv_ready
+    from node.gateway.launch import CPU_KV_CACHE_BYTES, VllmServer, vllm_venv_ready
 
     venv = Path(args.venv)
     if not vllm_venv_ready(venv):
@@ -167,6 +168,7 @@ def main() -> int:
             max_lora_rank=16,
             max_model_len=1024,
             memory_fraction=args.memory_fraction,
+            kv_cache_bytes=args.kv_cache_bytes or (None if args.memory_fraction else CPU_KV_CACHE_BYTES),
             dtype=args.vllm_dtype,
             venv=venv,
         )

