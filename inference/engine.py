@@ -259,6 +259,7 @@ class Engine:
             "decode_steps": c.get("decode_steps", 0),
             "decode_tokens": c.get("decode_tokens", 0),
             "decode_seconds": float(c.get("decode_seconds", 0.0)),
+            "mixed_steps": c.get("mixed_steps", 0),
             "kv_cache_bytes": s.cache.nbytes,
             "adapters": self.tiers.stats(),
         }

@@ -4,11 +4,13 @@ The runner reuses the loaded transformers model's modules (embeddings, norms, pr
 rotary embedding, lm_head) but drives them itself, because the engine's batch is ragged: every
 row has its own length. Two entry points:
 
-- `prefill(prompts, rows)`: the prompts of newly admitted requests, packed into one sequence
-  [1, sum T] with a block-diagonal causal mask; their K/V go straight into their cache rows.
-  Returns the logits of each prompt's last token only (lm_head on N positions, not sum T).
-- `decode(tokens, lengths)`: one token for each running row 0..B-1, attention over the row's
-  cached prefix masked by its own length. One index_put per layer writes the new K/V.
+- `step(tokens, prompts, rows)`: one forward for a decode token of each running row 0..B-1 and
+  the prompts of newly admitted requests together, packed into one sequence [1, B + sum T]: the
+  projections and MLPs read their weights once for both. Attention is split: each decode row
+  attends over its cached prefix masked by its own length; the prompts attend over themselves
+  with a block-diagonal causal mask. One index_copy per layer writes all new K/V into their rows.
+  Logits only for each decode row and each prompt's last token (lm_head on B + N positions).
+- `prefill(prompts, rows)` and `decode(tokens)`: the step with only one of the two.
 
 Projections are called as modules, so multi-LoRA layers injected by `inference.lora` apply the
 per-token adapter deltas (the caller sets the routing before each call). Supported: Llama,
@@ -93,72 +95,83 @@ class ModelRunner:
         cache.k[layer].view(-1, hd).index_copy_(0, idx, k.reshape(-1, hd))
         cache.v[layer].view(-1, hd).index_copy_(0, idx, v.reshape(-1, hd))
 
-    def _finish_layer(self, layer, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """attn [B, nh, T, hd] -> residual adds of o_proj and MLP; returns x [B, T, H]."""
-        B, _, T, _ = attn.shape
-        x = x + layer.self_attn.o_proj(attn.transpose(1, 2).reshape(B, T, -1))
-        return x + layer.mlp(layer.post_attention_layernorm(x))
-
     @torch.inference_mode()
     def prefill(self, cache: KVCache, prompts: list[list[int]], rows: list[int]) -> torch.Tensor:
         """Run the prompts of new requests (packed), fill their cache rows, set their lengths.
         Returns logits [N, V] at each prompt's last token."""
-        dev = self.embed.weight.device
-        lens = [len(p) for p in prompts]
-        total = sum(lens)
-        ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=dev)  # [S]
-        pos = torch.cat([torch.arange(n, device=dev) for n in lens])  # [S] position within its prompt
-        seg = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, device=dev))  # [S]
-        row_of_tok = torch.tensor(rows, device=dev)[seg]  # [S] cache row of each token
-        if len(prompts) == 1:
-            mask, causal = None, True
-        else:
-            # block-diagonal causal: token i sees token j iff same prompt and j <= i
-            mask = (seg[:, None] == seg[None, :]) & (pos[None, :] <= pos[:, None])  # [S, S]
-            mask, causal = mask[None, None], False
-        slot_idx = self._flat_index(cache, row_of_tok, pos)  # [S * kvh]
-        x = self.embed(ids)[None]  # [1, S, H]
-        cos, sin = self.rotary(x, pos[None])  # [1, S, hd]
-        for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer.self_attn, layer.input_layernorm(x), cos, sin)  # [1, h, S, hd]
-            self._write(cache, i, slot_idx, k[0].transpose(0, 1), v[0].transpose(0, 1))  # [S, kvh, hd]
-            attn = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal, scale=self.scaling, enable_gqa=self.gqa
-            )  # [1, nh, S, hd]
-            x = self._finish_layer(layer, x, attn)
-        last = torch.tensor(lens, device=dev).cumsum(0) - 1  # [N] index of each prompt's last token
-        h = self.norm(x[0, last])  # [N, H]
-        for r, n in zip(rows, lens, strict=True):
-            cache.lengths[r] = n
-        del total
-        return self.lm_head(h).float()  # [N, V]
+        return self.step(cache, None, prompts, rows)
 
     @torch.inference_mode()
     def decode(self, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
         """One step for rows 0..B-1: tokens [B] (the last sampled token of each row).
         Appends their K/V at each row's length; returns logits [B, V]."""
-        B = tokens.shape[0]
-        dev = tokens.device
+        return self.step(cache, tokens, [], [])
+
+    @torch.inference_mode()
+    def step(self, cache: KVCache, tokens: torch.Tensor | None, prompts: list[list[int]], rows: list[int]) -> torch.Tensor:
+        """One forward for a decode token of each running row 0..B-1 (tokens [B], or None) and the
+        packed prompts of newly admitted requests (their cache rows `rows`), together: every
+        projection and MLP reads its weights once for both, which is what a step costs on a
+        memory-bound device. Only attention is split: decode rows attend over their cached prefix,
+        prompts over themselves (block-diagonal causal). Returns logits [B + N, V]: the decode rows',
+        then each prompt's last token's."""
+        dev = self.embed.weight.device
+        B = 0 if tokens is None else tokens.shape[0]
+        lens = [len(p) for p in prompts]
+        S, N = sum(lens), len(prompts)
         lengths = cache.lengths[:B]
-        L = max(lengths) + 1  # attention span this step (longest row incl. the new token)
-        if L > cache.max_len:
+        L = max(lengths, default=0) + 1  # decode attention span (longest row incl. the new token)
+        if B and L > cache.max_len:
             raise RuntimeError("KV cache row overflow: the scheduler must stop rows at max_model_len")
-        pos = torch.tensor(lengths, dtype=torch.long, device=dev)  # [B] position of the new token
-        bidx = torch.arange(B, device=dev)
-        # additive mask built once per step, shared by all layers: row b sees positions <= pos[b]
-        valid = torch.arange(L, device=dev)[None, :] <= pos[:, None]  # [B, L]
-        mask = torch.zeros(B, 1, 1, L, dtype=cache.k.dtype, device=dev).masked_fill_(~valid[:, None, None, :], float("-inf"))
-        slot_idx = self._flat_index(cache, bidx, pos)  # [B * kvh]
-        x = self.embed(tokens)[:, None]  # [B, 1, H]
-        cos, sin = self.rotary(x, pos[:, None])  # [B, 1, hd]
+        # decode rows first, then the prompts' tokens: T = B + S tokens in one packed sequence
+        pos_d = torch.tensor(lengths, dtype=torch.long, device=dev)  # [B] position of each new token
+        pos_p = torch.cat([torch.arange(n, device=dev) for n in lens]) if N else pos_d[:0]  # [S]
+        seg = torch.repeat_interleave(
+            torch.arange(N, device=dev), torch.tensor(lens, dtype=torch.long, device=dev)
+        )  # [S] prompt of each token
+        row_of_tok = torch.cat([torch.arange(B, device=dev), torch.tensor(rows, dtype=torch.long, device=dev)[seg]])  # [T]
+        pos = torch.cat([pos_d, pos_p])  # [T]
+        slot_idx = self._flat_index(cache, row_of_tok, pos)  # [T * kvh]
+        ids = torch.cat(
+            [tokens if tokens is not None else pos_d, torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=dev)]
+        )
+        x = self.embed(ids)[None]  # [1, T, H]
+        cos, sin = self.rotary(x, pos[None])  # [1, T, hd]
+        if B:  # additive mask built once per step, shared by all layers: row b sees positions <= pos[b]
+            valid = torch.arange(L, device=dev)[None, :] <= pos_d[:, None]  # [B, L]
+            dmask = torch.zeros(B, 1, 1, L, dtype=cache.k.dtype, device=dev).masked_fill_(~valid[:, None, None, :], float("-inf"))
+        pmask, causal = None, N == 1
+        if N > 1:  # block-diagonal causal: prompt token i sees token j iff same prompt and j <= i
+            pmask = ((seg[:, None] == seg[None, :]) & (pos_p[None, :] <= pos_p[:, None]))[None, None]  # [1, 1, S, S]
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer.self_attn, layer.input_layernorm(x), cos, sin)  # [B, h, 1, hd]
-            self._write(cache, i, slot_idx, k[:, :, 0], v[:, :, 0])  # [B, kvh, hd]
-            ck, cv = cache.k[i], cache.v[i]  # [rows, kvh, max_len, hd]
-            attn = F.scaled_dot_product_attention(
-                q, ck[:B, :, :L], cv[:B, :, :L], attn_mask=mask, scale=self.scaling, enable_gqa=self.gqa
-            )  # [B, nh, 1, hd]
-            x = self._finish_layer(layer, x, attn)
+            q, k, v = self._qkv(layer.self_attn, layer.input_layernorm(x), cos, sin)  # [1, h, T, hd]
+            self._write(cache, i, slot_idx, k[0].transpose(0, 1), v[0].transpose(0, 1))  # [T, kvh, hd]
+            parts = []
+            if B:
+                ck, cv = cache.k[i], cache.v[i]  # [rows, kvh, max_len, hd]
+                qd = q[0, :, :B].transpose(0, 1)[:, :, None]  # [B, nh, 1, hd]
+                ad = F.scaled_dot_product_attention(
+                    qd, ck[:B, :, :L], cv[:B, :, :L], attn_mask=dmask, scale=self.scaling, enable_gqa=self.gqa
+                )  # [B, nh, 1, hd]
+                parts.append(ad[:, :, 0].reshape(B, -1))  # [B, nh * hd]
+            if N:
+                ap = F.scaled_dot_product_attention(
+                    q[:, :, B:],
+                    k[:, :, B:],
+                    v[:, :, B:],
+                    attn_mask=pmask,
+                    is_causal=causal,
+                    scale=self.scaling,
+                    enable_gqa=self.gqa,
+                )  # [1, nh, S, hd]
+                parts.append(ap[0].transpose(0, 1).reshape(S, -1))  # [S, nh * hd]
+            attn = (parts[0] if len(parts) == 1 else torch.cat(parts))[None]  # [1, T, nh * hd]
+            x = x + layer.self_attn.o_proj(attn)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        last = B + torch.tensor(lens, dtype=torch.long, device=dev).cumsum(0) - 1  # [N] each prompt's last token
+        out = torch.cat([torch.arange(B, device=dev), last])  # [B + N]
         for b in range(B):
             cache.lengths[b] += 1
-        return self.lm_head(self.norm(x[:, 0])).float()  # [B, V]
+        for r, n in zip(rows, lens, strict=True):
+            cache.lengths[r] = n
+        return self.lm_head(self.norm(x[0, out])).float()  # [B + N, V]

@@ -5,9 +5,14 @@ Each step:
 2. finish background adapter loads (`AdapterTiers.poll`);
 3. admit waiting requests, FIFO but skipping those whose adapter is still loading (they wait,
    everyone else proceeds), up to `max_batch_size` rows and `max_prefill_tokens` prompt tokens;
-4. prefill the admitted prompts in one packed forward and sample their first token;
-5. one batched decode forward for every running row (rows of different adapters together; the
-   bank routes each row to its slot), sample, detokenize, check stops, stream.
+4. one forward for the step (`ModelRunner.step`): a decode token of every running row (rows of
+   different adapters together; the bank routes each token to its slot) and the admitted prompts,
+   packed; sample each row's next token and each prompt's first, detokenize, check stops, stream.
+
+Why prompts ride in the decode forward (vLLM's chunked prefill does the same): on a memory-bound
+device every forward reads all weights, so a separate prefill forward costs about a decode step.
+Requests that arrive a few milliseconds apart (as through the HTTP API) would otherwise cost one
+extra weight pass each. A newly admitted row decodes its second token in the next step.
 
 Running requests always occupy KV-cache rows 0..B-1 (see kv_cache.py), so the decode batch is
 the cache's prefix. When the engine is idle the thread sleeps on a condition variable.
@@ -100,6 +105,7 @@ class Scheduler:
                 "prefill_tokens",
                 "decode_steps",
                 "decode_tokens",
+                "mixed_steps",
             ),
             0,
         )
@@ -212,10 +218,8 @@ class Scheduler:
             for adapter_id, reason in self.tiers.poll():
                 self._fail_waiting(adapter_id, EngineError(f"adapter {adapter_id!r} could not be loaded: {reason}"))
             admitted = self._admit()
-            if admitted:
-                self._prefill(admitted)
-            if self.running:
-                self._decode()
+            if admitted or self.running:
+                self._forward(admitted)
             return bool(admitted or self.running)
 
     def _apply_cancellations(self) -> None:
@@ -268,25 +272,26 @@ class Scheduler:
             except ValueError:
                 pass
 
-    def _prefill(self, seqs: list[Sequence]) -> None:
-        rows = list(range(len(self.running), len(self.running) + len(seqs)))
-        self.running.extend(seqs)
-        token_slots = [s.slot for s in seqs for _ in s.prompt_ids]  # [sum T]
-        self._route(token_slots)
-        logits = self.runner.prefill(self.cache, [s.prompt_ids for s in seqs], rows)  # [N, V]
-        self.counters["prefill_tokens"] += len(token_slots)
-        self._sample_and_emit(seqs, logits, first_row=rows[0])
-
-    def _decode(self) -> None:
-        seqs = self.running
-        tokens = torch.tensor([s.last_token for s in seqs], dtype=torch.long, device=self.device)  # [B]
+    def _forward(self, admitted: list[Sequence]) -> None:
+        """Decode every running row and prefill the admitted prompts in one forward. Counters:
+        decode_* cover the steps without prompts (a clean decode rate), mixed_steps the others."""
+        old = len(self.running)
+        rows = list(range(old, old + len(admitted)))
+        self.running.extend(admitted)  # before sampling: a finished row's hole is filled from the end
+        seqs = list(self.running)
+        tokens = torch.tensor([s.last_token for s in seqs[:old]], dtype=torch.long, device=self.device) if old else None  # [B]
+        token_slots = [s.slot for s in seqs[:old]] + [s.slot for s in admitted for _ in s.prompt_ids]  # [B + sum T]
         t0 = time.perf_counter()
-        self._route([s.slot for s in seqs])
-        logits = self.runner.decode(self.cache, tokens)  # [B, V]
-        self.counters["decode_steps"] += 1
-        self.counters["decode_tokens"] += len(seqs)
-        self._sample_and_emit(list(seqs), logits, first_row=0)
-        self.counters["decode_seconds"] += time.perf_counter() - t0
+        self._route(token_slots)
+        logits = self.runner.step(self.cache, tokens, [s.prompt_ids for s in admitted], rows)  # [B + N, V]
+        self.counters["prefill_tokens"] += len(token_slots) - old
+        self._sample_and_emit(seqs, logits, first_row=0)
+        if admitted and old:
+            self.counters["mixed_steps"] += 1
+        elif old:
+            self.counters["decode_steps"] += 1
+            self.counters["decode_tokens"] += old
+            self.counters["decode_seconds"] += time.perf_counter() - t0
 
     def _route(self, slots: list[int]) -> None:
         self.bank.set_routing(None if all(s == NO_SLOT for s in slots) else slots)

@@ -210,12 +210,14 @@ def test_request_joining_mid_flight_gets_same_tokens(engine, peft_ref, base_mode
     steps = engine.stats()["decode_steps"]
     while engine.stats()["decode_steps"] < steps + 3:
         time.sleep(0.01)
+    mixed = engine.stats()["mixed_steps"]
     late = [engine.submit(_req(f"late{i}", a, PROMPTS[i])) for i, a in enumerate(["a3", None, "a1"])]
     assert not long.done
     for h, a, p in zip(late, ["a3", None, "a1"], PROMPTS, strict=False):  # the first three of the four prompts
         assert h.result_sync(120).token_ids == ref(peft_ref, tok, a, p)
     long_res = long.result_sync(120)
     assert long_res.token_ids == _ref_tokens(peft_ref, tok, "a5", PROMPTS[1], n=24)[: len(long_res.token_ids)]
+    assert engine.stats()["mixed_steps"] > mixed  # the late prompts rode in the running row's decode forward
 
 
 def test_more_adapters_than_slots_all_complete_and_reload_is_identical(engine, peft_ref, base_model):

@@ -117,6 +117,36 @@ def test_ragged_rows_and_compaction_match_transformers(tokenizer):
     assert cache.lengths[:3] == [len(prompts[0]) + 4, len(prompts[2]) + 4, 0]
 
 
+def test_a_step_that_decodes_and_prefills_together_matches_transformers(tokenizer):
+    """`ModelRunner.step` with running rows and new prompts in one forward: every row, old and new,
+    continues exactly as transformers' greedy generate, and the cache lengths follow."""
+    model = tiny_model(len(tokenizer))
+    runner = ModelRunner(model)
+    cache = runner.new_cache(max_rows=4, max_len=64)
+    first = [tokenizer(p).input_ids for p in ["a b c d e f g", "hello"]]
+    late = [tokenizer(p).input_ids for p in ["the quick brown fox", "one"]]
+    seqs = [list(p) + [int(t)] for p, t in zip(first, runner.prefill(cache, first, [0, 1]).argmax(-1), strict=True)]
+    out = runner.decode(cache, torch.tensor([s[-1] for s in seqs]))
+    for s, t in zip(seqs, out.argmax(-1).tolist(), strict=True):
+        s.append(t)
+    # one forward: rows 0-1 decode, two new prompts fill rows 2-3
+    logits = runner.step(cache, torch.tensor([s[-1] for s in seqs]), late, [2, 3])  # [2 + 2, V]
+    assert logits.shape[0] == 4
+    nxt = logits.argmax(-1).tolist()
+    seqs[0].append(nxt[0])
+    seqs[1].append(nxt[1])
+    seqs += [list(p) + [t] for p, t in zip(late, nxt[2:], strict=True)]
+    assert cache.lengths[:4] == [len(first[0]) + 2, len(first[1]) + 2, len(late[0]), len(late[1])]
+    for _ in range(3):
+        out = runner.decode(cache, torch.tensor([s[-1] for s in seqs]))
+        for s, t in zip(seqs, out.argmax(-1).tolist(), strict=True):
+            s.append(t)
+    for s, p in zip(seqs, first + late, strict=True):
+        with torch.inference_mode():
+            ref = model.generate(torch.tensor([p]), max_new_tokens=len(s) - len(p), do_sample=False, eos_token_id=None)[0]
+        assert s == ref.tolist()
+
+
 # ---------------------------------------------------------------- scheduler through the engine
 
 
