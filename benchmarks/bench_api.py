@@ -22,7 +22,9 @@ back to back at each level (alternating order over `--rounds`; the best round of
 counts), so drifting background load on a shared machine hits both alike.
 
 Figures per N: requests/s, tokens/s, p50/p99 time to first token, p50/p99 inter-token latency,
-errors (must be 0); `overhead_ratio` = API tokens/s ÷ engine tokens/s (target ≥ 0.9).
+errors (must be 0); `cpu_s`, the CPU seconds the side used (API: the node's `node_cpu_s` plus the
+load generator's `loadgen_cpu_s`, which signs vouchers, checks receipts and parses SSE on the same
+cores; engine: this process); `overhead_ratio` = API tokens/s ÷ engine tokens/s (target ≥ 0.9).
 Ends with one line `RESULT {json}`. `benchmarks/profile_api_path.py` times the node's own steps
 per request (voucher recovery, voucher and receipt writes, signing, SSE framing) in isolation.
 """
@@ -87,6 +89,15 @@ def summarize(n: int, wall: float, results: list[dict]) -> dict:
 
 def _ms(x: float | None) -> float | None:
     return None if x is None else round(x * 1000, 2)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process so far (Linux /proc; 0 where unavailable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def level_requests(n: int, quick: bool) -> int:
@@ -184,7 +195,9 @@ def _client_process(conn, url: str, payer_keys: list[str], quote_json: dict, min
             return
         n, per_level, max_tokens, start_at = msg
         clients = [i for i in range(n) if i // N_ADAPTERS in wallets]
-        conn.send(asyncio.run(api_clients(url, wallets, clients, n, per_level, max_tokens, start_at)))
+        cpu0 = time.process_time()
+        results, t0, t1 = asyncio.run(api_clients(url, wallets, clients, n, per_level, max_tokens, start_at))
+        conn.send((results, t0, t1, time.process_time() - cpu0))
 
 
 class LoadGenerator:
@@ -209,14 +222,16 @@ class LoadGenerator:
         start_at = time.monotonic() + 0.5  # all processes start together
         for _, conn in self.workers:
             conn.send((n, per_level, max_tokens, start_at))
-        results, t0s, t1s = [], [], []
+        results, t0s, t1s, cpu = [], [], [], 0.0
         for _, conn in self.workers:
-            res, t0, t1 = conn.recv()
+            res, t0, t1, cpu_s = conn.recv()
+            cpu += cpu_s
             if res:
                 results += res
                 t0s.append(t0)
                 t1s.append(t1)
         out = summarize(n, max(t1s) - min(t0s), results)
+        out["loadgen_cpu_s"] = round(cpu, 2)
         errs = [r.get("error") for r in results if not r["ok"]]
         if errs:
             out["first_error"] = errs[0]
@@ -410,9 +425,14 @@ def main() -> int:
                         order = ("api", "engine") if k % 2 == 0 else ("engine", "api")
                         for side in order:
                             if side == "api":
+                                node_cpu0 = process_cpu_s(proc.pid)
                                 res = gen.level(n, level_requests(n, args.quick), max_tokens)
+                                res["node_cpu_s"] = round(process_cpu_s(proc.pid) - node_cpu0, 2)
+                                res["cpu_s"] = round(res["node_cpu_s"] + res["loadgen_cpu_s"], 2)
                             else:
+                                cpu0 = time.process_time()
                                 res = asyncio.run(engine_level(engine, n, level_requests(n, args.quick), max_tokens))
+                                res["cpu_s"] = round(time.process_time() - cpu0, 2)
                             runs[side].append(res)
                             print(f"{side:6s} N={n:4d} {res}", flush=True)
                     result["levels"][str(n)] = {
