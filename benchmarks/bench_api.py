@@ -352,6 +352,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests, fewer tokens, N up to 64")
     ap.add_argument("--levels", default=None, help="comma-separated client counts (default 1,8,64,256)")
+    ap.add_argument("--idle-batch-ms", type=float, default=None, help="engine_idle_batch_ms for both sides (default: the node's)")
     ap.add_argument("--rounds", type=int, default=None, help="API/engine rounds per level (default 1; best round counts)")
     ap.add_argument(
         "--client-procs",
@@ -397,6 +398,7 @@ def main() -> int:
             f'dev_key_index = 1\nlisten_port = 0\nconfirmations = 0\nwatcher_poll_s = 0.5\n'
             f'compute_price_per_1k = 1000\nmax_tokens_limit = 64\nengine_gpu_slots = {N_ADAPTERS}\n'
             f'engine_max_batch = 32\nengine_max_queue = 1024\nlog_level = "WARNING"\n'
+            + ("" if args.idle_batch_ms is None else f"engine_idle_batch_ms = {args.idle_batch_ms}\n")
         )
         print(f"bench-api: starting the node daemon ({len(folders)} adapters on chain)", flush=True)
         proc, url = start_node(toml)

@@ -72,6 +72,10 @@ class EngineConfig(BaseModel):
     """Cap on a request's max_tokens; a request asking for more is refused."""
     max_prefill_tokens: int = Field(2048, ge=1)
     """Prompt tokens prefilled per scheduler step (bounds the pause a burst of new prompts causes)."""
+    idle_batch_window_ms: float = Field(0.0, ge=0.0, le=1000.0)
+    """After a step that finished several rows together and left the engine idle: how long the
+    first returning request waits for as many others to share its prefill (a dynamic-batching
+    delay, as Triton's max_queue_delay, applied only after such a burst); 0 = never wait."""
     target_modules: tuple[str, ...] = SUPPORTED_MODULES
     """Linear modules that get multi-LoRA slots; adapters targeting others are refused."""
     loader_threads: int = Field(1, ge=1, le=64)
@@ -128,6 +132,7 @@ class Engine:
             max_model_len=cfg.max_model_len,
             max_prefill_tokens=max(cfg.max_prefill_tokens, 1),
             eos_ids=_eos_ids(base),
+            idle_batch_window_s=cfg.idle_batch_window_ms / 1000,
         )
         self._lock = threading.Lock()
 
@@ -260,6 +265,7 @@ class Engine:
             "decode_tokens": c.get("decode_tokens", 0),
             "decode_seconds": float(c.get("decode_seconds", 0.0)),
             "mixed_steps": c.get("mixed_steps", 0),
+            "prefill_steps": c.get("prefill_steps", 0),
             "kv_cache_bytes": s.cache.nbytes,
             "adapters": self.tiers.stats(),
         }

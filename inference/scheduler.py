@@ -72,6 +72,7 @@ class Scheduler:
         max_model_len: int,
         max_prefill_tokens: int,
         eos_ids: set[int],
+        idle_batch_window_s: float = 0.0,
     ):
         self.runner = runner
         self.tiers = tiers
@@ -80,6 +81,10 @@ class Scheduler:
         self.max_queue = max_queue
         self.max_model_len = max_model_len
         self.max_prefill_tokens = max_prefill_tokens
+        self.idle_batch_window_s = idle_batch_window_s
+        self._last_burst = 0  # rows the step that left the engine idle finished (see _gather_after_idle)
+        self._idle_since = 0.0
+        self._waiting_at_idle = 0
         self.eos_ids = eos_ids
         self.cache: KVCache = runner.new_cache(max_rows=max_batch_size, max_len=max_model_len)
         self.device = runner.embed.weight.device
@@ -106,6 +111,7 @@ class Scheduler:
                 "decode_steps",
                 "decode_tokens",
                 "mixed_steps",
+                "prefill_steps",
             ),
             0,
         )
@@ -200,6 +206,7 @@ class Scheduler:
                         break
                 if self._stop:
                     return
+                self._gather_after_idle()
             try:
                 with self._step_lock:
                     busy = self.step()
@@ -209,6 +216,29 @@ class Scheduler:
             except Exception as e:  # a bug or device error: fail the affected requests, keep serving
                 log.exception("engine step failed")
                 self._fail_all_running(EngineError(f"engine step failed: {type(e).__name__}: {e}"))
+
+    def _gather_after_idle(self) -> None:
+        """Dynamic batching after a burst (caller holds self._cv). When the last step finished
+        several rows together and left the engine idle, their clients tend to come back together
+        (closed-loop workers: evaluation jobs, agents, load generators), a few milliseconds apart
+        after their HTTP round trips (2-11 ms apart through the API, measured). Starting on the
+        first returner would prefill it alone and put the others a step behind for good; so it
+        waits until as many are waiting as finished (plus those already waiting), for at most
+        `idle_batch_window_s` from its arrival, or from the idle moment if it was already
+        waiting. A single finisher, or a first request later than the window, is never held."""
+        burst, self._last_burst = self._last_burst, 0
+        if not self.idle_batch_window_s or burst < 2 or self.running or not self._waiting:
+            return
+        expected = min(self._waiting_at_idle + burst, self.max_batch_size)  # those already back count too
+        first = max(self._waiting[0].submitted_at, self._idle_since)  # one back before the idle waits from then
+        if first - self._idle_since > self.idle_batch_window_s:
+            return
+        deadline = first + self.idle_batch_window_s
+        while not self._stop and not self._cancel and len(self._waiting) < expected:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cv.wait(left)
 
     def step(self) -> bool:
         """One scheduling step; returns whether it ran the model (public for tests and benchmarks
@@ -286,6 +316,10 @@ class Scheduler:
         logits = self.runner.step(self.cache, tokens, [s.prompt_ids for s in admitted], rows)  # [B + N, V]
         self.counters["prefill_tokens"] += len(token_slots) - old
         self._sample_and_emit(seqs, logits, first_row=0)
+        if not self.running:
+            self._last_burst, self._idle_since, self._waiting_at_idle = len(seqs), time.monotonic(), len(self._waiting)
+        if admitted:
+            self.counters["prefill_steps"] += 1
         if admitted and old:
             self.counters["mixed_steps"] += 1
         elif old:

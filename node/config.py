@@ -115,6 +115,13 @@ class NodeConfig(BaseModel):
     engine_max_rank: int = Field(64, ge=1, le=1024, description="Largest LoRA rank accepted.")
     engine_max_batch: int = Field(32, ge=1, le=4096, description="Most sequences decoded in one step.")
     engine_max_queue: int = Field(256, ge=1, le=1_000_000, description="Queued requests before answering 503.")
+    engine_idle_batch_ms: float = Field(
+        20.0,
+        ge=0.0,
+        le=1000.0,
+        description="After several requests finished together and left the engine idle, how long the first one "
+        "back waits for the others to share its prefill (0 = never wait).",
+    )
     engine_backend: Literal["builtin", "vllm"] = Field(
         "builtin",
         description="`builtin`: the node's own multi-LoRA engine on one device. `vllm`: the node meters "

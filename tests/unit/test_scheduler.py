@@ -283,3 +283,56 @@ def test_registration_writes_a_packed_copy_that_goes_with_the_adapter(tiny_base,
     finally:
         eng.close()
     assert not root.exists()
+
+
+# ---------------------------------------------------------------- dynamic batching after a burst
+
+
+def _burst_then_idle(eng, n: int) -> None:
+    """n requests admitted in one step and finished in the same step, leaving the engine idle."""
+    p = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+    with eng.scheduler.paused():
+        hs = [eng.submit(GenerationRequest(f"burst{i}", None, prompt=f"burst {i}", params=p)) for i in range(n)]
+    for h in hs:
+        h.result_sync(60)
+
+
+def _returners(eng, n: int, gap_s: float) -> list:
+    p = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+    hs = []
+    for i in range(n):
+        if i:
+            time.sleep(gap_s)
+        hs.append(eng.submit(GenerationRequest(f"back{i}", None, prompt=f"back {i}", params=p)))
+    return hs
+
+
+@pytest.mark.parametrize(("window_ms", "prefills"), [(1000.0, 1), (0.0, 3)])
+def test_clients_returning_after_a_burst_share_one_prefill(tiny_base, window_ms, prefills):
+    """Three rows finish together; their clients come back 0.2 s apart: with the window they are
+    prefilled in one step (in step from then on), without it each alone."""
+    eng = _engine(tiny_base, idle_batch_window_ms=window_ms, max_batch_size=4)
+    try:
+        _burst_then_idle(eng, 3)
+        before = eng.stats()["prefill_steps"]
+        hs = _returners(eng, 3, 0.2)
+        assert all(h.result_sync(60).completion_tokens == 2 for h in hs)
+        assert eng.stats()["prefill_steps"] - before == prefills
+    finally:
+        eng.close()
+
+
+def test_a_single_finisher_or_a_late_first_returner_is_never_held(tiny_base):
+    eng = _engine(tiny_base, idle_batch_window_ms=1000.0, max_batch_size=4)
+    try:
+        _burst_then_idle(eng, 1)  # one row finished: nobody else is expected
+        t0 = time.monotonic()
+        _returners(eng, 1, 0)[0].result_sync(60)
+        assert time.monotonic() - t0 < 0.9
+        _burst_then_idle(eng, 3)
+        time.sleep(1.2)  # the first returner comes after the window: no burst to wait for
+        t0 = time.monotonic()
+        _returners(eng, 1, 0)[0].result_sync(60)
+        assert time.monotonic() - t0 < 0.9
+    finally:
+        eng.close()
