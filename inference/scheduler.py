@@ -40,6 +40,9 @@ from inference.tiers import AdapterTiers
 log = logging.getLogger(__name__)
 
 NO_SLOT = -1
+RETURN_HORIZON_S = 0.25
+"""A request within this long after the engine went idle counts as a finisher's client coming back
+(an HTTP round trip is tens of ms); later ones start a cold batch (see _gather_after_idle)."""
 
 
 @dataclass(eq=False)
@@ -225,14 +228,20 @@ class Scheduler:
         first returner would prefill it alone and put the others a step behind for good; so it
         waits until as many are waiting as finished (plus those already waiting), for at most
         `idle_batch_window_s` from its arrival, or from the idle moment if it was already
-        waiting. A single finisher, or a first request later than the window, is never held."""
+        waiting. On a cold start (the engine idle longer than RETURN_HORIZON_S, e.g. a burst of new
+        clients after a pause) the first request waits the window for whoever comes; the request
+        of a lone client coming straight back is never held."""
         burst, self._last_burst = self._last_burst, 0
-        if not self.idle_batch_window_s or burst < 2 or self.running or not self._waiting:
+        if not self.idle_batch_window_s or self.running or not self._waiting:
             return
-        expected = min(self._waiting_at_idle + burst, self.max_batch_size)  # those already back count too
         first = max(self._waiting[0].submitted_at, self._idle_since)  # one back before the idle waits from then
-        if first - self._idle_since > self.idle_batch_window_s:
-            return
+        returning = first - self._idle_since <= RETURN_HORIZON_S  # else the finishers are not coming back now
+        if returning and burst == 1:
+            return  # a lone client's next request: nobody to wait for
+        if returning and burst:
+            expected = min(self._waiting_at_idle + burst, self.max_batch_size)  # those already back count too
+        else:  # a cold start (nobody finished just now): whoever comes in the window
+            expected, first = self.max_batch_size, self._waiting[0].submitted_at
         deadline = first + self.idle_batch_window_s
         while not self._stop and not self._cancel and len(self._waiting) < expected:
             left = deadline - time.monotonic()

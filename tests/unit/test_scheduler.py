@@ -322,17 +322,26 @@ def test_clients_returning_after_a_burst_share_one_prefill(tiny_base, window_ms,
         eng.close()
 
 
-def test_a_single_finisher_or_a_late_first_returner_is_never_held(tiny_base):
+def test_a_lone_client_coming_straight_back_is_not_held(tiny_base):
     eng = _engine(tiny_base, idle_batch_window_ms=1000.0, max_batch_size=4)
     try:
         _burst_then_idle(eng, 1)  # one row finished: nobody else is expected
         t0 = time.monotonic()
         _returners(eng, 1, 0)[0].result_sync(60)
         assert time.monotonic() - t0 < 0.9
-        _burst_then_idle(eng, 3)
-        time.sleep(1.2)  # the first returner comes after the window: no burst to wait for
-        t0 = time.monotonic()
-        _returners(eng, 1, 0)[0].result_sync(60)
-        assert time.monotonic() - t0 < 0.9
+    finally:
+        eng.close()
+
+
+def test_a_cold_start_gathers_whoever_comes_in_the_window(tiny_base):
+    """After a pause longer than RETURN_HORIZON_S, new clients 0.1 s apart share one prefill."""
+    eng = _engine(tiny_base, idle_batch_window_ms=1000.0, max_batch_size=4)
+    try:
+        _burst_then_idle(eng, 1)
+        time.sleep(0.5)
+        before = eng.stats()["prefill_steps"]
+        hs = _returners(eng, 3, 0.1)
+        assert all(h.result_sync(60).completion_tokens == 2 for h in hs)
+        assert eng.stats()["prefill_steps"] - before == 1
     finally:
         eng.close()
