@@ -16,8 +16,10 @@ and at least one per client, but at most 16 (`--quick`: 4) in a row per client, 
 requests at N = 1, 8, 64, 256 (8 clients ran 2 requests each before: a ~5 s level a side). A full
 run on 2 shared CPU cores: ~3 min before, ~25-30 s more with N=8 at 64 requests (~17-20 s a side).
 
-Peer: the same engine configuration in this process, the same adapters, prompts, max_tokens and
-concurrency, submitted straight to `Engine.submit` and streamed from the handle. Both sides run
+Peer: the same engine configuration in this process (built from the node's TOML, so the node's
+scheduling policy too, e.g. `engine_idle_batch_ms`; `--idle-batch-ms` sets it for both sides), the
+same adapters, prompts, max_tokens and concurrency, submitted straight to `Engine.submit` and
+streamed from the handle. Both sides run
 back to back at each level (alternating order over `--rounds`; the best round of each side
 counts), so drifting background load on a shared machine hits both alike.
 
