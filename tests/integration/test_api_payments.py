@@ -276,6 +276,33 @@ async def test_issue3_thawing_and_other_nodes_funds_are_not_available(chain, led
         anvil_session.rpc("evm_revert", [snap])
 
 
+async def test_a_thaw_mined_into_a_reorged_block_still_reaches_the_gate(chain, ledger, anvil_session):
+    """The attack on a follower that trusts heights it has read: the follower reads two blocks, a
+    reorg replaces them, and the payer's thaw lands at a height it already read. The gate must still
+    drop its cached balance, or the node serves on money that is leaving."""
+    from chain.contracts import Contracts
+
+    w3, dep = chain
+    snap = anvil_session.rpc("evm_snapshot")
+    try:
+        gate = _gate(chain, ledger, cache_ttl_s=3600.0)
+        follower = EscrowFollower(w3, dep.addresses["UsageEscrow"], NODE, gate)
+        follower.step()
+        (await gate.admit(_header(dep), 7, PRICE, Cost(500_000, 0))).release()  # cached: 10^6 available
+        fork = anvil_session.rpc("evm_snapshot")
+        anvil_session.rpc("evm_mine")
+        anvil_session.rpc("evm_mine")
+        assert follower.step() == 0  # read, and about to be replaced
+        anvil_session.rpc("evm_revert", [fork])
+        Contracts(w3, dep).escrow.start_thaw(Account.from_key(PAYER_KEY), NODE, 600_000)  # a height already read
+        anvil_session.rpc("evm_mine")  # the new chain is as long as the old one: only the hash tells
+        assert follower.step() == 1 and follower.reorgs == 1
+        err = await _refused(gate, _header(dep), max_cost=Cost(500_000, 0))
+        assert err.code == "escrow_insufficient" and err.body()["error"]["available"] == "400000"
+    finally:
+        anvil_session.rpc("evm_revert", [snap])
+
+
 async def test_issue4_revoked_signer_refused_after_the_event(chain, ledger, anvil_session):
     w3, dep = chain
     snap = anvil_session.rpc("evm_snapshot")
