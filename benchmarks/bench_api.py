@@ -119,6 +119,30 @@ def _plan(n: int, per_level: int) -> list[list[tuple[int, str]]]:
 # ---- load through the API -------------------------------------------------------------------------
 
 
+async def timed_chat_stream(response, t0: float, res: dict) -> tuple[dict | None, str]:
+    """Read an OpenAI chat-completions SSE stream (aiohttp response): the time to the first token
+    and the gaps between tokens go into `res` ("ttft", "gaps"); returns the last event that carries
+    `usage` (the node's also carries the receipt) and the streamed text. t0: perf_counter at send."""
+    last, final, text = None, None, []
+    async for raw in response.content:
+        line = raw.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        ev = json.loads(line[6:])
+        if ev.get("usage"):
+            final = ev
+        piece = ev["choices"][0]["delta"].get("content") if ev.get("choices") else None
+        if piece:
+            now = time.perf_counter()
+            if last is None:
+                res["ttft"] = now - t0
+            else:
+                res["gaps"].append(now - last)
+            last = now
+            text.append(piece)
+    return final, "".join(text)
+
+
 async def api_clients(
     url: str, wallets: dict, clients: list[int], n: int, per_level: int, max_tokens: int, start_at: float | None = None
 ) -> tuple[list[dict], float, float]:
@@ -147,27 +171,11 @@ async def api_clients(
                         res["error"] = f"HTTP {r.status}: {(await r.text())[:200]}"
                         results.append(res)
                         continue
-                    last, final, text = None, None, []
-                    async for raw in r.content:
-                        line = raw.decode().strip()
-                        if not line.startswith("data: ") or line == "data: [DONE]":
-                            continue
-                        ev = json.loads(line[6:])
-                        if "receipt" in ev:
-                            final = ev
-                        piece = ev["choices"][0]["delta"].get("content") if ev.get("choices") else None
-                        if piece:
-                            now = time.perf_counter()
-                            if last is None:
-                                res["ttft"] = now - t0
-                            else:
-                                res["gaps"].append(now - last)
-                            last = now
-                            text.append(piece)
-                    if final is None:
+                    final, text = await timed_chat_stream(r, t0, res)
+                    if final is None or "receipt" not in final:
                         res["error"] = "stream ended without the final usage/receipt event"
                     else:
-                        wallet.record(aid, final, "".join(text))  # checks cost, receipt signature, output hash
+                        wallet.record(aid, final, text)  # checks cost, receipt signature, output hash
                         res["tokens"] = final["usage"]["completion_tokens"]
                         res["ok"] = True
             except Exception as e:  # noqa: BLE001 - every failure is counted as an error

@@ -81,25 +81,11 @@ async def direct_level(vllm_url: str, served: str | None, n: int, per_level: int
                         res["error"] = f"HTTP {r.status}: {(await r.text())[:200]}"
                         results.append(res)
                         continue
-                    last, usage = None, None
-                    async for raw in r.content:
-                        line = raw.decode().strip()
-                        if not line.startswith("data: ") or line == "data: [DONE]":
-                            continue
-                        ev = json.loads(line[6:])
-                        usage = ev.get("usage") or usage
-                        piece = ev["choices"][0]["delta"].get("content") if ev.get("choices") else None
-                        if piece:
-                            now = time.perf_counter()
-                            if last is None:
-                                res["ttft"] = now - t0
-                            else:
-                                res["gaps"].append(now - last)
-                            last = now
-                    if usage is None:
+                    final, _ = await B.timed_chat_stream(r, t0, res)
+                    if final is None:
                         res["error"] = "no usage in the stream"
                     else:
-                        res["tokens"], res["ok"] = usage["completion_tokens"], True
+                        res["tokens"], res["ok"] = final["usage"]["completion_tokens"], True
             except Exception as e:  # noqa: BLE001 - every failure is counted
                 res["error"] = repr(e)
             results.append(res)
