@@ -119,6 +119,17 @@ def _plan(n: int, per_level: int) -> list[list[tuple[int, str]]]:
 # ---- load through the API -------------------------------------------------------------------------
 
 
+def mark_token(res: dict, t0: float, last: float | None) -> float:
+    """Record a token's arrival in `res`: the time to the first token (from t0, perf_counter at
+    send), else the gap since the previous one; returns the arrival time. Both sides use it."""
+    now = time.perf_counter()
+    if last is None:
+        res["ttft"] = now - t0
+    else:
+        res["gaps"].append(now - last)
+    return now
+
+
 async def timed_chat_stream(response, t0: float, res: dict) -> tuple[dict | None, str]:
     """Read an OpenAI chat-completions SSE stream (aiohttp response): the time to the first token
     and the gaps between tokens go into `res` ("ttft", "gaps"); returns the last event that carries
@@ -133,12 +144,7 @@ async def timed_chat_stream(response, t0: float, res: dict) -> tuple[dict | None
             final = ev
         piece = ev["choices"][0]["delta"].get("content") if ev.get("choices") else None
         if piece:
-            now = time.perf_counter()
-            if last is None:
-                res["ttft"] = now - t0
-            else:
-                res["gaps"].append(now - last)
-            last = now
+            last = mark_token(res, t0, last)
             text.append(piece)
     return final, "".join(text)
 
@@ -283,14 +289,8 @@ async def engine_level(engine, n: int, per_level: int, max_tokens: int) -> dict:
                 h = engine.submit(req)
                 last = None
                 async for ev in h.stream():
-                    if not ev.text:
-                        continue
-                    now = time.perf_counter()
-                    if last is None:
-                        res["ttft"] = now - t0
-                    else:
-                        res["gaps"].append(now - last)
-                    last = now
+                    if ev.text:
+                        last = mark_token(res, t0, last)
                 result = await h.result()
                 res["tokens"], res["ok"] = result.completion_tokens, True
             except Exception as e:  # noqa: BLE001 - every failure is counted as an error

@@ -54,6 +54,18 @@ class _FundedEscrow:
         return (0, 0)
 
 
+def _crowd_gate_settings(operator, ledger, chain_id: int, escrow: str) -> dict:
+    """PaymentGate arguments shared by every side of the admission crowds."""
+    return dict(
+        node_address=operator.address,
+        mode="voucher",
+        escrow=_FundedEscrow(),
+        book=ledger,
+        chain_id=chain_id,
+        escrow_address=escrow,
+    )
+
+
 def _medians(samples: dict[str, list[tuple[float, float]]], prefix: str) -> dict:
     """Median wall time and event-loop CPU per admission of each side's rounds."""
     out = {}
@@ -99,14 +111,7 @@ def admit_256(operator, n: int) -> dict:
         url = f"sqlite:///{tmp}/node.db"
         migrate(url)
         ledger = Ledger(make_session_factory(url))
-        kw = dict(
-            node_address=operator.address,
-            mode="voucher",
-            escrow=_FundedEscrow(),
-            book=ledger,
-            chain_id=chain_id,
-            escrow_address=escrow,
-        )
+        kw = _crowd_gate_settings(operator, ledger, chain_id, escrow)
         gates = {"batched": g.PaymentGate(**kw), "inline": InlineGate(**kw)}
 
         async def crowd(gate) -> tuple[float, float]:
@@ -180,14 +185,7 @@ def admit_256_write(operator, n: int) -> dict:
         migrate(url)
         ledger = Ledger(make_session_factory(url))
         event.listen(ledger.sessions.kw["bind"], "commit", lambda conn: commits.__setitem__(0, commits[0] + 1))
-        kw = dict(
-            node_address=operator.address,
-            mode="voucher",
-            escrow=_FundedEscrow(),
-            book=ledger,
-            chain_id=chain_id,
-            escrow_address=escrow,
-        )
+        kw = _crowd_gate_settings(operator, ledger, chain_id, escrow)
         gates = {"grouped": g.PaymentGate(**kw), "one_each": g.PaymentGate(**kw)}
         gates["one_each"]._voucher_writes = OneEach(ledger)
         transactions: list[int] = []

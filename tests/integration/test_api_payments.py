@@ -66,6 +66,22 @@ def _gate(chain, ledger, **kw) -> PaymentGate:
     )
 
 
+def _followed_gate(chain, ledger) -> tuple[PaymentGate, EscrowFollower]:
+    """A gate whose escrow cache would outlive the test, and a follower started at the head: only
+    the follower's events can change what the gate believes."""
+    w3, dep = chain
+    gate = _gate(chain, ledger, cache_ttl_s=3600.0)
+    follower = EscrowFollower(w3, dep.addresses["UsageEscrow"], NODE, gate)
+    follower.step()
+    return gate, follower
+
+
+async def _assert_thaw_of_600k_seen(gate, dep) -> None:
+    """The payer's 10^6 deposit, 600,000 of it thawing: the gate offers 400,000, not the cached 10^6."""
+    err = await _refused(gate, _header(dep), max_cost=Cost(500_000, 0))
+    assert err.code == "escrow_insufficient" and err.body()["error"]["available"] == "400000"
+
+
 def _header(dep, key=PAYER_KEY, payer=PAYER, node=NODE, adapter=7, c=0, a=0) -> dict:
     v = Voucher(payer, node, adapter, c, a)
     sv = SignedVoucher(v, sign_voucher(v, key, dep.chain_id, dep.addresses["UsageEscrow"]))
@@ -262,16 +278,13 @@ async def test_issue3_thawing_and_other_nodes_funds_are_not_available(chain, led
         )
         err = await _refused(gate_b, _header(dep, node=other), max_cost=Cost(1, 1))
         assert err.code == "escrow_insufficient" and err.body()["error"]["available"] == "0"
-        gate = _gate(chain, ledger, cache_ttl_s=3600.0)
-        follower = EscrowFollower(w3, dep.addresses["UsageEscrow"], NODE, gate)
-        follower.step()  # starts at the head
+        gate, follower = _followed_gate(chain, ledger)
         (await gate.admit(_header(dep), 7, PRICE, Cost(500_000, 0))).release()  # cached: 10^6 available
         from chain.contracts import Contracts
 
         Contracts(w3, dep).escrow.start_thaw(Account.from_key(PAYER_KEY), NODE, 600_000)
         assert follower.step() == 1
-        err = await _refused(gate, _header(dep), max_cost=Cost(500_000, 0))
-        assert err.code == "escrow_insufficient" and err.body()["error"]["available"] == "400000"
+        await _assert_thaw_of_600k_seen(gate, dep)
     finally:
         anvil_session.rpc("evm_revert", [snap])
 
@@ -285,9 +298,7 @@ async def test_a_thaw_mined_into_a_reorged_block_still_reaches_the_gate(chain, l
     w3, dep = chain
     snap = anvil_session.rpc("evm_snapshot")
     try:
-        gate = _gate(chain, ledger, cache_ttl_s=3600.0)
-        follower = EscrowFollower(w3, dep.addresses["UsageEscrow"], NODE, gate)
-        follower.step()
+        gate, follower = _followed_gate(chain, ledger)
         (await gate.admit(_header(dep), 7, PRICE, Cost(500_000, 0))).release()  # cached: 10^6 available
         fork = anvil_session.rpc("evm_snapshot")
         anvil_session.rpc("evm_mine")
@@ -297,8 +308,7 @@ async def test_a_thaw_mined_into_a_reorged_block_still_reaches_the_gate(chain, l
         Contracts(w3, dep).escrow.start_thaw(Account.from_key(PAYER_KEY), NODE, 600_000)  # a height already read
         anvil_session.rpc("evm_mine")  # the new chain is as long as the old one: only the hash tells
         assert follower.step() == 1 and follower.reorgs == 1
-        err = await _refused(gate, _header(dep), max_cost=Cost(500_000, 0))
-        assert err.code == "escrow_insufficient" and err.body()["error"]["available"] == "400000"
+        await _assert_thaw_of_600k_seen(gate, dep)
     finally:
         anvil_session.rpc("evm_revert", [snap])
 
@@ -307,9 +317,7 @@ async def test_issue4_revoked_signer_refused_after_the_event(chain, ledger, anvi
     w3, dep = chain
     snap = anvil_session.rpc("evm_snapshot")
     try:
-        gate = _gate(chain, ledger, cache_ttl_s=3600.0)
-        follower = EscrowFollower(w3, dep.addresses["UsageEscrow"], NODE, gate)
-        follower.step()
+        gate, follower = _followed_gate(chain, ledger)
         (await gate.admit(_header(dep, key=DELEGATE_KEY), 7, PRICE, Cost(1, 1))).release()
         from chain.contracts import Contracts
 
