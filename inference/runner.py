@@ -124,8 +124,9 @@ class ModelRunner:
         if B and L > cache.max_len:
             raise RuntimeError("KV cache row overflow: the scheduler must stop rows at max_model_len")
         # decode rows first, then the prompts' tokens: T = B + S tokens in one packed sequence
+        none = torch.empty(0, dtype=torch.long, device=dev)  # a side with no tokens
         pos_d = torch.tensor(lengths, dtype=torch.long, device=dev)  # [B] position of each new token
-        pos_p = torch.cat([torch.arange(n, device=dev) for n in lens]) if N else pos_d[:0]  # [S]
+        pos_p = torch.cat([torch.arange(n, device=dev) for n in lens]) if N else none  # [S]
         seg = torch.repeat_interleave(
             torch.arange(N, device=dev), torch.tensor(lens, dtype=torch.long, device=dev)
         )  # [S] prompt of each token
@@ -133,8 +134,8 @@ class ModelRunner:
         pos = torch.cat([pos_d, pos_p])  # [T]
         slot_idx = self._flat_index(cache, row_of_tok, pos)  # [T * kvh]
         ids = torch.cat(
-            [tokens if tokens is not None else pos_d, torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=dev)]
-        )
+            [tokens if tokens is not None else none, torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=dev)]
+        )  # [T]
         x = self.embed(ids)[None]  # [1, T, H]
         cos, sin = self.rotary(x, pos[None])  # [1, T, hd]
         if B:  # additive mask built once per step, shared by all layers: row b sees positions <= pos[b]

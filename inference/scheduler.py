@@ -324,7 +324,7 @@ class Scheduler:
         self._route(token_slots)
         logits = self.runner.step(self.cache, tokens, [s.prompt_ids for s in admitted], rows)  # [B + N, V]
         self.counters["prefill_tokens"] += len(token_slots) - old
-        self._sample_and_emit(seqs, logits, first_row=0)
+        self._sample_and_emit(seqs, logits)
         if not self.running:
             self._last_burst, self._idle_since, self._waiting_at_idle = len(seqs), time.monotonic(), len(self._waiting)
         if admitted:
@@ -339,8 +339,8 @@ class Scheduler:
     def _route(self, slots: list[int]) -> None:
         self.bank.set_routing(None if all(s == NO_SLOT for s in slots) else slots)
 
-    def _sample_and_emit(self, seqs: list[Sequence], logits: torch.Tensor, first_row: int) -> None:
-        """logits [N, V] for rows first_row.. first_row+N-1 == seqs."""
+    def _sample_and_emit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        """logits [N, V] for rows 0..N-1 == seqs, every running row."""
         if all(s.params.greedy for s in seqs):
             next_ids = logits.argmax(dim=-1)
         else:
@@ -371,7 +371,7 @@ class Scheduler:
                     reason = "length"
             if reason is not None:
                 self._finish(seq, reason)
-                done_rows.append(first_row + i)
+                done_rows.append(i)
         self._remove_rows(done_rows)
 
     def _finish(self, seq: Sequence, reason: FinishReason, error: BaseException | None = None) -> None:
