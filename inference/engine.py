@@ -73,9 +73,10 @@ class EngineConfig(BaseModel):
     max_prefill_tokens: int = Field(2048, ge=1)
     """Prompt tokens prefilled per scheduler step (bounds the pause a burst of new prompts causes)."""
     idle_batch_window_ms: float = Field(0.0, ge=0.0, le=1000.0)
-    """After a step that finished several rows together and left the engine idle: how long the
-    first returning request waits for as many others to share its prefill (a dynamic-batching
-    delay, as Triton's max_queue_delay, applied only after such a burst); 0 = never wait."""
+    """After a step that finished rows and left the engine idle: how long the first returning
+    request waits for as many others to share its prefill (at least half that step: see
+    Scheduler._gather_after_idle), and after a pause how long the first request waits for whoever
+    comes (a dynamic-batching delay, as Triton's max_queue_delay); 0 = never wait."""
     target_modules: tuple[str, ...] = SUPPORTED_MODULES
     """Linear modules that get multi-LoRA slots; adapters targeting others are refused."""
     loader_threads: int = Field(1, ge=1, le=64)

@@ -43,6 +43,9 @@ NO_SLOT = -1
 RETURN_HORIZON_S = 0.25
 """A request within this long after the engine went idle counts as a finisher's client coming back
 (an HTTP round trip is tens of ms); later ones start a cold batch (see _gather_after_idle)."""
+RETURN_WAIT_STEPS = 0.5
+"""Finishers' clients are waited for up to this fraction of the step that finished them (at least
+the configured window): leaving one out costs the group a whole step (see _gather_after_idle)."""
 
 
 @dataclass(eq=False)
@@ -88,6 +91,7 @@ class Scheduler:
         self._last_burst = 0  # rows the step that left the engine idle finished (see _gather_after_idle)
         self._idle_since = 0.0
         self._waiting_at_idle = 0
+        self._idle_step_s = 0.0  # how long that step took
         self.eos_ids = eos_ids
         self.cache: KVCache = runner.new_cache(max_rows=max_batch_size, max_len=max_model_len)
         self.device = runner.embed.weight.device
@@ -223,26 +227,32 @@ class Scheduler:
     def _gather_after_idle(self) -> None:
         """Dynamic batching after a burst (caller holds self._cv). When the last step finished
         several rows together and left the engine idle, their clients tend to come back together
-        (closed-loop workers: evaluation jobs, agents, load generators), a few milliseconds apart
-        after their HTTP round trips (2-11 ms apart through the API, measured). Starting on the
-        first returner would prefill it alone and put the others a step behind for good; so it
-        waits until as many are waiting as finished (plus those already waiting), for at most
-        `idle_batch_window_s` from its arrival, or from the idle moment if it was already
-        waiting. On a cold start (the engine idle longer than RETURN_HORIZON_S, e.g. a burst of new
-        clients after a pause) the first request waits the window for whoever comes; the request
-        of a lone client coming straight back is never held."""
+        (closed-loop workers: evaluation jobs, agents, load generators) after their HTTP round
+        trips. Starting on the first returner would prefill it alone and put the others a step
+        behind for good; so it waits until as many are waiting as finished (plus those already
+        waiting). It waits at most `idle_batch_window_s` or RETURN_WAIT_STEPS of the step that
+        finished them, whichever is longer (within RETURN_HORIZON_S), from its arrival or from the
+        idle moment if it was already waiting: the round trips cost node CPU, so they stretch as
+        steps do (through the API on 2 slow cores they came back 30-72 ms after a 250 ms step,
+        measured), and a returner left out costs the group a step. That includes a single
+        finisher whose group came back while it ran its last step (a straggler one step behind):
+        the group waits for it, so it rejoins them instead of trailing them by a step for good
+        (without a moment of idle the engine never regroups them). On a cold start (the engine
+        idle longer than RETURN_HORIZON_S, e.g. a burst of new clients after a pause) the first
+        request waits `idle_batch_window_s` for whoever comes. A lone client coming straight back
+        is never held: it is all that is expected."""
         burst, self._last_burst = self._last_burst, 0
         if not self.idle_batch_window_s or self.running or not self._waiting:
             return
         first = max(self._waiting[0].submitted_at, self._idle_since)  # one back before the idle waits from then
         returning = first - self._idle_since <= RETURN_HORIZON_S  # else the finishers are not coming back now
-        if returning and burst == 1:
-            return  # a lone client's next request: nobody to wait for
         if returning and burst:
             expected = min(self._waiting_at_idle + burst, self.max_batch_size)  # those already back count too
+            wait = max(self.idle_batch_window_s, min(RETURN_WAIT_STEPS * self._idle_step_s, RETURN_HORIZON_S))
         else:  # a cold start (nobody finished just now): whoever comes in the window
             expected, first = self.max_batch_size, self._waiting[0].submitted_at
-        deadline = first + self.idle_batch_window_s
+            wait = self.idle_batch_window_s
+        deadline = first + wait
         while not self._stop and not self._cancel and len(self._waiting) < expected:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -327,6 +337,7 @@ class Scheduler:
         self._sample_and_emit(seqs, logits)
         if not self.running:
             self._last_burst, self._idle_since, self._waiting_at_idle = len(seqs), time.monotonic(), len(self._waiting)
+            self._idle_step_s = time.perf_counter() - t0
         if admitted:
             self.counters["prefill_steps"] += 1
         if admitted and old:

@@ -119,8 +119,9 @@ class NodeConfig(BaseModel):
         20.0,
         ge=0.0,
         le=1000.0,
-        description="After several requests finished together and left the engine idle, how long the first one "
-        "back waits for the others to share its prefill (0 = never wait).",
+        description="After requests finished and left the engine idle, how long the first one back waits for "
+        "the others to share its prefill (at least half the step that finished them; after a pause, exactly "
+        "this long for whoever comes; 0 = never wait).",
     )
     engine_backend: Literal["builtin", "vllm"] = Field(
         "builtin",

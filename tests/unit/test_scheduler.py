@@ -333,6 +333,55 @@ def test_a_lone_client_coming_straight_back_is_not_held(tiny_base):
         eng.close()
 
 
+def _as_if_idle_after(eng, *, finished: int, waiting: int, step_s: float) -> None:
+    """Record an idle moment as the scheduler does after a step of `step_s` seconds that finished
+    `finished` rows with `waiting` requests queued (a tiny model's steps are too short to time
+    HTTP-like returns into them)."""
+    sched = eng.scheduler
+    with sched._cv:
+        sched._last_burst, sched._idle_since, sched._waiting_at_idle = finished, time.monotonic(), waiting
+        sched._idle_step_s = step_s
+
+
+def test_returners_are_waited_for_half_a_slow_step(tiny_base):
+    """After a 1 s step finished 3 rows, their clients come back 0.1 s apart (past the 20 ms
+    window, within half the step): they still share one prefill, since leaving one out would
+    cost the group a whole step."""
+    eng = _engine(tiny_base, idle_batch_window_ms=20.0, max_batch_size=4)
+    try:
+        _burst_then_idle(eng, 1)
+        before = eng.stats()["prefill_steps"]
+        _as_if_idle_after(eng, finished=3, waiting=0, step_s=1.0)
+        hs = _returners(eng, 3, 0.1)
+        assert all(h.result_sync(60).completion_tokens == 2 for h in hs)
+        assert eng.stats()["prefill_steps"] - before == 1
+    finally:
+        eng.close()
+
+
+def test_a_straggler_one_step_behind_rejoins_its_group(tiny_base):
+    """Two rows finished and their clients came back while a third row ran its last step alone;
+    when it finishes (the engine idle, 1 finisher, 2 waiting), the two wait for its client, and
+    all three share one prefill. Without that they start without it, and it trails them by a step
+    for good. The idle moment is set up the way the scheduler records it after such a step (a
+    tiny model's steps are too short to time HTTP-like returns into one)."""
+    eng = _engine(tiny_base, idle_batch_window_ms=1000.0, max_batch_size=4)
+    try:
+        _burst_then_idle(eng, 1)  # warm: the next prefill is not a first-call outlier
+        with eng.scheduler.paused():
+            before = eng.stats()["prefill_steps"]
+            _as_if_idle_after(eng, finished=1, waiting=2, step_s=0.001)  # the straggler's step just ended
+            group = _returners(eng, 2, 0)
+        t0 = time.monotonic()
+        time.sleep(0.2)
+        straggler = _returners(eng, 1, 0)
+        assert all(h.result_sync(60).completion_tokens == 2 for h in group + straggler)
+        assert eng.stats()["prefill_steps"] - before == 1
+        assert time.monotonic() - t0 < 0.9  # started when it came, not at the window's end
+    finally:
+        eng.close()
+
+
 def test_a_cold_start_gathers_whoever_comes_in_the_window(tiny_base):
     """After a pause longer than RETURN_HORIZON_S, new clients 0.1 s apart share one prefill."""
     eng = _engine(tiny_base, idle_batch_window_ms=1000.0, max_batch_size=4)
