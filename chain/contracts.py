@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from functools import lru_cache, partial
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils import function_abi_to_4byte_selector, to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import ContractLogicError, Web3RPCError
@@ -57,10 +57,12 @@ from chain.deploy import Deployment
 from chain.eip712 import address_of, sign_signer_proof
 from chain.errors import ChainError
 from chain.events import EventDecodeError, EventDecoder
-from chain.reverts import as_revert
+from chain.reverts import as_revert, decode_revert
 from chain.send import send_tx
 
 SIGNER_PROOF_TTL_S = 3600
+CALL_BATCH = 100
+"""Calls per JSON-RPC batch of `call_many` (public RPCs cap batches, commonly at 100 or more)."""
 
 Sender = str | LocalAccount
 
@@ -211,6 +213,43 @@ class ContractBinding:
             result = getattr(self.contract.functions, fn)(*values).call()
         except (ContractLogicError, Web3RPCError) as e:
             raise as_revert(e) from e
+        return self._decoded(fn, entry, values, result)
+
+    def call_many(self, fn: str, calls: Sequence[Sequence[Any]]) -> list[Any]:
+        """`call(fn, *args)` for each `args` of `calls`, as JSON-RPC batches of at most CALL_BATCH
+        raw eth_calls: one round trip each instead of one per call, and the calldata encoded once
+        per call by the ABI codec (web3's contract-function path costs ~3 ms of CPU per call to
+        encode, measured; the payment gate reads every lane of a payer at once). Any failure fails
+        the whole read."""
+        entry = self._entry(fn)
+        selector = function_abi_to_4byte_selector(entry)
+        in_types = [canonical_type(p) for p in entry["inputs"]]
+        out_types = [canonical_type(p) for p in entry["outputs"]]
+        codec = self.w3.codec
+        values = [self._args(entry, tuple(args), {}) for args in calls]
+        out: list[Any] = []
+        for at in range(0, len(values), CALL_BATCH):
+            chunk = values[at : at + CALL_BATCH]
+            requests = [
+                ("eth_call", [{"to": self.address, "data": "0x" + (selector + codec.encode(in_types, v)).hex()}, "latest"])
+                for v in chunk
+            ]
+            responses = sorted(self.w3.provider.make_batch_request(requests), key=lambda r: r.get("id", 0))
+            if len(responses) != len(chunk):
+                raise ChainError(f"{self.artifact}.{fn}: the RPC answered {len(responses)} of {len(chunk)} batched calls")
+            for v, r in zip(chunk, responses, strict=True):
+                if "error" in r:
+                    err = r["error"]
+                    data = err.get("data") if isinstance(err, Mapping) else None
+                    if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
+                        raise decode_revert(HexBytes(data))
+                    raise ChainError(f"{self.artifact}.{fn}: {err}")
+                decoded = codec.decode(out_types, HexBytes(r["result"]))
+                out.append(self._decoded(fn, entry, v, decoded[0] if len(decoded) == 1 else list(decoded)))
+        return out
+
+    def _decoded(self, fn: str, entry: Mapping[str, Any], values: list, result: Any) -> Any:
+        """What `call` returns for `result`, web3's output of `fn(*values)`."""
         outs = output_params(entry)
         one_value = len(entry["outputs"]) == 1 and entry["outputs"][0]["type"] != "tuple"
         results = [result] if one_value else result  # web3 gives a struct or several outputs as a sequence

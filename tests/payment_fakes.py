@@ -16,3 +16,6 @@ class FundedEscrow:
 
     def collected(self, lane) -> tuple[int, int]:
         return (0, 0)
+
+    def collected_many(self, lanes) -> list[tuple[int, int]]:
+        return [self.collected(ln) for ln in lanes]

@@ -426,3 +426,49 @@ async def test_rpc_down_serves_on_last_known_values_else_503(chain, ledger):
         await gate.admit(_header(dep, key=STRANGER_KEY, payer=Account.from_key(STRANGER_KEY).address), 7, PRICE, Cost(1, 1))
     err = api_error_for(ei.value)
     assert err.status == 503 and err.headers["Retry-After"] == "5" and err.code == "chain_unavailable"
+
+
+def test_chain_reads_of_many_keys_take_one_round_trip_per_batch(chain, monkeypatch):
+    """`call_many` (the gate reads all of a payer's lanes with it) returns what one `call` per
+    key returns, structs included, in JSON-RPC batches of at most CALL_BATCH: one round trip
+    each, where the gate once made one per lane (17 per payer in bench-api, ~1.5 s under load)."""
+    import chain.contracts as contracts_mod
+    from chain.contracts import UsageEscrowBinding
+
+    w3, dep = chain
+    other = Account.from_key(STRANGER_KEY).address
+    fund_escrow(w3, dep, DEPLOYER, PAYER_KEY, 777, other)  # a second account of the payer, another amount
+    escrow = UsageEscrowBinding(w3, dep.addresses["UsageEscrow"], "UsageEscrow")
+    keys = [(PAYER, NODE), (PAYER, other), (other, NODE), (PAYER, other), (PAYER, NODE)]
+    one_by_one = [escrow.account_of(p, n) for p, n in keys]
+    assert one_by_one[0].balance != one_by_one[1].balance  # distinct values: a mixed-up order would show
+
+    batches = []
+    inner = w3.provider.make_batch_request
+    monkeypatch.setattr(w3.provider, "make_batch_request", lambda reqs: batches.append(len(reqs)) or inner(reqs))
+    monkeypatch.setattr(contracts_mod, "CALL_BATCH", 2)
+    assert escrow.call_many("accountOf", keys) == one_by_one
+    assert batches == [2, 2, 1]
+    assert escrow.call_many("accountOf", []) == []
+
+    reader = Web3EscrowReader(w3, dep.addresses["UsageEscrow"])
+    lanes = [Lane(PAYER, NODE, a) for a in (0, 7, 9)]
+    assert reader.collected_many(lanes) == [reader.collected(ln) for ln in lanes]
+
+
+def test_a_batched_read_that_fails_raises(chain):
+    """The gate turns a failed read into its last known value or a 503; a batch must raise, never
+    hand back a partial list: a dead RPC raises its connection error, a call that reverts raises
+    the decoded revert."""
+    import requests
+
+    from chain.contracts import Contracts, UsageEscrowBinding
+    from chain.reverts import ContractRevert
+
+    w3, dep = chain
+    dead = Web3(Web3.HTTPProvider("http://127.0.0.1:9", request_kwargs={"timeout": 2}))
+    with pytest.raises(requests.exceptions.ConnectionError):
+        UsageEscrowBinding(dead, dep.addresses["UsageEscrow"], "UsageEscrow").call_many("accountOf", [(PAYER, NODE)])
+    datasets = Contracts(w3, dep).datasets
+    with pytest.raises(ContractRevert, match="DatasetRegistryUnknownContribution"):
+        datasets.call_many("getContribution", [(10**9,)])

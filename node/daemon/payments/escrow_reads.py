@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from eth_utils import to_checksum_address
 
 from chain.contracts import UsageEscrowBinding
@@ -29,6 +31,11 @@ class Web3EscrowReader:
     def collected(self, lane: Lane) -> tuple[int, int]:
         lane_collected = self._escrow.collected(lane.payer, lane.node, lane.adapter_id)
         return lane_collected.compute, lane_collected.adapter
+
+    def collected_many(self, lanes: Sequence[Lane]) -> list[tuple[int, int]]:
+        """`collected` of each lane, in one JSON-RPC batch (a payer's lanes, read together)."""
+        got = self._escrow.call_many("collected", [(ln.payer, ln.node, ln.adapter_id) for ln in lanes])
+        return [(c.compute, c.adapter) for c in got]
 
 
 def check_chain(w3, deployment) -> int:

@@ -102,6 +102,10 @@ class EscrowReader(Protocol):
 
     def collected(self, lane: Lane) -> tuple[int, int]: ...
 
+    def collected_many(self, lanes: Sequence[Lane]) -> list[tuple[int, int]]:
+        """`collected` of each lane, read together (one round trip)."""
+        ...
+
 
 class LaneBook(Protocol):
     """Persistent lane ledger (the node's DB)."""
@@ -276,7 +280,8 @@ class PaymentGate:
 
             def read() -> tuple[int, int]:
                 avail = self.escrow.available(payer, self.node)
-                collected = sum(sum(self.escrow.collected(ln)) for ln, _ in lanes)
+                # all lanes in one round trip (a payer streaming on 16 adapters read 16 in a row)
+                collected = sum(c + a for c, a in self.escrow.collected_many([ln for ln, _ in lanes])) if lanes else 0
                 return avail, collected
 
             hit = await self._read(self._balance_cache, payer, read)
