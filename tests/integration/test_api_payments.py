@@ -453,7 +453,8 @@ def test_chain_reads_of_many_keys_take_one_round_trip_per_batch(chain, monkeypat
 
     reader = Web3EscrowReader(w3, dep.addresses["UsageEscrow"])
     lanes = [Lane(PAYER, NODE, a) for a in (0, 7, 9)]
-    assert reader.collected_many(lanes) == [reader.collected(ln) for ln in lanes]
+    collected_one_by_one = [escrow.collected(ln.payer, ln.node, ln.adapter_id) for ln in lanes]
+    assert reader.collected_many(lanes) == [(c.compute, c.adapter) for c in collected_one_by_one]
 
 
 def test_a_batched_read_that_fails_raises(chain):

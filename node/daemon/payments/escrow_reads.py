@@ -28,12 +28,8 @@ class Web3EscrowReader:
         account = self._escrow.account_of(payer, node)
         return max(0, account.balance - account.thawing)
 
-    def collected(self, lane: Lane) -> tuple[int, int]:
-        lane_collected = self._escrow.collected(lane.payer, lane.node, lane.adapter_id)
-        return lane_collected.compute, lane_collected.adapter
-
     def collected_many(self, lanes: Sequence[Lane]) -> list[tuple[int, int]]:
-        """`collected` of each lane, in one JSON-RPC batch (a payer's lanes, read together)."""
+        """UsageEscrow's `collected` of each lane, in one JSON-RPC batch (a payer's lanes, read together)."""
         got = self._escrow.call_many("collected", [(ln.payer, ln.node, ln.adapter_id) for ln in lanes])
         return [(c.compute, c.adapter) for c in got]
 

@@ -100,10 +100,8 @@ class EscrowReader(Protocol):
         """Balance minus thawing of the payer's account earmarked for `node`."""
         ...
 
-    def collected(self, lane: Lane) -> tuple[int, int]: ...
-
     def collected_many(self, lanes: Sequence[Lane]) -> list[tuple[int, int]]:
-        """`collected` of each lane, read together (one round trip)."""
+        """(compute, adapter) UsageEscrow has collected on each lane, read together (one round trip)."""
         ...
 
 
