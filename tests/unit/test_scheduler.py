@@ -289,12 +289,17 @@ def test_registration_writes_a_packed_copy_that_goes_with_the_adapter(tiny_base,
 
 
 def _burst_then_idle(eng, n: int) -> None:
-    """n requests admitted in one step and finished in the same step, leaving the engine idle."""
+    """n requests admitted in one step and finished in the same step, leaving the engine idle.
+    Returns once that step has ended: results are delivered inside it, before it records the idle
+    moment and counts its prefill, so a caller that went on at once could race both (on a slow
+    CI machine it did, and the idle moment it set up was overwritten)."""
     p = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
     with eng.scheduler.paused():
         hs = [eng.submit(GenerationRequest(f"burst{i}", None, prompt=f"burst {i}", params=p)) for i in range(n)]
     for h in hs:
         h.result_sync(60)
+    with eng.scheduler.paused():  # the step that delivered them is over
+        pass
 
 
 def _returners(eng, n: int, gap_s: float) -> list:
