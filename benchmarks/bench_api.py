@@ -26,7 +26,10 @@ a shared machine hits both alike.
 Figures per N: requests/s, tokens/s, p50/p99 time to first token, p50/p99 inter-token latency,
 errors (must be 0); `cpu_s`, the CPU seconds the side used (API: the node's `node_cpu_s` plus the
 load generator's `loadgen_cpu_s`, which signs vouchers, checks receipts and parses SSE on the same
-cores; engine: this process); `overhead_ratio` = API tokens/s ÷ engine tokens/s (target ≥ 0.9).
+cores; engine: this process); `engine_steps`, the engine steps the side's level took (decode-only,
+prefill, mixed; from the node's /metrics and from `Engine.stats()`): equal counts mean both sides
+batched the same work alike, so a gap in tokens/s is time per step (CPU taken from the engine, or
+the machine's speed moving); `overhead_ratio` = API tokens/s ÷ engine tokens/s (target ≥ 0.9).
 Ends with one line `RESULT {json}`. `benchmarks/profile_api_path.py` times the node's own steps
 per request (voucher recovery, voucher and receipt writes, signing, SSE framing) in isolation.
 """
@@ -37,6 +40,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,6 +104,33 @@ def process_cpu_s(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+STEP_KEYS = ("decode_steps", "mixed_steps", "prefill_steps")
+
+
+def engine_steps(stats: dict) -> dict[str, int]:
+    """The engine's step counters from `Engine.stats()` (the steps a level took, by kind)."""
+    return {k: int(stats[k]) for k in STEP_KEYS}
+
+
+def node_steps(url: str) -> dict[str, int]:
+    """The same counters from the node's Prometheus endpoint (loranode_engine_<key>_total)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:  # noqa: S310 - our own node, on loopback
+        text = r.read().decode()
+    out = {}
+    for k in STEP_KEYS:
+        m = re.search(rf"^loranode_engine_{k}_total ([0-9.e+]+)$", text, re.M)
+        if m is None:
+            raise RuntimeError(f"the node's /metrics has no loranode_engine_{k}_total")
+        out[k] = int(float(m.group(1)))
+    return out
+
+
+def steps_taken(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    d = {k: after[k] - before[k] for k in STEP_KEYS}
+    d["steps"] = d["decode_steps"] + d["prefill_steps"]  # every step decodes, prefills, or both (mixed)
+    return d
 
 
 def level_requests(n: int, quick: bool) -> int:
@@ -439,14 +470,16 @@ def main() -> int:
                         order = ("api", "engine") if k % 2 == 0 else ("engine", "api")
                         for side in order:
                             if side == "api":
-                                node_cpu0 = process_cpu_s(proc.pid)
+                                node_cpu0, steps0 = process_cpu_s(proc.pid), node_steps(url)
                                 res = gen.level(n, level_requests(n, args.quick), max_tokens)
                                 res["node_cpu_s"] = round(process_cpu_s(proc.pid) - node_cpu0, 2)
+                                res["engine_steps"] = steps_taken(steps0, node_steps(url))
                                 res["cpu_s"] = round(res["node_cpu_s"] + res["loadgen_cpu_s"], 2)
                             else:
-                                cpu0 = time.process_time()
+                                cpu0, steps0 = time.process_time(), engine_steps(engine.stats())
                                 res = asyncio.run(engine_level(engine, n, level_requests(n, args.quick), max_tokens))
                                 res["cpu_s"] = round(time.process_time() - cpu0, 2)
+                                res["engine_steps"] = steps_taken(steps0, engine_steps(engine.stats()))
                             runs[side].append(res)
                             print(f"{side:6s} N={n:4d} {res}", flush=True)
                     result["levels"][str(n)] = {
