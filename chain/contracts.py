@@ -57,7 +57,7 @@ from chain.deploy import Deployment
 from chain.eip712 import address_of, sign_signer_proof
 from chain.errors import ChainError
 from chain.events import EventDecodeError, EventDecoder
-from chain.reverts import as_revert, decode_revert
+from chain.reverts import as_revert, decode_revert, revert_data
 from chain.send import send_tx
 
 SIGNER_PROOF_TTL_S = 3600
@@ -243,9 +243,9 @@ class ContractBinding:
             for v, r in zip(chunk, responses, strict=True):
                 if "error" in r:
                     err = r["error"]
-                    data = err.get("data") if isinstance(err, Mapping) else None
-                    if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
-                        raise decode_revert(HexBytes(data))
+                    data = revert_data(err.get("data")) if isinstance(err, Mapping) else None
+                    if data is not None:  # as `call` decodes it (chain.reverts.as_revert)
+                        raise decode_revert(data)
                     raise ChainError(f"{self.artifact}.{fn}: {err}")
                 decoded = codec.decode(out_types, HexBytes(r["result"]))
                 out.append(self._decoded(fn, entry, v, decoded[0] if len(decoded) == 1 else list(decoded)))

@@ -45,8 +45,8 @@ def decode_revert(data: bytes | str | None) -> ContractRevert:
     return ContractRevert(name, tuple(from_abi(v, i) for v, i in zip(values, inputs, strict=True)), raw)
 
 
-def _revert_data(e: Exception) -> bytes | None:
-    data = getattr(e, "data", None)
+def revert_data(data: object) -> bytes | None:
+    """The revert bytes in an error's `data` (a web3 exception's, or a raw JSON-RPC error's), if any."""
     if isinstance(data, dict):  # some providers nest it
         data = data.get("data")
     if isinstance(data, (bytes, bytearray)):
@@ -58,7 +58,7 @@ def _revert_data(e: Exception) -> bytes | None:
 
 def as_revert(e: Exception) -> Exception:
     """The decoded ContractRevert behind a web3 error, or `e` itself when it carries no revert."""
-    data = _revert_data(e)
+    data = revert_data(getattr(e, "data", None))
     if data is not None:
         return decode_revert(data)
     if isinstance(e, ContractLogicError):
