@@ -37,6 +37,7 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 from web3.types import TxParams, Wei
 
+from chain.reverts import revert_data
 from chain.outbox_store import (
     Attempt,
     InMemoryOutboxStore,
@@ -343,7 +344,7 @@ class Outbox:
                 try:
                     gas = self._estimate(row)
                 except ContractLogicError as e:
-                    reason = decode_revert_data(_revert_bytes(e), self.error_decoder)
+                    reason = decode_revert_data(revert_data(e.data) or b"", self.error_decoder)
                     if self._has_unmined_predecessor(row):
                         # may only revert because an earlier tx of ours isn't mined yet
                         self.store.note_error(row.id, f"estimate reverts (waiting for earlier txs): {reason}")
@@ -446,27 +447,12 @@ class Outbox:
             try:
                 self.w3.eth.call(call, block_identifier=max(block, 0))
             except ContractLogicError as e:
-                return decode_revert_data(_revert_bytes(e), self.error_decoder)
+                return decode_revert_data(revert_data(e.data) or b"", self.error_decoder)
             except (Web3RPCError, ValueError) as e:
                 return f"reverted ({e})"[:500]
         if rcpt["gasUsed"] >= att_gas:
             return "out of gas"
         return "reverted (reason not recoverable by replay)"
-
-
-def _revert_bytes(e: ContractLogicError) -> bytes:
-    data = e.data
-    if isinstance(data, dict):
-        data = data.get("data") or data.get("result")
-    if isinstance(data, str) and data.startswith("0x"):
-        try:
-            return bytes.fromhex(data[2:])
-        except ValueError:
-            return b""
-    if isinstance(data, (bytes, bytearray)):
-        return bytes(data)
-    # no data: a plain "execution reverted" (or an Error(string) only in the message)
-    return b""
 
 
 def _decode_gas(raw: bytes) -> int:

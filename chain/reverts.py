@@ -46,13 +46,18 @@ def decode_revert(data: bytes | str | None) -> ContractRevert:
 
 
 def revert_data(data: object) -> bytes | None:
-    """The revert bytes in an error's `data` (a web3 exception's, or a raw JSON-RPC error's), if any."""
+    """The revert bytes in an error's `data` (a web3 exception's, or a raw JSON-RPC error's), if any.
+    None when there are none, or when they are not hex (a broken provider's reply): the caller
+    then reports a revert without data rather than failing on the provider's text."""
     if isinstance(data, dict):  # some providers nest it
         data = data.get("data")
     if isinstance(data, (bytes, bytearray)):
         return bytes(data)
     if isinstance(data, str) and data.startswith("0x"):
-        return bytes.fromhex(data[2:])
+        try:
+            return bytes.fromhex(data[2:])
+        except ValueError:
+            return None
     return None
 
 

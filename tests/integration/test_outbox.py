@@ -19,6 +19,7 @@ import requests
 from crash import run_until_sigkilled
 from eth_abi import encode as abi_encode
 from eth_account import Account
+from web3.exceptions import ContractLogicError
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
@@ -32,6 +33,7 @@ from chain.outbox import (
     OutboxError,
     decode_revert_data,
 )
+from chain.reverts import as_revert, revert_data
 from node.db import make_engine, make_session_factory, migrate
 from node.db.outbox_store import SqlOutboxStore
 
@@ -226,6 +228,17 @@ def test_decode_revert_data_fallbacks():
     assert decode_revert_data(b"") == "reverted without data"
     assert decode_revert_data(bytes.fromhex("deadbeef01")) == "custom error 0xdeadbeef data 0x01"
     assert decode_revert_data(b"\x01\x02\x03\x04", lambda d: 1 / 0) == "custom error 0x01020304"
+
+
+def test_revert_data_from_provider_errors():
+    """The one rule (chain.reverts.revert_data) the outbox and the contract bindings read revert bytes by."""
+    assert revert_data("0x08c379a0") == bytes.fromhex("08c379a0")
+    assert revert_data({"data": "0xdeadbeef", "message": "execution reverted"}) == bytes.fromhex("deadbeef")
+    assert revert_data(b"\x01") == b"\x01"
+    assert revert_data("0xnot-hex") is None  # a broken provider's text: no data, not a crash
+    assert revert_data("execution reverted") is None
+    assert revert_data(None) is None
+    assert as_revert(ContractLogicError("execution reverted", data="0xzz")).name == "Unknown"
 
 
 # --- crashes, stuck transactions, mempool loss ----------------------------------------------
