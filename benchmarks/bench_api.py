@@ -14,13 +14,13 @@ one Python process signing vouchers, checking receipts and parsing SSE for 256 s
 Requests per level (`level_requests`, the same plan for both sides): at least 64 (`--quick`: 16)
 and at least one per client, but at most 16 (`--quick`: 4) in a row per client, so 16, 64, 64, 256
 requests at N = 1, 8, 64, 256 (8 clients ran 2 requests each before: a ~5 s level a side). A full
-run on 2 shared CPU cores: ~3.5 min a round, ~6.5 min with the default two rounds.
+run on 2 shared CPU cores: ~3.5 min a round, ~12 min with the default three rounds.
 
 Peer: the same engine configuration in this process (built from the node's TOML, so the node's
 scheduling policy too, e.g. `engine_idle_batch_ms`; `--idle-batch-ms` sets it for both sides), the
 same adapters, prompts, max_tokens and concurrency, submitted straight to `Engine.submit` and
 streamed from the handle. Both sides run back to back at each level (alternating order over
-`--rounds`, 2 in a full run; the best round of each side counts), so drifting background load on
+`--rounds`, 3 in a full run; the best round of each side counts), so drifting background load on
 a shared machine hits both alike.
 
 Figures per N: requests/s, tokens/s, p50/p99 time to first token, p50/p99 inter-token latency,
@@ -394,7 +394,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer requests, fewer tokens, N up to 64")
     ap.add_argument("--levels", default=None, help="comma-separated client counts (default 1,8,64,256)")
     ap.add_argument("--idle-batch-ms", type=float, default=None, help="engine_idle_batch_ms for both sides (default: the node's)")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds per level and side (default 2, --quick 1; best counts)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per level and side (default 3, --quick 1; best counts)")
     ap.add_argument(
         "--client-procs",
         type=int,
@@ -403,9 +403,11 @@ def main() -> int:
     )
     args = ap.parse_args()
     levels = [int(x) for x in (args.levels or ("1,8,64" if args.quick else "1,8,64,256")).split(",")]
-    # two rounds a side: one level of one round moved ±10 % with the machine (ITL 111-141 ms for
-    # the same work), enough to decide a 0.9 ratio by noise alone
-    args.rounds = args.rounds or (1 if args.quick else 2)
+    # three rounds a side: one level of one round moved ±10 % with the machine (ITL 111-141 ms for
+    # the same work), enough to decide a 0.9 ratio by noise alone; with two, the same N = 64 work
+    # (17 engine steps each side) ran at 24-34 tok/s from run to run, so one slow round in each
+    # ordering could still decide it
+    args.rounds = args.rounds or (1 if args.quick else 3)
     max_tokens = 6 if args.quick else 8
 
     from eth_account import Account

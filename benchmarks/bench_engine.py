@@ -27,8 +27,10 @@ Figures (ratios compare peers measured in this same run; the machines are noisy)
   shape-A folders (disk space: 1,000 x 7 MB); the engine treats every id as its own adapter
   (own host entry, own slot load, own eviction).
 Order: the throughput phase runs our base, A and B batches and the two peers (HF generate,
-PEFT) interleaved, three rounds (two with --quick), and every figure is a median over them; then
-the cold loads, the Zipf phase, and last the decode profile (torch.profiler).
+PEFT) interleaved, five reps (two with --quick); every ratio is the median of its per-rep ratios
+(`ratios_per_rep`), each rep's two sides measured next to each other, and every tokens/s figure
+the median over the reps. Then the cold loads (200 samples, 12 with --quick), the Zipf phase, and
+last the decode profile (torch.profiler).
 Ends with one line: RESULT {json}.
 """
 
@@ -181,8 +183,8 @@ def main() -> None:
     n_adapters = 64  # per shape (the issue's minimum)
     concurrent = 16
     zipf_requests = 48 if quick else 160
-    cold_samples = 12 if quick else 40
-    reps = 2 if quick else 3
+    cold_samples = 12 if quick else 200
+    reps = 2 if quick else 5
     torch.manual_seed(0)
 
     base = load_base_model(device="cpu")
@@ -243,12 +245,16 @@ def main() -> None:
     hf_generate_tps(pristine, tok, texts, 2)  # the peers' first-call effects, as the engine's warm-up above
     hf_generate_tps(peft, tok, texts, 2, peft_names=ids_a)
     peer_runs: dict[str, list[float]] = {"hf": [], "peft": []}
-    for rep in range(reps):  # interleaved, peers too, so machine noise hits every kind alike; medians below
-        for kind, adapters in kinds.items():
-            r = run_engine(engine, reqs_for(adapters, texts, n_tok, f"{kind}{rep}"))
+    # Each rep runs every kind once, each ratio's two sides next to each other (HF generate | base,
+    # base | B, A | PEFT; A and base one run apart), and every ratio below is the median of its
+    # per-rep ratios: the machine's speed drifts within a run (a third, rep to rep, in one full
+    # run), so a ratio of two medians could set one side's fast rep against the other's slow one.
+    for rep in range(reps):
+        peer_runs["hf"].append(hf_generate_tps(pristine, tok, texts, n_tok))
+        for kind in ("base", "B", "A"):
+            r = run_engine(engine, reqs_for(kinds[kind], texts, n_tok, f"{kind}{rep}"))
             runs[kind].append(r)
             log(f"rep {rep} {kind}: decode {r['decode_tps']:.1f} tok/s, e2e {r['e2e_tps']:.1f} tok/s")
-        peer_runs["hf"].append(hf_generate_tps(pristine, tok, texts, n_tok))
         peer_runs["peft"].append(hf_generate_tps(peft, tok, texts, n_tok, peft_names=ids_a))
         log(f"rep {rep} hf generate base {peer_runs['hf'][-1]:.1f} tok/s, peft mixed {peer_runs['peft'][-1]:.1f} tok/s")
     del peft
@@ -257,45 +263,58 @@ def main() -> None:
     def med(kind: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[kind])
 
-    base_tps = med("base", "decode_tps")
-    base_run = {"e2e_tps": med("base", "e2e_tps")}
-    het_a = {"decode_tps": med("A", "decode_tps"), "e2e_tps": med("A", "e2e_tps")}
-    het_b = {"decode_tps": med("B", "decode_tps"), "e2e_tps": med("B", "e2e_tps")}
-    ratio_a = het_a["decode_tps"] / base_tps
-    ratio_b = het_b["decode_tps"] / base_tps
+    def per_rep(num: list[float], den: list[float]) -> list[float]:
+        return [a / b for a, b in zip(num, den, strict=True)]
+
+    def decode(kind: str) -> list[float]:
+        return [r["decode_tps"] for r in runs[kind]]
+
+    def e2e(kind: str) -> list[float]:
+        return [r["e2e_tps"] for r in runs[kind]]
+
     bound_a = bytes_base / (bytes_base + concurrent * bytes_a)
     bound_b = bytes_base / (bytes_base + concurrent * bytes_b)
+    reps_of = {
+        "hetero_vs_base": per_rep(decode("A"), decode("base")),
+        "hetero_vs_base_B": per_rep(decode("B"), decode("base")),
+        "vs_hf_generate_base": per_rep(e2e("base"), peer_runs["hf"]),
+        "vs_peft_mixed": per_rep(e2e("A"), peer_runs["peft"]),
+    }
+    ratio = {k: statistics.median(v) for k, v in reps_of.items()}
     res.update(
         {
-            "hetero_vs_base": ratio_a,
-            "hetero_vs_base_B": ratio_b,
-            "hetero_vs_bound_A": ratio_a / bound_a,
-            "hetero_vs_bound_B": ratio_b / bound_b,
-            "hetero_vs_bound": min(ratio_a / bound_a, ratio_b / bound_b),
+            "hetero_vs_base": ratio["hetero_vs_base"],
+            "hetero_vs_base_B": ratio["hetero_vs_base_B"],
+            "hetero_vs_bound_A": ratio["hetero_vs_base"] / bound_a,
+            "hetero_vs_bound_B": ratio["hetero_vs_base_B"] / bound_b,
+            "hetero_vs_bound": min(ratio["hetero_vs_base"] / bound_a, ratio["hetero_vs_base_B"] / bound_b),
             "bound_A": bound_a,
             "bound_B": bound_b,
             "base_bytes": bytes_base,
             "adapter_bytes_A": bytes_a,
             "adapter_bytes_B": bytes_b,
-            "decode_tps_base": base_tps,
-            "decode_tps_hetero_A": het_a["decode_tps"],
-            "decode_tps_hetero_B": het_b["decode_tps"],
-            "e2e_tps_base": base_run["e2e_tps"],
-            "e2e_tps_hetero_A": het_a["e2e_tps"],
-        }
-    )
-    hf_tps, peft_tps = statistics.median(peer_runs["hf"]), statistics.median(peer_runs["peft"])
-    res.update(
-        {
-            "hf_generate_base_tps": hf_tps,
-            "vs_hf_generate_base": base_run["e2e_tps"] / hf_tps,
-            "peft_mixed_tps": peft_tps,
-            "vs_peft_mixed": het_a["e2e_tps"] / peft_tps,
+            "decode_tps_base": med("base", "decode_tps"),
+            "decode_tps_hetero_A": med("A", "decode_tps"),
+            "decode_tps_hetero_B": med("B", "decode_tps"),
+            "e2e_tps_base": med("base", "e2e_tps"),
+            "e2e_tps_hetero_A": med("A", "e2e_tps"),
+            "hf_generate_base_tps": statistics.median(peer_runs["hf"]),
+            "vs_hf_generate_base": ratio["vs_hf_generate_base"],
+            "peft_mixed_tps": statistics.median(peer_runs["peft"]),
+            "vs_peft_mixed": ratio["vs_peft_mixed"],
+            "ratios_per_rep": {k: [round(x, 4) for x in v] for k, v in reps_of.items()},
         }
     )
 
     # --- cold loads (B): disk folder -> ready in a slot ---------------------------------------
-    cold_ids = [f"B{i}" for i in range(concurrent, concurrent + cold_samples)]
+    # Ids of their own (as the Zipf phase below) on the B folders not in the throughput batch: each is
+    # a separate adapter to the engine, so cold in the host tier, and there can be more samples than
+    # folders. 200 make the p99 the 3rd worst sample; with 40 it was the worst one.
+    spare = range(concurrent, n_adapters)
+    cold_ids = [f"C{k}" for k in range(cold_samples)]
+    for k, aid in enumerate(cold_ids):
+        b = spare[k % len(spare)]
+        engine.tiers.register(aid, folders_b[b], engine.tiers.spec(f"B{b}"))
     lat = []
     c = engine.tiers.counters
     n_read, n_copy = len(c.read_seconds), len(c.copy_seconds)
