@@ -58,6 +58,15 @@ within this machine's noise; it is kept because it does strictly less work. A de
 profile per kind is in bench-engine's RESULT (`decode_profile`): at 1 thread the delta's bmm +
 baddbmm are ~5% of a step and the base `mm` 70-80%, so at 1 thread the hetero step is at the
 memory-traffic bound (hetero_vs_bound 1.09 for A, 1.40 for B in the quick run).
+Since the base linears run prepacked on CPU (inference.cpu_gemm, a base step ~2x faster), the delta
+is a larger share of a step: bench-engine full run, base 44 ms a step, 16 distinct q,k,v,o
+adapters 62-68 ms (bmm 13 ms of it), all seven modules 89-92 ms (bmm 31 ms); A and B still at
+0.98 and 1.02 of the memory-traffic bound.
+A gathered layout (scattered slots) is kept per layer and reused while the next forwards route
+the same slots with the same weights (`_Grouping.gather_key`: slots, rank, each slot's load
+count), so a decode batch copies its adapters' weights once, not every step (a Zipf mix over
+1,000 ids: 246 -> 260 tok/s in one A/B run here; its step still costs ~1.4x a single-adapter
+step, ~40 small ops per module call on top of the weight reads).
 The GPU path (grouped GEMM) is unchanged by the per-kind stores (each layer's [S, R, *] block
 is still contiguous); it was not re-measured here (no GPU in this session).
 Threads: with 2 OpenMP threads on a machine whose cores are busy with other work, every

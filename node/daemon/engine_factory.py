@@ -18,6 +18,7 @@ def engine_config(config: NodeConfig):
         max_batch_size=config.engine_max_batch,
         max_queue=config.engine_max_queue,
         idle_batch_window_ms=config.engine_idle_batch_ms,
+        cpu_packed_linears=config.engine_cpu_packed_linears,
         max_new_tokens=config.max_tokens_limit,
         max_model_len=max(1024, min(2048, config.max_tokens_limit * 2)),
     )

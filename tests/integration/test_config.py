@@ -73,6 +73,7 @@ def test_postgres_url_is_normalised():
         ("dev_mode = true\nconfirmations = 300\nblock_ring_size = 100", {}, "block_ring_size:"),
         ("dev_mode = true", {"LORANODE_ENGINE_GPU_SLOTS": "many"}, "engine_gpu_slots:"),
         ("dev_mode = true", {"LORANODE_IPFS_GATEWAYS": "[not json"}, "list option is not valid JSON"),
+        ("dev_mode = true\nengine_cpu_packed_linears = 'maybe'", {}, "engine_cpu_packed_linears:"),
         ("dev_mode = [", {}, "not valid TOML"),
     ],
 )
@@ -81,6 +82,16 @@ def test_bad_options_are_named(tmp_path, toml, env, needle):
     with pytest.raises(ConfigError) as e:
         load_config(f, env)
     assert needle in str(e.value)
+
+
+def test_engine_options_reach_the_engine_config(tmp_path):
+    from node.daemon.engine_factory import engine_config
+
+    f = write(tmp_path / "node.toml", "dev_mode = true\nengine_cpu_packed_linears = false\nengine_max_batch = 8")
+    cfg = engine_config(load_config(f, {}))
+    assert (cfg.cpu_packed_linears, cfg.max_batch_size) == (False, 8)
+    env = {"LORANODE_ENGINE_CPU_PACKED_LINEARS": "true"}
+    assert engine_config(load_config(f, env)).cpu_packed_linears is True  # the environment overrides the file
 
 
 def test_missing_and_oversized_files(tmp_path):
