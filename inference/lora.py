@@ -146,8 +146,6 @@ class _Grouping:
     pad_pos: torch.Tensor | None  # [Ta] long: row of each sorted token in the [NG * L] layout (None: identity)
     offs: torch.Tensor | None  # [num_slots] int32: cumulative token counts per slot (grouped GEMM)
     in_order: bool = False  # every token has an adapter and they already are sorted by slot (perm = arange)
-    # gathered layouts: (slots, rank, each slot's load count) — equal keys mean equal gathered weights
-    gather_key: tuple | None = None
     delta_one_thread: bool = False  # run the delta's ops on one CPU thread (few tokens; see LoraSlotBank)
 
 
@@ -173,9 +171,6 @@ class LoraSlotBank:
         self.target_modules = tuple(m for m in SUPPORTED_MODULES if any(k[1] == m for k in layers))
         # per slot: module kind -> largest rank loaded there (absent = no weights for that kind)
         self._slot_ranks: list[dict[str, int]] = [{} for _ in range(num_slots)]
-        # per slot: how many times its weights were written (a gathered copy names the versions it holds)
-        self._slot_versions: list[int] = [0] * num_slots
-        self.gathers = 0  # weight gathers done (layers x forwards that copied their slots' weights)
         self._token_slots: torch.Tensor | None = None  # [T] long, on CPU
         self._groupings: dict[str, _Grouping | None] = {}
         # grouped GEMM kernels need 16-byte aligned rows: ranks are rounded up to a multiple of 8
@@ -266,7 +261,6 @@ class LoraSlotBank:
                 event = torch.cuda.Event()
                 event.record()
         self._slot_ranks[slot] = ranks
-        self._slot_versions[slot] += 1  # after the copies: a gather keyed on the old version is stale
         self._groupings.clear()
         return event
 
@@ -318,7 +312,6 @@ class LoraSlotBank:
                     store_a[:, slot, :r].zero_()
                     store_b[:, slot, :r].zero_()
         self._slot_ranks[slot] = {}
-        self._slot_versions[slot] += 1
         self._groupings.clear()
 
     # --------------------------------------------------------------- routing
@@ -430,7 +423,6 @@ class LoraSlotBank:
             slot_index=None if use_window else slot_index.to(dev, non_blocking=True),
             pad_pos=pad_pos,
             offs=None,
-            gather_key=None if use_window else (slots, rank, tuple(self._slot_versions[s] for s in slots)),
             **common,
         )
 
@@ -452,8 +444,6 @@ class MultiLoraLinear(nn.Module):
         # contiguous views of the bank's per-kind store (one layer's [S, R, *] block of it)
         self.register_buffer("lora_a", lora_a, persistent=False)  # [S, R, in]
         self.register_buffer("lora_b", lora_b, persistent=False)  # [S, R, out]: B transposed
-        # the last gathered layout's weights, reused while a batch keeps its adapters (decode steps)
-        self._gathered: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in]
         y = self.base_layer(x)  # [..., out]: the base matmul, once for the whole batch
@@ -533,15 +523,10 @@ class MultiLoraLinear(nn.Module):
             return self.lora_a[lo:hi, :r], self.lora_b[lo:hi, :r]  # views, no copy
         if g.slot_index is None:
             raise LoraSlotError("a bmm grouping has neither a slot window nor a slot index")
-        cached = self._gathered
-        if cached is not None and cached[0] == g.gather_key:
-            return cached[1], cached[2]  # same slots, same weights as the last gather
-        a = self.lora_a[:, :r].index_select(0, g.slot_index)  # gathered copies [NG, r, in]
-        b = self.lora_b[:, :r].index_select(0, g.slot_index)  # [NG, r, out]
-        self._gathered = (g.gather_key, a, b) if g.gather_key is not None else None
-        if self.bank is not None:
-            self.bank.gathers += 1
-        return a, b
+        return (
+            self.lora_a[:, :r].index_select(0, g.slot_index),  # gathered copies
+            self.lora_b[:, :r].index_select(0, g.slot_index),
+        )
 
     def extra_repr(self) -> str:
         s, r, _ = self.lora_a.shape

@@ -168,37 +168,6 @@ def test_grouping_is_computed_once_per_forward(bank_setup, monkeypatch):
     assert sorted(calls) == sorted(ALL)  # once per module kind, not once per layer (2 layers here)
 
 
-def test_a_gathered_layout_is_reused_until_one_of_its_slots_changes(bank_setup):
-    """Decode steps of one batch route the same scattered slots step after step: their weights are
-    gathered once, not every step; writing any of those slots (load or clear) makes the next
-    forward gather again, so a stale copy is never used."""
-    model, bank, loaded = bank_setup
-    loaded = {**loaded, 5: weights(model.config, 4, ALL, seed=7)}
-    bank.load_slot(5, loaded[5])
-    routing = [5, 0]  # slots 0 and 5 hold q_proj: a window of 6 slots for 2 adapters, so gathered
-    bank.set_routing(routing)
-    assert bank.grouping("q_proj").window is None
-
-    def check(slots_loaded):
-        bank.set_routing(routing)
-        for layer in bank.layers.values():
-            xin = torch.randn(len(routing), layer.in_features)
-            with torch.no_grad():
-                torch.testing.assert_close(layer(xin), reference(layer, xin, routing, slots_loaded), atol=1e-5, rtol=1e-5)
-
-    check(loaded)
-    first = bank.gathers
-    assert first > 0
-    check(loaded)
-    assert bank.gathers == first  # the next step: nothing copied
-    other = weights(model.config, 4, ALL, seed=9)  # same rank: only the weights differ
-    bank.load_slot(5, other)  # a new occupant in one of the gathered slots
-    check({**loaded, 5: other})
-    assert bank.gathers > first
-    bank.clear_slot(0)  # slot 0 drops out of the routing's groups: slot 5 alone, a window
-    check({**loaded, 5: other, 0: None})
-
-
 def test_reload_into_another_slot_and_smaller_rank_over_larger(bank_setup):
     model, bank, loaded = bank_setup
     ids = torch.randint(0, 97, (1, 6))
