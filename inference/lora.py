@@ -62,11 +62,13 @@ Since the base linears run prepacked on CPU (inference.cpu_gemm, a base step ~2x
 is a larger share of a step: bench-engine full run, base 44 ms a step, 16 distinct q,k,v,o
 adapters 62-68 ms (bmm 13 ms of it), all seven modules 89-92 ms (bmm 31 ms); A and B still at
 0.98 and 1.02 of the memory-traffic bound.
-A gathered layout (scattered slots) is kept per layer and reused while the next forwards route
-the same slots with the same weights (`_Grouping.gather_key`: slots, rank, each slot's load
-count), so a decode batch copies its adapters' weights once, not every step (a Zipf mix over
-1,000 ids: 246 -> 260 tok/s in one A/B run here; its step still costs ~1.4x a single-adapter
-step, ~40 small ops per module call on top of the weight reads).
+Keeping a gathered layout across the decode steps of one batch (instead of gathering scattered
+slots every step) was tried and measured without gain: in an interleaved A/B over three Zipf runs
+(160 requests over 1,000 ids) 235.3 tok/s with the reuse, 235.6 without; the gather's cost is
+reading the slots from memory, which the bmm then does from cache, and a kept copy must be read
+from memory by the bmm instead. A Zipf batch's step costs ~1.4x a single-adapter step here:
+~10 distinct adapters' weights (~55 us of a ~85 us delta per module call, at one thread) plus
+the layout ops.
 The GPU path (grouped GEMM) is unchanged by the per-kind stores (each layer's [S, R, *] block
 is still contiguous); it was not re-measured here (no GPU in this session).
 Threads: with 2 OpenMP threads on a machine whose cores are busy with other work, every
