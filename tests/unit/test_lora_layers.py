@@ -91,12 +91,12 @@ def bank_setup(tiny):
 @pytest.mark.parametrize(
     "token_slots, strategy",
     [
-        ([0, 2, 3, 5, -1, 1], "bmm"),  # decode: one token per row, a window of slots (view)
+        ([0, 2, 3, 5, -1, 1], "bmm"),  # decode: one token per row; q's slots 0, 2, 3 leave a hole: gathered
         ([5, 5, 0, 0, 2, 2, -1, -1], "bmm"),  # balanced groups of 2
         ([0, 2, 2, 3, 3, 3, -1, 5], "bmm"),  # unbalanced but little padding
         ([2] * 9 + [0, 3, -1], "bmm"),  # unbalanced, but a small padded layout beats a loop
         ([2] * 100 + [0, 3, -1], "loop"),  # prefill of very different lengths: per-adapter loop
-        ([5, 0], "bmm"),  # window with a hole would be wasteful: gathered slots
+        ([5, 0], "bmm"),  # q: slot 0 alone (slot 5 has down_proj only), a window of one
         ([2, 3], "bmm-in-order"),  # decode, rows already in slot order: no gather, delta added in place
         ([2, 2, 3, 3], "bmm-in-order"),
         ([2, 3, -1], "bmm"),  # a row without adapter: not in order
@@ -115,6 +115,21 @@ def test_layers_match_per_token_reference(bank_setup, token_slots, strategy):
             got = layer(xin)
             want = reference(layer, xin, token_slots, loaded)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("token_slots", [[0, 2, 3, 5, -1, 1], [5, 5, 0, 0, 2, 2, -1, -1], [0, 2, 2, 3, 3, 3, -1, 5]])
+def test_a_window_with_holes_matches_reference(bank_setup, token_slots):
+    """The same layouts read as a window of slots with holes (a view; the holes' rows are zero)
+    where the bank is told to prefer windows: the path the default gathers in these cases."""
+    model, bank, loaded = bank_setup
+    bank.window_factor = 2.5
+    bank.set_routing(token_slots)
+    g = bank.grouping("q_proj")
+    assert g.window is not None and g.window[1] - g.window[0] > len(g.slots) and g.pad_pos is not None
+    for layer in bank.layers.values():
+        xin = torch.randn(len(token_slots), layer.in_features)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(xin), reference(layer, xin, token_slots, loaded), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("token_slots", [[0, 2, 3, 5, -1, 1], [2] * 9 + [0, 3, -1], [5, -1, 5, 0]])
