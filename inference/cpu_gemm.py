@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger(__name__)
+from inference.lora import MODULE_PARENT
 
-_PARENTS = ("self_attn", "mlp")
+log = logging.getLogger(__name__)
 
 
 def _ops() -> tuple[Any, Any] | None:
@@ -105,7 +105,7 @@ def pack_linears(layers: list[nn.Module], runner: Any, batch_hint: int) -> int:
     delta and gets a packed base) and `runner.lm_head` for PackedLinears. Returns how many."""
     count = 0
     for layer in layers:
-        for parent_name in _PARENTS:
+        for parent_name in sorted(set(MODULE_PARENT.values())):
             parent = getattr(layer, parent_name, None)
             if parent is None:
                 continue

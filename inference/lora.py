@@ -104,7 +104,8 @@ from inference.packed import PackedAdapter
 log = logging.getLogger(__name__)
 
 NO_ADAPTER = -1
-_PARENTS = {
+# where each supported linear sits in a Llama-family decoder layer
+MODULE_PARENT = {
     "q_proj": "self_attn",
     "k_proj": "self_attn",
     "v_proj": "self_attn",
@@ -571,7 +572,7 @@ def inject_multi_lora(
     bases: dict[ModuleKey, tuple[nn.Module, nn.Linear]] = {}
     for i, block in enumerate(blocks):
         for module in targets:
-            parent = getattr(block, _PARENTS[module])
+            parent = getattr(block, MODULE_PARENT[module])
             base = getattr(parent, module)
             if isinstance(base, MultiLoraLinear):
                 raise LoraSlotError("model already has multi-LoRA layers")
