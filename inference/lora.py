@@ -60,8 +60,10 @@ baddbmm are ~5% of a step and the base `mm` 70-80%, so at 1 thread the hetero st
 memory-traffic bound (hetero_vs_bound 1.09 for A, 1.40 for B in the quick run).
 Since the base linears run prepacked on CPU (inference.cpu_gemm, a base step ~2x faster), the delta
 is a larger share of a step: bench-engine full run, base 44 ms a step, 16 distinct q,k,v,o
-adapters 62-68 ms (bmm 13 ms of it), all seven modules 89-92 ms (bmm 31 ms); A and B still at
-0.98 and 1.02 of the memory-traffic bound.
+adapters in scattered slots 62-68 ms through a window (bmm 13 ms of it) and 56-59 ms gathered
+(index_select 5.7, bmm 2.3 ms) since window_factor is 1.25; all seven modules 89-92 ms windowed,
+73-75 ms gathered (index_select 13, bmm 4.7 ms); A and B at 0.94-0.98 and 1.01-1.03 of the
+memory-traffic bound (their throughput batches sit in consecutive slots).
 Keeping a gathered layout across the decode steps of one batch (instead of gathering scattered
 slots every step) was tried and measured without gain: in an interleaved A/B over three Zipf runs
 (160 requests over 1,000 ids) 235.3 tok/s with the reuse, 235.6 without; the gather's cost is
