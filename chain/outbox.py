@@ -37,7 +37,6 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 from web3.types import TxParams, Wei
 
-from chain.reverts import revert_data
 from chain.outbox_store import (
     Attempt,
     InMemoryOutboxStore,
@@ -46,6 +45,7 @@ from chain.outbox_store import (
     OutboxError,
     OutboxStore,
 )
+from chain.reverts import revert_data
 
 __all__ = [
     "Attempt",

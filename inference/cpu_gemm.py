@@ -18,9 +18,9 @@ weights of the decoder layers are released (the packed copy replaces them); the 
 kept, tied to the input embedding. Memory: the packed copies are process memory (~the weights'
 size: the engine's resident set here grew by ~1.2 GB with them against ~0.2 GB without, of which
 ~0.5 GB are the loaded file's pages read while packing, clean and reclaimable, kept mapped
-because the embedding still maps that file). Inference only: the product has no autograd. Used only where
-`packed_linear_works(dtype)` confirmed on this machine that the ops exist and agree with
-`F.linear`; otherwise the model is left as it was.
+because the embedding still maps that file). Inference only: the product has no autograd.
+Used only where `packed_linear_works(dtype)` confirmed on this machine that the ops exist and
+agree with `F.linear`; otherwise the model is left as it was.
 """
 
 from __future__ import annotations
@@ -103,12 +103,13 @@ class PackedLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, prepacked"
 
 
-def pack_linears(layers: list[nn.Module], runner: Any, batch_hint: int) -> int:
-    """Swap every linear of the decoder `layers` (attention and MLP; a multi-LoRA layer keeps its
-    delta and gets a packed base) and `runner.lm_head` for PackedLinears. Returns how many."""
+def pack_linears(runner: Any, batch_hint: int) -> int:
+    """Swap every linear of the runner's decoder layers (attention and MLP; a multi-LoRA layer keeps
+    its delta and gets a packed base) and `runner.lm_head` for PackedLinears. Returns how many."""
     count = 0
-    for layer in layers:
-        for parent_name in sorted(set(MODULE_PARENT.values())):
+    parents = sorted(set(MODULE_PARENT.values()))
+    for layer in runner.layers:
+        for parent_name in parents:
             parent = getattr(layer, parent_name, None)
             if parent is None:
                 continue

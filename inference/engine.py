@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from inference.adapters import SUPPORTED_MODULES, AdapterSpec, load_adapter_weights, validate_adapter
 from inference.base_model import LoadedBaseModel, load_base_model
-from inference.errors import EngineError, InvalidRequest, PromptTooLong, UnknownAdapter
 from inference.cpu_gemm import pack_linears, packed_linear_works
+from inference.errors import EngineError, InvalidRequest, PromptTooLong, UnknownAdapter
 from inference.lora import inject_multi_lora
 from inference.packed import PackedStore
 from inference.requests import GenerationRequest, RequestHandle
@@ -122,7 +122,7 @@ class Engine:
         self.runner = ModelRunner(base.model)
         self.packed_linears = 0  # base linears running prepacked (inference.cpu_gemm)
         if cfg.cpu_packed_linears and self.device.type == "cpu" and packed_linear_works(self.dtype):
-            self.packed_linears = pack_linears(self.runner.layers, self.runner, batch_hint=cfg.max_batch_size)
+            self.packed_linears = pack_linears(self.runner, batch_hint=cfg.max_batch_size)
         # engine-native packed copies, written at registration, verified on every cold load
         self.packed = PackedStore(self.dtype, cfg.packed_dir)
         self._registered: dict[str, tuple[Path, AdapterSpec]] = {}  # adapter id -> its packed store key

@@ -71,7 +71,7 @@ def test_pack_linears_swaps_plain_and_lora_base_layers(base_model):
         assert isinstance(att.k_proj, PackedLinear) and isinstance(mlp.down_proj, PackedLinear)
         assert isinstance(eng.runner.lm_head, PackedLinear)
         assert own.model.lm_head.weight is own.model.model.embed_tokens.weight
-        assert pack_linears(layers, eng.runner, 4) == 0  # nothing left to pack
+        assert pack_linears(eng.runner, 4) == 0  # nothing left to pack
     finally:
         eng.close()
 
