@@ -189,7 +189,7 @@ contract AttributionPool is IAttributionPool {
         p.balance = 0;
         p.since = 0;
         emit PoolFlushed(node, datasetId, amount);
-        _datasets.payAttributed(datasetId, new uint256[](0), new uint256[](0), amount);
+        _datasets.payAttributed(datasetId, amount, 0, new uint256[](0));
     }
 
     // ---------------------------------------------------------------- views
@@ -266,24 +266,8 @@ contract AttributionPool is IAttributionPool {
         if (amount == 0) return;
         p.balance = 0;
         p.since = 0;
-        uint256 m = group.length;
-        // the unattributed weight (contribution 0, first when present) is not a contribution
-        uint256 skip = uint96(group[0] >> _KEY_SHIFT) == 0 ? 1 : 0;
-        uint256[] memory ids = new uint256[](m - skip);
-        uint256[] memory amounts = new uint256[](m - skip);
-        uint256 given = 0;
-        for (uint256 k = skip; k < m;) {
-            uint256 e = group[k];
-            unchecked {
-                // amount < 2^128 and weight < 2^128: no overflow; given <= amount (weights sum to total)
-                uint256 share = amount * uint128(e) / total;
-                ids[k - skip] = uint96(e >> _KEY_SHIFT);
-                amounts[k - skip] = share;
-                given += share;
-                ++k;
-            }
-        }
-        // Unattributed share and rounding (given <= amount since the weights sum to total).
-        _datasets.payAttributed(datasetId, ids, amounts, amount - given);
+        // DatasetRegistry floors each contribution's share and splits the unattributed weight's share
+        // and the rounding by accepted weight, so exactly `amount` leaves the pool.
+        _datasets.payAttributed(datasetId, amount, total, group);
     }
 }

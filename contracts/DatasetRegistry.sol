@@ -89,6 +89,8 @@ contract DatasetRegistry is IDatasetRegistry {
 
     /// @notice Fixed-point scale of the reward-per-weight accumulator.
     uint256 public constant ACC_PRECISION = 1e24;
+    /// @dev A settle entry's (datasetId, contributionId) key starts at this bit (AttributionPool's layout).
+    uint256 private constant _ENTRY_KEY_SHIFT = 128;
     /// @notice Largest weight a contribution can carry (keeps weight * accumulator far from overflow).
     uint256 public constant MAX_WEIGHT = type(uint64).max;
     /// @notice Largest length of any string argument, in bytes.
@@ -254,20 +256,24 @@ contract DatasetRegistry is IDatasetRegistry {
     // ---------------------------------------------------------------- attribution pool
 
     /// @inheritdoc IDatasetRegistry
-    function payAttributed(
-        uint256 datasetId,
-        uint256[] calldata contributionIds,
-        uint256[] calldata amounts,
-        uint256 unattributed
-    ) external {
+    function payAttributed(uint256 datasetId, uint256 amount, uint256 totalWeight, uint256[] calldata entries)
+        external
+    {
         if (msg.sender != _pool) revert DatasetRegistryNotPool(msg.sender);
-        uint256 n = contributionIds.length;
-        if (n != amounts.length) revert DatasetRegistryLengthMismatch(n, amounts.length);
-        uint256 rest = unattributed;
-        for (uint256 i; i < n; ++i) {
-            uint256 amount = amounts[i];
-            if (amount == 0) continue;
-            uint256 id = contributionIds[i];
+        uint256 n = entries.length;
+        uint256 given = 0;
+        for (uint256 i; i < n;) {
+            uint256 e = entries[i];
+            uint256 id = uint96(e >> _ENTRY_KEY_SHIFT);
+            uint256 share;
+            unchecked {
+                ++i; // i < n
+                // amount < 2^128 and weight < 2^128: no overflow. Shares are floored and the weights
+                // sum to totalWeight (>= 1 when there are entries), so they sum to at most `amount`.
+                share = amount * uint128(e) / totalWeight;
+            }
+            // the unattributed entry (contribution 0) is no contribution: its share stays below
+            if (id == 0 || share == 0) continue;
             Contribution storage c = _contributions[id];
             // The hot loop of a settle: the contribution's slot 0 is read once and written once
             // (field by field, the compiler reads it three times). Layout, low bits first:
@@ -282,16 +288,17 @@ contract DatasetRegistry is IDatasetRegistry {
             // every credit, and only refusals (below) depart from them.
             if (uint8(word >> 32) == uint8(Status.Accepted) && uint32(word) == datasetId) {
                 // checked: amounts come from a pool whose balance fits 128 bits
-                uint128 attributed = uint128(word >> 104) + uint128(amount);
+                uint128 attributed = uint128(word >> 104) + uint128(share);
                 word = (word & ~(uint256(type(uint128).max) << 104)) | (uint256(attributed) << 104);
                 assembly ("memory-safe") {
                     sstore(c.slot, word)
                 }
+                given += share;
             } else {
-                rest += amount;
-                emit AttributionRefused(id, datasetId, amount);
+                emit AttributionRefused(id, datasetId, share);
             }
         }
+        uint256 rest = amount - given; // checked: given <= amount (see above)
         if (rest != 0) {
             address curator = _accrue(datasetId, rest);
             if (curator != address(0)) _creditOne(curator, rest);

@@ -15,15 +15,13 @@ interface IDatasetRegistry {
     /// @notice Split `amounts[i]` (already in the vault) over dataset `datasetIds[i]`'s contributions.
     function distribute(uint256[] calldata datasetIds, uint256[] calldata amounts) external;
 
-    /// @notice Credit `amounts[i]` (already in the vault) to contribution `contributionIds[i]` of
-    ///         dataset `datasetId`, and split `unattributed` by accepted weight. An amount naming a
-    ///         contribution not accepted in `datasetId` joins the unattributed part.
-    function payAttributed(
-        uint256 datasetId,
-        uint256[] calldata contributionIds,
-        uint256[] calldata amounts,
-        uint256 unattributed
-    ) external;
+    /// @notice Pay `amount` (already in the vault, drained from a pool) to dataset `datasetId` over
+    ///         `entries`, one dataset's settle words (datasetId 32 | contributionId 96 | weight 128)
+    ///         whose weights sum to `totalWeight`: contribution c is credited
+    ///         floor(amount * weight / totalWeight) if accepted in `datasetId`; the unattributed
+    ///         entry (contributionId 0), refused credits and rounding are split by accepted weight.
+    function payAttributed(uint256 datasetId, uint256 amount, uint256 totalWeight, uint256[] calldata entries)
+        external;
 
     /// @notice Dataset of `contributionId` (0 if unknown) and whether it is accepted now.
     function datasetOf(uint256 contributionId) external view returns (uint256 datasetId, bool accepted);

@@ -96,7 +96,7 @@ def test_dataset_errors(env, reverts):
     with reverts("DatasetRegistryNotPool", env.stranger.address):
         env.c.datasets.distribute(env.stranger, [1], [100])
     with reverts("DatasetRegistryNotPool", env.stranger.address):
-        env.c.datasets.pay_attributed(env.stranger, 1, [1], [100], 0)
+        env.c.datasets.pay_attributed(env.stranger, 1, 100, 1, [(1 << 224) | (1 << 128) | 1])
 
 
 def test_dataset_id_cap(env, anvil, reverts):
