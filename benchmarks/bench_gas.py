@@ -501,9 +501,7 @@ def main() -> None:
         "attribution_reward_error_wei": attributed["reward_error_wei"],
         "attributed_next_batch_gas_per_inference": round(attributed["next_batch"]["gas_per_inference"], 2),
         "attributed_first_batch_slots_created": sum(attributed["slots_created"].values()),
-        "attributed_gas_per_inference_without_slot_creation": round(
-            attributed["gas_per_inference_without_slot_creation"], 2
-        ),
+        "attributed_gas_per_inference_without_slot_creation": round(attributed["gas_per_inference_without_slot_creation"], 2),
         "attributed": attributed,
         "targets": {
             "gas_per_inference": TARGET_GAS_PER_INFERENCE,
