@@ -8,7 +8,10 @@ deadline); with `--equivocation OTHER` it proves that the node signed two differ
 the same `seq`: the node's bond is slashed at once and half of it is paid to the caller; with
 `--attribution` it proves from the committed receipt alone (its file with the batch and Merkle proof)
 that the attribution is wrong on chain (a contribution outside the adapter's datasets, or more than
-10,000 bps): the same slash, without arbitrator (docs/attribution-rewards.md)."""
+10,000 bps): the same slash, without arbitrator (docs/attribution-rewards.md).
+`disputes` lists disputes and their state; `rule` is the arbitrator's ruling on an open dispute
+before its deadline (`--slash AMOUNT` upholds it, `--reject` gives the deposit to the node);
+`expire-dispute` closes one the arbitrator left past its deadline (anyone; the deposit goes back)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import typer
 
-from node.cli.common import connect, load_account, tx_done
+from node.cli.common import checksum, connect, emit, load_account, tx_done
 from node.cli.errors import CliError, handle_errors, report
 from node.cli.options import DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt
 from node.services.amounts import format_amount, parse_amount
@@ -210,3 +213,125 @@ def _slash_attribution(c, path: Path, r, keystore: Path, password_file: Path, as
     bond = c.nodes.get_node(r.node).bond
     rcpt = c.nodes.slash_attribution(account, r, seq, proof, ids, bps)
     tx_done(rcpt, "node slashed", as_json, node=r.node, fault=_FAULTS.get(fault, str(fault)), slashed=format_amount(bond))
+
+
+# Newest disputes `disputes` lists by default (each costs one read).
+DISPUTES_LIMIT = 50
+
+
+def _dispute_state(d, now: int) -> str:
+    if not d.open:
+        return "closed"
+    return "open" if now <= d.deadline else "expirable"
+
+
+def _open_dispute(c, dispute_id: int):
+    """Dispute `dispute_id`, which must exist and be open: checked before any transaction."""
+    if not 1 <= dispute_id <= c.nodes.dispute_count():
+        raise InputError(f"no dispute {dispute_id} (disputes are numbered 1..{c.nodes.dispute_count()})")
+    d = c.nodes.get_dispute(dispute_id)
+    if not d.open:
+        raise CliError(f"dispute {dispute_id} is already closed")
+    return d
+
+
+def _chain_time(c) -> int:
+    return int(c.w3.eth.get_block("latest")["timestamp"])
+
+
+@node_app.command("disputes")
+@handle_errors
+def disputes(
+    node: str = typer.Option(None, "--node", help="Only disputes against this node address."),
+    open_only: bool = typer.Option(False, "--open", help="Only disputes not closed yet."),
+    limit: int = typer.Option(DISPUTES_LIMIT, "--limit", min=1, max=10_000, help="Newest disputes to read."),
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """List disputes, newest first: node, fisherman, disputed receipt digest, deposit, deadline and
+    state (open; expirable: past its deadline, unruled; closed)."""
+    only = checksum(node, "node address") if node is not None else None
+    c = connect(rpc_url, deployment)
+    now = _chain_time(c)
+    count = c.nodes.dispute_count()
+    rows = []
+    for dispute_id in range(count, max(count - limit, 0), -1):
+        d = c.nodes.get_dispute(dispute_id)
+        if (only is not None and d.node != only) or (open_only and not d.open):
+            continue
+        rows.append(
+            {
+                "id": dispute_id,
+                "node": d.node,
+                "fisherman": d.fisherman,
+                "receipt_digest": d.receipt_digest,
+                "deposit": format_amount(d.deposit),
+                "deadline": d.deadline,
+                "state": _dispute_state(d, now),
+            }
+        )
+    emit(rows, as_json, title=f"Disputes (newest {min(limit, count)} of {count})")
+
+
+@node_app.command("rule")
+@handle_errors
+def rule(
+    dispute_id: int = typer.Argument(..., help="The open dispute's id (see `loranode node disputes`)."),
+    slash: str = typer.Option(None, "--slash", help="Uphold it: tokens of the node's bond to slash (capped by the bond)."),
+    reject: bool = typer.Option(False, "--reject", help="Reject it: the fisherman's deposit goes to the node."),
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The arbitrator's ruling on an open dispute before its deadline (NodeRegistry.resolveDispute).
+    Upheld: the fisherman gets its deposit back and half of the slash; rejected: the node gets the deposit."""
+    if (slash is None) == (not reject):
+        raise InputError("give the ruling: --slash AMOUNT (uphold) or --reject")
+    amount = 0
+    if slash is not None:
+        amount = parse_amount(slash)
+        if amount == 0:
+            raise InputError("--slash must be positive (use --reject to reject the dispute)")
+    c = connect(rpc_url, deployment)
+    d = _open_dispute(c, dispute_id)
+    if _chain_time(c) > d.deadline:
+        raise CliError(f"dispute {dispute_id} is past its deadline ({d.deadline}): it can only expire now")
+    account = load_account(keystore, password_file)
+    arbitrator = c.nodes.dispute_terms().arbitrator
+    if account.address != arbitrator:
+        raise CliError(f"only the arbitrator {arbitrator} rules on disputes (this wallet is {account.address})")
+    bond = c.nodes.get_node(d.node).bond
+    rcpt = c.nodes.resolve_dispute(account, dispute_id, amount)
+    slashed = min(amount, bond)
+    tx_done(
+        rcpt,
+        "dispute upheld" if slashed else "dispute rejected",
+        as_json,
+        dispute_id=dispute_id,
+        node=d.node,
+        slashed=format_amount(slashed),
+    )
+
+
+@node_app.command("expire-dispute")
+@handle_errors
+def expire_dispute(
+    dispute_id: int = typer.Argument(..., help="An open dispute past its deadline."),
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Close a dispute the arbitrator left unruled past its deadline (anyone may): the deposit goes
+    back to the fisherman and the node's bond is no longer held by it."""
+    c = connect(rpc_url, deployment)
+    d = _open_dispute(c, dispute_id)
+    if _chain_time(c) <= d.deadline:
+        raise CliError(f"dispute {dispute_id} is open until {d.deadline}: the arbitrator may still rule")
+    account = load_account(keystore, password_file)
+    rcpt = c.nodes.expire_dispute(account, dispute_id)
+    tx_done(rcpt, "dispute expired", as_json, dispute_id=dispute_id, node=d.node, refunded=format_amount(d.deposit))

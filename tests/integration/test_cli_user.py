@@ -537,6 +537,74 @@ def test_node_dispute_and_equivocation(env, tmp_path):
     assert "holds no bond" in out
 
 
+def test_node_disputes_rule_and_expire(env, tmp_path):
+    """The arbitrator's side: list disputes, uphold one with a slash, reject one, and let anyone expire
+    one the arbitrator left past its deadline. Every refusal happens before a transaction."""
+    c = env["c"]
+    terms = c.nodes.dispute_terms()
+    assert terms.arbitrator == ADDR["deployer"] and terms.dispute_deposit > 0
+    jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", role="node")
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(_signed_receipt(c).to_json()))
+    assert jcli(env, "node", "disputes") == []
+    first = jcli(env, "node", "dispute", str(f), role="alice")["dispute_id"]
+    [row] = jcli(env, "node", "disputes", "--node", ADDR["node"])
+    assert row["id"] == first and row["state"] == "open" and row["fisherman"] == ADDR["alice"]
+    assert row["deposit"] == "1" and row["receipt_digest"].startswith("0x")
+    assert jcli(env, "node", "disputes", "--node", ADDR["bob"]) == []
+    _, table = cli(env, "node", "disputes")
+    assert "Disputes (newest 1 of 1)" in table and "open" in table
+    _, out = cli(env, "node", "disputes", "--node", "0xnot-an-address", ok=False)
+    assert "not a valid node address" in out
+
+    n_alice, n_arb = nonce(env, "alice"), nonce(env, "deployer")
+    _, out = cli(env, "node", "rule", str(first), "--slash", "2", role="alice", ok=False)
+    assert "only the arbitrator" in out
+    for args, why in (
+        ([], "give the ruling"),
+        (["--slash", "2", "--reject"], "give the ruling"),
+        (["--slash", "0"], "must be positive"),
+        (["--slash", "-1"], "non-negative"),
+        (["--slash", "lots"], "not an amount"),
+    ):
+        _, out = cli(env, "node", "rule", str(first), *args, role="deployer", ok=False)
+        assert why in out, (args, out)
+    for bad in ("0", "99", "1" + "0" * 80):
+        _, out = cli(env, "node", "rule", bad, "--reject", role="deployer", ok=False)
+        assert "no dispute" in out, (bad, out)
+    _, out = cli(env, "node", "expire-dispute", str(first), role="bob", ok=False)
+    assert "the arbitrator may still rule" in out
+    assert (nonce(env, "alice"), nonce(env, "deployer")) == (n_alice, n_arb)  # nothing sent
+
+    # Upheld: 2 tokens slashed, the fisherman gets its deposit back and half of the slash.
+    bond, alice = c.nodes.get_node(ADDR["node"]).bond, c.token.balance_of(ADDR["alice"])
+    got = jcli(env, "node", "rule", str(first), "--slash", "2", role="deployer")
+    assert got["slashed"] == "2" and got["node"] == ADDR["node"]
+    assert c.nodes.get_node(ADDR["node"]).bond == bond - 2 * TOKEN
+    assert c.token.balance_of(ADDR["alice"]) - alice == terms.dispute_deposit + TOKEN
+    _, out = cli(env, "node", "rule", str(first), "--reject", role="deployer", ok=False)
+    assert "already closed" in out
+
+    # Rejected: the deposit goes to the node.
+    second = jcli(env, "node", "dispute", str(f), role="alice")["dispute_id"]
+    node_tokens = c.token.balance_of(ADDR["node"])
+    assert jcli(env, "node", "rule", str(second), "--reject", role="deployer")["slashed"] == "0"
+    assert c.token.balance_of(ADDR["node"]) - node_tokens == terms.dispute_deposit
+
+    # Unruled past its deadline: the arbitrator can no longer rule, anyone expires it, the deposit goes back.
+    third = jcli(env, "node", "dispute", str(f), role="alice")["dispute_id"]
+    c.w3.provider.make_request("evm_increaseTime", [terms.dispute_window + 1])
+    c.w3.provider.make_request("evm_mine", [])
+    assert [r["state"] for r in jcli(env, "node", "disputes")] == ["expirable", "closed", "closed"]
+    _, out = cli(env, "node", "rule", str(third), "--slash", "1", role="deployer", ok=False)
+    assert "past its deadline" in out
+    alice = c.token.balance_of(ADDR["alice"])
+    assert jcli(env, "node", "expire-dispute", str(third), role="bob")["refunded"] == "1"
+    assert c.token.balance_of(ADDR["alice"]) - alice == terms.dispute_deposit
+    assert jcli(env, "node", "disputes", "--open") == [] and c.nodes.open_disputes(ADDR["node"]) == 0
+    assert [r["id"] for r in jcli(env, "node", "disputes", "--limit", "2")] == [third, second]
+
+
 def test_node_dispute_attribution_slashes_a_provable_lie_at_once(env, tmp_path):
     """A base-model answer credited to contribution 77 (no adapter, no such contribution): provable
     from the committed leaf alone, so a fisherman slashes without arbitrator; an honest leaf is refused."""
