@@ -215,7 +215,7 @@ def _slash_attribution(c, path: Path, r, keystore: Path, password_file: Path, as
     tx_done(rcpt, "node slashed", as_json, node=r.node, fault=_FAULTS.get(fault, str(fault)), slashed=format_amount(bond))
 
 
-# Newest disputes `disputes` lists by default (each costs one read).
+# Newest disputes `disputes` reads by default (batched eth_calls).
 DISPUTES_LIMIT = 50
 
 
@@ -255,9 +255,9 @@ def disputes(
     c = connect(rpc_url, deployment)
     now = _chain_time(c)
     count = c.nodes.dispute_count()
+    ids = list(range(count, max(count - limit, 0), -1))
     rows = []
-    for dispute_id in range(count, max(count - limit, 0), -1):
-        d = c.nodes.get_dispute(dispute_id)
+    for dispute_id, d in zip(ids, c.nodes.call_many("getDispute", [(i,) for i in ids]), strict=True):
         if (only is not None and d.node != only) or (open_only and not d.open):
             continue
         rows.append(
