@@ -1,7 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
-import {IAdapterRegistry, IAttributionPool, IDatasetRegistry, IReceiptLog} from "./interfaces/IProtocol.sol";
+import {
+    IAdapterRegistry,
+    IAttributionPool,
+    IDatasetRegistry,
+    IReceiptLog,
+    SETTLE_DATASET_SHIFT,
+    SETTLE_KEY_SHIFT
+} from "./interfaces/IProtocol.sol";
 import {ReceiptLog} from "./ReceiptLog.sol";
 
 /// @title AttributionPool
@@ -69,12 +76,6 @@ contract AttributionPool is IAttributionPool {
     uint256 public constant MAX_ENTRIES = 4096;
     /// @notice Largest weight of one entry (pool * weight < 2^256).
     uint256 public constant MAX_WEIGHT = type(uint128).max;
-    /// @dev A settle entry is one word (a third of the calldata of three), high bits first:
-    ///      datasetId (32) | contributionId (96) | weight (128). Contribution 0 is the dataset's
-    ///      unattributed weight. `entry >> 128` is the (datasetId, contributionId) key, so sorted
-    ///      keys are sorted entries.
-    uint256 private constant _KEY_SHIFT = 128;
-    uint256 private constant _DATASET_SHIFT = 224;
     /// @dev A receipt's attribution bps sum to at most this (docs/protocol.md).
     uint256 private constant _TOTAL_BPS = 10_000;
     /// @notice `attributionFault` results.
@@ -150,14 +151,14 @@ contract AttributionPool is IAttributionPool {
         uint256 i = 0;
         uint256 lastKey; // keys strictly ascending: so are dataset ids, from group to group
         while (i < n) {
-            uint256 datasetId = entries[i] >> _DATASET_SHIFT;
+            uint256 datasetId = entries[i] >> SETTLE_DATASET_SHIFT;
             if (datasetId == 0) revert AttributionPoolUnsortedEntry(i);
             // The group of this dataset: entries[i:j].
             uint256 j = i;
             uint256 total;
             do {
                 uint256 e = entries[j];
-                uint256 key = e >> _KEY_SHIFT;
+                uint256 key = e >> SETTLE_KEY_SHIFT;
                 if (key <= lastKey) revert AttributionPoolUnsortedEntry(j);
                 lastKey = key;
                 uint256 w = uint128(e); // <= MAX_WEIGHT by its width
@@ -166,7 +167,7 @@ contract AttributionPool is IAttributionPool {
                     total += w; // <= 4,096 * 2^128: no overflow
                     ++j; // j < n <= MAX_ENTRIES
                 }
-            } while (j < n && entries[j] >> _DATASET_SHIFT == datasetId);
+            } while (j < n && entries[j] >> SETTLE_DATASET_SHIFT == datasetId);
             _drain(seq, datasetId, entries[i:j], total);
             i = j;
         }

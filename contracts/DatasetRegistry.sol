@@ -2,7 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
-import {IDatasetRegistry, IRewardVault} from "./interfaces/IProtocol.sol";
+import {IDatasetRegistry, IRewardVault, SETTLE_KEY_SHIFT} from "./interfaces/IProtocol.sol";
 
 /// @title DatasetRegistry
 /// @notice Community datasets: a curator creates a dataset, contributors submit content (IPFS CID,
@@ -89,8 +89,6 @@ contract DatasetRegistry is IDatasetRegistry {
 
     /// @notice Fixed-point scale of the reward-per-weight accumulator.
     uint256 public constant ACC_PRECISION = 1e24;
-    /// @dev A settle entry's (datasetId, contributionId) key starts at this bit (AttributionPool's layout).
-    uint256 private constant _ENTRY_KEY_SHIFT = 128;
     /// @notice Largest weight a contribution can carry (keeps weight * accumulator far from overflow).
     uint256 public constant MAX_WEIGHT = type(uint64).max;
     /// @notice Largest length of any string argument, in bytes.
@@ -264,7 +262,7 @@ contract DatasetRegistry is IDatasetRegistry {
         uint256 given = 0;
         for (uint256 i; i < n;) {
             uint256 e = entries[i];
-            uint256 id = uint96(e >> _ENTRY_KEY_SHIFT);
+            uint256 id = uint96(e >> SETTLE_KEY_SHIFT);
             uint256 share;
             unchecked {
                 ++i; // i < n

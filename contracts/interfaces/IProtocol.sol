@@ -1,6 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
+/// @dev A settle entry (AttributionPool.settle, DatasetRegistry.payAttributed) is one word, high bits
+///      first: datasetId (32) | contributionId (96) | weight (128). Contribution 0 is the dataset's
+///      unattributed weight. `entry >> SETTLE_KEY_SHIFT` is the (datasetId, contributionId) key, so
+///      sorted keys are sorted entries.
+uint256 constant SETTLE_KEY_SHIFT = 128;
+/// @dev `entry >> SETTLE_DATASET_SHIFT` is the entry's dataset id.
+uint256 constant SETTLE_DATASET_SHIFT = 224;
+
 /// @notice What UsageEscrow and DatasetRegistry need of RewardVault.
 interface IRewardVault {
     /// @notice Add `amounts[i]` to the claimable balance of `to[i]`; tokens were sent in before.
