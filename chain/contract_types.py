@@ -232,6 +232,7 @@ class DisputeOpened(Event):
 @dataclass(frozen=True)
 class DisputeResolved(Event):
     dispute_id: int
+    upheld: bool
     slashed: int
 
 

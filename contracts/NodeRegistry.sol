@@ -96,8 +96,9 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     event DisputeOpened(
         uint256 indexed disputeId, address indexed node, address indexed fisherman, bytes32 receiptDigest, uint64 deadline
     );
-    /// @notice The arbitrator resolved a dispute: `slashed` > 0 upheld it, 0 rejected it (deposit to the node).
-    event DisputeResolved(uint256 indexed disputeId, uint256 slashed);
+    /// @notice The arbitrator resolved a dispute: `upheld` (deposit back to the fisherman) or rejected (deposit to
+    ///         the node); `slashed` is what left the bond, capped by it (0 when an upheld dispute finds it empty).
+    event DisputeResolved(uint256 indexed disputeId, bool upheld, uint256 slashed);
     /// @notice A dispute passed its deadline unresolved; the deposit went back to the fisherman.
     event DisputeExpired(uint256 indexed disputeId);
     /// @notice Receipt `receiptDigest` of `node`, committed in batch `batchSeq`, was proven to
@@ -319,8 +320,9 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     }
 
     /// @notice The arbitrator's ruling, before the deadline: `slashAmount` > 0 upholds the dispute
-    ///         (that much of the bond, capped by it, is slashed; the fisherman gets its deposit back and
-    ///         SLASH_REWARD_BPS of the slash); 0 rejects it (the deposit goes to the node).
+    ///         (that much of the bond, capped by what is left of it, is slashed; the fisherman gets its
+    ///         deposit back and SLASH_REWARD_BPS of the slash, even when nothing is left to slash);
+    ///         0 rejects it (the deposit goes to the node).
     /// @param disputeId an open dispute.
     /// @param slashAmount tokens to slash (0 = reject).
     function resolveDispute(uint256 disputeId, uint256 slashAmount) external nonReentrant {
@@ -333,13 +335,12 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         --n.openDisputes;
         uint256 deposit = d.deposit;
         uint256 slashed = slashAmount < n.bond ? slashAmount : n.bond;
-        emit DisputeResolved(disputeId, slashed);
-        if (slashed != 0) {
-            _slash(n, d.node, d.fisherman, slashed);
-            if (deposit != 0) _token.safeTransfer(d.fisherman, deposit);
-        } else if (deposit != 0) {
-            _token.safeTransfer(d.node, deposit);
-        }
+        // Upheld is the ruling, not the amount: with the bond already gone (the node had itself
+        // slashed for equivocation first, say) the fisherman still gets its deposit back.
+        bool upheld = slashAmount != 0;
+        emit DisputeResolved(disputeId, upheld, slashed);
+        if (slashed != 0) _slash(n, d.node, d.fisherman, slashed);
+        if (deposit != 0) _token.safeTransfer(upheld ? d.fisherman : d.node, deposit);
     }
 
     /// @notice Close a dispute the arbitrator left unresolved past its deadline; the deposit goes back.

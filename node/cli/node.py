@@ -308,7 +308,7 @@ def rule(
     slashed = min(amount, bond)
     tx_done(
         rcpt,
-        "dispute upheld" if slashed else "dispute rejected",
+        "dispute upheld" if amount else "dispute rejected",
         as_json,
         dispute_id=dispute_id,
         node=d.node,

@@ -106,6 +106,25 @@ def test_dispute_upheld_rejected_and_expired(env, stake_node, anvil, reverts):
         c.nodes.expire_dispute(env.payer, 99)
 
 
+def test_an_upheld_dispute_refunds_the_fisherman_even_when_the_bond_is_gone(env, stake_node):
+    """Attack: a node facing a dispute it will lose has a colluder submit its own equivocation first.
+    The colluder gets half of the bond back, and the bond is empty when the arbitrator upholds the
+    dispute. An upheld dispute must still return the fisherman's deposit, not pay it to the node."""
+    c = env.c
+    stake_node(env, env.node, MIN_BOND)
+    disputed = receipt(env, 1)
+    fisher0 = c.token.balance_of(env.stranger.address)
+    c.nodes.open_dispute(env.stranger, disputed, sign(env, disputed))
+    a, b = receipt(env, 9, salt=1), receipt(env, 9, salt=2)
+    c.nodes.slash_equivocation(env.payer, a, sign(env, a), b, sign(env, b))  # the colluder
+    assert c.nodes.get_node(env.node.address).bond == 0
+    node0 = c.token.balance_of(env.node.address)
+    c.nodes.resolve_dispute(env.deployer, 1, MIN_BOND)  # upheld, nothing left to slash
+    assert c.token.balance_of(env.stranger.address) == fisher0  # the deposit came back
+    assert c.token.balance_of(env.node.address) == node0
+    assert not c.nodes.get_dispute(1).open and c.nodes.open_disputes(env.node.address) == 0
+
+
 def test_bond_locked_by_open_dispute_and_dispute_window(env, stake_node, anvil, reverts):
     c = env.c
     stake_node(env, env.node, MIN_BOND)
