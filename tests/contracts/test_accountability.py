@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from chain.contract_types import NodeSlashed, VoucherRedeemed
+from chain.contract_types import DisputeResolved, NodeSlashed, VoucherRedeemed
 from chain.eip712 import Receipt, Voucher, sign_receipt, sign_voucher
 
 MIN_BOND = 10**18
@@ -119,7 +119,9 @@ def test_an_upheld_dispute_refunds_the_fisherman_even_when_the_bond_is_gone(env,
     c.nodes.slash_equivocation(env.payer, a, sign(env, a), b, sign(env, b))  # the colluder
     assert c.nodes.get_node(env.node.address).bond == 0
     node0 = c.token.balance_of(env.node.address)
-    c.nodes.resolve_dispute(env.deployer, 1, MIN_BOND)  # upheld, nothing left to slash
+    r = c.nodes.resolve_dispute(env.deployer, 1, MIN_BOND)  # upheld, nothing left to slash
+    [ev] = [e for e in c.events_of(r) if isinstance(e, DisputeResolved)]
+    assert (ev.dispute_id, ev.upheld, ev.slashed) == (1, True, 0)
     assert c.token.balance_of(env.stranger.address) == fisher0  # the deposit came back
     assert c.token.balance_of(env.node.address) == node0
     assert not c.nodes.get_dispute(1).open and c.nodes.open_disputes(env.node.address) == 0
