@@ -19,7 +19,7 @@ from pathlib import Path
 
 import typer
 
-from node.cli.common import checksum, connect, emit, load_account, tx_done
+from node.cli.common import checksum, connect, emit, event_of, load_account, tx_done
 from node.cli.errors import CliError, handle_errors, report
 from node.cli.options import DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt
 from node.services.amounts import format_amount, parse_amount
@@ -303,16 +303,15 @@ def rule(
     arbitrator = c.nodes.dispute_terms().arbitrator
     if account.address != arbitrator:
         raise CliError(f"only the arbitrator {arbitrator} rules on disputes (this wallet is {account.address})")
-    bond = c.nodes.get_node(d.node).bond
     rcpt = c.nodes.resolve_dispute(account, dispute_id, amount)
-    slashed = min(amount, bond)
+    ruled = event_of(c, rcpt, "DisputeResolved")  # what the chain did: the slash is capped by the bond
     tx_done(
         rcpt,
-        "dispute upheld" if amount else "dispute rejected",
+        "dispute upheld" if ruled.upheld else "dispute rejected",
         as_json,
         dispute_id=dispute_id,
         node=d.node,
-        slashed=format_amount(slashed),
+        slashed=format_amount(ruled.slashed),
     )
 
 

@@ -604,6 +604,12 @@ def test_node_disputes_rule_and_expire(env, tmp_path):
     assert jcli(env, "node", "disputes", "--open") == [] and c.nodes.open_disputes(ADDR["node"]) == 0
     assert [r["id"] for r in jcli(env, "node", "disputes", "--limit", "2")] == [third, second]
 
+    # A slash larger than the bond takes what is left, and the output says what the chain did.
+    fourth = jcli(env, "node", "dispute", str(f), role="alice")["dispute_id"]
+    left = c.nodes.get_node(ADDR["node"]).bond
+    got = jcli(env, "node", "rule", str(fourth), "--slash", "1000", role="deployer")
+    assert got["slashed"] == str(left // TOKEN) and c.nodes.get_node(ADDR["node"]).bond == 0
+
 
 def test_node_dispute_attribution_slashes_a_provable_lie_at_once(env, tmp_path):
     """A base-model answer credited to contribution 77 (no adapter, no such contribution): provable
