@@ -111,6 +111,11 @@ def checksum(address: str, what: str = "address") -> str:
     return to_checksum_address(address)
 
 
+def chain_time(contracts) -> int:
+    """Timestamp of the chain's latest block: what the contracts compare deadlines with."""
+    return int(contracts.w3.eth.get_block("latest")["timestamp"])
+
+
 # ------------------------------------------------------------------------------ output
 
 

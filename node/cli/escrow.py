@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from node.cli.common import checksum, connect, emit, keystore_address, load_account, tx_done
+from node.cli.common import chain_time, checksum, connect, emit, keystore_address, load_account, tx_done
 from node.cli.errors import CliError, handle_errors
 from node.cli.options import DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt
 from node.services.amounts import format_amount, parse_amount
@@ -71,7 +71,7 @@ def signer_proof(
         raise InputError(f"--ttl must be in 1..{MAX_PROOF_TTL_S} seconds")
     c = connect(rpc_url, deployment)
     account = load_account(keystore, password_file)
-    deadline = int(c.w3.eth.get_block("latest")["timestamp"]) + ttl
+    deadline = chain_time(c) + ttl
     signer, deadline, proof = c.escrow.signer_proof(payer_addr, account, deadline)
     typer.echo(json.dumps({"signer": signer, "payer": payer_addr, "deadline": deadline, "proof": "0x" + proof.hex()}))
 
@@ -133,7 +133,7 @@ def authorize(
         _, deadline, sig = c.escrow.signer_proof(account.address, key)
     else:
         deadline, sig = deadline_proof
-    now = int(c.w3.eth.get_block("latest")["timestamp"])
+    now = chain_time(c)
     if deadline < now:
         raise InputError(f"the proof expired {now - deadline} s ago: ask the signer for a new one")
     from chain.eip712 import TypedDataError, recover_digest_signer
@@ -192,7 +192,7 @@ def withdraw(
     acct = c.escrow.account_of(account.address, node_addr)
     if acct.thawing == 0:
         raise CliError("nothing is thawing: run `loranode escrow thaw AMOUNT --node NODE` first")
-    now = c.w3.eth.get_block("latest")["timestamp"]
+    now = chain_time(c)
     if now < acct.thaw_end:
         raise CliError(f"still thawing for {acct.thaw_end - now} s (until {time.ctime(acct.thaw_end)})")
     receipt = c.escrow.withdraw(account, node_addr)

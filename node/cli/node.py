@@ -19,7 +19,7 @@ from pathlib import Path
 
 import typer
 
-from node.cli.common import checksum, connect, emit, event_of, load_account, tx_done
+from node.cli.common import chain_time, checksum, connect, emit, event_of, load_account, tx_done
 from node.cli.errors import CliError, handle_errors, report
 from node.cli.options import DeploymentOpt, JsonOpt, KeystoreOpt, PasswordFileOpt, RpcOpt
 from node.services.amounts import format_amount, parse_amount
@@ -227,16 +227,13 @@ def _dispute_state(d, now: int) -> str:
 
 def _open_dispute(c, dispute_id: int):
     """Dispute `dispute_id`, which must exist and be open: checked before any transaction."""
-    if not 1 <= dispute_id <= c.nodes.dispute_count():
-        raise InputError(f"no dispute {dispute_id} (disputes are numbered 1..{c.nodes.dispute_count()})")
+    count = c.nodes.dispute_count()
+    if not 1 <= dispute_id <= count:
+        raise InputError(f"no dispute {dispute_id} (disputes are numbered 1..{count})")
     d = c.nodes.get_dispute(dispute_id)
     if not d.open:
         raise CliError(f"dispute {dispute_id} is already closed")
     return d
-
-
-def _chain_time(c) -> int:
-    return int(c.w3.eth.get_block("latest")["timestamp"])
 
 
 @node_app.command("disputes")
@@ -253,7 +250,7 @@ def disputes(
     state (open; expirable: past its deadline, unruled; closed)."""
     only = checksum(node, "node address") if node is not None else None
     c = connect(rpc_url, deployment)
-    now = _chain_time(c)
+    now = chain_time(c)
     count = c.nodes.dispute_count()
     ids = list(range(count, max(count - limit, 0), -1))
     rows = []
@@ -297,7 +294,7 @@ def rule(
             raise InputError("--slash must be positive (use --reject to reject the dispute)")
     c = connect(rpc_url, deployment)
     d = _open_dispute(c, dispute_id)
-    if _chain_time(c) > d.deadline:
+    if chain_time(c) > d.deadline:
         raise CliError(f"dispute {dispute_id} is past its deadline ({d.deadline}): it can only expire now")
     account = load_account(keystore, password_file)
     arbitrator = c.nodes.dispute_terms().arbitrator
@@ -329,7 +326,7 @@ def expire_dispute(
     back to the fisherman and the node's bond is no longer held by it."""
     c = connect(rpc_url, deployment)
     d = _open_dispute(c, dispute_id)
-    if _chain_time(c) <= d.deadline:
+    if chain_time(c) <= d.deadline:
         raise CliError(f"dispute {dispute_id} is open until {d.deadline}: the arbitrator may still rule")
     account = load_account(keystore, password_file)
     rcpt = c.nodes.expire_dispute(account, dispute_id)
