@@ -367,8 +367,8 @@ def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dic
     total_gas = commit["gasUsed"] + redeem["gasUsed"] + settle["gasUsed"]
     created = {name: slots_created(anvil, r) for name, r in (("commit", commit), ("redeem", redeem), ("settle", settle))}
     creation_gas = sum(created.values()) * SLOT_CREATION_EXTRA_GAS
-    # A second batch on the same lanes, pools and contributions: what every later batch costs (no
-    # storage slot is created any more, unlike the first batch's lanes, pools and accumulators).
+    # A second batch on the same lanes, pools and contributions: what every later batch costs (its
+    # batch root is its only new slot, unlike the first batch's lanes, pools and accumulators).
     _, _, entries2, commit2, redeem2, settle2 = serve_and_settle(2)
     steady_gas = commit2["gasUsed"] + redeem2["gasUsed"] + settle2["gasUsed"]
     return {
