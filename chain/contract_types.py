@@ -213,6 +213,13 @@ class NodeSlashed(Event):
 
 
 @dataclass(frozen=True)
+class NodeCondemned(Event):
+    node: str
+    beneficiary: str
+    open_disputes: int
+
+
+@dataclass(frozen=True)
 class AttributionSlashed(Event):
     node: str
     batch_seq: int
@@ -350,6 +357,7 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         ProtocolFeeProposed,
         ProtocolFeeSet,
         NodeSlashed,
+        NodeCondemned,
         AttributionSlashed,
         DisputeOpened,
         DisputeResolved,
@@ -440,6 +448,8 @@ class NodeInfo:
     bond: int
     unbond_at: int
     active: bool
+    condemned: bool  # a proven fault's slash waits for the node's open disputes
+    condemned_by: str
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ import {IAttributionFaults, INodeRegistry, IReceiptLog} from "./interfaces/IProt
 ///         - attribution: anyone who proves from one committed leaf that the node attributed an
 ///           answer outside its adapter's datasets, or more than all of it (AttributionPool's
 ///           `attributionFault`), slashes the whole bond likewise, once per receipt;
+///         - while disputes are open, such a proof only condemns the bond: the node redeems nothing
+///           more, no dispute can be opened nor bond added, the open disputes are ruled and paid
+///           from the bond first, and the rest is slashed for the prover when the last one closes
+///           (so a node cannot escape a dispute by having a colluder prove its own fault);
 ///         - disputes: a fisherman disputes one signed receipt with a deposit; the arbitrator fixed at
 ///           deployment slashes (part to the fisherman, deposit returned) or rejects (deposit to the
 ///           node) before the dispute's deadline; past it, anyone closes it and the deposit returns.
@@ -35,6 +39,8 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         uint256 bond;
         uint64 unbondAt;
         bool active;
+        bool condemned; // a proven fault's slash waits for the open disputes
+        address condemnedBy; // who proved it (zero unless condemned)
     }
 
     /// @notice A dispute as stored and returned by `getDispute`.
@@ -79,6 +85,8 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     error NodeRegistryAttributionHonest(bytes32 receiptDigest);
     /// @notice The receipt `receiptDigest` was already slashed for its attribution.
     error NodeRegistryAlreadySlashed(bytes32 receiptDigest);
+    /// @notice The node's bond is condemned by a proven fault, slashed when its open disputes close.
+    error NodeRegistryCondemned(address node);
 
     /// @notice A node registered or re-registered.
     event NodeRegistered(address indexed node, string endpoint, string[] baseModelIds, uint256 computePricePer1k);
@@ -96,6 +104,9 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     event DisputeOpened(
         uint256 indexed disputeId, address indexed node, address indexed fisherman, bytes32 receiptDigest, uint64 deadline
     );
+    /// @notice `beneficiary` proved a fault of `node` while `openDisputes` disputes were open: the bond
+    ///         is slashed for it (NodeSlashed) once they close, after they are paid from it.
+    event NodeCondemned(address indexed node, address indexed beneficiary, uint256 openDisputes);
     /// @notice The arbitrator resolved a dispute: `upheld` (deposit back to the fisherman) or rejected (deposit to
     ///         the node); `slashed` is what left the bond, capped by it (0 when an upheld dispute finds it empty).
     event DisputeResolved(uint256 indexed disputeId, bool upheld, uint256 slashed);
@@ -120,6 +131,8 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         uint64 unbondAt;
         bool active;
         uint32 openDisputes;
+        bool condemned; // a proven fault waits for the open disputes (_slashProven); same slot as bond
+        address condemnedBy; // who proved it: rewarded when the condemned bond is slashed
     }
 
     IERC20 private immutable _token;
@@ -244,12 +257,13 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     // ---------------------------------------------------------------- accountability
 
     /// @notice Prove that a node signed two different receipts with the same `seq`: its whole bond is
-    ///         slashed and SLASH_REWARD_BPS of it goes to the caller. Anyone may call.
+    ///         slashed and SLASH_REWARD_BPS of it goes to the caller (while disputes are open, once
+    ///         they close: see NodeCondemned). Anyone may call.
     /// @param a one receipt; `a.node` is the accused node.
     /// @param sigA the node's 65-byte signature of `a` (ReceiptLog's EIP-712 domain).
     /// @param b another receipt with the same node and seq and a different digest.
     /// @param sigB the node's signature of `b`.
-    /// @return slashed tokens taken from the bond.
+    /// @return slashed tokens taken from the bond now (0 when condemned until its disputes close).
     function slashEquivocation(
         IReceiptLog.Receipt calldata a,
         bytes calldata sigA,
@@ -261,10 +275,7 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         bytes32 da = _signedBy(a, sigA);
         bytes32 db = _signedBy(b, sigB);
         if (da == db) revert NodeRegistryNotEquivocation();
-        Node storage n = _nodes[node];
-        slashed = n.bond;
-        if (slashed == 0) revert NodeRegistryNoBond(node);
-        _slash(n, node, msg.sender, slashed);
+        slashed = _slashProven(_nodes[node], node);
     }
 
     /// @notice Prove from one committed leaf that its node misattributed the answer: receipt `r` is
@@ -277,7 +288,7 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     /// @param proof the leaf's Merkle proof in that batch.
     /// @param ids the receipt's attributed contribution ids, as hashed into `attributionHash`.
     /// @param bps their basis points, likewise.
-    /// @return slashed tokens taken from the bond.
+    /// @return slashed tokens taken from the bond now (0 when condemned until its disputes close).
     function slashAttribution(
         IReceiptLog.Receipt calldata r,
         uint64 batchSeq,
@@ -289,12 +300,9 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         if (_attributionSlashed[digest]) revert NodeRegistryAlreadySlashed(digest);
         uint8 fault = _attribution.attributionFault(r, batchSeq, proof, ids, bps); // reverts unless committed
         if (fault == 0) revert NodeRegistryAttributionHonest(digest);
-        Node storage n = _nodes[r.node];
-        slashed = n.bond;
-        if (slashed == 0) revert NodeRegistryNoBond(r.node);
         _attributionSlashed[digest] = true;
         emit AttributionSlashed(r.node, batchSeq, digest, fault);
-        _slash(n, r.node, msg.sender, slashed);
+        slashed = _slashProven(_nodes[r.node], r.node);
     }
 
     /// @notice Dispute a receipt the node signed (e.g. its output or attribution is wrong), depositing
@@ -310,6 +318,7 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     {
         bytes32 digest = _signedBy(r, sig);
         Node storage n = _nodes[r.node];
+        if (n.condemned) revert NodeRegistryCondemned(r.node);
         if (n.bond == 0) revert NodeRegistryNoBond(r.node);
         disputeId = ++_disputeCount;
         uint64 deadline = uint64(block.timestamp) + _disputeWindow;
@@ -341,6 +350,7 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         emit DisputeResolved(disputeId, upheld, slashed);
         if (slashed != 0) _slash(n, d.node, d.fisherman, slashed);
         if (deposit != 0) _token.safeTransfer(upheld ? d.fisherman : d.node, deposit);
+        _afterDisputeClosed(n, d.node);
     }
 
     /// @notice Close a dispute the arbitrator left unresolved past its deadline; the deposit goes back.
@@ -350,22 +360,27 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         if (!d.open) revert NodeRegistryDisputeClosed(disputeId);
         if (block.timestamp <= d.deadline) revert NodeRegistryDisputeDeadline(d.deadline);
         d.open = false;
-        --_nodes[d.node].openDisputes;
+        Node storage n = _nodes[d.node];
+        --n.openDisputes;
         emit DisputeExpired(disputeId);
         if (d.deposit != 0) _token.safeTransfer(d.fisherman, d.deposit);
+        _afterDisputeClosed(n, d.node);
     }
 
     // ---------------------------------------------------------------- views
 
     /// @inheritdoc INodeRegistry
     function canRedeem(address node) external view returns (bool) {
-        return _nodes[node].bond >= _minBond;
+        Node storage n = _nodes[node];
+        return n.bond >= _minBond && !n.condemned; // one slot
     }
 
     /// @notice Registration of `node` (all zero if it never registered).
     function getNode(address node) external view returns (NodeView memory) {
         Node storage n = _nodes[node];
-        return NodeView(n.endpoint, n.baseModelIds, n.computePricePer1k, n.bond, n.unbondAt, n.active);
+        return NodeView(
+            n.endpoint, n.baseModelIds, n.computePricePer1k, n.bond, n.unbondAt, n.active, n.condemned, n.condemnedBy
+        );
     }
 
     /// @notice Whether `node` is registered now.
@@ -433,10 +448,41 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     }
 
     function _addBond(Node storage n, uint256 amount) private {
+        if (n.condemned) revert NodeRegistryCondemned(msg.sender);
         uint256 total = n.bond + amount;
         n.bond = SafeCast.toUint128(total);
         emit BondAdded(msg.sender, amount, total);
         _token.safeTransferFrom(msg.sender, address(this), amount);
+    }
+
+    /// @dev A fault the caller proved: slash the whole bond for it now, or, while disputes are open,
+    ///      condemn it: the disputes opened before the proof are paid from the bond first and the rest
+    ///      is slashed for the caller when the last one closes (_afterDisputeClosed). Otherwise a node
+    ///      facing a dispute it will lose has a colluder prove its own equivocation and gets half of
+    ///      its bond back, leaving nothing for the fisherman.
+    function _slashProven(Node storage n, address node) private returns (uint256 slashed) {
+        if (n.condemned) revert NodeRegistryCondemned(node);
+        uint256 bond = n.bond;
+        if (bond == 0) revert NodeRegistryNoBond(node);
+        uint256 open = n.openDisputes;
+        if (open == 0) {
+            _slash(n, node, msg.sender, bond);
+            return bond;
+        }
+        n.condemned = true;
+        n.condemnedBy = msg.sender;
+        emit NodeCondemned(node, msg.sender, open);
+        return 0;
+    }
+
+    /// @dev After a dispute of `node` closed: once none is open, slash what a condemnation left of the bond.
+    function _afterDisputeClosed(Node storage n, address node) private {
+        if (n.openDisputes != 0 || !n.condemned) return;
+        address beneficiary = n.condemnedBy;
+        n.condemned = false;
+        n.condemnedBy = address(0);
+        uint256 rest = n.bond;
+        if (rest != 0) _slash(n, node, beneficiary, rest);
     }
 
     /// @dev Take `amount` (<= bond) from the bond: SLASH_REWARD_BPS to `beneficiary`, the rest burned.

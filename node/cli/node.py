@@ -8,7 +8,9 @@ deadline); with `--equivocation OTHER` it proves that the node signed two differ
 the same `seq`: the node's bond is slashed at once and half of it is paid to the caller; with
 `--attribution` it proves from the committed receipt alone (its file with the batch and Merkle proof)
 that the attribution is wrong on chain (a contribution outside the adapter's datasets, or more than
-10,000 bps): the same slash, without arbitrator (docs/attribution-rewards.md).
+10,000 bps): the same slash, without arbitrator (docs/attribution-rewards.md). While the node has
+open disputes, either proof only condemns its bond: the disputes are paid from it first and the
+rest is slashed for the prover when the last one closes (`rule` and `expire-dispute` report it).
 `disputes` lists disputes and their state; `rule` is the arbitrator's ruling on an open dispute
 before its deadline (`--slash AMOUNT` upholds it, `--reject` gives the deposit to the node);
 `expire-dispute` closes one the arbitrator left past its deadline (anyone; the deposit goes back)."""
@@ -144,8 +146,7 @@ def dispute(
     c = connect(rpc_url, deployment)
     a = _signed_receipt(receipt, c.chain_id, c.receipts.address)
     node = a.receipt.node
-    if c.nodes.get_node(node).bond == 0:
-        raise CliError(f"node {node} holds no bond: nothing to dispute")
+    _check_disputable(c, node)
     if equivocation is not None:
         b = _signed_receipt(equivocation, c.chain_id, c.receipts.address)
         if b.receipt.node != node or b.receipt.seq != a.receipt.seq:
@@ -153,9 +154,8 @@ def dispute(
         if c.receipts.hash_receipt(a.receipt) == c.receipts.hash_receipt(b.receipt):
             raise InputError("the two receipts are the same: not an equivocation")
         account = load_account(keystore, password_file)
-        bond = c.nodes.get_node(node).bond
         rcpt = c.nodes.slash_equivocation(account, a.receipt, a.signature, b.receipt, b.signature)
-        tx_done(rcpt, "node slashed", as_json, node=node, slashed=format_amount(bond))
+        _proof_done(c, rcpt, as_json, node)
         return
     if attribution:
         _slash_attribution(c, receipt, a.receipt, keystore, password_file, as_json)
@@ -178,6 +178,46 @@ def dispute(
         deposit=format_amount(terms.dispute_deposit),
         deadline=c.nodes.get_dispute(dispute_id).deadline,
     )
+
+
+def _check_disputable(c, node: str) -> None:
+    info = c.nodes.get_node(node)
+    if info.condemned:
+        raise CliError(
+            f"node {node} is condemned: its bond is slashed for {info.condemned_by} "
+            "once its open disputes close; nothing more to dispute"
+        )
+    if info.bond == 0:
+        raise CliError(f"node {node} holds no bond: nothing to dispute")
+
+
+def _proof_done(c, rcpt, as_json: bool, node: str, **fields) -> None:
+    """Report a proven fault from its event: slashed now, or condemned until the open disputes close."""
+    events = {type(ev).__name__: ev for ev in c.events_of(rcpt)}
+    if "NodeCondemned" in events:
+        waiting = events["NodeCondemned"].open_disputes
+        tx_done(rcpt, "node condemned", as_json, node=node, **fields, open_disputes=waiting, slashed=format_amount(0))
+        return
+    slashed = event_of(c, rcpt, "NodeSlashed")
+    tx_done(
+        rcpt,
+        "node slashed",
+        as_json,
+        node=node,
+        **fields,
+        slashed=format_amount(slashed.amount),
+        reward=format_amount(slashed.reward),
+    )
+
+
+def _condemned_slash(c, rcpt, before) -> dict:
+    """Fields for a dispute's closing transaction that also slashed a condemned bond (its last NodeSlashed)."""
+    if not before.condemned or c.nodes.get_node(before.node).condemned:
+        return {}
+    slashes = [ev for ev in c.events_of(rcpt) if type(ev).__name__ == "NodeSlashed"]
+    if not slashes or slashes[-1].beneficiary != before.condemned_by:
+        return {}
+    return {"condemned_slashed": format_amount(slashes[-1].amount), "prover": before.condemned_by}
 
 
 # AttributionPool.attributionFault's results
@@ -210,9 +250,8 @@ def _slash_attribution(c, path: Path, r, keystore: Path, password_file: Path, as
             f"open an arbitrated dispute instead (loranode node dispute {path})"
         )
     account = load_account(keystore, password_file)
-    bond = c.nodes.get_node(r.node).bond
     rcpt = c.nodes.slash_attribution(account, r, seq, proof, ids, bps)
-    tx_done(rcpt, "node slashed", as_json, node=r.node, fault=_FAULTS.get(fault, str(fault)), slashed=format_amount(bond))
+    _proof_done(c, rcpt, as_json, r.node, fault=_FAULTS.get(fault, str(fault)))
 
 
 # Newest disputes `disputes` reads by default (batched eth_calls).
@@ -300,6 +339,7 @@ def rule(
     arbitrator = c.nodes.dispute_terms().arbitrator
     if account.address != arbitrator:
         raise CliError(f"only the arbitrator {arbitrator} rules on disputes (this wallet is {account.address})")
+    before = c.nodes.get_node(d.node)
     rcpt = c.nodes.resolve_dispute(account, dispute_id, amount)
     ruled = event_of(c, rcpt, "DisputeResolved")  # what the chain did: the slash is capped by the bond
     tx_done(
@@ -309,6 +349,7 @@ def rule(
         dispute_id=dispute_id,
         node=d.node,
         slashed=format_amount(ruled.slashed),
+        **_condemned_slash(c, rcpt, before),
     )
 
 
@@ -329,5 +370,14 @@ def expire_dispute(
     if chain_time(c) <= d.deadline:
         raise CliError(f"dispute {dispute_id} is open until {d.deadline}: the arbitrator may still rule")
     account = load_account(keystore, password_file)
+    before = c.nodes.get_node(d.node)
     rcpt = c.nodes.expire_dispute(account, dispute_id)
-    tx_done(rcpt, "dispute expired", as_json, dispute_id=dispute_id, node=d.node, refunded=format_amount(d.deposit))
+    tx_done(
+        rcpt,
+        "dispute expired",
+        as_json,
+        dispute_id=dispute_id,
+        node=d.node,
+        refunded=format_amount(d.deposit),
+        **_condemned_slash(c, rcpt, before),
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from chain.contract_types import DisputeResolved, NodeSlashed, VoucherRedeemed
+from chain.contract_types import DisputeResolved, NodeCondemned, NodeSlashed, VoucherRedeemed
 from chain.eip712 import Receipt, Voucher, sign_receipt, sign_voucher
 
 MIN_BOND = 10**18
@@ -106,25 +106,82 @@ def test_dispute_upheld_rejected_and_expired(env, stake_node, anvil, reverts):
         c.nodes.expire_dispute(env.payer, 99)
 
 
-def test_an_upheld_dispute_refunds_the_fisherman_even_when_the_bond_is_gone(env, stake_node):
-    """Attack: a node facing a dispute it will lose has a colluder submit its own equivocation first.
-    The colluder gets half of the bond back, and the bond is empty when the arbitrator upholds the
-    dispute. An upheld dispute must still return the fisherman's deposit, not pay it to the node."""
+def test_a_colluders_proof_cannot_empty_the_bond_before_open_disputes_are_ruled(env, stake_node, reverts):
+    """Attack: a node facing a dispute it will lose has a colluder submit its own equivocation first,
+    to take half of the bond back (and burn the rest) before the arbitrator can slash it for the
+    fisherman. The proof must only condemn the bond: the open disputes are paid from it first, and
+    the prover gets its share of what is left when the last of them closes."""
     c = env.c
     stake_node(env, env.node, MIN_BOND)
     disputed = receipt(env, 1)
     fisher0 = c.token.balance_of(env.stranger.address)
     c.nodes.open_dispute(env.stranger, disputed, sign(env, disputed))
+    colluder0 = c.token.balance_of(env.payer.address)
     a, b = receipt(env, 9, salt=1), receipt(env, 9, salt=2)
-    c.nodes.slash_equivocation(env.payer, a, sign(env, a), b, sign(env, b))  # the colluder
+    r = c.nodes.slash_equivocation(env.payer, a, sign(env, a), b, sign(env, b))  # the colluder
+    [ev] = [e for e in c.events_of(r) if isinstance(e, NodeCondemned)]
+    assert (ev.node, ev.beneficiary, ev.open_disputes) == (env.node.address, env.payer.address, 1)
+    assert c.token.balance_of(env.payer.address) == colluder0  # nothing paid yet
+    info = c.nodes.get_node(env.node.address)
+    assert (info.bond, info.condemned, info.condemned_by) == (MIN_BOND, True, env.payer.address)
+    assert not c.nodes.can_redeem(env.node.address)  # a condemned node redeems nothing more
+    with reverts("NodeRegistryCondemned", env.node.address):  # its fault is proven once
+        c.nodes.slash_equivocation(env.stranger, a, sign(env, a), b, sign(env, b))
+    with reverts("NodeRegistryCondemned", env.node.address):  # no new disputes: the delay stays bounded
+        c.nodes.open_dispute(env.stranger, receipt(env, 2), sign(env, receipt(env, 2)))
+    with reverts("NodeRegistryCondemned", env.node.address):  # no bond added to a condemned one
+        c.nodes.add_bond(env.node, 1)
+    c.nodes.resolve_dispute(env.deployer, 1, MIN_BOND // 2)  # upheld: half the bond, the fisherman first
+    assert c.token.balance_of(env.stranger.address) == fisher0 + MIN_BOND // 4  # deposit back + its reward
+    # the last dispute closed: the condemned rest is slashed, the prover rewarded from it
+    assert c.token.balance_of(env.payer.address) == colluder0 + MIN_BOND // 4
+    info = c.nodes.get_node(env.node.address)
+    assert (info.bond, info.condemned, info.condemned_by) == (0, False, "0x" + "00" * 20)
+    assert c.nodes.burned() == MIN_BOND // 2
+    assert c.nodes.open_disputes(env.node.address) == 0
+
+
+def test_a_condemned_bond_is_slashed_when_the_last_open_dispute_closes(env, stake_node, anvil):
+    """Two disputes open when the equivocation is proven: rejecting the first leaves the bond
+    condemned; letting the second expire closes the last one, and the whole bond is slashed then."""
+    c = env.c
+    stake_node(env, env.node, MIN_BOND)
+    for seq in (1, 2):
+        c.nodes.open_dispute(env.stranger, receipt(env, seq), sign(env, receipt(env, seq)))
+    prover0 = c.token.balance_of(env.payer.address)
+    a, b = receipt(env, 9, salt=1), receipt(env, 9, salt=2)
+    c.nodes.slash_equivocation(env.payer, a, sign(env, a), b, sign(env, b))
+    c.nodes.resolve_dispute(env.deployer, 1, 0)  # rejected: one dispute still open
+    assert c.nodes.get_node(env.node.address).condemned and c.nodes.get_node(env.node.address).bond == MIN_BOND
+    assert c.token.balance_of(env.payer.address) == prover0
+    env.mine_time(DISPUTE_WINDOW + 1, anvil.rpc)
+    r = c.nodes.expire_dispute(env.stranger, 2)
+    [ev] = [e for e in c.events_of(r) if isinstance(e, NodeSlashed)]
+    assert (ev.beneficiary, ev.amount, ev.reward) == (env.payer.address, MIN_BOND, MIN_BOND // 2)
+    assert c.token.balance_of(env.payer.address) == prover0 + MIN_BOND // 2
+    info = c.nodes.get_node(env.node.address)
+    assert (info.bond, info.condemned) == (0, False)
+    c.nodes.add_bond(env.node, MIN_BOND)  # no longer condemned: it may bond again
+    assert c.nodes.can_redeem(env.node.address)
+
+
+def test_an_upheld_dispute_refunds_the_fisherman_even_when_the_bond_is_gone(env, stake_node):
+    """A node facing two disputes loses its whole bond to the first; the second, upheld, finds nothing
+    left to slash and must still return its fisherman's deposit, not pay it to the node."""
+    c = env.c
+    stake_node(env, env.node, MIN_BOND)
+    fisher0 = c.token.balance_of(env.stranger.address)
+    for seq in (1, 2):
+        c.nodes.open_dispute(env.stranger, receipt(env, seq), sign(env, receipt(env, seq)))
+    c.nodes.resolve_dispute(env.deployer, 1, MIN_BOND)
     assert c.nodes.get_node(env.node.address).bond == 0
     node0 = c.token.balance_of(env.node.address)
-    r = c.nodes.resolve_dispute(env.deployer, 1, MIN_BOND)  # upheld, nothing left to slash
+    r = c.nodes.resolve_dispute(env.deployer, 2, MIN_BOND)  # upheld, nothing left to slash
     [ev] = [e for e in c.events_of(r) if isinstance(e, DisputeResolved)]
-    assert (ev.dispute_id, ev.upheld, ev.slashed) == (1, True, 0)
-    assert c.token.balance_of(env.stranger.address) == fisher0  # the deposit came back
+    assert (ev.dispute_id, ev.upheld, ev.slashed) == (2, True, 0)
+    assert c.token.balance_of(env.stranger.address) == fisher0 + MIN_BOND // 2  # both deposits back, one reward
     assert c.token.balance_of(env.node.address) == node0
-    assert not c.nodes.get_dispute(1).open and c.nodes.open_disputes(env.node.address) == 0
+    assert not c.nodes.get_dispute(2).open and c.nodes.open_disputes(env.node.address) == 0
 
 
 def test_bond_locked_by_open_dispute_and_dispute_window(env, stake_node, anvil, reverts):

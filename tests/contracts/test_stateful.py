@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from chain.contract_types import AttributionRefused, Claimed, Credited, DatasetRewarded
 from chain.eip712 import Receipt, Voucher, sign_receipt, sign_voucher
+from chain.errors import ContractRevert
 
 FEE_BPS = 500
 CTX: dict = {}
@@ -68,6 +70,7 @@ class Protocol(RuleBasedStateMachine):
         c.nodes.register(env.node, "https://n", ["m"], 1, self.min_bond)
         self.bond = self.min_bond
         self.deposits_held = 0  # open dispute deposits held by NodeRegistry
+        self.condemned = False  # an equivocation proven while disputes were open waits for them
         self.open_disputes: list[int] = []
         self.receipt_seq = 0
         c.escrow.authorize_signer_key(env.payer, env.signer)  # payer 0 may also pay with the signer key
@@ -113,6 +116,10 @@ class Protocol(RuleBasedStateMachine):
         key = env.signer.key if by_signer else p.key
         authorized = env.c.escrow.is_authorized(p.address, env.signer.address) if by_signer else True
         sig = sign_voucher(v, key, env.chain_id, env.c.escrow.address)
+        if self.condemned:  # a condemned node redeems nothing
+            with pytest.raises(ContractRevert, match="UsageEscrowNodeNotStaked"):
+                env.c.escrow.redeem(env.node, [v], [sig])
+            return
         self._track(env.c.escrow.redeem(env.node, [v], [sig]))
         if not authorized or new_c < old_c or new_a < old_a:
             return
@@ -151,8 +158,8 @@ class Protocol(RuleBasedStateMachine):
         return r, sign_receipt(r, env.node.key, env.chain_id, env.c.receipts.address)
 
     def _rebond(self):
-        """A slashed node stakes again so redemptions keep running."""
-        if self.bond < self.min_bond:
+        """A slashed node stakes again so redemptions keep running (not while condemned: refused)."""
+        if self.bond < self.min_bond and not self.condemned:
             self.env.c.nodes.add_bond(self.env.node, self.min_bond - self.bond)
             self.bond = self.min_bond
 
@@ -162,8 +169,22 @@ class Protocol(RuleBasedStateMachine):
         self.receipt_seq += 1
         a, sa = self._receipt(self.receipt_seq, 1)
         b, sb = self._receipt(self.receipt_seq, 2)
+        if self.condemned:
+            with pytest.raises(ContractRevert, match="NodeRegistryCondemned"):
+                env.c.nodes.slash_equivocation(env.stranger, a, sa, b, sb)
+            return
         env.c.nodes.slash_equivocation(env.stranger, a, sa, b, sb)
+        if self.open_disputes:  # the bond waits for the open disputes, paid from it first
+            self.condemned = True
+            return
         self.bond = 0
+        self._rebond()
+
+    def _dispute_closed(self):
+        """The last open dispute closed: a condemned bond is slashed whole."""
+        if self.condemned and not self.open_disputes:
+            self.condemned = False
+            self.bond = 0
         self._rebond()
 
     @rule()
@@ -171,6 +192,10 @@ class Protocol(RuleBasedStateMachine):
         env = self.env
         self.receipt_seq += 1
         r, sig = self._receipt(self.receipt_seq, 3)
+        if self.condemned:
+            with pytest.raises(ContractRevert, match="NodeRegistryCondemned"):
+                env.c.nodes.open_dispute(env.stranger, r, sig)
+            return
         env.c.nodes.open_dispute(env.stranger, r, sig)
         self.open_disputes.append(env.c.nodes.dispute_count())
         self.deposits_held += env.c.nodes.dispute_terms().dispute_deposit
@@ -194,7 +219,7 @@ class Protocol(RuleBasedStateMachine):
         else:
             env.c.nodes.resolve_dispute(env.deployer, d, slash)  # the deployer is the arbitrator
             self.bond -= min(slash, self.bond)
-            self._rebond()
+        self._dispute_closed()
 
     @rule(who=st.integers(0, 1), weight=st.integers(1, 1000))
     def contribute_and_accept(self, who, weight):

@@ -513,8 +513,8 @@ def test_node_dispute_and_equivocation(env, tmp_path):
     fa, fb = tmp_path / "a.json", tmp_path / "b.json"
     fa.write_text(json.dumps({"receipt": a.to_json()}))
     fb.write_text(json.dumps(b.to_json()))
-    got = jcli(env, "node", "dispute", str(fa), role="alice")
-    d = c.nodes.get_dispute(got["dispute_id"])
+    d_id = jcli(env, "node", "dispute", str(fa), role="alice")["dispute_id"]
+    d = c.nodes.get_dispute(d_id)
     assert d.open and d.fisherman == ADDR["alice"] and d.node == ADDR["node"]
     n = nonce(env, "alice")
     forged = _signed_receipt(c, key=KEY["bob"])  # claims to be the node's, signed by bob
@@ -529,12 +529,23 @@ def test_node_dispute_and_equivocation(env, tmp_path):
     _, out = cli(env, "node", "dispute", str(bad), role="alice", ok=False)
     assert "not JSON" in out
     assert nonce(env, "alice") == n
-    before = c.token.balance_of(ADDR["bob"])
-    jcli(env, "node", "dispute", str(fa), "--equivocation", str(fb), role="bob")
-    assert c.token.balance_of(ADDR["bob"]) - before == c.nodes.dispute_terms().min_bond // 2
+    # alice's dispute is open: bob's proof condemns the bond, paid to him once the dispute is ruled
+    before, bond = c.token.balance_of(ADDR["bob"]), c.nodes.get_node(ADDR["node"]).bond
+    got = jcli(env, "node", "dispute", str(fa), "--equivocation", str(fb), role="bob")
+    assert (got["open_disputes"], got["slashed"]) == (1, "0") and c.token.balance_of(ADDR["bob"]) == before
+    _, out = cli(env, "node", "dispute", str(fa), "--equivocation", str(fb), role="alice", ok=False)
+    assert "is condemned" in out and nonce(env, "alice") == n
+    got = jcli(env, "node", "rule", str(d_id), "--slash", "2", role="deployer")  # alice is paid first
+    assert got["slashed"] == "2" and got["prover"] == ADDR["bob"]
+    assert got["condemned_slashed"] == str((bond - 2 * TOKEN) // TOKEN)
+    assert c.token.balance_of(ADDR["bob"]) - before == (bond - 2 * TOKEN) // 2
     assert c.nodes.get_node(ADDR["node"]).bond == 0
     _, out = cli(env, "node", "dispute", str(fa), role="alice", ok=False)
     assert "holds no bond" in out
+    # with no dispute open, an equivocation is slashed at once
+    jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", "--bond", "10", role="node")
+    got = jcli(env, "node", "dispute", str(fa), "--equivocation", str(fb), role="bob")
+    assert (got["slashed"], got["reward"]) == ("10", "5") and c.nodes.get_node(ADDR["node"]).bond == 0
 
 
 def test_node_disputes_rule_and_expire(env, tmp_path):
