@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.payment_fakes import FundedEscrow  # noqa: E402  (the gate's escrow reads, every payer funded)
+
 
 def per_call_us(fn, n: int) -> float:
     fn()  # warm
@@ -41,25 +43,12 @@ def per_call_us(fn, n: int) -> float:
     return round((time.perf_counter() - t0) / n * 1e6, 1)
 
 
-class _FundedEscrow:
-    """The escrow reads of the admission crowds: every payer funded, signing for itself."""
-
-    def is_authorized(self, payer, signer):
-        return False
-
-    def available(self, payer, node):
-        return 10**30
-
-    def collected_many(self, lanes):
-        return [(0, 0) for _ in lanes]
-
-
 def _crowd_gate_settings(operator, ledger, chain_id: int, escrow: str) -> dict:
     """PaymentGate arguments shared by every side of the admission crowds."""
     return dict(
         node_address=operator.address,
         mode="voucher",
-        escrow=_FundedEscrow(),
+        escrow=FundedEscrow(funds=10**30),
         book=ledger,
         chain_id=chain_id,
         escrow_address=escrow,
