@@ -25,7 +25,7 @@ module.exports = {
     version: SOLC_VERSION,
     settings: {
       evmVersion: "cancun", // transient storage for ReentrancyGuardTransient
-      optimizer: { enabled: true, runs: 200 },
+      optimizer: { enabled: true, runs: 100000 },
       viaIR: false,
     },
   },

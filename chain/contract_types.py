@@ -469,6 +469,7 @@ class LaneCollected:
 class SignerInfo:
     payer: str  # zero address if none
     revoke_at: int  # end of the revocation thaw; 0 = not revoked
+    nonce: int  # authorizations so far: the nonce the key's next SignerProof names
 
 
 @dataclass(frozen=True)

@@ -310,19 +310,22 @@ class UsageEscrowBinding(ContractBinding):
     """UsageEscrow, plus signing a signer's proof. Accounts are per (payer, node): every deposit,
     thaw and withdrawal names the node."""
 
-    def signer_proof(self, payer: str, signer_key: Any, deadline: int | None = None) -> tuple[str, int, bytes]:
-        """(signer address, deadline, proof) for `payer` to authorize the key `signer_key`; the deadline
-        defaults to an hour after the latest block."""
+    def signer_proof(self, payer: str, signer_key: Any, deadline: int | None = None) -> tuple[str, int, int, bytes]:
+        """(signer address, deadline, nonce, proof) for `payer` to authorize the key `signer_key` next
+        (the nonce is the key's authorizations so far, read from the chain); the deadline defaults to an
+        hour after the latest block."""
         if deadline is None:
             deadline = int(self.w3.eth.get_block("latest")["timestamp"]) + SIGNER_PROOF_TTL_S
         if self._chain_id is None:
             self._chain_id = self.w3.eth.chain_id
-        proof = sign_signer_proof(payer, deadline, signer_key, self._chain_id, self.address)
-        return address_of(signer_key), deadline, proof
+        signer = address_of(signer_key)
+        nonce = self.signer_of(signer).nonce
+        proof = sign_signer_proof(payer, deadline, nonce, signer_key, self._chain_id, self.address)
+        return signer, deadline, nonce, proof
 
     def authorize_signer_key(self, account: LocalAccount, signer_key: Any, deadline: int | None = None) -> TxReceipt:
         """Authorize the key `signer_key` for `account` when both keys are at hand (signs the proof)."""
-        signer, deadline, proof = self.signer_proof(account.address, signer_key, deadline)
+        signer, deadline, _, proof = self.signer_proof(account.address, signer_key, deadline)
         return self.send(account, "authorizeSigner", signer, deadline, proof)
 
 

@@ -36,7 +36,7 @@ RECEIPT_TYPE = (
 )
 # A signer key's consent to sign vouchers for `payer` (UsageEscrow.authorizeSigner); the domain
 # binds the chain id and the escrow address.
-SIGNER_PROOF_TYPE = "SignerProof(address payer,uint256 deadline)"
+SIGNER_PROOF_TYPE = "SignerProof(address payer,uint256 deadline,uint256 nonce)"
 DOMAIN_TYPEHASH = keccak(text=DOMAIN_TYPE)
 SIGNER_PROOF_TYPEHASH = keccak(text=SIGNER_PROOF_TYPE)
 VOUCHER_TYPEHASH = keccak(text=VOUCHER_TYPE)
@@ -384,17 +384,21 @@ def recover_voucher_signer(v: Voucher, sig: Any, chain_id: int, escrow: str) -> 
     return recover_digest_signer(voucher_digest(v, chain_id, escrow), sig)
 
 
-def signer_proof_digest(payer: str, deadline: int, chain_id: int, escrow: str) -> bytes:
-    """What a signer key signs to consent to sign vouchers for `payer` until `deadline` (unix seconds)."""
+def signer_proof_digest(payer: str, deadline: int, nonce: int, chain_id: int, escrow: str) -> bytes:
+    """What a signer key signs to consent to sign vouchers for `payer` until `deadline` (unix seconds),
+    for its authorization number `nonce` (UsageEscrow.signerOf's nonce: one consent authorizes once)."""
     struct = keccak(
-        SIGNER_PROOF_TYPEHASH + _addr_word(_check_address("payer", payer)) + _word(_check_uint("deadline", deadline, 256))
+        SIGNER_PROOF_TYPEHASH
+        + _addr_word(_check_address("payer", payer))
+        + _word(_check_uint("deadline", deadline, 256))
+        + _word(_check_uint("nonce", nonce, 256))
     )
     return typed_digest(struct, chain_id, escrow)
 
 
-def sign_signer_proof(payer: str, deadline: int, signer_key: PrivateKeyLike, chain_id: int, escrow: str) -> bytes:
+def sign_signer_proof(payer: str, deadline: int, nonce: int, signer_key: PrivateKeyLike, chain_id: int, escrow: str) -> bytes:
     """The signer key's proof for UsageEscrow.authorizeSigner(signer, deadline, proof) sent by `payer`."""
-    return sign_digest(signer_proof_digest(payer, deadline, chain_id, escrow), signer_key)
+    return sign_digest(signer_proof_digest(payer, deadline, nonce, chain_id, escrow), signer_key)
 
 
 def sign_receipt(r: Receipt, private_key: PrivateKeyLike, chain_id: int, receipt_log: str) -> bytes:

@@ -103,8 +103,10 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     /// @notice EIP-712 type hash of Voucher.
     bytes32 public constant VOUCHER_TYPEHASH =
         keccak256("Voucher(address payer,address node,uint256 adapterId,uint256 computeValue,uint256 adapterValue)");
-    /// @notice EIP-712 type hash of the signer's consent (the domain binds chain id and this escrow).
-    bytes32 public constant SIGNER_PROOF_TYPEHASH = keccak256("SignerProof(address payer,uint256 deadline)");
+    /// @notice EIP-712 type hash of the signer's consent (the domain binds chain id and this escrow;
+    ///         `nonce` is the key's count of authorizations so far, so one consent authorizes once).
+    bytes32 public constant SIGNER_PROOF_TYPEHASH =
+        keccak256("SignerProof(address payer,uint256 deadline,uint256 nonce)");
     /// @notice Hard maximum of the protocol fee, in bps of the adapter part.
     uint16 public constant MAX_PROTOCOL_FEE_BPS = 1_000;
     uint256 private constant BPS = 10_000;
@@ -124,8 +126,9 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     }
 
     struct Signer {
-        address payer; // one slot: payer | end of the revocation thaw (0 = not revoked)
+        address payer; // one slot: payer | end of the revocation thaw (0 = not revoked) | authorizations
         uint64 revokeAt;
+        uint32 nonce; // authorizations so far: the next proof must name it
     }
 
     struct FeeChange {
@@ -222,8 +225,9 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
     /// @notice Let `signer` sign vouchers on the caller's behalf (the payer's own key always may).
     /// @param signer a key not authorized for any payer (or whose revocation thaw has ended).
     /// @param deadline last timestamp at which `proof` is accepted.
-    /// @param proof the signer key's EIP-712 signature of SignerProof(caller, deadline) under this
-    ///        contract's domain: nobody can claim a key it does not hold.
+    /// @param proof the signer key's EIP-712 signature of SignerProof(caller, deadline, nonce) under this
+    ///        contract's domain, `nonce` being the key's authorizations so far (signerOf): nobody can
+    ///        claim a key it does not hold, nor re-authorize a revoked key with its spent consent.
     function authorizeSigner(address signer, uint256 deadline, bytes calldata proof) external {
         if (signer == address(0)) revert UsageEscrowZeroAddress();
         Signer storage s = _signers[signer];
@@ -231,11 +235,13 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
             revert UsageEscrowSignerTaken(signer, s.payer);
         }
         if (block.timestamp > deadline) revert UsageEscrowBadSignerProof(signer);
-        bytes32 digest = _hashTypedDataV4(keccak256(abi.encode(SIGNER_PROOF_TYPEHASH, msg.sender, deadline)));
+        uint32 nonce = s.nonce;
+        bytes32 digest = _hashTypedDataV4(keccak256(abi.encode(SIGNER_PROOF_TYPEHASH, msg.sender, deadline, nonce)));
         (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, proof);
         if (err != ECDSA.RecoverError.NoError || recovered != signer) revert UsageEscrowBadSignerProof(signer);
         s.payer = msg.sender;
         s.revokeAt = 0;
+        s.nonce = nonce + 1; // checked: 2^32 authorizations of one key cannot happen
         emit SignerAuthorized(msg.sender, signer);
     }
 
@@ -362,9 +368,10 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         return _hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, v)));
     }
 
-    /// @notice EIP-712 digest a signer key signs to consent to sign for `payer` until `deadline`.
-    function hashSignerProof(address payer, uint256 deadline) external view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(SIGNER_PROOF_TYPEHASH, payer, deadline)));
+    /// @notice EIP-712 digest a signer key signs to consent to sign for `payer` until `deadline`, for its
+    ///         authorization number `nonce` (signerOf's nonce when it is authorized).
+    function hashSignerProof(address payer, uint256 deadline, uint256 nonce) external view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(SIGNER_PROOF_TYPEHASH, payer, deadline, nonce)));
     }
 
     /// @notice Cumulative values lane (payer, node, adapterId) has collected.
@@ -387,10 +394,11 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         return (a.balance, a.thawing, a.thawEnd);
     }
 
-    /// @notice The payer `signer` signs for (zero if none) and the end of its revocation thaw (0 if not revoked).
-    function signerOf(address signer) external view returns (address payer, uint64 revokeAt) {
+    /// @notice The payer `signer` signs for (zero if none), the end of its revocation thaw (0 if not
+    ///         revoked) and its authorizations so far (the nonce its next SignerProof must name).
+    function signerOf(address signer) external view returns (address payer, uint64 revokeAt, uint32 nonce) {
         Signer storage s = _signers[signer];
-        return (s.payer, s.revokeAt);
+        return (s.payer, s.revokeAt, s.nonce);
     }
 
     /// @notice Whether vouchers of `payer` signed by `signer` redeem now.

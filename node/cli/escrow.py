@@ -72,16 +72,19 @@ def signer_proof(
     c = connect(rpc_url, deployment)
     account = load_account(keystore, password_file)
     deadline = chain_time(c) + ttl
-    signer, deadline, proof = c.escrow.signer_proof(payer_addr, account, deadline)
-    typer.echo(json.dumps({"signer": signer, "payer": payer_addr, "deadline": deadline, "proof": "0x" + proof.hex()}))
+    signer, deadline, nonce, proof = c.escrow.signer_proof(payer_addr, account, deadline)
+    out = {"signer": signer, "payer": payer_addr, "deadline": deadline, "nonce": nonce, "proof": "0x" + proof.hex()}
+    typer.echo(json.dumps(out))
 
 
-def _load_proof(path: Path, signer: str) -> tuple[int, bytes]:
+def _load_proof(path: Path, signer: str) -> tuple[int, int, bytes]:
+    """(deadline, nonce, signature) of a proof file written by `escrow signer-proof`."""
     try:
         if path.stat().st_size > 4096:
             raise InputError(f"{path} is too large to be a signer proof")
         obj = json.loads(path.read_text())
-        deadline, proof = int(obj["deadline"]), bytes.fromhex(str(obj["proof"]).removeprefix("0x"))
+        deadline, nonce = int(obj["deadline"]), int(obj["nonce"])
+        proof = bytes.fromhex(str(obj["proof"]).removeprefix("0x"))
         named = checksum(str(obj.get("signer", signer)), "signer address in the proof")
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror or e}") from None
@@ -89,9 +92,9 @@ def _load_proof(path: Path, signer: str) -> tuple[int, bytes]:
         raise InputError(f"{path} is not a signer proof (`loranode escrow signer-proof` writes one)") from None
     if named != signer:
         raise InputError(f"the proof is for signer {named}, not {signer}")
-    if len(proof) != 65 or not 0 < deadline < 2**64:
-        raise InputError("the proof must hold a 65-byte signature and a deadline")
-    return deadline, proof
+    if len(proof) != 65 or not 0 < deadline < 2**64 or not 0 <= nonce < 2**32:
+        raise InputError("the proof must hold a 65-byte signature, a deadline and a nonce")
+    return deadline, nonce, proof
 
 
 @escrow_app.command("authorize")
@@ -130,21 +133,26 @@ def authorize(
         key = load_account(signer_keystore, password_file)
         if key.address != addr:
             raise InputError(f"{signer_keystore} holds {key.address}, not {addr}")
-        _, deadline, sig = c.escrow.signer_proof(account.address, key)
+        _, deadline, nonce, sig = c.escrow.signer_proof(account.address, key)
     else:
-        deadline, sig = deadline_proof
+        deadline, nonce, sig = deadline_proof
     now = chain_time(c)
     if deadline < now:
         raise InputError(f"the proof expired {now - deadline} s ago: ask the signer for a new one")
+    current = c.escrow.signer_of(addr)
+    if nonce != current.nonce:
+        raise InputError(
+            f"the proof is for authorization {nonce} of {addr}, the next is {current.nonce}: "
+            "a proof authorizes once, ask the signer for a new one"
+        )
     from chain.eip712 import TypedDataError, recover_digest_signer
 
     try:
-        ok = recover_digest_signer(c.escrow.hash_signer_proof(account.address, deadline), sig) == addr
+        ok = recover_digest_signer(c.escrow.hash_signer_proof(account.address, deadline, nonce), sig) == addr
     except TypedDataError:
         ok = False
     if not ok:
         raise InputError(f"the proof was not signed by {addr} for payer {account.address}")
-    current = c.escrow.signer_of(addr)
     if current.payer != "0x" + "00" * 20 and (current.revoke_at == 0 or current.revoke_at > now):
         raise CliError(f"{addr} already signs for {current.payer}")
     receipt = c.escrow.authorize_signer(account, addr, deadline, sig)

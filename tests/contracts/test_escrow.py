@@ -61,17 +61,17 @@ def test_signer_authorization_needs_the_signers_proof(env, anvil, reverts):
     c = env.c
     zero = "0x" + "00" * 20
     deadline = 2**40
-    proof = sign_signer_proof(env.payer.address, deadline, env.signer.key, env.chain_id, c.escrow.address)
-    assert c.escrow.hash_signer_proof(env.payer.address, deadline) == signer_proof_digest(
-        env.payer.address, deadline, env.chain_id, c.escrow.address
+    proof = sign_signer_proof(env.payer.address, deadline, 0, env.signer.key, env.chain_id, c.escrow.address)
+    assert c.escrow.hash_signer_proof(env.payer.address, deadline, 0) == signer_proof_digest(
+        env.payer.address, deadline, 0, env.chain_id, c.escrow.address
     )
     # attack (issue #6): squatting a key one does not hold, or replaying its proof for another payer
-    own = sign_signer_proof(env.payer2.address, deadline, env.payer2.key, env.chain_id, c.escrow.address)
+    own = sign_signer_proof(env.payer2.address, deadline, 0, env.payer2.key, env.chain_id, c.escrow.address)
     with reverts("UsageEscrowBadSignerProof", env.signer.address):
         c.escrow.authorize_signer(env.payer2, env.signer.address, deadline, own)
     with reverts("UsageEscrowBadSignerProof", env.signer.address):
         c.escrow.authorize_signer(env.payer2, env.signer.address, deadline, proof)
-    other_chain = sign_signer_proof(env.payer.address, deadline, env.signer.key, env.chain_id + 1, c.escrow.address)
+    other_chain = sign_signer_proof(env.payer.address, deadline, 0, env.signer.key, env.chain_id + 1, c.escrow.address)
     with reverts("UsageEscrowBadSignerProof", env.signer.address):
         c.escrow.authorize_signer(env.payer, env.signer.address, deadline, other_chain)
     with reverts("UsageEscrowBadSignerProof", env.signer.address):  # expired proof
@@ -79,14 +79,14 @@ def test_signer_authorization_needs_the_signers_proof(env, anvil, reverts):
             env.payer,
             env.signer.address,
             1,
-            sign_signer_proof(env.payer.address, 1, env.signer.key, env.chain_id, c.escrow.address),
+            sign_signer_proof(env.payer.address, 1, 0, env.signer.key, env.chain_id, c.escrow.address),
         )
     with reverts("UsageEscrowBadSignerProof", env.signer.address):  # garbage proof
         c.escrow.authorize_signer(env.payer, env.signer.address, deadline, b"\x01" * 7)
     with reverts("UsageEscrowZeroAddress"):
         c.escrow.authorize_signer(env.payer, zero, deadline, proof)
     c.escrow.authorize_signer(env.payer, env.signer.address, deadline, proof)
-    assert c.escrow.signer_of(env.signer.address) == SignerInfo(env.payer.address, 0)
+    assert c.escrow.signer_of(env.signer.address) == SignerInfo(env.payer.address, 0, 1)
     assert c.escrow.is_authorized(env.payer.address, env.signer.address)
     with reverts("UsageEscrowSignerTaken", env.signer.address, env.payer.address):
         c.escrow.authorize_signer_key(env.payer2, env.signer)
@@ -94,7 +94,7 @@ def test_signer_authorization_needs_the_signers_proof(env, anvil, reverts):
         c.escrow.revoke_signer(env.payer2, env.signer.address)
     r = c.escrow.revoke_signer(env.payer, env.signer.address)
     revoke_at = [e for e in c.events_of(r) if type(e).__name__ == "SignerRevoked"][0].revoke_at
-    assert c.escrow.signer_of(env.signer.address) == SignerInfo(env.payer.address, revoke_at)
+    assert c.escrow.signer_of(env.signer.address) == SignerInfo(env.payer.address, revoke_at, 1)
     # still authorized during the revocation thaw, and nobody can take the key meanwhile
     assert c.escrow.is_authorized(env.payer.address, env.signer.address)
     with reverts("UsageEscrowNotYourSigner", env.signer.address):
@@ -104,7 +104,7 @@ def test_signer_authorization_needs_the_signers_proof(env, anvil, reverts):
     env.mine_time(THAW_SECONDS, anvil.rpc)
     assert not c.escrow.is_authorized(env.payer.address, env.signer.address)
     c.escrow.authorize_signer_key(env.payer2, env.signer)  # free again, with a proof for the new payer
-    assert c.escrow.signer_of(env.signer.address) == SignerInfo(env.payer2.address, 0)
+    assert c.escrow.signer_of(env.signer.address) == SignerInfo(env.payer2.address, 0, 2)
 
 
 def test_thaw_and_withdraw(env, anvil, reverts):
@@ -398,3 +398,24 @@ def test_many_dataset_credits_in_one_call(env, stake_node):
     owner_part = 3 * ((10**6 - 10**6 * 500 // BPS) - 10 * share)
     assert c.vault.claimable(env.owner.address) == owner_part
     assert c.token.balance_of(c.vault.address) == 3 * 10**6
+
+
+def test_a_signer_proof_authorizes_once(env, anvil, reverts):
+    """Attack: the payer revokes its signer, then re-authorizes the key with the proof the key signed
+    for the first authorization (its deadline not yet passed): the key never consented again. The proof
+    names the key's authorization count, so it is spent by the authorization it was made for."""
+    c = env.c
+    deadline = 2**40
+    nonce = c.escrow.signer_of(env.signer.address).nonce
+    proof = sign_signer_proof(env.payer.address, deadline, nonce, env.signer.key, env.chain_id, c.escrow.address)
+    c.escrow.authorize_signer(env.payer, env.signer.address, deadline, proof)
+    assert c.escrow.signer_of(env.signer.address).nonce == nonce + 1
+    c.escrow.revoke_signer(env.payer, env.signer.address)
+    env.mine_time(THAW_SECONDS, anvil.rpc)
+    assert not c.escrow.is_authorized(env.payer.address, env.signer.address)
+    with reverts("UsageEscrowBadSignerProof", env.signer.address):  # the spent proof
+        c.escrow.authorize_signer(env.payer, env.signer.address, deadline, proof)
+    assert not c.escrow.is_authorized(env.payer.address, env.signer.address)
+    fresh = sign_signer_proof(env.payer.address, deadline, nonce + 1, env.signer.key, env.chain_id, c.escrow.address)
+    c.escrow.authorize_signer(env.payer, env.signer.address, deadline, fresh)  # the key consents again
+    assert c.escrow.is_authorized(env.payer.address, env.signer.address)

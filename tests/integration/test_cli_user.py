@@ -73,7 +73,7 @@ def env(chain, tmp_path, monkeypatch):
 runner = CliRunner()
 
 
-def cli(env, *args, role: str | None = None, ok: bool = True):
+def _invoke(env, args, role: str | None, ok: bool):
     argv = list(args)
     if role:
         argv += ["--keystore", str(env["home"] / "wallets" / f"{role}.json")]
@@ -83,6 +83,12 @@ def cli(env, *args, role: str | None = None, ok: bool = True):
         assert r.exit_code == 0, out
     else:
         assert r.exit_code != 0, out
+    return r, out
+
+
+def cli(env, *args, role: str | None = None, ok: bool = True):
+    """(exit code, stdout and stderr together) of one CLI command."""
+    r, out = _invoke(env, args, role, ok)
     return r.exit_code, out
 
 
@@ -91,8 +97,12 @@ def nonce(env, role):
 
 
 def jcli(env, *args, role=None):
-    code, out = cli(env, *args, "--json", role=role)
-    return json.loads(out)
+    """A successful command's `--json` document, from stdout alone (a warning on stderr is not part of it)."""
+    r, out = _invoke(env, [*args, "--json"], role, True)
+    try:
+        return json.loads(r.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"not one JSON document on stdout: {out!r}") from None
 
 
 # ---------------------------------------------------------------- wallet
@@ -318,8 +328,8 @@ def test_escrow_deposit_authorize_thaw_withdraw(env, tmp_path):
     bal = jcli(env, "escrow", "balance", *node, role="payer")
     assert bal["escrow"] == "25.5" and bal["node"] == ADDR["node"]
     assert jcli(env, "escrow", "balance", "--node", ADDR["bob"], role="payer")["escrow"] == "0"  # earmarked
-    # the signer consents with its own wallet (`signer-proof`), the payer authorizes with that proof
-    code, out = cli(env, "escrow", "signer-proof", ADDR["payer"], role="alice")
+    # the signer consents with its own wallet (`signer-proof`, valid 30 days), the payer authorizes with that proof
+    code, out = cli(env, "escrow", "signer-proof", ADDR["payer"], "--ttl", str(30 * 86_400), role="alice")
     proof = tmp_path / "proof.json"
     proof.write_text(out)
     jcli(env, "escrow", "authorize", ADDR["alice"], "--proof", str(proof), role="payer")
@@ -339,6 +349,15 @@ def test_escrow_deposit_authorize_thaw_withdraw(env, tmp_path):
     jcli(env, "escrow", "withdraw", *node, role="payer")
     assert c.token.balance_of(ADDR["payer"]) - before == 5 * TOKEN
     assert got["withdrawable_at"] > 0
+    # alice's revocation has thawed: her first proof (still within its 30 days) is spent,
+    # re-authorizing needs her consent again
+    n = nonce(env, "payer")
+    _, out = cli(env, "escrow", "authorize", ADDR["alice"], "--proof", str(proof), role="payer", ok=False)
+    assert "a proof authorizes once" in out and nonce(env, "payer") == n
+    _, out = cli(env, "escrow", "signer-proof", ADDR["payer"], role="alice")
+    proof.write_text(out)
+    jcli(env, "escrow", "authorize", ADDR["alice"], "--proof", str(proof), role="payer")
+    assert c.escrow.is_authorized(ADDR["payer"], ADDR["alice"]) and c.escrow.signer_of(ADDR["alice"]).nonce == 2
 
 
 def test_escrow_bad_input_sends_nothing(env, tmp_path):
@@ -365,7 +384,14 @@ def test_escrow_bad_input_sends_nothing(env, tmp_path):
     wrong.write_text(for_bob)
     _, out = cli(env, "escrow", "authorize", ADDR["alice"], "--proof", str(wrong), role="payer", ok=False)
     assert "not signed by" in out
-    for content in ("x" * 10_000, "[1]", '{"deadline": "soon", "proof": "0x00"}', '{"deadline": 5, "proof": "0x00"}'):
+    for content in (
+        "x" * 10_000,
+        "[1]",
+        '{"deadline": "soon", "proof": "0x00"}',
+        '{"deadline": 5, "proof": "0x00"}',  # no nonce
+        '{"deadline": 5, "nonce": -1, "proof": "0x' + "11" * 65 + '"}',
+        '{"deadline": 5, "nonce": 4294967296, "proof": "0x' + "11" * 65 + '"}',
+    ):
         wrong.write_text(content)
         _, out = cli(env, "escrow", "authorize", ADDR["alice"], "--proof", str(wrong), role="payer", ok=False)
         assert "proof" in out, (content[:20], out)
