@@ -148,6 +148,53 @@ def test_overcharging_node_is_refused_and_reported(env):
         c.nodes.update(ACCT["node"], info.endpoint, list(info.base_model_ids), info.compute_price_per_1k)
 
 
+def test_a_node_with_no_bond_to_lose_is_refused(env):
+    """A registered node that answers the probe correctly but holds no bond (it could never be
+    slashed for what it signs) is refused, by discovery and when named with --node. Its endpoint is
+    a small HTTP server in this test that replays the live node's /v1/models and, as owner2 (registered
+    without a bond), its /v1/node quote: standing in for an unbonded operator's server, which the
+    test cannot otherwise run beside the live node."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from inference.base_model import EMBEDDED_MODEL_ID
+    from node.client.chat.discovery import get_json
+
+    live = env["live"]
+    c = live.contracts
+    models, _ = get_json(live.url + "/v1/models")
+    quote, _ = get_json(live.url + "/v1/node")
+    quote = {**quote, "node": ACCT["owner2"].address, "compute_price_per_1k": 1}  # cheapest of all
+    pages = {"/v1/models": models, "/v1/node": quote}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # http.server's name for the GET handler
+            body = json.dumps(pages.get(self.path, {})).encode()
+            self.send_response(200 if self.path in pages else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        c.nodes.register(ACCT["owner2"], url, [EMBEDDED_MODEL_ID], 1)  # no bond
+        assert not c.nodes.can_redeem(ACCT["owner2"].address)
+        r = run("chat", f"adapter-{live.adapter_id}", "Hi", "--max-tokens", "4", "--json")
+        assert answers(r)[0]["node"] == ACCT["node"].address  # the bonded node, though dearer
+        assert ACCT["owner2"].address in r.stderr and "no bond to lose" in r.stderr
+        r = run("chat", f"adapter-{live.adapter_id}", "Hi", "--node", url, ok=False)
+        assert "no bond to lose" in r.stderr and not answers(r)
+    finally:
+        c.nodes.deregister(ACCT["owner2"])
+        server.shutdown()
+
+
 def test_an_interrupted_stream_is_paid_from_its_receipt_next_time(env):
     """Ctrl-C mid-answer: the node still metered and signed it; the next session fetches the
     receipt by the stream's id and adds its cost, so its voucher is not refused as too low."""

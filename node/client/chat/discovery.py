@@ -7,7 +7,9 @@ a voucher is signed for it:
 - same chain id, UsageEscrow and ReceiptLog as the deployment (a voucher for another escrow is
   signed for a contract the payer did not choose);
 - it lists the model, and its prices are at most what is on chain (the compute price the node
-  registered, the adapter's registered price): a node quoting more is refused as overcharging.
+  registered, the adapter's registered price): a node quoting more is refused as overcharging;
+- it can redeem (NodeRegistry.canRedeem: at least the minimum bond, not condemned by a proven
+  fault): a node with no bond to lose answers for nothing it signs, and could not be paid anyway.
 
 Candidates are ranked by price per 1K tokens, then by measured round-trip latency.
 """
@@ -142,6 +144,11 @@ def probe(url: str, model: str, contracts, *, registrations: dict, adapter_price
         raise ProbeError(f"does not list {model} in /v1/models")
     body, t2 = get_json(url + "/v1/node")
     quote = check_quote(body, model=model, contracts=contracts, registrations=registrations, adapter_price=adapter_price)
+    if not contracts.nodes.can_redeem(quote.node):
+        raise ProbeError(
+            "has no bond to lose (less than the registry's minimum, or condemned for a proven fault): "
+            "it could be neither slashed for a wrong answer nor paid"
+        )
     aid = 0 if model == quote.base_model else parse_adapter_model_name(model) or 0  # check_quote accepted it
     price = quote.compute_price_per_1k + quote.adapter_prices.get(aid, 0)
     return Candidate(url, quote.node, quote, price, min(t1, t2))
