@@ -217,6 +217,7 @@ class NodeCondemned(Event):
     node: str
     beneficiary: str
     open_disputes: int
+    until: int
 
 
 @dataclass(frozen=True)
@@ -448,8 +449,9 @@ class NodeInfo:
     bond: int
     unbond_at: int
     active: bool
-    condemned: bool  # a proven fault's slash waits for the node's open disputes
+    condemned: bool  # a proven fault's slash waits for the node's disputes
     condemned_by: str
+    condemned_until: int  # disputes may still be opened until then; the slash executes after it
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,13 @@ import {IAttributionFaults, INodeRegistry, IReceiptLog} from "./interfaces/IProt
 ///         - attribution: anyone who proves from one committed leaf that the node attributed an
 ///           answer outside its adapter's datasets, or more than all of it (AttributionPool's
 ///           `attributionFault`), slashes the whole bond likewise, once per receipt;
-///         - while disputes are open, such a proof only condemns the bond: the node redeems nothing
-///           more, no dispute can be opened nor bond added, the open disputes are ruled and paid
-///           from the bond first, and the rest is slashed for the prover when the last one closes
-///           (so a node cannot escape a dispute by having a colluder prove its own fault);
+///         - while disputes are open, or within `disputeWindow` of the node's last commit, such a
+///           proof only condemns the bond: the node redeems nothing more and adds no bond;
+///           fishermen may still open disputes until the window ends; the disputes are ruled and
+///           paid from the bond first, and the rest is slashed for the prover once the window has
+///           passed and no dispute is open (when the last one closes, or by anyone with
+///           `executeCondemnation`). So a node cannot escape its fishermen by having a colluder prove
+///           its own fault, getting half of its bond back before they can dispute its last receipts;
 ///         - disputes: a fisherman disputes one signed receipt with a deposit; the arbitrator fixed at
 ///           deployment slashes (part to the fisherman, deposit returned) or rejects (deposit to the
 ///           node) before the dispute's deadline; past it, anyone closes it and the deposit returns.
@@ -39,8 +42,9 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         uint256 bond;
         uint64 unbondAt;
         bool active;
-        bool condemned; // a proven fault's slash waits for the open disputes
+        bool condemned; // a proven fault's slash waits for the disputes
         address condemnedBy; // who proved it (zero unless condemned)
+        uint64 condemnedUntil; // disputes may be opened until then; the slash executes after it
     }
 
     /// @notice A dispute as stored and returned by `getDispute`.
@@ -85,8 +89,10 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     error NodeRegistryAttributionHonest(bytes32 receiptDigest);
     /// @notice The receipt `receiptDigest` was already slashed for its attribution.
     error NodeRegistryAlreadySlashed(bytes32 receiptDigest);
-    /// @notice The node's bond is condemned by a proven fault, slashed when its open disputes close.
+    /// @notice The node's bond is condemned by a proven fault (and, for a dispute, its window is over).
     error NodeRegistryCondemned(address node);
+    /// @notice The condemned bond is slashed after `until` with no dispute open (`open` are).
+    error NodeRegistryCondemnationPending(address node, uint64 until, uint256 open);
 
     /// @notice A node registered or re-registered.
     event NodeRegistered(address indexed node, string endpoint, string[] baseModelIds, uint256 computePricePer1k);
@@ -104,9 +110,10 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     event DisputeOpened(
         uint256 indexed disputeId, address indexed node, address indexed fisherman, bytes32 receiptDigest, uint64 deadline
     );
-    /// @notice `beneficiary` proved a fault of `node` while `openDisputes` disputes were open: the bond
-    ///         is slashed for it (NodeSlashed) once they close, after they are paid from it.
-    event NodeCondemned(address indexed node, address indexed beneficiary, uint256 openDisputes);
+    /// @notice `beneficiary` proved a fault of `node` while `openDisputes` disputes were open or before
+    ///         `until` (the dispute window after its last commit): the bond is slashed for it
+    ///         (NodeSlashed) after `until` once no dispute is open, the disputes being paid from it first.
+    event NodeCondemned(address indexed node, address indexed beneficiary, uint256 openDisputes, uint64 until);
     /// @notice The arbitrator resolved a dispute: `upheld` (deposit back to the fisherman) or rejected (deposit to
     ///         the node); `slashed` is what left the bond, capped by it (0 when an upheld dispute finds it empty).
     event DisputeResolved(uint256 indexed disputeId, bool upheld, uint256 slashed);
@@ -131,8 +138,9 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         uint64 unbondAt;
         bool active;
         uint32 openDisputes;
-        bool condemned; // a proven fault waits for the open disputes (_slashProven); same slot as bond
+        bool condemned; // a proven fault waits for the disputes (_slashProven); same slot as bond
         address condemnedBy; // who proved it: rewarded when the condemned bond is slashed
+        uint64 condemnedUntil; // end of the disputes' time: the node's dispute window at the proof
     }
 
     IERC20 private immutable _token;
@@ -247,6 +255,7 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         if (amount == 0) revert NodeRegistryNoBond(msg.sender);
         if (block.timestamp < n.unbondAt) revert NodeRegistryStillUnbonding(n.unbondAt);
         if (n.openDisputes != 0) revert NodeRegistryDisputeOpen(msg.sender, n.openDisputes);
+        if (n.condemned) revert NodeRegistryCondemned(msg.sender);
         uint64 windowEnd = _receipts.lastCommitAt(msg.sender) + _disputeWindow;
         if (block.timestamp < windowEnd) revert NodeRegistryStillUnbonding(windowEnd);
         n.bond = 0;
@@ -257,13 +266,13 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     // ---------------------------------------------------------------- accountability
 
     /// @notice Prove that a node signed two different receipts with the same `seq`: its whole bond is
-    ///         slashed and SLASH_REWARD_BPS of it goes to the caller (while disputes are open, once
-    ///         they close: see NodeCondemned). Anyone may call.
+    ///         slashed and SLASH_REWARD_BPS of it goes to the caller (while disputes are open or within
+    ///         the dispute window of its last commit, after them: see NodeCondemned). Anyone may call.
     /// @param a one receipt; `a.node` is the accused node.
     /// @param sigA the node's 65-byte signature of `a` (ReceiptLog's EIP-712 domain).
     /// @param b another receipt with the same node and seq and a different digest.
     /// @param sigB the node's signature of `b`.
-    /// @return slashed tokens taken from the bond now (0 when condemned until its disputes close).
+    /// @return slashed tokens taken from the bond now (0 when condemned: see NodeCondemned).
     function slashEquivocation(
         IReceiptLog.Receipt calldata a,
         bytes calldata sigA,
@@ -282,13 +291,14 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     ///         in `r.node`'s batch `batchSeq` and its attribution (`ids`, `bps`, hashing to
     ///         `r.attributionHash`) names a contribution outside the adapter's datasets (or none that
     ///         exists), or sums past 10,000 bps. The whole bond is slashed and SLASH_REWARD_BPS of it
-    ///         goes to the caller; each receipt once. Anyone may call; other faults go to `openDispute`.
+    ///         goes to the caller (condemned first, like an equivocation: see NodeCondemned); each
+    ///         receipt once. Anyone may call; other faults go to `openDispute`.
     /// @param r the committed receipt (no signature needed: the node committed its leaf).
     /// @param batchSeq the node's batch holding it.
     /// @param proof the leaf's Merkle proof in that batch.
     /// @param ids the receipt's attributed contribution ids, as hashed into `attributionHash`.
     /// @param bps their basis points, likewise.
-    /// @return slashed tokens taken from the bond now (0 when condemned until its disputes close).
+    /// @return slashed tokens taken from the bond now (0 when condemned: see NodeCondemned).
     function slashAttribution(
         IReceiptLog.Receipt calldata r,
         uint64 batchSeq,
@@ -318,7 +328,8 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     {
         bytes32 digest = _signedBy(r, sig);
         Node storage n = _nodes[r.node];
-        if (n.condemned) revert NodeRegistryCondemned(r.node);
+        // a condemned node still answers to disputes until its window ends, and they are paid first
+        if (n.condemned && block.timestamp > n.condemnedUntil) revert NodeRegistryCondemned(r.node);
         if (n.bond == 0) revert NodeRegistryNoBond(r.node);
         disputeId = ++_disputeCount;
         uint64 deadline = uint64(block.timestamp) + _disputeWindow;
@@ -379,7 +390,15 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
     function getNode(address node) external view returns (NodeView memory) {
         Node storage n = _nodes[node];
         return NodeView(
-            n.endpoint, n.baseModelIds, n.computePricePer1k, n.bond, n.unbondAt, n.active, n.condemned, n.condemnedBy
+            n.endpoint,
+            n.baseModelIds,
+            n.computePricePer1k,
+            n.bond,
+            n.unbondAt,
+            n.active,
+            n.condemned,
+            n.condemnedBy,
+            n.condemnedUntil
         );
     }
 
@@ -455,34 +474,55 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         _token.safeTransferFrom(msg.sender, address(this), amount);
     }
 
-    /// @dev A fault the caller proved: slash the whole bond for it now, or, while disputes are open,
-    ///      condemn it: the disputes opened before the proof are paid from the bond first and the rest
-    ///      is slashed for the caller when the last one closes (_afterDisputeClosed). Otherwise a node
-    ///      facing a dispute it will lose has a colluder prove its own equivocation and gets half of
-    ///      its bond back, leaving nothing for the fisherman.
+    /// @dev A fault the caller proved: slash the whole bond for it now, or, while disputes are open or
+    ///      the dispute window after the node's last commit runs, condemn it: disputes (open, or opened
+    ///      until the window ends) are paid from the bond first, and the rest is slashed for the caller
+    ///      after the window with no dispute open. Otherwise a node facing disputes, or about to, has a
+    ///      colluder prove its own equivocation and gets half of its bond back, leaving nothing for
+    ///      the fishermen.
     function _slashProven(Node storage n, address node) private returns (uint256 slashed) {
         if (n.condemned) revert NodeRegistryCondemned(node);
         uint256 bond = n.bond;
         if (bond == 0) revert NodeRegistryNoBond(node);
         uint256 open = n.openDisputes;
-        if (open == 0) {
+        uint64 until = _receipts.lastCommitAt(node) + _disputeWindow;
+        if (open == 0 && block.timestamp > until) {
             _slash(n, node, msg.sender, bond);
             return bond;
         }
         n.condemned = true;
         n.condemnedBy = msg.sender;
-        emit NodeCondemned(node, msg.sender, open);
+        n.condemnedUntil = until;
+        emit NodeCondemned(node, msg.sender, open, until);
         return 0;
     }
 
-    /// @dev After a dispute of `node` closed: once none is open, slash what a condemnation left of the bond.
+    /// @notice Slash a condemned bond for its prover once its disputes' time is over (anyone may call;
+    ///         closing the last dispute after that time does it too).
+    /// @param node a condemned node, past `condemnedUntil`, with no dispute open.
+    /// @return slashed tokens taken from the bond.
+    function executeCondemnation(address node) external nonReentrant returns (uint256 slashed) {
+        Node storage n = _nodes[node];
+        if (!n.condemned || n.openDisputes != 0 || block.timestamp <= n.condemnedUntil) {
+            revert NodeRegistryCondemnationPending(node, n.condemnedUntil, n.openDisputes);
+        }
+        return _executeCondemnation(n, node);
+    }
+
+    /// @dev After a dispute of `node` closed: if it was the last and the disputes' time is over, slash
+    ///      what a condemnation left of the bond.
     function _afterDisputeClosed(Node storage n, address node) private {
-        if (n.openDisputes != 0 || !n.condemned) return;
+        if (n.openDisputes != 0 || !n.condemned || block.timestamp <= n.condemnedUntil) return;
+        _executeCondemnation(n, node);
+    }
+
+    function _executeCondemnation(Node storage n, address node) private returns (uint256 slashed) {
         address beneficiary = n.condemnedBy;
         n.condemned = false;
         n.condemnedBy = address(0);
-        uint256 rest = n.bond;
-        if (rest != 0) _slash(n, node, beneficiary, rest);
+        n.condemnedUntil = 0;
+        slashed = n.bond;
+        if (slashed != 0) _slash(n, node, beneficiary, slashed);
     }
 
     /// @dev Take `amount` (<= bond) from the bond: SLASH_REWARD_BPS to `beneficiary`, the rest burned.

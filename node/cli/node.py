@@ -9,11 +9,14 @@ the same `seq`: the node's bond is slashed at once and half of it is paid to the
 `--attribution` it proves from the committed receipt alone (its file with the batch and Merkle proof)
 that the attribution is wrong on chain (a contribution outside the adapter's datasets, or more than
 10,000 bps): the same slash, without arbitrator (docs/attribution-rewards.md). While the node has
-open disputes, either proof only condemns its bond: the disputes are paid from it first and the
-rest is slashed for the prover when the last one closes (`rule` and `expire-dispute` report it).
+open disputes, or within the dispute window after its last commit, either proof only condemns its
+bond: fishermen may still dispute until the window ends and are paid from it first, and the rest
+is slashed for the prover after the window with no dispute open (by `rule` or `expire-dispute`
+closing the last one, or by anyone with `execute-condemnation`).
 `disputes` lists disputes and their state; `rule` is the arbitrator's ruling on an open dispute
 before its deadline (`--slash AMOUNT` upholds it, `--reject` gives the deposit to the node);
-`expire-dispute` closes one the arbitrator left past its deadline (anyone; the deposit goes back)."""
+`expire-dispute` closes one the arbitrator left past its deadline (anyone; the deposit goes back);
+`execute-condemnation` slashes a condemned bond for its prover once its disputes' time is over."""
 
 from __future__ import annotations
 
@@ -146,7 +149,7 @@ def dispute(
     c = connect(rpc_url, deployment)
     a = _signed_receipt(receipt, c.chain_id, c.receipts.address)
     node = a.receipt.node
-    _check_disputable(c, node)
+    _check_disputable(c, node, proof=attribution or equivocation is not None)
     if equivocation is not None:
         b = _signed_receipt(equivocation, c.chain_id, c.receipts.address)
         if b.receipt.node != node or b.receipt.seq != a.receipt.seq:
@@ -180,12 +183,14 @@ def dispute(
     )
 
 
-def _check_disputable(c, node: str) -> None:
+def _check_disputable(c, node: str, proof: bool) -> None:
+    """Refuse before any transaction what the registry would: a second proof against a condemned
+    node, a dispute once its window is over, anything against a node with no bond."""
     info = c.nodes.get_node(node)
-    if info.condemned:
+    if info.condemned and (proof or chain_time(c) >= info.condemned_until):
         raise CliError(
-            f"node {node} is condemned: its bond is slashed for {info.condemned_by} "
-            "once its open disputes close; nothing more to dispute"
+            f"node {node} is condemned: its bond is slashed for {info.condemned_by} once no dispute is open "
+            f"after {info.condemned_until}; {'its fault is already proven' if proof else 'too late to dispute'}"
         )
     if info.bond == 0:
         raise CliError(f"node {node} holds no bond: nothing to dispute")
@@ -195,8 +200,17 @@ def _proof_done(c, rcpt, as_json: bool, node: str, **fields) -> None:
     """Report a proven fault from its event: slashed now, or condemned until the open disputes close."""
     events = {type(ev).__name__: ev for ev in c.events_of(rcpt)}
     if "NodeCondemned" in events:
-        waiting = events["NodeCondemned"].open_disputes
-        tx_done(rcpt, "node condemned", as_json, node=node, **fields, open_disputes=waiting, slashed=format_amount(0))
+        ev = events["NodeCondemned"]
+        tx_done(
+            rcpt,
+            "node condemned",
+            as_json,
+            node=node,
+            **fields,
+            open_disputes=ev.open_disputes,
+            disputes_until=ev.until,
+            slashed=format_amount(0),
+        )
         return
     slashed = event_of(c, rcpt, "NodeSlashed")
     tx_done(
@@ -380,4 +394,40 @@ def expire_dispute(
         node=d.node,
         refunded=format_amount(d.deposit),
         **_condemned_slash(c, rcpt, before),
+    )
+
+
+@node_app.command("execute-condemnation")
+@handle_errors
+def execute_condemnation(
+    node: str = typer.Argument(..., help="A condemned node whose disputes' time is over."),
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Slash a condemned node's bond for the one who proved its fault (anyone may), once the dispute
+    window of its last commit has passed and no dispute is open (the disputes were paid first)."""
+    addr = checksum(node, "node address")
+    c = connect(rpc_url, deployment)
+    info = c.nodes.get_node(addr)
+    if not info.condemned:
+        raise CliError(f"node {addr} is not condemned")
+    open_now = c.nodes.open_disputes(addr)
+    if open_now:
+        raise CliError(f"node {addr} still has {open_now} open dispute(s): they are ruled or expire first")
+    if chain_time(c) < info.condemned_until:  # the next block is later than the latest
+        raise CliError(f"fishermen may dispute node {addr} until {info.condemned_until}: execute it after")
+    account = load_account(keystore, password_file)
+    rcpt = c.nodes.execute_condemnation(account, addr)
+    slashed = event_of(c, rcpt, "NodeSlashed") if info.bond else None
+    tx_done(
+        rcpt,
+        "condemnation executed",
+        as_json,
+        node=addr,
+        prover=info.condemned_by,
+        slashed=format_amount(slashed.amount if slashed else 0),
+        reward=format_amount(slashed.reward if slashed else 0),
     )

@@ -121,13 +121,14 @@ def test_a_colluders_proof_cannot_empty_the_bond_before_open_disputes_are_ruled(
     r = c.nodes.slash_equivocation(env.payer, a, sign(env, a), b, sign(env, b))  # the colluder
     [ev] = [e for e in c.events_of(r) if isinstance(e, NodeCondemned)]
     assert (ev.node, ev.beneficiary, ev.open_disputes) == (env.node.address, env.payer.address, 1)
+    assert ev.until == DISPUTE_WINDOW  # the node never committed: its window is long over
     assert c.token.balance_of(env.payer.address) == colluder0  # nothing paid yet
     info = c.nodes.get_node(env.node.address)
     assert (info.bond, info.condemned, info.condemned_by) == (MIN_BOND, True, env.payer.address)
     assert not c.nodes.can_redeem(env.node.address)  # a condemned node redeems nothing more
     with reverts("NodeRegistryCondemned", env.node.address):  # its fault is proven once
         c.nodes.slash_equivocation(env.stranger, a, sign(env, a), b, sign(env, b))
-    with reverts("NodeRegistryCondemned", env.node.address):  # no new disputes: the delay stays bounded
+    with reverts("NodeRegistryCondemned", env.node.address):  # its window is over: no new dispute
         c.nodes.open_dispute(env.stranger, receipt(env, 2), sign(env, receipt(env, 2)))
     with reverts("NodeRegistryCondemned", env.node.address):  # no bond added to a condemned one
         c.nodes.add_bond(env.node, 1)
@@ -136,9 +137,46 @@ def test_a_colluders_proof_cannot_empty_the_bond_before_open_disputes_are_ruled(
     # the last dispute closed: the condemned rest is slashed, the prover rewarded from it
     assert c.token.balance_of(env.payer.address) == colluder0 + MIN_BOND // 4
     info = c.nodes.get_node(env.node.address)
-    assert (info.bond, info.condemned, info.condemned_by) == (0, False, "0x" + "00" * 20)
+    assert (info.bond, info.condemned, info.condemned_by, info.condemned_until) == (0, False, "0x" + "00" * 20, 0)
     assert c.nodes.burned() == MIN_BOND // 2
     assert c.nodes.open_disputes(env.node.address) == 0
+
+
+def test_a_proof_within_the_dispute_window_waits_for_the_fishermen(env, stake_node, anvil, reverts):
+    """Attack: a node that just committed receipts it knows are disputable has a colluder prove its
+    own equivocation before any fisherman disputes them, to take half of its bond back at once. The
+    proof only condemns the bond until the dispute window after the last commit ends: fishermen may
+    still dispute meanwhile and are paid first; then anyone executes the condemnation."""
+    c = env.c
+    stake_node(env, env.node, MIN_BOND)
+    c.receipts.commit_batch(env.node, 1, b"\x01" * 32, 1, "bafyreceipts")
+    until = c.receipts.last_commit_at(env.node.address) + DISPUTE_WINDOW
+    prover0 = c.token.balance_of(env.payer.address)
+    a, b = receipt(env, 9, salt=1), receipt(env, 9, salt=2)
+    r = c.nodes.slash_equivocation(env.payer, a, sign(env, a), b, sign(env, b))  # no dispute open yet
+    [ev] = [e for e in c.events_of(r) if isinstance(e, NodeCondemned)]
+    assert (ev.open_disputes, ev.until) == (0, until) and c.nodes.get_node(env.node.address).condemned_until == until
+    assert c.token.balance_of(env.payer.address) == prover0 and not c.nodes.can_redeem(env.node.address)
+    with reverts("NodeRegistryCondemnationPending", env.node.address, until, 0):  # not before the window ends
+        c.nodes.execute_condemnation(env.stranger, env.node.address)
+    c.nodes.deregister(env.node)
+    fisher0 = c.token.balance_of(env.stranger.address)
+    c.nodes.open_dispute(env.stranger, receipt(env, 1), sign(env, receipt(env, 1)))  # still within the window
+    c.nodes.resolve_dispute(env.deployer, 1, MIN_BOND // 2)  # paid from the condemned bond
+    assert c.token.balance_of(env.stranger.address) == fisher0 + MIN_BOND // 4
+    assert c.nodes.get_node(env.node.address).condemned  # the window still runs
+    env.mine_time(DISPUTE_WINDOW + 1, anvil.rpc)
+    with reverts("NodeRegistryCondemned", env.node.address):  # too late for a new dispute
+        c.nodes.open_dispute(env.stranger, receipt(env, 2), sign(env, receipt(env, 2)))
+    with reverts("NodeRegistryCondemned", env.node.address):  # unbonded and out of its window, still held
+        c.nodes.withdraw_bond(env.node)
+    r = c.nodes.execute_condemnation(env.stranger, env.node.address)  # anyone
+    [ev] = [e for e in c.events_of(r) if isinstance(e, NodeSlashed)]
+    assert (ev.beneficiary, ev.amount, ev.reward) == (env.payer.address, MIN_BOND // 2, MIN_BOND // 4)
+    assert c.token.balance_of(env.payer.address) == prover0 + MIN_BOND // 4
+    assert c.nodes.get_node(env.node.address).bond == 0 and not c.nodes.get_node(env.node.address).condemned
+    with reverts("NodeRegistryCondemnationPending", env.node.address, 0, 0):  # once
+        c.nodes.execute_condemnation(env.stranger, env.node.address)
 
 
 def test_a_condemned_bond_is_slashed_when_the_last_open_dispute_closes(env, stake_node, anvil):

@@ -295,10 +295,18 @@ def test_a_single_leaf_proves_an_attribution_fault(env, world2, reverts):
         assert c.pool.attribution_fault(r, seq, proof, ids, bps) == OVER_TOTAL, (ids, bps)
 
 
-def test_slash_attribution_outside_the_adapter_pays_the_fisherman(env, world2, reverts):
+def _after_the_window(env, anvil):
+    """Past the dispute window of the node's last commit, anyone executes its condemned bond's slash."""
+    env.mine_time(env.c.nodes.dispute_terms().dispute_window + 1, anvil.rpc)
+    return env.c.nodes.execute_condemnation(env.stranger, env.node.address)
+
+
+def test_slash_attribution_outside_the_adapter_pays_the_fisherman(env, world2, reverts, anvil):
     """Attack: the node credits contribution 5 (dataset 3) to an answer of adapter 1 (datasets 1, 2)
-    to steer dataset money. Anyone proves it from the one leaf and takes half the bond, once."""
-    from chain.contract_types import AttributionSlashed, NodeSlashed
+    to steer dataset money. Anyone proves it from the one leaf, once: the bond is condemned at once
+    (no more redemptions), and half of it is paid to the prover after the dispute window of the
+    node's last commit (so that fishermen disputing its other receipts are paid first)."""
+    from chain.contract_types import AttributionSlashed, NodeCondemned, NodeSlashed
 
     c = env.c
     c.datasets.create_dataset(env.curator, "d3", "MIT", "")
@@ -307,11 +315,13 @@ def test_slash_attribution_outside_the_adapter_pays_the_fisherman(env, world2, r
     r, seq, proof = _committed_receipt(env, [1, 5], [5000, 5000])
     before = c.token.balance_of(env.stranger.address)
     tx = c.nodes.slash_attribution(env.stranger, r, seq, proof, [1, 5], [5000, 5000])
-    (ev,) = events(env, tx, NodeSlashed)
-    assert (ev.node, ev.beneficiary, ev.amount, ev.reward) == (env.node.address, env.stranger.address, bond, bond // 2)
+    (cond,) = events(env, tx, NodeCondemned)
+    assert cond.beneficiary == env.stranger.address and not c.nodes.can_redeem(env.node.address)
     (a,) = events(env, tx, AttributionSlashed)
     digest = receipt_digest(r, env.chain_id, c.receipts.address)
     assert (a.node, a.batch_seq, a.receipt_digest, a.fault) == (env.node.address, seq, digest, OUTSIDE_ADAPTER)
+    (ev,) = events(env, _after_the_window(env, anvil), NodeSlashed)
+    assert (ev.node, ev.beneficiary, ev.amount, ev.reward) == (env.node.address, env.stranger.address, bond, bond // 2)
     assert c.token.balance_of(env.stranger.address) - before == bond // 2
     assert c.nodes.get_node(env.node.address).bond == 0 and c.nodes.attribution_slashed(digest)
     # the same leaf again, even after the node bonds again: refused
@@ -321,11 +331,13 @@ def test_slash_attribution_outside_the_adapter_pays_the_fisherman(env, world2, r
     assert c.nodes.get_node(env.node.address).bond == bond
 
 
-def test_slash_attribution_over_the_whole_answer(env, world2):
+def test_slash_attribution_over_the_whole_answer(env, world2, anvil):
     c = env.c
     bond = c.nodes.get_node(env.node.address).bond
     r, seq, proof = _lying_receipt(env, [1, 3], [9000, 9000])
     c.nodes.slash_attribution(env.stranger, r, seq, proof, [1, 3], [9000, 9000])
+    assert c.nodes.get_node(env.node.address).condemned
+    _after_the_window(env, anvil)
     assert c.nodes.get_node(env.node.address).bond == 0 and c.nodes.burned() == bond - bond // 2
 
 

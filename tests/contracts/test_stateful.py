@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from chain.contract_types import AttributionRefused, Claimed, Credited, DatasetRewarded
+from chain.contract_types import AttributionRefused, Claimed, Credited, DatasetRewarded, NodeCondemned
 from chain.eip712 import Receipt, Voucher, sign_receipt, sign_voucher
 from chain.errors import ContractRevert
 
@@ -70,7 +70,9 @@ class Protocol(RuleBasedStateMachine):
         c.nodes.register(env.node, "https://n", ["m"], 1, self.min_bond)
         self.bond = self.min_bond
         self.deposits_held = 0  # open dispute deposits held by NodeRegistry
-        self.condemned = False  # an equivocation proven while disputes were open waits for them
+        self.condemned = False  # an equivocation proven while disputes were open (or in the window) waits
+        self.until = 0  # the condemnation's end of disputes
+        self.window = c.nodes.dispute_terms().dispute_window
         self.open_disputes: list[int] = []
         self.receipt_seq = 0
         c.escrow.authorize_signer_key(env.payer, env.signer)  # payer 0 may also pay with the signer key
@@ -173,18 +175,42 @@ class Protocol(RuleBasedStateMachine):
             with pytest.raises(ContractRevert, match="NodeRegistryCondemned"):
                 env.c.nodes.slash_equivocation(env.stranger, a, sa, b, sb)
             return
-        env.c.nodes.slash_equivocation(env.stranger, a, sa, b, sb)
-        if self.open_disputes:  # the bond waits for the open disputes, paid from it first
-            self.condemned = True
+        r = env.c.nodes.slash_equivocation(env.stranger, a, sa, b, sb)
+        until = env.c.receipts.last_commit_at(env.node.address) + self.window
+        [ev] = [e for e in env.c.events_of(r) if isinstance(e, NodeCondemned)] or [None]
+        # condemned (the disputes, open or to come within the window, are paid first) or slashed now
+        assert (ev is not None) == (bool(self.open_disputes) or self._now(r) <= until)
+        if ev is not None:
+            self.condemned, self.until = True, ev.until
             return
         self.bond = 0
         self._rebond()
 
-    def _dispute_closed(self):
-        """The last open dispute closed: a condemned bond is slashed whole."""
-        if self.condemned and not self.open_disputes:
+    def _now(self, receipt) -> int:
+        return self.env.c.w3.eth.get_block(receipt["blockNumber"])["timestamp"]
+
+    def _dispute_closed(self, receipt):
+        """A dispute closed: once none is open and the window is over, a condemned bond is slashed whole."""
+        if self.condemned and not self.open_disputes and self._now(receipt) > self.until:
             self.condemned = False
             self.bond = 0
+        assert self.env.c.nodes.get_node(self.env.node.address).condemned == self.condemned
+        self._rebond()
+
+    @rule()
+    def execute_condemnation(self):
+        """After the window, with no dispute open, anyone slashes the condemned bond; before, nothing."""
+        env = self.env
+        if not self.condemned:
+            return
+        if self.open_disputes:
+            with pytest.raises(ContractRevert, match="NodeRegistryCondemnationPending"):
+                env.c.nodes.execute_condemnation(env.stranger, env.node.address)
+            return
+        env.mine_time(self.window + 1, self.anvil.rpc)
+        env.c.nodes.execute_condemnation(env.stranger, env.node.address)
+        self.condemned = False
+        self.bond = 0
         self._rebond()
 
     @rule()
@@ -192,7 +218,8 @@ class Protocol(RuleBasedStateMachine):
         env = self.env
         self.receipt_seq += 1
         r, sig = self._receipt(self.receipt_seq, 3)
-        if self.condemned:
+        latest = env.c.w3.eth.get_block("latest")["timestamp"]
+        if self.condemned and latest >= self.until:  # the window is over (the next block is later)
             with pytest.raises(ContractRevert, match="NodeRegistryCondemned"):
                 env.c.nodes.open_dispute(env.stranger, r, sig)
             return
@@ -209,17 +236,17 @@ class Protocol(RuleBasedStateMachine):
         self.deposits_held -= env.c.nodes.get_dispute(d).deposit
         if expire:
             env.mine_time(env.c.nodes.dispute_terms().dispute_window + 1, self.anvil.rpc)
-            env.c.nodes.expire_dispute(env.stranger, d)
+            last = env.c.nodes.expire_dispute(env.stranger, d)
             self.open_disputes.clear()  # every dispute opened before is past its deadline now
             for other in range(1, env.c.nodes.dispute_count() + 1):
                 info = env.c.nodes.get_dispute(other)
                 if info.open:
-                    env.c.nodes.expire_dispute(env.stranger, other)
+                    last = env.c.nodes.expire_dispute(env.stranger, other)
                     self.deposits_held -= info.deposit
         else:
-            env.c.nodes.resolve_dispute(env.deployer, d, slash)  # the deployer is the arbitrator
+            last = env.c.nodes.resolve_dispute(env.deployer, d, slash)  # the deployer is the arbitrator
             self.bond -= min(slash, self.bond)
-        self._dispute_closed()
+        self._dispute_closed(last)
 
     @rule(who=st.integers(0, 1), weight=st.integers(1, 1000))
     def contribute_and_accept(self, who, weight):
@@ -334,8 +361,8 @@ def test_protocol_state_machine(deployed, anvil):
     run_state_machine_as_test(
         Protocol,
         settings=settings(
-            max_examples=6,
-            stateful_step_count=14,
+            max_examples=10,
+            stateful_step_count=20,
             deadline=None,
             suppress_health_check=list(HealthCheck),
             derandomize=True,

@@ -224,7 +224,8 @@ async def test_contribution_of_another_dataset_is_caught_and_not_paid(world):
     doc_receipt = _receipt_of(world, "crosser", seq, 3)
     tree_proof = _proof(world, "crosser", seq, 3)
     assert c.pool.attribution_fault(doc_receipt, seq, tree_proof, [3], [10_000]) == 1  # OUTSIDE_ADAPTER
-    # the audit says it is slashable, and how; its file slashes the node at once, once
+    # the audit says it is slashable, and how; its file condemns the node's bond at once, once, and
+    # the slash is executed after the dispute window of the node's last commit
     (d,) = [d for d in report.discrepancies if d.rule == "adapter-datasets"]
     assert "slashable without arbitrator" in d.slashable and "--attribution" in d.slashable
     assert all(x.slashable is None for x in report.discrepancies if x.rule != "adapter-datasets")
@@ -232,6 +233,10 @@ async def test_contribution_of_another_dataset_is_caught_and_not_paid(world):
     bond = c.nodes.get_node(ACCT["crosser"].address).bond
     before = c.token.balance_of(ACCT["alice"].address)
     _slash_with_file(c, json.loads(json.dumps(report.slash_files[3])), ACCT["alice"])
+    assert c.nodes.get_node(ACCT["crosser"].address).condemned and not c.nodes.can_redeem(ACCT["crosser"].address)
+    c.w3.provider.make_request("evm_increaseTime", [c.nodes.dispute_terms().dispute_window + 1])
+    c.w3.provider.make_request("evm_mine", [])
+    c.nodes.execute_condemnation(ACCT["bob"], ACCT["crosser"].address)  # anyone
     assert c.token.balance_of(ACCT["alice"].address) - before == bond // 2
     again = await _audit(world, seq, "crosser")
     (d,) = [d for d in again.discrepancies if d.rule == "adapter-datasets"]

@@ -574,6 +574,44 @@ def test_node_dispute_and_equivocation(env, tmp_path):
     assert (got["slashed"], got["reward"]) == ("10", "5") and c.nodes.get_node(ADDR["node"]).bond == 0
 
 
+def test_node_condemned_within_its_dispute_window_then_executed(env, tmp_path):
+    """The node just committed: bob's equivocation proof condemns its bond until the dispute window
+    ends; alice may still dispute meanwhile and is paid first; afterwards anyone executes the
+    condemnation. Refusals come before any transaction."""
+    from eth_account import Account
+
+    c = env["c"]
+    jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", role="node")
+    c.receipts.commit_batch(Account.from_key(KEY["node"]), 1, b"\x01" * 32, 1, "bafyreceipts")
+    until = c.receipts.last_commit_at(ADDR["node"]) + c.nodes.dispute_terms().dispute_window
+    a, b = _signed_receipt(c), _signed_receipt(c)
+    fa, fb = tmp_path / "a.json", tmp_path / "b.json"
+    fa.write_text(json.dumps(a.to_json()))
+    fb.write_text(json.dumps(b.to_json()))
+    bond, bob = c.nodes.get_node(ADDR["node"]).bond, c.token.balance_of(ADDR["bob"])
+    got = jcli(env, "node", "dispute", str(fa), "--equivocation", str(fb), role="bob")
+    assert (got["open_disputes"], got["disputes_until"], got["slashed"]) == (0, until, "0")
+    n = nonce(env, "payer")
+    _, out = cli(env, "node", "execute-condemnation", ADDR["node"], role="payer", ok=False)
+    assert "may dispute" in out and nonce(env, "payer") == n
+    for bad, why in (("0xnope", "not a valid node address"), (ADDR["alice"], "is not condemned")):
+        _, out = cli(env, "node", "execute-condemnation", bad, role="payer", ok=False)
+        assert why in out, (bad, out)
+    d_id = jcli(env, "node", "dispute", str(fa), role="alice")["dispute_id"]  # still within the window
+    got = jcli(env, "node", "rule", str(d_id), "--slash", "2", role="deployer")
+    assert got["slashed"] == "2" and "condemned_slashed" not in got  # the window still runs
+    c.w3.provider.make_request("evm_increaseTime", [c.nodes.dispute_terms().dispute_window + 1])
+    c.w3.provider.make_request("evm_mine", [])
+    _, out = cli(env, "node", "dispute", str(fa), role="alice", ok=False)
+    assert "too late to dispute" in out
+    got = jcli(env, "node", "execute-condemnation", ADDR["node"], role="payer")  # anyone
+    assert got["prover"] == ADDR["bob"] and got["slashed"] == str((bond - 2 * TOKEN) // TOKEN)
+    assert c.token.balance_of(ADDR["bob"]) - bob == (bond - 2 * TOKEN) // 2
+    assert c.nodes.get_node(ADDR["node"]).bond == 0
+    _, out = cli(env, "node", "execute-condemnation", ADDR["node"], role="payer", ok=False)
+    assert "is not condemned" in out
+
+
 def test_node_disputes_rule_and_expire(env, tmp_path):
     """The arbitrator's side: list disputes, uphold one with a slash, reject one, and let anyone expire
     one the arbitrator left past its deadline. Every refusal happens before a transaction."""
@@ -648,9 +686,11 @@ def test_node_disputes_rule_and_expire(env, tmp_path):
     assert got["slashed"] == str(left // TOKEN) and c.nodes.get_node(ADDR["node"]).bond == 0
 
 
-def test_node_dispute_attribution_slashes_a_provable_lie_at_once(env, tmp_path):
+def test_node_dispute_attribution_slashes_a_provable_lie_without_arbitrator(env, tmp_path):
     """A base-model answer credited to contribution 77 (no adapter, no such contribution): provable
-    from the committed leaf alone, so a fisherman slashes without arbitrator; an honest leaf is refused."""
+    from the committed leaf alone, so a fisherman slashes without arbitrator (the bond condemned at
+    once, the slash executed after the dispute window of the node's last commit); an honest leaf is
+    refused."""
     from chain.merkle import StandardMerkleTree
 
     c = env["c"]
@@ -675,7 +715,13 @@ def test_node_dispute_attribution_slashes_a_provable_lie_at_once(env, tmp_path):
     before = c.token.balance_of(ADDR["alice"])
     got = jcli(env, "node", "dispute", str(fl), "--attribution", role="alice")
     bond = c.nodes.dispute_terms().min_bond
-    assert got["fault"] == "a contribution outside the adapter's datasets" and got["slashed"] == "10"
+    assert got["fault"] == "a contribution outside the adapter's datasets" and got["slashed"] == "0"
+    assert got["disputes_until"] == c.nodes.get_node(ADDR["node"]).condemned_until > 0
+    assert not c.nodes.can_redeem(ADDR["node"])
+    c.w3.provider.make_request("evm_increaseTime", [c.nodes.dispute_terms().dispute_window + 1])
+    c.w3.provider.make_request("evm_mine", [])
+    got = jcli(env, "node", "execute-condemnation", ADDR["node"], role="bob")
+    assert (got["prover"], got["slashed"]) == (ADDR["alice"], "10")
     assert c.token.balance_of(ADDR["alice"]) - before == bond // 2 and c.nodes.get_node(ADDR["node"]).bond == 0
     jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", role="node")  # bonded again
     _, out = cli(env, "node", "dispute", str(fl), "--attribution", role="bob", ok=False)
