@@ -23,6 +23,7 @@ from chain.contract_types import (
     Event,
     NodeDeregistered,
     NodeRegistered,
+    NodeSlashed,
     NodeUpdated,
 )
 from node.db.models import (
@@ -37,7 +38,7 @@ from node.db.models import (
 CONTRIBUTION_EVENTS = (ContributionSubmitted, ContributionAccepted, ContributionRejected)
 DATASET_EVENTS = (DatasetCreated, *CONTRIBUTION_EVENTS)
 ADAPTER_EVENTS = (AdapterPublished, AdapterDeprecated)
-NODE_EVENTS = (NodeRegistered, NodeUpdated, NodeDeregistered, BondAdded, BondWithdrawn)
+NODE_EVENTS = (NodeRegistered, NodeUpdated, NodeDeregistered, BondAdded, BondWithdrawn, NodeSlashed)
 WATCHED_EVENTS = {"DatasetRegistry": DATASET_EVENTS, "AdapterRegistry": ADAPTER_EVENTS, "NodeRegistry": NODE_EVENTS}
 
 
@@ -136,6 +137,11 @@ class RegistryProjector:
         row = s.get(NodeRow, ev.node)
         if row is not None:
             row.bond = 0
+
+    def _on_NodeSlashed(self, s: Session, ev: NodeSlashed) -> None:
+        row = s.get(NodeRow, ev.node)
+        if row is not None:  # the chain takes at most the bond: `amount` never exceeds it
+            row.bond = max(0, int(row.bond) - ev.amount)
 
     # -- rebuild after a reorg ----------------------------------------------------------------------
     def rebuild(self, s: Session, entity: str, events: list[Event]) -> None:
