@@ -378,6 +378,18 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         _afterDisputeClosed(n, d.node);
     }
 
+    /// @notice Slash a condemned bond for its prover once its disputes' time is over (anyone may call;
+    ///         closing the last dispute after that time does it too).
+    /// @param node a condemned node, past `condemnedUntil`, with no dispute open.
+    /// @return slashed tokens taken from the bond.
+    function executeCondemnation(address node) external nonReentrant returns (uint256 slashed) {
+        Node storage n = _nodes[node];
+        if (!n.condemned || n.openDisputes != 0 || block.timestamp <= n.condemnedUntil) {
+            revert NodeRegistryCondemnationPending(node, n.condemnedUntil, n.openDisputes);
+        }
+        return _executeCondemnation(n, node);
+    }
+
     // ---------------------------------------------------------------- views
 
     /// @inheritdoc INodeRegistry
@@ -495,18 +507,6 @@ contract NodeRegistry is INodeRegistry, ReentrancyGuardTransient {
         n.condemnedUntil = until;
         emit NodeCondemned(node, msg.sender, open, until);
         return 0;
-    }
-
-    /// @notice Slash a condemned bond for its prover once its disputes' time is over (anyone may call;
-    ///         closing the last dispute after that time does it too).
-    /// @param node a condemned node, past `condemnedUntil`, with no dispute open.
-    /// @return slashed tokens taken from the bond.
-    function executeCondemnation(address node) external nonReentrant returns (uint256 slashed) {
-        Node storage n = _nodes[node];
-        if (!n.condemned || n.openDisputes != 0 || block.timestamp <= n.condemnedUntil) {
-            revert NodeRegistryCondemnationPending(node, n.condemnedUntil, n.openDisputes);
-        }
-        return _executeCondemnation(n, node);
     }
 
     /// @dev After a dispute of `node` closed: if it was the last and the disputes' time is over, slash
