@@ -25,6 +25,7 @@ from node.cli.options import DeploymentOpt, GatewayOpt, IpfsStoreOpt, JsonOpt, K
 from node.services.content import fetch_cache, read_backends
 from node.services.errors import InputError
 from node.services.receipt_files import load_receipt_file, read_receipt_bytes
+from node.services.terminal_text import one_line
 
 attribution_app = typer.Typer(
     name="attribution",
@@ -145,11 +146,15 @@ def parse_receipt(raw: bytes) -> ExplainedReceipt:
 
 
 def _print_table(r: ExplainedReceipt) -> None:
+    """The receipt file comes from a node: its strings are shown as text (no markup, no controls)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     console = Console()
-    console.print(f"receipt {r.request_id or '?'}  adapter {r.adapter_id if r.adapter_id is not None else '?'}")
+    rid = escape(one_line(r.request_id or "?"))
+    console.print(f"receipt {rid}  adapter {r.adapter_id if r.adapter_id is not None else '?'}")
     if r.hash_ok is not None:
         console.print(
             "attributionHash: " + ("[green]matches the weights[/]" if r.hash_ok else "[red]DOES NOT MATCH the weights[/]")
@@ -161,7 +166,7 @@ def _print_table(r: ExplainedReceipt) -> None:
     for col in ("contribution", "bps", "share"):
         weights.add_column(col, justify="right")
     for cid, bps in r.attribution.items():
-        weights.add_row(str(cid), str(bps), f"{bps / 100:.2f}%")
+        weights.add_row(Text(one_line(cid)), Text(one_line(bps)), f"{bps / 100:.2f}%")
     console.print(weights)
     if r.dataset_attribution:
         console.print("datasets: " + ", ".join(f"{d}: {b / 100:.2f}%" for d, b in r.dataset_attribution.items()))
@@ -171,11 +176,11 @@ def _print_table(r: ExplainedReceipt) -> None:
     spans.add_column("text", overflow="fold")
     for s in r.spans:
         spans.add_row(
-            f"{s['contributionId']} @ {s.get('contributionStart', '?')}",
-            str(s["datasetId"]),
-            f"{s['start']}-{s['end']}",
-            str(s["end"] - s["start"]),
-            s["text"] if s["text"] is not None else "",
+            Text(one_line(f"{s['contributionId']} @ {s.get('contributionStart', '?')}")),
+            Text(one_line(s["datasetId"])),
+            Text(one_line(f"{s['start']}-{s['end']}")),
+            Text(one_line(s["end"] - s["start"])),
+            Text(one_line(s["text"] if s["text"] is not None else "")),
         )
     console.print(spans)
 
@@ -207,9 +212,9 @@ def _print(report, as_json: bool, title: str) -> None:
     from rich.markup import escape
 
     console.print(
-        f"{title}: {report.receipts} receipt(s), node {report.node}"
+        f"{title}: {report.receipts} receipt(s), node {escape(one_line(report.node))}"
         + (f", batch {report.seq}" if report.seq else "")
-        + (f", file {report.receipts_cid}" if report.receipts_cid else "")
+        + (f", file {escape(one_line(report.receipts_cid))}" if report.receipts_cid else "")  # an on-chain string
     )
     for n in report.notes:
         console.print(f"  note: {escape(n)}")

@@ -48,7 +48,7 @@ def _note(text: str) -> None:
 
 def _api_error(e) -> CliError:
     """An HTTP error of the node as one line, its message shown as untrusted text."""
-    from node.client.chat.endpoints import shown
+    from node.services.terminal_text import shown
 
     body = getattr(e, "body", None)
     err = body.get("error", body) if isinstance(body, dict) else {}
@@ -81,7 +81,8 @@ def chat(
     import openai
 
     from node.client.chat.discovery import ProbeError, discover
-    from node.client.chat.endpoints import BadEndpoint, clean_output, shown
+    from node.client.chat.endpoints import BadEndpoint
+    from node.services.terminal_text import clean_output, shown
     from node.client.chat.session import ChatSession, Refused
     from node.client.chat.state import ChatState
 

@@ -16,10 +16,13 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from node.cli.errors import CliError, Unreachable
 from node.services.errors import InputError
+from node.services.terminal_text import one_line
 
 console = Console()
 
@@ -173,8 +176,8 @@ def emit(data: Any, as_json: bool, *, title: str | None = None, columns: list[st
     table = Table(title=title)
     for c in cols:
         table.add_column(c)
-    for r in rows:
-        table.add_row(*[str(r.get(c, "")) for c in cols])
+    for r in rows:  # Text cells: on-chain strings are shown, never read as rich markup
+        table.add_row(*[Text(one_line(r.get(c, ""))) for c in cols])
     console.print(table)
 
 
@@ -188,7 +191,7 @@ def tx_done(receipt, what: str, as_json: bool = False, **extra) -> None:
     if as_json:
         typer.echo(json.dumps(_plain(info)))
     else:
-        details = " ".join(f"{k}={v}" for k, v in extra.items())
+        details = escape(" ".join(f"{k}={one_line(v)}" for k, v in extra.items()))
         console.print(f"[green]✓[/] {what} {details} (tx {info['tx'][:12]}…, block {info['block']})")
 
 

@@ -18,9 +18,12 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from chain.protocol import TOTAL_BPS, adapter_model_name
+from node.services.terminal_text import clean_output, one_line
 
 # A wide console when piped (CI logs), the terminal's width otherwise.
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -83,7 +86,7 @@ def _attribution_report(c, store, data_dir: Path, node_addr: str, contributors: 
         f"leaves, spans, weights and settled amounts checked: {verdict}"
     )
     for d in report.discrepancies:
-        console.print(f"  [red]✗[/] leaf {d.leaf_index} [{d.rule}] {d.detail}")
+        console.print(f"  [red]✗[/] leaf {d.leaf_index} [{d.rule}] {escape(one_line(d.detail))}")
 
 
 def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, quick: bool = False) -> int:
@@ -187,10 +190,10 @@ def run_demo(*, data_dir: Path = Path(".loranode/demo"), train_steps: int = 30, 
         for m in models:
             table.add_column(m if m == base_id else f"{m} ({published[int(m.split('-')[1])]})")
         for q in QUESTIONS[:1] if quick else QUESTIONS:
-            row = [q]
+            row: list[str | Text] = [q]
             for m in models:
                 r = client.chat(m, [{"role": "user", "content": q}], max_tokens=40, temperature=0)
-                row.append(r.choices[0].message.content.strip())
+                row.append(Text(clean_output(r.choices[0].message.content.strip())))  # model text: no markup
             table.add_row(*row)
         console.print(table)
         streamed = "".join(

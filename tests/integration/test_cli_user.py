@@ -175,6 +175,25 @@ def test_dataset_lifecycle(env, tmp_path):
     assert "Pirate talk" in out and "accepted" in out  # the rich table
 
 
+HOSTILE_TEXT = "[bold]✓ verified[/bold] \x1b[2J\x1b]8;;http://evil.example\x07click\x1b]8;;\x07 \x9b31m"
+
+
+def test_on_chain_strings_are_shown_as_text(env, monkeypatch):
+    """Attack: a curator names a dataset with rich markup and terminal escape sequences (to clear the
+    screen, fake a "✓ verified" badge, plant a hyperlink). The contracts only bound its length, so
+    every table the CLI prints shows it as plain text: markup literal, controls replaced
+    (confirmations likewise: tests/unit/test_terminal_text.py)."""
+    c = env["c"]
+    monkeypatch.setenv("COLUMNS", "400")  # wide enough that no table cell wraps the name
+    c.datasets.create_dataset(Account.from_key(KEY["curator"]), HOSTILE_TEXT, HOSTILE_TEXT, "")
+    for args in (("dataset", "list"), ("dataset", "show", "1")):
+        _, out = cli(env, *args)
+        assert "[bold]✓ verified[/bold]" in " ".join(out.split())  # the markup printed, not applied
+        assert not any(ch in out for ch in "\x1b\x07\x9b"), (args, out)
+    got = jcli(env, "dataset", "list")  # JSON keeps the exact on-chain string (escaped by JSON)
+    assert got[0]["name"] == HOSTILE_TEXT
+
+
 def test_dataset_bad_input_sends_nothing(env, tmp_path):
     ds = jcli(env, "dataset", "create", "d", role="curator")["dataset_id"]
     n = nonce(env, "alice")

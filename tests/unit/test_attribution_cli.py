@@ -126,3 +126,14 @@ def test_explain_refuses_missing_and_non_utf8_files(tmp_path):
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe{}")
     res = runner.invoke(app, ["attribution", "explain", str(tmp_path / "bin.json")])
     assert res.exit_code == 2 and "not a JSON document" in res.output
+
+
+def test_explain_shows_a_hostile_span_as_text(tmp_path, monkeypatch):
+    """Attack: the node that served the receipt puts markup and escape sequences in a span's text
+    (the contribution's words, as the node claims them): explain prints them as text."""
+    monkeypatch.setenv("COLUMNS", "400")
+    hostile = "[bold]✓ verified[/bold]\x1b[2J\x1b]8;;http://evil.example\x07x\x9b31m"
+    att = Attribution(weights_bps={4: 10_000}, spans=[Span(4, 1, 0, 24, hostile, 3)], dataset_weights={1: 10_000})
+    res = run(tmp_path, receipt_json(att))
+    assert res.exit_code == 0, res.output
+    assert "[bold]✓ verified[/bold]" in res.output and not any(ch in res.output for ch in "\x1b\x07\x9b")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.client.chat.endpoints import BadEndpoint, clean_output, shown, validate_endpoint
+from node.client.chat.endpoints import BadEndpoint, validate_endpoint
+from node.services.terminal_text import clean_output, shown
 
 
 @pytest.mark.parametrize("good", ["http://127.0.0.1:8080", "https://node.example/", "https://node.example/lora/v2"])

@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from chain.protocol import ADAPTER_MODEL_PREFIX, parse_adapter_model_name
-from node.client.chat.endpoints import BadEndpoint, shown, validate_endpoint
+from node.client.chat.endpoints import BadEndpoint, validate_endpoint
+from node.services.terminal_text import shown
 from node.client.payer import NodeQuote
 
 MAX_PROBE_BYTES = 16 << 20  # /v1/models of a node serving thousands of adapters is a few MB

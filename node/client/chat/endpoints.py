@@ -1,31 +1,20 @@
 """Endpoints and other strings read from chain (or from a node) are untrusted: anyone can register a
-node with any endpoint. They are validated before use and cleaned before they reach a terminal."""
+node with any endpoint. They are validated before use and cleaned before they reach a terminal
+(`node.services.terminal_text`)."""
 
 from __future__ import annotations
 
 import re
 from urllib.parse import urlsplit
 
+from node.services.terminal_text import shown
+
 MAX_ENDPOINT_CHARS = 256
 _PRINTABLE_URL = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: no spaces, controls or look-alike Unicode
-# C0/C1 controls and ANSI escape sequences (ESC, CSI) that could rewrite the user's terminal.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class BadEndpoint(ValueError):
     """An endpoint that must not be contacted; the message says why (the endpoint itself is shown cleaned)."""
-
-
-def shown(text: object, limit: int = 120) -> str:
-    """An untrusted string as safe terminal text: controls removed, length bounded, quoted by repr."""
-    s = _CONTROL.sub("?", str(text))
-    return repr(s[:limit] + ("…" if len(s) > limit else ""))
-
-
-def clean_output(text: str) -> str:
-    """Model output for the terminal: newlines and tabs kept, other control characters (escape
-    sequences included) replaced, so a node cannot move the cursor or rewrite what was printed."""
-    return _CONTROL.sub("\ufffd", text)
 
 
 def validate_endpoint(endpoint: object) -> str:
