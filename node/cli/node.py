@@ -197,31 +197,18 @@ def _check_disputable(c, node: str, proof: bool) -> None:
 
 
 def _proof_done(c, rcpt, as_json: bool, node: str, **fields) -> None:
-    """Report a proven fault from its event: slashed now, or condemned until the open disputes close."""
-    events = {type(ev).__name__: ev for ev in c.events_of(rcpt)}
-    if "NodeCondemned" in events:
-        ev = events["NodeCondemned"]
-        tx_done(
-            rcpt,
-            "node condemned",
-            as_json,
-            node=node,
-            **fields,
-            open_disputes=ev.open_disputes,
-            disputes_until=ev.until,
-            slashed=format_amount(0),
-        )
-        return
-    slashed = event_of(c, rcpt, "NodeSlashed")
-    tx_done(
-        rcpt,
-        "node slashed",
-        as_json,
-        node=node,
-        **fields,
-        slashed=format_amount(slashed.amount),
-        reward=format_amount(slashed.reward),
-    )
+    """Report a proven fault from its event: slashed now, or condemned until the disputes' time is over."""
+    events = {type(ev).__name__: ev for ev in c.events_of(rcpt)}  # decoded once
+    condemned = events.get("NodeCondemned")
+    if condemned is not None:
+        what = "node condemned"
+        result = {"open_disputes": condemned.open_disputes, "disputes_until": condemned.until, "slashed": format_amount(0)}
+    elif (slashed := events.get("NodeSlashed")) is not None:
+        what = "node slashed"
+        result = {"slashed": format_amount(slashed.amount), "reward": format_amount(slashed.reward)}
+    else:
+        raise CliError("transaction mined but neither NodeCondemned nor NodeSlashed found")
+    tx_done(rcpt, what, as_json, node=node, **fields, **result)
 
 
 def _condemned_slash(c, rcpt, before) -> dict:
