@@ -202,6 +202,7 @@ def deploy(
             predicted["UsageEscrow"],
             predicted["ReceiptLog"],
             predicted["AdapterRegistry"],
+            predicted["NodeRegistry"],
             flush_delay_seconds,
         ),
     }

@@ -5,6 +5,7 @@ import {
     IAdapterRegistry,
     IAttributionPool,
     IDatasetRegistry,
+    INodeRegistry,
     IReceiptLog,
     SETTLE_DATASET_SHIFT,
     SETTLE_KEY_SHIFT
@@ -22,7 +23,10 @@ import {ReceiptLog} from "./ReceiptLog.sol";
 ///         is left (the unattributed weight's share plus rounding) is split by accepted weight, as
 ///         before attribution existed. So nothing is ever paid twice or more than was redeemed, and
 ///         nothing stays behind: a pool that no batch drains can be flushed by anyone after
-///         `flushDelay` to the accepted-weight split. Work is per entry of a batch, never per receipt.
+///         `flushDelay` to the accepted-weight split. Only a node with a bond at stake directs money
+///         (NodeRegistry.canRedeem): a condemned, slashed or unbonded node has nothing left to lose
+///         for lying, so it cannot settle and anyone may flush its pools at once. Work is per entry
+///         of a batch, never per receipt.
 contract AttributionPool is IAttributionPool {
     struct Pool {
         uint128 balance; // one slot per (node, dataset)
@@ -38,6 +42,8 @@ contract AttributionPool is IAttributionPool {
     error AttributionPoolLengthMismatch(uint256 a, uint256 b);
     /// @notice Batches are settled in order, each once: `expected` is the caller's next.
     error AttributionPoolWrongSequence(uint64 expected, uint64 given);
+    /// @notice `node` has no bond at stake (NodeRegistry.canRedeem is false): it directs no dataset money.
+    error AttributionPoolNodeNotAccountable(address node);
     /// @notice The caller has not committed batch `seq` in ReceiptLog.
     error AttributionPoolBatchNotCommitted(address node, uint64 seq);
     /// @notice More than MAX_ENTRIES entries.
@@ -87,6 +93,7 @@ contract AttributionPool is IAttributionPool {
     address private immutable _escrow;
     ReceiptLog private immutable _receiptLog;
     IAdapterRegistry private immutable _adapters;
+    INodeRegistry private immutable _nodes;
     uint64 private immutable _flushDelay;
 
     mapping(address node => mapping(uint256 datasetId => Pool)) private _pools;
@@ -96,22 +103,25 @@ contract AttributionPool is IAttributionPool {
     /// @param escrow_ UsageEscrow, the only caller of `fill`.
     /// @param receiptLog_ ReceiptLog, where settled batches must be committed.
     /// @param adapters_ AdapterRegistry (adapters' datasets, for `attributionFault`).
+    /// @param nodes_ NodeRegistry (whether a node still has a bond at stake).
     /// @param flushDelay_ seconds after which an undrained pool may be flushed.
     constructor(
         IDatasetRegistry datasets_,
         address escrow_,
         ReceiptLog receiptLog_,
         IAdapterRegistry adapters_,
+        INodeRegistry nodes_,
         uint64 flushDelay_
     ) {
         if (
             address(datasets_) == address(0) || escrow_ == address(0) || address(receiptLog_) == address(0)
-                || address(adapters_) == address(0)
+                || address(adapters_) == address(0) || address(nodes_) == address(0)
         ) revert AttributionPoolZeroAddress();
         _datasets = datasets_;
         _escrow = escrow_;
         _receiptLog = receiptLog_;
         _adapters = adapters_;
+        _nodes = nodes_;
         _flushDelay = flushDelay_;
     }
 
@@ -136,7 +146,8 @@ contract AttributionPool is IAttributionPool {
     }
 
     /// @notice Settle the caller's committed batch `seq`: drain the pool of every dataset named in
-    ///         `entries` by their weights. Batches go in order (seq = settledSeq + 1), each once.
+    ///         `entries` by their weights. Batches go in order (seq = settledSeq + 1), each once, and
+    ///         only while the caller has a bond at stake (NodeRegistry.canRedeem).
     /// @param seq the batch, committed by the caller in ReceiptLog.
     /// @param entries packed weights (datasetId << 224 | contributionId << 128 | weight), strictly
     ///        ascending by (datasetId, contributionId), datasetId >= 1, weight >= 1; contributionId 0
@@ -145,6 +156,9 @@ contract AttributionPool is IAttributionPool {
         uint64 expected = _settledSeq[msg.sender] + 1;
         if (seq != expected) revert AttributionPoolWrongSequence(expected, seq);
         if (_receiptLog.batchRoot(msg.sender, seq) == bytes32(0)) revert AttributionPoolBatchNotCommitted(msg.sender, seq);
+        // Weights are the node's word, checked only by audits and disputes: a node whose bond is
+        // condemned or gone would lie for free, so its pools go to the accepted-weight split (flush).
+        if (!_nodes.canRedeem(msg.sender)) revert AttributionPoolNodeNotAccountable(msg.sender);
         uint256 n = entries.length;
         if (n > MAX_ENTRIES) revert AttributionPoolTooManyEntries(n);
         _settledSeq[msg.sender] = seq;
@@ -180,13 +194,14 @@ contract AttributionPool is IAttributionPool {
     }
 
     /// @notice Move the pool of (`node`, `datasetId`) to the accepted-weight split once it has waited
-    ///         `flushDelay` since it became non-empty without a batch draining it. Anyone may call.
+    ///         `flushDelay` since it became non-empty without a batch draining it, or at once when
+    ///         `node` has no bond at stake (it may not settle). Anyone may call.
     function flush(address node, uint256 datasetId) external {
         Pool storage p = _pools[node][datasetId];
         uint256 amount = p.balance;
         if (amount == 0) revert AttributionPoolNothingToFlush(node, datasetId);
         uint64 readyAt = p.since + _flushDelay;
-        if (block.timestamp < readyAt) revert AttributionPoolTooEarly(readyAt);
+        if (block.timestamp < readyAt && _nodes.canRedeem(node)) revert AttributionPoolTooEarly(readyAt);
         p.balance = 0;
         p.since = 0;
         emit PoolFlushed(node, datasetId, amount);
@@ -215,9 +230,15 @@ contract AttributionPool is IAttributionPool {
     function peers()
         external
         view
-        returns (IDatasetRegistry datasets, address escrow, ReceiptLog receiptLog, IAdapterRegistry adapters)
+        returns (
+            IDatasetRegistry datasets,
+            address escrow,
+            ReceiptLog receiptLog,
+            IAdapterRegistry adapters,
+            INodeRegistry nodes
+        )
     {
-        return (_datasets, _escrow, _receiptLog, _adapters);
+        return (_datasets, _escrow, _receiptLog, _adapters, _nodes);
     }
 
     /// @notice Proof from one leaf, for NodeRegistry.slashAttribution (no arbitrator): what committed

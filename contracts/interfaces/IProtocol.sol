@@ -54,7 +54,8 @@ interface IAdapterRegistry {
         returns (address owner, uint256 count, uint256 packed0, uint256 packed1);
 }
 
-/// @notice What UsageEscrow needs of NodeRegistry: whether a node is staked enough to redeem.
+/// @notice What UsageEscrow and AttributionPool need of NodeRegistry: whether a node is staked enough
+///         to redeem (and so to settle attribution: it has a bond to lose for lying).
 interface INodeRegistry {
     /// @notice Whether `node` holds at least the minimum bond (and may therefore redeem vouchers).
     function canRedeem(address node) external view returns (bool);

@@ -6,7 +6,9 @@ committed receipts file): the signed receipt's fields plus `attribution`, `datas
 their source contribution. When the receipt carries `attributionHash`, the weights are checked
 against it. `audit --batch SEQ [--node ADDR]` checks a committed batch from public data, and
 `verify RECEIPT.json --output FILE` a receipt completely with its answer
-(`node.attribution_rewards.audit`).
+(`node.attribution_rewards.audit`). `flush --node ADDR --dataset ID` moves a node's undrained pool
+to the dataset's accepted-weight split (anyone; after the flush delay, or at once when the node has
+no bond at stake and so may not settle it).
 """
 
 from __future__ import annotations
@@ -19,9 +21,19 @@ from typing import Any
 import typer
 
 from chain.protocol import TOTAL_BPS
-from node.cli.common import checksum, connect, console, run_async
+from node.cli.common import chain_time, checksum, connect, console, event_of, load_account, run_async, tx_done
 from node.cli.errors import FAILED, CliError, handle_errors
-from node.cli.options import DeploymentOpt, GatewayOpt, IpfsStoreOpt, JsonOpt, KuboOpt, RpcOpt
+from node.cli.options import (
+    DeploymentOpt,
+    GatewayOpt,
+    IpfsStoreOpt,
+    JsonOpt,
+    KeystoreOpt,
+    KuboOpt,
+    PasswordFileOpt,
+    RpcOpt,
+)
+from node.services.amounts import format_amount
 from node.services.content import fetch_cache, read_backends
 from node.services.errors import InputError
 from node.services.receipt_files import load_receipt_file, read_receipt_bytes
@@ -301,6 +313,35 @@ def verify_cmd(
     _print(report, as_json, "verify")
     if not report.ok:
         raise typer.Exit(FAILED)
+
+
+@attribution_app.command("flush")
+@handle_errors
+def flush_cmd(
+    node: str = typer.Option(..., "--node", help="The node whose pool it is."),
+    dataset: int = typer.Option(..., "--dataset", min=1, max=2**32 - 1, help="Dataset id of the pool."),
+    rpc_url: str = RpcOpt,
+    deployment: Path = DeploymentOpt,
+    keystore: Path = KeystoreOpt,
+    password_file: Path = PasswordFileOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Move the undrained pool of (NODE, DATASET) to the dataset's accepted-weight split (anyone may):
+    once it has waited the flush delay, or at once when the node has no bond at stake."""
+    addr = checksum(node, "node address")
+    c = connect(rpc_url, deployment)
+    pool = c.pool.pool_of(addr, dataset)
+    if pool.balance == 0:
+        raise CliError(f"the pool of node {addr} for dataset {dataset} is empty")
+    ready_at = pool.since + c.pool.flush_delay()
+    if chain_time(c) < ready_at and c.nodes.can_redeem(addr):  # the next block is later than the latest
+        raise CliError(f"node {addr} is in good standing: its pool for dataset {dataset} may be flushed from {ready_at}")
+    account = load_account(keystore, password_file)
+    rcpt = c.pool.flush(account, addr, dataset)
+    ev = event_of(c, rcpt, "PoolFlushed")
+    tx_done(
+        rcpt, "pool flushed to the accepted-weight split", as_json, node=addr, dataset=dataset, amount=format_amount(ev.amount)
+    )
 
 
 def _tokenizer():

@@ -216,6 +216,36 @@ def test_flush_after_delay_moves_an_undrained_pool_to_the_split(env, world2, rev
     assert c.datasets.pending_reward(1) + c.datasets.pending_reward(2) in (p1, p1 - 1)
 
 
+def test_a_condemned_node_cannot_steer_its_pools(env, world2, reverts, anvil):
+    """Attack: a node proven to lie (its bond condemned, then slashed) has nothing left to lose, yet
+    its pools still hold redeemed dataset money. Before the fix it settled them with weights of its
+    choosing (all to contribution 2, say, its colluder). Now it cannot settle at all, and anyone
+    flushes its pools at once to the accepted-weight split."""
+    c = env.c
+    p1, p2 = redeem(env, 10**18)
+    seq = commit(env)
+    r, lie_seq, proof = _lying_receipt(env, [1, 3], [9000, 9000])
+    c.nodes.slash_attribution(env.stranger, r, lie_seq, proof, [1, 3], [9000, 9000])
+    assert c.nodes.get_node(env.node.address).condemned
+    before = {i: c.datasets.pending_attributed(i) for i in (1, 2, 3)}
+    with reverts("AttributionPoolNodeNotAccountable", env.node.address):
+        c.pool.settle(env.node, seq, [(1, 2, 1)])
+    _after_the_window(env, anvil)  # slashed whole: no bond, still nothing to lose
+    with reverts("AttributionPoolNodeNotAccountable", env.node.address):
+        c.pool.settle(env.node, seq, [(1, 2, 1)])
+    assert {i: c.datasets.pending_attributed(i) for i in (1, 2, 3)} == before
+    for dataset_id, amount in ((1, p1), (2, p2)):  # long before flushDelay: at once
+        assert (
+            c.pool.pool_of(env.node.address, dataset_id).since + c.pool.flush_delay() > env.w3.eth.get_block("latest").timestamp
+        )
+        (ev,) = events(env, c.pool.flush(env.stranger, env.node.address, dataset_id), PoolFlushed)
+        assert (ev.dataset_id, ev.amount) == (dataset_id, amount)
+        assert c.pool.pool_of(env.node.address, dataset_id).balance == 0
+    # dataset 1 split by accepted weight (1 : 3), dataset 2 all to contribution 3; flooring leaves dust
+    assert p1 - 1 <= c.datasets.pending_reward(1) + c.datasets.pending_reward(2) <= p1
+    assert p2 - 1 <= c.datasets.pending_reward(3) <= p2
+
+
 def _committed_receipt(env, ids, bps):
     c = env.c
     r = Receipt(
@@ -384,10 +414,10 @@ def test_constructor_refuses_zero_addresses(env, reverts):
 
     art = load_artifact("AttributionPool")
     zero = "0x" + "00" * 20
-    data = (
-        env.w3.eth.contract(abi=art.abi_list, bytecode=art.bytecode)
-        .constructor(env.c.datasets.address, zero, env.c.receipts.address, env.c.adapters.address, 60)
-        .data_in_transaction
-    )
-    with reverts("AttributionPoolZeroAddress"):
-        send_tx(env.w3, env.deployer, {"data": data, "value": 0, "chainId": env.chain_id})
+    c = env.c
+    good = [c.datasets.address, c.escrow.address, c.receipts.address, c.adapters.address, c.nodes.address]
+    for k in range(len(good)):  # each address in turn
+        args = [zero if j == k else a for j, a in enumerate(good)]
+        data = env.w3.eth.contract(abi=art.abi_list, bytecode=art.bytecode).constructor(*args, 60).data_in_transaction
+        with reverts("AttributionPoolZeroAddress"):
+            send_tx(env.w3, env.deployer, {"data": data, "value": 0, "chainId": env.chain_id})

@@ -51,6 +51,7 @@ def test_deploy_writes_file_and_wires_contracts(anvil, tmp_path):
         a["UsageEscrow"],
         a["ReceiptLog"],
         a["AdapterRegistry"],
+        a["NodeRegistry"],
     ]
     assert c.escrow.protocol_fee().bps == 250 and c.escrow.thaw_seconds() == 60
     assert c.nodes.contract.functions.bondTerms().call()[1] == 60

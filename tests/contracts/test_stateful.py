@@ -11,7 +11,8 @@ slashes, disputes (upheld, rejected or expired) and claims. After every step:
 - nobody can claim more than was credited to them: claimed + claimable == credited (from events);
 - batches that carry attribution (AttributionPool.settle with random weights, naming accepted,
   later-rejected and other-dataset contributions) pay out exactly the pool they drain, to the wei,
-  and the node's pool counts in what the vault owes; undrained pools can be flushed.
+  and the node's pool counts in what the vault owes; undrained pools can be flushed (at once
+  while the node is condemned, which may not settle).
 
 Bounded (few examples, short runs) so it stays well under 90 s on two cores."""
 
@@ -284,6 +285,11 @@ class Protocol(RuleBasedStateMachine):
         c.receipts.commit_batch(env.node, seq, seq.to_bytes(32, "big"), 1, "bafy-receipts")
         pool = c.pool.pool_of(env.node.address, 1).balance
         before = {cid: c.datasets.pending_attributed(cid) for cid in self.contributions}
+        assert c.nodes.can_redeem(env.node.address) == (not self.condemned)
+        if self.condemned:  # nothing left to lose: it may not direct the pool (anyone flushes it)
+            with pytest.raises(ContractRevert, match="AttributionPoolNodeNotAccountable"):
+                c.pool.settle(env.node, seq, entries)
+            return
         r = c.pool.settle(env.node, seq, entries)
         self._track(r)
         events = c.events_of(r)
@@ -302,9 +308,11 @@ class Protocol(RuleBasedStateMachine):
 
     @rule()
     def flush_after_delay(self):
+        """Anyone flushes an undrained pool after the delay, or at once while the node is condemned."""
         env, c = self.env, self.env.c
         if c.pool.pool_of(env.node.address, 1).balance:
-            env.mine_time(c.pool.flush_delay(), self.anvil.rpc)
+            if not self.condemned:
+                env.mine_time(c.pool.flush_delay(), self.anvil.rpc)
             self._track(c.pool.flush(env.stranger, env.node.address, 1))
             self.dataset_payments += 1
 

@@ -745,3 +745,50 @@ def test_node_dispute_attribution_slashes_a_provable_lie_without_arbitrator(env,
     jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", role="node")  # bonded again
     _, out = cli(env, "node", "dispute", str(fl), "--attribution", role="bob", ok=False)
     assert "already slashed" in out
+
+
+def test_attribution_flush_of_a_node_with_nothing_at_stake(env, tmp_path):
+    """`attribution flush`: a staked node's pool waits for the flush delay; once the node is proven
+    to lie (condemned), anyone moves its pool to the accepted-weight split at once. Refusals (bad
+    address, bad or empty pool, too early) come before any transaction."""
+    from eth_account import Account
+
+    from chain.eip712 import Voucher, sign_voucher
+
+    c = env["c"]
+    node, payer = Account.from_key(KEY["node"]), Account.from_key(KEY["payer"])
+    jcli(env, "node", "register", "--endpoint", "http://127.0.0.1:8080", role="node")
+    c.datasets.create_dataset(Account.from_key(KEY["curator"]), "d", "MIT", "")
+    c.datasets.contribute(Account.from_key(KEY["alice"]), 1, "bafyc", 10)
+    c.datasets.accept(Account.from_key(KEY["curator"]), 1, 1)
+    c.adapters.register(Account.from_key(KEY["owner1"]), EMBEDDED_MODEL_ID, "bafyA", 8, 10**15, 6000, [1], [4000])
+    c.token.approve(payer, c.escrow.address, TOKEN)
+    c.escrow.deposit(payer, ADDR["node"], TOKEN)
+    v = Voucher(ADDR["payer"], ADDR["node"], 1, 0, TOKEN // 2)
+    c.escrow.redeem(node, [v], [sign_voucher(v, KEY["payer"], c.chain_id, c.escrow.address)])
+    pooled = c.pool.pool_of(ADDR["node"], 1).balance
+    assert pooled > 0
+    n = nonce(env, "bob")
+    for args, why in (
+        (["--node", "0xnope", "--dataset", "1"], "not a valid node address"),
+        (["--node", ADDR["node"], "--dataset", "0"], "--dataset"),
+        (["--node", ADDR["node"], "--dataset", str(2**300)], "--dataset"),
+        (["--node", ADDR["node"], "--dataset", "2"], "is empty"),
+        (["--node", ADDR["alice"], "--dataset", "1"], "is empty"),
+        (["--node", ADDR["node"], "--dataset", "1"], "in good standing"),
+    ):
+        _, out = cli(env, "attribution", "flush", *args, role="bob", ok=False)
+        assert why in " ".join(out.split()), (args, out)
+    assert nonce(env, "bob") == n
+    a, b = _signed_receipt(c), _signed_receipt(c)
+    fa, fb = tmp_path / "a.json", tmp_path / "b.json"
+    fa.write_text(json.dumps(a.to_json()))
+    fb.write_text(json.dumps(b.to_json()))
+    jcli(env, "node", "dispute", str(fa), "--equivocation", str(fb), role="bob")
+    assert not c.nodes.can_redeem(ADDR["node"])
+    got = jcli(env, "attribution", "flush", "--node", ADDR["node"], "--dataset", "1", role="bob")
+    assert got["dataset"] == 1 and int(float(got["amount"]) * TOKEN) == pytest.approx(pooled, rel=1e-9)
+    assert c.pool.pool_of(ADDR["node"], 1).balance == 0
+    assert pooled - 1 <= c.datasets.pending_reward(1) <= pooled
+    _, out = cli(env, "attribution", "flush", "--node", ADDR["node"], "--dataset", "1", role="bob", ok=False)
+    assert "is empty" in out

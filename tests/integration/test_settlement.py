@@ -399,3 +399,50 @@ async def test_issue9_underfunded_lane_is_parked_until_a_deposit(world):
     assert c.escrow.account_of(PAYER.address, OPERATOR.address).balance == 500
     with world["sessions"]() as s:
         assert s.get(VoucherRow, repo.lane_key(PAYER.address, OPERATOR.address, 0)).redeem_error is None
+
+
+async def test_a_node_proven_to_lie_settles_no_attribution(world, caplog):
+    """Once the node's bond is condemned (here: a proven equivocation), AttributionPool refuses its
+    settles. The settlement must not send one per pass forever, nor wait for one in `flush`: it
+    sends none, says so once, and leaves the pool to anyone's flush."""
+    from chain.eip712 import sign_receipt
+
+    c = world["c"]
+    client = Client(world)
+    client.serve(1, 100, 7000)
+    st = settlement(world)
+    await st.flush()
+    assert c.pool.settled_seq(OPERATOR.address) == 1  # in good standing, the batch settles
+    a, b = (
+        R(
+            request_id=bytes([k]) * 32,
+            payer=PAYER.address,
+            node=OPERATOR.address,
+            adapter_id=0,
+            seq=99,
+            prompt_tokens=1,
+            completion_tokens=1,
+            compute_cost=1,
+            adapter_cost=0,
+            output_hash=bytes(32),
+            attribution_hash=NO_ATTRIBUTION_HASH,
+            timestamp=1,
+        )
+        for k in (1, 2)
+    )
+    sig = [sign_receipt(r, OPERATOR.key, world["dep"].chain_id, c.receipts.address) for r in (a, b)]
+    c.nodes.slash_equivocation(CONTRIB, a, sig[0], b, sig[1])
+    assert not c.nodes.can_redeem(OPERATOR.address)
+    client.serve(1, 100, 7000)
+    st.attribution.max_wait_s = 0  # batch 2 is ready at once, paid or not
+    with caplog.at_level("WARNING", logger="node.daemon.settlement.attribution"):
+        for _ in range(3):
+            report = await st.run_once(force=True)
+            assert report.attribution_sent == 0
+    assert c.receipts.last_seq(OPERATOR.address) == 2 and c.pool.settled_seq(OPERATOR.address) == 1
+    assert not st.attribution.pending(2)
+    with world["sessions"]() as s:
+        keys = list(s.scalars(select(OutboxIntent.key).where(OutboxIntent.key.like("attribution:%"))))
+    assert len(keys) == 1  # batch 1's only
+    said = [r for r in caplog.records if "no bond at stake" in r.getMessage()]
+    assert len(said) == 1

@@ -7,7 +7,9 @@ forever, so after `max_wait_s` from the batch's creation it settles anyway (what
 drained by the next batch, or flushed to the accepted-weight split). Batches are settled in order,
 each once (the contract enforces both); the chain's `settledSeq` is the truth after a restart, and
 every transaction goes through the settlement's outbox under a deterministic key, so a crash never
-sends a batch twice."""
+sends a batch twice. A node without a bond at stake (NodeRegistry.canRedeem false: never bonded,
+slashed or condemned) may not settle: it sends nothing, says so once, and anyone may flush its
+pools to the accepted-weight split."""
 
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class AttributionSettler:
         self.max_wait_s = max_wait_s
         self._cumulative: dict[str, tuple[int, int]] = {}  # lane -> (up to batch, adapter cost of its receipts)
         self.pool = settlement.contracts.pool
+        self._said_unaccountable = False
         self.split_of = lru_cache(maxsize=4096)(self._split_of)  # splits are fixed per adapter
         self.dataset_of = lru_cache(maxsize=65536)(self._dataset_of)  # so is a contribution's dataset
 
@@ -89,9 +92,17 @@ class AttributionSettler:
         return b is not None and self.s.clock() - b.created_at >= self.max_wait_s
 
     def pending(self, committed_upto: int) -> bool:
-        """Whether a committed batch is ready to settle and not settled yet."""
+        """Whether a committed batch is ready to settle and not settled yet (and the node may settle it)."""
         settled = self.settled_seq()
-        return settled < committed_upto and self.ready(settled + 1)
+        return settled < committed_upto and self.ready(settled + 1) and self.accountable()
+
+    def accountable(self) -> bool:
+        """Whether the node has a bond at stake (AttributionPool refuses its settle otherwise)."""
+        ok = bool(self.s.contracts.nodes.can_redeem(self.s.node))
+        if not ok and not self._said_unaccountable:
+            log.warning("attribution: the node has no bond at stake (NodeRegistry.canRedeem): it settles no batch")
+        self._said_unaccountable = not ok
+        return ok
 
     def _key(self, seq: int, attempt: int) -> str:
         return f"attribution:{self.s.chain_id}:{self.s.node}:{seq}:{attempt}"
@@ -104,6 +115,8 @@ class AttributionSettler:
         stopping at the first batch that is not `ready` (paid, or waited for long enough)."""
         outbox = self.s.outbox
         settled = self.settled_seq()
+        if settled >= ready_upto or not self.accountable():
+            return 0
         sent = 0
         for seq in range(settled + 1, ready_upto + 1):
             if not self.ready(seq):
