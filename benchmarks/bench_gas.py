@@ -18,14 +18,16 @@ and on lanes that already exist (a second, higher voucher on the same lanes).
 
 With attribution (same anvil, its own deployment): 10 lanes x 1,000 inferences over 5 adapters
 whose answers draw on 50 contributions in 5 datasets (random attribution per receipt, some none).
-The node commits the batch, redeems the 10 vouchers and settles the batch in AttributionPool with
-the weights node.attribution_rewards.rule computes from the receipts. `attributed_gas_per_inference`
-sums all three transactions; `attribution_overhead_gas_per_inference` is that minus the plain run's
-figure (what attribution adds: the settle transaction and the pool bookkeeping in redeem);
-`attributed_vs_plain` is their ratio.
-`attribution_reward_error_wei` = sum over contributions of |credited - expected|, the expected
-amounts recomputed here independently from the receipts and the redeemed vouchers.
-That first batch creates every storage slot it touches (lanes, pools, dataset accumulators, vault
+The node commits the batch, then redeems the 10 vouchers and settles the batch in AttributionPool
+with the weights node.attribution_rewards.rule computes from the receipts, in one
+UsageEscrow.redeemAndSettle transaction: what its daemon sends when a redeem pays the batch.
+`attributed_gas_per_inference` sums the two transactions; `attributed_separate_gas_per_inference`
+is the same batch (from the same snapshot) as commit + redeem + AttributionPool.settle, what the
+node sends when the payment comes after the batch; `attribution_overhead_gas_per_inference` is
+the first minus the plain run's figure, `attributed_vs_plain` their ratio.
+`attribution_reward_error_wei` = sum over contributions of |credited - expected|, over both paths,
+the expected amounts recomputed here independently from the receipts and the redeemed vouchers.
+That first batch creates every storage slot it touches (lanes, dataset accumulators, vault
 balances, the node's batch roots and settled sequence) at 20,000 gas each instead of 2,900.
 `attributed_first_batch_slots_created` counts them (anvil's prestateTracer in diff mode: slots each
 transaction took from zero to non-zero), and `attributed_gas_per_inference_without_slot_creation` is
@@ -292,8 +294,8 @@ def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dic
         c.escrow.deposit(p, node.address, 10**23)
     cum = {lane: (0, 0) for lane in range(lanes)}  # cumulative (compute, adapter) per lane, over both batches
 
-    def serve_and_settle(batch: int):
-        """Serve lanes x per_lane requests, then commit batch `batch`, redeem its vouchers and settle it."""
+    def serve(batch: int):
+        """Serve lanes x per_lane requests for batch `batch`: its receipts (docs), tree, vouchers and entries."""
         digests, docs, vouchers = [], [], []
         seq = (batch - 1) * lanes * per_lane
         tag = f"{seed}" if batch == 1 else f"{seed}-{batch}"  # batch 1's receipts as before the second batch existed
@@ -331,65 +333,87 @@ def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dic
             cum[lane] = (cum_c, cum_a)
         sigs = [sign_voucher(v, p.key, c.chain_id, c.escrow.address) for v, p in zip(vouchers, payers, strict=True)]
         tree = StandardMerkleTree.of(digests, ["bytes32"])
-        commit = c.receipts.commit_batch(node, batch, tree.root, len(digests), raw_cid(json.dumps(docs).encode()))
-        redeem = c.escrow.redeem(node, vouchers, sigs)
         entries = to_entries(batch_weights(docs, splits.__getitem__, dataset_of.get))
-        settle = c.pool.settle(node, batch, entries)
-        return docs, vouchers, entries, commit, redeem, settle
+        return docs, tree, vouchers, sigs, entries
 
-    docs, vouchers, entries, commit, redeem, settle = serve_and_settle(1)
+    def settle(batch: int, served, fused: bool) -> list:
+        """Commit batch `batch`, then redeem its vouchers and settle it: in one redeemAndSettle
+        transaction (`fused`, what the node sends when the redeem pays the batch) or in a redeem and a
+        settle (when the payment comes later). The settlement transactions' receipts."""
+        docs, tree, vouchers, sigs, entries = served
+        commit = c.receipts.commit_batch(node, batch, tree.root, len(docs), raw_cid(json.dumps(docs).encode()))
+        if fused:
+            return [commit, c.escrow.redeem_and_settle(node, vouchers, sigs, batch, entries)]
+        return [commit, c.escrow.redeem(node, vouchers, sigs), c.pool.settle(node, batch, entries)]
 
-    # Independent expectation: the pools from the vouchers' splits, the weights from the receipts.
-    pools: dict[int, int] = {}
-    for v in vouchers:
-        rest = v.adapter_value - v.adapter_value * 500 // TOTAL_BPS
-        for d, b in splits[v.adapter_id].items():
-            pools[d] = pools.get(d, 0) + rest * b // TOTAL_BPS
-    weight: dict[tuple[int, int], int] = {}
-    for doc in docs:
-        cost_ = int(doc["adapterCost"])
-        for d, b in splits[int(doc["adapterId"])].items():
-            named = {int(i): v for i, v in doc["attribution"].items() if dataset_of[int(i)] == d}
-            total = sum(named.values())
-            given = 0
-            for i, v in named.items():
-                w = cost_ * b * v // total
-                weight[(d, i)] = weight.get((d, i), 0) + w
-                given += w
-            weight[(d, 0)] = weight.get((d, 0), 0) + cost_ * b - given
-    error = 0
-    for d, ids in by_dataset.items():
-        total = sum(w for (dd, _), w in weight.items() if dd == d)
-        for cid in ids:
-            expected = pools.get(d, 0) * weight.get((d, cid), 0) // total if total else 0
-            error += abs(c.datasets.pending_attributed(cid) - expected)
+    def reward_error(docs, vouchers) -> int:
+        """Independent expectation, compared with what each contribution was credited: the pools from
+        the vouchers' splits, the weights from the receipts."""
+        pools: dict[int, int] = {}
+        for v in vouchers:
+            rest = v.adapter_value - v.adapter_value * 500 // TOTAL_BPS
+            for d, b in splits[v.adapter_id].items():
+                pools[d] = pools.get(d, 0) + rest * b // TOTAL_BPS
+        weight: dict[tuple[int, int], int] = {}
+        for doc in docs:
+            cost_ = int(doc["adapterCost"])
+            for d, b in splits[int(doc["adapterId"])].items():
+                named = {int(i): v for i, v in doc["attribution"].items() if dataset_of[int(i)] == d}
+                total = sum(named.values())
+                given = 0
+                for i, v in named.items():
+                    w = cost_ * b * v // total
+                    weight[(d, i)] = weight.get((d, i), 0) + w
+                    given += w
+                weight[(d, 0)] = weight.get((d, 0), 0) + cost_ * b - given
+        error = 0
+        for d, ids in by_dataset.items():
+            total = sum(w for (dd, _), w in weight.items() if dd == d)
+            for cid in ids:
+                expected = pools.get(d, 0) * weight.get((d, cid), 0) // total if total else 0
+                error += abs(c.datasets.pending_attributed(cid) - expected)
+        return error
+
+    def gas(receipts) -> int:
+        return sum(r["gasUsed"] for r in receipts)
+
     n = lanes * per_lane
-    total_gas = commit["gasUsed"] + redeem["gasUsed"] + settle["gasUsed"]
-    created = {name: slots_created(anvil, r) for name, r in (("commit", commit), ("redeem", redeem), ("settle", settle))}
+    first = serve(1)
+    snap = anvil.rpc("evm_snapshot")
+    separate = settle(1, first, fused=False)
+    separate_error = reward_error(first[0], first[2])
+    anvil.rpc("evm_revert", [snap])
+    fused = settle(1, first, fused=True)
+    error = reward_error(first[0], first[2]) + separate_error  # both paths must credit exactly
+    created = {name: slots_created(anvil, r) for name, r in zip(("commit", "redeem_and_settle"), fused, strict=True)}
     creation_gas = sum(created.values()) * SLOT_CREATION_EXTRA_GAS
     # A second batch on the same lanes, pools and contributions: what every later batch costs (its
-    # batch root is its only new slot, unlike the first batch's lanes, pools and accumulators).
-    _, _, entries2, commit2, redeem2, settle2 = serve_and_settle(2)
-    steady_gas = commit2["gasUsed"] + redeem2["gasUsed"] + settle2["gasUsed"]
+    # batch root is its only new slot, unlike the first batch's lanes and accumulators).
+    second = serve(2)
+    nxt = settle(2, second, fused=True)
     return {
         "inferences": n,
         "contributions": len(dataset_of),
         "datasets": len(by_dataset),
-        "entries": len(entries),
-        "commit_gas": commit["gasUsed"],
-        "redeem_gas": redeem["gasUsed"],
-        "settle_gas": settle["gasUsed"],
-        "gas_per_inference": total_gas / n,
+        "entries": len(first[4]),
+        "commit_gas": fused[0]["gasUsed"],
+        "redeem_and_settle_gas": fused[1]["gasUsed"],
+        "gas_per_inference": gas(fused) / n,
         "slots_created": created,
         "slot_creation_gas": creation_gas,
-        "gas_per_inference_without_slot_creation": (total_gas - creation_gas) / n,
+        "gas_per_inference_without_slot_creation": (gas(fused) - creation_gas) / n,
         "reward_error_wei": error,
+        "separate": {
+            "commit_gas": separate[0]["gasUsed"],
+            "redeem_gas": separate[1]["gasUsed"],
+            "settle_gas": separate[2]["gasUsed"],
+            "gas_per_inference": gas(separate) / n,
+        },
         "next_batch": {
-            "entries": len(entries2),
-            "commit_gas": commit2["gasUsed"],
-            "redeem_gas": redeem2["gasUsed"],
-            "settle_gas": settle2["gasUsed"],
-            "gas_per_inference": steady_gas / n,
+            "entries": len(second[4]),
+            "commit_gas": nxt[0]["gasUsed"],
+            "redeem_and_settle_gas": nxt[1]["gasUsed"],
+            "gas_per_inference": gas(nxt) / n,
         },
     }
 
@@ -500,6 +524,7 @@ def main() -> None:
         "attribution_overhead_gas_per_inference": round(attributed["gas_per_inference"] - ours, 2),
         "attribution_reward_error_wei": attributed["reward_error_wei"],
         "attributed_next_batch_gas_per_inference": round(attributed["next_batch"]["gas_per_inference"], 2),
+        "attributed_separate_gas_per_inference": round(attributed["separate"]["gas_per_inference"], 2),
         "attributed_first_batch_slots_created": sum(attributed["slots_created"].values()),
         "attributed_gas_per_inference_without_slot_creation": round(attributed["gas_per_inference_without_slot_creation"], 2),
         "attributed": attributed,
@@ -517,12 +542,13 @@ def main() -> None:
     }
     print(f"ours: commit {large['commit_gas']} + redeem {large['redeem_gas']} gas for {large['inferences']} inferences")
     print(f"peers: tx/inference {tx_peer:.0f} gas, event/inference {ev_peer:.0f} gas")
+    sep, nb = attributed["separate"], attributed["next_batch"]
     print(
-        f"attributed: commit {attributed['commit_gas']} + redeem {attributed['redeem_gas']} + settle "
-        f"{attributed['settle_gas']} gas for {attributed['inferences']} inferences ({attributed['entries']} entries)"
+        f"attributed: commit {attributed['commit_gas']} + redeemAndSettle {attributed['redeem_and_settle_gas']} gas "
+        f"for {attributed['inferences']} inferences ({attributed['entries']} entries); separately: commit "
+        f"{sep['commit_gas']} + redeem {sep['redeem_gas']} + settle {sep['settle_gas']}"
     )
-    nb = attributed["next_batch"]
-    print(f"attributed, next batch: commit {nb['commit_gas']} + redeem {nb['redeem_gas']} + settle {nb['settle_gas']} gas")
+    print(f"attributed, next batch: commit {nb['commit_gas']} + redeemAndSettle {nb['redeem_and_settle_gas']} gas")
     print("RESULT " + json.dumps(result, sort_keys=True))
 
 

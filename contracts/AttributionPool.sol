@@ -96,6 +96,12 @@ contract AttributionPool is IAttributionPool {
     INodeRegistry private immutable _nodes;
     uint64 private immutable _flushDelay;
 
+    /// @dev Dataset parts UsageEscrow.redeemAndSettle redeems in the settling transaction.
+    struct Redeemed {
+        uint256[] datasetIds;
+        uint256[] amounts;
+    }
+
     mapping(address node => mapping(uint256 datasetId => Pool)) private _pools;
     mapping(address node => uint64) private _settledSeq;
 
@@ -131,18 +137,33 @@ contract AttributionPool is IAttributionPool {
         uint256 n = datasetIds.length;
         if (n != amounts.length) revert AttributionPoolLengthMismatch(n, amounts.length);
         for (uint256 i; i < n; ++i) {
-            uint256 amount = amounts[i];
-            if (amount == 0) continue;
-            Pool storage p = _pools[node][datasetIds[i]];
-            uint256 balance = uint256(p.balance) + amount;
-            if (balance > type(uint128).max) revert AttributionPoolOverflow(node, datasetIds[i]);
-            if (p.balance == 0) {
-                p.since = uint64(block.timestamp);
-                p.used = true;
-            }
-            p.balance = uint128(balance);
-            emit PoolFilled(node, datasetIds[i], amount, balance);
+            _fillOne(node, datasetIds[i], amounts[i]);
         }
+    }
+
+    /// @inheritdoc IAttributionPool
+    /// @dev UsageEscrow.redeemAndSettle: a dataset this batch names takes its part of `amounts`
+    ///      straight into the drain (no pool write when its pool was empty); the others fill.
+    function fillAndSettle(
+        address node,
+        uint256[] calldata datasetIds,
+        uint256[] calldata amounts,
+        uint64 seq,
+        uint256[] calldata entries
+    ) external {
+        if (msg.sender != _escrow) revert AttributionPoolNotEscrow(msg.sender);
+        uint256 n = datasetIds.length;
+        if (n != amounts.length) revert AttributionPoolLengthMismatch(n, amounts.length);
+        Redeemed memory r = Redeemed(datasetIds, amounts);
+        // Parts of datasets the batch does not name fill their pools first (all writes before the
+        // settle's calls); the settle drains the others with their pools.
+        for (uint256 i; i < n; ++i) {
+            if (r.amounts[i] != 0 && !_names(entries, datasetIds[i])) {
+                _fillOne(node, datasetIds[i], r.amounts[i]);
+                r.amounts[i] = 0;
+            }
+        }
+        _settle(node, seq, entries, r);
     }
 
     /// @notice Settle the caller's committed batch `seq`: drain the pool of every dataset named in
@@ -153,39 +174,7 @@ contract AttributionPool is IAttributionPool {
     ///        ascending by (datasetId, contributionId), datasetId >= 1, weight >= 1; contributionId 0
     ///        is a dataset's unattributed weight. Empty settles a batch that paid no dataset.
     function settle(uint64 seq, uint256[] calldata entries) external {
-        uint64 expected = _settledSeq[msg.sender] + 1;
-        if (seq != expected) revert AttributionPoolWrongSequence(expected, seq);
-        if (_receiptLog.batchRoot(msg.sender, seq) == bytes32(0)) revert AttributionPoolBatchNotCommitted(msg.sender, seq);
-        // Weights are the node's word, checked only by audits and disputes: a node whose bond is
-        // condemned or gone would lie for free, so its pools go to the accepted-weight split (flush).
-        if (!_nodes.canRedeem(msg.sender)) revert AttributionPoolNodeNotAccountable(msg.sender);
-        uint256 n = entries.length;
-        if (n > MAX_ENTRIES) revert AttributionPoolTooManyEntries(n);
-        _settledSeq[msg.sender] = seq;
-        uint256 i = 0;
-        uint256 lastKey; // keys strictly ascending: so are dataset ids, from group to group
-        while (i < n) {
-            uint256 datasetId = entries[i] >> SETTLE_DATASET_SHIFT;
-            if (datasetId == 0) revert AttributionPoolUnsortedEntry(i);
-            // The group of this dataset: entries[i:j].
-            uint256 j = i;
-            uint256 total;
-            do {
-                uint256 e = entries[j];
-                uint256 key = e >> SETTLE_KEY_SHIFT;
-                if (key <= lastKey) revert AttributionPoolUnsortedEntry(j);
-                lastKey = key;
-                uint256 w = uint128(e); // <= MAX_WEIGHT by its width
-                if (w == 0) revert AttributionPoolInvalidWeight(j, w);
-                unchecked {
-                    total += w; // <= 4,096 * 2^128: no overflow
-                    ++j; // j < n <= MAX_ENTRIES
-                }
-            } while (j < n && entries[j] >> SETTLE_DATASET_SHIFT == datasetId);
-            _drain(seq, datasetId, entries[i:j], total);
-            i = j;
-        }
-        emit BatchSettled(msg.sender, seq, entriesHash(entries), n);
+        _settle(msg.sender, seq, entries, Redeemed(new uint256[](0), new uint256[](0)));
     }
 
     /// @notice What BatchSettled logs of `entries`: keccak256 of the packed words, concatenated.
@@ -280,14 +269,117 @@ contract AttributionPool is IAttributionPool {
 
     // ---------------------------------------------------------------- internal
 
-    /// @dev Drain the caller's pool of `datasetId` over `group` (one dataset's entries, weights summing to `total`).
-    function _drain(uint64 seq, uint256 datasetId, uint256[] calldata group, uint256 total) private {
-        Pool storage p = _pools[msg.sender][datasetId];
-        uint256 amount = p.balance;
-        emit PoolDrained(msg.sender, seq, datasetId, amount, total);
+    /// @dev Settle `node`'s batch `seq` (see `settle`). `redeemed`: dataset parts being redeemed in
+    ///      this transaction; a dataset's part is drained with its pool and zeroed there.
+    function _settle(address node, uint64 seq, uint256[] calldata entries, Redeemed memory redeemed) private {
+        uint64 expected = _settledSeq[node] + 1;
+        if (seq != expected) revert AttributionPoolWrongSequence(expected, seq);
+        if (_receiptLog.batchRoot(node, seq) == bytes32(0)) revert AttributionPoolBatchNotCommitted(node, seq);
+        // Weights are the node's word, checked only by audits and disputes: a node whose bond is
+        // condemned or gone would lie for free, so its pools go to the accepted-weight split (flush).
+        if (!_nodes.canRedeem(node)) revert AttributionPoolNodeNotAccountable(node);
+        uint256 n = entries.length;
+        if (n > MAX_ENTRIES) revert AttributionPoolTooManyEntries(n);
+        _settledSeq[node] = seq;
+        uint256 i = 0;
+        uint256 lastKey; // keys strictly ascending: so are dataset ids, from group to group
+        while (i < n) {
+            uint256 datasetId = entries[i] >> SETTLE_DATASET_SHIFT;
+            if (datasetId == 0) revert AttributionPoolUnsortedEntry(i);
+            (uint256 j, uint256 total) = _group(entries, i, lastKey);
+            lastKey = entries[j - 1] >> SETTLE_KEY_SHIFT;
+            _drain(node, seq, datasetId, entries[i:j], total, redeemed);
+            i = j;
+        }
+        emit BatchSettled(node, seq, entriesHash(entries), n);
+    }
+
+    /// @dev The group of entries[i]'s dataset, entries[i:j], checked (keys ascending past `lastKey`,
+    ///      weights >= 1), and the sum of its weights.
+    function _group(uint256[] calldata entries, uint256 i, uint256 lastKey)
+        private
+        pure
+        returns (uint256 j, uint256 total)
+    {
+        uint256 n = entries.length;
+        uint256 datasetId = entries[i] >> SETTLE_DATASET_SHIFT;
+        j = i;
+        do {
+            uint256 e = entries[j];
+            uint256 key = e >> SETTLE_KEY_SHIFT;
+            if (key <= lastKey) revert AttributionPoolUnsortedEntry(j);
+            lastKey = key;
+            uint256 w = uint128(e); // <= MAX_WEIGHT by its width
+            if (w == 0) revert AttributionPoolInvalidWeight(j, w);
+            unchecked {
+                total += w; // <= 4,096 * 2^128: no overflow
+                ++j; // j < n <= MAX_ENTRIES
+            }
+        } while (j < n && entries[j] >> SETTLE_DATASET_SHIFT == datasetId);
+    }
+
+    /// @dev Whether `entries` (ascending by dataset, which `_settle` checks: on unsorted entries it
+    ///      reverts whatever this says) name `datasetId`. Binary search.
+    function _names(uint256[] calldata entries, uint256 datasetId) private pure returns (bool) {
+        uint256 lo = 0;
+        uint256 hi = entries.length;
+        while (lo < hi) {
+            uint256 mid = (lo + hi) / 2;
+            uint256 d = entries[mid] >> SETTLE_DATASET_SHIFT;
+            if (d == datasetId) return true;
+            if (d < datasetId) lo = mid + 1;
+            else hi = mid;
+        }
+        return false;
+    }
+
+    /// @dev The sum of the parts of `datasetId` in `r`, each zeroed (UsageEscrow sends at most 16).
+    function _take(Redeemed memory r, uint256 datasetId) private pure returns (uint256 sum) {
+        uint256[] memory ids = r.datasetIds;
+        uint256[] memory amounts = r.amounts;
+        for (uint256 k; k < ids.length; ++k) {
+            if (ids[k] == datasetId) {
+                sum += amounts[k]; // checked: a revert, never a wrap
+                amounts[k] = 0;
+            }
+        }
+    }
+
+    /// @dev Add `amount` to the pool of (`node`, `datasetId`).
+    function _fillOne(address node, uint256 datasetId, uint256 amount) private {
         if (amount == 0) return;
-        p.balance = 0;
-        p.since = 0;
+        Pool storage p = _pools[node][datasetId];
+        uint256 balance = uint256(p.balance) + amount;
+        if (balance > type(uint128).max) revert AttributionPoolOverflow(node, datasetId);
+        if (p.balance == 0) {
+            p.since = uint64(block.timestamp);
+            p.used = true;
+        }
+        p.balance = uint128(balance);
+        emit PoolFilled(node, datasetId, amount, balance);
+    }
+
+    /// @dev Drain `node`'s pool of `datasetId`, with its part of `redeemed` (this transaction's), over
+    ///      `group` (one dataset's entries, weights summing to `total`).
+    function _drain(
+        address node,
+        uint64 seq,
+        uint256 datasetId,
+        uint256[] calldata group,
+        uint256 total,
+        Redeemed memory redeemed
+    ) private {
+        Pool storage p = _pools[node][datasetId];
+        uint256 stored = p.balance;
+        uint256 amount = stored + _take(redeemed, datasetId);
+        // payAttributed multiplies the amount by weights < 2^128: it must fit 128 bits, as a pool does
+        if (amount > type(uint128).max) revert AttributionPoolOverflow(node, datasetId);
+        emit PoolDrained(node, seq, datasetId, amount, total);
+        if (amount == 0) return;
+        if (stored != 0) {
+            p.balance = 0;
+            p.since = 0;
+        }
         // DatasetRegistry floors each contribution's share and splits the unattributed weight's share
         // and the rounding by accepted weight, so exactly `amount` leaves the pool.
         _datasets.payAttributed(datasetId, amount, total, group);

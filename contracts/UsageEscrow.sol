@@ -300,40 +300,27 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
         nonReentrant
         returns (uint256 total)
     {
-        uint256 n = vouchers.length;
-        if (n == 0 || n != signatures.length) revert UsageEscrowBadBatch(n, signatures.length);
-        if (!_nodes.canRedeem(msg.sender)) revert UsageEscrowNodeNotStaked(msg.sender);
         Credits memory c;
-        c.to = new address[](n + 2);
-        c.toAmounts = new uint256[](n + 2);
-        c.dsIds = new uint256[](16);
-        c.dsAmounts = new uint256[](16);
-        c.feeBps = _feeBps;
-        uint256 computeTotal;
-        for (uint256 i; i < n; ++i) {
-            (uint256 dc, uint256 da) = _redeemOne(c, vouchers[i], signatures[i], i);
-            computeTotal += dc;
-            total += dc + da;
-        }
-        if (total == 0) return 0;
-        _addTo(c, msg.sender, computeTotal);
-        _addTo(c, _feeRecipient, c.fee);
-        // One transfer for the whole call, then bookkeeping in the vault and the dataset accumulators.
-        _token.safeTransfer(address(_vault), total);
-        address[] memory to = c.to;
-        uint256[] memory toAmounts = c.toAmounts;
-        uint256[] memory dsIds = c.dsIds;
-        uint256[] memory dsAmounts = c.dsAmounts;
-        (uint256 toLen, uint256 dsLen) = (c.toLen, c.dsLen);
-        assembly ("memory-safe") {
-            // shrink the arrays to the entries used (lengths only ever decrease here)
-            mstore(to, toLen)
-            mstore(toAmounts, toLen)
-            mstore(dsIds, dsLen)
-            mstore(dsAmounts, dsLen)
-        }
-        _vault.credit(to, toAmounts);
-        if (dsLen != 0) _pool.fill(msg.sender, dsIds, dsAmounts);
+        (total, c) = _redeem(vouchers, signatures);
+        if (c.dsLen != 0) _pool.fill(msg.sender, c.dsIds, c.dsAmounts);
+    }
+
+    /// @notice `redeem`, then settle the caller's committed batch `seq` in AttributionPool with
+    ///         `entries`, in one transaction: the dataset parts these vouchers pay are drained with
+    ///         the pools they would have filled (AttributionPool.fillAndSettle), which saves booking
+    ///         them in storage and a second transaction. Same rules as `redeem` and `settle`; if the
+    ///         settle is refused, nothing is redeemed either.
+    /// @param seq the batch to settle (AttributionPool.settledSeq(caller) + 1).
+    /// @param entries its packed weights, as for AttributionPool.settle.
+    function redeemAndSettle(
+        Voucher[] calldata vouchers,
+        bytes[] calldata signatures,
+        uint64 seq,
+        uint256[] calldata entries
+    ) external nonReentrant returns (uint256 total) {
+        Credits memory c;
+        (total, c) = _redeem(vouchers, signatures);
+        _pool.fillAndSettle(msg.sender, c.dsIds, c.dsAmounts, seq, entries);
     }
 
     // ---------------------------------------------------------------- owner
@@ -453,6 +440,49 @@ contract UsageEscrow is EIP712, Ownable2Step, ReentrancyGuardTransient {
 
     /// @dev Verify one voucher, advance its lane, debit the account and book the split.
     ///      Returns the compute and adapter amounts paid (both 0 when skipped).
+    /// @dev The body of `redeem`: pay every voucher, move the total to the vault and credit it there;
+    ///      returns in `c.dsIds`/`c.dsAmounts` (shrunk to `c.dsLen`) the dataset parts for the pools.
+    function _redeem(Voucher[] calldata vouchers, bytes[] calldata signatures)
+        private
+        returns (uint256 total, Credits memory c)
+    {
+        uint256 n = vouchers.length;
+        if (n == 0 || n != signatures.length) revert UsageEscrowBadBatch(n, signatures.length);
+        if (!_nodes.canRedeem(msg.sender)) revert UsageEscrowNodeNotStaked(msg.sender);
+        c.to = new address[](n + 2);
+        c.toAmounts = new uint256[](n + 2);
+        c.dsIds = new uint256[](16);
+        c.dsAmounts = new uint256[](16);
+        c.feeBps = _feeBps;
+        uint256 computeTotal;
+        for (uint256 i; i < n; ++i) {
+            (uint256 dc, uint256 da) = _redeemOne(c, vouchers[i], signatures[i], i);
+            computeTotal += dc;
+            total += dc + da;
+        }
+        uint256[] memory dsIds = c.dsIds;
+        uint256[] memory dsAmounts = c.dsAmounts;
+        uint256 dsLen = c.dsLen; // 0 when nothing was paid (a dataset part is part of the total)
+        assembly ("memory-safe") {
+            // shrink both arrays to the entries used (lengths only ever decrease here)
+            mstore(dsIds, dsLen)
+            mstore(dsAmounts, dsLen)
+        }
+        if (total == 0) return (0, c);
+        _addTo(c, msg.sender, computeTotal);
+        _addTo(c, _feeRecipient, c.fee);
+        // One transfer for the whole call, then bookkeeping in the vault (the pools are the caller's).
+        _token.safeTransfer(address(_vault), total);
+        address[] memory to = c.to;
+        uint256[] memory toAmounts = c.toAmounts;
+        uint256 toLen = c.toLen;
+        assembly ("memory-safe") {
+            mstore(to, toLen)
+            mstore(toAmounts, toLen)
+        }
+        _vault.credit(to, toAmounts);
+    }
+
     function _redeemOne(Credits memory c, Voucher calldata v, bytes calldata sig, uint256 i)
         private
         returns (uint256 dc, uint256 da)

@@ -39,6 +39,16 @@ interface IDatasetRegistry {
 interface IAttributionPool {
     /// @notice Add `amounts[i]` (already in the vault) to the pool of (`node`, `datasetIds[i]`).
     function fill(address node, uint256[] calldata datasetIds, uint256[] calldata amounts) external;
+
+    /// @notice Settle `node`'s committed batch `seq` with `entries` (as `settle`), the pools named in
+    ///         them drained together with what `amounts` adds to them now; the rest of `amounts` fills.
+    function fillAndSettle(
+        address node,
+        uint256[] calldata datasetIds,
+        uint256[] calldata amounts,
+        uint64 seq,
+        uint256[] calldata entries
+    ) external;
 }
 
 /// @notice What UsageEscrow needs of AdapterRegistry: the payout split in packed form.

@@ -380,16 +380,19 @@ def _mark_slashable(c, report: AuditReport, tree, provable: dict[int, tuple[Any,
 
 def settled_entries(c, settled) -> list[Entry] | None:
     """The entries of a BatchSettled event, read from its transaction's calldata and checked against
-    the logged hash; None when the transaction is not a direct AttributionPool.settle call (e.g. one
-    sent through a contract wallet) or does not match."""
+    the logged hash; None when the transaction is not a direct AttributionPool.settle or
+    UsageEscrow.redeemAndSettle call (e.g. one sent through a contract wallet) or does not match."""
     tx = c.w3.eth.get_transaction(settled.tx_hash)
-    if tx.get("to") is None or tx["to"].lower() != c.pool.address.lower():
+    to = (tx.get("to") or "").lower()
+    direct = {c.pool.address.lower(): (c.pool, "settle"), c.escrow.address.lower(): (c.escrow, "redeemAndSettle")}
+    if to not in direct:
         return None
+    binding, name = direct[to]
     try:
-        fn, args = c.pool.contract.decode_function_input(tx["input"])
+        fn, args = binding.contract.decode_function_input(tx["input"])
     except ValueError:
         return None
-    if fn.fn_name != "settle" or args.get("seq") != settled.seq:
+    if fn.fn_name != name or args.get("seq") != settled.seq:
         return None
     entries = [unpack(int(word)) for word in args["entries"]]
     return entries if entries_hash(entries) == settled.entries_hash else None

@@ -11,6 +11,7 @@ from chain.contract_types import (
     BatchSettled,
     DatasetRewarded,
     PoolDrained,
+    PoolFilled,
     PoolFlushed,
 )
 from chain.reverts import as_revert
@@ -152,6 +153,100 @@ def test_contribution_rejected_later_stops_earning(env, world2, reverts):
         c.datasets.harvest(env.stranger, [2])
     # the accepted-weight split no longer counts it either: contribution 1 gets the refused half too
     assert c.datasets.pending_reward(1) == p1b // 2 + (p1b - p1b // 2)
+
+
+def _voucher(env, adapter_value: int):
+    """The lane (payer, node, 1) raised by `adapter_value`, signed; and its dataset parts (d1, d2)."""
+    c = env.c
+    col = c.escrow.collected(env.payer.address, env.node.address, 1)
+    v = Voucher(env.payer.address, env.node.address, 1, col.compute, col.adapter + adapter_value)
+    rest = adapter_value - adapter_value * FEE // BPS
+    return v, sign_voucher(v, env.payer.key, env.chain_id, c.escrow.address), (rest * 3000 // BPS, rest * 1000 // BPS)
+
+
+def _state(env) -> tuple:
+    """Everything a settlement moves: credits, accepted-weight rewards, pools, vault balances, settled seq."""
+    c, node = env.c, env.node.address
+    return (
+        [c.datasets.pending_attributed(i) for i in (1, 2, 3)],
+        [c.datasets.pending_reward(i) for i in (1, 2, 3)],
+        [c.pool.pool_of(node, d).balance for d in (1, 2)],
+        [c.vault.claimable(a) for a in (node, env.owner.address, env.deployer.address)],
+        c.token.balance_of(c.vault.address),
+        c.pool.settled_seq(node),
+        c.escrow.collected(env.payer.address, node, 1),
+    )
+
+
+def test_redeem_and_settle_equals_redeem_then_settle(env, world2, anvil):
+    """The fused path moves exactly what the two transactions move, to the wei: here with money already
+    waiting in dataset 1's pool, and dataset 2 not named by the batch (its part fills its pool)."""
+    c = env.c
+    redeem(env, 3 * 10**17 + 1)  # an earlier redemption: dataset 1's and 2's pools hold money
+    seq = commit(env)
+    entries = [(1, 0, 5), (1, 1, 7), (1, 2, 11)]
+    v, sig, _ = _voucher(env, 10**18 + 7)
+    snap = anvil.rpc("evm_snapshot")
+    c.escrow.redeem(env.node, [v], [sig])
+    two = c.pool.settle(env.node, seq, entries)
+    separate = _state(env)
+    anvil.rpc("evm_revert", [snap])
+    fused = c.escrow.redeem_and_settle(env.node, [v], [sig], seq, entries)
+    assert _state(env) == separate
+    drained = {e.dataset_id: (e.amount, e.total_weight) for e in events(env, fused, PoolDrained)}
+    assert drained == {e.dataset_id: (e.amount, e.total_weight) for e in events(env, two, PoolDrained)}
+    assert [(e.dataset_id, e.amount) for e in events(env, fused, PoolFilled)] == [(2, _voucher(env, 10**18 + 7)[2][1])]
+    assert c.pool.pool_of(env.node.address, 1).balance == 0 and c.pool.settled_seq(env.node.address) == seq
+
+
+def test_redeem_and_settle_of_a_fresh_pool_writes_no_pool(env, world2, anvil):
+    """Gas: a pool the same transaction fills and drains is never written (no 20,000-gas slot creation)."""
+    c = env.c
+    seq = commit(env)
+    v, sig, (p1, p2) = _voucher(env, 10**18)
+    r = c.escrow.redeem_and_settle(env.node, [v], [sig], seq, [(1, 1, 1), (2, 3, 1)])
+    assert credited(env, (1, 3)) == {1: p1, 3: p2}
+    assert not events(env, r, PoolFilled)
+    pool_slots = (
+        anvil.rpc(
+            "debug_traceTransaction",
+            [r["transactionHash"].to_0x_hex(), {"tracer": "prestateTracer", "tracerConfig": {"diffMode": True}}],
+        )["post"]
+        .get(c.pool.address.lower(), {})
+        .get("storage", {})
+    )
+    assert len(pool_slots) == 1  # settledSeq only
+
+
+def test_redeem_and_settle_is_all_or_nothing(env, world2, reverts, anvil):
+    """Hostile: a settle the pool refuses refuses the redemption with it (nothing is paid, nothing
+    moves); a replayed voucher (nothing to pay) still settles what the pools hold; only the escrow
+    may call fillAndSettle."""
+    c = env.c
+    v, sig, _ = _voucher(env, 10**18)
+    before = _state(env)
+    with reverts("AttributionPoolBatchNotCommitted", env.node.address, 1):
+        c.escrow.redeem_and_settle(env.node, [v], [sig], 1, [(1, 1, 1)])
+    seq = commit(env)
+    for bad_seq, entries, name in (
+        (seq + 1, [(1, 1, 1)], "AttributionPoolWrongSequence"),
+        (seq, [(1, 2, 1), (1, 1, 1)], "AttributionPoolUnsortedEntry"),
+        (seq, [(1, 1, 0)], "AttributionPoolInvalidWeight"),
+        (seq, [(1, i, 1) for i in range(1, 4098)], "AttributionPoolTooManyEntries"),
+    ):
+        with reverts(name):
+            c.escrow.redeem_and_settle(env.node, [v], [sig], bad_seq, entries)
+    with reverts("UsageEscrowBadBatch", 0, 0):
+        c.escrow.redeem_and_settle(env.node, [], [], seq, [(1, 1, 1)])
+    with reverts("UsageEscrowNodeNotStaked", env.stranger.address):  # a stranger is no node
+        c.escrow.redeem_and_settle(env.stranger, [v], [sig], seq, [(1, 1, 1)])
+    assert _state(env) == before  # nothing was redeemed by any of them
+    with reverts("AttributionPoolNotEscrow", env.node.address):
+        c.pool.send(env.node, "fillAndSettle", env.node.address, [1], [10**30], seq, pack([(1, 1, 1)]))
+    p1, _ = redeem(env, 10**18)  # plain redeem: the pool holds it
+    r = c.escrow.redeem_and_settle(env.node, [v], [sig], seq, [(1, 2, 1)])  # v is stale now: pays nothing
+    assert credited(env, (2,)) == {2: p1} and c.pool.settled_seq(env.node.address) == seq
+    assert [e.amount for e in events(env, r, PoolDrained)] == [p1]
 
 
 def test_settle_hostile_input(env, world2, reverts, anvil):

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from chain.contract_types import AttributionRefused, Claimed, Credited, DatasetRewarded, NodeCondemned
+from chain.contract_types import AttributionRefused, Claimed, Credited, DatasetRewarded, NodeCondemned, VoucherRedeemed
 from chain.eip712 import Receipt, Voucher, sign_receipt, sign_voucher
 from chain.errors import ContractRevert
 
@@ -105,6 +105,10 @@ class Protocol(RuleBasedStateMachine):
         by_signer=st.booleans(),
     )
     def redeem(self, i, adapter, dc, da, lower, swap, by_signer):
+        self._redeem(i, adapter, dc, da, lower, swap, by_signer)
+
+    def _redeem(self, i, adapter, dc, da, lower, swap, by_signer, settle=None):
+        """The redeem rule; with `settle` = (seq, entries), through UsageEscrow.redeemAndSettle (its receipt is returned)."""
         env, p = self.env, self.payers[i]
         if adapter == 0:
             da = 0
@@ -123,9 +127,13 @@ class Protocol(RuleBasedStateMachine):
             with pytest.raises(ContractRevert, match="UsageEscrowNodeNotStaked"):
                 env.c.escrow.redeem(env.node, [v], [sig])
             return
-        self._track(env.c.escrow.redeem(env.node, [v], [sig]))
+        if settle is None:
+            r = env.c.escrow.redeem(env.node, [v], [sig])
+        else:
+            r = env.c.escrow.redeem_and_settle(env.node, [v], [sig], *settle)
+        self._track(r)
         if not authorized or new_c < old_c or new_a < old_a:
-            return
+            return r
         inc_c, inc_a = new_c - old_c, new_a - old_a
         bal = self.escrow_model[p.address]
         if inc_c + inc_a > bal:  # min(increase, available), pro rata
@@ -135,6 +143,7 @@ class Protocol(RuleBasedStateMachine):
         self.lanes[(p.address, adapter)] = (old_c + inc_c, old_a + inc_a)
         if adapter == 2 and inc_a:
             self.dataset_payments += 1
+        return r
 
     @rule()
     def revoke_signer(self):
@@ -271,18 +280,23 @@ class Protocol(RuleBasedStateMachine):
         picks=st.lists(st.tuples(st.integers(0, 50), st.integers(1, 2**128 - 1)), max_size=4),
         unattributed=st.integers(0, 10**30),
         da=st.integers(0, 5000),
+        fused=st.booleans(),
     )
-    def settle_attributed_batch(self, picks, unattributed, da):
+    def settle_attributed_batch(self, picks, unattributed, da, fused):
         """A payment for dataset 1 (when da > 0), then the node commits a batch and settles it with
-        attribution weights (any contribution it names, accepted or not)."""
+        attribution weights (any contribution it names, accepted or not); `fused`: the payment and
+        the settle in one transaction (UsageEscrow.redeemAndSettle)."""
         env, c = self.env, self.env.c
+        fused = fused and da > 0 and not self.condemned
         if da:
             self.deposit(0, da)
-            self.redeem(0, 2, 0, da, False, False, False)
+            if not fused:
+                self.redeem(0, 2, 0, da, False, False, False)
         weights = {self.contributions[i % len(self.contributions)]: w for i, w in picks}
         entries = ([(1, 0, unattributed)] if unattributed else []) + [(1, cid, w) for cid, w in sorted(weights.items())]
-        seq = c.receipts.last_seq(env.node.address) + 1
-        c.receipts.commit_batch(env.node, seq, seq.to_bytes(32, "big"), 1, "bafy-receipts")
+        seq = c.pool.settled_seq(env.node.address) + 1  # a batch committed while condemned is still unsettled
+        if c.receipts.last_seq(env.node.address) < seq:
+            c.receipts.commit_batch(env.node, seq, seq.to_bytes(32, "big"), 1, "bafy-receipts")
         pool = c.pool.pool_of(env.node.address, 1).balance
         before = {cid: c.datasets.pending_attributed(cid) for cid in self.contributions}
         assert c.nodes.can_redeem(env.node.address) == (not self.condemned)
@@ -290,8 +304,17 @@ class Protocol(RuleBasedStateMachine):
             with pytest.raises(ContractRevert, match="AttributionPoolNodeNotAccountable"):
                 c.pool.settle(env.node, seq, entries)
             return
-        r = c.pool.settle(env.node, seq, entries)
-        self._track(r)
+        if fused:
+            r = self._redeem(0, 2, 0, da, False, False, False, settle=(seq, entries))
+            paid = sum(e.adapter_paid for e in c.events_of(r) if isinstance(e, VoucherRedeemed))
+            part = (paid - paid * c.escrow.protocol_fee().bps // 10_000) * 3000 // 10_000  # dataset 1's 30 %
+            if entries:
+                pool += part  # drained with the pool in the same transaction
+            else:
+                assert c.pool.pool_of(env.node.address, 1).balance == pool + part  # not named: it fills
+        else:
+            r = c.pool.settle(env.node, seq, entries)
+            self._track(r)
         events = c.events_of(r)
         attributed = {cid: c.datasets.pending_attributed(cid) - before[cid] for cid in self.contributions}
         paid = sum(attributed.values()) + sum(e.amount for e in events if isinstance(e, DatasetRewarded))

@@ -442,7 +442,8 @@ async def test_a_node_proven_to_lie_settles_no_attribution(world, caplog):
     assert c.receipts.last_seq(OPERATOR.address) == 2 and c.pool.settled_seq(OPERATOR.address) == 1
     assert not st.attribution.pending(2)
     with world["sessions"]() as s:
-        keys = list(s.scalars(select(OutboxIntent.key).where(OutboxIntent.key.like("attribution:%"))))
-    assert len(keys) == 1  # batch 1's only
+        keys = list(s.scalars(select(OutboxIntent.key).where(OutboxIntent.key.like("%:settle:%"))))
+        keys += s.scalars(select(OutboxIntent.key).where(OutboxIntent.key.like("attribution:%")))
+    assert len(keys) == 1 and keys[0].endswith(":settle:1")  # batch 1's only, inside its redeem
     said = [r for r in caplog.records if "no bond at stake" in r.getMessage()]
     assert len(said) == 1

@@ -7,9 +7,12 @@ forever, so after `max_wait_s` from the batch's creation it settles anyway (what
 drained by the next batch, or flushed to the accepted-weight split). Batches are settled in order,
 each once (the contract enforces both); the chain's `settledSeq` is the truth after a restart, and
 every transaction goes through the settlement's outbox under a deterministic key, so a crash never
-sends a batch twice. A node without a bond at stake (NodeRegistry.canRedeem false: never bonded,
-slashed or condemned) may not settle: it sends nothing, says so once, and anyone may flush its
-pools to the accepted-weight split."""
+sends a batch twice. When a redeem would itself pay the next batch (every lane of it collects its
+cost with that redeem's vouchers), the settle rides in it (UsageEscrow.redeemAndSettle, `fusable`):
+one transaction, and the pools it fills and drains are never written; its outbox key ends in
+`:settle:SEQ`, and no separate settle of SEQ is sent while it is open. A node without a bond at
+stake (NodeRegistry.canRedeem false: never bonded, slashed or condemned) may not settle: it sends
+nothing, says so once, and anyone may flush its pools to the accepted-weight split."""
 
 from __future__ import annotations
 
@@ -104,8 +107,36 @@ class AttributionSettler:
         self._said_unaccountable = not ok
         return ok
 
+    def fusable(self, group: dict[str, int], committed_upto: int) -> tuple[int, list[Entry]] | None:
+        """(seq, entries) of the next batch to settle when a redeem of `group` ({lane: voucher adapter
+        value}) pays it: committed, not settled nor being settled, the node accountable, and every
+        adapter lane of the batch collecting at least its cost up to the batch with `group` redeemed."""
+        seq = self.settled_seq() + 1
+        if seq > committed_upto or self._in_flight(seq):
+            return None
+        with self.s.sessions() as db:
+            lanes = set(db.scalars(select(ReceiptRow.lane).where(ReceiptRow.batch_seq == seq)))
+            for lane in sorted(lanes):
+                if lane.endswith(":0"):  # the base model pays no dataset
+                    continue
+                v = db.get(VoucherRow, lane)
+                have = max(int(v.redeemed_adapter or 0) if v is not None else 0, group.get(lane, 0))
+                if have < self._lane_cost_upto(db, lane, seq):
+                    return None
+        if not self.accountable():
+            return None
+        return seq, self.entries_for(seq)
+
+    def _in_flight(self, seq: int) -> bool:
+        """Whether a settle of batch `seq` is open in the outbox, alone or inside a redeem."""
+        alone, inside = self._key_prefix(seq), f":settle:{seq}"
+        return any(i.key.startswith(alone) or i.key.endswith(inside) for i in self.s.outbox.store.open_intents(self.s.node))
+
+    def _key_prefix(self, seq: int) -> str:
+        return f"attribution:{self.s.chain_id}:{self.s.node}:{seq}:"
+
     def _key(self, seq: int, attempt: int) -> str:
-        return f"attribution:{self.s.chain_id}:{self.s.node}:{seq}:{attempt}"
+        return f"{self._key_prefix(seq)}{attempt}"
 
     def settled_seq(self) -> int:
         return int(self.pool.settled_seq(self.s.node))
@@ -121,6 +152,8 @@ class AttributionSettler:
         for seq in range(settled + 1, ready_upto + 1):
             if not self.ready(seq):
                 break  # in order: later batches wait for this one
+            if any(i.key.endswith(f":settle:{seq}") for i in outbox.store.open_intents(self.s.node)):
+                break  # a redeem carries this batch's settle: it lands first, or fails and this sends it
             attempt = 0
             while True:  # deterministic keys: after a crash the same intent is found again
                 prior = outbox.store.get_by_key(self._key(seq, attempt))

@@ -385,7 +385,8 @@ class Settlement:
         rest = [v for v in cands if v not in failed]
         groups += [rest[i : i + self.redeem_batch_size] for i in range(0, len(rest), self.redeem_batch_size)]
         sent = 0
-        for group in groups:
+        fused_once = False
+        for n, group in enumerate(groups):
             vouchers = [
                 V(
                     to_checksum_address(v.payer),
@@ -403,7 +404,18 @@ class Settlement:
                 [[v.lane, v.compute_value, v.adapter_value, v.redeemed_compute, v.redeemed_adapter] for v in group]
             )
             key = f"redeem:{self.chain_id}:{self.node}:{hashlib.sha256(content.encode()).hexdigest()[:32]}"
-            params = self.contracts.escrow.build_redeem(self.node, vouchers, sigs)
+            # a group that pays the next batch settles it in the same transaction (not a retried lane:
+            # its redeem failed before, and a failed settle would fail the redeem with it)
+            fused = None
+            if not fused_once and n >= len(failed):
+                fused = self.attribution.fusable({v.lane: int(v.adapter_value) for v in group}, self._chain_last_seq)
+            if fused is not None:
+                fused_once = True
+                key += f":settle:{fused[0]}"
+                params = self.contracts.escrow.build_redeem_and_settle(self.node, vouchers, sigs, *fused)
+                log.info("batch %d: attribution settle rides in a redeem (%d entries)", fused[0], len(fused[1]))
+            else:
+                params = self.contracts.escrow.build_redeem(self.node, vouchers, sigs)
             intent_id = self.outbox.enqueue(key, params)
             with self.sessions.begin() as s:
                 for v in group:
