@@ -58,6 +58,7 @@ from eth_utils import keccak
 from web3 import Web3
 
 from chain.artifacts import load_artifact
+from chain.attribution_entries import pack
 from chain.contracts import Contracts
 from chain.send import send_tx
 from chain.deploy import deploy
@@ -343,7 +344,7 @@ def settle_attributed(anvil: Anvil, lanes: int, per_lane: int, seed: int) -> dic
         docs, tree, vouchers, sigs, entries = served
         commit = c.receipts.commit_batch(node, batch, tree.root, len(docs), raw_cid(json.dumps(docs).encode()))
         if fused:
-            return [commit, c.escrow.redeem_and_settle(node, vouchers, sigs, batch, entries)]
+            return [commit, c.escrow.redeem_and_settle(node, vouchers, sigs, batch, pack(entries))]
         return [commit, c.escrow.redeem(node, vouchers, sigs), c.pool.settle(node, batch, entries)]
 
     def reward_error(docs, vouchers) -> int:

@@ -323,18 +323,6 @@ class UsageEscrowBinding(ContractBinding):
         proof = sign_signer_proof(payer, deadline, nonce, signer_key, self._chain_id, self.address)
         return signer, deadline, nonce, proof
 
-    def redeem_and_settle(
-        self, account: LocalAccount, vouchers: Any, signatures: Any, seq: int, entries: Iterable[AttributionEntry]
-    ) -> TxReceipt:
-        """`redeem`, then settle batch `seq` in AttributionPool with (datasetId, contributionId, weight)
-        `entries`, in one transaction (entries packed as for AttributionPool.settle)."""
-        return self.send(account, "redeemAndSettle", vouchers, signatures, seq, attribution_entries.pack(entries))
-
-    def build_redeem_and_settle(
-        self, sender: Sender, vouchers: Any, signatures: Any, seq: int, entries: Iterable[AttributionEntry]
-    ) -> dict:
-        return self.build(sender, "redeemAndSettle", vouchers, signatures, seq, attribution_entries.pack(entries))
-
     def authorize_signer_key(self, account: LocalAccount, signer_key: Any, deadline: int | None = None) -> TxReceipt:
         """Authorize the key `signer_key` for `account` when both keys are at hand (signs the proof)."""
         signer, deadline, _, proof = self.signer_proof(account.address, signer_key, deadline)

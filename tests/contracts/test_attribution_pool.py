@@ -191,7 +191,7 @@ def test_redeem_and_settle_equals_redeem_then_settle(env, world2, anvil):
     two = c.pool.settle(env.node, seq, entries)
     separate = _state(env)
     anvil.rpc("evm_revert", [snap])
-    fused = c.escrow.redeem_and_settle(env.node, [v], [sig], seq, entries)
+    fused = c.escrow.redeem_and_settle(env.node, [v], [sig], seq, pack(entries))
     assert _state(env) == separate
     drained = {e.dataset_id: (e.amount, e.total_weight) for e in events(env, fused, PoolDrained)}
     assert drained == {e.dataset_id: (e.amount, e.total_weight) for e in events(env, two, PoolDrained)}
@@ -204,7 +204,7 @@ def test_redeem_and_settle_of_a_fresh_pool_writes_no_pool(env, world2, anvil):
     c = env.c
     seq = commit(env)
     v, sig, (p1, p2) = _voucher(env, 10**18)
-    r = c.escrow.redeem_and_settle(env.node, [v], [sig], seq, [(1, 1, 1), (2, 3, 1)])
+    r = c.escrow.redeem_and_settle(env.node, [v], [sig], seq, pack([(1, 1, 1), (2, 3, 1)]))
     assert credited(env, (1, 3)) == {1: p1, 3: p2}
     assert not events(env, r, PoolFilled)
     pool_slots = (
@@ -226,7 +226,7 @@ def test_redeem_and_settle_is_all_or_nothing(env, world2, reverts, anvil):
     v, sig, _ = _voucher(env, 10**18)
     before = _state(env)
     with reverts("AttributionPoolBatchNotCommitted", env.node.address, 1):
-        c.escrow.redeem_and_settle(env.node, [v], [sig], 1, [(1, 1, 1)])
+        c.escrow.redeem_and_settle(env.node, [v], [sig], 1, pack([(1, 1, 1)]))
     seq = commit(env)
     for bad_seq, entries, name in (
         (seq + 1, [(1, 1, 1)], "AttributionPoolWrongSequence"),
@@ -235,16 +235,16 @@ def test_redeem_and_settle_is_all_or_nothing(env, world2, reverts, anvil):
         (seq, [(1, i, 1) for i in range(1, 4098)], "AttributionPoolTooManyEntries"),
     ):
         with reverts(name):
-            c.escrow.redeem_and_settle(env.node, [v], [sig], bad_seq, entries)
+            c.escrow.redeem_and_settle(env.node, [v], [sig], bad_seq, pack(entries))
     with reverts("UsageEscrowBadBatch", 0, 0):
-        c.escrow.redeem_and_settle(env.node, [], [], seq, [(1, 1, 1)])
+        c.escrow.redeem_and_settle(env.node, [], [], seq, pack([(1, 1, 1)]))
     with reverts("UsageEscrowNodeNotStaked", env.stranger.address):  # a stranger is no node
-        c.escrow.redeem_and_settle(env.stranger, [v], [sig], seq, [(1, 1, 1)])
+        c.escrow.redeem_and_settle(env.stranger, [v], [sig], seq, pack([(1, 1, 1)]))
     assert _state(env) == before  # nothing was redeemed by any of them
     with reverts("AttributionPoolNotEscrow", env.node.address):
         c.pool.send(env.node, "fillAndSettle", env.node.address, [1], [10**30], seq, pack([(1, 1, 1)]))
     p1, _ = redeem(env, 10**18)  # plain redeem: the pool holds it
-    r = c.escrow.redeem_and_settle(env.node, [v], [sig], seq, [(1, 2, 1)])  # v is stale now: pays nothing
+    r = c.escrow.redeem_and_settle(env.node, [v], [sig], seq, pack([(1, 2, 1)]))  # v is stale now: pays nothing
     assert credited(env, (2,)) == {2: p1} and c.pool.settled_seq(env.node.address) == seq
     assert [e.amount for e in events(env, r, PoolDrained)] == [p1]
 

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
+from chain.attribution_entries import pack
 from chain.contract_types import AttributionRefused, Claimed, Credited, DatasetRewarded, NodeCondemned, VoucherRedeemed
 from chain.eip712 import Receipt, Voucher, sign_receipt, sign_voucher
 from chain.errors import ContractRevert
@@ -130,7 +131,7 @@ class Protocol(RuleBasedStateMachine):
         if settle is None:
             r = env.c.escrow.redeem(env.node, [v], [sig])
         else:
-            r = env.c.escrow.redeem_and_settle(env.node, [v], [sig], *settle)
+            r = env.c.escrow.redeem_and_settle(env.node, [v], [sig], settle[0], pack(settle[1]))
         self._track(r)
         if not authorized or new_c < old_c or new_a < old_a:
             return r

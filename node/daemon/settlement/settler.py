@@ -35,6 +35,7 @@ from eth_utils import to_checksum_address
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from chain.attribution_entries import pack
 from node.db import repository as repo
 from node.db.models import BatchStatus, ReceiptBatch, ReceiptRow, VoucherRow
 from node.errors import NodeError
@@ -412,7 +413,8 @@ class Settlement:
             if fused is not None:
                 fused_once = True
                 key += f":settle:{fused[0]}"
-                params = self.contracts.escrow.build_redeem_and_settle(self.node, vouchers, sigs, *fused)
+                seq, entries = fused
+                params = self.contracts.escrow.build_redeem_and_settle(self.node, vouchers, sigs, seq, pack(entries))
                 log.info("batch %d: attribution settle rides in a redeem (%d entries)", fused[0], len(fused[1]))
             else:
                 params = self.contracts.escrow.build_redeem(self.node, vouchers, sigs)
