@@ -447,3 +447,30 @@ async def test_a_node_proven_to_lie_settles_no_attribution(world, caplog):
     assert len(keys) == 1 and keys[0].endswith(":settle:1")  # batch 1's only, inside its redeem
     said = [r for r in caplog.records if "no bond at stake" in r.getMessage()]
     assert len(said) == 1
+
+
+async def test_the_settle_rides_in_the_redeem_that_completes_the_batch_payment(world):
+    """Two adapter lanes of one batch redeemed in separate groups (redeem_batch_size 1): the settle
+    rides in the redeem that completes the batch's payment (UsageEscrow.redeemAndSettle), after the
+    other in nonce order, so no separate settle is sent, and the dataset is paid in full."""
+    c = world["c"]
+    c.adapters.register(CURATOR, BASE, "bafyadapter2", 8, 1000, 7000, [1], [3000])  # adapter 2: dataset 1 too
+    client = Client(world)
+    client.owed[2] = [0, 0]
+    client.serve(1, 100, 7000)
+    client.serve(2, 100, 9000)
+    client.serve(0, 50, 0)
+    st = settlement(world, redeem_batch_size=1)
+    await st.flush()
+    assert c.receipts.last_seq(OPERATOR.address) == 1 and c.pool.settled_seq(OPERATOR.address) == 1
+    with world["sessions"]() as s:
+        redeems = list(s.scalars(select(OutboxIntent.key).where(OutboxIntent.key.like("redeem:%"))))
+        alone = list(s.scalars(select(OutboxIntent.key).where(OutboxIntent.key.like("attribution:%"))))
+    assert len(redeems) == 3 and sum(k.endswith(":settle:1") for k in redeems) == 1 and alone == []
+    for adapter_id, (compute, adapter) in client.owed.items():
+        col = c.escrow.collected(PAYER.address, OPERATOR.address, adapter_id)
+        assert (col.compute, col.adapter) == (compute, adapter)
+    # no receipt drew on a contribution: both lanes' dataset parts go by accepted weight (contribution 1 alone)
+    ds = sum((a - a * 500 // 10_000) * 3000 // 10_000 for a in (7000, 9000))
+    assert c.pool.pool_of(OPERATOR.address, 1).balance == 0
+    assert ds - 1 <= c.datasets.pending_reward(1) <= ds

@@ -7,8 +7,9 @@ forever, so after `max_wait_s` from the batch's creation it settles anyway (what
 drained by the next batch, or flushed to the accepted-weight split). Batches are settled in order,
 each once (the contract enforces both); the chain's `settledSeq` is the truth after a restart, and
 every transaction goes through the settlement's outbox under a deterministic key, so a crash never
-sends a batch twice. When a redeem would itself pay the next batch (every lane of it collects its
-cost with that redeem's vouchers), the settle rides in it (UsageEscrow.redeemAndSettle, `fusable`):
+sends a batch twice. When a redeem would complete the payment of the next batch (every lane of it
+collects its cost with that redeem's vouchers and those of the redeems sent before it in the same
+pass), the settle rides in it (UsageEscrow.redeemAndSettle, `fusable`):
 one transaction, and the pools it fills and drains are never written; its outbox key ends in
 `:settle:SEQ`, and no separate settle of SEQ is sent while it is open. A node without a bond at
 stake (NodeRegistry.canRedeem false: never bonded, slashed or condemned) may not settle: it sends
@@ -108,9 +109,10 @@ class AttributionSettler:
         return ok
 
     def fusable(self, group: dict[str, int], committed_upto: int) -> tuple[int, list[Entry]] | None:
-        """(seq, entries) of the next batch to settle when a redeem of `group` ({lane: voucher adapter
-        value}) pays it: committed, not settled nor being settled, the node accountable, and every
-        adapter lane of the batch collecting at least its cost up to the batch with `group` redeemed."""
+        """(seq, entries) of the next batch to settle when redeeming `group` ({lane: voucher adapter
+        value}: the redeems about to be sent, in order) pays it: committed, not settled nor being
+        settled, the node accountable, and every adapter lane of the batch collecting at least its
+        cost up to the batch with `group` redeemed."""
         seq = self.settled_seq() + 1
         if seq > committed_upto or self._in_flight(seq):
             return None

@@ -387,6 +387,7 @@ class Settlement:
         groups += [rest[i : i + self.redeem_batch_size] for i in range(0, len(rest), self.redeem_batch_size)]
         sent = 0
         fused_once = False
+        sending: dict[str, int] = {}  # lane -> adapter value, over this pass's groups so far (sent in order)
         for n, group in enumerate(groups):
             vouchers = [
                 V(
@@ -405,11 +406,13 @@ class Settlement:
                 [[v.lane, v.compute_value, v.adapter_value, v.redeemed_compute, v.redeemed_adapter] for v in group]
             )
             key = f"redeem:{self.chain_id}:{self.node}:{hashlib.sha256(content.encode()).hexdigest()[:32]}"
-            # a group that pays the next batch settles it in the same transaction (not a retried lane:
-            # its redeem failed before, and a failed settle would fail the redeem with it)
+            # The group whose redeem completes the payment of the next batch (with the groups before it
+            # in this pass, mined before it: same sender, nonce order) settles it in the same
+            # transaction. Not a retried lane: its redeem failed before, and a settle would fail with it.
             fused = None
             if not fused_once and n >= len(failed):
-                fused = self.attribution.fusable({v.lane: int(v.adapter_value) for v in group}, self._chain_last_seq)
+                sending.update({v.lane: int(v.adapter_value) for v in group})
+                fused = self.attribution.fusable(sending, self._chain_last_seq)
             if fused is not None:
                 fused_once = True
                 key += f":settle:{fused[0]}"
