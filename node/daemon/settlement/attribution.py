@@ -76,15 +76,20 @@ class AttributionSettler:
         self._cumulative[lane] = (seq, total)
         return total
 
-    def paid(self, seq: int) -> bool:
-        """Whether every adapter lane of batch `seq` has collected what its receipts up to it cost."""
+    def paid(self, seq: int, sending: dict[str, int] | None = None) -> bool:
+        """Whether every adapter lane of batch `seq` has collected what its receipts up to it cost,
+        or will have once `sending` ({lane: voucher adapter value}, redeems about to be sent) is redeemed."""
+        sending = sending or {}
         with self.s.sessions() as db:
             lanes = set(db.scalars(select(ReceiptRow.lane).where(ReceiptRow.batch_seq == seq)))
             for lane in sorted(lanes):
                 if lane.endswith(":0"):  # the base model pays no dataset
                     continue
                 v = db.get(VoucherRow, lane)
-                if v is None or int(v.redeemed_adapter or 0) < self._lane_cost_upto(db, lane, seq):
+                if v is None and lane not in sending:
+                    return False
+                have = max(int(v.redeemed_adapter or 0) if v is not None else 0, sending.get(lane, 0))
+                if have < self._lane_cost_upto(db, lane, seq):
                     return False
         return True
 
@@ -114,25 +119,19 @@ class AttributionSettler:
         settled, the node accountable, and every adapter lane of the batch collecting at least its
         cost up to the batch with `group` redeemed."""
         seq = self.settled_seq() + 1
-        if seq > committed_upto or self._in_flight(seq):
-            return None
-        with self.s.sessions() as db:
-            lanes = set(db.scalars(select(ReceiptRow.lane).where(ReceiptRow.batch_seq == seq)))
-            for lane in sorted(lanes):
-                if lane.endswith(":0"):  # the base model pays no dataset
-                    continue
-                v = db.get(VoucherRow, lane)
-                have = max(int(v.redeemed_adapter or 0) if v is not None else 0, group.get(lane, 0))
-                if have < self._lane_cost_upto(db, lane, seq):
-                    return None
-        if not self.accountable():
+        if seq > committed_upto or self._in_flight(seq) or not self.paid(seq, group) or not self.accountable():
             return None
         return seq, self.entries_for(seq)
 
     def _in_flight(self, seq: int) -> bool:
         """Whether a settle of batch `seq` is open in the outbox, alone or inside a redeem."""
-        alone, inside = self._key_prefix(seq), f":settle:{seq}"
-        return any(i.key.startswith(alone) or i.key.endswith(inside) for i in self.s.outbox.store.open_intents(self.s.node))
+        alone = self._key_prefix(seq)
+        return self._riding(seq) or any(i.key.startswith(alone) for i in self.s.outbox.store.open_intents(self.s.node))
+
+    def _riding(self, seq: int) -> bool:
+        """Whether an open redeem carries the settle of batch `seq` (its key ends in `:settle:SEQ`)."""
+        inside = f":settle:{seq}"
+        return any(i.key.endswith(inside) for i in self.s.outbox.store.open_intents(self.s.node))
 
     def _key_prefix(self, seq: int) -> str:
         return f"attribution:{self.s.chain_id}:{self.s.node}:{seq}:"
@@ -154,7 +153,7 @@ class AttributionSettler:
         for seq in range(settled + 1, ready_upto + 1):
             if not self.ready(seq):
                 break  # in order: later batches wait for this one
-            if any(i.key.endswith(f":settle:{seq}") for i in outbox.store.open_intents(self.s.node)):
+            if self._riding(seq):
                 break  # a redeem carries this batch's settle: it lands first, or fails and this sends it
             attempt = 0
             while True:  # deterministic keys: after a crash the same intent is found again
